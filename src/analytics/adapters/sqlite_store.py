@@ -1,0 +1,138 @@
+"""SQLite adapters: the embedded default's event store.
+
+WAL mode, one connection per thread, ``synchronous=FULL`` so that a committed batch
+survives a crash: the worker acknowledges its message only after the commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from analytics.adapters import codec
+from analytics.domain.errors import StorageUnavailable
+from analytics.domain.events import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id    TEXT PRIMARY KEY,
+    ts_us       INTEGER NOT NULL,
+    event_type  TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    session_id  TEXT,
+    product_id  TEXT,
+    received_us INTEGER NOT NULL,
+    body        BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_ts      ON events (ts_us, event_id);
+CREATE INDEX IF NOT EXISTS events_by_type    ON events (event_type, ts_us, event_id);
+CREATE INDEX IF NOT EXISTS events_by_user    ON events (user_id, ts_us, event_id);
+CREATE INDEX IF NOT EXISTS events_by_session ON events (session_id, ts_us, event_id);
+CREATE INDEX IF NOT EXISTS events_by_product ON events (product_id, ts_us, event_id);
+CREATE INDEX IF NOT EXISTS events_by_received ON events (received_us);
+"""
+
+
+def to_us(dt: datetime) -> int:
+    """Microseconds since the epoch: exact, sortable, no float."""
+    return (dt - _EPOCH) // _US
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+class SQLiteDatabase:
+    """Thread-local connections to one database file, with the schema applied once."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connect().executescript(SCHEMA)  # idempotent DDL; executescript commits itself
+
+    def connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self.connect()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            raise StorageUnavailable(f"sqlite commit: {exc}") from exc
+
+    def read(self) -> sqlite3.Connection:
+        return self.connect()
+
+
+class SQLiteEventRepository:
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self.db = db
+
+    def add_many(self, events: Sequence[Event]) -> list[uuid.UUID]:
+        if not events:
+            return []
+        new: list[uuid.UUID] = []
+        sql = (
+            "INSERT INTO events (event_id, ts_us, event_type, user_id, session_id, product_id,"
+            " received_us, body) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING"
+        )
+        try:
+            with self.db.transaction() as conn:
+                for e in events:
+                    cur = conn.execute(
+                        sql,
+                        (
+                            str(e.event_id), to_us(e.timestamp), e.event_type, e.user_id,
+                            e.session_id, e.product_id, to_us(e.received_at), codec.encode(e),
+                        ),
+                    )  # fmt: skip
+                    if cur.rowcount == 1:
+                        new.append(e.event_id)
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        return new
+
+    def get_many(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Event]:
+        ids = [str(i) for i in event_ids]
+        out: dict[uuid.UUID, Event] = {}
+        conn = self.db.read()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for (body,) in conn.execute(
+                f"SELECT body FROM events WHERE event_id IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            ):
+                e = codec.decode_event(body)
+                out[e.event_id] = e
+        return out
+
+    def count(self) -> int:
+        return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])

@@ -1,0 +1,138 @@
+"""Ingest use cases: validate events and hand them to background processing.
+
+202 means "durably queued": these functions return only after the task queue said so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from analytics.domain.errors import FieldError, MalformedInput, ValidationFailed
+from analytics.domain.events import (
+    BatchIn,
+    BatchItemResult,
+    BatchReceipt,
+    Event,
+    EventIn,
+    LegacyEventIn,
+    Receipt,
+)
+from analytics.domain.ports import Clock, IdGenerator, TaskQueue
+from analytics.domain.validation import (
+    DEFAULT_LIMITS,
+    Limits,
+    build_event,
+    computed_fields,
+    decode_event,
+)
+
+_batch_decoder = msgspec.json.Decoder(BatchIn)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestDeps:
+    """The ports ingest needs, bundled once per process by the composition root."""
+
+    queue: TaskQueue
+    clock: Clock
+    new_id: IdGenerator
+    limits: Limits = DEFAULT_LIMITS
+
+
+def accept_event(
+    raw: bytes, *, correlation_id: str, deps: IngestDeps, legacy: bool = False
+) -> Receipt:
+    """Validate one event body and queue it. Raises MalformedInput / ValidationFailed."""
+    ein = decode_event(raw, LegacyEventIn if legacy else EventIn)
+    event = build_event(
+        ein,
+        received_at=deps.clock.now(),
+        correlation_id=correlation_id,
+        new_id=deps.new_id,
+        limits=deps.limits,
+    )
+    task_id = deps.queue.enqueue_events((event,))
+    return Receipt(
+        status="accepted",
+        event_id=event.event_id,
+        correlation_id=correlation_id,
+        background_task_id=task_id,
+        computed_fields=computed_fields(event),
+    )
+
+
+def accept_batch(
+    raw: bytes, *, correlation_id: str, deps: IngestDeps, max_events: int
+) -> BatchReceipt:
+    """Validate every event of a batch on its own; queue the valid ones together.
+
+    A rejected event never costs the accepted ones; an ``event_id`` repeated inside the
+    batch is reported as ``duplicate`` and queued once.
+    """
+    try:
+        batch = _batch_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    if not batch.events:
+        raise ValidationFailed([FieldError("events", "min_items", "at least one event")])
+    if len(batch.events) > max_events:
+        raise BatchTooLarge(len(batch.events), max_events)
+    now = deps.clock.now()
+    results: list[BatchItemResult] = []
+    accepted: list[Event] = []
+    seen: set[object] = set()
+    duplicates = rejected = 0
+    for index, item in enumerate(batch.events):
+        try:
+            ein = decode_event(item, EventIn)
+            event = build_event(
+                ein,
+                received_at=now,
+                correlation_id=correlation_id,
+                new_id=deps.new_id,
+                limits=deps.limits,
+            )
+        except ValidationFailed as exc:
+            rejected += 1
+            results.append(
+                BatchItemResult(index, "rejected", errors=[e.as_dict() for e in exc.errors])
+            )
+            continue
+        except MalformedInput as exc:
+            rejected += 1
+            results.append(
+                BatchItemResult(
+                    index, "rejected", errors=[FieldError("$", "json", str(exc)).as_dict()]
+                )
+            )
+            continue
+        if event.event_id in seen:
+            duplicates += 1
+            results.append(BatchItemResult(index, "duplicate", event_id=event.event_id))
+            continue
+        seen.add(event.event_id)
+        accepted.append(event)
+        results.append(BatchItemResult(index, "accepted", event_id=event.event_id))
+    task_id = deps.queue.enqueue_events(accepted) if accepted else None
+    return BatchReceipt(
+        correlation_id=correlation_id,
+        background_task_id=task_id,
+        accepted=len(accepted),
+        duplicates=duplicates,
+        rejected=rejected,
+        results=results,
+    )
+
+
+class BatchTooLarge(ValidationFailed):
+    """More events in one batch than the documented maximum (answered with 413)."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count, self.limit = count, limit
+        super().__init__(
+            [FieldError("events", "max_items", f"{count} events; at most {limit} per batch")]
+        )

@@ -1,0 +1,28 @@
+"""Standard-library effects behind tiny injectable objects (no monkey-patching in tests)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock for tests: returns ``at`` and moves only when told to."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, delta: timedelta) -> None:
+        self.at += delta
+
+
+def uuid4() -> uuid.UUID:
+    return uuid.uuid4()

@@ -1,0 +1,68 @@
+"""One error root with two branches: domain errors and adapter errors.
+
+HTTP status codes are chosen in one place (the API's error handlers), never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class AnalyticsError(Exception):
+    """Root of every error this service raises on purpose."""
+
+
+class DomainError(AnalyticsError):
+    """A business rule was broken by the input. Never worth a retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One failing field: where (a JSON-pointer-like path), which rule, and why."""
+
+    field: str
+    rule: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "rule": self.rule, "message": self.message}
+
+
+class ValidationFailed(DomainError):
+    """One or more fields broke their rules; carries every failure, not just the first."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+
+class MalformedInput(DomainError):
+    """The body is not parseable at all (not JSON, wrong top-level shape)."""
+
+
+class BadQuery(DomainError):
+    """A query parameter is invalid (bad date, inverted range, unknown period...)."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        super().__init__(f"{parameter}: {message}")
+
+
+class NotFound(DomainError):
+    """The named resource does not exist."""
+
+
+class AdapterError(AnalyticsError):
+    """Infrastructure failed (storage, broker, cache, notifier). Usually worth a retry."""
+
+
+class StorageUnavailable(AdapterError):
+    """The event store or aggregate store cannot be reached right now."""
+
+
+class QueueUnavailable(AdapterError):
+    """The broker cannot accept messages right now; ingest answers 503."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)

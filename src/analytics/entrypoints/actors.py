@@ -1,0 +1,53 @@
+"""Dramatiq actors: decode the payload, call a use case. Declared on the container's broker.
+
+Queues (see README, "Operations"):
+
+| actor            | queue          | what it does                         |
+|------------------|----------------|--------------------------------------|
+| process_events   | high_priority  | store a group of events exactly once |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import structlog
+
+from analytics.adapters import codec
+from analytics.adapters.dramatiq_queue import PROCESS_EVENTS
+from analytics.application.store_events import store_events
+from analytics.bootstrap import Container
+
+log = structlog.get_logger("analytics.worker")
+
+
+def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Declare every actor on ``container.broker`` and return them by name."""
+    broker = container.broker
+
+    def process_events(payload: str) -> dict[str, int]:
+        events = codec.decode_events(payload)
+        result = store_events(events, repo=container.event_repo)
+        log.info(
+            "events stored",
+            received=result.received,
+            stored=result.stored,
+            duplicates=result.duplicates,
+            correlation_ids=sorted({e.correlation_id for e in events})[:20],
+        )
+        return {"stored": result.stored, "duplicates": result.duplicates}
+
+    actors = {
+        PROCESS_EVENTS: dramatiq.actor(
+            process_events,
+            actor_name=PROCESS_EVENTS,
+            queue_name="high_priority",
+            broker=broker,
+            max_retries=10,
+            min_backoff=500,
+            max_backoff=60_000,
+            time_limit=120_000,
+        ),
+    }
+    return actors

@@ -1,0 +1,1 @@
+"""The Falcon HTTP API."""

@@ -1,0 +1,38 @@
+"""The Falcon application factory: ``create_app(container)``, never an import-time global."""
+
+from __future__ import annotations
+
+import falcon
+
+from analytics.application.ingest import IngestDeps
+from analytics.bootstrap import Container
+from analytics.entrypoints.api import resources
+from analytics.entrypoints.api.middleware import (
+    AccessLogMiddleware,
+    CorrelationMiddleware,
+    SecurityHeadersMiddleware,
+)
+from analytics.entrypoints.api.problems import install_error_handlers
+
+
+def create_app(container: Container) -> falcon.App:
+    s = container.settings
+    app = falcon.App(
+        middleware=[CorrelationMiddleware(), SecurityHeadersMiddleware(), AccessLogMiddleware()],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    install_error_handlers(app)
+    deps = IngestDeps(
+        queue=container.task_queue,
+        clock=container.clock,
+        new_id=container.new_id,
+        limits=container.limits,
+    )
+    app.add_route("/api/v1/analytics/events", resources.EventsResource(deps, s.max_body_bytes))
+    app.add_route(
+        "/api/v1/analytics/events/batch",
+        resources.BatchResource(deps, s.max_body_bytes, s.max_batch_events),
+    )
+    app.add_route("/analytics/events", resources.LegacyEventsResource(deps, s.max_body_bytes))
+    app.add_route("/health", resources.HealthResource())
+    return app

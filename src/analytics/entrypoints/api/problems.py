@@ -1,0 +1,112 @@
+"""RFC 9457 problem details, and the one place where errors become HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import msgspec
+
+from analytics.application.ingest import BatchTooLarge
+from analytics.domain.errors import (
+    AdapterError,
+    BadQuery,
+    MalformedInput,
+    NotFound,
+    QueueUnavailable,
+    ValidationFailed,
+)
+
+PROBLEM_JSON = "application/problem+json"
+_encode = msgspec.json.Encoder().encode
+
+
+class Problem(falcon.HTTPError):
+    """An HTTPError rendered as problem+json, with optional extension members."""
+
+    def __init__(
+        self,
+        status: str | int,
+        *,
+        slug: str,
+        title: str,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(status, title=title, description=detail, headers=headers)
+        self.slug = slug
+        self.extensions = extensions
+
+
+def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Falcon error serializer: every error body is problem+json with the correlation id."""
+    body: dict[str, Any] = {
+        "type": f"urn:problem:analytics:{getattr(exc, 'slug', _slug(exc))}",
+        "title": exc.title or exc.status,
+        "status": exc.status_code,
+    }
+    if exc.description:
+        body["detail"] = exc.description
+    body["instance"] = req.path
+    body["correlation_id"] = getattr(req.context, "correlation_id", None)
+    body.update(getattr(exc, "extensions", {}))
+    resp.data = _encode(body)
+    resp.content_type = PROBLEM_JSON
+
+
+def _slug(exc: falcon.HTTPError) -> str:
+    return (exc.title or "error").lower().replace(" ", "-")
+
+
+def install_error_handlers(app: falcon.App) -> None:
+    app.set_error_serializer(serialize_problem)
+
+    def validation(req: falcon.Request, resp: falcon.Response, ex: ValidationFailed, params: Any) -> None:
+        if isinstance(ex, BatchTooLarge):
+            raise Problem(
+                413, slug="batch-too-large", title="Batch too large",
+                detail=str(ex), limit=ex.limit, count=ex.count,
+            )  # fmt: skip
+        raise Problem(
+            422,
+            slug="validation",
+            title="Validation failed",
+            detail=f"{len(ex.errors)} field(s) failed validation",
+            errors=[e.as_dict() for e in ex.errors],
+        )
+
+    def malformed(req: falcon.Request, resp: falcon.Response, ex: MalformedInput, params: Any) -> None:
+        raise Problem(400, slug="malformed", title="Malformed body", detail=str(ex))
+
+    def bad_query(req: falcon.Request, resp: falcon.Response, ex: BadQuery, params: Any) -> None:
+        raise Problem(
+            400, slug="bad-query", title="Invalid query parameter", detail=str(ex),
+            parameter=ex.parameter,
+        )  # fmt: skip
+
+    def not_found(req: falcon.Request, resp: falcon.Response, ex: NotFound, params: Any) -> None:
+        raise Problem(404, slug="not-found", title="Not found", detail=str(ex))
+
+    def unavailable(req: falcon.Request, resp: falcon.Response, ex: AdapterError, params: Any) -> None:
+        retry = ex.retry_after if isinstance(ex, QueueUnavailable) else 5
+        raise Problem(
+            503, slug="unavailable", title="Service unavailable", detail=str(ex),
+            headers={"Retry-After": str(retry)},
+        )  # fmt: skip
+
+    def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+        if isinstance(ex, falcon.HTTPError):
+            raise ex
+        import structlog  # noqa: PLC0415
+
+        structlog.get_logger("analytics.api").exception("unhandled error", path=req.path)
+        raise Problem(500, slug="internal", title="Internal error", detail="see server logs")
+
+    # Falcon picks the most specific handler for an exception's MRO.
+    app.add_error_handler(Exception, unexpected)
+    app.add_error_handler(AdapterError, unavailable)
+    app.add_error_handler(ValidationFailed, validation)
+    app.add_error_handler(MalformedInput, malformed)
+    app.add_error_handler(BadQuery, bad_query)
+    app.add_error_handler(NotFound, not_found)

@@ -1,0 +1,73 @@
+"""Thin resources: decode, call a use case, encode."""
+
+from __future__ import annotations
+
+import falcon
+import msgspec
+
+from analytics.application.ingest import IngestDeps, accept_batch, accept_event
+from analytics.entrypoints.api.body import read_json_body
+
+encode = msgspec.json.Encoder().encode
+JSON = "application/json"
+NEW_ROUTE = "/api/v1/analytics/events"
+
+
+class EventsResource:
+    def __init__(self, deps: IngestDeps, max_body_bytes: int) -> None:
+        self.deps = deps
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw = read_json_body(req, self.max_body_bytes)
+        receipt = accept_event(raw, correlation_id=req.context.correlation_id, deps=self.deps)
+        resp.status = falcon.HTTP_202
+        resp.content_type = JSON
+        resp.data = encode(receipt)
+
+
+class BatchResource:
+    def __init__(self, deps: IngestDeps, max_body_bytes: int, max_events: int) -> None:
+        self.deps = deps
+        self.max_body_bytes = max_body_bytes
+        self.max_events = max_events
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw = read_json_body(req, self.max_body_bytes)
+        receipt = accept_batch(
+            raw,
+            correlation_id=req.context.correlation_id,
+            deps=self.deps,
+            max_events=self.max_events,
+        )
+        # 202 when anything was queued; 422 when every event was rejected.
+        resp.status = falcon.HTTP_202 if receipt.accepted or receipt.duplicates else falcon.HTTP_422
+        resp.content_type = JSON
+        resp.data = encode(receipt)
+
+
+class LegacyEventsResource:
+    """The seed's old route: looser rules, marked deprecated (RFC 9745 / RFC 8594)."""
+
+    def __init__(self, deps: IngestDeps, max_body_bytes: int) -> None:
+        self.deps = deps
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.set_header("Deprecation", "true")
+        resp.set_header("Link", f'<{NEW_ROUTE}>; rel="successor-version"')
+        raw = read_json_body(req, self.max_body_bytes)
+        receipt = accept_event(
+            raw, correlation_id=req.context.correlation_id, deps=self.deps, legacy=True
+        )
+        resp.status = falcon.HTTP_202
+        resp.content_type = JSON
+        resp.data = encode(receipt)
+
+
+class HealthResource:
+    """Liveness only: answers without touching any dependency."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = JSON
+        resp.data = b'{"status":"ok"}'

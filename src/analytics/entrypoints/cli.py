@@ -1,0 +1,115 @@
+"""The ``analytics`` command: serve (all-in-one), api, worker. Later: scheduler, dlq, init, keys.
+
+Bad arguments get a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from analytics.adapters.dramatiq_queue import QUEUES
+from analytics.settings import Settings, SettingsError
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _queues(value: str) -> list[str]:
+    names = [q.strip() for q in value.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(QUEUES)}"
+        )
+    return names
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"{n} is out of range 1..256")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run everything on the embedded default")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir")
+
+    api = sub.add_parser("api", help="run the HTTP API under gunicorn")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=_positive)
+    api.add_argument("--threads", type=_positive)
+
+    worker = sub.add_parser("worker", help="run Dramatiq workers for some queues")
+    worker.add_argument("--queues", type=_queues, default=list(QUEUES))
+    worker.add_argument("--processes", type=_positive)
+    worker.add_argument("--threads", type=_positive)
+    return parser
+
+
+def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
+    env = dict(environ)
+    names = {"host": "ANALYTICS_HOST", "port": "ANALYTICS_PORT", "data_dir": "ANALYTICS_DATA_DIR",
+             "workers": "ANALYTICS_WEB_WORKERS", "threads": "ANALYTICS_WEB_THREADS"}  # fmt: skip
+    for key, value in overrides.items():
+        if value is not None:
+            env[names[key]] = str(value)
+    return Settings.from_env(env)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from analytics.entrypoints.serve import serve  # noqa: PLC0415
+
+    settings = load_settings(dict(os.environ), host=args.host, port=args.port, data_dir=args.data_dir)
+    return serve(settings)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from analytics.entrypoints.wsgi import GunicornServer  # noqa: PLC0415
+
+    settings = load_settings(
+        dict(os.environ), host=args.host, port=args.port, workers=args.workers, threads=args.threads
+    )
+    GunicornServer(settings).run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(dict(os.environ))
+    argv = [
+        sys.executable, "-m", "dramatiq", "analytics.entrypoints.worker_app",
+        "--processes", str(args.processes or settings.worker_processes),
+        "--threads", str(args.threads or settings.worker_threads),
+        "--queues", *args.queues,
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process; signals reach dramatiq
+    return 0  # pragma: no cover
+
+
+COMMANDS = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (SettingsError, CliError) as exc:
+        print(f"analytics {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""``analytics serve``: the whole service on one machine with no external server.
+
+Starts a private Redis (append-only) under the data directory unless ``REDIS_HOST`` is
+set, then the workers for every queue and the API, and supervises them: a child that dies
+is restarted; SIGINT/SIGTERM stops everything in order (API, workers, Redis).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from analytics.adapters.dramatiq_queue import QUEUES
+from analytics.adapters.embedded_redis import RedisServerProcess
+from analytics.settings import Settings
+
+
+def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "analytics", *args], env=env)  # noqa: S603
+
+
+def serve(settings: Settings) -> int:
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    redis_server = None
+    if settings.broker == "redis" and settings.redis_host is None:
+        sock = data_dir / "redis.sock"
+        redis_server = RedisServerProcess(data_dir / "redis", unix_socket=sock).start()
+        settings = settings.model_copy(update={"redis_socket": str(sock)})
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    env = {**os.environ, **settings.to_env()}
+    specs = {
+        "worker": ["worker", "--queues", ",".join(QUEUES)],
+        "api": ["api"],
+    }
+    children = {name: _child(args, env) for name, args in specs.items()}
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"analytics: serving on {url} (data in {data_dir})\n"
+        f"  first event:\n"
+        f"  curl -s -X POST {url}/api/v1/analytics/events -H 'Content-Type: application/json' \\\n"
+        f"    -d '{{\"event_type\":\"page_view\",\"user_id\":\"user123\",\"session_id\":\"sess_456\"}}'",
+        flush=True,
+    )
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            for name, proc in list(children.items()):
+                if proc.poll() is not None and not stopping:
+                    print(f"analytics: {name} exited with {proc.returncode}; restarting", flush=True)
+                    time.sleep(1)
+                    children[name] = _child(specs[name], env)
+            time.sleep(0.2)
+    finally:
+        for name in ("api", "worker"):
+            proc = children[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in children.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if redis_server is not None:
+            redis_server.stop()
+    return 0

@@ -1,0 +1,23 @@
+"""The module the ``dramatiq`` CLI imports in each worker process.
+
+Builds the container from the environment, sets the broker, then declares the actors,
+in that order (actors bind to the broker that exists when they are declared).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+
+from analytics.bootstrap import bootstrap
+from analytics.entrypoints.actors import register_actors
+from analytics.entrypoints.logs import configure_logging
+from analytics.settings import Settings
+
+settings = Settings.from_env(os.environ)
+configure_logging(settings.log_level, settings.log_format)
+container = bootstrap(settings)
+broker = container.broker
+dramatiq.set_broker(broker)
+actors = register_actors(container)

@@ -1,0 +1,118 @@
+"""Settings: one frozen object, read from the environment once at the entrypoint.
+
+Nothing else reads ``os.environ``. Every bad value stops the start with a message that
+names the variable, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class SettingsError(ValueError):
+    """Raised with one line per bad environment variable."""
+
+
+def _env_name(field: str) -> str:
+    return "ANALYTICS_" + field.upper()
+
+
+class Settings(BaseModel):
+    """All configuration. Env var names: ``ANALYTICS_<FIELD>`` unless an alias says otherwise."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=_env_name, populate_by_name=True)
+
+    # --- where state lives -------------------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Directory for all embedded state.")
+    storage: Literal["sqlite", "memory", "dynamodb"] = "sqlite"
+    broker: Literal["redis", "rabbitmq", "stub"] = "redis"
+    namespace: str = Field(
+        "analytics",
+        pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
+        description="Prefix of every Redis key and queue this service owns.",
+    )
+
+    # --- Redis (the seed's granular form) ----------------------------------------------
+    redis_host: str | None = Field(None, alias="REDIS_HOST")
+    redis_port: int = Field(6379, alias="REDIS_PORT", ge=1, le=65535)
+    redis_db: int = Field(0, alias="REDIS_DB", ge=0, le=15)
+    redis_password: str | None = Field(None, alias="REDIS_PASSWORD", repr=False)
+    redis_socket: str | None = Field(
+        None, alias="REDIS_SOCKET", description="Unix socket path (used by the embedded Redis)."
+    )
+    redis_timeout_s: float = Field(5.0, gt=0, le=60)
+
+    # --- RabbitMQ ----------------------------------------------------------------------
+    rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", alias="RABBITMQ_URL")
+
+    # --- HTTP --------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8083, ge=1, le=65535)
+    web_workers: int = Field(2, ge=1, le=64)
+    web_threads: int = Field(16, ge=1, le=256)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_batch_events: int = Field(500, ge=1, le=10_000)
+
+    # --- ingest ------------------------------------------------------------------------
+    enqueue_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="How long ingest waits for the broker before a 503."
+    )
+    group_commit_max_events: int = Field(2000, ge=1, le=50_000)
+
+    # --- workers -----------------------------------------------------------------------
+    worker_processes: int = Field(2, ge=1, le=64)
+    worker_threads: int = Field(4, ge=1, le=256)
+    heartbeat_timeout_s: float = Field(
+        60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
+    )
+
+    # --- logs --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "events.sqlite3"
+
+    @property
+    def redis_embedded(self) -> bool:
+        return self.redis_host is None and self.redis_socket is not None
+
+    def redis_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``redis.Redis`` from the granular settings."""
+        common: dict[str, object] = {
+            "db": self.redis_db,
+            "password": self.redis_password,
+            "socket_timeout": self.redis_timeout_s,
+            "socket_connect_timeout": self.redis_timeout_s,
+        }
+        if self.redis_host is None and self.redis_socket:
+            return {"unix_socket_path": self.redis_socket, **common}
+        return {"host": self.redis_host or "127.0.0.1", "port": self.redis_port, **common}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        names = {f.alias or _env_name(n) for n, f in cls.model_fields.items()}
+        data = {k: v for k, v in environ.items() if k in names and v != ""}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"]) or "settings"
+                got = f" (got {err['input']!r})" if isinstance(err.get("input"), str) else ""
+                lines.append(f"{loc}: {err['msg']}{got}")
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is not None:
+                out[field.alias or _env_name(name)] = str(value)
+        return out

@@ -76,3 +76,58 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+# --- AWS: one moto server per test session, spoken to over real HTTP ----------------------
+_FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's fake credentials
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class MotoInfo:
+    endpoint_url: str
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that talks to this moto server."""
+        return {**_FAKE_AWS_ENV, "ANALYTICS_AWS_ENDPOINT_URL": self.endpoint_url,
+                "ANALYTICS_AWS_REGION": self.region}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoInfo]:
+    """moto in server mode on 127.0.0.1 at a free port; fake credentials in the environment.
+
+    Tests share it: each names its own tables and topics (see ``aws_names``).
+    """
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415 - test-only dependency
+
+    saved = {k: os.environ.get(k) for k in _FAKE_AWS_ENV}
+    os.environ.update(_FAKE_AWS_ENV)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield MotoInfo(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def aws_names() -> dict[str, str]:
+    """Settings env naming this test's own tables and topic on the shared moto server."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "ANALYTICS_EVENTS_TABLE": f"events-{tag}",
+        "ANALYTICS_AGGREGATES_TABLE": f"aggregates-{tag}",
+        "ANALYTICS_SNS_TOPIC_ARN": f"arn:aws:sns:us-east-1:123456789012:events-{tag}",
+    }

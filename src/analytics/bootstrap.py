@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
-from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
+from analytics.domain.ports import Clock, EventRepository, IdGenerator, Notifier, TaskQueue
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
@@ -28,6 +28,7 @@ class Container:
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
     extras: dict[str, object] = field(default_factory=dict)
+    notifier: Notifier | None = None  # None: notifications off (no topic configured)
 
 
 def build_event_repo(settings: Settings) -> EventRepository:
@@ -42,7 +43,35 @@ def build_event_repo(settings: Settings) -> EventRepository:
         )
 
         return SQLiteEventRepository(SQLiteDatabase(settings.sqlite_path))
+    if settings.storage == "dynamodb":
+        from analytics.adapters.aws import dynamodb_client  # noqa: PLC0415
+        from analytics.adapters.dynamodb_events import (  # noqa: PLC0415
+            Backoff,
+            DynamoDBEventRepository,
+        )
+
+        return DynamoDBEventRepository(
+            dynamodb_client(settings),
+            settings.events_table,
+            clock=SystemClock(),
+            shards=settings.dynamodb_shards,
+            retention_days=settings.event_retention_days,
+            backoff=Backoff(
+                max_attempts=settings.batch_write_max_attempts,
+                cap_s=settings.batch_write_backoff_cap_s,
+            ),
+        )
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
+
+
+def build_notifier(settings: Settings) -> Notifier | None:
+    """SNS when a topic is configured, otherwise None (notifications off)."""
+    if not settings.sns_topic_arn:
+        return None
+    from analytics.adapters.aws import sns_client  # noqa: PLC0415
+    from analytics.adapters.sns_notifier import SnsNotifier  # noqa: PLC0415
+
+    return SnsNotifier(sns_client(settings), settings.sns_topic_arn)
 
 
 def bootstrap(
@@ -53,6 +82,7 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    notifier: Notifier | None = None,
 ) -> Container:
     from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
 
@@ -69,4 +99,5 @@ def bootstrap(
             timeout_s=settings.enqueue_timeout_s,
         ),
         event_repo=event_repo or build_event_repo(settings),
+        notifier=notifier or build_notifier(settings),
     )

@@ -49,6 +49,41 @@ class Settings(BaseModel):
     # --- RabbitMQ ----------------------------------------------------------------------
     rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", alias="RABBITMQ_URL")
 
+    # --- AWS: DynamoDB storage, SNS notifications (README "DynamoDB table design") --------
+    aws_region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    aws_endpoint_url: str | None = Field(
+        None, description="Endpoint for every AWS client (moto server, LocalStack); None: AWS."
+    )
+    dynamodb_endpoint_url: str | None = Field(
+        None, description="Endpoint for DynamoDB only (DynamoDB Local); wins over aws_endpoint_url."
+    )
+    events_table: str = Field("analytics-events", pattern=r"^[A-Za-z0-9_.\-]{3,255}$")
+    aggregates_table: str = Field("analytics-aggregates", pattern=r"^[A-Za-z0-9_.\-]{3,255}$")
+    dynamodb_shards: int = Field(
+        8, ge=1, le=64, description="Write shards per hot index partition; fixed per table."
+    )
+    event_retention_days: int = Field(
+        395, ge=1, le=3650, description="Raw events expire (DynamoDB TTL) this long after."
+    )
+    aws_max_attempts: int = Field(10, ge=1, le=30, description="botocore retries (total tries).")
+    aws_retry_mode: Literal["standard", "adaptive"] = "adaptive"
+    aws_connect_timeout_s: float = Field(3.0, gt=0, le=60)
+    aws_read_timeout_s: float = Field(10.0, gt=0, le=120)
+    batch_write_max_attempts: int = Field(
+        8, ge=1, le=30, description="Tries for BatchWriteItem UnprocessedItems before failing."
+    )
+    batch_write_backoff_cap_s: float = Field(2.0, gt=0, le=60)
+    sns_topic_arn: str | None = Field(
+        None,
+        pattern=r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]+:\d{12}:[A-Za-z0-9_\-]{1,256}$",
+        description="Topic for event notifications; unset: notifications off.",
+    )
+    sns_notify_event_types: str = Field(
+        "purchase,signup",
+        pattern=r"^\s*([a-z][a-z0-9_.:\-]*\s*(,\s*[a-z][a-z0-9_.:\-]*\s*)*)?$",
+        description="Comma-separated event types published to the SNS topic.",
+    )
+
     # --- HTTP --------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8083, ge=1, le=65535)
@@ -77,6 +112,14 @@ class Settings(BaseModel):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
+
+    @property
+    def notify_event_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.sns_notify_event_types.split(",") if t.strip())
+
+    @property
+    def sns_topic_name(self) -> str | None:
+        return self.sns_topic_arn.rsplit(":", 1)[1] if self.sns_topic_arn else None
 
     @property
     def redis_embedded(self) -> bool:

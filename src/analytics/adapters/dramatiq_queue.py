@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
 PROCESS_EVENTS = "process_events"
+PUBLISH_NOTIFICATIONS = "publish_notifications"
 
 
 def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
@@ -60,6 +61,18 @@ def events_message(events: Sequence[Event]) -> dramatiq.Message[object]:
     return dramatiq.Message(
         queue_name="high_priority",
         actor_name=PROCESS_EVENTS,
+        args=(codec.encode(events).decode(),),
+        kwargs={},
+        options={"correlation_ids": correlation_ids[:50]},
+    )
+
+
+def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
+    """One ``publish_notifications`` message for a group of newly stored events."""
+    correlation_ids = sorted({e.correlation_id for e in events if e.correlation_id})
+    return dramatiq.Message(
+        queue_name="notifications",
+        actor_name=PUBLISH_NOTIFICATIONS,
         args=(codec.encode(events).decode(),),
         kwargs={},
         options={"correlation_ids": correlation_ids[:50]},

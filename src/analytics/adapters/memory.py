@@ -56,3 +56,28 @@ class InMemoryTaskQueue:
     @property
     def events(self) -> list[Event]:
         return [e for _, batch in self.batches for e in batch]
+
+
+class InMemoryNotifier:
+    """Notifier fake: keeps what was published; ``fail_next`` makes the next calls fail."""
+
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+        self.fail_next = 0
+        self._lock = threading.Lock()
+
+    def publish(self, events: Sequence[Event]) -> None:
+        from analytics.domain.errors import NotificationFailed  # noqa: PLC0415
+
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise NotificationFailed("fake notifier told to fail")
+            self.published.extend(events)
+
+
+class NullNotifier:
+    """Notifications switched off (no topic configured): publishing does nothing."""
+
+    def publish(self, events: Sequence[Event]) -> None:
+        return None

@@ -6,6 +6,7 @@ an ``event_id`` it already holds, and only new events go on to the later stages.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,10 +19,14 @@ class StoreResult:
     received: int
     stored: int
     duplicates: int
+    new_ids: tuple[uuid.UUID, ...] = ()
 
 
 def store_events(events: Sequence[Event], *, repo: EventRepository) -> StoreResult:
     new_ids = repo.add_many(events)
     return StoreResult(
-        received=len(events), stored=len(new_ids), duplicates=len(events) - len(new_ids)
+        received=len(events),
+        stored=len(new_ids),
+        duplicates=len(events) - len(new_ids),
+        new_ids=tuple(new_ids),
     )

@@ -66,3 +66,7 @@ class QueueUnavailable(AdapterError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class NotificationFailed(AdapterError):
+    """The notifier did not take every message; the actor retries, then dead-letters."""

@@ -46,3 +46,11 @@ class TaskQueue(Protocol):
     def enqueue_events(self, events: Sequence[Event]) -> str:
         """Return a task id once the events are durably queued; raise QueueUnavailable."""
         ...
+
+
+class Notifier(Protocol):
+    """Publishes stored events to subscribers (SNS in production)."""
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Publish one notification per event; raise an AdapterError if any was not taken."""
+        ...

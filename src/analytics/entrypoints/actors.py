@@ -5,6 +5,7 @@ Queues (see README, "Operations"):
 | actor            | queue          | what it does                         |
 |------------------|----------------|--------------------------------------|
 | process_events   | high_priority  | store a group of events exactly once |
+| publish_notifications | notifications | publish new events of configured types (SNS) |
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import dramatiq
 import structlog
 
 from analytics.adapters import codec
-from analytics.adapters.dramatiq_queue import PROCESS_EVENTS
+from analytics.adapters.dramatiq_queue import (
+    PROCESS_EVENTS,
+    PUBLISH_NOTIFICATIONS,
+    notifications_message,
+)
+from analytics.application.notify import publish_notifications, select_notifiable
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container
 
@@ -36,7 +42,28 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             duplicates=result.duplicates,
             correlation_ids=sorted({e.correlation_id for e in events})[:20],
         )
+        _enqueue_notifications(events, result.new_ids)
         return {"stored": result.stored, "duplicates": result.duplicates}
+
+    def _enqueue_notifications(events: list[Any], new_ids: tuple[Any, ...]) -> None:
+        # After the store: one notifications message per group, only newly stored events.
+        if container.notifier is None or not new_ids:
+            return
+        fresh = set(new_ids)
+        chosen = select_notifiable(
+            [e for e in events if e.event_id in fresh], container.settings.notify_event_types
+        )
+        if chosen:
+            broker.enqueue(notifications_message(chosen))
+
+    def publish_notifications_actor(payload: str) -> int:
+        events = codec.decode_events(payload)
+        if container.notifier is None:
+            log.warning("notifications off: no topic configured", dropped=len(events))
+            return 0
+        sent = publish_notifications(events, notifier=container.notifier)
+        log.info("notifications published", count=sent)
+        return sent
 
     actors = {
         PROCESS_EVENTS: dramatiq.actor(
@@ -48,6 +75,16 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             min_backoff=500,
             max_backoff=60_000,
             time_limit=120_000,
+        ),
+        PUBLISH_NOTIFICATIONS: dramatiq.actor(
+            publish_notifications_actor,
+            actor_name=PUBLISH_NOTIFICATIONS,
+            queue_name="notifications",
+            broker=broker,
+            max_retries=10,
+            min_backoff=1_000,
+            max_backoff=300_000,
+            time_limit=60_000,
         ),
     }
     return actors

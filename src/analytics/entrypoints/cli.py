@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", type=_queues, default=list(QUEUES))
     worker.add_argument("--processes", type=_positive)
     worker.add_argument("--threads", type=_positive)
+
+    sub.add_parser(
+        "init", help="create the DynamoDB tables, indexes, TTL and SNS topic that are missing"
+    )
     return parser
 
 
@@ -83,12 +87,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = load_settings(
         dict(os.environ), host=args.host, port=args.port, workers=args.workers, threads=args.threads
     )
+    preflight(settings)
     GunicornServer(settings).run()
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(dict(os.environ))
+    preflight(settings)
     argv = [
         sys.executable, "-m", "dramatiq", "analytics.entrypoints.worker_app",
         "--processes", str(args.processes or settings.worker_processes),
@@ -99,7 +105,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-COMMANDS = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}
+def preflight(settings: Settings) -> None:
+    """Stop the start with one clear line when a table or topic is missing (``init`` fixes it)."""
+    if settings.storage != "dynamodb" and not settings.sns_topic_arn:
+        return
+    from analytics.adapters.aws import ResourceMissing  # noqa: PLC0415
+    from analytics.adapters.dynamodb_schema import check_resources  # noqa: PLC0415
+
+    try:
+        check_resources(settings)
+    except ResourceMissing as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, bad credentials...
+        raise CliError(f"cannot check AWS resources: {exc}") from None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from analytics.adapters.dynamodb_schema import ensure_resources  # noqa: PLC0415
+
+    settings = load_settings(dict(os.environ))
+    if settings.storage != "dynamodb" and not settings.sns_topic_arn:
+        print("analytics init: nothing to create (storage is not dynamodb, no SNS topic set)")
+        return 0
+    try:
+        done = ensure_resources(settings)
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+        raise CliError(f"cannot create AWS resources: {exc}") from None
+    for line in done or ["everything already exists; nothing to do"]:
+        print(f"analytics init: {line}")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker, "init": cmd_init}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

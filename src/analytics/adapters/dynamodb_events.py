@@ -1,0 +1,337 @@
+"""DynamoDB event repository: idempotent batch writes, TTL-aware reads, index queries.
+
+Idempotency, honestly: ``BatchWriteItem`` has no conditions, so a put overwrites an item
+with the same ``event_id``. For raw events that is harmless (the item is the same event).
+What must not happen twice is *counting* it: ``add_many`` reports as new only ids that a
+consistent ``BatchGetItem`` did not find, and the aggregate store keeps its own per-event
+markers (a conditional put inside the same transaction as the ``ADD``), so a race between
+two deliveries of one event can at worst notify twice, never count twice.
+
+Round trips per ``add_many`` of n events: ceil(n/100) ``BatchGetItem`` + ceil(new/25)
+``BatchWriteItem``, plus retries of unprocessed items (capped exponential backoff, full
+jitter). See README, "DynamoDB table design".
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from analytics.adapters import codec
+from analytics.adapters.aws import ResourceMissing, error_code
+from analytics.adapters.dynamodb_schema import INDEX_BY_NAME, SORT_KEY, TTL_ATTRIBUTE
+from analytics.domain.errors import BadQuery, StorageUnavailable
+from analytics.domain.events import Event
+from analytics.domain.ports import Clock
+
+BATCH_WRITE_MAX = 25  # DynamoDB's limit per BatchWriteItem
+BATCH_GET_MAX = 100  # DynamoDB's limit per BatchGetItem
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_us(dt: datetime) -> int:
+    return (dt - _EPOCH) // _US
+
+
+def ts_key(ts_us: int, event_id: uuid.UUID | str) -> str:
+    """The sort key of every index: timestamp, then event_id; string order = time order."""
+    return f"{ts_us:017d}#{event_id}"
+
+
+def shard_of(event_id: uuid.UUID, shards: int) -> int:
+    return event_id.int % shards
+
+
+def event_item(event: Event, *, shards: int, retention: timedelta) -> dict[str, Any]:
+    """The DynamoDB item (low-level attribute values) for one event."""
+    eid = str(event.event_id)
+    shard = shard_of(event.event_id, shards)
+    ts_us = to_us(event.timestamp)
+    expires = int((event.timestamp + retention).timestamp())
+    item: dict[str, Any] = {
+        "event_id": {"S": eid},
+        SORT_KEY: {"S": ts_key(ts_us, eid)},
+        "g_time": {"S": f"{event.event_day}#{shard}"},
+        "g_type": {"S": f"{event.event_type}#{event.event_day}#{shard}"},
+        "g_user": {"S": event.user_id},
+        "event_type": {"S": event.event_type},
+        "user_id": {"S": event.user_id},
+        "event_day": {"S": event.event_day},
+        "ts_us": {"N": str(ts_us)},
+        TTL_ATTRIBUTE: {"N": str(expires)},
+        "body": {"B": codec.encode(event)},
+    }
+    if event.session_id is not None:
+        item["g_session"] = {"S": event.session_id}
+        item["session_id"] = {"S": event.session_id}
+    if event.product_id is not None:
+        item["g_product"] = {"S": f"{event.product_id}#{shard}"}
+        item["product_id"] = {"S": event.product_id}
+    return item
+
+
+def item_event(item: dict[str, Any]) -> Event:
+    body = item["body"]["B"]
+    return codec.decode_event(bytes(body))
+
+
+def item_expired(item: dict[str, Any], now_epoch: int) -> bool:
+    exp = item.get(TTL_ATTRIBUTE)
+    return exp is not None and int(exp["N"]) <= now_epoch
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: sleep U(0, min(cap, base * 2**n))."""
+
+    def __init__(
+        self,
+        *,
+        base_s: float = 0.05,
+        cap_s: float = 2.0,
+        max_attempts: int = 8,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_s, self.cap_s, self.max_attempts = base_s, cap_s, max_attempts
+        self.sleep = sleep
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+
+    def delay(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise BadQuery("cursor", "not a cursor this service issued") from None
+    head, sep, tail = raw.partition("#")
+    if not sep or len(head) != 17 or not head.isdigit():
+        raise BadQuery("cursor", "not a cursor this service issued")
+    try:
+        uuid.UUID(tail)
+    except ValueError:
+        raise BadQuery("cursor", "not a cursor this service issued") from None
+    return raw
+
+
+class DynamoDBEventRepository:
+    """EventRepository port on one DynamoDB table (design: ``dynamodb_schema``)."""
+
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        *,
+        clock: Clock,
+        shards: int = 8,
+        retention_days: int = 395,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+        self.shards = shards
+        self.retention = timedelta(days=retention_days)
+        self.backoff = backoff or Backoff()
+
+    # --- writes ----------------------------------------------------------------------
+    def add_many(self, events: Sequence[Event]) -> list[uuid.UUID]:
+        unique: dict[uuid.UUID, Event] = {}
+        for e in events:
+            unique.setdefault(e.event_id, e)  # a duplicate key in one batch is an error
+        if not unique:
+            return []
+        present = self._present_ids(list(unique))
+        new = [e for i, e in unique.items() if i not in present]
+        self.write_items(
+            [event_item(e, shards=self.shards, retention=self.retention) for e in new]
+        )
+        return [e.event_id for e in new]
+
+    def write_items(self, items: Sequence[dict[str, Any]]) -> int:
+        """Put items in chunks of 25; retry UnprocessedItems. Returns BatchWriteItem calls."""
+        calls = 0
+        for start in range(0, len(items), BATCH_WRITE_MAX):
+            pending: dict[str, Any] = {
+                self.table: [{"PutRequest": {"Item": it}} for it in items[start : start + 25]]
+            }
+            attempt = 0
+            while pending:
+                response = self._call("batch_write_item", RequestItems=pending)
+                calls += 1
+                pending = response.get("UnprocessedItems") or {}
+                if pending:
+                    attempt += 1
+                    if attempt >= self.backoff.max_attempts:
+                        left = sum(len(v) for v in pending.values())
+                        raise StorageUnavailable(
+                            f"dynamodb: {left} items still unprocessed after {attempt} tries"
+                        )
+                    self.backoff.sleep(self.backoff.delay(attempt))
+        return calls
+
+    # --- reads -----------------------------------------------------------------------
+    def _batch_get(
+        self, event_ids: Sequence[str], projection: str | None
+    ) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(event_ids), BATCH_GET_MAX):
+            request: dict[str, Any] = {
+                "Keys": [{"event_id": {"S": i}} for i in event_ids[start : start + BATCH_GET_MAX]],
+                "ConsistentRead": True,
+            }
+            if projection:
+                request["ProjectionExpression"] = projection
+            pending: dict[str, Any] = {self.table: request}
+            attempt = 0
+            while pending:
+                response = self._call("batch_get_item", RequestItems=pending)
+                yield from response.get("Responses", {}).get(self.table, [])
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    attempt += 1
+                    if attempt >= self.backoff.max_attempts:
+                        raise StorageUnavailable("dynamodb: keys still unprocessed after retries")
+                    self.backoff.sleep(self.backoff.delay(attempt))
+
+    def _now_epoch(self) -> int:
+        return int(self.clock.now().timestamp())
+
+    def _present_ids(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        now = self._now_epoch()
+        items = self._batch_get([str(i) for i in ids], f"event_id, {TTL_ATTRIBUTE}")
+        return {uuid.UUID(it["event_id"]["S"]) for it in items if not item_expired(it, now)}
+
+    def get_many(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Event]:
+        ids = list(dict.fromkeys(str(i) for i in event_ids))
+        now = self._now_epoch()
+        out: dict[uuid.UUID, Event] = {}
+        for item in self._batch_get(ids, None):
+            if not item_expired(item, now):
+                e = item_event(item)
+                out[e.event_id] = e
+        return out
+
+    def count(self) -> int:
+        """Approximate (DynamoDB refreshes ItemCount about every six hours); never a Scan."""
+        desc = self._call("describe_table", TableName=self.table)
+        return int(desc["Table"].get("ItemCount", 0))
+
+    # --- index queries (search, time-range iteration) ---------------------------------
+    def partitions(
+        self, index: str, value: str | None, start: datetime, end: datetime
+    ) -> list[str]:
+        """The index partition keys that can hold events of [start, end) for ``value``."""
+        if index in ("by_user", "by_session"):
+            assert value is not None
+            return [value]
+        if index == "by_product":
+            assert value is not None
+            return [f"{value}#{s}" for s in range(self.shards)]
+        out: list[str] = []
+        day = start.astimezone(UTC).date()
+        last = (end - _US).astimezone(UTC).date()
+        while day <= last:
+            prefix = f"{value}#{day.isoformat()}" if index == "by_type" else day.isoformat()
+            out.extend(f"{prefix}#{s}" for s in range(self.shards))
+            day += timedelta(days=1)
+        return out
+
+    def query_partition(
+        self,
+        index: str,
+        partition: str,
+        *,
+        lo: str,
+        hi: str,
+        descending: bool = False,
+        page_limit: int = 200,
+        filters: dict[str, str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Items of one index partition with lo < ts_key < hi, in order, expired dropped.
+
+        Follows LastEvaluatedKey until it is absent: ``Limit`` applies before the filter,
+        so an empty page does not mean the end.
+        """
+        idx = INDEX_BY_NAME[index]
+        names = {"#p": idx.partition, "#k": SORT_KEY}
+        values: dict[str, Any] = {":p": {"S": partition}, ":lo": {"S": lo}, ":hi": {"S": hi}}
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": "#p = :p AND #k BETWEEN :lo AND :hi",
+            "ScanIndexForward": not descending,
+            "Limit": page_limit,
+        }
+        clauses = []
+        for n, (attr, val) in enumerate(sorted((filters or {}).items())):
+            names[f"#f{n}"] = attr
+            values[f":f{n}"] = {"S": val}
+            clauses.append(f"#f{n} = :f{n}")
+        now = self._now_epoch()
+        names["#x"] = TTL_ATTRIBUTE
+        values[":now"] = {"N": str(now)}
+        clauses.append("#x > :now")
+        request["FilterExpression"] = " AND ".join(clauses)
+        request["ExpressionAttributeNames"] = names
+        request["ExpressionAttributeValues"] = values
+        while True:
+            response = self._call("query", **request)
+            for item in response.get("Items", []):
+                # lo/hi are inclusive in BETWEEN; the bounds we pass are exclusive.
+                key = item[SORT_KEY]["S"]
+                if lo < key < hi:
+                    yield item
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return
+            request["ExclusiveStartKey"] = last
+
+    def merged(
+        self,
+        index: str,
+        partitions: Sequence[str],
+        *,
+        lo: str,
+        hi: str,
+        descending: bool = False,
+        page_limit: int = 200,
+        filters: dict[str, str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """k-way merge of several partitions' ordered streams, in (timestamp, event_id) order."""
+        streams = [
+            self.query_partition(
+                index, p, lo=lo, hi=hi, descending=descending, page_limit=page_limit,
+                filters=filters,
+            )
+            for p in partitions
+        ]  # fmt: skip
+        if len(streams) == 1:
+            yield from streams[0]
+            return
+        yield from heapq.merge(
+            *streams, key=lambda it: it[SORT_KEY]["S"], reverse=descending
+        )
+
+    # --- plumbing --------------------------------------------------------------------
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except Exception as exc:
+            code = error_code(exc)
+            if code == "ResourceNotFoundException":
+                raise ResourceMissing("DynamoDB table", self.table) from exc
+            if code in ("ValidationException", "SerializationException"):
+                raise
+            raise StorageUnavailable(f"dynamodb {operation}: {code or exc}") from exc

@@ -1,0 +1,62 @@
+"""Helpers for tests that talk to the moto server: settings, clients, call counting."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from analytics.settings import Settings
+
+
+def aws_settings(moto: Any, names: dict[str, str], **extra: str) -> Settings:
+    env = {**moto.env(), **names, "ANALYTICS_STORAGE": "dynamodb", **extra}
+    return Settings.from_env(env)
+
+
+class CallCounter:
+    """Counts the API operations a botocore client makes (an event hook: observes only)."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: Counter[str] = Counter()
+        client.meta.events.register("before-call.*.*", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        self.calls[model.name] += 1
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+def make_event(
+    n: int = 0,
+    *,
+    at: Any = None,
+    event_type: str = "page_view",
+    user_id: str | None = None,
+    session_id: str | None = None,
+    product_id: str | None = None,
+    price: str | None = None,
+    currency: str | None = None,
+    correlation_id: str = "corr-1",
+    event_id: Any = None,
+) -> Any:
+    """A valid Event built through the domain's own rules."""
+    import uuid  # noqa: PLC0415
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+    from decimal import Decimal  # noqa: PLC0415
+
+    from analytics.domain.events import EventIn  # noqa: PLC0415
+    from analytics.domain.validation import build_event  # noqa: PLC0415
+
+    at = at or datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(seconds=n)
+    ein = EventIn(
+        event_type=event_type,
+        user_id=user_id or f"user-{n % 7}",
+        session_id=session_id or f"sess-{n % 11}",
+        product_id=product_id,
+        event_id=event_id or uuid.uuid4(),
+        timestamp=at,
+        price=Decimal(price) if price is not None else None,
+        currency=currency,
+    )
+    return build_event(ein, received_at=at, correlation_id=correlation_id, new_id=uuid.uuid4)

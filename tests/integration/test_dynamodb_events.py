@@ -1,0 +1,112 @@
+"""DynamoDB event repository and ``analytics init`` against a moto server over HTTP."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from analytics.adapters.aws import ResourceMissing, dynamodb_client, sns_client
+from analytics.adapters.dynamodb_events import Backoff, DynamoDBEventRepository
+from analytics.adapters.dynamodb_schema import check_resources, ensure_resources
+from analytics.domain.clock import FixedClock
+from tests.aws_support import CallCounter, aws_settings, make_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(moto_server: Any, aws_names: dict[str, str]) -> Any:
+    return aws_settings(moto_server, aws_names)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(make_event(0).timestamp + timedelta(minutes=5))
+
+
+@pytest.fixture
+def repo(settings: Any, clock: FixedClock) -> DynamoDBEventRepository:
+    ensure_resources(settings)
+    return DynamoDBEventRepository(
+        dynamodb_client(settings), settings.events_table, clock=clock,
+        shards=settings.dynamodb_shards, retention_days=settings.event_retention_days,
+        backoff=Backoff(sleep=lambda s: None),
+    )  # fmt: skip
+
+
+def test_init_creates_tables_indexes_ttl_and_topic_then_does_nothing(settings: Any) -> None:
+    with pytest.raises(ResourceMissing, match=settings.events_table) as info:
+        check_resources(settings)
+    assert "analytics init" in str(info.value)
+
+    done = ensure_resources(settings)
+    assert f"created table {settings.events_table}" in done
+    assert f"created table {settings.aggregates_table}" in done
+    assert f"created topic {settings.sns_topic_arn}" in done
+    check_resources(settings)  # nothing missing any more
+
+    ddb = dynamodb_client(settings)
+    table = ddb.describe_table(TableName=settings.events_table)["Table"]
+    assert {g["IndexName"] for g in table["GlobalSecondaryIndexes"]} == {
+        "by_time", "by_type", "by_user", "by_session", "by_product",
+    }  # fmt: skip
+    ttl = ddb.describe_time_to_live(TableName=settings.events_table)["TimeToLiveDescription"]
+    assert ttl["TimeToLiveStatus"] == "ENABLED" and ttl["AttributeName"] == "expires_at"
+    sns_client(settings).get_topic_attributes(TopicArn=settings.sns_topic_arn)
+
+    assert ensure_resources(settings) == []  # second run: a no-op
+
+
+def test_missing_topic_is_named(settings: Any) -> None:
+    ensure_resources(settings)
+    sns_client(settings).delete_topic(TopicArn=settings.sns_topic_arn)
+    with pytest.raises(ResourceMissing, match="SNS topic") as info:
+        check_resources(settings)
+    assert settings.sns_topic_arn in str(info.value)
+
+
+def test_same_event_id_is_stored_once(repo: DynamoDBEventRepository) -> None:
+    events = [make_event(n) for n in range(30)]
+    assert repo.add_many(events) == [e.event_id for e in events]
+    more = [make_event(100 + n) for n in range(5)]
+    again = events[:10] + more + events[10:] + [more[0]]
+    assert repo.add_many(again) == [e.event_id for e in more]
+    got = repo.get_many([e.event_id for e in events + more])
+    assert got == {e.event_id: e for e in events + more}  # exact round trip
+    assert repo.count() == 35
+
+
+def test_money_and_metadata_survive_exactly(repo: DynamoDBEventRepository) -> None:
+    e = make_event(1, event_type="purchase", product_id="sku-1", price="19.990001",
+                   currency="EUR")  # fmt: skip
+    repo.add_many([e])
+    back = repo.get_many([e.event_id])[e.event_id]
+    assert str(back.total_value) == "19.990001" and back == e
+
+
+def test_items_past_their_ttl_are_not_read(
+    repo: DynamoDBEventRepository, clock: FixedClock, settings: Any
+) -> None:
+    e = make_event(0)
+    repo.add_many([e])
+    assert e.event_id in repo.get_many([e.event_id])
+    # moto never deletes expired items (nor does DynamoDB promptly): reads must drop them.
+    clock.advance(timedelta(days=settings.event_retention_days))
+    assert repo.get_many([e.event_id]) == {}
+    assert list(repo.query_partition("by_user", e.user_id, lo="0", hi="9")) == []
+    assert repo.add_many([e]) == [e.event_id]  # an expired copy is not "already stored"
+
+
+def test_ten_thousand_events_take_ceil_n_over_25_batch_writes(
+    repo: DynamoDBEventRepository,
+) -> None:
+    counter = CallCounter(repo.client)
+    events = [make_event(n) for n in range(10_000)]
+    assert len(repo.add_many(events)) == 10_000
+    # moto never returns UnprocessedItems, so no retries here: exactly the bound.
+    assert counter.calls["BatchWriteItem"] == math.ceil(10_000 / 25) == 400
+    assert counter.calls["BatchGetItem"] == math.ceil(10_000 / 100)
+    assert counter.calls["Scan"] == 0 and counter.calls["PutItem"] == 0

@@ -1,0 +1,78 @@
+"""Notifications: which events are announced, and failures retried (fakes, StubBroker)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.stub import Stubber
+from dramatiq import Worker
+
+from analytics.adapters import codec
+from analytics.adapters.dynamodb_events import Backoff
+from analytics.adapters.memory import InMemoryEventRepository, InMemoryNotifier
+from analytics.adapters.sns_notifier import SnsNotifier
+from analytics.application.notify import select_notifiable
+from analytics.bootstrap import bootstrap
+from analytics.domain.errors import NotificationFailed
+from analytics.entrypoints.actors import register_actors
+from analytics.settings import Settings
+from tests.aws_support import make_event
+
+pytestmark = pytest.mark.unit
+ARN = "arn:aws:sns:us-east-1:123456789012:t"
+
+
+def test_only_configured_types_are_selected() -> None:
+    events = [make_event(1, event_type="purchase", product_id="p"), make_event(2),
+              make_event(3, event_type="signup")]  # fmt: skip
+    assert select_notifiable(events, {"purchase", "signup"}) == [events[0], events[2]]
+    assert select_notifiable(events, set()) == []
+
+
+def test_a_failing_notifier_is_retried_until_it_takes_the_message() -> None:
+    settings = Settings(broker="stub", storage="memory", sns_notify_event_types="purchase")
+    notifier = InMemoryNotifier()
+    notifier.fail_next = 2
+    container = bootstrap(settings, event_repo=InMemoryEventRepository(), notifier=notifier)
+    actors = register_actors(container)
+    actors["publish_notifications"].options.update(min_backoff=10, max_backoff=20)
+    event = make_event(1, event_type="purchase", product_id="p")
+    worker = Worker(container.broker, worker_timeout=20)
+    worker.start()
+    try:
+        actors["process_events"].send(codec.encode([event]).decode())
+        container.broker.join("high_priority")
+        container.broker.join("notifications")
+    finally:
+        worker.stop()
+    assert notifier.published == [event] and notifier.fail_next == 0
+
+
+def _sns() -> Any:
+    return boto3.session.Session().client(
+        "sns", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )  # fmt: skip
+
+
+def test_entries_sns_reports_failed_are_resent_and_an_outage_raises() -> None:
+    client = _sns()
+    sleeps: list[float] = []
+    notifier = SnsNotifier(client, ARN, backoff=Backoff(max_attempts=3, sleep=sleeps.append,
+                                                        rng=random.Random(1)))  # fmt: skip
+    events = [make_event(n) for n in range(3)]
+    with Stubber(client) as stub:
+        stub.add_response("publish_batch", {"Successful": [], "Failed": [
+            {"Id": "1", "Code": "InternalError", "SenderFault": False}]})  # fmt: skip
+        stub.add_response("publish_batch", {"Successful": [{"Id": "1", "MessageId": "m"}]})
+        notifier.publish(events)
+        stub.add_client_error("publish_batch", service_error_code="Throttled",
+                              http_status_code=400)  # fmt: skip
+        with pytest.raises(NotificationFailed, match="Throttled"):
+            notifier.publish(events)
+        stub.assert_no_pending_responses()
+    assert len(sleeps) == 1

@@ -131,3 +131,43 @@ def aws_names() -> dict[str, str]:
         "ANALYTICS_AGGREGATES_TABLE": f"aggregates-{tag}",
         "ANALYTICS_SNS_TOPIC_ARN": f"arn:aws:sns:us-east-1:123456789012:events-{tag}",
     }
+
+
+# --- RabbitMQ: the server at 127.0.0.1:5672, one private vhost per test module ------------
+def _rabbitmqctl(*args: str) -> bool:
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        return False
+    try:
+        done = subprocess.run([exe, "-q", *args], capture_output=True, timeout=60, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_url() -> Iterator[str]:
+    """An AMQP URL on a vhost of this module's own (queue names are fixed, vhosts are not).
+
+    Skips when no RabbitMQ listens on 127.0.0.1:5672 or ``rabbitmqctl`` cannot add a vhost
+    (sharing ``/`` with other runs would let their workers take our messages).
+    """
+    import socket  # noqa: PLC0415
+
+    host = os.environ.get("RABBITMQ_HOST", "127.0.0.1")
+    port = int(os.environ.get("RABBITMQ_PORT", "5672"))
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        pytest.skip(f"RabbitMQ is not reachable at {host}:{port}")
+    vhost = f"t-{uuid.uuid4().hex[:12]}"
+    if not _rabbitmqctl("add_vhost", vhost):
+        pytest.skip("rabbitmqctl cannot add a private vhost (needs root or the rabbitmq user)")
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{host}:{port}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)

@@ -54,6 +54,7 @@ def build_event_repo(settings: Settings) -> EventRepository:
             dynamodb_client(settings),
             settings.events_table,
             clock=SystemClock(),
+            directory_table=settings.aggregates_table,
             shards=settings.dynamodb_shards,
             retention_days=settings.event_retention_days,
             backoff=Backoff(

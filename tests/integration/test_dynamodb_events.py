@@ -32,7 +32,7 @@ def repo(settings: Any, clock: FixedClock) -> DynamoDBEventRepository:
     ensure_resources(settings)
     return DynamoDBEventRepository(
         dynamodb_client(settings), settings.events_table, clock=clock,
-        shards=settings.dynamodb_shards, retention_days=settings.event_retention_days,
+        directory_table=settings.aggregates_table, shards=settings.dynamodb_shards, retention_days=settings.event_retention_days,
         backoff=Backoff(sleep=lambda s: None),
     )  # fmt: skip
 
@@ -109,4 +109,5 @@ def test_ten_thousand_events_take_ceil_n_over_25_batch_writes(
     # moto never returns UnprocessedItems, so no retries here: exactly the bound.
     assert counter.calls["BatchWriteItem"] == math.ceil(10_000 / 25) == 400
     assert counter.calls["BatchGetItem"] == math.ceil(10_000 / 100)
-    assert counter.calls["Scan"] == 0 and counter.calls["PutItem"] == 0
+    assert counter.calls["Scan"] == 0
+    assert counter.calls["PutItem"] == 2  # the day directory: one day, one event type

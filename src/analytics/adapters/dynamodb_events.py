@@ -14,21 +14,34 @@ jitter). See README, "DynamoDB table design".
 
 from __future__ import annotations
 
-import base64
 import heapq
+import threading
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analytics.adapters import codec
 from analytics.adapters.aws import ResourceMissing, error_code
 from analytics.adapters.dynamodb_schema import INDEX_BY_NAME, SORT_KEY, TTL_ATTRIBUTE
-from analytics.domain.errors import BadQuery, StorageUnavailable
+from analytics.domain.errors import StorageUnavailable
 from analytics.domain.events import Event
 from analytics.domain.ports import Clock
+
+if TYPE_CHECKING:
+    from analytics.domain.search import EventQuery, SearchKey
+
+# Which index serves a search: the most selective filter given (user, session, product,
+# type), the time index when there is none; the other filters are checked per item.
+INDEX_PREFERENCE = (
+    ("user_id", "by_user"),
+    ("session_id", "by_session"),
+    ("product_id", "by_product"),
+    ("event_type", "by_type"),
+)
+KEY_MIN, KEY_MAX = "0", "~"  # below / above every ts_key ("0" is a prefix of all of them)
 
 BATCH_WRITE_MAX = 25  # DynamoDB's limit per BatchWriteItem
 BATCH_GET_MAX = 100  # DynamoDB's limit per BatchGetItem
@@ -77,6 +90,11 @@ def event_item(event: Event, *, shards: int, retention: timedelta) -> dict[str, 
     return item
 
 
+def _day_of_key(key: str) -> str:
+    us = int(key[:17])
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%d")
+
+
 def item_event(item: dict[str, Any]) -> Event:
     body = item["body"]["B"]
     return codec.decode_event(bytes(body))
@@ -107,25 +125,6 @@ class Backoff:
         return self.rng.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))
 
 
-def encode_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise BadQuery("cursor", "not a cursor this service issued") from None
-    head, sep, tail = raw.partition("#")
-    if not sep or len(head) != 17 or not head.isdigit():
-        raise BadQuery("cursor", "not a cursor this service issued")
-    try:
-        uuid.UUID(tail)
-    except ValueError:
-        raise BadQuery("cursor", "not a cursor this service issued") from None
-    return raw
-
-
 class DynamoDBEventRepository:
     """EventRepository port on one DynamoDB table (design: ``dynamodb_schema``)."""
 
@@ -135,12 +134,16 @@ class DynamoDBEventRepository:
         table: str,
         *,
         clock: Clock,
+        directory_table: str | None = None,
         shards: int = 8,
         retention_days: int = 395,
         backoff: Backoff | None = None,
     ) -> None:
         self.client = client
         self.table = table
+        self.directory_table = directory_table
+        self._marked: set[tuple[str, str]] = set()  # directory entries this process wrote
+        self._marked_lock = threading.Lock()
         self.clock = clock
         self.shards = shards
         self.retention = timedelta(days=retention_days)
@@ -155,6 +158,7 @@ class DynamoDBEventRepository:
             return []
         present = self._present_ids(list(unique))
         new = [e for i, e in unique.items() if i not in present]
+        self._mark_days(new)  # before the events: a search never misses a stored event
         self.write_items(
             [event_item(e, shards=self.shards, retention=self.retention) for e in new]
         )
@@ -181,6 +185,124 @@ class DynamoDBEventRepository:
                         )
                     self.backoff.sleep(self.backoff.delay(attempt))
         return calls
+
+    def _mark_days(self, events: Sequence[Event]) -> None:
+        """Record which days (and type-days) hold events: the day directory.
+
+        The time and type indexes are partitioned by day, so an open-ended search must know
+        which days exist instead of querying every day of the retention window. Entries
+        are idempotent puts, written once per process per day (cached), so the directory
+        partition sees a handful of writes a day, however many events arrive.
+        """
+        if self.directory_table is None:
+            return
+        wanted = {("DIR#days", e.event_day) for e in events}
+        wanted |= {(f"DIR#type#{e.event_type}", e.event_day) for e in events}
+        with self._marked_lock:
+            missing = sorted(wanted - self._marked)
+        for pk, day in missing:
+            expires = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp())
+            expires += int((self.retention + timedelta(days=2)).total_seconds())
+            self._call(
+                "put_item",
+                TableName=self.directory_table,
+                Item={"pk": {"S": pk}, "sk": {"S": day}, TTL_ATTRIBUTE: {"N": str(expires)}},
+            )
+            with self._marked_lock:
+                self._marked.add((pk, day))
+
+    def _days(self, pk: str, lo_day: str | None, hi_day: str | None) -> list[str]:
+        """Days in the directory between lo_day and hi_day (inclusive), ascending."""
+        if self.directory_table is None:
+            raise StorageUnavailable("dynamodb: no day directory configured for time queries")
+        values: dict[str, Any] = {":pk": {"S": pk}}
+        condition = "pk = :pk"
+        if lo_day or hi_day:
+            values[":lo"] = {"S": lo_day or "0000-00-00"}
+            values[":hi"] = {"S": hi_day or "9999-99-99"}
+            condition += " AND sk BETWEEN :lo AND :hi"
+        request: dict[str, Any] = {
+            "TableName": self.directory_table,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
+        days: list[str] = []
+        while True:
+            response = self._call("query", **request)
+            days += [it["sk"]["S"] for it in response.get("Items", [])]
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return days
+            request["ExclusiveStartKey"] = last
+
+    # --- search (EventRepository.search) ------------------------------------------------
+    def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
+        """Ascending (timestamp, event_id), strictly after ``after``; Query only, never Scan.
+
+        The keyset position is the index sort key itself (``ts_key``, what a
+        LastEvaluatedKey holds), so resuming is a key condition ``ts_key > position``
+        that works across shards, where a single ExclusiveStartKey could not.
+        """
+        return list(self.iter_query(query, after=after, limit=limit))
+
+    def iter_query(
+        self, query: EventQuery, *, after: SearchKey | None = None, limit: int | None = None
+    ) -> Iterator[Event]:
+        lo = KEY_MIN
+        if query.start is not None:
+            lo = f"{to_us(query.start):017d}#"
+        if after is not None:
+            lo = max(lo, ts_key(to_us(after.timestamp), after.event_id))
+        hi = KEY_MAX if query.end is None else f"{to_us(query.end):017d}#"
+        if lo >= hi:
+            return
+        given = {
+            attr: getattr(query, attr)
+            for attr, _ in INDEX_PREFERENCE
+            if getattr(query, attr) is not None
+        }
+        page = max(10, min(limit or 500, 1000))
+        items = self._items(given, lo, hi, page)
+        n = 0
+        for item in items:
+            yield item_event(item)
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+    def _items(
+        self, given: dict[str, str], lo: str, hi: str, page: int
+    ) -> Iterator[dict[str, Any]]:
+        for attr, index in INDEX_PREFERENCE:
+            if attr in given:
+                rest = {k: v for k, v in given.items() if k != attr}
+                if index in ("by_user", "by_session"):
+                    yield from self.query_partition(
+                        index, given[attr], lo=lo, hi=hi, page_limit=page, filters=rest
+                    )
+                    return
+                if index == "by_product":
+                    parts = [f"{given[attr]}#{s}" for s in range(self.shards)]
+                    yield from self.merged(index, parts, lo=lo, hi=hi, page_limit=page,
+                                           filters=rest)  # fmt: skip
+                    return
+                # by_type: day-partitioned like the time index
+                yield from self._by_day(
+                    "by_type", f"DIR#type#{given[attr]}", f"{given[attr]}#", lo, hi, page, rest
+                )
+                return
+        yield from self._by_day("by_time", "DIR#days", "", lo, hi, page, {})
+
+    def _by_day(
+        self, index: str, directory_pk: str, prefix: str, lo: str, hi: str, page: int,
+        filters: dict[str, str],
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        lo_day = _day_of_key(lo) if lo != KEY_MIN else None
+        hi_day = _day_of_key(hi) if hi != KEY_MAX else None
+        for day in self._days(directory_pk, lo_day, hi_day):
+            parts = [f"{prefix}{day}#{s}" for s in range(self.shards)]
+            yield from self.merged(index, parts, lo=lo, hi=hi, page_limit=page, filters=filters)
 
     # --- reads -----------------------------------------------------------------------
     def _batch_get(

@@ -1,0 +1,154 @@
+"""The production shape as real processes: ``analytics init``, then ``analytics api`` and
+``analytics worker`` on DynamoDB + SNS (a moto server over HTTP), with Redis or RabbitMQ as
+the broker. Events go in over HTTP and come out of DynamoDB, of search, and of SNS."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from analytics.adapters.aws import sns_client
+from analytics.bootstrap import build_event_repo
+from analytics.settings import Settings
+from tests.support import analytics_cmd, child_env, free_port, wait_http, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def http(method: str, url: str, body: object | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - loopback
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+@dataclass
+class Stack:
+    base: str
+    env: dict[str, str]
+    settings: Settings
+    queue: tuple[Any, str]  # SQS client and URL subscribed to the topic (raw delivery)
+    logs: list[Path]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def stack(
+    request: pytest.FixtureRequest, moto_server: Any, redis_server: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:  # fmt: skip
+    tag = uuid.uuid4().hex[:10]
+    namespace = f"t-{tag}"
+    env = child_env(
+        **moto_server.env(), **redis_server.env(namespace),
+        ANALYTICS_STORAGE="dynamodb", ANALYTICS_BROKER=request.param,
+        ANALYTICS_EVENTS_TABLE=f"e2e-events-{tag}", ANALYTICS_AGGREGATES_TABLE=f"e2e-agg-{tag}",
+        ANALYTICS_SNS_TOPIC_ARN=f"arn:aws:sns:us-east-1:123456789012:e2e-{tag}",
+        ANALYTICS_SNS_NOTIFY_EVENT_TYPES="purchase,signup",
+        ANALYTICS_WEB_WORKERS="1", ANALYTICS_WEB_THREADS="4", ANALYTICS_WORKER_THREADS="2",
+        ANALYTICS_HEARTBEAT_TIMEOUT_S="5", ANALYTICS_AUTH="disabled", ANALYTICS_LOG_LEVEL="WARNING",
+    )  # fmt: skip
+    if request.param == "rabbitmq":
+        env["RABBITMQ_URL"] = request.getfixturevalue("rabbitmq_url")
+    settings = Settings.from_env(env)
+    logdir = tmp_path_factory.mktemp(f"prod-{request.param}")
+
+    # Before init: the API refuses to start and says what is missing and what to run.
+    port = free_port()
+    env["ANALYTICS_PORT"] = str(port)
+    refused = subprocess.run(analytics_cmd("api"), env=env, capture_output=True, timeout=60,
+                             check=False)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    message = refused.stderr.decode()
+    assert settings.events_table in message and "analytics init" in message, message
+
+    first = subprocess.run(analytics_cmd("init"), env=env, capture_output=True, timeout=120,
+                           check=True)  # fmt: skip
+    assert f"created table {settings.events_table}" in first.stdout.decode()
+    again = subprocess.run(analytics_cmd("init"), env=env, capture_output=True, timeout=120,
+                           check=True)  # fmt: skip
+    assert "nothing to do" in again.stdout.decode()
+
+    sqs = boto3.client("sqs", endpoint_url=moto_server.endpoint_url, region_name="us-east-1")
+    url = sqs.create_queue(QueueName=f"e2e-sub-{tag}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    assert settings.sns_topic_arn
+    sns_client(settings).subscribe(TopicArn=settings.sns_topic_arn, Protocol="sqs", Endpoint=arn,
+                                   Attributes={"RawMessageDelivery": "true"})  # fmt: skip
+
+    logs = [logdir / "worker.log", logdir / "api.log"]
+    with logs[0].open("wb") as w, logs[1].open("wb") as a:
+        worker = subprocess.Popen(
+            analytics_cmd("worker", "--queues", "high_priority,notifications,aggregations",
+                          "--processes", "1"),
+            env=env, stdout=w, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        api = subprocess.Popen(analytics_cmd("api"), env=env, stdout=a, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health", timeout=60, proc=api)
+        yield Stack(base, env, settings, (sqs, url), logs)
+    finally:
+        _stop(api)
+        _stop(worker)
+
+
+def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: Stack) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for i, event_id in enumerate(ids[:5]):
+        status, body = http("POST", f"{stack.base}/api/v1/analytics/events", {
+            "event_type": "purchase", "user_id": f"u{i}", "session_id": "s1",
+            "product_id": "sku-1", "price": "19.99", "currency": "EUR", "event_id": event_id})  # fmt: skip
+        assert status == 202, body
+    batch = [{"event_type": "page_view", "user_id": "u9", "session_id": "s9", "event_id": e}
+             for e in ids[5:]]  # fmt: skip
+    status, body = http("POST", f"{stack.base}/api/v1/analytics/events/batch", {"events": batch})
+    assert status == 202 and body["accepted"] == 35, body
+    http("POST", f"{stack.base}/api/v1/analytics/events/batch", {"events": batch})  # a retry
+
+    repo = build_event_repo(stack.settings)
+    wanted = [uuid.UUID(i) for i in ids]
+    wait_until(lambda: len(repo.get_many(wanted)) == 40, timeout=60,
+               message=f"stored {len(repo.get_many(wanted))} of 40; logs in {stack.logs}")  # fmt: skip
+    stored = repo.get_many(wanted)
+    assert str(stored[wanted[0]].total_value) == "19.99"
+    assert repo.count() == 40  # the retried batch was not stored twice
+
+    sqs, url = stack.queue
+    got: list[dict[str, Any]] = []
+
+    def received() -> bool:
+        resp = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                   MessageAttributeNames=["All"])  # fmt: skip
+        got.extend(resp.get("Messages", []))
+        return len(got) >= 5
+
+    wait_until(received, timeout=60, message=f"{len(got)} notifications; logs in {stack.logs}")
+    assert sorted(m["MessageAttributes"]["event_id"]["StringValue"] for m in got) == sorted(ids[:5])
+    assert {m["MessageAttributes"]["event_type"]["StringValue"] for m in got} == {"purchase"}

@@ -61,6 +61,9 @@ class Settings(BaseModel):
     enqueue_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long ingest waits for the broker before a 503."
     )
+    group_commit: bool = Field(
+        True, description="Share one broker round trip between concurrent requests."
+    )
     group_commit_max_events: int = Field(2000, ge=1, le=50_000)
 
     # --- workers -----------------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""DynamoDB aggregate store: exactly-once counters with per-event markers.
+
+Table ``aggregates`` (``pk``/``sk``), items:
+
+- counter ``pk = A#<grain>#<UTC day>#<shard>``, ``sk = <bucket:010d>#<kind>#<type>#<dim>#<dim2>``,
+  attribute ``v`` (N) grown with ``ADD``. ``shard = event_id.int % aggregate_shards``: one
+  event's counters share a partition; a busy minute's counters spread over all shards, so
+  neither a day nor a popular event type is one hot partition. Reads sum a counter over
+  its shards, so a counter's value is the same whichever shard an event landed in.
+- applied marker ``pk = M#<UTC day>#<shard>``, ``sk = <minute:010d>#<event_id>``: written
+  with ``attribute_not_exists(pk)`` in the *same* ``TransactWriteItems`` as the event's
+  ``ADD`` s, so a redelivered event fails its condition and adds nothing (the transaction
+  is cancelled as a whole; the events whose markers failed are dropped and the rest
+  re-sent). ``ClientRequestToken`` alone would dedupe for ten minutes only.
+- day directory ``pk = DIR#...`` (see the event repository).
+
+Transactions hold at most 100 items: events are packed greedily (one marker + their merged
+counter updates each). Summaries read the base buckets of a window with one ``Query`` per
+(grain, day, shard) over a sort-key range, and compute exact unique users/sessions as the
+distinct members with a positive summed value, like the other stores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from analytics.adapters.aws import ResourceMissing, error_code
+from analytics.adapters.dynamodb_events import Backoff
+from analytics.domain.aggregation import (
+    Breakdown,
+    Contribution,
+    CounterKey,
+    Summary,
+    breakdown_counters,
+    summarize_counters,
+)
+from analytics.domain.buckets import GRAINS, Piece, from_minute
+from analytics.domain.errors import StorageUnavailable
+from analytics.domain.ports import AggregateSnapshot
+
+TRANSACT_MAX = 100  # DynamoDB's limit per TransactWriteItems
+_SEP = "\x1f"  # unit separator: never inside an identifier, so sort keys split unambiguously
+
+
+def _day(minute: int) -> str:
+    return from_minute(minute).strftime("%Y-%m-%d")
+
+
+def counter_pk(grain: int, bucket: int, shard: int) -> str:
+    return f"A#{grain}#{_day(bucket)}#{shard}"
+
+
+def counter_sk(k: CounterKey) -> str:
+    return _SEP.join((f"{k.bucket:010d}", k.kind, k.event_type, k.dim, k.dim2))
+
+
+def parse_counter(grain: int, sk: str) -> CounterKey:
+    bucket, kind, event_type, dim, dim2 = sk.split(_SEP)
+    return CounterKey(kind, grain, int(bucket), event_type, dim, dim2)
+
+
+def marker_key(c: Contribution, shard: int) -> dict[str, Any]:
+    return {
+        "pk": {"S": f"M#{_day(c.minute)}#{shard}"},
+        "sk": {"S": f"{c.minute:010d}#{c.event_id}"},
+    }
+
+
+class DynamoDBAggregateStore:
+    """AggregateStore port on the aggregates table (design in the module docstring)."""
+
+    def __init__(
+        self, client: Any, table: str, *, shards: int = 4, backoff: Backoff | None = None
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.shards = shards
+        self.backoff = backoff or Backoff(max_attempts=10)
+
+    # --- writes -----------------------------------------------------------------------
+    def apply(self, contributions: Sequence[Contribution]) -> list[uuid.UUID]:
+        unique: dict[uuid.UUID, Contribution] = {}
+        for c in contributions:
+            unique.setdefault(c.event_id, c)
+        new: list[uuid.UUID] = []
+        group: list[Contribution] = []
+        keys: set[CounterKey] = set()
+        for c in unique.values():
+            extra = {k for k, v in c.deltas.items() if v} - keys
+            if group and len(group) + 1 + len(keys) + len(extra) > TRANSACT_MAX:
+                new += self._apply_group(group)
+                group, keys, extra = [], set(), {k for k, v in c.deltas.items() if v}
+            group.append(c)
+            keys |= extra
+        if group:
+            new += self._apply_group(group)
+        done = set(new)
+        return [i for i in unique if i in done]
+
+    def _apply_group(self, group: list[Contribution]) -> list[uuid.UUID]:
+        """One transaction: every marker (conditional) and the merged ADDs of the group."""
+        attempt = 0
+        while group:
+            merged: dict[tuple[str, str], int] = defaultdict(int)
+            for c in group:
+                shard = c.event_id.int % self.shards
+                for k, v in c.deltas.items():
+                    if v:
+                        merged[(counter_pk(k.grain, k.bucket, shard), counter_sk(k))] += v
+            items: list[dict[str, Any]] = [
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": {**marker_key(c, c.event_id.int % self.shards),
+                                 "event_id": {"S": str(c.event_id)}},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+                for c in group
+            ]  # fmt: skip
+            items += [self._add(pk, sk, v) for (pk, sk), v in merged.items() if v]
+            try:
+                self.client.transact_write_items(TransactItems=items)
+                return [c.event_id for c in group]
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "ResourceNotFoundException":
+                    raise ResourceMissing("DynamoDB table", self.table) from exc
+                if code != "TransactionCanceledException":
+                    raise StorageUnavailable(f"dynamodb transact_write_items: {code or exc}") from exc
+                reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+                applied = {
+                    n for n, r in enumerate(reasons[: len(group)])
+                    if r.get("Code") == "ConditionalCheckFailed"
+                }  # fmt: skip
+                if applied:
+                    # Those events were counted before: drop them, re-send the rest at once.
+                    group = [c for n, c in enumerate(group) if n not in applied]
+                    continue
+                # TransactionConflict / throttling: another writer held an item. Back off.
+                attempt += 1
+                if attempt >= self.backoff.max_attempts:
+                    codes = sorted({r.get("Code", "?") for r in reasons} - {"None"})
+                    raise StorageUnavailable(f"dynamodb transaction cancelled: {codes}") from exc
+                self.backoff.sleep(self.backoff.delay(attempt))
+        return []
+
+    def _add(self, pk: str, sk: str, value: int) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+                "UpdateExpression": "ADD v :d",
+                "ExpressionAttributeValues": {":d": {"N": str(value)}},
+            }
+        }
+
+    def correct(self, deltas: Mapping[CounterKey, int]) -> None:
+        """Reconcile repair: ADD each correction to shard 0 (reads sum over shards).
+
+        At most 100 counters change atomically (one transaction); a bigger repair is
+        several transactions, each safe to re-run only through a fresh snapshot.
+        """
+        items = [
+            self._add(counter_pk(k.grain, k.bucket, 0), counter_sk(k), v)
+            for k, v in deltas.items()
+            if v
+        ]
+        for start in range(0, len(items), TRANSACT_MAX):
+            try:
+                self.client.transact_write_items(TransactItems=items[start : start + 100])
+            except Exception as exc:
+                raise StorageUnavailable(f"dynamodb correct: {error_code(exc) or exc}") from exc
+
+    # --- reads ------------------------------------------------------------------------
+    def _query(self, pk: str, lo: str, hi: str) -> Iterator[dict[str, Any]]:
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":lo": {"S": lo}, ":hi": {"S": hi}},
+            "ConsistentRead": True,
+        }
+        while True:
+            try:
+                response = self.client.query(**request)
+            except Exception as exc:
+                if error_code(exc) == "ResourceNotFoundException":
+                    raise ResourceMissing("DynamoDB table", self.table) from exc
+                raise StorageUnavailable(f"dynamodb query: {error_code(exc) or exc}") from exc
+            yield from response.get("Items", [])
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return
+            request["ExclusiveStartKey"] = last
+
+    def _counters(self, pieces: Sequence[Piece]) -> dict[CounterKey, int]:
+        """Counters (summed over shards) with bucket starts inside any of the pieces."""
+        totals: dict[CounterKey, int] = defaultdict(int)
+        for grain, start, end in sorted({(p.grain, p.start, p.end) for p in pieces}):
+            if end <= start:
+                continue
+            for day_start, day_end in _days(start, end):
+                for shard in range(self.shards):
+                    pk = counter_pk(grain, day_start, shard)
+                    lo, hi = f"{day_start:010d}", f"{day_end - 1:010d}{_SEP}\U0010ffff"
+                    for item in self._query(pk, lo, hi):
+                        totals[parse_counter(grain, item["sk"]["S"])] += int(item["v"]["N"])
+        return dict(totals)
+
+    def snapshot(self, start: int, end: int) -> AggregateSnapshot:
+        snap = AggregateSnapshot()
+        pieces = [Piece(g, start, end) for g in GRAINS]
+        snap.counters = {k: v for k, v in self._counters(pieces).items() if v}
+        for day_start, day_end in _days(start, end):
+            for shard in range(self.shards):
+                pk = f"M#{_day(day_start)}#{shard}"
+                for item in self._query(pk, f"{day_start:010d}", f"{day_end - 1:010d}#~"):
+                    snap.applied.add(uuid.UUID(item["sk"]["S"].split("#", 1)[1]))
+        return snap
+
+    def summarize(
+        self, windows: Sequence[Sequence[Piece]], event_type: str | None
+    ) -> list[Summary]:
+        counters = self._counters([p for w in windows for p in w])
+        return [
+            summarize_counters(counters, [(p.grain, p.start, p.end) for p in w], event_type)
+            for w in windows
+        ]
+
+    def breakdown(self, window: Sequence[Piece], *, top: int) -> Breakdown:
+        counters = self._counters(list(window))
+        return breakdown_counters(counters, [(p.grain, p.start, p.end) for p in window], top)
+
+
+def _days(start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Split [start, end) epoch minutes at UTC midnights: (start, end) per day touched."""
+    day = 24 * 60
+    cur = start
+    while cur < end:
+        nxt = min(end, (cur // day + 1) * day)
+        yield cur, nxt
+        cur = nxt
+

@@ -104,8 +104,11 @@ def moto_server() -> Iterator[MotoInfo]:
 
     Tests share it: each names its own tables and topics (see ``aws_names``).
     """
+    import logging  # noqa: PLC0415
+
     from moto.server import ThreadedMotoServer  # noqa: PLC0415 - test-only dependency
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per call
     saved = {k: os.environ.get(k) for k in _FAKE_AWS_ENV}
     os.environ.update(_FAKE_AWS_ENV)
     port = free_port()

@@ -87,14 +87,15 @@ class DynamoDBAggregateStore:
             unique.setdefault(c.event_id, c)
         new: list[uuid.UUID] = []
         group: list[Contribution] = []
-        keys: set[CounterKey] = set()
+        items: set[tuple[int, CounterKey]] = set()  # the counter items the group touches
         for c in unique.values():
-            extra = {k for k, v in c.deltas.items() if v} - keys
-            if group and len(group) + 1 + len(keys) + len(extra) > TRANSACT_MAX:
+            shard = c.event_id.int % self.shards
+            mine = {(shard, k) for k, v in c.deltas.items() if v}
+            if group and len(group) + 1 + len(items | mine) > TRANSACT_MAX:
                 new += self._apply_group(group)
-                group, keys, extra = [], set(), {k for k, v in c.deltas.items() if v}
+                group, items = [], set()
             group.append(c)
-            keys |= extra
+            items |= mine
         if group:
             new += self._apply_group(group)
         done = set(new)
@@ -198,16 +199,18 @@ class DynamoDBAggregateStore:
 
     def _counters(self, pieces: Sequence[Piece]) -> dict[CounterKey, int]:
         """Counters (summed over shards) with bucket starts inside any of the pieces."""
-        totals: dict[CounterKey, int] = defaultdict(int)
-        for grain, start, end in sorted({(p.grain, p.start, p.end) for p in pieces}):
-            if end <= start:
-                continue
+        seen: dict[tuple[str, str], tuple[CounterKey, int]] = {}  # pieces may overlap
+        for grain, start, end in _merge_spans(pieces):
             for day_start, day_end in _days(start, end):
                 for shard in range(self.shards):
                     pk = counter_pk(grain, day_start, shard)
                     lo, hi = f"{day_start:010d}", f"{day_end - 1:010d}{_SEP}\U0010ffff"
                     for item in self._query(pk, lo, hi):
-                        totals[parse_counter(grain, item["sk"]["S"])] += int(item["v"]["N"])
+                        sk = item["sk"]["S"]
+                        seen[(pk, sk)] = (parse_counter(grain, sk), int(item["v"]["N"]))
+        totals: dict[CounterKey, int] = defaultdict(int)
+        for key, value in seen.values():
+            totals[key] += value  # the same counter in several shards adds up
         return dict(totals)
 
     def snapshot(self, start: int, end: int) -> AggregateSnapshot:
@@ -233,6 +236,20 @@ class DynamoDBAggregateStore:
     def breakdown(self, window: Sequence[Piece], *, top: int) -> Breakdown:
         counters = self._counters(list(window))
         return breakdown_counters(counters, [(p.grain, p.start, p.end) for p in window], top)
+
+
+def _merge_spans(pieces: Sequence[Piece]) -> list[tuple[int, int, int]]:
+    """Per grain, the union of the pieces' [start, end) spans as disjoint spans: each base
+    bucket is read once however many windows share it."""
+    out: list[tuple[int, int, int]] = []
+    for grain in sorted({p.grain for p in pieces}):
+        spans = sorted((p.start, p.end) for p in pieces if p.grain == grain and p.end > p.start)
+        for start, end in spans:
+            if out and out[-1][0] == grain and start <= out[-1][2]:
+                out[-1] = (grain, out[-1][1], max(out[-1][2], end))
+            else:
+                out.append((grain, start, end))
+    return out
 
 
 def _days(start: int, end: int) -> Iterator[tuple[int, int]]:

@@ -271,6 +271,17 @@ class DynamoDBEventRepository:
             if limit is not None and n >= limit:
                 return
 
+    def iter_range(
+        self, start: datetime, end: datetime, *, page_size: int = 1000
+    ) -> Iterator[Event]:
+        """Events with start <= timestamp < end in (timestamp, event_id) order, from the
+        time index a day (and its shards) at a time: the reconcile job's read."""
+        lo, hi = f"{to_us(start):017d}#", f"{to_us(end):017d}#"
+        if lo >= hi:
+            return
+        for item in self._items({}, lo, hi, max(10, min(page_size, 1000))):
+            yield item_event(item)
+
     def _items(
         self, given: dict[str, str], lo: str, hi: str, page: int
     ) -> Iterator[dict[str, Any]]:

@@ -70,6 +70,19 @@ class Settings(BaseModel):
         60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
     )
 
+    # --- search and task status -------------------------------------------------------
+    cursor_secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        repr=False,
+        description="HMAC key of search cursors. Unset: a random key kept in the data dir "
+        "(set it explicitly when API processes on several hosts serve one store).",
+    )
+    task_status_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="How long a task status record is kept."
+    )
+
     # --- logs --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -77,6 +90,10 @@ class Settings(BaseModel):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
+
+    @property
+    def cursor_secret_path(self) -> Path:
+        return self.data_dir / "cursor_secret"
 
     @property
     def redis_embedded(self) -> bool:

@@ -7,6 +7,8 @@ import falcon
 from analytics.application.ingest import IngestDeps
 from analytics.bootstrap import Container
 from analytics.entrypoints.api import resources
+from analytics.entrypoints.api.search import SearchResource
+from analytics.entrypoints.api.tasks import TaskStatusResource
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
@@ -35,4 +37,12 @@ def create_app(container: Container) -> falcon.App:
     )
     app.add_route("/analytics/events", resources.LegacyEventsResource(deps, s.max_body_bytes))
     app.add_route("/health", resources.HealthResource())
+    app.add_route(
+        "/api/v1/analytics/events/search",
+        SearchResource(container.event_repo, container.cursor_secret),
+    )
+    if container.task_status is not None:
+        app.add_route(
+            "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)
+        )
     return app

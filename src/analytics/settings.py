@@ -69,6 +69,13 @@ class Settings(BaseModel):
     heartbeat_timeout_s: float = Field(
         60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
     )
+    broker_maintenance_chance: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Redis broker: broker calls per million that also requeue dead workers'"
+        " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
+    )
 
     # --- search and task status -------------------------------------------------------
     cursor_secret: str | None = Field(

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
-from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
-from analytics.domain.ports import TaskStatusStore
+from analytics.domain.ports import (
+    Clock,
+    EventRepository,
+    IdGenerator,
+    TaskQueue,
+    TaskStatusStore,
+)
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 

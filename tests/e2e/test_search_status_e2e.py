@@ -32,9 +32,7 @@ def http(method: str, url: str, body: object | None = None) -> tuple[int, Any]:
 
 
 @pytest.fixture(scope="module")
-def service(
-    redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def service(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     namespace = f"t-{uuid.uuid4().hex[:12]}"
     data_dir = tmp_path_factory.mktemp("search-status") / "data"
     port = free_port()

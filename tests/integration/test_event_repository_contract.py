@@ -59,7 +59,10 @@ def make_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RepoFa
 
 
 def page_through(
-    repo: EventRepository, query: EventQuery, limit: int, between: Callable[[int], None] = lambda i: None
+    repo: EventRepository,
+    query: EventQuery,
+    limit: int,
+    between: Callable[[int], None] = lambda i: None,
 ) -> list[Event]:
     out: list[Event] = []
     after: SearchKey | None = None
@@ -175,7 +178,9 @@ def test_paging_while_events_arrive_never_skips_or_repeats(make_repo: RepoFactor
     assert keys == sorted(keys)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     rows=st.lists(
         st.tuples(st.integers(0, 20), st.sampled_from(["a", "b"]), st.sampled_from(["u1", "u2"]),

@@ -27,7 +27,7 @@ from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.api.app import create_app
 from analytics.settings import Settings
 from tests.conftest import RedisInfo
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 TTL_S = 3600
 
@@ -55,8 +55,11 @@ def env(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> It
     namespace = f"t-{uuid.uuid4().hex[:12]}"
     data_dir: Path = tmp_path_factory.mktemp("status") / "data"
     settings = Settings.from_env(
-        {**redis_server.env(namespace), "ANALYTICS_DATA_DIR": str(data_dir),
-         "ANALYTICS_TASK_STATUS_TTL_S": str(TTL_S)}  # fmt: skip
+        {
+            **redis_server.env(namespace),
+            "ANALYTICS_DATA_DIR": str(data_dir),
+            "ANALYTICS_TASK_STATUS_TTL_S": str(TTL_S),
+        }
     )
     container = bootstrap(settings)
     register_actors(container)
@@ -188,8 +191,6 @@ def test_redis_store_is_monotonic_across_racing_hooks(
 
 
 def test_status_store_unreachable_is_503_not_500(tmp_path: Path) -> None:
-    from tests.support import free_port  # noqa: PLC0415
-
     settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
     dead = RedisTaskStatusStore(
         redis.Redis(port=free_port(), socket_connect_timeout=0.5), namespace="x", ttl_s=60

@@ -46,7 +46,9 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         except Exception as exc:  # noqa: BLE001 - status is best effort, work is not
             log.warning("task status not recorded", task_id=update.task_id, error=str(exc))
 
-    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+    def after_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
         self._apply(
             tasks.queued(
                 message.message_id,

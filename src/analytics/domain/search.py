@@ -149,7 +149,7 @@ def parse_search(
     if start is not None and end is not None and end <= start:
         raise BadQuery("end", "must be after start (the range is [start, end))")
     raw_limit = _single(params, "limit")
-    limit = DEFAULT_LIMIT if max_limit >= DEFAULT_LIMIT else max_limit
+    limit = min(DEFAULT_LIMIT, max_limit)
     if raw_limit is not None:
         if not re.fullmatch(r"\d{1,7}", raw_limit.strip()):
             raise BadQuery("limit", f"{raw_limit!r} is not a whole number")

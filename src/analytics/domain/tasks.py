@@ -113,7 +113,12 @@ def failed(task_id: str, *, at: datetime, attempts: int, error: BaseException | 
     return TaskUpdate(
         task_id,
         TERMINAL_RANK,
-        {"status": "failed", "attempts": attempts, "finished_at": at, "error": describe_error(error)},
+        {
+            "status": "failed",
+            "attempts": attempts,
+            "finished_at": at,
+            "error": describe_error(error),
+        },
     )
 
 

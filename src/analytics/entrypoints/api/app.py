@@ -7,14 +7,14 @@ import falcon
 from analytics.application.ingest import IngestDeps
 from analytics.bootstrap import Container
 from analytics.entrypoints.api import resources
-from analytics.entrypoints.api.search import SearchResource
-from analytics.entrypoints.api.tasks import TaskStatusResource
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
     SecurityHeadersMiddleware,
 )
 from analytics.entrypoints.api.problems import install_error_handlers
+from analytics.entrypoints.api.search import SearchResource
+from analytics.entrypoints.api.tasks import TaskStatusResource
 
 
 def create_app(container: Container) -> falcon.App:

@@ -95,7 +95,6 @@ def bootstrap(
     task_status: TaskStatusStore | None = None,
     cursor_secret: bytes | None = None,
 ) -> Container:
-    from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
     from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
         TaskStatusMiddleware,
         install,
@@ -111,13 +110,24 @@ def bootstrap(
         clock=clock,
         new_id=new_id or uuid4,
         broker=broker,
-        task_queue=task_queue
-        or GroupCommitQueue(
-            broker,
-            max_events=settings.group_commit_max_events,
-            timeout_s=settings.enqueue_timeout_s,
-        ),
+        task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo or build_event_repo(settings),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
+    )
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    from analytics.adapters.dramatiq_queue import build_broker as _build  # noqa: PLC0415
+
+    return _build(settings)
+
+
+def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
+    from analytics.adapters.dramatiq_queue import DirectQueue, GroupCommitQueue  # noqa: PLC0415
+
+    if not settings.group_commit:
+        return DirectQueue(broker)
+    return GroupCommitQueue(
+        broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
     )

@@ -48,6 +48,9 @@ class EventRepository(Protocol):
 
         Must be served from an index per filter (never a scan of all events); when several
         filters are given, an adapter may use one index and check the others per row.
+        (SQLite: an index ``(col, ts_us, event_id)`` per filter; DynamoDB: a GSI per filter
+        with a sort key that orders like ``(ts_us, event_id)``, e.g. a zero-padded
+        ``ts_us#event_id``, with ``Query`` pages resumed from the ``after`` key.)
         """
         ...
 

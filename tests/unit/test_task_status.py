@@ -158,3 +158,39 @@ def test_a_broken_store_never_breaks_the_work(env) -> None:  # type: ignore[no-u
     broker.join("default")
     worker.join()
     assert done == [1]
+
+
+def test_a_replay_starts_a_new_life_that_old_updates_cannot_touch() -> None:
+    store = InMemoryTaskStatusStore()
+    for update in lifecycle()[:2]:
+        store.apply(update)
+    store.apply(tasks.failed("m", at=T, attempts=1, error="dead"))
+    later = T.replace(hour=5)
+    store.apply(tasks.queued("m", actor="a", queue="q", at=later, retries=0, generation=1))
+    store.apply(tasks.failed("m", at=T, attempts=1, error="stale"))  # from the old life
+    s = status(store, "m")
+    assert (s.status, s.error, s.finished_at, s.enqueued_at) == ("queued", None, None, later)
+
+
+def test_dead_letter_replay_is_followed_by_the_same_id(env) -> None:  # type: ignore[no-untyped-def]
+    broker, store, worker = env
+    calls: list[int] = []
+
+    @dramatiq.actor(broker=broker, actor_name="once_broken", max_retries=0)
+    def once_broken() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first time")
+        return "fine"
+
+    message = once_broken.send()
+    worker.start()
+    broker.join("default", fail_fast=False)
+    assert status(store, message.message_id).status == "failed"
+    (dead,) = broker.dead_letters
+    replay = dead.copy(options={"replays": 1, "retries": 0})  # what the replay tool does
+    broker.enqueue(replay)
+    broker.join("default", fail_fast=False)
+    worker.join()
+    s = status(store, message.message_id)
+    assert (s.status, s.result, s.error, s.attempts) == ("succeeded", "fine", None, 1)

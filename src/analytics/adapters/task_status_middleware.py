@@ -52,6 +52,7 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         self._apply(
             tasks.queued(
                 message.message_id,
+                generation=_generation(message),
                 actor=message.actor_name,
                 queue=q_name(message.queue_name),
                 at=self.clock.now(),
@@ -66,6 +67,7 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         self._apply(
             tasks.running(
                 message.message_id,
+                generation=_generation(message),
                 actor=message.actor_name,
                 queue=q_name(message.queue_name),
                 at=self.clock.now(),
@@ -91,16 +93,45 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         now = self.clock.now()
         if message.failed:
             error: BaseException | str = exception or "the message failed before it ran"
-            self._apply(tasks.failed(message.message_id, at=now, attempts=attempt, error=error))
+            self._apply(
+                tasks.failed(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    error=error,
+                )
+            )
         elif exception is None:
             self._apply(
-                tasks.succeeded(message.message_id, at=now, attempts=attempt, result=result)
+                tasks.succeeded(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    result=result,
+                )
             )
         elif _has_retries(broker):
             retries = int(message.options.get("retries", attempt))
-            self._apply(tasks.retrying(message.message_id, retries=retries, error=exception))
+            self._apply(
+                tasks.retrying(
+                    message.message_id,
+                    generation=_generation(message),
+                    retries=retries,
+                    error=exception,
+                )
+            )
         else:  # without Retries a failed message is simply acknowledged: it is over
-            self._apply(tasks.failed(message.message_id, at=now, attempts=attempt, error=exception))
+            self._apply(
+                tasks.failed(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    error=exception,
+                )
+            )
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         attempt = self._attempt(message)
@@ -108,15 +139,32 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         if message.failed:
             self._apply(
                 tasks.failed(
-                    message.message_id, at=now, attempts=attempt, error="skipped by a middleware"
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    error="skipped by a middleware",
                 )
             )
         else:
             self._apply(
                 tasks.skipped(
-                    message.message_id, at=now, attempts=attempt, reason="skipped by a middleware"
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    reason="skipped by a middleware",
                 )
             )
+
+
+def _generation(message: Any) -> int:
+    """How many times the message was replayed from the dead-letter queue (option
+    ``replays``, set by the replay tool): each replay starts a new status life."""
+    try:
+        return max(0, int(message.options.get("replays", 0)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _has_retries(broker: dramatiq.Broker) -> bool:

@@ -10,6 +10,8 @@ Hooks fire in different processes (the API enqueues, a worker runs), so their up
 arrive out of order. Each update carries a *rank*: ``retries * 4 + phase``, and terminal
 states rank above everything. A store applies an update only if its rank is at least the
 stored one, so a late ``queued`` never hides ``running`` and nothing overwrites an outcome.
+A dead-letter replay that sets the message option ``replays`` to n + 1 starts generation
+n + 1, which ranks above every state of the previous one: the record shows the new life.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ TaskState = Literal["queued", "running", "retrying", "succeeded", "failed", "ski
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped"})
 
 _QUEUED, _RUNNING = 0, 1
-TERMINAL_RANK = 1 << 40  # exact in a Lua number (a double)
+TERMINAL_RANK = 1 << 33  # above any retries * 4 + phase
+GENERATION = 1 << 34  # a replayed message starts a new life; 2**53 keeps Lua numbers exact
 MAX_RESULT_BYTES = 2048
 MAX_ERROR_CHARS = 1000
 
@@ -58,46 +61,68 @@ class TaskUpdate:
     first: dict[str, Any] = field(default_factory=dict)
 
 
-def _rank(retries: int, phase: int) -> int:
-    return max(0, retries) * 4 + phase
+def _rank(retries: int, phase: int, generation: int = 0) -> int:
+    return max(0, generation) * GENERATION + max(0, retries) * 4 + phase
 
 
-def queued(task_id: str, *, actor: str, queue: str, at: datetime, retries: int) -> TaskUpdate:
+def _terminal(generation: int) -> int:
+    return max(0, generation) * GENERATION + TERMINAL_RANK
+
+
+def queued(
+    task_id: str, *, actor: str, queue: str, at: datetime, retries: int, generation: int = 0
+) -> TaskUpdate:
     """The message is in the broker: first enqueue (``queued``) or a retry (``retrying``)."""
-    status = "queued" if retries == 0 else "retrying"
+    fields: dict[str, Any] = {"status": "queued" if retries == 0 else "retrying"}
+    fields["attempts"] = retries
+    if retries == 0:  # a new life (first enqueue or a replay): forget a previous outcome
+        fields.update(started_at=None, finished_at=None, result=None, error=None)
+    if generation:
+        fields["enqueued_at"] = at
     return TaskUpdate(
         task_id,
-        _rank(retries, _QUEUED),
-        {"status": status, "attempts": retries},
+        _rank(retries, _QUEUED, generation),
+        fields,
         {"actor": actor, "queue": queue, "enqueued_at": at},
     )
 
 
 def running(
-    task_id: str, *, actor: str, queue: str, at: datetime, retries: int, enqueued_at: datetime
+    task_id: str,
+    *,
+    actor: str,
+    queue: str,
+    at: datetime,
+    retries: int,
+    enqueued_at: datetime,
+    generation: int = 0,
 ) -> TaskUpdate:
     """A worker started attempt ``retries + 1``."""
     return TaskUpdate(
         task_id,
-        _rank(retries, _RUNNING),
+        _rank(retries, _RUNNING, generation),
         {"status": "running", "attempts": retries + 1, "started_at": at, "finished_at": None},
         {"actor": actor, "queue": queue, "enqueued_at": enqueued_at},
     )
 
 
-def retrying(task_id: str, *, retries: int, error: BaseException | str) -> TaskUpdate:
+def retrying(
+    task_id: str, *, retries: int, error: BaseException | str, generation: int = 0
+) -> TaskUpdate:
     """Attempt ``retries`` failed and the message was scheduled again."""
     return TaskUpdate(
         task_id,
-        _rank(retries, _QUEUED),
+        _rank(retries, _QUEUED, generation),
         {"status": "retrying", "attempts": retries, "error": describe_error(error)},
     )
 
 
-def succeeded(task_id: str, *, at: datetime, attempts: int, result: object) -> TaskUpdate:
+def succeeded(
+    task_id: str, *, at: datetime, attempts: int, result: object, generation: int = 0
+) -> TaskUpdate:
     return TaskUpdate(
         task_id,
-        TERMINAL_RANK,
+        _terminal(generation),
         {
             "status": "succeeded",
             "attempts": attempts,
@@ -108,11 +133,13 @@ def succeeded(task_id: str, *, at: datetime, attempts: int, result: object) -> T
     )
 
 
-def failed(task_id: str, *, at: datetime, attempts: int, error: BaseException | str) -> TaskUpdate:
+def failed(
+    task_id: str, *, at: datetime, attempts: int, error: BaseException | str, generation: int = 0
+) -> TaskUpdate:
     """No retry is left: the message went to the dead-letter queue."""
     return TaskUpdate(
         task_id,
-        TERMINAL_RANK,
+        _terminal(generation),
         {
             "status": "failed",
             "attempts": attempts,
@@ -122,10 +149,12 @@ def failed(task_id: str, *, at: datetime, attempts: int, error: BaseException | 
     )
 
 
-def skipped(task_id: str, *, at: datetime, attempts: int, reason: str) -> TaskUpdate:
+def skipped(
+    task_id: str, *, at: datetime, attempts: int, reason: str, generation: int = 0
+) -> TaskUpdate:
     return TaskUpdate(
         task_id,
-        TERMINAL_RANK,
+        _terminal(generation),
         {"status": "skipped", "attempts": attempts, "finished_at": at, "error": reason},
     )
 

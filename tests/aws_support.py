@@ -60,3 +60,27 @@ def make_event(
         currency=currency,
     )
     return build_event(ein, received_at=at, correlation_id=correlation_id, new_id=uuid.uuid4)
+
+
+def dynamodb_stores(moto: Any, names: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """A fresh DynamoDB event repository and aggregate store on tables of their own,
+    built by the composition root from settings, tables made by ``analytics init``'s code."""
+    import uuid  # noqa: PLC0415
+
+    from analytics.adapters.dynamodb_schema import ensure_resources  # noqa: PLC0415
+    from analytics.bootstrap import build_event_repo  # noqa: PLC0415
+
+    tag = uuid.uuid4().hex[:10]
+    names = names or {"ANALYTICS_EVENTS_TABLE": f"events-{tag}",
+                      "ANALYTICS_AGGREGATES_TABLE": f"aggregates-{tag}"}  # fmt: skip
+    settings = aws_settings(moto, {k: v for k, v in names.items() if "TOPIC" not in k})
+    ensure_resources(settings)
+    repo = build_event_repo(settings)
+    aggregates = None
+    try:
+        from analytics.bootstrap import build_aggregates  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        aggregates = build_aggregates(settings, repo)
+    except (ImportError, ValueError):
+        pass  # no aggregate port in this build yet
+    return repo, aggregates

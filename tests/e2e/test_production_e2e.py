@@ -70,7 +70,8 @@ def stack(
         ANALYTICS_SNS_TOPIC_ARN=f"arn:aws:sns:us-east-1:123456789012:e2e-{tag}",
         ANALYTICS_SNS_NOTIFY_EVENT_TYPES="purchase,signup",
         ANALYTICS_WEB_WORKERS="1", ANALYTICS_WEB_THREADS="4", ANALYTICS_WORKER_THREADS="2",
-        ANALYTICS_HEARTBEAT_TIMEOUT_S="5", ANALYTICS_AUTH="disabled", ANALYTICS_LOG_LEVEL="WARNING",
+        ANALYTICS_HEARTBEAT_TIMEOUT_S="5", ANALYTICS_CURSOR_SECRET="e2e-cursor-secret-" + tag,
+        ANALYTICS_DATA_DIR=str(tmp_path_factory.mktemp(f"data-{request.param}")), ANALYTICS_AUTH="disabled", ANALYTICS_LOG_LEVEL="WARNING",
     )  # fmt: skip
     if request.param == "rabbitmq":
         env["RABBITMQ_URL"] = request.getfixturevalue("rabbitmq_url")
@@ -139,6 +140,23 @@ def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: St
     stored = repo.get_many(wanted)
     assert str(stored[wanted[0]].total_value) == "19.99"
     assert repo.count() == 40  # the retried batch was not stored twice
+
+    # Out again through search over HTTP, paged with the opaque cursor (DynamoDB indexes).
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params = "user_id=u9&limit=10" + (f"&cursor={cursor}" if cursor else "")
+        status, page = http("GET", f"{stack.base}/api/v1/analytics/events/search?{params}")
+        assert status == 200, page
+        seen += [item["event_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids[5:]) and len(seen) == 35
+    status, page = http("GET", f"{stack.base}/api/v1/analytics/events/search?"
+                               "event_type=purchase&product_id=sku-1")  # fmt: skip
+    assert status == 200 and {i["event_id"] for i in page["items"]} == set(ids[:5])
+    assert {i["total_value"] for i in page["items"]} == {"19.99"}
 
     sqs, url = stack.queue
     got: list[dict[str, Any]] = []

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
-from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
+from analytics.domain.ports import (
+    AggregateStore,
+    AggregationJobs,
+    Cache,
+    Clock,
+    EventRepository,
+    IdGenerator,
+    TaskQueue,
+)
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
@@ -28,6 +36,9 @@ class Container:
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
     extras: dict[str, object] = field(default_factory=dict)
+    aggregates: AggregateStore | None = None
+    cache: Cache | None = None
+    aggregation_jobs: AggregationJobs | None = None
 
 
 def build_event_repo(settings: Settings) -> EventRepository:
@@ -45,6 +56,42 @@ def build_event_repo(settings: Settings) -> EventRepository:
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
 
+def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
+    """The aggregate store beside the event store (SQLite: the same database file)."""
+    if settings.storage == "memory":
+        from analytics.adapters.memory import InMemoryAggregateStore  # noqa: PLC0415
+
+        return InMemoryAggregateStore()
+    if settings.storage == "sqlite":
+        from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore  # noqa: PLC0415
+        from analytics.adapters.sqlite_store import SQLiteDatabase  # noqa: PLC0415
+
+        db = getattr(event_repo, "db", None)
+        if not isinstance(db, SQLiteDatabase):
+            db = SQLiteDatabase(settings.sqlite_path)
+        return SQLiteAggregateStore(db)
+    raise ValueError(f"storage {settings.storage!r} has no aggregate store in this build")
+
+
+def build_cache(settings: Settings, clock: Clock) -> Cache | None:
+    """Redis cache by default (the client connects lazily); ``memory`` or ``none`` in tests."""
+    if settings.cache_backend == "none":
+        return None
+    if settings.cache_backend == "memory":
+        from analytics.adapters.memory import InMemoryCache  # noqa: PLC0415
+
+        return InMemoryCache(clock)
+    import redis  # noqa: PLC0415
+
+    from analytics.adapters.redis_cache import RedisCache  # noqa: PLC0415
+
+    return RedisCache(
+        redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+        namespace=settings.namespace,
+        retry_after_s=settings.cache_retry_after_s,
+    )
+
+
 def bootstrap(
     settings: Settings,
     *,
@@ -53,13 +100,19 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    aggregates: AggregateStore | None = None,
+    cache: Cache | None = None,
+    aggregation_jobs: AggregationJobs | None = None,
 ) -> Container:
+    from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
     from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
 
     broker = broker or build_broker(settings)
+    clock = clock or SystemClock()
+    event_repo = event_repo or build_event_repo(settings)
     return Container(
         settings=settings,
-        clock=clock or SystemClock(),
+        clock=clock,
         new_id=new_id or uuid4,
         broker=broker,
         task_queue=task_queue
@@ -68,5 +121,8 @@ def bootstrap(
             max_events=settings.group_commit_max_events,
             timeout_s=settings.enqueue_timeout_s,
         ),
-        event_repo=event_repo or build_event_repo(settings),
+        event_repo=event_repo,
+        aggregates=aggregates or build_aggregates(settings, event_repo),
+        cache=cache if cache is not None else build_cache(settings, clock),
+        aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
     )

@@ -75,18 +75,25 @@ def build_aggregates(settings: Settings, event_repo: EventRepository) -> Aggrega
 
 def build_cache(settings: Settings, clock: Clock) -> Cache | None:
     """Redis cache by default (the client connects lazily); ``memory`` or ``none`` in tests."""
-    if settings.cache_backend == "none":
+    backend = settings.cache_backend
+    if backend == "auto":
+        backend = "redis" if settings.broker == "redis" else "none"
+    if backend == "none":
         return None
-    if settings.cache_backend == "memory":
+    if backend == "memory":
         from analytics.adapters.memory import InMemoryCache  # noqa: PLC0415
 
         return InMemoryCache(clock)
     import redis  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
 
     from analytics.adapters.redis_cache import RedisCache  # noqa: PLC0415
 
+    # One immediate retry (a pooled connection gone stale after a Redis restart), no
+    # backoff: a cache that is down must cost a query milliseconds, not seconds.
     return RedisCache(
-        redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+        redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
         namespace=settings.namespace,
         retry_after_s=settings.cache_retry_after_s,
     )

@@ -79,7 +79,9 @@ class Settings(BaseModel):
     )
     dashboard_top_products: int = Field(10, ge=1, le=100)
     dashboard_series_minutes: int = Field(60, ge=1, le=1440)
-    cache_backend: Literal["redis", "memory", "none"] = "redis"
+    cache_backend: Literal["auto", "redis", "memory", "none"] = Field(
+        "auto", description="auto: the Redis cache when the broker is Redis, else none."
+    )
     cache_ttl_closed_s: int = Field(86_400, ge=1, le=30 * 86_400)
     cache_ttl_open_s: int = Field(10, ge=1, le=3600)
     cache_ttl_dashboard_s: int = Field(5, ge=1, le=3600)

@@ -22,6 +22,7 @@ from analytics.domain.aggregation import (
 )
 from analytics.domain.buckets import Piece
 from analytics.domain.clock import SystemClock
+from analytics.domain.errors import CacheUnavailable
 from analytics.domain.events import Event
 from analytics.domain.ports import AggregateSnapshot, Clock
 
@@ -174,7 +175,7 @@ class InMemoryCache:
     def bump(self, scopes: Iterable[str]) -> None:
         if self.down:
             self.errors += 1
-            return
+            raise CacheUnavailable("cache is down")
         for s in scopes:
             self.scope_versions[s] += 1
 

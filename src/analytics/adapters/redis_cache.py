@@ -6,9 +6,12 @@ caller (closed buckets long, open bucket short, dashboard seconds). Versions:
 events of that day; cached values carry the versions they were computed under in their
 key, so a bump retires them at once and they simply expire.
 
-Best effort by contract: any Redis error counts as a miss (``errors`` is incremented)
-and opens a short circuit (``retry_after_s``) during which the cache is skipped, so a
-Redis outage makes queries slower (served from storage), never failing or hanging.
+Reads are best effort: any Redis error counts as a miss (``errors`` is incremented) and
+opens a short circuit (``retry_after_s``) during which the cache is skipped, so a Redis
+outage makes queries slower (served from storage), never failing or hanging. ``bump``
+raises :class:`CacheUnavailable` instead: the worker's message is then retried (counting
+is idempotent) until the invalidation lands, so a value cached before an event is never
+served after Redis comes back.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import redis
 import structlog
+
+from analytics.domain.errors import CacheUnavailable
 
 log = structlog.get_logger("analytics.cache")
 
@@ -107,6 +112,7 @@ class RedisCache:
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "bump")
+            raise CacheUnavailable(f"cache invalidation failed: {exc}") from exc
 
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "errors": self.errors}

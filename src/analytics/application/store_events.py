@@ -47,7 +47,8 @@ def store_events(
         counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
         if cache is not None:
             # Bump even when nothing was new: the attempt that counted may have died
-            # before it invalidated. Best effort: a cache outage never fails the message.
+            # before it invalidated. CacheUnavailable propagates: the message is retried
+            # (everything above is idempotent) until the invalidation lands.
             cache.bump(sorted(cache_scopes(stored.values())))
     return StoreResult(
         received=len(events),

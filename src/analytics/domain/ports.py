@@ -104,7 +104,7 @@ class AggregateStore(Protocol):
 
 
 class Cache(Protocol):
-    """A best-effort byte cache: misses and outages fall back to storage, never fail.
+    """A byte cache: reads are best effort (misses and outages fall back to storage).
 
     Versions are invalidation counters per scope (a UTC day): a cached value's key
     includes the versions of the scopes it read, so bumping a scope retires them all.
@@ -125,7 +125,8 @@ class Cache(Protocol):
         ...
 
     def bump(self, scopes: Iterable[str]) -> None:
-        """Invalidate everything cached under these scopes."""
+        """Invalidate everything cached under these scopes; raise CacheUnavailable if it
+        could not (the caller retries: stale values must not outlive an outage)."""
         ...
 
 

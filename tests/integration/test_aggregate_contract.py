@@ -34,7 +34,9 @@ M0 = epoch_minute(T0)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[EventRepository, AggregateStore]]:
+def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[EventRepository, AggregateStore]]:
     if request.param == "memory":
         yield InMemoryEventRepository(), InMemoryAggregateStore()
     else:
@@ -65,8 +67,9 @@ def test_summary_is_exact_over_minute_and_quarter_pieces(
         make_event(T0 + timedelta(minutes=20), user="a", session="s2"),
         make_event(T0 + timedelta(minutes=44), user="b", session="s2", event_type="click"),
         purchase(T0 + timedelta(minutes=50), user="c", session="s3", price="0.10", quantity=3),
-        purchase(T0 + timedelta(minutes=51), user="c", session="s3", price="19.999999",
-                 currency="USD"),  # fmt: skip
+        purchase(
+            T0 + timedelta(minutes=51), user="c", session="s3", price="19.999999", currency="USD"
+        ),
         make_event(T0 + timedelta(hours=2), user="z"),
     ]
     agg.apply([contribution(e) for e in events])

@@ -131,8 +131,11 @@ def test_hour_week_month_and_event_type_filter(env: Env) -> None:
         (f"{AGG}/hour", {"start": "2020-01-01", "end": "2026-01-01"}, "end"),
         (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01", "group": "x"}, "group"),
         (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01", "tz": "Mars/Base"}, "tz"),
-        (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01", "event_type": "Bad!"},
-         "event_type"),  # fmt: skip
+        (
+            f"{AGG}/day",
+            {"start": "2026-01-01", "end": "2026-02-01", "event_type": "Bad!"},
+            "event_type",
+        ),
         (f"{AGG}/day", {"end": "2026-02-01"}, "start"),
         (f"{AGG}/day", {"start": "1900-01-01", "end": "2026-02-01"}, "start"),
         (DASH, {"last": "2h"}, "last"),
@@ -172,10 +175,17 @@ def test_dashboard_metrics_for_the_last_hour(env: Env) -> None:
         make_event(t, user="b", session="s2", product="p1"),
         make_event(t, user="c", session="s3", product="p2", event_type="click"),
         purchase(t + timedelta(minutes=1), user="a", session="s1", product="p2", price="10"),
-        purchase(t + timedelta(minutes=2), user="a", session="s1", product="p3", price="5.5",
-                 quantity=2),  # fmt: skip
-        purchase(t + timedelta(minutes=3), user="b", session="s2", product="p3", price="3",
-                 currency="USD"),  # fmt: skip
+        purchase(
+            t + timedelta(minutes=2), user="a", session="s1", product="p3", price="5.5", quantity=2
+        ),
+        purchase(
+            t + timedelta(minutes=3),
+            user="b",
+            session="s2",
+            product="p3",
+            price="3",
+            currency="USD",
+        ),
         make_event(NOW - timedelta(hours=2), user="old"),  # outside the window
     )
     d = env.get(DASH, last="1h")
@@ -241,9 +251,12 @@ def test_queries_answer_when_the_cache_is_down(env: Env) -> None:
     env.ingest(make_event(NOW - timedelta(minutes=2)))
     env.cache.down = True
     assert env.get(DASH, last="15m")["total_events"] == 1
-    assert env.get(f"{AGG}/hour", start="2026-03-31T11:00:00Z", end="2026-03-31T13:00:00Z")[
-        "buckets"
-    ][0]["count"] == 1
+    assert (
+        env.get(f"{AGG}/hour", start="2026-03-31T11:00:00Z", end="2026-03-31T13:00:00Z")["buckets"][
+            0
+        ]["count"]
+        == 1
+    )
     assert env.cache.errors > 0
 
 

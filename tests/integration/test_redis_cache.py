@@ -14,8 +14,8 @@ from analytics.adapters.embedded_redis import RedisServerProcess
 from analytics.adapters.redis_cache import RedisCache
 from analytics.application.store_events import store_events
 from analytics.bootstrap import bootstrap
-from analytics.domain.errors import CacheUnavailable
 from analytics.domain.clock import FixedClock
+from analytics.domain.errors import CacheUnavailable
 from analytics.entrypoints.api.app import create_app
 from analytics.settings import Settings
 from tests.aggsupport import make_event
@@ -121,7 +121,7 @@ def test_queries_answer_from_storage_when_redis_is_down(
     # Redis is back (with its AOF: the old dashboard value survived); the retried message
     # invalidates, and the next answer is fresh
     own_redis.start()
-    c.cache._down_until = 0.0  # noqa: SLF001 - skip the circuit's wait
+    c.cache._down_until = 0.0
     assert store_events([late], repo=c.event_repo, aggregates=c.aggregates,
                         cache=c.cache).counted == 0  # fmt: skip
     assert client.simulate_get(dash, params={"last": "15m"}).json["total_events"] == 2

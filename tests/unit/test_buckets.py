@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -84,7 +85,7 @@ def test_period_buckets_tile_the_range_at_local_boundaries(
         raise AssertionError(exc) from exc
     assert buckets[0].start <= start < buckets[0].end
     assert buckets[-1].start < end <= buckets[-1].end
-    for a, b in zip(buckets, buckets[1:], strict=False):
+    for a, b in itertools.pairwise(buckets):
         assert a.end == b.start  # contiguous: every instant in exactly one bucket
     for b in buckets:
         assert b.start < b.end

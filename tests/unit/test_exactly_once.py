@@ -130,7 +130,7 @@ def test_reconcile_reports_but_keeps_counts_whose_raw_events_expired() -> None:
     repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
     ev = make_event(T0)
     store_events([ev], repo=repo, aggregates=agg)
-    repo._events.clear()  # retention removed the raw event  # noqa: SLF001
+    repo._events.clear()  # retention removed the raw event
     report = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg)
     assert report.missing_raw == 1 and not report.repaired
     assert totals(agg)[0] == 1
@@ -141,11 +141,15 @@ def test_reconcile_reports_but_keeps_counts_whose_raw_events_expired() -> None:
 event_st = st.builds(
     lambda minute, etype, user, session, product, price, qty, cur, eid: make_event(
         T0 + timedelta(minutes=minute, seconds=7),
-        event_type=etype, user=f"u{user}", session=f"s{session}" if session else None,
+        event_type=etype,
+        user=f"u{user}",
+        session=f"s{session}" if session else None,
         product=f"p{product}" if product else None,
         price=price if etype == "purchase" or price is None else None,
-        quantity=qty, currency=cur, event_id=uuid.UUID(int=eid),
-    ),  # fmt: skip
+        quantity=qty,
+        currency=cur,
+        event_id=uuid.UUID(int=eid),
+    ),
     st.integers(0, 59),
     st.sampled_from(["page_view", "click", "purchase"]),
     st.integers(0, 5),
@@ -194,7 +198,9 @@ def test_incremental_equals_recomputation_memory(msgs: list[tuple[list[Event], b
     assert drift.drifted_counters == 0 and drift.caught_up == 0
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(deliveries())
 def test_incremental_equals_recomputation_sqlite(
     tmp_path_factory: pytest.TempPathFactory, msgs: list[tuple[list[Event], bool]]

@@ -26,5 +26,5 @@ class DramatiqAggregationJobs:
         )
         try:
             return self.broker.enqueue(message).message_id
-        except Exception as exc:  # noqa: BLE001 - any broker failure is "unavailable"
+        except Exception as exc:
             raise QueueUnavailable(f"the broker is unavailable: {exc}") from exc

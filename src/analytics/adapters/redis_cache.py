@@ -31,9 +31,7 @@ VERSION_TTL_S = 40 * 86_400  # versions outlive every cached value that names th
 
 
 class RedisCache:
-    def __init__(
-        self, client: redis.Redis, *, namespace: str, retry_after_s: float = 5.0
-    ) -> None:
+    def __init__(self, client: redis.Redis, *, namespace: str, retry_after_s: float = 5.0) -> None:
         self.client = client
         self.prefix = f"{namespace}:cache:"
         self.retry_after_s = retry_after_s

@@ -144,8 +144,7 @@ class SQLiteAggregateStore:
         params: Iterable[object] = (), group: str = "w.i",
     ) -> list[tuple[object, ...]]:  # fmt: skip
         sql = (
-            _windows_cte(windows)
-            + f"SELECT w.i, {select} FROM w CROSS JOIN agg_counters c"  # noqa: S608 - ints only
+            _windows_cte(windows) + f"SELECT w.i, {select} FROM w CROSS JOIN agg_counters c"
             " ON c.kind=? AND c.grain=w.g AND c.bucket>=w.s AND c.bucket<w.e"
             f" WHERE c.value > 0 {where} GROUP BY {group}"
         )

@@ -30,6 +30,4 @@ def request_generation(
     q = parse_aggregation_query(period, params, max_buckets=max_buckets)
     start, end = q.buckets[0].start, q.buckets[-1].end
     task_id = jobs.enqueue_generate(q.period.value, start, end, q.tz_name)
-    return GenerateAccepted(
-        task_id, q.period.value, q.tz_name, start.isoformat(), end.isoformat()
-    )
+    return GenerateAccepted(task_id, q.period.value, q.tz_name, start.isoformat(), end.isoformat())

@@ -100,7 +100,7 @@ def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
 def parse_event_type(value: str | None) -> str | None:
     if value is None:
         return None
-    import re  # noqa: PLC0415
+    import re
 
     if not re.fullmatch(r"[a-z][a-z0-9_.:\-]{0,63}", value):
         raise BadQuery("event_type", f"{value!r} is not a valid event type")
@@ -207,7 +207,9 @@ def query_aggregations(q: AggregationQuery, *, deps: QueryDeps) -> AggregationOu
         if deps.cache is not None
         else None
     )
-    cached = deps.cache.get_many(keys) if deps.cache is not None and keys else [None] * len(spans)
+    cached: list[bytes | None] = (
+        deps.cache.get_many(keys) if deps.cache is not None and keys else [None] * len(spans)
+    )
     missing = [i for i, c in enumerate(cached) if c is None]
     if missing:
         windows = [cover(q.buckets[i].start_minute, q.buckets[i].end_minute) for i in missing]
@@ -260,16 +262,16 @@ def parse_dashboard_query(
     """``last=15m|1h|24h|7d`` (ending with the current minute) or ``start``+``end``;
     both are resolved to whole minutes (start floored, end rounded up)."""
     values = check_params(params, DASHBOARD_PARAMS)
+    current = epoch_minute(now) + 1  # windows end with the current minute, included
     if "last" in values:
         if "start" in values or "end" in values:
             raise BadQuery("last", "use either last or start/end, not both")
         if values["last"] not in LAST_WINDOWS:
             raise BadQuery("last", f"choose from {', '.join(LAST_WINDOWS)}")
-        end = epoch_minute(now) + 1
-        return DashboardQuery(end - int(LAST_WINDOWS[values["last"]] / timedelta(minutes=1)), end)
+        minutes = int(LAST_WINDOWS[values["last"]] / timedelta(minutes=1))
+        return DashboardQuery(current - minutes, current)
     if "start" not in values and "end" not in values:
-        end = epoch_minute(now) + 1
-        return DashboardQuery(end - 60, end)  # default: the last hour
+        return DashboardQuery(current - 60, current)  # default: the last hour
     for required in ("start", "end"):
         if required not in values:
             raise BadQuery(required, "is required with start/end (or use last)")
@@ -371,9 +373,11 @@ def query_dashboard(q: DashboardQuery, *, deps: QueryDeps) -> bytes:
         top_products_by_revenue=products(bd.top_by_revenue),
         top_products_by_count=products(bd.top_by_count),
         series=[
-            PointOut(from_minute(m).isoformat(), s.count, s.unique_users, s.unique_sessions, _revenue(s))
+            PointOut(
+                from_minute(m).isoformat(), s.count, s.unique_users, s.unique_sessions, _revenue(s)
+            )
             for m, s in zip(minutes, points, strict=True)
-        ],  # fmt: skip
+        ],
         generated_at=deps.clock.now().isoformat(),
     )
     data = _encode(doc)

@@ -61,6 +61,14 @@ def _chunks(it: Iterator[Event], size: int) -> Iterator[list[Event]]:
         yield buf
 
 
+def _held(events: Iterator[Event], applied: set[Any], seen: set[object]) -> Iterator[Event]:
+    """The events the snapshot holds (noting which ones were found)."""
+    for ev in events:
+        if ev.event_id in applied:
+            seen.add(ev.event_id)
+            yield ev
+
+
 def aligned_range(start: datetime, end: datetime) -> tuple[int, int]:
     """[start, end) widened to whole 15-minute buckets, as epoch minutes."""
     s = epoch_minute(start)
@@ -96,14 +104,7 @@ def reconcile(
                 touched.update(ev.timestamp.date().isoformat() for ev in events)
         snap = aggregates.snapshot(cs, ce)
         seen: set[object] = set()
-
-        def held(seen: set[object] = seen, applied: set[Any] = snap.applied) -> Iterator[Event]:
-            for ev in repo.iter_range(lo, hi, page_size=batch):
-                if ev.event_id in applied:
-                    seen.add(ev.event_id)
-                    yield ev
-
-        expected = recompute(held())
+        expected = recompute(_held(repo.iter_range(lo, hi, page_size=batch), snap.applied, seen))
         missing = len(snap.applied - seen)
         report.missing_raw += missing
         deltas = drift(expected, snap.counters)

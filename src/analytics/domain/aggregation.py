@@ -79,9 +79,7 @@ def contribution(event: Event) -> Contribution:
     deltas: dict[CounterKey, int] = {}
     et = event.event_type
     value = (
-        to_micros(event.total_value)
-        if event.total_value is not None and event.currency
-        else None
+        to_micros(event.total_value) if event.total_value is not None and event.currency else None
     )
     for grain in GRAINS:
         b = bucket_of(minute, grain)
@@ -113,7 +111,9 @@ def recompute(events: Iterable[Event]) -> dict[CounterKey, int]:
     return {k: v for k, v in totals.items() if v}
 
 
-def drift(expected: Mapping[CounterKey, int], actual: Mapping[CounterKey, int]) -> dict[CounterKey, int]:
+def drift(
+    expected: Mapping[CounterKey, int], actual: Mapping[CounterKey, int]
+) -> dict[CounterKey, int]:
     """The corrections (expected - actual) that make ``actual`` equal ``expected``."""
     out: dict[CounterKey, int] = {}
     for k in expected.keys() | actual.keys():

@@ -172,15 +172,14 @@ def period_buckets(
         n = next_period(b, period, tz)
         out.append(Bucket(b, n))
         if len(out) > max_buckets:
-            raise BadQuery(
-                "end", f"range spans more than {max_buckets} {period.value} buckets"
-            )
+            raise BadQuery("end", f"range spans more than {max_buckets} {period.value} buckets")
         b = n
     for bucket in out:
         for edge in (bucket.start, bucket.end):
             if (edge - _EPOCH) % timedelta(minutes=QUARTER):
                 raise BadQuery(
-                    "tz", f"{tz} has a UTC offset that is not a multiple of 15 minutes in this range"
+                    "tz",
+                    f"{tz} has a UTC offset that is not a multiple of 15 minutes in this range",
                 )
     return out
 

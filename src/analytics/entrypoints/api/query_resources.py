@@ -26,9 +26,7 @@ class AggregationsResource:
         self.deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, period: str) -> None:
-        q = parse_aggregation_query(
-            period, req.params, max_buckets=self.deps.limits.max_buckets
-        )
+        q = parse_aggregation_query(period, req.params, max_buckets=self.deps.limits.max_buckets)
         resp.content_type = JSON
         resp.data = encode(query_aggregations(q, deps=self.deps))
 

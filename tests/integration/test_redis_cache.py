@@ -125,3 +125,22 @@ def test_queries_answer_from_storage_when_redis_is_down(
     assert store_events([late], repo=c.event_repo, aggregates=c.aggregates,
                         cache=c.cache).counted == 0  # fmt: skip
     assert client.simulate_get(dash, params={"last": "15m"}).json["total_events"] == 2
+
+
+def test_lookup_resolves_versioned_keys_in_one_round_trip(
+    redis_server: RedisInfo, namespace: str
+) -> None:
+    pool = redis.ConnectionPool(
+        connection_class=CountingConnection, host=redis_server.host, port=redis_server.port
+    )
+    cache = RedisCache(redis.Redis(connection_pool=pool), namespace=namespace)
+    entries = [("a", ["2026-03-30", "2026-03-31"]), ("b", ["2026-03-31"]), ("c", [])]
+    first = cache.lookup(entries)
+    assert first == [("a:0.0", None), ("b:0", None), ("c:", None)]
+    cache.set_many([(k, k.encode(), 60) for k, _ in first])
+    CountingConnection.writes = 0
+    assert cache.lookup(entries) == [("a:0.0", b"a:0.0"), ("b:0", b"b:0"), ("c:", b"c:")]
+    assert CountingConnection.writes == 1  # EVALSHA (the script is loaded already)
+    cache.bump(["2026-03-31"])
+    assert cache.lookup(entries) == [("a:0.1", None), ("b:1", None), ("c:", b"c:")]
+    assert (cache.hits, cache.misses) == (4, 5)

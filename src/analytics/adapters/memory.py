@@ -172,6 +172,19 @@ class InMemoryCache:
             return None
         return [self.scope_versions[s] for s in scopes]
 
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        if self.down:
+            self.errors += 1
+            self.misses += len(entries)
+            return None
+        keys = [
+            base + ":" + ".".join(str(self.scope_versions[s]) for s in scopes)
+            for base, scopes in entries
+        ]
+        return list(zip(keys, self.get_many(keys), strict=True))
+
     def bump(self, scopes: Iterable[str]) -> None:
         if self.down:
             self.errors += 1

@@ -29,6 +29,37 @@ log = structlog.get_logger("analytics.cache")
 
 VERSION_TTL_S = 40 * 86_400  # versions outlive every cached value that names them
 
+# One round trip for a versioned read: resolve each entry's key from the current versions
+# of its scopes, then read it. ARGV: prefix, then per entry: base, n, scope_1..scope_n.
+# (Keys are computed inside the script, so this needs a single Redis, not a Cluster,
+# like the Dramatiq Redis broker itself.)
+_LOOKUP = """
+local prefix = ARGV[1]
+local i = 2
+local res = {}
+local seen = {}
+while i <= #ARGV do
+  local base = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  local parts = {}
+  for j = 0, n - 1 do
+    local s = ARGV[i + j]
+    local v = seen[s]
+    if v == nil then
+      v = redis.call('GET', prefix .. 'ver:' .. s) or '0'
+      seen[s] = v
+    end
+    parts[#parts + 1] = v
+  end
+  i = i + n
+  local key = base .. ':' .. table.concat(parts, '.')
+  res[#res + 1] = key
+  res[#res + 1] = redis.call('GET', prefix .. 'v:' .. key) or ''
+end
+return res
+"""
+
 
 class RedisCache:
     def __init__(self, client: redis.Redis, *, namespace: str, retry_after_s: float = 5.0) -> None:
@@ -40,6 +71,7 @@ class RedisCache:
         self.errors = 0
         self._down_until = 0.0
         self._lock = threading.Lock()
+        self._lookup = client.register_script(_LOOKUP)
 
     # --- circuit ----------------------------------------------------------------------
     def _available(self) -> bool:
@@ -96,6 +128,32 @@ class RedisCache:
             self._failed(exc, "versions")
             return None
         return [int(v) if v is not None else 0 for v in values]
+
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        if not entries:
+            return []
+        if not self._available():
+            self._count(0, len(entries))
+            return None
+        argv: list[str | int] = [self.prefix]
+        for base, scopes in entries:
+            argv += [base, len(scopes), *scopes]
+        try:
+            flat = self._lookup(keys=[], args=argv)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "lookup")
+            self._count(0, len(entries))
+            return None
+        out: list[tuple[str, bytes | None]] = []
+        for k in range(0, len(flat), 2):
+            key = flat[k].decode() if isinstance(flat[k], bytes) else str(flat[k])
+            value = flat[k + 1] if isinstance(flat[k + 1], bytes) and flat[k + 1] else None
+            out.append((key, value))
+        hits = sum(v is not None for _, v in out)
+        self._count(hits, len(out) - hits)
+        return out
 
     def bump(self, scopes: Iterable[str]) -> None:
         # No circuit here: invalidation is worth one attempt even right after an error.

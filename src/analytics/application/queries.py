@@ -183,33 +183,27 @@ def _key(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
 
-def _versioned_keys(
+def _lookup(
     cache: Cache, kind: str, spans: Sequence[tuple[datetime, datetime]], extra: tuple[object, ...]
-) -> list[str] | None:
-    """One key per span, each including the versions of the UTC days it covers."""
-    per_span = [_days(s, e) for s, e in spans]
-    scopes = sorted({d for days in per_span for d in days})
-    versions = cache.versions(scopes)
-    if versions is None:
-        return None
-    v = dict(zip(scopes, versions, strict=True))
-    return [
-        f"{kind}:{_key(extra, s.isoformat(), e.isoformat(), [(d, v[d]) for d in days])}"
-        for (s, e), days in zip(spans, per_span, strict=True)
+) -> list[tuple[str, bytes | None]] | None:
+    """Per span: its key under the current versions of the UTC days it covers, and the
+    value cached there (one round trip)."""
+    entries = [
+        (f"{kind}:{_key(extra, s.isoformat(), e.isoformat())}", _days(s, e)) for s, e in spans
     ]
+    return cache.lookup(entries)
 
 
 def query_aggregations(q: AggregationQuery, *, deps: QueryDeps) -> AggregationOut:
     now = deps.clock.now()
     spans = [(b.start, b.end) for b in q.buckets]
-    keys = (
-        _versioned_keys(deps.cache, "agg", spans, (q.tz_name, q.event_type))
+    found = (
+        _lookup(deps.cache, "agg", spans, (q.tz_name, q.event_type))
         if deps.cache is not None
         else None
     )
-    cached: list[bytes | None] = (
-        deps.cache.get_many(keys) if deps.cache is not None and keys else [None] * len(spans)
-    )
+    keys = [k for k, _ in found] if found is not None else None
+    cached: list[bytes | None] = [v for _, v in found] if found is not None else [None] * len(spans)
     missing = [i for i, c in enumerate(cached) if c is None]
     if missing:
         windows = [cover(q.buckets[i].start_minute, q.buckets[i].end_minute) for i in missing]
@@ -328,12 +322,9 @@ def query_dashboard(q: DashboardQuery, *, deps: QueryDeps) -> bytes:
     start, end = from_minute(q.start_minute), from_minute(q.end_minute)
     key = None
     if deps.cache is not None:
-        keys = _versioned_keys(
-            deps.cache, "dash", [(start, end)], (lim.top_products, lim.series_minutes)
-        )
-        if keys is not None:
-            key = keys[0]
-            hit = deps.cache.get_many([key])[0]
+        found = _lookup(deps.cache, "dash", [(start, end)], (lim.top_products, lim.series_minutes))
+        if found is not None:
+            key, hit = found[0]
             if hit is not None:
                 return hit
     window = cover(q.start_minute, q.end_minute)

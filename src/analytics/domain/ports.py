@@ -124,6 +124,13 @@ class Cache(Protocol):
         """Current versions of the scopes, or None when the cache is unavailable."""
         ...
 
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        """For each (base key, scopes): the key under the scopes' current versions and the
+        value cached there, all in one round trip; None when the cache is unavailable."""
+        ...
+
     def bump(self, scopes: Iterable[str]) -> None:
         """Invalidate everything cached under these scopes; raise CacheUnavailable if it
         could not (the caller retries: stale values must not outlive an outage)."""

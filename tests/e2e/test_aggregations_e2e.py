@@ -55,3 +55,4 @@ def test_bad_aggregation_query_is_a_problem(service) -> None:  # type: ignore[no
     base, _, _ = service
     status, headers, body = http("GET", f"{base}/api/v1/analytics/aggregations/fortnight")
     assert status == 400 and body["parameter"] == "period"
+    assert headers["Content-Type"] == "application/problem+json"

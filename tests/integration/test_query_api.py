@@ -161,6 +161,16 @@ def test_bad_queries_are_400_naming_the_parameter(
     assert parameter in resp.json["detail"]
 
 
+def test_unencoded_plus_in_offset_is_understood(env: Env) -> None:
+    env.ingest(make_event(datetime(2026, 3, 18, 9, 45, tzinfo=UTC)))
+    resp = env.client.simulate_get(
+        f"{AGG}/hour", query_string="start=2026-03-18T10:00:00+01:00&end=2026-03-18T11:00:00+01:00"
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json["buckets"][0]["start"] == "2026-03-18T09:00:00+00:00"
+    assert resp.json["buckets"][0]["count"] == 1
+
+
 def test_repeated_parameter_is_400(env: Env) -> None:
     resp = env.client.simulate_get(
         f"{AGG}/day", query_string="start=2026-01-01&start=2026-01-02&end=2026-02-01"

@@ -82,6 +82,8 @@ def check_params(params: Mapping[str, object], allowed: Sequence[str]) -> dict[s
 def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
     """RFC 3339 with an offset (``2026-03-29T00:00:00+01:00``, ``...Z``), or a date
     (``2026-03-29``) meaning local midnight in ``tz``."""
+    if len(value) > 16 and value[-6] == " " and value[-3] == ":":
+        value = value[:-6] + "+" + value[-5:]  # an unencoded '+' in a URL arrives as ' '
     try:
         if len(value) == 10:
             d = date.fromisoformat(value)

@@ -10,6 +10,7 @@ Queues (see README, "Operations"):
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -47,8 +48,6 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         return {"stored": result.stored, "duplicates": result.duplicates}
 
     def generate_aggregations(period: str, start: str, end: str, tz: str) -> dict[str, Any]:
-        from datetime import datetime  # noqa: PLC0415
-
         assert container.aggregates is not None
         report = reconcile(
             datetime.fromisoformat(start),

@@ -19,6 +19,7 @@ from analytics.domain.ports import (
     EventRepository,
     IdGenerator,
     TaskQueue,
+    TaskStatusStore,
 )
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
@@ -39,6 +40,8 @@ class Container:
     aggregates: AggregateStore | None = None
     cache: Cache | None = None
     aggregation_jobs: AggregationJobs | None = None
+    task_status: TaskStatusStore | None = None
+    cursor_secret: bytes = b""
 
 
 def build_event_repo(settings: Settings) -> EventRepository:
@@ -99,6 +102,37 @@ def build_cache(settings: Settings, clock: Clock) -> Cache | None:
     )
 
 
+def build_task_status(settings: Settings) -> TaskStatusStore:
+    """Redis-backed records (TTL ``task_status_ttl_s``); the stub broker gets the fake."""
+    if settings.broker == "stub":
+        from analytics.adapters.memory import InMemoryTaskStatusStore  # noqa: PLC0415
+
+        return InMemoryTaskStatusStore()
+    import redis  # noqa: PLC0415
+
+    from analytics.adapters.redis_task_status import RedisTaskStatusStore  # noqa: PLC0415
+
+    return RedisTaskStatusStore(
+        redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+        namespace=settings.namespace,
+        ttl_s=settings.task_status_ttl_s,
+    )
+
+
+def build_cursor_secret(settings: Settings) -> bytes:
+    """The configured key; else one kept in the data dir (a per-process key for the
+    in-memory store, whose events do not outlive the process either)."""
+    if settings.cursor_secret:
+        return settings.cursor_secret.encode()
+    if settings.storage == "memory":
+        import secrets  # noqa: PLC0415
+
+        return secrets.token_bytes(32)
+    from analytics.adapters.secret_file import load_or_create_secret  # noqa: PLC0415
+
+    return load_or_create_secret(settings.cursor_secret_path)
+
+
 def bootstrap(
     settings: Settings,
     *,
@@ -110,11 +144,20 @@ def bootstrap(
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
+    task_status: TaskStatusStore | None = None,
+    cursor_secret: bytes | None = None,
 ) -> Container:
     from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
+    from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
+        TaskStatusMiddleware,
+        install,
+    )
 
-    broker = broker or build_broker(settings)
     clock = clock or SystemClock()
+    task_status = task_status or build_task_status(settings)
+    if broker is None:  # a broker the caller passed is theirs to equip
+        broker = build_broker(settings)
+        install(broker, TaskStatusMiddleware(task_status, clock))
     event_repo = event_repo or build_event_repo(settings)
     return Container(
         settings=settings,
@@ -126,6 +169,8 @@ def bootstrap(
         aggregates=aggregates or build_aggregates(settings, event_repo),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
+        task_status=task_status,
+        cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
 
 

@@ -104,6 +104,19 @@ class Settings(BaseModel):
         5.0, gt=0, le=300, description="After a Redis error, skip the cache this long."
     )
 
+    # --- search and task status -------------------------------------------------------
+    cursor_secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        repr=False,
+        description="HMAC key of search cursors. Unset: a random key kept in the data dir "
+        "(set it explicitly when API processes on several hosts serve one store).",
+    )
+    task_status_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="How long a task status record is kept."
+    )
+
     # --- logs --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -111,6 +124,10 @@ class Settings(BaseModel):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
+
+    @property
+    def cursor_secret_path(self) -> Path:
+        return self.data_dir / "cursor_secret"
 
     @property
     def redis_embedded(self) -> bool:

@@ -17,8 +17,10 @@ from analytics.adapters.memory import InMemoryAggregateStore, InMemoryEventRepos
 from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
 from analytics.domain.aggregation import (
+    ALL_TYPES,
     COUNT,
     USER,
+    USER_ALL,
     CounterKey,
     contribution,
     recompute,
@@ -133,10 +135,15 @@ def test_unique_members_at_zero_are_not_counted(
     stores: tuple[EventRepository, AggregateStore],
 ) -> None:
     _, agg = stores
-    agg.correct({CounterKey(USER, MINUTE, M0 + 1, "page_view", "gone"): 1})
-    agg.correct({CounterKey(USER, MINUTE, M0 + 1, "page_view", "gone"): -1})
-    [s] = agg.summarize([(Piece(MINUTE, M0, M0 + 15),)], None)
-    assert s.unique_users == 0
+    typed = CounterKey(USER, MINUTE, M0 + 1, "page_view", "gone")
+    untyped = CounterKey(USER_ALL, MINUTE, M0 + 1, ALL_TYPES, "gone")
+    agg.correct({typed: 1, untyped: 1})
+    window = [(Piece(MINUTE, M0, M0 + 15),)]
+    assert agg.summarize(window, None)[0].unique_users == 1
+    assert agg.summarize(window, "page_view")[0].unique_users == 1
+    agg.correct({typed: -1, untyped: -1})
+    assert agg.summarize(window, None)[0].unique_users == 0
+    assert agg.summarize(window, "page_view")[0].unique_users == 0
     assert agg.snapshot(M0, M0 + 15).counters == {}
 
 

@@ -25,7 +25,9 @@ from analytics.domain.aggregation import (
     PURCHASE,
     REVENUE,
     SESSION,
+    SESSION_ALL,
     USER,
+    USER_ALL,
     Breakdown,
     Contribution,
     CounterKey,
@@ -160,9 +162,12 @@ class SQLiteAggregateStore:
         et_where, et_params = ("AND c.event_type=?", (event_type,)) if event_type else ("", ())
         for i, n in self._grouped(windows, "SUM(c.value)", COUNT, et_where, et_params):
             out[int(i)].count = int(n)  # type: ignore[call-overload]
-        for i, n in self._grouped(windows, "COUNT(DISTINCT c.dim)", USER, et_where, et_params):
+        # without a type filter, the all-types members: one row per member and bucket
+        user_kind, session_kind = (USER, SESSION) if event_type else (USER_ALL, SESSION_ALL)
+        distinct = "COUNT(DISTINCT c.dim)"
+        for i, n in self._grouped(windows, distinct, user_kind, et_where, et_params):
             out[int(i)].unique_users = int(n)  # type: ignore[call-overload]
-        for i, n in self._grouped(windows, "COUNT(DISTINCT c.dim)", SESSION, et_where, et_params):
+        for i, n in self._grouped(windows, distinct, session_kind, et_where, et_params):
             out[int(i)].unique_sessions = int(n)  # type: ignore[call-overload]
         if event_type in (None, PURCHASE):
             for kind, attr in ((REVENUE, "revenue_micros"), (ORDERS, "orders")):

@@ -8,13 +8,17 @@ add, corrections add, and the order in which they land never matters:
 | n    | ""         | ""       | events                                              |
 | u    | user_id    | ""       | events of this user (a row with value > 0 = member) |
 | s    | session_id | ""       | events of this session                              |
+| ua   | user_id    | ""       | as ``u``, all event types together (event_type "")  |
+| sa   | session_id | ""       | as ``s``, all event types together (event_type "")  |
 | r    | currency   | ""       | revenue in integer micros (price x quantity x 1e6)  |
 | o    | currency   | ""       | priced events (orders), for the average order value |
 | p    | product_id | ""       | events naming the product                           |
 | pr   | product_id | currency | revenue of the product in micros                    |
 
 Unique users and sessions are exact: the number of distinct ``u`` / ``s`` members with a
-positive value over the union of the base buckets of a window.
+positive value over the union of the base buckets of a window (``ua``/``sa`` without an
+event-type filter, so a member active in several types is read once per bucket, not once
+per type).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ MICROS = 1_000_000
 COUNT, USER, SESSION, REVENUE, ORDERS, PRODUCT, PRODUCT_REVENUE = (
     "n", "u", "s", "r", "o", "p", "pr",
 )  # fmt: skip
-KINDS = (COUNT, USER, SESSION, REVENUE, ORDERS, PRODUCT, PRODUCT_REVENUE)
+USER_ALL, SESSION_ALL = "ua", "sa"  # members over all event types (event_type "")
+ALL_TYPES = ""
+KINDS = (COUNT, USER, SESSION, REVENUE, ORDERS, PRODUCT, PRODUCT_REVENUE, USER_ALL, SESSION_ALL)
 
 
 class CounterKey(NamedTuple):
@@ -85,8 +91,10 @@ def contribution(event: Event) -> Contribution:
         b = bucket_of(minute, grain)
         deltas[CounterKey(COUNT, grain, b, et)] = 1
         deltas[CounterKey(USER, grain, b, et, event.user_id)] = 1
+        deltas[CounterKey(USER_ALL, grain, b, ALL_TYPES, event.user_id)] = 1
         if event.session_id:
             deltas[CounterKey(SESSION, grain, b, et, event.session_id)] = 1
+            deltas[CounterKey(SESSION_ALL, grain, b, ALL_TYPES, event.session_id)] = 1
         if value is not None:
             cur = event.currency or ""
             deltas[CounterKey(REVENUE, grain, b, et, cur)] = value
@@ -168,6 +176,7 @@ def summarize_counters(
     s = Summary()
     users: set[str] = set()
     sessions: set[str] = set()
+    user_kind, session_kind = (USER_ALL, SESSION_ALL) if event_type is None else (USER, SESSION)
     for k, v in counters.items():
         if v <= 0 or not inside(k):
             continue
@@ -175,9 +184,9 @@ def summarize_counters(
             continue
         if k.kind == COUNT:
             s.count += v
-        elif k.kind == USER:
+        elif k.kind == user_kind:
             users.add(k.dim)
-        elif k.kind == SESSION:
+        elif k.kind == session_kind:
             sessions.add(k.dim)
         elif k.kind == REVENUE and k.event_type == PURCHASE:
             s.revenue_micros[k.dim] = s.revenue_micros.get(k.dim, 0) + v

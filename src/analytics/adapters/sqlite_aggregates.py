@@ -13,7 +13,8 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from analytics.adapters.sqlite_store import SQLiteDatabase
 from analytics.domain.aggregation import (
@@ -152,13 +153,28 @@ class SQLiteAggregateStore:
         )
         return list(self.db.read().execute(sql, (kind, *params)))
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """One read transaction: the numbers of one answer agree with each other."""
+        conn = self.db.read()
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
     def summarize(
         self, windows: Sequence[Sequence[Piece]], event_type: str | None
     ) -> list[Summary]:
-        out = [Summary() for _ in windows]
-        windows = [w for w in windows]
         if not any(windows):
-            return out
+            return [Summary() for _ in windows]
+        with self._reading():
+            return self._summarize(windows, event_type)
+
+    def _summarize(
+        self, windows: Sequence[Sequence[Piece]], event_type: str | None
+    ) -> list[Summary]:
+        out = [Summary() for _ in windows]
         et_where, et_params = ("AND c.event_type=?", (event_type,)) if event_type else ("", ())
         for i, n in self._grouped(windows, "SUM(c.value)", COUNT, et_where, et_params):
             out[int(i)].count = int(n)  # type: ignore[call-overload]
@@ -181,6 +197,10 @@ class SQLiteAggregateStore:
     def breakdown(self, window: Sequence[Piece], *, top: int) -> Breakdown:
         if not window:
             return Breakdown()
+        with self._reading():
+            return self._breakdown(window, top)
+
+    def _breakdown(self, window: Sequence[Piece], top: int) -> Breakdown:
         ws = [window]
         by_type = {
             str(t): int(n)  # type: ignore[call-overload]

@@ -68,7 +68,7 @@ def dynamodb_stores(moto: Any, names: dict[str, str] | None = None) -> tuple[Any
     import uuid  # noqa: PLC0415
 
     from analytics.adapters.dynamodb_schema import ensure_resources  # noqa: PLC0415
-    from analytics.bootstrap import build_event_repo  # noqa: PLC0415
+    from analytics.bootstrap import build_aggregates, build_event_repo  # noqa: PLC0415
 
     tag = uuid.uuid4().hex[:10]
     names = names or {"ANALYTICS_EVENTS_TABLE": f"events-{tag}",
@@ -76,11 +76,4 @@ def dynamodb_stores(moto: Any, names: dict[str, str] | None = None) -> tuple[Any
     settings = aws_settings(moto, {k: v for k, v in names.items() if "TOPIC" not in k})
     ensure_resources(settings)
     repo = build_event_repo(settings)
-    aggregates = None
-    try:
-        from analytics.bootstrap import build_aggregates  # type: ignore[attr-defined]  # noqa: PLC0415
-
-        aggregates = build_aggregates(settings, repo)
-    except (ImportError, ValueError):
-        pass  # no aggregate port in this build yet
-    return repo, aggregates
+    return repo, build_aggregates(settings, repo)

@@ -6,22 +6,26 @@ Queues (see README, "Operations"):
 |------------------|----------------|--------------------------------------|
 | process_events   | high_priority  | store a group of events exactly once |
 | publish_notifications | notifications | publish new events of configured types (SNS) |
+| generate_aggregations | aggregations | reconcile (recompute + repair) a range |
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import dramatiq
 import structlog
 
 from analytics.adapters import codec
+from analytics.adapters.dramatiq_jobs import GENERATE_AGGREGATIONS
 from analytics.adapters.dramatiq_queue import (
     PROCESS_EVENTS,
     PUBLISH_NOTIFICATIONS,
     notifications_message,
 )
 from analytics.application.notify import publish_notifications, select_notifiable
+from analytics.application.reconcile import reconcile
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container
 
@@ -34,7 +38,12 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
 
     def process_events(payload: str) -> dict[str, int]:
         events = codec.decode_events(payload)
-        result = store_events(events, repo=container.event_repo)
+        result = store_events(
+            events,
+            repo=container.event_repo,
+            aggregates=container.aggregates,
+            cache=container.cache,
+        )
         log.info(
             "events stored",
             received=result.received,
@@ -65,6 +74,18 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         log.info("notifications published", count=sent)
         return sent
 
+    def generate_aggregations(period: str, start: str, end: str, tz: str) -> dict[str, Any]:
+        assert container.aggregates is not None
+        report = reconcile(
+            datetime.fromisoformat(start),
+            datetime.fromisoformat(end),
+            repo=container.event_repo,
+            aggregates=container.aggregates,
+            cache=container.cache,
+        )
+        log.info("aggregations generated", period=period, tz=tz, **report.as_dict())
+        return {"period": period, "tz": tz, **report.as_dict()}
+
     actors = {
         PROCESS_EVENTS: dramatiq.actor(
             process_events,
@@ -87,4 +108,14 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             time_limit=60_000,
         ),
     }
+    actors[GENERATE_AGGREGATIONS] = dramatiq.actor(
+        generate_aggregations,
+        actor_name=GENERATE_AGGREGATIONS,
+        queue_name="aggregations",
+        broker=broker,
+        max_retries=3,
+        min_backoff=1_000,
+        max_backoff=60_000,
+        time_limit=30 * 60_000,
+    )
     return actors

@@ -85,10 +85,16 @@ class DynamoDBAggregateStore:
         unique: dict[uuid.UUID, Contribution] = {}
         for c in contributions:
             unique.setdefault(c.event_id, c)
+        # Markers read first (consistent BatchGetItem): a redelivery then costs one read per
+        # 100 events instead of cancelled transactions. The conditional put in the
+        # transaction still decides when two deliveries race.
+        applied = self._applied(list(unique.values()))
         new: list[uuid.UUID] = []
         group: list[Contribution] = []
         items: set[tuple[int, CounterKey]] = set()  # the counter items the group touches
         for c in unique.values():
+            if c.event_id in applied:
+                continue
             shard = c.event_id.int % self.shards
             mine = {(shard, k) for k, v in c.deltas.items() if v}
             if group and len(group) + 1 + len(items | mine) > TRANSACT_MAX:
@@ -100,6 +106,34 @@ class DynamoDBAggregateStore:
             new += self._apply_group(group)
         done = set(new)
         return [i for i in unique if i in done]
+
+    def _applied(self, contributions: Sequence[Contribution]) -> set[uuid.UUID]:
+        found: set[uuid.UUID] = set()
+        for start in range(0, len(contributions), 100):
+            keys = [marker_key(c, c.event_id.int % self.shards)
+                    for c in contributions[start : start + 100]]  # fmt: skip
+            pending: dict[str, Any] = {
+                self.table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "sk"}
+            }
+            attempt = 0
+            while pending:
+                try:
+                    response = self.client.batch_get_item(RequestItems=pending)
+                except Exception as exc:
+                    if error_code(exc) == "ResourceNotFoundException":
+                        raise ResourceMissing("DynamoDB table", self.table) from exc
+                    raise StorageUnavailable(
+                        f"dynamodb batch_get_item: {error_code(exc) or exc}"
+                    ) from exc
+                for item in response.get("Responses", {}).get(self.table, []):
+                    found.add(uuid.UUID(item["sk"]["S"].split("#", 1)[1]))
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    attempt += 1
+                    if attempt >= self.backoff.max_attempts:
+                        raise StorageUnavailable("dynamodb: marker keys still unprocessed")
+                    self.backoff.sleep(self.backoff.delay(attempt))
+        return found
 
     def _apply_group(self, group: list[Contribution]) -> list[uuid.UUID]:
         """One transaction: every marker (conditional) and the merged ADDs of the group."""

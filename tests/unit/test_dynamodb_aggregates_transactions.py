@@ -1,0 +1,98 @@
+"""Exactly-once on DynamoDB when deliveries race: paths moto cannot produce on demand,
+driven by botocore's Stubber (a cancelled transaction, a conflict, throttling)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.stub import ANY, Stubber
+
+from analytics.adapters.dynamodb_aggregates import DynamoDBAggregateStore
+from analytics.adapters.dynamodb_events import Backoff
+from analytics.domain.aggregation import contribution
+from analytics.domain.errors import StorageUnavailable
+from tests.aggsupport import make_event
+
+pytestmark = pytest.mark.unit
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+TABLE = "agg-stubbed"
+
+
+@pytest.fixture
+def client() -> Any:
+    return boto3.session.Session().client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )  # fmt: skip
+
+
+def _store(client: Any, sleeps: list[float], attempts: int = 5) -> DynamoDBAggregateStore:
+    return DynamoDBAggregateStore(client, TABLE, shards=2, backoff=Backoff(
+        max_attempts=attempts, sleep=sleeps.append, rng=random.Random(3)))  # fmt: skip
+
+
+def _cancelled(stub: Stubber, codes: list[str]) -> None:
+    stub.add_client_error(
+        "transact_write_items", service_error_code="TransactionCanceledException",
+        http_status_code=400,
+        response_meta={},
+        modeled_fields={"CancellationReasons": [{"Code": c} for c in codes]},
+    )  # fmt: skip
+
+
+def _no_markers(stub: Stubber) -> None:
+    stub.add_response("batch_get_item", {"Responses": {TABLE: []}}, {"RequestItems": ANY})
+
+
+def test_an_event_counted_by_a_racing_delivery_is_dropped_and_the_rest_applied(
+    client: Any,
+) -> None:
+    a, b = (make_event(T0 + timedelta(minutes=i)) for i in range(2))
+    sleeps: list[float] = []
+    store = _store(client, sleeps)
+    with Stubber(client) as stub:
+        _no_markers(stub)  # both look new when read...
+        _cancelled(stub, ["None", "ConditionalCheckFailed"] + ["None"] * 20)  # ...b raced
+        stub.add_response("transact_write_items", {})
+        assert store.apply([contribution(a), contribution(b)]) == [a.event_id]
+        stub.assert_no_pending_responses()
+    assert sleeps == []  # a lost race is not a conflict: re-sent at once
+
+
+def test_conflicts_are_retried_with_backoff_then_surface(client: Any) -> None:
+    a = make_event(T0)
+    sleeps: list[float] = []
+    store = _store(client, sleeps, attempts=3)
+    with Stubber(client) as stub:
+        _no_markers(stub)
+        _cancelled(stub, ["None", "TransactionConflict"])
+        stub.add_response("transact_write_items", {})
+        assert store.apply([contribution(a)]) == [a.event_id]
+        _no_markers(stub)
+        for _ in range(3):
+            _cancelled(stub, ["None", "TransactionConflict"])
+        with pytest.raises(StorageUnavailable, match="TransactionConflict"):
+            store.apply([contribution(a)])
+        stub.add_client_error("batch_get_item", service_error_code="ThrottlingException",
+                              http_status_code=400)  # fmt: skip
+        with pytest.raises(StorageUnavailable, match="ThrottlingException"):
+            store.apply([contribution(a)])
+        stub.assert_no_pending_responses()
+    assert len(sleeps) == 1 + 2
+
+
+def test_a_redelivery_costs_one_read_and_no_transaction(client: Any) -> None:
+    events = [make_event(T0 + timedelta(seconds=i)) for i in range(3)]
+    store = _store(client, [])
+    markers = [
+        {"sk": {"S": f"{contribution(e).minute:010d}#{e.event_id}"}} for e in events
+    ]
+    with Stubber(client) as stub:
+        stub.add_response("batch_get_item", {"Responses": {TABLE: markers}})
+        assert store.apply([contribution(e) for e in events]) == []
+        stub.assert_no_pending_responses()

@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +123,18 @@ def stack(
 
 def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: Stack) -> None:
     ids = [str(uuid.uuid4()) for _ in range(40)]
+    # All on one UTC day whenever the test runs: yesterday from 12:00.
+    day0 = datetime.now(UTC).date() - timedelta(days=1)
+    noon = datetime(day0.year, day0.month, day0.day, 12, tzinfo=UTC)
     for i, event_id in enumerate(ids[:5]):
         status, body = http("POST", f"{stack.base}/api/v1/analytics/events", {
             "event_type": "purchase", "user_id": f"u{i}", "session_id": "s1",
-            "product_id": "sku-1", "price": "19.99", "currency": "EUR", "event_id": event_id})  # fmt: skip
+            "product_id": "sku-1", "price": "19.99", "currency": "EUR", "event_id": event_id,
+            "timestamp": (noon + timedelta(seconds=i)).isoformat()})  # fmt: skip
         assert status == 202, body
-    batch = [{"event_type": "page_view", "user_id": "u9", "session_id": "s9", "event_id": e}
-             for e in ids[5:]]  # fmt: skip
+    batch = [{"event_type": "page_view", "user_id": "u9", "session_id": "s9", "event_id": e,
+              "timestamp": (noon + timedelta(minutes=1, seconds=n)).isoformat()}
+             for n, e in enumerate(ids[5:])]  # fmt: skip
     status, body = http("POST", f"{stack.base}/api/v1/analytics/events/batch", {"events": batch})
     assert status == 202 and body["accepted"] == 35, body
     http("POST", f"{stack.base}/api/v1/analytics/events/batch", {"events": batch})  # a retry
@@ -157,6 +163,23 @@ def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: St
                                "event_type=purchase&product_id=sku-1")  # fmt: skip
     assert status == 200 and {i["event_id"] for i in page["items"]} == set(ids[:5])
     assert {i["total_value"] for i in page["items"]} == {"19.99"}
+
+    # ... and through aggregations and the dashboard (exactly-once counters on DynamoDB).
+    day = f"start={day0.isoformat()}&end={(day0 + timedelta(days=1)).isoformat()}"
+
+    def counted() -> bool:
+        status, body = http("GET", f"{stack.base}/api/v1/analytics/aggregations/day?{day}")
+        return status == 200 and body["buckets"][0]["count"] == 40
+
+    wait_until(counted, timeout=30, message="aggregations did not reach 40")
+    _, body = http("GET", f"{stack.base}/api/v1/analytics/aggregations/day?{day}")
+    bucket = body["buckets"][0]
+    assert (bucket["unique_users"], bucket["unique_sessions"]) == (6, 2)
+    assert bucket["revenue"] == {"EUR": "99.95"}  # 5 x 19.99, the retried batch not twice
+    window = f"start={noon.isoformat()}&end={(noon + timedelta(hours=1)).isoformat()}"
+    status, dash = http("GET", f"{stack.base}/api/v1/analytics/dashboard/metrics?"
+                               + window.replace("+", "%2B"))  # fmt: skip
+    assert status == 200 and dash["total_events"] == 40, dash
 
     sqs, url = stack.queue
     got: list[dict[str, Any]] = []

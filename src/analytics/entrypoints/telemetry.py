@@ -96,10 +96,13 @@ class TaskMetrics(Middleware):
     def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
         from analytics.entrypoints import metrics as m  # noqa: PLC0415
 
+        # A delayed message is enqueued twice: to <q>.DQ (with a delay), then moved to <q>
+        # when due (no delay, "eta" set). Count the first only; retries count as retries.
         queue = message.queue_name.removesuffix(".DQ")
-        if delay and message.options.get("retries"):
-            m.TASK_RETRIES.labels(message.actor_name, queue).inc()
-        else:
+        if message.options.get("retries"):
+            if delay:
+                m.TASK_RETRIES.labels(message.actor_name, queue).inc()
+        elif delay or "eta" not in message.options:
             m.TASKS_ENQUEUED.labels(message.actor_name, queue).inc()
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:

@@ -320,6 +320,7 @@ def _system(disk_path: Path) -> dict[str, Any]:
 
 # --- profiling ----------------------------------------------------------------------------
 _SLUG = re.compile(r"[^A-Za-z0-9]+")
+_SAFE = re.compile(r"[^A-Za-z0-9_\-]+")
 
 
 class ProfilingMiddleware:
@@ -360,17 +361,18 @@ class ProfilingMiddleware:
         if elapsed < self.threshold_s:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         route = _SLUG.sub("_", req.uri_template or "unmatched").strip("_")
-        cid = getattr(req.context, "correlation_id", "none")
-        base = self.directory / f"{stamp}-{req.method}-{route}-{cid}-{round(elapsed * 1000)}ms"
-        base.with_suffix(".html").write_text(profiler.output_html())
-        base.with_suffix(".txt").write_text(profiler.output_text(unicode=False, color=False))
+        cid = _SAFE.sub("_", str(getattr(req.context, "correlation_id", "none")))
+        base = f"{stamp}-{req.method}-{route}-{cid}-{round(elapsed * 1000)}ms"
+        html = self.directory / f"{base}.html"
+        html.write_text(profiler.output_html())
+        (self.directory / f"{base}.txt").write_text(profiler.output_text(unicode=False, color=False))
         self.log.warning(
             "slow request profiled",
             route=req.uri_template,
             duration_ms=round(elapsed * 1000, 1),
-            profile=str(base.with_suffix(".html")),
+            profile=str(html),
         )
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,9 @@ class RedisProbe:
         cls, kwargs: dict[str, object], namespace: str, timeout_s: float = 1.0
     ) -> RedisProbe:
         opts = {**kwargs, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        return cls(redis.Redis(**opts), namespace)  # type: ignore[arg-type]
+        # One attempt: a probe reports an outage, it does not wait it out.
+        client = redis.Redis(**opts, retry=Retry(NoBackoff(), 0))  # type: ignore[arg-type]
+        return cls(client, namespace)
 
     def ping(self) -> float:
         """Round trip in milliseconds; raises ``redis.RedisError`` when Redis is unreachable."""

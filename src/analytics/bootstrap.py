@@ -54,19 +54,28 @@ def bootstrap(
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
 ) -> Container:
-    from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
-
     broker = broker or build_broker(settings)
     return Container(
         settings=settings,
         clock=clock or SystemClock(),
         new_id=new_id or uuid4,
         broker=broker,
-        task_queue=task_queue
-        or GroupCommitQueue(
-            broker,
-            max_events=settings.group_commit_max_events,
-            timeout_s=settings.enqueue_timeout_s,
-        ),
+        task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo or build_event_repo(settings),
+    )
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    from analytics.adapters.dramatiq_queue import build_broker as _build  # noqa: PLC0415
+
+    return _build(settings)
+
+
+def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
+    from analytics.adapters.dramatiq_queue import DirectQueue, GroupCommitQueue  # noqa: PLC0415
+
+    if not settings.group_commit:
+        return DirectQueue(broker)
+    return GroupCommitQueue(
+        broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
     )

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -230,9 +231,17 @@ def run_worker_exporter() -> int:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             return
 
-    server = ThreadingHTTPServer(
-        (settings.worker_metrics_host, settings.worker_metrics_port), Handler
-    )
+    address = (settings.worker_metrics_host, settings.worker_metrics_port)
+    try:
+        server = ThreadingHTTPServer(address, Handler)
+    except OSError as exc:
+        # The workers keep working (dramatiq ignores a fork's exit); only scraping is lost.
+        logging.getLogger("analytics.metrics").error(
+            "worker metrics exporter cannot listen on %s:%s: %s (set "
+            "ANALYTICS_WORKER_METRICS_PORT to a free port, or 0 to disable)",
+            *address, exc,
+        )  # fmt: skip
+        return 1
     server.daemon_threads = True
     server.serve_forever()
     return 0

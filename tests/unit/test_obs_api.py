@@ -230,3 +230,22 @@ def test_slow_critical_requests_are_profiled_to_the_profile_dir(tmp_path):
     slow.delay_s = 0.0
     client.simulate_get("/health")
     assert len(list(profiles.glob("*.html"))) == 1
+
+
+def test_a_cache_adapters_hit_and_miss_counts_become_counters():
+    from analytics.entrypoints import metrics as m
+
+    class CountingCache:
+        hits = misses = errors = 0
+
+    cache = CountingCache()
+    m.watch_cache("obs_test", cache)
+    m.watch_cache("obs_test", cache)  # once only
+    cache.hits, cache.misses = 5, 2
+    m.sync_caches()
+    cache.hits, cache.errors = 7, 1
+    m.sync_caches()
+    m.sync_caches()
+    assert sample("analytics_cache_requests_total", kind="obs_test", result="hit") == 7
+    assert sample("analytics_cache_requests_total", kind="obs_test", result="miss") == 2
+    assert sample("analytics_cache_requests_total", kind="obs_test", result="error") == 1

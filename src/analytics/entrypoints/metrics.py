@@ -120,7 +120,7 @@ REDIS_UP = Gauge(
 
 # --- cache ------------------------------------------------------------------------------
 CACHE_REQUESTS = Counter(
-    "analytics_cache_requests", "Cache lookups by kind of data and result (hit, miss).",
+    "analytics_cache_requests", "Cache lookups by kind of data and result (hit, miss, error).",
     ["kind", "result"],
 )  # fmt: skip
 
@@ -191,6 +191,43 @@ def record_duplicates(stage: str, count: int) -> None:
 def record_cache(kind: str, hit: bool) -> None:
     """For cache adapters: one lookup of ``kind`` (e.g. dashboard, aggregates)."""
     CACHE_REQUESTS.labels(kind, "hit" if hit else "miss").inc()
+
+
+_watched: list[tuple[str, object, dict[str, int]]] = []
+_watched_lock = threading.Lock()
+
+
+def watch_cache(kind: str, cache: object) -> None:
+    """Follow a cache adapter's cumulative ``hits``/``misses``/``errors`` attributes.
+
+    The adapter stays free of prometheus: its counts are turned into counter increments
+    by :func:`sync_caches`, on the sampler's timer and at each scrape.
+    """
+    if any(c is cache for _, c, _ in _watched):
+        return
+    with _watched_lock:
+        _watched.append((kind, cache, {"hit": 0, "miss": 0, "error": 0}))
+
+
+def sync_caches() -> None:
+    with _watched_lock:
+        for kind, cache, last in _watched:
+            for result, attr in (("hit", "hits"), ("miss", "misses"), ("error", "errors")):
+                now = int(getattr(cache, attr, 0) or 0)
+                if now > last[result]:
+                    CACHE_REQUESTS.labels(kind, result).inc(now - last[result])
+                last[result] = now
+
+
+def watch_container(container: object) -> None:
+    """Hook the container's cache (when it has one that counts) into the metrics."""
+    for name in ("cache", "metrics_cache"):
+        cache = getattr(container, name, None)
+        if cache is None:
+            extras = getattr(container, "extras", {})
+            cache = extras.get(name) if isinstance(extras, dict) else None
+        if cache is not None and hasattr(cache, "hits") and hasattr(cache, "misses"):
+            watch_cache("aggregates", cache)
 
 
 def record_queue_depths(depths: Mapping[str, int] | None) -> None:
@@ -265,6 +302,7 @@ def start_sampler(component: str, disk_path: Path | None, interval_s: float) -> 
                 try:
                     sample_process(component)
                     sample_system(disk_path)
+                    sync_caches()
                 except Exception:  # noqa: BLE001, S110 - a sampling hiccup must not kill the thread
                     pass
                 pause.wait(interval_s)

@@ -181,7 +181,9 @@ class WorkerHeartbeat(Middleware):
         self._stop.set()
 
 
-def install(broker: dramatiq.Broker, settings: Settings, *, worker: bool) -> None:
+def install(
+    broker: dramatiq.Broker, settings: Settings, *, worker: bool, container: object = None
+) -> None:
     """Add the observability middleware to ``broker`` (before actors are declared).
 
     The correlation middleware goes first so that its context covers every other
@@ -193,6 +195,10 @@ def install(broker: dramatiq.Broker, settings: Settings, *, worker: bool) -> Non
     else:
         broker.add_middleware(CorrelationContext())
     broker.add_middleware(TaskMetrics(settings))
+    if container is not None:
+        from analytics.entrypoints.metrics import watch_container  # noqa: PLC0415
+
+        watch_container(container)
     if worker:
         broker.add_middleware(WorkerHeartbeat(settings))
 

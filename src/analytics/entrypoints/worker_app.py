@@ -20,6 +20,6 @@ settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
 container = bootstrap(settings)
 broker = container.broker
-install_telemetry(broker, settings, worker=True)
+install_telemetry(broker, settings, worker=True, container=container)
 dramatiq.set_broker(broker)
 actors = register_actors(container)

@@ -97,6 +97,7 @@ class MetricsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         m.sample_system(Path(self.settings.data_dir))
         m.sample_process("api")
+        m.sync_caches()
         if self.probe is not None:
             try:
                 m.record_queue_depths(self.probe.queue_depths(QUEUES))
@@ -401,4 +402,5 @@ def install(app: falcon.App, container: Container) -> None:
         probe = build_probe(settings)
     app.add_route("/metrics", MetricsResource(settings, probe))
     app.add_route("/health/detailed", DetailedHealthResource(container, probe))
+    m.watch_container(container)
     m.start_sampler("api", Path(settings.data_dir), settings.metrics_sample_interval_s)

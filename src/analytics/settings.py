@@ -85,6 +85,19 @@ class Settings(BaseModel):
         " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
     )
 
+    # --- search and task status -------------------------------------------------------
+    cursor_secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        repr=False,
+        description="HMAC key of search cursors. Unset: a random key kept in the data dir "
+        "(set it explicitly when API processes on several hosts serve one store).",
+    )
+    task_status_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="How long a task status record is kept."
+    )
+
     # --- logs --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -133,6 +146,10 @@ class Settings(BaseModel):
     @property
     def profile_path(self) -> Path:
         return self.profile_dir or self.data_dir / "profiles"
+
+    @property
+    def cursor_secret_path(self) -> Path:
+        return self.data_dir / "cursor_secret"
 
     @property
     def redis_embedded(self) -> bool:

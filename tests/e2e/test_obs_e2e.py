@@ -160,7 +160,9 @@ def test_malformed_correlation_id_is_replaced_not_echoed(service):
     bad = "x" * 200
     status, headers, body = post(service.url + EVENTS, event(), {"X-Correlation-ID": bad})
     assert status == 202
-    assert headers["X-Correlation-ID"] != bad and body["correlation_id"] == headers["X-Correlation-ID"]
+    assert (
+        headers["X-Correlation-ID"] != bad and body["correlation_id"] == headers["X-Correlation-ID"]
+    )
     assert bad not in service.api_log.read_text()
 
 
@@ -172,9 +174,10 @@ def test_counts_are_right_across_gunicorn_workers_and_promtool_accepts_both_expo
     _, text = get(service.url + "/metrics")
     assert metric(text, f'analytics_events_accepted_total{{event_type="{event_type}"}}') == n
     assert metric(text, 'analytics_processes{component="api"}') == 2
-    assert 'route="/api/v1/analytics/events"' in text and "/health/detailed" not in text.split(
-        "analytics_http_requests_total"
-    )[0]
+    assert (
+        'route="/api/v1/analytics/events"' in text
+        and "/health/detailed" not in text.split("analytics_http_requests_total")[0]
+    )
 
     def worker_stored() -> float:
         return metric(get(service.worker_metrics)[1], "analytics_events_stored_total")

@@ -54,7 +54,9 @@ def test_detailed_health_follows_redis_down_and_back(own_redis, tmp_path):
     assert body["scheduler"]["status"] == "never_ran"
     assert body["scheduler"]["key"] == f"{settings.namespace}:scheduler:last_run"
     assert set(body["queues"]) == {"high_priority", "aggregations", "notifications", "maintenance"}
-    assert {"cpu_percent", "memory_used_ratio", "disk_used_ratio", "open_fds"} <= set(body["system"])
+    assert {"cpu_percent", "memory_used_ratio", "disk_used_ratio", "open_fds"} <= set(
+        body["system"]
+    )
 
     # A worker heartbeat and a scheduler run make it ok.
     probe.write_heartbeat(["high_priority", "aggregations", "notifications", "maintenance"])

@@ -79,7 +79,11 @@ def test_a_weakened_threshold_makes_the_unit_tests_fail(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     out = result.stdout + result.stderr
-    for name in ("AnalyticsHighErrorRate", "AnalyticsTooManyPendingTasks", "AnalyticsHighTaskFailureRate"):
+    for name in (
+        "AnalyticsHighErrorRate",
+        "AnalyticsTooManyPendingTasks",
+        "AnalyticsHighTaskFailureRate",
+    ):
         assert name in out
 
 

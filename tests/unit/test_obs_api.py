@@ -72,16 +72,29 @@ def test_request_metrics_use_the_route_template_method_and_status(client):
     )
     for _ in range(3):
         assert client.simulate_post(EVENTS, json=purchase()).status_code == 202
-    assert sample("analytics_http_requests_total", route=route, method="POST", status="202") == before + 3
     assert (
-        sample("analytics_http_request_duration_seconds_count", route=route, method="POST", status="202")
+        sample("analytics_http_requests_total", route=route, method="POST", status="202")
+        == before + 3
+    )
+    assert (
+        sample(
+            "analytics_http_request_duration_seconds_count",
+            route=route,
+            method="POST",
+            status="202",
+        )
         == before_h + 3
     )
     # Unknown paths share one label value instead of one series per raw path.
-    before_404 = sample("analytics_http_requests_total", route="unmatched", method="GET", status="404")
+    before_404 = sample(
+        "analytics_http_requests_total", route="unmatched", method="GET", status="404"
+    )
     client.simulate_get("/no/such/path/12345")
     client.simulate_get("/no/such/path/67890")
-    assert sample("analytics_http_requests_total", route="unmatched", method="GET", status="404") == before_404 + 2
+    assert (
+        sample("analytics_http_requests_total", route="unmatched", method="GET", status="404")
+        == before_404 + 2
+    )
     text = client.simulate_get("/metrics").text
     assert "/no/such/path" not in text
 

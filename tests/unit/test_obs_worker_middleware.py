@@ -114,8 +114,12 @@ def test_task_metrics_count_success_failure_retries_and_dead_letters(broker):
     obs_flaky.send(True)  # 1 run + 2 retries, then dead-lettered
     run(broker)
 
-    assert sample("analytics_tasks_processed_total", outcome="succeeded", **labels) == before["ok"] + 1
-    assert sample("analytics_tasks_processed_total", outcome="failed", **labels) == before["fail"] + 3
+    assert (
+        sample("analytics_tasks_processed_total", outcome="succeeded", **labels) == before["ok"] + 1
+    )
+    assert (
+        sample("analytics_tasks_processed_total", outcome="failed", **labels) == before["fail"] + 3
+    )
     assert sample("analytics_task_retries_total", **labels) == before["retry"] + 2
     assert sample("analytics_tasks_dead_lettered_total", **labels) == before["dead"] + 1
     assert sample("analytics_task_duration_seconds_count", **labels) == before["dur"] + 4

@@ -368,7 +368,9 @@ class ProfilingMiddleware:
         base = f"{stamp}-{req.method}-{route}-{cid}-{round(elapsed * 1000)}ms"
         html = self.directory / f"{base}.html"
         html.write_text(profiler.output_html())
-        (self.directory / f"{base}.txt").write_text(profiler.output_text(unicode=False, color=False))
+        (self.directory / f"{base}.txt").write_text(
+            profiler.output_text(unicode=False, color=False)
+        )
         self.log.warning(
             "slow request profiled",
             route=req.uri_template,

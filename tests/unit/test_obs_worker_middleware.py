@@ -139,3 +139,17 @@ def test_process_events_results_feed_the_stored_and_duplicate_counters(broker):
     run(broker)
     assert sample("analytics_events_stored_total") == stored + 3
     assert sample("analytics_events_duplicates_total", stage="store") == dups + 2
+
+
+def test_the_results_middleware_warning_is_not_logged_but_other_warnings_are(logs):
+    import logging
+
+    worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
+    worker_log.warning(
+        "Actor '%s' returned a value that is not None, and you haven't added the Results "
+        "middleware to the broker", "process_events",
+    )  # fmt: skip
+    worker_log.warning("something else")
+    out = logs.getvalue()
+    assert "something else" in out
+    assert "returned a value" not in out

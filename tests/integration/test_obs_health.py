@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dramatiq
@@ -64,7 +65,7 @@ def test_detailed_health_follows_redis_down_and_back(own_redis, tmp_path):
     body = client.simulate_get("/health/detailed").json
     assert body["workers"]["high_priority"]["status"] == "ok"
     assert body["scheduler"]["status"] == "stale"
-    probe.client.set(probe.scheduler_key, str(time.time()))
+    probe.record_scheduler_run(datetime.now(UTC))
     body = client.simulate_get("/health/detailed").json
     assert body["status"] == "ok", body
     assert body["scheduler"]["status"] == "ok"

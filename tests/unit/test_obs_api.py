@@ -262,3 +262,19 @@ def test_a_cache_adapters_hit_and_miss_counts_become_counters():
     assert sample("analytics_cache_requests_total", kind="obs_test", result="hit") == 7
     assert sample("analytics_cache_requests_total", kind="obs_test", result="miss") == 2
     assert sample("analytics_cache_requests_total", kind="obs_test", result="error") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-02T03:04:05+00:00", 1767323045.0),
+        ("2026-01-02T03:04:05Z", 1767323045.0),
+        ("1767323045.5", 1767323045.5),
+        ('{"at": "2026-01-02T03:04:05Z", "job": "rollup"}', 1767323045.0),
+        ("not a time", None),
+    ],
+)
+def test_scheduler_last_run_formats(text, expected):
+    from analytics.adapters.redis_probe import parse_instant
+
+    assert parse_instant(text) == expected

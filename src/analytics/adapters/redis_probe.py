@@ -108,6 +108,10 @@ class RedisProbe:
     def scheduler_key(self) -> str:
         return f"{self.ns}:scheduler:last_run"
 
+    def record_scheduler_run(self, at: datetime) -> None:
+        """For the scheduler: note a completed run (ISO 8601 UTC), read by /health/detailed."""
+        self.client.set(self.scheduler_key, at.astimezone(UTC).isoformat())
+
     def scheduler_last_run(self) -> float | None:
         """Unix seconds of the scheduler's last run, or None when it never ran.
 

@@ -37,6 +37,7 @@ class Service:
     worker_log: Path
     api_port: int
     worker_port: int
+    api_pid: int
 
 
 def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, Any, dict]:
@@ -99,7 +100,7 @@ def service(redis_server, tmp_path_factory) -> Iterator[Service]:
         wait_http(f"http://127.0.0.1:{worker_port}/metrics", timeout=60, proc=worker)
         yield Service(
             url, f"http://127.0.0.1:{worker_port}/metrics", ns, data_dir, api_log, worker_log,
-            api_port, worker_port,
+            api_port, worker_port, api.pid,
         )  # fmt: skip
     finally:
         for proc in (api, worker):
@@ -318,3 +319,39 @@ def test_a_real_prometheus_scrapes_the_service(service, tmp_path):
             prom.kill()
             prom.wait()
         log.close()
+
+
+def test_a_killed_gunicorn_worker_is_marked_dead_and_its_counts_are_kept(service):
+    import os
+    import signal
+
+    import psutil
+
+    event_type = f"kill_{uuid.uuid4().hex[:8]}"
+    for _ in range(10):
+        assert post(service.url + EVENTS, event(event_type))[0] == 202
+    line = f'analytics_events_accepted_total{{event_type="{event_type}"}}'
+    assert metric(get(service.url + "/metrics")[1], line) == 10
+    master = psutil.Process(service.api_pid)
+    before = {p.pid for p in master.children()}
+    assert len(before) == 2
+    victim = sorted(before)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = {p.pid for p in master.children()}
+        return victim not in now and len(now) == 2
+
+    wait_until(replaced, timeout=60, message="gunicorn did not replace the worker")
+    wait_http(service.url + "/health", timeout=30)
+
+    def live_api_processes() -> float:
+        return metric(get(service.url + "/metrics")[1], 'analytics_processes{component="api"}')
+
+    # The replacement reports once its app is built; the dead worker no longer counts
+    # (child_exit -> mark_process_dead): two live processes, not three.
+    wait_until(lambda: live_api_processes() >= 2, timeout=60, message="replacement silent")
+    text = get(service.url + "/metrics")[1]
+    assert metric(text, 'analytics_processes{component="api"}') == 2
+    # Counters keep what the dead worker counted.
+    assert metric(text, line) == 10

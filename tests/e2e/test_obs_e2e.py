@@ -350,6 +350,12 @@ def test_a_killed_gunicorn_worker_is_marked_dead_and_its_counts_are_kept(service
 
     # The replacement reports once its app is built; the dead worker no longer counts
     # (child_exit -> mark_process_dead): two live processes, not three.
+    (newcomer,) = {p.pid for p in master.children()} - before
+    mp_dir = service.data_dir / "metrics" / "api"
+    wait_until(
+        lambda: any(mp_dir.glob(f"gauge_livesum_{newcomer}.db")), timeout=60,
+        message="the replacement worker wrote no metrics",
+    )  # fmt: skip
     wait_until(lambda: live_api_processes() >= 2, timeout=60, message="replacement silent")
     text = get(service.url + "/metrics")[1]
     assert metric(text, 'analytics_processes{component="api"}') == 2

@@ -278,3 +278,21 @@ def test_scheduler_last_run_formats(text, expected):
     from analytics.adapters.redis_probe import parse_instant
 
     assert parse_instant(text) == expected
+
+
+def test_queue_depths_come_from_the_broker_in_use(tmp_path):
+    import dramatiq
+
+    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
+    container = bootstrap(settings, task_queue=SlowQueue())
+    broker = container.broker
+    for _ in range(2):
+        broker.enqueue(dramatiq.Message("maintenance", "obs_x", (), {}, {}))
+    broker.enqueue(dramatiq.Message("maintenance", "obs_x", (), {}, {}), delay=60_000)
+    client = falcon.testing.TestClient(create_app(container))
+    text = client.simulate_get("/metrics").text
+    assert 'analytics_queue_depth{queue="maintenance"} 2.0' in text
+    assert 'analytics_queue_depth{queue="maintenance.DQ"} 1.0' in text
+    assert 'analytics_queue_depth{queue="maintenance.XQ"} 0.0' in text
+    body = client.simulate_get("/health/detailed").json
+    assert body["queues"]["maintenance"] == {"ready": 2, "delayed": 1, "dead": 0}

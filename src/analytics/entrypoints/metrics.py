@@ -115,7 +115,12 @@ QUEUE_DEPTH = Gauge(
     multiprocess_mode="mostrecent",
 )
 REDIS_UP = Gauge(
-    "analytics_redis_up", "1 when the last probe reached Redis.", multiprocess_mode="mostrecent"
+    "analytics_redis_up",
+    "1 when the last probe reached Redis (queue depths are stale while 0).",
+    multiprocess_mode="mostrecent",
+)
+QUEUE_DEPTH_ERRORS = Counter(
+    "analytics_queue_depth_errors", "Scrapes that could not read the queue depths."
 )
 
 # --- cache ------------------------------------------------------------------------------
@@ -230,13 +235,13 @@ def watch_container(container: object) -> None:
             watch_cache("aggregates", cache)
 
 
-def record_queue_depths(depths: Mapping[str, int] | None) -> None:
-    if depths is None:
-        REDIS_UP.set(0)
-        return
-    REDIS_UP.set(1)
+def record_queue_depths(depths: Mapping[str, int]) -> None:
     for queue, depth in depths.items():
         QUEUE_DEPTH.labels(queue).set(depth)
+
+
+def record_redis_up(up: bool) -> None:
+    REDIS_UP.set(1 if up else 0)
 
 
 # --- system sampling --------------------------------------------------------------------

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import falcon
 import msgspec
 import psutil
@@ -86,13 +87,38 @@ def _count_ingest_outcome(req: falcon.Request) -> None:
                 m.record_rejected(item.errors)
 
 
+def read_queue_depths(
+    broker: dramatiq.Broker, kind: str, probe: RedisProbe | None
+) -> dict[str, int] | None:
+    """Messages per queue, ``<q>.DQ`` (delayed) and ``<q>.XQ`` (dead letters), from the
+    broker in use; None when it has no way to tell."""
+    if kind == "redis":
+        return probe.queue_depths(QUEUES) if probe is not None else None
+    out: dict[str, int] = {}
+    if kind == "rabbitmq":
+        for q in QUEUES:
+            ready, delayed, dead = broker.get_queue_message_counts(q)  # type: ignore[attr-defined]
+            out.update({q: ready, f"{q}.DQ": delayed, f"{q}.XQ": dead})
+        return out
+    queues = getattr(broker, "queues", None)
+    dead_letters = getattr(broker, "dead_letters_by_queue", {})
+    if not isinstance(queues, dict):
+        return None
+    for q in QUEUES:
+        out[q] = queues[q].qsize() if q in queues else 0
+        out[f"{q}.DQ"] = queues[f"{q}.DQ"].qsize() if f"{q}.DQ" in queues else 0
+        out[f"{q}.XQ"] = len(dead_letters.get(q, ()))
+    return out
+
+
 class MetricsResource:
     """``GET /metrics``: Prometheus exposition of every API process (multiprocess mode)."""
 
-    def __init__(self, settings: Settings, probe: RedisProbe | None) -> None:
-        self.settings = settings
+    def __init__(self, container: Container, probe: RedisProbe | None) -> None:
+        self.settings = container.settings
+        self.broker = container.broker
         self.probe = probe
-        self.multiproc_dir = settings.prometheus_multiproc_dir
+        self.multiproc_dir = self.settings.prometheus_multiproc_dir
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         m.sample_system(Path(self.settings.data_dir))
@@ -100,9 +126,16 @@ class MetricsResource:
         m.sync_caches()
         if self.probe is not None:
             try:
-                m.record_queue_depths(self.probe.queue_depths(QUEUES))
+                self.probe.ping()
+                m.record_redis_up(True)
             except Exception:  # noqa: BLE001 - a scrape answers even when Redis does not
-                m.record_queue_depths(None)
+                m.record_redis_up(False)
+        try:
+            depths = read_queue_depths(self.broker, self.settings.broker, self.probe)
+            if depths is not None:
+                m.record_queue_depths(depths)
+        except Exception:  # noqa: BLE001
+            m.QUEUE_DEPTH_ERRORS.inc()
         resp.content_type = m.CONTENT_TYPE
         resp.data = m.render(self.multiproc_dir)
 
@@ -196,20 +229,21 @@ class DetailedHealthResource:
 
         return check
 
-    def _queues_and_workers(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.probe is None:
-            return {"queues": None, "workers": None, "scheduler": None}
+    def _queues_and_workers(self, redis_ok: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"queues": None, "workers": None, "scheduler": None}
         now = time.time()
         try:
-            depths = self.probe.queue_depths(QUEUES)
-            m.record_queue_depths(depths)
-            out["queues"] = {
-                q: {"ready": depths[q], "delayed": depths[f"{q}.DQ"], "dead": depths[f"{q}.XQ"]}
-                for q in QUEUES
-            }
+            depths = read_queue_depths(self.container.broker, self.settings.broker, self.probe)
+            if depths is not None:
+                m.record_queue_depths(depths)
+                out["queues"] = {
+                    q: {"ready": depths[q], "delayed": depths[f"{q}.DQ"], "dead": depths[f"{q}.XQ"]}
+                    for q in QUEUES
+                }
         except Exception as exc:  # noqa: BLE001
             out["queues"] = {"status": "unknown", "error": str(exc)[:200]}
+        if self.probe is None or not redis_ok:
+            return out
         try:
             beats = self.probe.heartbeats(QUEUES)
             out["workers"] = {
@@ -250,11 +284,7 @@ class DetailedHealthResource:
         checks = {name: _run(fn, self.timeout_s) for name, fn in self.checks().items()}
         body: dict[str, Any] = {"checks": checks}
         redis_ok = checks.get("redis", {}).get("status", "ok") == "ok"
-        body.update(
-            self._queues_and_workers()
-            if redis_ok
-            else {"queues": None, "workers": None, "scheduler": None}
-        )
+        body.update(self._queues_and_workers(redis_ok))
         body["system"] = _system(Path(self.settings.data_dir))
         status = "ok"
         if any(checks[c]["status"] != "ok" for c in self.CRITICAL if c in checks):
@@ -402,7 +432,7 @@ def install(app: falcon.App, container: Container) -> None:
     probe = container.extras.get("redis_probe")
     if not isinstance(probe, RedisProbe):
         probe = build_probe(settings)
-    app.add_route("/metrics", MetricsResource(settings, probe))
+    app.add_route("/metrics", MetricsResource(container, probe))
     app.add_route("/health/detailed", DetailedHealthResource(container, probe))
     m.watch_container(container)
     m.start_sampler("api", Path(settings.data_dir), settings.metrics_sample_interval_s)

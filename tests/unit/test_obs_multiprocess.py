@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from analytics.entrypoints.metrics_dir import prepare_multiproc_dir
-from tests.support import child_env
+from tests.support import child_env, free_port
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +67,18 @@ def test_dir_is_wiped_at_start_and_counters_sum_over_processes_and_dead_ones_dro
     assert value(out, 'analytics_events_accepted_total{event_type="page_view"}') == 12
     assert value(out, 'analytics_processes{component="api"}') == 1
     assert value(out, "analytics_http_requests_in_progress") == 1
+
+
+def test_gunicorn_gets_a_child_exit_hook_only_in_multiprocess_mode(tmp_path: Path):
+    from analytics.entrypoints.wsgi import GunicornServer
+    from analytics.settings import Settings
+
+    plain = GunicornServer(Settings(data_dir=tmp_path, port=free_port()))
+    assert "child_exit" not in plain.options
+    mp = GunicornServer(
+        Settings(data_dir=tmp_path, port=free_port(), PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    )
+    hook = mp.options["child_exit"]
+    assert mp.cfg.child_exit is hook
+    assert hook.__module__ == "analytics.entrypoints.metrics"
+    assert plain.cfg.child_exit.__module__.startswith("gunicorn")

@@ -134,7 +134,12 @@ def json_lines(path: Path) -> list[dict[str, object]]:
 
 def test_one_correlation_id_from_the_request_to_the_worker_log(service):
     cid = f"e2e-{uuid.uuid4().hex[:16]}"
-    status, headers, body = post(service.url + EVENTS, event(), {"X-Correlation-ID": cid})
+    secret = f"sk_{uuid.uuid4().hex}"
+    status, headers, body = post(
+        service.url + EVENTS + f"?api_key={secret}",
+        event(),
+        {"X-Correlation-ID": cid, "Authorization": f"Bearer {secret}", "X-API-Key": secret},
+    )
     assert status == 202
     assert headers["X-Correlation-ID"] == cid and body["correlation_id"] == cid
 
@@ -155,6 +160,8 @@ def test_one_correlation_id_from_the_request_to_the_worker_log(service):
     assert len(access) == 1
     assert access[0]["route"] == EVENTS and access[0]["status"] == 202
     assert isinstance(access[0]["duration_ms"], float)
+    for log in (service.api_log, service.worker_log):
+        assert secret not in log.read_text(errors="replace")
 
 
 def test_malformed_correlation_id_is_replaced_not_echoed(service):

@@ -12,6 +12,7 @@ import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
+from analytics.domain.ports import DeadLetters  # noqa: I001 - ops (kept apart: fewer merge conflicts)
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
@@ -27,6 +28,7 @@ class Container:
     task_queue: TaskQueue
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
+    dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
 
@@ -45,6 +47,19 @@ def build_event_repo(settings: Settings) -> EventRepository:
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
 
+def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
+    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+
+    if isinstance(broker, RedisBroker):
+        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
+
+        return RedisDeadLetters(broker)
+    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
+
+    return InMemoryDeadLetters()
+
+
 def bootstrap(
     settings: Settings,
     *,
@@ -53,6 +68,7 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    dead_letters: DeadLetters | None = None,
 ) -> Container:
     from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
 
@@ -69,4 +85,5 @@ def bootstrap(
             timeout_s=settings.enqueue_timeout_s,
         ),
         event_repo=event_repo or build_event_repo(settings),
+        dead_letters=dead_letters or build_dead_letters(broker),
     )

@@ -10,6 +10,7 @@ import os
 
 import dramatiq
 
+from analytics.adapters.recycler import WorkerRecycler
 from analytics.bootstrap import bootstrap
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.logs import configure_logging
@@ -20,4 +21,12 @@ configure_logging(settings.log_level, settings.log_format)
 container = bootstrap(settings)
 broker = container.broker
 dramatiq.set_broker(broker)
+# Recycle worker processes after N tasks (SIGHUP to the dramatiq master; adapters/recycler.py).
+broker.add_middleware(
+    WorkerRecycler(
+        settings.worker_max_tasks,
+        client=getattr(broker, "client", None),
+        namespace=settings.namespace,
+    )
+)
 actors = register_actors(container)

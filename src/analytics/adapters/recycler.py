@@ -4,7 +4,9 @@ Dramatiq has no ``max_tasks_per_child``. What it offers is SIGHUP on the master 
 ``dramatiq`` CLI process): it sends SIGHUP to every worker process, each stops taking
 work, finishes the messages it is running, requeues the ones it had prefetched and exits;
 then the master re-executes itself and boots fresh processes. So a process that has
-handled ``max_tasks`` messages sends SIGHUP to its parent, once. Counters in Redis
+handled ``max_tasks`` messages pauses its worker threads (each finishes the message it
+holds and takes no other; prefetched messages are requeued at shutdown) and sends SIGHUP
+to its parent, once. A process therefore handles between N and N + threads - 1 tasks. Counters in Redis
 (``<ns>:ops:workers``: boots, recycles) make the restarts observable.
 """
 
@@ -42,6 +44,7 @@ class WorkerRecycler(dramatiq.Middleware):
         self.count = 0
         self.signalled = False
         self.enabled = False
+        self.worker: Any = None
         self._lock = threading.Lock()
 
     def _bump(self, field: str) -> None:
@@ -53,6 +56,7 @@ class WorkerRecycler(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.enabled = self.max_tasks > 0 and parent_is_dramatiq_master()
+        self.worker = worker
         self._bump("boots")
         log.info("worker process started", pid=os.getpid(), recycle_after=self.max_tasks)
 
@@ -82,4 +86,6 @@ class WorkerRecycler(dramatiq.Middleware):
         if due:
             self._bump("recycles")
             log.info("worker recycling", pid=os.getpid(), tasks=self.count)
+            for thread in getattr(self.worker, "workers", ()):
+                thread.pause()  # sets a flag only: safe from inside a worker thread
             os.kill(os.getppid(), signal.SIGHUP)

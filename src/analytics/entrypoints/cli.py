@@ -123,6 +123,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--queues", *args.queues,
     ]  # fmt: skip
     argv += ["--worker-shutdown-timeout", str(int(settings.worker_shutdown_timeout_s * 1000))]
+    # dramatiq's reload (SIGHUP) re-executes "python -m dramatiq" by name: make that name
+    # resolve to this interpreter (a venv that is not on PATH would lose its packages).
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process; signals reach dramatiq
     return 0  # pragma: no cover
 

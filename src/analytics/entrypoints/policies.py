@@ -71,7 +71,7 @@ POLICIES: dict[str, ActorPolicy] = {
         "maintenance", 3, 60_000, 3_600_000, 1_800_000, "retention: delete old raw events"
     ),
     "check_dead_letters": ActorPolicy(
-        "maintenance", 0, 1_000, 1_000, 30_000, "measure dead-letter depths for the metric"
+        "maintenance", 0, 1_000, 1_000, 60_000, "measure dead-letter depths for the metric"
     ),
 }
 

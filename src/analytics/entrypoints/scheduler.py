@@ -29,6 +29,8 @@ import structlog
 
 from analytics.application.retention import retention_cutoff
 from analytics.application.schedule import due_periods, period_bounds
+from analytics.domain.clock import SystemClock
+from analytics.domain.ports import Clock
 from analytics.settings import Settings
 
 log = structlog.get_logger("analytics.scheduler")
@@ -78,13 +80,20 @@ def build_jobs(settings: Settings) -> list[Job]:
 class SchedulerService:
     """Leader election around an APScheduler ``BackgroundScheduler`` (UTC)."""
 
-    def __init__(self, settings: Settings, *, broker: dramatiq.Broker | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: dramatiq.Broker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         import redis  # noqa: PLC0415
 
         from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
         from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
 
         self.settings = settings
+        self.clock = clock or SystemClock()
         self.client = redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
         self.broker = broker or build_broker(settings)
         owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
@@ -104,7 +113,7 @@ class SchedulerService:
         """Enqueue every period this job owes now; return the period starts enqueued."""
         from analytics.adapters.scheduling import LeaseLost  # noqa: PLC0415
 
-        now = datetime.now(UTC)
+        now = self.clock.now()
         periods = due_periods(
             now,
             period_s=job.period_s,

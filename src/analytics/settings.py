@@ -103,6 +103,11 @@ class Settings(BaseModel):
     schedule_delay_s: float = Field(
         300.0, ge=0, le=86400, description="Roll-ups run this long after a period closes."
     )
+    scheduler_jobs: str = Field(
+        "rollup_hourly,rollup_daily,retention,dlq_depth,cache_warmup",
+        pattern=r"^[a-z_]+(,[a-z_]+)*$",
+        description="Comma-separated scheduler jobs to run (README: Operations).",
+    )
     schedule_catch_up_max: int = Field(
         48, ge=1, le=10_000, description="At most this many missed periods per job are caught up."
     )

@@ -101,15 +101,23 @@ def actor_options(name: str, settings: Settings | None = None) -> dict[str, Any]
 def policy_table_markdown() -> str:
     """The README's retry policy table, generated from :data:`POLICIES` (a test compares)."""
     lines = [
-        "| actor | queue | max retries | min backoff | max backoff | time limit | purpose |",
-        "|---|---|---|---|---|---|---|",
+        "| actor | queue | max retries | min backoff | max backoff | time limit | retry window"
+        " (worst case) | purpose |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, p in POLICIES.items():
         lines.append(
             f"| `{name}` | `{p.queue}` | {p.max_retries} | {_ms(p.min_backoff_ms)} | "
-            f"{_ms(p.max_backoff_ms)} | {_ms(p.time_limit_ms)} | {p.purpose} |"
+            f"{_ms(p.max_backoff_ms)} | {_ms(p.time_limit_ms)} | "
+            f"{_window(p.worst_case_retry_window_ms())} | {p.purpose} |"
         )
     return "\n".join(lines)
+
+
+def _window(ms: int) -> str:
+    if ms == 0:
+        return "none"
+    return f"~{max(1, round(ms / 60_000))} min" if ms >= 60_000 else f"~{max(1, round(ms / 1000))} s"
 
 
 def _ms(ms: int) -> str:

@@ -63,7 +63,7 @@ def build_jobs(settings: Settings) -> list[Job]:
         return {"cutoff": retention_cutoff(end, settings.retention_days).isoformat()}
 
     s = settings
-    return [
+    jobs = [
         Job("rollup_hourly", "generate_aggregations", "aggregations", s.schedule_hourly_s,
             s.schedule_delay_s, True, rollup("hour")),
         Job("rollup_daily", "generate_aggregations", "aggregations", s.schedule_daily_s,
@@ -75,6 +75,16 @@ def build_jobs(settings: Settings) -> list[Job]:
         Job("cache_warmup", "warm_dashboard_cache", "aggregations", s.schedule_warmup_s,
             0, False, lambda start, end: {}),
     ]  # fmt: skip
+    wanted = s.scheduler_jobs.split(",")
+    unknown = sorted(set(wanted) - {j.name for j in jobs})
+    if unknown:
+        from analytics.settings import SettingsError  # noqa: PLC0415
+
+        raise SettingsError(
+            f"ANALYTICS_SCHEDULER_JOBS: unknown job(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(j.name for j in jobs)}"
+        )
+    return [j for j in jobs if j.name in wanted]
 
 
 class SchedulerService:

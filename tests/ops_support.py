@@ -17,10 +17,16 @@ def make_events(n: int, *, at: datetime | None = None, user: str = "u1") -> list
     received = at or datetime.now(UTC)
     return [
         build_event(
-            EventIn(event_type="page_view", user_id=user, session_id="s1",
-                    timestamp=received - timedelta(seconds=i)),
-            received_at=received, correlation_id=f"c-{i}", new_id=uuid.uuid4,
-        )  # fmt: skip
+            EventIn(
+                event_type="page_view",
+                user_id=user,
+                session_id="s1",
+                timestamp=received - timedelta(seconds=i),
+            ),
+            received_at=received,
+            correlation_id=f"c-{i}",
+            new_id=uuid.uuid4,
+        )
         for i in range(n)
     ]
 

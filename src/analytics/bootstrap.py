@@ -7,14 +7,17 @@ not pass is built from settings. Importing this module has no effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
-from analytics.domain.ports import DeadLetters  # noqa: I001 - ops (kept apart: fewer merge conflicts)
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
+
+if TYPE_CHECKING:
+    from analytics.domain.ports import DeadLetters
 
 
 @dataclass

@@ -55,7 +55,7 @@ def system(env: dict[str, str]) -> Iterator[tuple[Container, BreakableRepository
 
 
 def _dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
         analytics_cmd("dlq", *args), env=child_env(**env), capture_output=True, text=True,
         timeout=60,
     )  # fmt: skip

@@ -55,7 +55,9 @@ def _hourly(client: Any, ns: str) -> list[str]:
     return sorted(out)
 
 
-def test_job_catches_up_from_its_watermark_once_per_period(settings, redis_server, namespace) -> None:  # type: ignore[no-untyped-def]
+def test_job_catches_up_from_its_watermark_once_per_period(
+    settings, redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
     client = redis_server.client()
     clock = FixedClock(T0)
     service = SchedulerService(settings, clock=clock)
@@ -79,7 +81,9 @@ def test_job_catches_up_from_its_watermark_once_per_period(settings, redis_serve
     assert len(_hourly(client, namespace)) == 6
 
 
-def test_retention_job_enqueues_the_cutoff_for_the_maintenance_worker(settings, redis_server, namespace) -> None:  # type: ignore[no-untyped-def]
+def test_retention_job_enqueues_the_cutoff_for_the_maintenance_worker(
+    settings, redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
     client = redis_server.client()
     service = SchedulerService(settings, clock=FixedClock(T0))
     assert service.lease.acquire()

@@ -96,7 +96,7 @@ def _stub_system(**settings: object):  # type: ignore[no-untyped-def]
 
 
 def test_undecodable_payload_skips_retries_and_is_dead_lettered() -> None:
-    container, repo, worker = _stub_system()
+    container, _repo, worker = _stub_system()
     try:
         container.broker.enqueue(dramatiq.Message(
             queue_name="high_priority", actor_name="process_events", args=('[{"x":1}]',),

@@ -10,9 +10,14 @@ import pytest
 
 from analytics.adapters.dramatiq_queue import QUEUES
 from analytics.bootstrap import bootstrap
-from analytics.entrypoints.actors import register_actors
-from analytics.entrypoints.policies import POLICIES, actor_options, policy_for, policy_table_markdown
 from analytics.domain.errors import PermanentError
+from analytics.entrypoints.actors import register_actors
+from analytics.entrypoints.policies import (
+    POLICIES,
+    actor_options,
+    policy_for,
+    policy_table_markdown,
+)
 from analytics.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -65,6 +70,6 @@ def test_readme_retry_table_matches_the_code() -> None:
 
 def test_readme_lists_every_actor_on_its_queue() -> None:
     text = README.read_text()
-    section = text[text.index("## Operations"):]
+    section = text[text.index("## Operations") :]
     for name, p in POLICIES.items():
         assert re.search(rf"`{name}`\s*\|\s*`{p.queue}`", section), name

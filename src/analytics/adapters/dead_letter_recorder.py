@@ -38,7 +38,9 @@ class DeadLetterRecorder(dramatiq.Middleware):
             "error_type": type(exception).__name__,
             "error": str(exception)[:_MAX_ERROR],
             "traceback": "".join(
-                traceback.format_exception(type(exception), exception, exception.__traceback__, limit=30)
+                traceback.format_exception(
+                    type(exception), exception, exception.__traceback__, limit=30
+                )
             ),
             "attempts": retries + 1 if permanent else max(retries, 1),
             "permanent": permanent,

@@ -66,7 +66,7 @@ class WorkerRecycler(dramatiq.Middleware):
             try:
                 self.client.hset(f"{self.key}:tasks", str(os.getpid()), self.count)
             except Exception:  # noqa: BLE001
-                pass
+                log.warning("worker task count not recorded", pid=os.getpid())
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: object = None,

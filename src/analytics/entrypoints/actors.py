@@ -21,8 +21,8 @@ import structlog
 from analytics.adapters import codec
 from analytics.adapters.dramatiq_queue import PROCESS_EVENTS
 from analytics.application.store_events import store_events
-from analytics.entrypoints.policies import actor_options
 from analytics.bootstrap import Container
+from analytics.entrypoints.policies import actor_options
 
 log = structlog.get_logger("analytics.worker")
 

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _queue(value: str) -> str:
     if value not in QUEUES:
-        raise argparse.ArgumentTypeError(f"unknown queue {value!r}; choose from {', '.join(QUEUES)}")
+        choices = ", ".join(QUEUES)
+        raise argparse.ArgumentTypeError(f"unknown queue {value!r}; choose from {choices}")
     return value
 
 

@@ -101,8 +101,10 @@ def actor_options(name: str, settings: Settings | None = None) -> dict[str, Any]
 def policy_table_markdown() -> str:
     """The README's retry policy table, generated from :data:`POLICIES` (a test compares)."""
     lines = [
-        "| actor | queue | max retries | min backoff | max backoff | time limit | retry window"
-        " (worst case) | purpose |",
+        (
+            "| actor | queue | max retries | min backoff | max backoff | time limit"
+            " | retry window (worst case) | purpose |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, p in POLICIES.items():
@@ -117,7 +119,9 @@ def policy_table_markdown() -> str:
 def _window(ms: int) -> str:
     if ms == 0:
         return "none"
-    return f"~{max(1, round(ms / 60_000))} min" if ms >= 60_000 else f"~{max(1, round(ms / 1000))} s"
+    return (
+        f"~{max(1, round(ms / 60_000))} min" if ms >= 60_000 else f"~{max(1, round(ms / 1000))} s"
+    )
 
 
 def _ms(ms: int) -> str:

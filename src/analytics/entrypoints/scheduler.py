@@ -229,8 +229,8 @@ class SchedulerService:
             try:
                 if self.lease.release():
                     log.info("scheduler lease released", owner=self.lease.owner)
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # noqa: BLE001 - the lease expires by itself
+                log.warning("scheduler lease not released; it expires by itself")
         return 0
 
 

@@ -48,7 +48,9 @@ class DeadLettersResource:
         self.dlq = dlq
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        listing = list_dead_letters(dlq=self.dlq, queue=_queue_param(req), actor=req.get_param("actor"))
+        listing = list_dead_letters(
+            dlq=self.dlq, queue=_queue_param(req), actor=req.get_param("actor")
+        )
         resp.content_type = JSON
         resp.data = encode({
             "count": len(listing.letters),
@@ -97,6 +99,8 @@ class DeadLetterActionResource:
 
 def add_admin_routes(app: falcon.App, dlq: DeadLetters, max_body_bytes: int) -> None:
     app.add_route("/api/v1/admin/dlq", DeadLettersResource(dlq))
-    app.add_route("/api/v1/admin/dlq/replay", DeadLetterActionResource(dlq, "replay", max_body_bytes))
+    app.add_route(
+        "/api/v1/admin/dlq/replay", DeadLetterActionResource(dlq, "replay", max_body_bytes)
+    )
     app.add_route("/api/v1/admin/dlq/purge", DeadLetterActionResource(dlq, "purge", max_body_bytes))
     app.add_route("/api/v1/admin/dlq/{letter_id}", DeadLetterResource(dlq))

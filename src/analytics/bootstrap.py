@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
-from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
+from analytics.domain.ports import (
+    Clock,
+    EventRepository,
+    IdGenerator,
+    TaskQueue,
+    TaskStatusStore,
+)
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
@@ -33,6 +39,8 @@ class Container:
     limits: Limits = DEFAULT_LIMITS
     dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    task_status: TaskStatusStore | None = None
+    cursor_secret: bytes = b""
 
 
 def build_event_repo(settings: Settings) -> EventRepository:
@@ -61,6 +69,35 @@ def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
     from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
 
     return InMemoryDeadLetters()
+def build_task_status(settings: Settings) -> TaskStatusStore:
+    """Redis-backed records (TTL ``task_status_ttl_s``); the stub broker gets the fake."""
+    if settings.broker == "stub":
+        from analytics.adapters.memory import InMemoryTaskStatusStore  # noqa: PLC0415
+
+        return InMemoryTaskStatusStore()
+    import redis  # noqa: PLC0415
+
+    from analytics.adapters.redis_task_status import RedisTaskStatusStore  # noqa: PLC0415
+
+    return RedisTaskStatusStore(
+        redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+        namespace=settings.namespace,
+        ttl_s=settings.task_status_ttl_s,
+    )
+
+
+def build_cursor_secret(settings: Settings) -> bytes:
+    """The configured key; else one kept in the data dir (a per-process key for the
+    in-memory store, whose events do not outlive the process either)."""
+    if settings.cursor_secret:
+        return settings.cursor_secret.encode()
+    if settings.storage == "memory":
+        import secrets  # noqa: PLC0415
+
+        return secrets.token_bytes(32)
+    from analytics.adapters.secret_file import load_or_create_secret  # noqa: PLC0415
+
+    return load_or_create_secret(settings.cursor_secret_path)
 
 
 def bootstrap(
@@ -72,21 +109,43 @@ def bootstrap(
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
     dead_letters: DeadLetters | None = None,
+    task_status: TaskStatusStore | None = None,
+    cursor_secret: bytes | None = None,
 ) -> Container:
-    from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
+    from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
+        TaskStatusMiddleware,
+        install,
+    )
 
-    broker = broker or build_broker(settings)
+    clock = clock or SystemClock()
+    task_status = task_status or build_task_status(settings)
+    if broker is None:  # a broker the caller passed is theirs to equip
+        broker = build_broker(settings)
+        install(broker, TaskStatusMiddleware(task_status, clock))
     return Container(
         settings=settings,
-        clock=clock or SystemClock(),
+        clock=clock,
         new_id=new_id or uuid4,
         broker=broker,
-        task_queue=task_queue
-        or GroupCommitQueue(
-            broker,
-            max_events=settings.group_commit_max_events,
-            timeout_s=settings.enqueue_timeout_s,
-        ),
+        task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo or build_event_repo(settings),
         dead_letters=dead_letters or build_dead_letters(broker),
+        task_status=task_status,
+        cursor_secret=cursor_secret or build_cursor_secret(settings),
+    )
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    from analytics.adapters.dramatiq_queue import build_broker as _build  # noqa: PLC0415
+
+    return _build(settings)
+
+
+def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
+    from analytics.adapters.dramatiq_queue import DirectQueue, GroupCommitQueue  # noqa: PLC0415
+
+    if not settings.group_commit:
+        return DirectQueue(broker)
+    return GroupCommitQueue(
+        broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
     )

@@ -45,6 +45,11 @@ class Settings(BaseModel):
         None, alias="REDIS_SOCKET", description="Unix socket path (used by the embedded Redis)."
     )
     redis_timeout_s: float = Field(5.0, gt=0, le=60)
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="Embedded Redis: fsync the append-only file on every write (group commit"
+        " makes that one fsync per group of events) or once a second.",
+    )
 
     # --- RabbitMQ ----------------------------------------------------------------------
     rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", alias="RABBITMQ_URL")
@@ -61,6 +66,9 @@ class Settings(BaseModel):
     enqueue_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long ingest waits for the broker before a 503."
     )
+    group_commit: bool = Field(
+        True, description="Share one broker round trip between concurrent requests."
+    )
     group_commit_max_events: int = Field(2000, ge=1, le=50_000)
 
     # --- workers -----------------------------------------------------------------------
@@ -69,13 +77,27 @@ class Settings(BaseModel):
     heartbeat_timeout_s: float = Field(
         60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
     )
-
     broker_maintenance_chance: int = Field(
-        1000,
+        10_000,
         ge=1,
         le=1_000_000,
-        description="Redis broker: per-million chance a command requeues dead workers' messages.",
+        description="Redis broker: broker calls per million that also requeue dead workers'"
+        " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
     )
+
+    # --- search and task status -------------------------------------------------------
+    cursor_secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        repr=False,
+        description="HMAC key of search cursors. Unset: a random key kept in the data dir "
+        "(set it explicitly when API processes on several hosts serve one store).",
+    )
+    task_status_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="How long a task status record is kept."
+    )
+
     worker_max_tasks: int = Field(
         1000, ge=0, le=10_000_000, description="Recycle worker processes after N tasks; 0: never."
     )
@@ -119,6 +141,10 @@ class Settings(BaseModel):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
+
+    @property
+    def cursor_secret_path(self) -> Path:
+        return self.data_dir / "cursor_secret"
 
     @property
     def redis_embedded(self) -> bool:

@@ -13,6 +13,8 @@ from analytics.entrypoints.api.middleware import (
     SecurityHeadersMiddleware,
 )
 from analytics.entrypoints.api.problems import install_error_handlers
+from analytics.entrypoints.api.search import SearchResource
+from analytics.entrypoints.api.tasks import TaskStatusResource
 
 
 def create_app(container: Container) -> falcon.App:
@@ -39,4 +41,12 @@ def create_app(container: Container) -> falcon.App:
         from analytics.entrypoints.api.admin import add_admin_routes  # noqa: PLC0415
 
         add_admin_routes(app, container.dead_letters, s.max_body_bytes)
+    app.add_route(
+        "/api/v1/analytics/events/search",
+        SearchResource(container.event_repo, container.cursor_secret),
+    )
+    if container.task_status is not None:
+        app.add_route(
+            "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)
+        )
     return app

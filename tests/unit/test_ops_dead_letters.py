@@ -123,3 +123,24 @@ def test_storage_failures_retry_then_dead_letter_with_the_reason() -> None:
     assert repo.failures == 4  # one run + three retries, then no more
     assert dead.options["failure"]["error_type"] == StorageUnavailable.__name__
     assert dead.options["failure"]["attempts"] == 4 and not dead.options["failure"]["permanent"]
+
+
+def test_recycler_never_signals_outside_the_dramatiq_cli() -> None:
+    """Under pytest the parent is not a dramatiq master: count, but never send SIGHUP."""
+    from analytics.adapters.recycler import WorkerRecycler, parent_is_dramatiq_master
+
+    assert not parent_is_dramatiq_master()
+    container, repo, worker = _stub_system()
+    recycler = WorkerRecycler(2)
+    container.broker.add_middleware(recycler)
+    worker.stop()
+    worker = dramatiq.Worker(container.broker, worker_timeout=20)
+    worker.start()
+    try:
+        for _ in range(5):
+            container.broker.enqueue(events_message(make_events(1)))
+        container.broker.join("high_priority")
+    finally:
+        worker.stop()
+    assert recycler.count == 5 and not recycler.signalled and not recycler.enabled
+    assert repo.count() == 5

@@ -6,6 +6,7 @@ the same contracts and run the same contract tests.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -79,11 +80,11 @@ class DeadLetters(Protocol):
         """Dead letters, oldest first, optionally of one queue and/or one actor."""
         ...
 
-    def replay(self, letter_ids: Sequence[str]) -> list[str]:
+    def replay(self, letter_ids: Sequence[str]) -> builtins.list[str]:
         """Put these back on their queues (fresh retry budget); return the ids replayed."""
         ...
 
-    def purge(self, letter_ids: Sequence[str]) -> list[str]:
+    def purge(self, letter_ids: Sequence[str]) -> builtins.list[str]:
         """Delete these for good; return the ids deleted."""
         ...
 

@@ -62,3 +62,15 @@ def test_worker_bad_input_is_a_clear_message(args: tuple[str, ...], text: str) -
     )
     assert proc.returncode == 2
     assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dlq_without_a_reachable_redis_is_a_clear_message() -> None:
+    from tests.support import free_port
+
+    env = child_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(free_port()),
+                    ANALYTICS_REDIS_TIMEOUT_S="1")  # fmt: skip
+    proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+        analytics_cmd("dlq", "list"), env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    assert "cannot reach the broker's Redis" in proc.stderr and "Traceback" not in proc.stderr

@@ -66,3 +66,29 @@ def test_successive_runs_never_repeat_or_skip_a_period(steps: list[int], period:
 
 def test_retention_cutoff_is_a_whole_utc_day() -> None:
     assert retention_cutoff(T0, 90) == datetime(2025, 12, 1, tzinfo=UTC)
+
+
+def test_job_triggers_fire_at_period_boundaries_plus_delay() -> None:
+    from analytics.entrypoints.scheduler import build_jobs, job_trigger
+    from analytics.settings import Settings
+
+    jobs = {j.name: j for j in build_jobs(Settings())}
+    hourly = job_trigger(jobs["rollup_hourly"])
+    nxt = hourly.get_next_fire_time(None, T0)
+    assert nxt == datetime(2026, 3, 1, 11, 5, tzinfo=UTC)
+    assert hourly.get_next_fire_time(nxt, nxt) == datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
+    daily = job_trigger(jobs["rollup_daily"])
+    assert daily.get_next_fire_time(None, T0) == datetime(2026, 3, 2, 0, 5, tzinfo=UTC)
+    at = T0 + timedelta(seconds=1)
+    assert job_trigger(jobs["dlq_depth"]).get_next_fire_time(None, at) == datetime(
+        2026, 3, 1, 10, 8, tzinfo=UTC
+    )
+
+
+def test_unknown_scheduler_job_is_a_settings_error() -> None:
+    from analytics.entrypoints.scheduler import build_jobs
+    from analytics.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="unknown job"):
+        build_jobs(Settings(scheduler_jobs="rollup_hourly,nope"))
+    assert [j.name for j in build_jobs(Settings(scheduler_jobs="dlq_depth"))] == ["dlq_depth"]

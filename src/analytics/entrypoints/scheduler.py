@@ -87,6 +87,15 @@ def build_jobs(settings: Settings) -> list[Job]:
     return [j for j in jobs if j.name in wanted]
 
 
+def job_trigger(job: Job) -> Any:
+    """Fires at every period boundary + the job's delay, in UTC (00:05, 01:05, ...)."""
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    return IntervalTrigger(
+        seconds=job.period_s, start_date=EPOCH + timedelta(seconds=job.delay_s), timezone=UTC
+    )
+
+
 class SchedulerService:
     """Leader election around an APScheduler ``BackgroundScheduler`` (UTC)."""
 
@@ -166,18 +175,13 @@ class SchedulerService:
     # --- leadership ----------------------------------------------------------------------
     def _start_jobs(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
-        from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
 
         scheduler = BackgroundScheduler(timezone=UTC)
         now = datetime.now(UTC)
         for job in self.jobs:
             scheduler.add_job(
                 self._safe_run,
-                IntervalTrigger(
-                    seconds=job.period_s,
-                    start_date=EPOCH + timedelta(seconds=job.delay_s),
-                    timezone=UTC,
-                ),
+                job_trigger(job),
                 args=(job,),
                 id=job.name,
                 name=job.name,
@@ -185,8 +189,14 @@ class SchedulerService:
                 coalesce=True,
                 misfire_grace_time=max(1, job.period_s // 2),
                 max_instances=1,
-                next_run_time=now,  # catch up from the watermark right away
             )
+            # Catch up from the watermark right away, once; the interval job above stays
+            # aligned to period boundaries + delay (an immediate first run would shift it).
+            scheduler.add_job(
+                self._safe_run, "date", run_date=now, args=(job,), id=f"{job.name}:startup",
+                name=f"{job.name} (start-up catch-up)", replace_existing=True,
+                misfire_grace_time=None,
+            )  # fmt: skip
         scheduler.start()
         self._scheduler = scheduler
 

@@ -47,6 +47,12 @@ def schedulers(redis_server: Any, namespace: str) -> Iterator[list[subprocess.Po
         ANALYTICS_SCHEDULE_DLQ_CHECK_S="1",
         ANALYTICS_LOG_FORMAT="console",
     )
+    # What the workers' ActorRegistry records at boot: the scheduler enqueues only these.
+    redis_server.client().sadd(
+        f"{namespace}:ops:actors",
+        "generate_aggregations", "purge_events_before", "check_dead_letters",
+        "warm_dashboard_cache",
+    )  # fmt: skip
     procs = [
         subprocess.Popen(analytics_cmd("scheduler"), env=env,  # noqa: S603
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -105,6 +105,8 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory) -> None:  # type:
     tasks = rig.client.hgetall(f"{rig.ns}:ops:workers:tasks")
     assert sorted(int(v) for v in tasks.values()) == [5] * 2  # each recycled process: exactly N
     assert rig.procs[0].poll() is None  # the master keeps running across reloads
+    declared = {m.decode() for m in rig.client.smembers(f"{rig.ns}:ops:actors")}
+    assert {"process_events", "purge_events_before", "check_dead_letters"} <= declared
 
 
 def test_sigterm_under_load_loses_nothing_and_exits_cleanly(rig_factory) -> None:  # type: ignore[no-untyped-def]

@@ -18,8 +18,12 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 10, 7, tzinfo=UTC)
 
 
+ACTORS = ("generate_aggregations", "purge_events_before", "check_dead_letters")
+
+
 @pytest.fixture
 def settings(redis_server: Any, namespace: str) -> Settings:
+    redis_server.client().sadd(f"{namespace}:ops:actors", *ACTORS)  # as workers record them
     return Settings.from_env({**redis_server.env(namespace), "ANALYTICS_SCHEDULER_LEASE_S": "5"})
 
 
@@ -100,3 +104,21 @@ def _msg() -> Any:
 
     return dramatiq.Message(queue_name="aggregations", actor_name="generate_aggregations",
                             args=(), kwargs={}, options={})  # fmt: skip
+
+
+def test_a_job_whose_actor_no_worker_declares_waits_and_then_catches_up(
+    redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
+    client = redis_server.client()
+    settings = Settings.from_env(redis_server.env(namespace))
+    clock = FixedClock(T0)
+    service = SchedulerService(settings, clock=clock)
+    assert service.lease.acquire()
+    hourly = next(j for j in service.jobs if j.name == "rollup_hourly")
+    assert service.run_job(hourly) == []  # no worker has generate_aggregations yet
+    clock.advance(timedelta(hours=2))
+    assert service.run_job(hourly) == []
+    assert client.llen(f"{namespace}:aggregations") == 0
+    # First run enqueues the last closed hour only (no watermark yet), then keeps up.
+    client.sadd(f"{namespace}:ops:actors", "generate_aggregations")
+    assert len(service.run_job(hourly)) == 1

@@ -144,3 +144,4 @@ def test_recycler_never_signals_outside_the_dramatiq_cli() -> None:
         worker.stop()
     assert recycler.count == 5 and not recycler.signalled and not recycler.enabled
     assert repo.count() == 5
+

@@ -5,6 +5,8 @@ retries, and nothing when an actor's ``throws`` error skips the retries. This mi
 runs after Retries: when a message is about to be dead-lettered it adds a ``failure``
 option (error type, message, traceback, attempts, permanent) and, on the Redis broker,
 rewrites the stored message so that the dead-letter queue receives it with that option.
+(A message for an actor the worker does not know is dead-lettered by Dramatiq's consumer
+before it reaches an actor; such a letter shows error type ``unknown``.)
 """
 
 from __future__ import annotations

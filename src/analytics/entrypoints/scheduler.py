@@ -56,7 +56,7 @@ def build_jobs(settings: Settings) -> list[Job]:
 
     def rollup(period: str) -> Callable[[datetime, datetime], dict[str, Any]]:
         return lambda start, end: {
-            "period": period, "start": start.isoformat(), "end": end.isoformat()
+            "period": period, "start": start.isoformat(), "end": end.isoformat(), "tz": "UTC"
         }  # fmt: skip
 
     def retention(start: datetime, end: datetime) -> dict[str, Any]:
@@ -126,12 +126,15 @@ class SchedulerService:
         self.jobs = build_jobs(settings)
         self.stop_event = threading.Event()
         self._scheduler: Any = None
+        self._missing: set[str] = set()
 
     # --- one job run ---------------------------------------------------------------------
     def run_job(self, job: Job) -> list[int]:
         """Enqueue every period this job owes now; return the period starts enqueued."""
         from analytics.adapters.scheduling import LeaseLost  # noqa: PLC0415
 
+        if not self._actor_deployed(job):
+            return []
         now = self.clock.now()
         periods = due_periods(
             now,
@@ -165,6 +168,19 @@ class SchedulerService:
                 periods=[period_bounds(p, job.period_s)[0].isoformat() for p in sent],
             )  # fmt: skip
         return sent
+
+    def _actor_deployed(self, job: Job) -> bool:
+        """Has any worker declared this job's actor? If not, skip (its periods stay owed)."""
+        from analytics.adapters.worker_registry import actors_key  # noqa: PLC0415
+
+        if self.client.sismember(actors_key(self.settings.namespace), job.actor):
+            self._missing.discard(job.actor)
+            return True
+        if job.actor not in self._missing:
+            self._missing.add(job.actor)
+            log.warning("no worker declares this actor yet; job skipped", job=job.name,
+                        actor=job.actor, queue=job.queue)  # fmt: skip
+        return False
 
     def _safe_run(self, job: Job) -> None:
         try:

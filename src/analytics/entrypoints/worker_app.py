@@ -11,6 +11,7 @@ import os
 import dramatiq
 
 from analytics.adapters.recycler import WorkerRecycler
+from analytics.adapters.worker_registry import ActorRegistry
 from analytics.bootstrap import bootstrap
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.logs import configure_logging
@@ -29,4 +30,6 @@ broker.add_middleware(
         namespace=settings.namespace,
     )
 )
+# Record the declared actors for the scheduler (adapters/worker_registry.py).
+broker.add_middleware(ActorRegistry(getattr(broker, "client", None), settings.namespace))
 actors = register_actors(container)

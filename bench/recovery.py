@@ -57,11 +57,13 @@ def main() -> int:
                         "--processes", str(args.processes), "--threads", "4")  # fmt: skip
     procs = []
     try:
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        procs.append(subprocess.Popen(cmd, env=child_env(**env), **quiet))  # noqa: S603
+        while not client.hget("rec:ops:workers", "boots"):  # booted (schema applied)
+            time.sleep(0.1)
         lock = sqlite3.connect(settings.sqlite_path, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         broker.enqueue(events_message(make_events(20)))
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        procs.append(subprocess.Popen(cmd, env=child_env(**env), **quiet))  # noqa: S603
         while not any(client.scard(k) for k in client.scan_iter(match="rec:__acks__.*")):
             time.sleep(0.1)
         for child in psutil.Process(procs[0].pid).children():

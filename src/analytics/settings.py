@@ -85,6 +85,25 @@ class Settings(BaseModel):
         " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
     )
 
+    # --- aggregations, dashboard and their cache ---------------------------------------
+    aggregation_max_buckets: int = Field(
+        1000, ge=1, le=10_000, description="Most period buckets one aggregation query spans."
+    )
+    dashboard_max_window_days: int = Field(
+        31, ge=1, le=366, description="Longest start/end window of the dashboard."
+    )
+    dashboard_top_products: int = Field(10, ge=1, le=100)
+    dashboard_series_minutes: int = Field(60, ge=1, le=1440)
+    cache_backend: Literal["auto", "redis", "memory", "none"] = Field(
+        "auto", description="auto: the Redis cache when the broker is Redis, else none."
+    )
+    cache_ttl_closed_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    cache_ttl_open_s: int = Field(10, ge=1, le=3600)
+    cache_ttl_dashboard_s: int = Field(5, ge=1, le=3600)
+    cache_retry_after_s: float = Field(
+        5.0, gt=0, le=300, description="After a Redis error, skip the cache this long."
+    )
+
     # --- search and task status -------------------------------------------------------
     cursor_secret: str | None = Field(
         None,

@@ -128,10 +128,11 @@ def test_sigterm_under_load_loses_nothing_and_exits_cleanly(rig_factory) -> None
 
 def test_sigkill_mid_task_is_redelivered_after_heartbeat_timeout(rig_factory) -> None:  # type: ignore[no-untyped-def]
     rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="0")
+    proc = rig.start_worker("--processes", "1", "--threads", "1")
+    wait_until(lambda: rig.stats().get("boots") == 1, timeout=30, message="worker not up")
     lock = sqlite3.connect(rig.settings.sqlite_path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # the worker's write will block: the task is mid-flight
     ids = rig.send(1, 20)
-    proc = rig.start_worker("--processes", "1", "--threads", "1")
     acks = f"{rig.ns}:__acks__.*"
     wait_until(lambda: any(rig.client.scard(k) for k in rig.client.scan_iter(match=acks)),
                timeout=30, message="message never fetched")  # fmt: skip

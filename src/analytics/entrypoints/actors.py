@@ -7,19 +7,23 @@ Queues (see README, "Operations"):
 | process_events   | high_priority  | store a group of events exactly once |
 | purge_events_before | maintenance | retention: delete raw events before a cutoff |
 | check_dead_letters  | maintenance | measure dead-letter depths for the metric |
+| generate_aggregations | aggregations | reconcile (recompute + repair) a range |
 
 Retry policies and time limits: ``entrypoints/policies.py`` (one table).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import dramatiq
 import structlog
 
 from analytics.adapters import codec
+from analytics.adapters.dramatiq_jobs import GENERATE_AGGREGATIONS
 from analytics.adapters.dramatiq_queue import PROCESS_EVENTS
+from analytics.application.reconcile import reconcile
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container
 from analytics.entrypoints.policies import actor_options
@@ -33,7 +37,12 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
 
     def process_events(payload: str) -> dict[str, int]:
         events = _decode_events(payload)
-        result = store_events(events, repo=container.event_repo)
+        result = store_events(
+            events,
+            repo=container.event_repo,
+            aggregates=container.aggregates,
+            cache=container.cache,
+        )
         log.info(
             "events stored",
             received=result.received,
@@ -43,6 +52,18 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         )
         return {"stored": result.stored, "duplicates": result.duplicates}
 
+    def generate_aggregations(period: str, start: str, end: str, tz: str) -> dict[str, Any]:
+        assert container.aggregates is not None
+        report = reconcile(
+            datetime.fromisoformat(start),
+            datetime.fromisoformat(end),
+            repo=container.event_repo,
+            aggregates=container.aggregates,
+            cache=container.cache,
+        )
+        log.info("aggregations generated", period=period, tz=tz, **report.as_dict())
+        return {"period": period, "tz": tz, **report.as_dict()}
+
     actors = {
         PROCESS_EVENTS: dramatiq.actor(
             process_events,
@@ -50,6 +71,11 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             **actor_options(PROCESS_EVENTS, container.settings),
         ),
     }
+    actors[GENERATE_AGGREGATIONS] = dramatiq.actor(
+        generate_aggregations,
+        broker=broker,
+        **actor_options(GENERATE_AGGREGATIONS, container.settings),  # 3 tries, 1 s-1 min, 30 min
+    )
     actors.update(register_maintenance_actors(container))
     return actors
 

@@ -59,7 +59,7 @@ POLICIES: dict[str, ActorPolicy] = {
         "high_priority", 10, 1_000, 300_000, 120_000, "store a group of events exactly once"
     ),
     "generate_aggregations": ActorPolicy(
-        "aggregations", 5, 5_000, 600_000, 600_000, "recompute aggregates for a period"
+        "aggregations", 3, 1_000, 60_000, 1_800_000, "reconcile (recompute + repair) a range"
     ),
     "warm_dashboard_cache": ActorPolicy(
         "aggregations", 2, 1_000, 30_000, 60_000, "precompute the dashboard's cached metrics"

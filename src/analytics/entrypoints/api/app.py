@@ -41,6 +41,7 @@ def create_app(container: Container) -> falcon.App:
         from analytics.entrypoints.api.admin import add_admin_routes  # noqa: PLC0415
 
         add_admin_routes(app, container.dead_letters, s.max_body_bytes)
+    add_query_routes(app, container)
     app.add_route(
         "/api/v1/analytics/events/search",
         SearchResource(container.event_repo, container.cursor_secret),
@@ -50,3 +51,34 @@ def create_app(container: Container) -> falcon.App:
             "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)
         )
     return app
+
+
+def add_query_routes(app: falcon.App, container: Container) -> None:
+    """Aggregations, their background generation, and the dashboard (issue 3)."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from analytics.application.queries import QueryDeps, QueryLimits  # noqa: PLC0415
+    from analytics.entrypoints.api import query_resources as q  # noqa: PLC0415
+
+    s = container.settings
+    assert container.aggregates is not None and container.aggregation_jobs is not None
+    deps = QueryDeps(
+        aggregates=container.aggregates,
+        clock=container.clock,
+        cache=container.cache,
+        limits=QueryLimits(
+            max_buckets=s.aggregation_max_buckets,
+            dashboard_max_window=timedelta(days=s.dashboard_max_window_days),
+            top_products=s.dashboard_top_products,
+            series_minutes=s.dashboard_series_minutes,
+            ttl_closed_s=s.cache_ttl_closed_s,
+            ttl_open_s=s.cache_ttl_open_s,
+            ttl_dashboard_s=s.cache_ttl_dashboard_s,
+        ),
+    )
+    app.add_route("/api/v1/analytics/aggregations/{period}", q.AggregationsResource(deps))
+    app.add_route(
+        "/api/v1/analytics/aggregations/{period}/generate",
+        q.GenerateAggregationsResource(container.aggregation_jobs, s.aggregation_max_buckets),
+    )
+    app.add_route("/api/v1/analytics/dashboard/metrics", q.DashboardResource(deps))

@@ -7,6 +7,7 @@ not pass is built from settings. Importing this module has no effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 
@@ -25,6 +26,9 @@ from analytics.domain.ports import (
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
+if TYPE_CHECKING:
+    from analytics.domain.ports import DeadLetters
+
 
 @dataclass
 class Container:
@@ -37,6 +41,7 @@ class Container:
     task_queue: TaskQueue
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
+    dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
     aggregates: AggregateStore | None = None
     uow: UnitOfWork | None = None  # one commit for the event and its counts, where possible
@@ -59,6 +64,19 @@ def build_event_repo(settings: Settings) -> EventRepository:
 
         return SQLiteEventRepository(SQLiteDatabase(settings.sqlite_path))
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
+
+
+def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
+    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+
+    if isinstance(broker, RedisBroker):
+        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
+
+        return RedisDeadLetters(broker)
+    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
+
+    return InMemoryDeadLetters()
 
 
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
@@ -143,6 +161,7 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    dead_letters: DeadLetters | None = None,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
@@ -169,6 +188,7 @@ def bootstrap(
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo,
+        dead_letters=dead_letters or build_dead_letters(broker),
         aggregates=aggregates,
         uow=shared_unit_of_work(event_repo, aggregates),
         cache=cache if cache is not None else build_cache(settings, clock),

@@ -155,6 +155,24 @@ class SQLiteEventRepository:
     def count(self) -> int:
         return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
+    def purge_before(self, cutoff: datetime, *, batch: int = 5000) -> int:
+        """Delete events older than ``cutoff`` in short transactions (writers are not starved)."""
+        limit = to_us(cutoff)
+        total = 0
+        sql = (
+            "DELETE FROM events WHERE event_id IN "
+            "(SELECT event_id FROM events WHERE ts_us < ? LIMIT ?)"
+        )
+        while True:
+            try:
+                with self.db.transaction() as conn:
+                    deleted = conn.execute(sql, (limit, batch)).rowcount
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"sqlite: {exc}") from exc
+            total += deleted
+            if deleted < batch:
+                return total
+
     def iter_range(
         self, start: datetime, end: datetime, *, page_size: int = 1000
     ) -> Iterator[Event]:

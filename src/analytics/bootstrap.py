@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
-from analytics.domain.ports import Clock, EventRepository, IdGenerator, TaskQueue
+from analytics.domain.ports import (
+    ApiKeyStore,
+    Backlog,
+    Clock,
+    EventRepository,
+    IdGenerator,
+    RateLimiter,
+    TaskQueue,
+)
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
@@ -28,6 +36,9 @@ class Container:
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
     extras: dict[str, object] = field(default_factory=dict)
+    api_keys: ApiKeyStore | None = None  # None only when auth is disabled
+    rate_limiter: RateLimiter | None = None  # None: rate limiting disabled
+    backlog: Backlog | None = None  # None: no overload check
 
 
 def build_event_repo(settings: Settings) -> EventRepository:
@@ -45,6 +56,59 @@ def build_event_repo(settings: Settings) -> EventRepository:
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
 
+def build_key_store(settings: Settings) -> ApiKeyStore:
+    if settings.key_store == "memory":
+        from analytics.adapters.memory import InMemoryApiKeyStore  # noqa: PLC0415
+
+        return InMemoryApiKeyStore()
+    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
+
+    return SQLiteApiKeyStore(settings.keys_path)
+
+
+def _redis_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
+    client = getattr(broker, "client", None)
+    if client is not None:
+        return client
+    if settings.redis_host or settings.redis_socket:
+        import redis  # noqa: PLC0415
+
+        return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+    return None
+
+
+def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimiter | None:
+    """Redis (shared by every worker) when Redis is there; per-process memory otherwise."""
+    backend = settings.rate_limit_backend
+    if backend == "disabled":
+        return None
+    client = _redis_client(settings, broker) if backend in ("auto", "redis") else None
+    if client is not None:
+        from analytics.adapters.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
+
+        return RedisRateLimiter(client, settings.namespace)  # type: ignore[arg-type]
+    if backend == "redis":
+        raise ValueError("rate_limit_backend=redis needs REDIS_HOST or a Redis broker")
+    from analytics.adapters.memory import InMemoryRateLimiter  # noqa: PLC0415
+
+    return InMemoryRateLimiter()
+
+
+def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None:
+    from analytics.adapters.backlog import DrainCounter, RedisBacklog, StubBacklog  # noqa: PLC0415
+
+    client = getattr(broker, "client", None)
+    if client is not None:
+        if not any(isinstance(m, DrainCounter) for m in broker.middleware):
+            broker.add_middleware(DrainCounter(client, settings.namespace))
+        return RedisBacklog(client, settings.namespace)
+    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
+
+    if isinstance(broker, StubBroker):
+        return StubBacklog(broker)
+    return None
+
+
 def bootstrap(
     settings: Settings,
     *,
@@ -53,6 +117,9 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    api_keys: ApiKeyStore | None = None,
+    rate_limiter: RateLimiter | None = None,
+    backlog: Backlog | None = None,
 ) -> Container:
     from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
 
@@ -69,4 +136,8 @@ def bootstrap(
             timeout_s=settings.enqueue_timeout_s,
         ),
         event_repo=event_repo or build_event_repo(settings),
+        api_keys=api_keys
+        or (build_key_store(settings) if settings.auth == "required" else None),
+        rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
+        backlog=backlog or build_backlog(settings, broker),
     )

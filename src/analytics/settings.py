@@ -70,6 +70,40 @@ class Settings(BaseModel):
         60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
     )
 
+    # --- security (README, "Security") ------------------------------------------------
+    auth: Literal["required", "disabled"] = Field(
+        "required", description="'disabled' turns API keys off: local experiments only."
+    )
+    key_store: Literal["sqlite", "memory"] = "sqlite"
+    metrics_auth: Literal["open", "required"] = Field(
+        "open", description="'required': /metrics needs a key with the read scope."
+    )
+    rate_limit_backend: Literal["auto", "redis", "memory", "disabled"] = Field(
+        "auto", description="auto: Redis when the broker is Redis, else per-process memory."
+    )
+    rate_limit_per_minute: int = Field(
+        60_000, ge=1, le=100_000_000, description="Per key: requests, or events on ingest."
+    )
+    rate_limit_burst: int = Field(5_000, ge=1, le=10_000_000)
+    anon_rate_limit_per_minute: int = Field(
+        300, ge=1, le=100_000_000, description="Per client address, requests without a key."
+    )
+    anon_rate_limit_burst: int = Field(60, ge=1, le=10_000_000)
+    trust_forwarded_for: bool = Field(
+        False, description="Take the client address from X-Forwarded-For (behind a proxy)."
+    )
+    overload_queue_depth: int = Field(
+        20_000, ge=1, le=100_000_000, description="high_priority messages above which ingest is 503."
+    )
+    overload_retry_after_max_s: int = Field(300, ge=1, le=3600)
+    max_decompressed_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Cap on gzip bodies."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated allowed origins ('*' for any); empty: no CORS."
+    )
+    hsts_seconds: int = Field(0, ge=0, le=2 * 365 * 86400, description="0: no HSTS header.")
+
     # --- logs --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -77,6 +111,14 @@ class Settings(BaseModel):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / "keys.sqlite3"
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def redis_embedded(self) -> bool:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -22,6 +23,7 @@ from analytics.domain.events import (
 from analytics.domain.ports import Clock, IdGenerator, TaskQueue
 from analytics.domain.validation import (
     DEFAULT_LIMITS,
+    TOO_DEEP,
     Limits,
     build_event,
     computed_fields,
@@ -64,11 +66,17 @@ def accept_event(
 
 
 def accept_batch(
-    raw: bytes, *, correlation_id: str, deps: IngestDeps, max_events: int
+    raw: bytes,
+    *,
+    correlation_id: str,
+    deps: IngestDeps,
+    max_events: int,
+    admit: Callable[[int], None] | None = None,
 ) -> BatchReceipt:
     """Validate every event of a batch on its own; queue the valid ones together.
 
-    A rejected event never costs the accepted ones; an ``event_id`` repeated inside the
+    ``admit(n)`` is called with the event count before any work is queued (the API's
+    rate limiter: it raises to refuse). A rejected event never costs the accepted ones; an ``event_id`` repeated inside the
     batch is reported as ``duplicate`` and queued once.
     """
     try:
@@ -77,10 +85,14 @@ def accept_batch(
         raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
     if not batch.events:
         raise ValidationFailed([FieldError("events", "min_items", "at least one event")])
     if len(batch.events) > max_events:
         raise BatchTooLarge(len(batch.events), max_events)
+    if admit is not None:
+        admit(len(batch.events))  # rate limits count events, not requests
     now = deps.clock.now()
     results: list[BatchItemResult] = []
     accepted: list[Event] = []

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from analytics.domain.auth import ApiKey
 from analytics.domain.events import Event
+from analytics.domain.ratelimit import Quota, RateDecision
 
 
 class Clock(Protocol):
@@ -45,4 +47,41 @@ class TaskQueue(Protocol):
 
     def enqueue_events(self, events: Sequence[Event]) -> str:
         """Return a task id once the events are durably queued; raise QueueUnavailable."""
+        ...
+
+
+# --- security (issue 7) -------------------------------------------------------------------
+class ApiKeyStore(Protocol):
+    """Hashed API keys by id. Revoked keys stay (so ids are never reused)."""
+
+    def add(self, key: ApiKey) -> None: ...
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def list(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    def revoke(self, key_id: str, at: datetime) -> bool:
+        """Mark a key revoked; False when there is no such active key."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """A shared budget per bucket (a key id or a client address)."""
+
+    def hit(self, bucket: str, cost: int, quota: Quota) -> RateDecision:
+        """Spend ``cost`` units if the budget allows; never raises (fails open)."""
+        ...
+
+
+class Backlog(Protocol):
+    """How deep the event queue is and how fast it drains (for 503 under overload)."""
+
+    def depth(self) -> int:
+        """Messages waiting in the high_priority queue."""
+        ...
+
+    def drain_rate(self) -> float | None:
+        """Messages per second recently consumed; None when not measured yet."""
         ...

@@ -54,7 +54,16 @@ def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
         pass
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
-    raise ValidationFailed(collect_field_errors(_any_decoder.decode(raw), model))
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
+    try:
+        doc = _any_decoder.decode(raw)
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
+    raise ValidationFailed(collect_field_errors(doc, model))
+
+
+TOO_DEEP = "body is nested too deeply (see the README's limits table)"
 
 
 def _hints(model: type) -> dict[str, Any]:

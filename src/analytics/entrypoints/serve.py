@@ -23,6 +23,18 @@ def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "analytics", *args], env=env)  # noqa: S603
 
 
+def first_start_key(settings: Settings) -> str | None:
+    """The development key made on the very first start (None on later starts)."""
+    if settings.auth != "required" or settings.key_store != "sqlite":
+        return None
+    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
+    from analytics.application.api_keys import ensure_dev_key  # noqa: PLC0415
+    from analytics.domain.clock import SystemClock  # noqa: PLC0415
+
+    new = ensure_dev_key(store=SQLiteApiKeyStore(settings.keys_path), clock=SystemClock())
+    return new.secret if new else None
+
+
 def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -32,6 +44,7 @@ def serve(settings: Settings) -> int:
         redis_server = RedisServerProcess(data_dir / "redis", unix_socket=sock).start()
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})
+    dev_key = first_start_key(settings)
     env = {**os.environ, **settings.to_env()}
     specs = {
         "worker": ["worker", "--queues", ",".join(QUEUES)],
@@ -46,6 +59,14 @@ def serve(settings: Settings) -> int:
         f"    -d '{{\"event_type\":\"page_view\",\"user_id\":\"user123\",\"session_id\":\"sess_456\"}}'",
         flush=True,
     )
+    if dev_key:
+        print(
+            f"analytics: first start: created a development API key with every scope\n"
+            f"  {dev_key}\n"
+            f"  send it as -H 'Authorization: Bearer {dev_key}' (shown only this once;\n"
+            f"  manage keys with `analytics keys list|create|revoke`)",
+            flush=True,
+        )
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

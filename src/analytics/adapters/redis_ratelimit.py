@@ -7,7 +7,8 @@ atomically inside Redis, so every gunicorn worker and every instance share one b
 time comes from the Redis server (``TIME``), so instances with skewed clocks agree.
 
 When Redis is unreachable the limiter *fails open* (allows the request and logs a line,
-at most every 10 s): rate limiting protects capacity, while Redis being down already means
+at most every 10 s, and skips Redis for a few seconds so requests do not each wait out a
+connection timeout): rate limiting protects capacity, while Redis being down already means
 ingest cannot queue and will answer 503 on its own; refusing all reads and writes because
 the limiter's store is down would turn a partial outage into a total one.
 """
@@ -61,13 +62,19 @@ class _Quiet:
 
 
 class RedisRateLimiter:
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str, *, retry_after_failure_s: float = 5.0
+    ) -> None:
         self.client = client
         self.prefix = f"{namespace}:ratelimit:"
         self.script = client.register_script(GCRA_LUA)
         self._warn = _Quiet()
+        self._skip_until = 0.0
+        self.retry_after_failure_s = retry_after_failure_s
 
     def hit(self, bucket: str, cost: int, quota: Quota) -> RateDecision:
+        if time.monotonic() < self._skip_until:
+            return ALLOW_ALL  # Redis failed a moment ago: do not make every request wait on it
         try:
             allowed, remaining, reset_ms, retry_ms = self.script(
                 keys=[self.prefix + bucket],
@@ -75,5 +82,6 @@ class RedisRateLimiter:
             )
         except redis.RedisError as exc:
             self._warn("rate limiter unavailable; failing open", error=str(exc))
+            self._skip_until = time.monotonic() + self.retry_after_failure_s
             return ALLOW_ALL
         return decision(quota, bool(allowed), int(remaining), int(reset_ms), int(retry_ms))

@@ -58,6 +58,8 @@ def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
         raise MalformedInput(TOO_DEEP) from None
     try:
         doc = _any_decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # e.g. trailing bytes after a wrongly typed value
+        raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
     raise ValidationFailed(collect_field_errors(doc, model))
@@ -180,12 +182,24 @@ def metadata_errors(meta: dict[str, Any], limits: Limits) -> list[FieldError]:
     return errors
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level - 1
+def _depth(value: Any, level: int = 1, cap: int = 64) -> int:
+    """Nesting depth of containers (iterative: deep input cannot exhaust the stack).
+
+    Stops counting at ``cap``: anything that deep is over every limit anyway.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, level)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            deepest = max(deepest, depth - 1)
+            continue
+        deepest = max(deepest, depth)
+        if depth >= cap:
+            return depth
+        stack.extend((c, depth + 1) for c in children)
+    return deepest
 
 
 # --- from input to Event ------------------------------------------------------------------

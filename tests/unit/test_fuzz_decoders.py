@@ -38,7 +38,8 @@ FIELDS = ["event_type", "user_id", "session_id", "product_id", "metadata", "even
 plausible_values = (
     json_values
     | st.sampled_from(["purchase", "page_view", "u1", "EUR", "XXX", "2026-11-27T12:00:00Z",
-                       "2026-11-27T12:00:00", "1e999", "-1", "0.0000001", "12.50",
+                       "2026-11-27T12:00:00", "1e999", "0001-01-01T00:00:00+01:00",
+                       "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "-1", "0.0000001", "12.50",
                        "00000000-0000-0000-0000-000000000000", ""])  # fmt: skip
     | st.integers(min_value=-(2**70), max_value=2**70)
 )
@@ -100,3 +101,33 @@ def test_gunzip_of_arbitrary_bytes_is_a_problem_or_data(raw: bytes) -> None:
         assert exc.status_code in (400, 413)
     else:
         assert len(out) <= 1024
+
+
+rfc3339 = st.builds(
+    lambda dt, minutes: dt.replace(tzinfo=__import__("datetime").timezone(
+        __import__("datetime").timedelta(minutes=minutes))).isoformat(),
+    st.datetimes(),
+    st.integers(min_value=-23 * 60, max_value=23 * 60),
+)  # fmt: skip
+
+
+@FAST
+@given(st.fixed_dictionaries(
+    {"event_type": st.just("page_view"), "user_id": st.just("u"), "session_id": st.just("s")},
+    optional={"timestamp": rfc3339, "sent_at": rfc3339},
+))  # fmt: skip
+def test_any_timestamps(doc: dict) -> None:  # type: ignore[type-arg]
+    only_domain_errors(accept_event, json.dumps(doc).encode(), correlation_id="c", deps=DEPS)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "sent_at"),
+    [("0001-01-01T00:00:00+01:00", None), ("9999-12-31T23:59:59-01:00", None),
+     ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"), ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z")],
+)  # fmt: skip
+def test_extreme_timestamps_are_422_material(timestamp: str, sent_at: str | None) -> None:
+    doc = {"event_type": "page_view", "user_id": "u", "session_id": "s", "timestamp": timestamp}
+    if sent_at:
+        doc["sent_at"] = sent_at
+    with pytest.raises(DomainError):
+        accept_event(json.dumps(doc).encode(), correlation_id="c", deps=DEPS)

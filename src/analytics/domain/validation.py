@@ -245,7 +245,13 @@ def build_event(
         legacy,
     )
     errors.extend(metadata_errors(ein.metadata, limits))
-    ts = correct_timestamp(ein.timestamp, sent_at, received_at)
+    try:
+        ts = correct_timestamp(ein.timestamp, sent_at, received_at)
+    except OverflowError:  # e.g. year 9999 with a negative offset, or a huge skew
+        errors.append(
+            FieldError("timestamp", "out_of_range", "timestamp or sent_at is out of range")
+        )
+        raise ValidationFailed(errors) from None
     if ts > received_at + limits.max_future:
         errors.append(
             FieldError(

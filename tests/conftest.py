@@ -76,3 +76,22 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+# --- the fault suite's table (tests/e2e/test_faults.py), printed in pytest's summary ------
+FAULT_SCENARIOS = ("worker-kill", "redis-restart", "storage-outage", "client-retries")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, or a run without xdist
+        for name in FAULT_SCENARIOS:  # only this run's rows are shown
+            session.config.cache.set(f"faults/{name}", None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    from bench.faults import HEADER  # noqa: PLC0415
+
+    rows = [config.cache.get(f"faults/{name}", None) for name in FAULT_SCENARIOS]
+    if any(rows):
+        terminalreporter.write_sep("-", "fault suite (bench/faults.py)")
+        terminalreporter.write_line("\n".join([HEADER, *filter(None, rows)]))

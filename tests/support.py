@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
             with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
                 if resp.status < 500:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # it answers: up, whatever it thinks of a bare GET
+                return
+            last = exc
         except Exception as exc:  # noqa: BLE001
             last = exc
         time.sleep(0.1)

@@ -79,7 +79,7 @@ def _redis_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
 
 def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimiter | None:
     """Redis (shared by every worker) when Redis is there; per-process memory otherwise."""
-    backend = settings.rate_limit_backend
+    backend = settings.rate_limit
     if backend == "disabled":
         return None
     client = _redis_client(settings, broker) if backend in ("auto", "redis") else None
@@ -88,7 +88,7 @@ def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimit
 
         return RedisRateLimiter(client, settings.namespace)  # type: ignore[arg-type]
     if backend == "redis":
-        raise ValueError("rate_limit_backend=redis needs REDIS_HOST or a Redis broker")
+        raise ValueError("rate_limit=redis needs REDIS_HOST or a Redis broker")
     from analytics.adapters.memory import InMemoryRateLimiter  # noqa: PLC0415
 
     return InMemoryRateLimiter()
@@ -121,23 +121,32 @@ def bootstrap(
     rate_limiter: RateLimiter | None = None,
     backlog: Backlog | None = None,
 ) -> Container:
-    from analytics.adapters.dramatiq_queue import GroupCommitQueue, build_broker  # noqa: PLC0415
-
     broker = broker or build_broker(settings)
     return Container(
         settings=settings,
         clock=clock or SystemClock(),
         new_id=new_id or uuid4,
         broker=broker,
-        task_queue=task_queue
-        or GroupCommitQueue(
-            broker,
-            max_events=settings.group_commit_max_events,
-            timeout_s=settings.enqueue_timeout_s,
-        ),
+        task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo or build_event_repo(settings),
         api_keys=api_keys
         or (build_key_store(settings) if settings.auth == "required" else None),
         rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
         backlog=backlog or build_backlog(settings, broker),
+    )
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    from analytics.adapters.dramatiq_queue import build_broker as _build  # noqa: PLC0415
+
+    return _build(settings)
+
+
+def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
+    from analytics.adapters.dramatiq_queue import DirectQueue, GroupCommitQueue  # noqa: PLC0415
+
+    if not settings.group_commit:
+        return DirectQueue(broker)
+    return GroupCommitQueue(
+        broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
     )

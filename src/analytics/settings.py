@@ -45,6 +45,11 @@ class Settings(BaseModel):
         None, alias="REDIS_SOCKET", description="Unix socket path (used by the embedded Redis)."
     )
     redis_timeout_s: float = Field(5.0, gt=0, le=60)
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="Embedded Redis: fsync the append-only file on every write (group commit"
+        " makes that one fsync per group of events) or once a second.",
+    )
 
     # --- RabbitMQ ----------------------------------------------------------------------
     rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", alias="RABBITMQ_URL")
@@ -61,6 +66,9 @@ class Settings(BaseModel):
     enqueue_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long ingest waits for the broker before a 503."
     )
+    group_commit: bool = Field(
+        True, description="Share one broker round trip between concurrent requests."
+    )
     group_commit_max_events: int = Field(2000, ge=1, le=50_000)
 
     # --- workers -----------------------------------------------------------------------
@@ -68,6 +76,13 @@ class Settings(BaseModel):
     worker_threads: int = Field(4, ge=1, le=256)
     heartbeat_timeout_s: float = Field(
         60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
+    )
+    broker_maintenance_chance: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Redis broker: broker calls per million that also requeue dead workers'"
+        " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
     )
 
     # --- security (README, "Security") ------------------------------------------------
@@ -78,7 +93,7 @@ class Settings(BaseModel):
     metrics_auth: Literal["open", "required"] = Field(
         "open", description="'required': /metrics needs a key with the read scope."
     )
-    rate_limit_backend: Literal["auto", "redis", "memory", "disabled"] = Field(
+    rate_limit: Literal["auto", "redis", "memory", "disabled"] = Field(
         "auto", description="auto: Redis when the broker is Redis, else per-process memory."
     )
     rate_limit_per_minute: int = Field(

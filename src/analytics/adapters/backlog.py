@@ -60,9 +60,12 @@ class RedisBacklog:
         self._samples: deque[tuple[float, int, int]] = deque()  # (t, depth, drained)
         self._lock = threading.Lock()
         self._last_warn = 0.0
+        self._skip_until = 0.0
 
     def _sample(self) -> tuple[float, int, int] | None:
         now = time.monotonic()
+        if now < self._skip_until:
+            return None  # Redis failed a moment ago: ingest will meet it (and 503) on its own
         with self._lock:
             if self._samples and now - self._samples[-1][0] < self.cache_s:
                 return self._samples[-1]
@@ -75,6 +78,7 @@ class RedisBacklog:
             if now - self._last_warn > 10:
                 self._last_warn = now
                 log.warning("backlog probe unavailable", error=str(exc))
+            self._skip_until = now + 5.0
             return None
         sample = (now, int(depth), int(drained or 0))
         with self._lock:

@@ -39,6 +39,7 @@ def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | Non
             client=redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
             namespace=settings.namespace,
             heartbeat_timeout=int(settings.heartbeat_timeout_s * 1000),
+            maintenance_chance=settings.broker_maintenance_chance,
             middleware=middleware,
         )
     elif settings.broker == "rabbitmq":

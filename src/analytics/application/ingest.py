@@ -76,33 +76,23 @@ def accept_batch(
     """Validate every event of a batch on its own; queue the valid ones together.
 
     ``admit(n)`` is called with the event count before any work is queued (the API's
-    rate limiter: it raises to refuse). A rejected event never costs the accepted ones; an ``event_id`` repeated inside the
-    batch is reported as ``duplicate`` and queued once.
+    rate limiter: it raises to refuse). A rejected event never costs the accepted ones;
+    an ``event_id`` repeated inside the batch is reported as ``duplicate`` and queued once.
     """
-    try:
-        batch = _batch_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedInput(f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedInput(TOO_DEEP) from None
-    if not batch.events:
-        raise ValidationFailed([FieldError("events", "min_items", "at least one event")])
-    if len(batch.events) > max_events:
-        raise BatchTooLarge(len(batch.events), max_events)
+    items = _decode_batch(raw, max_events)
     if admit is not None:
-        admit(len(batch.events))  # rate limits count events, not requests
+        admit(len(items))  # rate limits count events, not requests
     now = deps.clock.now()
     results: list[BatchItemResult] = []
     accepted: list[Event] = []
     seen: set[object] = set()
     duplicates = rejected = 0
-    for index, item in enumerate(batch.events):
+    for index, item in enumerate(items):
         try:
-            ein = decode_event(item, EventIn)
+            if isinstance(item, ValidationFailed):
+                raise item
             event = build_event(
-                ein,
+                item,
                 received_at=now,
                 correlation_id=correlation_id,
                 new_id=deps.new_id,
@@ -112,14 +102,6 @@ def accept_batch(
             rejected += 1
             results.append(
                 BatchItemResult(index, "rejected", errors=[e.as_dict() for e in exc.errors])
-            )
-            continue
-        except MalformedInput as exc:
-            rejected += 1
-            results.append(
-                BatchItemResult(
-                    index, "rejected", errors=[FieldError("$", "json", str(exc)).as_dict()]
-                )
             )
             continue
         if event.event_id in seen:
@@ -138,6 +120,52 @@ def accept_batch(
         rejected=rejected,
         results=results,
     )
+
+
+def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFailed]:
+    """One decode for the whole batch when every event is well-typed (the common case);
+    otherwise each event on its own, so one bad event costs only itself."""
+    try:
+        fast = _fast_batch_decoder.decode(raw)
+    except msgspec.DecodeError:
+        pass  # malformed or some event ill-typed: the slow path below says which
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
+    else:
+        _check_count(len(fast.events), max_events)
+        return list(fast.events)
+    try:
+        batch = _batch_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
+    _check_count(len(batch.events), max_events)
+    items: list[EventIn | ValidationFailed] = []
+    for item in batch.events:
+        try:
+            items.append(decode_event(item, EventIn))  # type: ignore[arg-type]
+        except ValidationFailed as exc:
+            items.append(exc)
+        except MalformedInput as exc:
+            items.append(ValidationFailed([FieldError("$", "json", str(exc))]))
+    return items
+
+
+def _check_count(count: int, max_events: int) -> None:
+    if count == 0:
+        raise ValidationFailed([FieldError("events", "min_items", "at least one event")])
+    if count > max_events:
+        raise BatchTooLarge(count, max_events)
+
+
+class _FastBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[EventIn]
+
+
+_fast_batch_decoder = msgspec.json.Decoder(_FastBatch)
 
 
 class BatchTooLarge(ValidationFailed):

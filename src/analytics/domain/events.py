@@ -16,8 +16,10 @@ import msgspec
 
 # --- typed identifiers -------------------------------------------------------------------
 # Printable, URL- and log-safe identifiers. Lengths follow what Segment/PostHog accept for
-# distinct ids while keeping DynamoDB keys small.
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*$"
+# distinct ids while keeping DynamoDB keys small. `(?!\n)$` because Python's `$` alone
+# also matches before a trailing newline (found by a property test); ECMA regexes agree.
+_END = r"(?!\n)$"
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*" + _END
 
 UserId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID, description="Who did it.")
@@ -33,7 +35,7 @@ EventType = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[a-z][a-z0-9_.:\-]*$",
+        pattern=r"^[a-z][a-z0-9_.:\-]*" + _END,
         description="Lower-case event name, e.g. page_view, click, purchase.",
     ),
 ]
@@ -41,9 +43,9 @@ EventId = Annotated[
     uuid.UUID,
     msgspec.Meta(description="Client-chosen UUID: the idempotency key. Generated if absent."),
 ]
-CorrelationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._\-]{1,64}$")]
+CorrelationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._\-]{1,64}" + _END)]
 Currency = Annotated[
-    str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")
+    str, msgspec.Meta(pattern=r"^[A-Z]{3}" + _END, description="ISO 4217 code, e.g. EUR.")
 ]
 Price = Annotated[
     Decimal,

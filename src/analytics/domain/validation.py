@@ -8,8 +8,9 @@ client hears about *every* failing field at once, not just the first.
 from __future__ import annotations
 
 import typing
+from types import SimpleNamespace
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -95,7 +96,7 @@ def collect_field_errors(doc: Any, model: type[AnyEventIn] = EventIn) -> list[Fi
             converted[name] = msgspec.convert(value, type=hints[name], strict=True)
         except msgspec.ValidationError as exc:
             errors.append(FieldError(name, "invalid", _clean(str(exc))))
-    errors.extend(cross_field_errors(converted, legacy=model is LegacyEventIn))
+    errors.extend(cross_field_errors(SimpleNamespace(**converted), legacy=model is LegacyEventIn))
     return errors
 
 
@@ -110,24 +111,26 @@ def _jtype(value: Any) -> str:
     )
 
 
-# --- cross-field rules: small named checks over the converted fields ----------------------
-Rule = Callable[[Mapping[str, Any], bool], FieldError | None]
+# --- cross-field rules: small named checks over the decoded fields ------------------------
+# A rule reads attributes, so the hot path hands it the decoded struct itself, and the slow
+# path a namespace of whatever fields did convert.
+Rule = Callable[[Any, bool], FieldError | None]
 
 
-def purchase_requires_product(f: Mapping[str, Any], legacy: bool) -> FieldError | None:
-    if not legacy and f.get("event_type") == "purchase" and not f.get("product_id"):
+def purchase_requires_product(f: Any, legacy: bool) -> FieldError | None:
+    if not legacy and getattr(f, "event_type", None) == "purchase" and not getattr(f, "product_id", None):
         return FieldError("product_id", "purchase_requires_product", "a purchase needs product_id")
     return None
 
 
-def price_requires_currency(f: Mapping[str, Any], legacy: bool) -> FieldError | None:
-    if f.get("price") is not None and not f.get("currency"):
+def price_requires_currency(f: Any, legacy: bool) -> FieldError | None:
+    if getattr(f, "price", None) is not None and not getattr(f, "currency", None):
         return FieldError("currency", "price_requires_currency", "a price needs an ISO 4217 currency")
     return None
 
 
-def currency_is_iso4217(f: Mapping[str, Any], legacy: bool) -> FieldError | None:
-    cur = f.get("currency")
+def currency_is_iso4217(f: Any, legacy: bool) -> FieldError | None:
+    cur = getattr(f, "currency", None)
     if cur is not None and cur not in ISO_4217:
         return FieldError("currency", "iso_4217", f"{cur!r} is not an ISO 4217 currency code")
     return None
@@ -136,17 +139,21 @@ def currency_is_iso4217(f: Mapping[str, Any], legacy: bool) -> FieldError | None
 MAX_PRICE = Decimal(1_000_000_000)
 
 
-def price_range(f: Mapping[str, Any], legacy: bool) -> FieldError | None:
-    price = f.get("price")
+def price_range(f: Any, legacy: bool) -> FieldError | None:
+    price = getattr(f, "price", None)
     if isinstance(price, Decimal) and not (0 <= price <= MAX_PRICE):  # also rejects NaN
         return FieldError("price", "range", f"must be between 0 and {MAX_PRICE}")
     return None
 
 
-def price_precision(f: Mapping[str, Any], legacy: bool) -> FieldError | None:
-    price = f.get("price")
-    exponent = price.as_tuple().exponent if isinstance(price, Decimal) else 0
-    if isinstance(exponent, int) and exponent < -MAX_PRICE_DECIMALS:
+def price_precision(f: Any, legacy: bool) -> FieldError | None:
+    price = getattr(f, "price", None)
+    if (
+        isinstance(price, Decimal)
+        and price.is_finite()
+        and 0 <= price <= MAX_PRICE  # out of range is price_range's error; round() would raise
+        and price != round(price, MAX_PRICE_DECIMALS)
+    ):
         return FieldError("price", "precision", f"at most {MAX_PRICE_DECIMALS} decimal places")
     return None
 
@@ -160,7 +167,8 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def cross_field_errors(fields: Mapping[str, Any], legacy: bool = False) -> list[FieldError]:
+def cross_field_errors(fields: Any, legacy: bool = False) -> list[FieldError]:
+    """Run every rule over an object with the event's attributes (missing ones are None)."""
     return [e for rule in RULES if (e := rule(fields, legacy)) is not None]
 
 
@@ -235,15 +243,7 @@ def build_event(
     """Apply cross-field rules, bounds and computed fields; raise ValidationFailed with all."""
     legacy = isinstance(ein, LegacyEventIn)
     sent_at = None if legacy else ein.sent_at  # type: ignore[union-attr]
-    errors = cross_field_errors(
-        {
-            "event_type": ein.event_type,
-            "product_id": ein.product_id,
-            "price": ein.price,
-            "currency": ein.currency,
-        },
-        legacy,
-    )
+    errors = cross_field_errors(ein, legacy)
     errors.extend(metadata_errors(ein.metadata, limits))
     try:
         ts = correct_timestamp(ein.timestamp, sent_at, received_at)
@@ -279,7 +279,7 @@ def build_event(
         metadata=ein.metadata,
         timestamp=ts,
         received_at=received_at,
-        event_day=ts.strftime("%Y-%m-%d"),
+        event_day=ts.date().isoformat(),
         event_hour=ts.hour,
         price=ein.price,
         quantity=quantity,

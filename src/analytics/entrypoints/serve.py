@@ -41,7 +41,9 @@ def serve(settings: Settings) -> int:
     redis_server = None
     if settings.broker == "redis" and settings.redis_host is None:
         sock = data_dir / "redis.sock"
-        redis_server = RedisServerProcess(data_dir / "redis", unix_socket=sock).start()
+        redis_server = RedisServerProcess(
+            data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync
+        ).start()
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)

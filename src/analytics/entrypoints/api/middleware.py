@@ -9,7 +9,7 @@ import uuid
 import falcon
 import structlog
 
-_VALID_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_VALID_CORRELATION_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -24,7 +24,7 @@ class CorrelationMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         structlog.contextvars.clear_contextvars()
         given = req.get_header("X-Correlation-ID")
-        cid = given if given and _VALID_CORRELATION_ID.match(given) else uuid.uuid4().hex
+        cid = given if given and _VALID_CORRELATION_ID.fullmatch(given) else uuid.uuid4().hex
         req.context.correlation_id = cid
         req.context.started = time.perf_counter()
         structlog.contextvars.bind_contextvars(correlation_id=cid)

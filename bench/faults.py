@@ -1,0 +1,250 @@
+"""Fault suite: the real processes under sustained ingest while something breaks.
+
+    .venv/bin/python bench/faults.py [--seconds 6] [scenario ...]
+
+Scenarios: worker-kill (SIGKILL the worker group mid-ingest), redis-restart (kill Redis,
+start it again on its append-only file), storage-outage (SQLite write-locked for
+--outage seconds), client-retries (every request sent twice). In every case each event
+answered 202 must be stored exactly once. Prints one table row per scenario; the e2e
+test tests/e2e/test_faults.py runs the same scenarios and asserts lost == 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
+from tests.support import free_port, wait_http, wait_until  # noqa: E402
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    sent: int = 0
+    accepted: int = 0
+    stored: int = 0
+    duplicates_suppressed: int = 0
+    lost: int = 0
+    unexpected: int = 0
+    miscounted: int | None = None
+    statuses: Counter[int] = field(default_factory=Counter)
+    hangs: int = 0
+    retry_after_on_503: bool = True
+
+    def row(self) -> str:
+        mis = "n/a" if self.miscounted is None else str(self.miscounted)
+        st = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+        return (f"| {self.scenario} | {self.sent} | {self.accepted} | {self.stored} | "
+                f"{self.duplicates_suppressed} | {self.lost} | {mis} | {self.hangs} | {st} |")  # fmt: skip
+
+
+HEADER = (
+    "| scenario | events sent | accepted (202) | stored | duplicates suppressed | lost | "
+    "miscounted | hangs | HTTP statuses |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+class Cluster:
+    """Private Redis + `analytics api` + `analytics worker`, on this checkout's code."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.data = base / "data"
+        self.redis = RedisServerProcess(base / "redis", port=free_port(), appendfsync="always")
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ANALYTICS_", "REDIS_"))}
+        self.env.update(
+            PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}", REDIS_HOST="127.0.0.1",
+            REDIS_PORT=str(self.redis.port), ANALYTICS_NAMESPACE="faults",
+            ANALYTICS_DATA_DIR=str(self.data), ANALYTICS_AUTH="disabled",
+            ANALYTICS_RATE_LIMIT="disabled", ANALYTICS_HEARTBEAT_TIMEOUT_S="2",
+            ANALYTICS_BROKER_MAINTENANCE_CHANCE="1000000", ANALYTICS_ENQUEUE_TIMEOUT_S="2",
+            ANALYTICS_REDIS_TIMEOUT_S="1", ANALYTICS_WEB_WORKERS="1", ANALYTICS_LOG_LEVEL="WARNING",
+        )  # fmt: skip
+        self.log = (base / "cluster.log").open("ab")
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "analytics", *args], env=self.env,  # noqa: S603
+                                stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def start(self) -> Cluster:
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.redis.start()
+        self.api = self._spawn("api", "--port", str(self.port))
+        wait_http(f"http://127.0.0.1:{self.port}/health", timeout=60, proc=self.api)
+        self.start_worker()
+        return self
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn("worker", "--queues", "high_priority", "--processes", "1",
+                                  "--threads", "4")  # fmt: skip
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait()
+
+    def stop(self) -> None:
+        for proc in (self.api, self.worker):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self.redis.stop()
+        self.log.close()
+
+    def stored_ids(self) -> set[str]:
+        path = self.data / "events.sqlite3"
+        if not path.exists():
+            return set()
+        with sqlite3.connect(path, timeout=30) as conn:
+            return {r[0] for r in conn.execute("SELECT event_id FROM events")}
+
+
+class Client:
+    """Threads sending events with unique ids; records what got 202. Bounded in time."""
+
+    def __init__(self, port: int, *, threads: int = 4, repeat: int = 1, batch: int = 5) -> None:
+        self.port, self.threads, self.repeat, self.batch = port, threads, repeat, batch
+        self.sent: set[str] = set()
+        self.accepted: set[str] = set()
+        self.accepted_twice = 0
+        self.statuses: Counter[int] = Counter()
+        self.hangs = 0
+        self.missing_retry_after = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _loop(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.is_set():
+            ids = [str(uuid.uuid4()) for _ in range(self.batch)]
+            body = json.dumps({"events": [
+                {"event_type": ("page_view", "purchase")[i % 2], "user_id": f"u{i}",
+                 "session_id": f"s{i}", "product_id": "p1", "price": "2.50", "currency": "EUR",
+                 "event_id": e} for i, e in enumerate(ids)]}).encode()  # fmt: skip
+            with self._lock:
+                self.sent.update(ids)
+            for _ in range(self.repeat):
+                try:
+                    conn.request("POST", "/api/v1/analytics/events/batch", body=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                    resp = conn.getresponse()
+                    resp.read()
+                    status = resp.status
+                    if status == 503 and not resp.getheader("Retry-After"):
+                        self.missing_retry_after += 1
+                except TimeoutError:
+                    status, self.hangs = -1, self.hangs + 1
+                    conn.close()
+                except (OSError, http.client.HTTPException):
+                    status = 0
+                    conn.close()
+                with self._lock:
+                    self.statuses[status] += 1
+                    if status == 202:
+                        if self.accepted.issuperset(ids):
+                            self.accepted_twice += len(ids)
+                        self.accepted.update(ids)
+                if status in (0, 503):
+                    time.sleep(0.05)
+
+    def start(self) -> Client:
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(self.threads)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def scenario(name: str, base: Path, seconds: float, outage: float) -> Outcome:
+    cluster = Cluster(base / name).start()
+    client = Client(cluster.port, repeat=2 if name == "client-retries" else 1).start()
+    try:
+        time.sleep(seconds / 2)
+        if name == "worker-kill":
+            cluster.kill_worker()
+            time.sleep(1)
+            cluster.start_worker()
+        elif name == "redis-restart":
+            cluster.redis.kill()  # no clean shutdown: only the fsynced AOF survives
+            time.sleep(2)
+            cluster.redis.start()
+        elif name == "storage-outage":
+            conn = sqlite3.connect(cluster.data / "events.sqlite3", timeout=30, isolation_level=None)
+            conn.execute("BEGIN EXCLUSIVE")
+            time.sleep(outage)
+            conn.execute("ROLLBACK")
+            conn.close()
+        time.sleep(seconds / 2)
+        client.stop()
+        wait_until(lambda: cluster.stored_ids() >= client.accepted, timeout=90, interval=0.5)
+    except TimeoutError:
+        pass  # reported as lost below
+    finally:
+        client.stop()
+        stored = cluster.stored_ids()
+        cluster.stop()
+    return Outcome(
+        scenario=name,
+        sent=len(client.sent),
+        accepted=len(client.accepted),
+        stored=len(stored),
+        duplicates_suppressed=client.accepted_twice,
+        lost=len(client.accepted - stored),
+        unexpected=len(stored - client.sent),
+        statuses=client.statuses,
+        hangs=client.hangs,
+        retry_after_on_503=client.missing_retry_after == 0,
+    )
+
+
+SCENARIOS = ("worker-kill", "redis-restart", "storage-outage", "client-retries")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
+    ap.add_argument("--seconds", type=float, default=6)
+    ap.add_argument("--outage", type=float, default=30)
+    args = ap.parse_args()
+    if unknown := set(args.scenarios) - set(SCENARIOS):
+        ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    args.scenarios = args.scenarios or list(SCENARIOS)
+    base = Path(tempfile.mkdtemp(prefix="analytics-faults-"))
+    outcomes = [scenario(s, base, args.seconds, args.outage) for s in args.scenarios]
+    print(HEADER)
+    for o in outcomes:
+        print(o.row())
+    return 0 if all(o.lost == 0 and o.unexpected == 0 and o.hangs == 0 for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

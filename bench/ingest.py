@@ -1,0 +1,174 @@
+"""Ingest benchmark: the service against the bare Falcon ceiling, in the same run.
+
+    .venv/bin/python bench/ingest.py [--seconds 8] [--processes 2] [--threads 16]
+
+Starts its own private Redis, the bare Falcon baseline and ``analytics api`` (same
+gunicorn settings), drives each with the same load generator, then starts a worker and
+times how long it takes to store the events one phase ingested. Prints a Markdown table
+of events/s, p50/p99 latency and ratios to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
+from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository  # noqa: E402
+from bench.loadgen import Result, run  # noqa: E402
+from tests.support import free_port, wait_http  # noqa: E402
+
+
+def event(i: int) -> dict[str, object]:
+    return {
+        "event_type": ("page_view", "click", "purchase")[i % 3],
+        "user_id": f"user{i % 5000}", "session_id": f"sess{i % 20000}",
+        "product_id": f"prod{i % 100}", "price": "19.99", "currency": "EUR", "quantity": 1 + i % 3,
+        "metadata": {"path": "/products/42", "ref": "bench"}, "event_id": str(uuid.uuid4()),
+    }  # fmt: skip
+
+
+def single_body(i: int) -> bytes:
+    return json.dumps(event(i)).encode()
+
+
+def batch_body_factory(size: int):  # type: ignore[no-untyped-def]
+    def body(i: int) -> bytes:
+        return json.dumps({"events": [event(i * size + k) for k in range(size)]}).encode()
+
+    return body
+
+
+def env_for(redis: RedisServerProcess, data_dir: Path, namespace: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANALYTICS_", "REDIS_"))}
+    env.update(
+        PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}", REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(redis.port), ANALYTICS_NAMESPACE=namespace, ANALYTICS_DATA_DIR=str(data_dir),
+        ANALYTICS_AUTH="disabled", ANALYTICS_LOG_LEVEL="WARNING", ANALYTICS_RATE_LIMIT="disabled",
+    )  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def start(cmd: list[str], env: dict[str, str], url: str, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)  # noqa: S603
+    wait_http(url, timeout=60, proc=proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def row(name: str, r: Result, base: float | None, unit: str = "events/s") -> str:
+    ratio = f"{r.rate() / base:.0%}" if base else "100%"
+    errors = {s: n for s, n in r.statuses.items() if not 200 <= s < 300}
+    return (f"| {name} | {r.rate():,.0f} {unit} | {r.pct(50):.1f} | {r.pct(95):.1f} | "
+            f"{r.pct(99):.1f} | {ratio} | {errors or ''} |")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--processes", type=int, default=2, help="load generator processes")
+    ap.add_argument("--threads", type=int, default=16, help="connections per process")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--web-workers", default="2")
+    ap.add_argument("--web-threads", default="16")
+    ap.add_argument("--drain-events", type=int, default=10_000)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-"))
+    log = tmp / "bench.log"
+    redis = RedisServerProcess(tmp / "redis", port=free_port()).start()
+    gun = {"ANALYTICS_WEB_WORKERS": args.web_workers, "ANALYTICS_WEB_THREADS": args.web_threads}
+    load = {"seconds": args.seconds, "processes": args.processes, "threads": args.threads}
+    lines = [
+        f"load: {args.processes} client processes x {args.threads} connections, {args.seconds:g}s "
+        f"per phase; gunicorn gthread {args.web_workers} workers x {args.web_threads} threads; "
+        f"{os.cpu_count()} CPUs",
+        "",
+        "| phase | throughput | p50 ms | p95 ms | p99 ms | vs ceiling | non-2xx |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    try:
+        port = free_port()
+        env = env_for(redis, tmp / "base", "bench-base", **gun)
+        baseline = start([sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),
+                          *[f"{k}={v}" for k, v in gun.items()]], env,
+                         f"http://127.0.0.1:{port}/ingest", log)  # fmt: skip
+        base = run(f"http://127.0.0.1:{port}/ingest", single_body, **load)
+        stop(baseline)
+        lines.append(row("bare Falcon + gunicorn (ceiling)", base, None, "req/s"))
+
+        results = {}
+        for mode, extra in (("group commit", {}), ("one send() per request", {"ANALYTICS_GROUP_COMMIT": "false"})):
+            port = free_port()
+            ns = f"bench-{uuid.uuid4().hex[:6]}"
+            api = start([sys.executable, "-m", "analytics", "api", "--port", str(port)],
+                        env_for(redis, tmp / ns, ns, **gun, **extra),
+                        f"http://127.0.0.1:{port}/health", log)  # fmt: skip
+            url = f"http://127.0.0.1:{port}/api/v1/analytics/events"
+            results[mode] = run(url, single_body, **load)
+            lines.append(row(f"single event, {mode}", results[mode], base.rate()))
+            if mode == "group commit":
+                b = run(f"{url}/batch", batch_body_factory(args.batch_size), items_per_request=args.batch_size, **load)
+                lines.append(row(f"batch of {args.batch_size}", b, None).replace("| 100% |", "| n/a |"))
+            stop(api)
+            redis.client().flushall()  # our private server: drop this phase's backlog
+
+        # Worker throughput: ingest N single events with no worker, then time the drain.
+        ns = f"bench-{uuid.uuid4().hex[:6]}"
+        port = free_port()
+        env = env_for(redis, tmp / ns, ns, **gun)
+        api = start([sys.executable, "-m", "analytics", "api", "--port", str(port)], env,
+                    f"http://127.0.0.1:{port}/health", log)  # fmt: skip
+        n = args.drain_events
+        per = n // (args.processes * args.threads)
+        from bench.loadgen import run as _run  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        ingest = _run(f"http://127.0.0.1:{port}/api/v1/analytics/events", single_body,
+                      seconds=max(1.0, n / max(results["group commit"].rate(), 1)), processes=args.processes,
+                      threads=args.threads)  # fmt: skip
+        t_ingest = time.perf_counter() - t0
+        stop(api)
+        queued = ingest.ok
+        worker = subprocess.Popen([sys.executable, "-m", "analytics", "worker", "--queues", "high_priority",
+                                   "--processes", "2", "--threads", "4"], env=env,
+                                  stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+        repo = SQLiteEventRepository(SQLiteDatabase(tmp / ns / "events.sqlite3"))
+        t0 = time.perf_counter()
+        while repo.count() < queued:
+            time.sleep(0.05)
+        t_drain = time.perf_counter() - t0
+        stop(worker)
+        del per
+        lines += [
+            "",
+            f"worker: {queued:,} events ingested one per request in {t_ingest:.2f}s; "
+            f"a 2x4 worker stored them in {t_drain:.2f}s ({queued / t_drain:,.0f} events/s, "
+            f"{t_drain / t_ingest:.0%} of the ingest time)",
+        ]
+    finally:
+        redis.stop()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

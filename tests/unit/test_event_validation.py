@@ -1,0 +1,200 @@
+"""Event model rules, the seed's examples, computed fields, clock skew, bounds."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from analytics.domain.errors import MalformedInput, ValidationFailed
+from analytics.domain.events import EventIn, LegacyEventIn
+from analytics.domain.validation import build_event, decode_event
+
+NOW = datetime(2026, 11, 27, 12, 30, 15, tzinfo=UTC)
+FIXED_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+def build(doc: dict, *, legacy: bool = False, now: datetime = NOW):  # type: ignore[no-untyped-def]
+    ein = decode_event(json.dumps(doc).encode(), LegacyEventIn if legacy else EventIn)
+    return build_event(ein, received_at=now, correlation_id="c1", new_id=lambda: FIXED_ID)
+
+
+def rules_of(exc: pytest.ExceptionInfo[ValidationFailed]) -> set[tuple[str, str]]:
+    return {(e.field, e.rule) for e in exc.value.errors}
+
+
+# --- the seed's migration guide examples, exactly as written ------------------------------
+SEED_NEW = {
+    "event_type": "purchase",
+    "user_id": "user123",
+    "session_id": "sess_456",
+    "product_id": "prod_789",
+    "metadata": {},  # the seed writes {...}: any object
+}
+SEED_OLD = {"event_type": "purchase", "user_id": "user123"}
+
+
+def test_seed_new_example_is_valid_on_the_new_route() -> None:
+    e = build(SEED_NEW)
+    assert (e.event_type, e.user_id, e.session_id, e.product_id) == (
+        "purchase", "user123", "sess_456", "prod_789",
+    )  # fmt: skip
+    assert e.event_id == FIXED_ID and e.quantity == 1 and e.total_value is None
+
+
+def test_seed_old_example_is_valid_on_the_legacy_route_only() -> None:
+    assert build(SEED_OLD, legacy=True).legacy is True
+    with pytest.raises(ValidationFailed) as exc:
+        build(SEED_OLD)
+    assert rules_of(exc) == {("session_id", "required"), ("product_id", "purchase_requires_product")}
+
+
+# --- field and cross-field rules ----------------------------------------------------------
+def test_every_failure_is_reported_at_once() -> None:
+    doc = {"event_type": "Bad Type!", "user_id": "", "price": "abc", "extra": 1}
+    with pytest.raises(ValidationFailed) as exc:
+        build(doc)
+    assert rules_of(exc) >= {
+        ("event_type", "invalid"), ("user_id", "invalid"), ("session_id", "required"),
+        ("price", "invalid"), ("extra", "unknown_field"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"price": "10"}, ("currency", "price_requires_currency")),
+        ({"price": "10", "currency": "XYZ"}, ("currency", "iso_4217")),
+        ({"price": "-1", "currency": "EUR"}, ("price", "range")),
+        ({"price": "1.1234567", "currency": "EUR"}, ("price", "precision")),
+        ({"quantity": 0}, ("quantity", "invalid")),
+        ({"currency": "eur", "price": "1"}, ("currency", "invalid")),
+        ({"timestamp": "2026-11-27T12:00:00"}, ("timestamp", "invalid")),  # no offset
+        ({"event_id": "not-a-uuid"}, ("event_id", "invalid")),
+        ({"metadata": [1, 2]}, ("metadata", "invalid")),
+    ],
+)
+def test_named_rules(patch: dict, expected: tuple[str, str]) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "event_type": "click", **patch})
+    assert expected in rules_of(exc)
+
+
+def test_purchase_needs_a_product() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "product_id": None})
+    assert ("product_id", "purchase_requires_product") in rules_of(exc)
+
+
+def test_malformed_json_is_not_a_validation_error() -> None:
+    with pytest.raises(MalformedInput):
+        decode_event(b'{"event_type": ')
+
+
+def test_non_object_body_names_the_root() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(b"[1,2]")
+    assert rules_of(exc) == {("$", "type")}
+
+
+# --- computed fields, money, clock skew, bounds --------------------------------------------
+def test_total_value_is_exact_decimal() -> None:
+    e = build({**SEED_NEW, "price": 0.1, "quantity": 3, "currency": "EUR"})
+    assert e.total_value == Decimal("0.3")
+    assert msgspec.json.encode(e.total_value) == b'"0.3"'
+
+
+def test_computed_day_and_hour_are_utc() -> None:
+    e = build({**SEED_NEW, "timestamp": "2026-11-27T01:30:00+02:00"})
+    assert e.timestamp == datetime(2026, 11, 26, 23, 30, tzinfo=UTC)
+    assert (e.event_day, e.event_hour) == ("2026-11-26", 23)
+
+
+def test_clock_skew_is_corrected_from_sent_at() -> None:
+    # The client's clock runs 10 minutes fast: both its timestamps are 10 minutes ahead.
+    client_fast = timedelta(minutes=10)
+    happened = NOW - timedelta(seconds=30)
+    e = build(
+        {
+            **SEED_NEW,
+            "timestamp": (happened + client_fast).isoformat(),
+            "sent_at": (NOW + client_fast).isoformat(),
+        }
+    )
+    assert e.timestamp == happened
+    assert e.clock_skew_ms == -600_000
+
+
+def test_future_and_past_bounds() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "timestamp": (NOW + timedelta(hours=1)).isoformat()})
+    assert ("timestamp", "max_future") in rules_of(exc)
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "timestamp": (NOW - timedelta(days=31)).isoformat()})
+    assert ("timestamp", "max_past") in rules_of(exc)
+
+
+def test_metadata_size_and_depth_bounds() -> None:
+    deep: dict = {}
+    cursor = deep
+    for _ in range(10):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "metadata": deep})
+    assert ("metadata", "max_depth") in rules_of(exc)
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "metadata": {"blob": "x" * 9000}})
+    assert ("metadata", "max_bytes") in rules_of(exc)
+
+
+# --- properties ----------------------------------------------------------------------------
+prices = st.decimals(min_value=0, max_value=10**6, places=6, allow_nan=False)
+quantities = st.integers(min_value=1, max_value=1000)
+
+
+@given(price=prices, quantity=quantities)
+def test_total_value_is_price_times_quantity_exactly(price: Decimal, quantity: int) -> None:
+    e = build({**SEED_NEW, "price": str(price), "quantity": quantity, "currency": "USD"})
+    assert e.total_value == price * quantity
+    assert isinstance(e.total_value, Decimal)
+
+
+@given(offset_s=st.integers(min_value=-29 * 86400, max_value=299), skew_s=st.integers(-86400, 86400))
+def test_corrected_timestamp_and_computed_fields_agree(offset_s: int, skew_s: int) -> None:
+    happened = NOW + timedelta(seconds=offset_s)
+    skew = timedelta(seconds=skew_s)
+    e = build({**SEED_NEW, "timestamp": (happened + skew).isoformat(),
+               "sent_at": (NOW + skew).isoformat()})  # fmt: skip
+    assert e.timestamp == happened
+    assert e.event_day == happened.strftime("%Y-%m-%d") and e.event_hour == happened.hour
+
+
+ident = st.text(alphabet=st.characters(codec="ascii"), min_size=0, max_size=140)
+
+
+@given(user_id=ident)
+def test_identifier_rule_accepts_exactly_the_documented_shape(user_id: str) -> None:
+    import re
+
+    ok = bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}", user_id))
+    try:
+        build({**SEED_NEW, "user_id": user_id})
+    except ValidationFailed as exc:
+        assert not ok and ("user_id", "invalid") in {(e.field, e.rule) for e in exc.errors}
+    else:
+        assert ok
+
+
+@given(doc=st.dictionaries(st.text(max_size=12), st.none() | st.integers() | st.text(max_size=8), max_size=8))
+def test_arbitrary_objects_only_ever_raise_validation_failed(doc: dict) -> None:
+    try:
+        build(doc)
+    except ValidationFailed as exc:
+        assert exc.errors

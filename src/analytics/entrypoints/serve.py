@@ -54,10 +54,15 @@ def serve(settings: Settings) -> int:
     }
     children = {name: _child(args, env) for name, args in specs.items()}
     url = f"http://{settings.host}:{settings.port}"
+    auth_header = ""
+    if settings.auth == "required":
+        shown = dev_key or "<your key: analytics keys create --name me --scopes ingest,read>"
+        auth_header = f"    -H 'Authorization: Bearer {shown}' \\\n"
     print(
         f"analytics: serving on {url} (data in {data_dir})\n"
         f"  first event:\n"
         f"  curl -s -X POST {url}/api/v1/analytics/events -H 'Content-Type: application/json' \\\n"
+        f"{auth_header}"
         f"    -d '{{\"event_type\":\"page_view\",\"user_id\":\"user123\",\"session_id\":\"sess_456\"}}'",
         flush=True,
     )

@@ -171,3 +171,45 @@ def test_schemathesis_against_the_running_service(service: Service) -> None:
         except Exception as exc:  # noqa: BLE001 - collect every operation's failure
             failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_serve_prints_a_dev_key_on_first_start(tmp_path: Path) -> None:
+    """The embedded default with auth on: the printed key works, no key gets 401.
+
+    That a later start prints no new key is tests/unit/test_api_keys.py's
+    test_serve_first_start_key (a second full start would double this test's time).
+    """
+    import signal
+
+    data_dir = tmp_path / "data"
+    env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
+                    ANALYTICS_LOG_LEVEL="WARNING")  # fmt: skip
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(  # noqa: S603
+            analytics_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", timeout=60, proc=proc)
+        text = log_path.read_text()
+        keys = re.findall(r"ak_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}", text)
+        assert keys and len(set(keys)) == 1, text
+        assert f"Authorization: Bearer {keys[0]}" in text  # the curl line uses it
+        r = requests.post(url + "/api/v1/analytics/events", json=EVENT,
+                          headers={"Authorization": f"Bearer {keys[0]}"}, timeout=10)  # fmt: skip
+        assert r.status_code == 202, r.text
+        assert requests.post(url + "/api/v1/analytics/events", json=EVENT, timeout=10).status_code == 401
+        listed = subprocess.run(  # noqa: S603
+            analytics_cmd("keys", "list", "--data-dir", str(data_dir)), env=env,
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert "development" in listed and keys[0] not in listed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -19,6 +19,7 @@ from analytics.domain.ports import (
     IdGenerator,
     RateLimiter,
     TaskQueue,
+    TaskStatusStore,
 )
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
@@ -39,6 +40,8 @@ class Container:
     api_keys: ApiKeyStore | None = None  # None only when auth is disabled
     rate_limiter: RateLimiter | None = None  # None: rate limiting disabled
     backlog: Backlog | None = None  # None: no overload check
+    task_status: TaskStatusStore | None = None
+    cursor_secret: bytes = b""
 
 
 def build_event_repo(settings: Settings) -> EventRepository:
@@ -108,6 +111,36 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
         return StubBacklog(broker)
     return None
 
+def build_task_status(settings: Settings) -> TaskStatusStore:
+    """Redis-backed records (TTL ``task_status_ttl_s``); the stub broker gets the fake."""
+    if settings.broker == "stub":
+        from analytics.adapters.memory import InMemoryTaskStatusStore  # noqa: PLC0415
+
+        return InMemoryTaskStatusStore()
+    import redis  # noqa: PLC0415
+
+    from analytics.adapters.redis_task_status import RedisTaskStatusStore  # noqa: PLC0415
+
+    return RedisTaskStatusStore(
+        redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+        namespace=settings.namespace,
+        ttl_s=settings.task_status_ttl_s,
+    )
+
+
+def build_cursor_secret(settings: Settings) -> bytes:
+    """The configured key; else one kept in the data dir (a per-process key for the
+    in-memory store, whose events do not outlive the process either)."""
+    if settings.cursor_secret:
+        return settings.cursor_secret.encode()
+    if settings.storage == "memory":
+        import secrets  # noqa: PLC0415
+
+        return secrets.token_bytes(32)
+    from analytics.adapters.secret_file import load_or_create_secret  # noqa: PLC0415
+
+    return load_or_create_secret(settings.cursor_secret_path)
+
 
 def bootstrap(
     settings: Settings,
@@ -120,11 +153,22 @@ def bootstrap(
     api_keys: ApiKeyStore | None = None,
     rate_limiter: RateLimiter | None = None,
     backlog: Backlog | None = None,
+    task_status: TaskStatusStore | None = None,
+    cursor_secret: bytes | None = None,
 ) -> Container:
-    broker = broker or build_broker(settings)
+    from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
+        TaskStatusMiddleware,
+        install,
+    )
+
+    clock = clock or SystemClock()
+    task_status = task_status or build_task_status(settings)
+    if broker is None:  # a broker the caller passed is theirs to equip
+        broker = build_broker(settings)
+        install(broker, TaskStatusMiddleware(task_status, clock))
     return Container(
         settings=settings,
-        clock=clock or SystemClock(),
+        clock=clock,
         new_id=new_id or uuid4,
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
@@ -133,6 +177,8 @@ def bootstrap(
         or (build_key_store(settings) if settings.auth == "required" else None),
         rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
         backlog=backlog or build_backlog(settings, broker),
+        task_status=task_status,
+        cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
 
 

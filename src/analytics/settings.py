@@ -118,6 +118,18 @@ class Settings(BaseModel):
         "", description="Comma-separated allowed origins ('*' for any); empty: no CORS."
     )
     hsts_seconds: int = Field(0, ge=0, le=2 * 365 * 86400, description="0: no HSTS header.")
+    # --- search and task status -------------------------------------------------------
+    cursor_secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        repr=False,
+        description="HMAC key of search cursors. Unset: a random key kept in the data dir "
+        "(set it explicitly when API processes on several hosts serve one store).",
+    )
+    task_status_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="How long a task status record is kept."
+    )
 
     # --- logs --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -134,6 +146,10 @@ class Settings(BaseModel):
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
         return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @property
+    def cursor_secret_path(self) -> Path:
+        return self.data_dir / "cursor_secret"
 
     @property
     def redis_embedded(self) -> bool:

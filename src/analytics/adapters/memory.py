@@ -18,6 +18,8 @@ import msgspec
 from analytics.domain.auth import ApiKey
 from analytics.domain.events import Event
 from analytics.domain.ratelimit import Quota, RateDecision, decision
+from analytics.domain.search import EventQuery, SearchKey, sort_key
+from analytics.domain.tasks import TaskStatus, TaskUpdate, merge
 
 
 class InMemoryEventRepository:
@@ -44,6 +46,25 @@ class InMemoryEventRepository:
     def all(self) -> list[Event]:
         with self._lock:
             return list(self._events.values())
+
+    def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
+        """The reference semantics of the port (a fake may scan; real adapters may not)."""
+        start = after and sort_key(after.timestamp, after.event_id)
+        hits = []
+        for e in self.all():
+            key = sort_key(e.timestamp, e.event_id)
+            if (
+                (query.event_type is None or e.event_type == query.event_type)
+                and (query.user_id is None or e.user_id == query.user_id)
+                and (query.session_id is None or e.session_id == query.session_id)
+                and (query.product_id is None or e.product_id == query.product_id)
+                and (query.start is None or e.timestamp >= query.start)
+                and (query.end is None or e.timestamp < query.end)
+                and (start is None or key > start)
+            ):
+                hits.append((key, e))
+        hits.sort(key=lambda pair: pair[0])
+        return [e for _, e in hits[:limit]]
 
 
 class InMemoryTaskQueue:
@@ -133,3 +154,24 @@ class FixedBacklog:
 
     def drain_rate(self) -> float | None:
         return self._rate
+
+class InMemoryTaskStatusStore:
+    """TaskStatusStore fake: monotonic merges under a lock; expiry is not modelled."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple[dict[str, object], int]] = {}
+        self._lock = threading.Lock()
+        self.applied: list[TaskUpdate] = []
+
+    def apply(self, update: TaskUpdate) -> None:
+        with self._lock:
+            record, rank = self._records.get(update.task_id, ({}, -1))
+            self._records[update.task_id] = merge(record, rank, update)
+            self.applied.append(update)
+
+    def get(self, task_id: str) -> TaskStatus | None:
+        with self._lock:
+            found = self._records.get(task_id)
+        if found is None or "status" not in found[0]:
+            return None
+        return TaskStatus(task_id=task_id, **found[0])  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from pathlib import Path
 from analytics.adapters import codec
 from analytics.domain.errors import StorageUnavailable
 from analytics.domain.events import Event
+from analytics.domain.search import EventQuery, SearchKey
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -136,3 +137,55 @@ class SQLiteEventRepository:
 
     def count(self) -> int:
         return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # Index per filter, most selective first: the first filter given picks the index and
+    # the others are checked on the rows it yields. Every index ends in (ts_us, event_id),
+    # so the ORDER BY and the keyset condition are served by the index itself.
+    SEARCH_INDEXES = (
+        ("user_id", "events_by_user"),
+        ("session_id", "events_by_session"),
+        ("product_id", "events_by_product"),
+        ("event_type", "events_by_type"),
+    )
+
+    def search_sql(
+        self, query: EventQuery, *, after: SearchKey | None, limit: int
+    ) -> tuple[str, list[object]]:
+        """The SQL and parameters of :meth:`search` (public for the query-plan test)."""
+        index = "events_by_ts"
+        where: list[str] = []
+        args: list[object] = []
+        for column, name in reversed(self.SEARCH_INDEXES):
+            value = getattr(query, column)
+            if value is not None:
+                index = name
+        for column, _ in self.SEARCH_INDEXES:
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        # A cursor's key is never below ``start``: the keyset bound replaces it, so the index
+        # seeks straight to the page instead of walking from ``start`` to the cursor.
+        if query.start is not None and (after is None or after.timestamp < query.start):
+            where.append("ts_us >= ?")
+            args.append(to_us(query.start))
+        if query.end is not None:
+            where.append("ts_us < ?")
+            args.append(to_us(query.end))
+        if after is not None:
+            where.append("(ts_us, event_id) > (?, ?)")
+            args.extend([to_us(after.timestamp), str(after.event_id)])
+        sql = f"SELECT body FROM events INDEXED BY {index}"  # noqa: S608 - fixed names only
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts_us, event_id LIMIT ?"
+        args.append(limit)
+        return sql, args
+
+    def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
+        sql, args = self.search_sql(query, after=after, limit=limit)
+        try:
+            rows = self.db.read().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        return [codec.decode_event(body) for (body,) in rows]

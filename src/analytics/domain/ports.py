@@ -14,6 +14,8 @@ from typing import Protocol
 from analytics.domain.auth import ApiKey
 from analytics.domain.events import Event
 from analytics.domain.ratelimit import Quota, RateDecision
+from analytics.domain.search import EventQuery, SearchKey
+from analytics.domain.tasks import TaskStatus, TaskUpdate
 
 
 class Clock(Protocol):
@@ -39,6 +41,19 @@ class EventRepository(Protocol):
 
     def count(self) -> int:
         """Number of stored events (for health and tests; may be approximate on big stores)."""
+        ...
+
+    def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
+        """Up to ``limit`` events matching every filter of ``query`` (time range half-open,
+        ``start <= timestamp < end``), in ascending ``(timestamp, event_id)`` order (see
+        :func:`analytics.domain.search.sort_key`), strictly after ``after`` when given.
+
+        Must be served from an index per filter (never a scan of all events); when several
+        filters are given, an adapter may use one index and check the others per row.
+        (SQLite: an index ``(col, ts_us, event_id)`` per filter; DynamoDB: a GSI per filter
+        with a sort key that orders like ``(ts_us, event_id)``, e.g. a zero-padded
+        ``ts_us#event_id``, with ``Query`` pages resumed from the ``after`` key.)
+        """
         ...
 
 
@@ -84,4 +99,17 @@ class Backlog(Protocol):
 
     def drain_rate(self) -> float | None:
         """Messages per second recently consumed; None when not measured yet."""
+class TaskStatusStore(Protocol):
+    """Status records of background tasks (one per Dramatiq message id), with a TTL.
+
+    Updates are monotonic: an update applies only if its ``rank`` is at least the stored
+    one, so hooks that race across processes (the API's after-enqueue and a worker's
+    before-process) can arrive in any order. ``first`` fields are set only when absent,
+    whatever the rank. Every update renews the record's expiry.
+    """
+
+    def apply(self, update: TaskUpdate) -> None: ...
+
+    def get(self, task_id: str) -> TaskStatus | None:
+        """The record, or None if unknown or expired."""
         ...

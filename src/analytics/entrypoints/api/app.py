@@ -13,6 +13,8 @@ from analytics.entrypoints.api.middleware import (
     SecurityHeadersMiddleware,
 )
 from analytics.entrypoints.api.problems import install_error_handlers
+from analytics.entrypoints.api.search import SearchResource
+from analytics.entrypoints.api.tasks import TaskStatusResource
 from analytics.entrypoints.api.security import AuthMiddleware, CORSMiddleware
 
 
@@ -56,4 +58,12 @@ def create_app(container: Container) -> falcon.App:
     app.add_route("/analytics/events", resources.LegacyEventsResource(deps, s.max_body_bytes))
     app.add_route("/health", resources.HealthResource())
     add_contract_routes(app, s.max_batch_events)
+    app.add_route(
+        "/api/v1/analytics/events/search",
+        SearchResource(container.event_repo, container.cursor_secret),
+    )
+    if container.task_status is not None:
+        app.add_route(
+            "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)
+        )
     return app

@@ -18,6 +18,8 @@ import falcon
 import msgspec
 
 from analytics.domain import events as ev
+from analytics.domain import search as search_domain
+from analytics.domain import tasks as tasks_domain
 from analytics.entrypoints.api.security import access_for
 
 PROBLEM = "application/problem+json"
@@ -61,6 +63,8 @@ class Op:
     extra_ok: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
 
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
+_EVENT_TYPE = r"^[a-z][a-z0-9_.:\-]{0,63}$"
 INGEST_ERRORS = (400, 401, 403, 413, 415, 422, 429, 503)
 READ_ERRORS = (400, 401, 403, 429)
 _ERROR_TEXT = {
@@ -117,6 +121,34 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         deprecated=True,
         description="The old route of the seed's migration guide; use /api/v1/analytics/events.",
     ),
+    ("GET", "/api/v1/analytics/events/search"): Op(
+        "Search events", ("read",), 200, search_domain.SearchPage, errors=READ_ERRORS,
+        description="Equality filters and a half-open time range [start, end); ascending by "
+        "(timestamp, event_id); opaque cursor paging (next_cursor).",
+        params=(
+            _query("event_type", "Exact event type.", {"type": "string", "pattern": _EVENT_TYPE}),
+            _query("user_id", "Exact user id.", {"type": "string", "pattern": _ID}),
+            _query("session_id", "Exact session id.", {"type": "string", "pattern": _ID}),
+            _query("product_id", "Exact product id.", {"type": "string", "pattern": _ID}),
+            _query("start", "From (inclusive), RFC 3339 with offset.",
+                   {"type": "string", "format": "date-time"}),
+            _query("end", "Until (exclusive), RFC 3339 with offset.",
+                   {"type": "string", "format": "date-time"}),
+            _query("limit", "Page size.", {"type": "integer", "minimum": 1,
+                                           "maximum": search_domain.MAX_LIMIT,
+                                           "default": search_domain.DEFAULT_LIMIT}),
+            _query("cursor", "next_cursor of the previous page (bound to the same filters).",
+                   {"type": "string"}),
+        ),
+    ),  # fmt: skip
+    ("GET", "/api/v1/analytics/tasks/{task_id}/status"): Op(
+        "Status of a background task", ("read",), 200, tasks_domain.TaskStatus,
+        errors=(*READ_ERRORS, 404),
+        description="queued / running / retrying / succeeded / failed / skipped, with the "
+        "result or the error. 404 when unknown or expired.",
+        params=(_path_param("task_id", "background_task_id from a 202 receipt.",
+                            {"type": "string"}),),
+    ),  # fmt: skip
     ("GET", "/health"): Op("Liveness", ("operations",), 200, Health, errors=(429,)),
     ("GET", "/api/v1/openapi.json"): Op(
         "This document", ("contract",), 200, dict[str, Any], errors=(429,)

@@ -1,0 +1,75 @@
+"""TaskStatusStore on Redis: one hash per task, ``<namespace>:task:<task_id>``.
+
+Each field holds a JSON value; ``_rank`` holds the rank of the last applied update. One
+Lua script applies an update atomically (monotonic by rank, ``first`` fields only where
+absent) and renews the TTL, so hooks racing from several processes cannot regress a
+record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import redis
+
+from analytics.domain.errors import StorageUnavailable
+from analytics.domain.tasks import TaskStatus, TaskUpdate
+
+_APPLY = """
+local key = KEYS[1]
+local cur = tonumber(redis.call('HGET', key, '_rank') or '-1')
+local rank = tonumber(ARGV[1])
+local nfirst = tonumber(ARGV[3])
+local i = 4
+for _ = 1, nfirst do
+  local old = redis.call('HGET', key, ARGV[i])
+  if (not old) or old == 'null' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+if rank >= cur then
+  redis.call('HSET', key, '_rank', ARGV[1])
+  while i < #ARGV do
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+end
+redis.call('PEXPIRE', key, ARGV[2])
+return 1
+"""
+
+_encode = msgspec.json.Encoder().encode
+_decode_status = msgspec.json.Decoder(TaskStatus).decode
+
+
+class RedisTaskStatusStore:
+    def __init__(self, client: redis.Redis, *, namespace: str, ttl_s: int) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.ttl_ms = int(ttl_s * 1000)
+        self._apply = client.register_script(_APPLY)
+
+    def key(self, task_id: str) -> str:
+        return f"{self.namespace}:task:{task_id}"
+
+    def apply(self, update: TaskUpdate) -> None:
+        args: list[Any] = [update.rank, self.ttl_ms, len(update.first)]
+        for name, value in update.first.items():
+            args += [name, _encode(value)]
+        for name, value in update.fields.items():
+            args += [name, _encode(value)]
+        try:
+            self._apply(keys=[self.key(update.task_id)], args=args)
+        except redis.RedisError as exc:
+            raise StorageUnavailable(f"task status store: {exc}") from exc
+
+    def get(self, task_id: str) -> TaskStatus | None:
+        try:
+            raw: dict[bytes, bytes] = self.client.hgetall(self.key(task_id))  # type: ignore[assignment]
+        except redis.RedisError as exc:
+            raise StorageUnavailable(f"task status store: {exc}") from exc
+        if not raw or b"status" not in raw:
+            return None
+        parts = [b'"task_id":' + _encode(task_id)]
+        parts += [b'"' + k + b'":' + v for k, v in raw.items() if not k.startswith(b"_")]
+        return _decode_status(b"{" + b",".join(parts) + b"}")

@@ -1,0 +1,179 @@
+"""Dramatiq middleware that keeps a status record per message in a TaskStatusStore.
+
+Hooks and what they record (task id = message id):
+
+| hook                   | where           | record                                         |
+|------------------------|-----------------|------------------------------------------------|
+| after_enqueue          | any producer    | ``queued`` (or ``retrying`` for a retry)      |
+| before_process_message | worker          | ``running``, attempt n                         |
+| after_process_message  | worker          | ``succeeded`` + result summary, ``retrying``   |
+|                        |                 | + last error, or ``failed`` + error once the   |
+|                        |                 | message is dead-lettered (no retry left)       |
+| after_skip_message     | worker          | ``failed`` if dead-lettered, else ``skipped``  |
+
+Install it *before* ``Retries`` (see :func:`install`): ``emit_after`` runs middleware in
+reverse order, so ours then runs after ``Retries`` has decided between a retry and the
+dead-letter queue. A status write never breaks processing: failures are logged.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.common import q_name
+from dramatiq.middleware import Retries
+
+from analytics.domain import tasks
+from analytics.domain.ports import Clock, TaskStatusStore
+
+log = structlog.get_logger("analytics.task_status")
+
+
+class TaskStatusMiddleware(dramatiq.Middleware):
+    def __init__(self, store: TaskStatusStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._attempts: dict[str, int] = {}  # message id -> attempt being processed
+        self._lock = threading.Lock()
+
+    def _apply(self, update: tasks.TaskUpdate) -> None:
+        try:
+            self.store.apply(update)
+        except Exception as exc:  # noqa: BLE001 - status is best effort, work is not
+            log.warning("task status not recorded", task_id=update.task_id, error=str(exc))
+
+    def after_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        self._apply(
+            tasks.queued(
+                message.message_id,
+                generation=_generation(message),
+                actor=message.actor_name,
+                queue=q_name(message.queue_name),
+                at=self.clock.now(),
+                retries=int(message.options.get("retries", 0)),
+            )
+        )
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        retries = int(message.options.get("retries", 0))
+        with self._lock:
+            self._attempts[message.message_id] = retries + 1
+        self._apply(
+            tasks.running(
+                message.message_id,
+                generation=_generation(message),
+                actor=message.actor_name,
+                queue=q_name(message.queue_name),
+                at=self.clock.now(),
+                retries=retries,
+                enqueued_at=datetime.fromtimestamp(message.message_timestamp / 1000, UTC),
+            )
+        )
+
+    def _attempt(self, message: Any) -> int:
+        with self._lock:
+            attempt = self._attempts.pop(message.message_id, None)
+        return attempt if attempt is not None else int(message.options.get("retries", 0)) + 1
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        attempt = self._attempt(message)
+        now = self.clock.now()
+        if message.failed:
+            error: BaseException | str = exception or "the message failed before it ran"
+            self._apply(
+                tasks.failed(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    error=error,
+                )
+            )
+        elif exception is None:
+            self._apply(
+                tasks.succeeded(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    result=result,
+                )
+            )
+        elif _has_retries(broker):
+            retries = int(message.options.get("retries", attempt))
+            self._apply(
+                tasks.retrying(
+                    message.message_id,
+                    generation=_generation(message),
+                    retries=retries,
+                    error=exception,
+                )
+            )
+        else:  # without Retries a failed message is simply acknowledged: it is over
+            self._apply(
+                tasks.failed(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    error=exception,
+                )
+            )
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        attempt = self._attempt(message)
+        now = self.clock.now()
+        if message.failed:
+            self._apply(
+                tasks.failed(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    error="skipped by a middleware",
+                )
+            )
+        else:
+            self._apply(
+                tasks.skipped(
+                    message.message_id,
+                    generation=_generation(message),
+                    at=now,
+                    attempts=attempt,
+                    reason="skipped by a middleware",
+                )
+            )
+
+
+def _generation(message: Any) -> int:
+    """How many times the message was replayed from the dead-letter queue (option
+    ``replays``, set by the replay tool): each replay starts a new status life."""
+    try:
+        return max(0, int(message.options.get("replays", 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _has_retries(broker: dramatiq.Broker) -> bool:
+    return any(isinstance(m, Retries) for m in broker.middleware)
+
+
+def install(broker: dramatiq.Broker, middleware: TaskStatusMiddleware) -> None:
+    """Add the middleware just before ``Retries`` (or last if the broker has none)."""
+    if _has_retries(broker):
+        broker.add_middleware(middleware, before=Retries)
+    else:
+        broker.add_middleware(middleware)

@@ -1,0 +1,196 @@
+"""Task status: monotonic merges, and the middleware's lifecycle on a StubBroker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from hypothesis import given
+from hypothesis import strategies as st
+
+from analytics.adapters.memory import InMemoryTaskStatusStore
+from analytics.adapters.task_status_middleware import TaskStatusMiddleware, install
+from analytics.application.task_status import get_task_status
+from analytics.domain import tasks
+from analytics.domain.clock import FixedClock
+from analytics.domain.errors import NotFound
+from tests.support import wait_until
+
+T = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def lifecycle() -> list[tasks.TaskUpdate]:
+    """queued, running, attempt 1 fails and is retried, running, succeeded."""
+    return [
+        tasks.queued("m", actor="a", queue="q", at=T, retries=0),
+        tasks.running("m", actor="a", queue="q", at=T, retries=0, enqueued_at=T),
+        tasks.queued("m", actor="a", queue="q", at=T, retries=1),
+        tasks.retrying("m", retries=1, error=ValueError("boom")),
+        tasks.running("m", actor="a", queue="q", at=T, retries=1, enqueued_at=T),
+        tasks.succeeded("m", at=T, attempts=2, result={"stored": 3}),
+    ]
+
+
+@given(st.permutations(lifecycle()))
+def test_updates_in_any_order_end_in_the_outcome(order: list[tasks.TaskUpdate]) -> None:
+    store = InMemoryTaskStatusStore()
+    for update in order:
+        store.apply(update)
+    status = store.get("m")
+    assert status is not None
+    assert (status.status, status.attempts, status.result) == ("succeeded", 2, {"stored": 3})
+    assert status.actor == "a" and status.enqueued_at == T
+
+
+def test_a_late_queued_never_hides_running() -> None:
+    store = InMemoryTaskStatusStore()
+    store.apply(lifecycle()[1])
+    store.apply(lifecycle()[0])
+    status = store.get("m")
+    assert status is not None and status.status == "running" and status.queue == "q"
+
+
+def test_result_summary_is_small() -> None:
+    assert tasks.summarize_result({"stored": 1}) == {"stored": 1}
+    assert tasks.summarize_result("x" * 5000) == {"type": "str", "truncated": True, "bytes": 5002}
+    assert tasks.summarize_result(object())["type"] == "object"
+
+
+def test_unknown_task_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        get_task_status("nope", store=InMemoryTaskStatusStore())
+    with pytest.raises(NotFound):
+        get_task_status("../../etc", store=InMemoryTaskStatusStore())
+
+
+# --- the middleware on a StubBroker -----------------------------------------------------
+@pytest.fixture
+def env() -> Iterator[tuple[StubBroker, InMemoryTaskStatusStore, Worker]]:
+    broker = StubBroker()
+    broker.declare_queue("default")
+    store = InMemoryTaskStatusStore()
+    install(broker, TaskStatusMiddleware(store, FixedClock(T)))
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    yield broker, store, worker
+    worker.stop()
+    broker.close()
+
+
+def status(store: InMemoryTaskStatusStore, message_id: str) -> tasks.TaskStatus:
+    found = store.get(message_id)
+    assert found is not None
+    return found
+
+
+def test_success(env) -> None:  # type: ignore[no-untyped-def]
+    broker, store, worker = env
+    gate = threading.Event()
+
+    @dramatiq.actor(broker=broker, actor_name="ok")
+    def ok() -> dict[str, int]:
+        gate.wait(5)
+        return {"done": 1}
+
+    message = ok.send()
+    assert status(store, message.message_id).status == "queued"
+    worker.start()
+    wait_until(lambda: status(store, message.message_id).status == "running", timeout=5)
+    gate.set()
+    broker.join("default")
+    worker.join()
+    s = status(store, message.message_id)
+    assert (s.status, s.attempts, s.result, s.error) == ("succeeded", 1, {"done": 1}, None)
+    assert s.actor == "ok" and s.queue == "default" and s.started_at == s.finished_at == T
+
+
+def test_failed_only_when_retries_are_exhausted(env) -> None:  # type: ignore[no-untyped-def]
+    broker, store, worker = env
+
+    @dramatiq.actor(broker=broker, actor_name="bad", max_retries=2, min_backoff=1, max_backoff=2)
+    def bad() -> None:
+        raise RuntimeError("kaput")
+
+    message = bad.send()
+    worker.start()
+    broker.join("default", fail_fast=False)
+    worker.join()
+    s = status(store, message.message_id)
+    assert (s.status, s.attempts, s.error) == ("failed", 3, "RuntimeError: kaput")
+    seen = [u.fields.get("status") for u in store.applied]
+    assert seen.count("retrying") >= 2 and seen.count("running") == 3
+
+
+def test_throws_fails_without_retry(env) -> None:  # type: ignore[no-untyped-def]
+    broker, store, worker = env
+
+    @dramatiq.actor(broker=broker, actor_name="perm", throws=(ValueError,))
+    def perm() -> None:
+        raise ValueError("not worth a retry")
+
+    message = perm.send()
+    worker.start()
+    broker.join("default", fail_fast=False)
+    worker.join()
+    s = status(store, message.message_id)
+    assert (s.status, s.attempts) == ("failed", 1) and "not worth a retry" in (s.error or "")
+
+
+def test_a_broken_store_never_breaks_the_work(env) -> None:  # type: ignore[no-untyped-def]
+    broker, store, worker = env
+    done = []
+
+    def explode(update: tasks.TaskUpdate) -> None:
+        raise OSError("status store down")
+
+    store.apply = explode  # type: ignore[method-assign]
+
+    @dramatiq.actor(broker=broker, actor_name="work")
+    def work() -> None:
+        done.append(1)
+
+    work.send()
+    worker.start()
+    broker.join("default")
+    worker.join()
+    assert done == [1]
+
+
+def test_a_replay_starts_a_new_life_that_old_updates_cannot_touch() -> None:
+    store = InMemoryTaskStatusStore()
+    for update in lifecycle()[:2]:
+        store.apply(update)
+    store.apply(tasks.failed("m", at=T, attempts=1, error="dead"))
+    later = T.replace(hour=5)
+    store.apply(tasks.queued("m", actor="a", queue="q", at=later, retries=0, generation=1))
+    store.apply(tasks.failed("m", at=T, attempts=1, error="stale"))  # from the old life
+    s = status(store, "m")
+    assert (s.status, s.error, s.finished_at, s.enqueued_at) == ("queued", None, None, later)
+
+
+def test_dead_letter_replay_is_followed_by_the_same_id(env) -> None:  # type: ignore[no-untyped-def]
+    broker, store, worker = env
+    calls: list[int] = []
+
+    @dramatiq.actor(broker=broker, actor_name="once_broken", max_retries=0)
+    def once_broken() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first time")
+        return "fine"
+
+    message = once_broken.send()
+    worker.start()
+    broker.join("default", fail_fast=False)
+    assert status(store, message.message_id).status == "failed"
+    (dead,) = broker.dead_letters
+    replay = dead.copy(options={"replays": 1, "retries": 0})  # what the replay tool does
+    broker.enqueue(replay)
+    broker.join("default", fail_fast=False)
+    worker.join()
+    s = status(store, message.message_id)
+    assert (s.status, s.result, s.error, s.attempts) == ("succeeded", "fine", None, 1)

@@ -97,13 +97,20 @@ def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimit
     return InMemoryRateLimiter()
 
 
+def equip_drain_counter(settings: Settings, broker: dramatiq.Broker) -> None:
+    """Workers count processed high_priority messages: the drain rate overload uses."""
+    from analytics.adapters.backlog import DrainCounter  # noqa: PLC0415
+
+    client = getattr(broker, "client", None)
+    if client is not None and not any(isinstance(m, DrainCounter) for m in broker.middleware):
+        broker.add_middleware(DrainCounter(client, settings.namespace))
+
+
 def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None:
-    from analytics.adapters.backlog import DrainCounter, RedisBacklog, StubBacklog  # noqa: PLC0415
+    from analytics.adapters.backlog import RedisBacklog, StubBacklog  # noqa: PLC0415
 
     client = getattr(broker, "client", None)
     if client is not None:
-        if not any(isinstance(m, DrainCounter) for m in broker.middleware):
-            broker.add_middleware(DrainCounter(client, settings.namespace))
         return RedisBacklog(client, settings.namespace)
     from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
 
@@ -166,6 +173,7 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
+        equip_drain_counter(settings, broker)
     return Container(
         settings=settings,
         clock=clock,

@@ -14,8 +14,8 @@ from analytics.entrypoints.api.middleware import (
 )
 from analytics.entrypoints.api.problems import install_error_handlers
 from analytics.entrypoints.api.search import SearchResource
-from analytics.entrypoints.api.tasks import TaskStatusResource
 from analytics.entrypoints.api.security import AuthMiddleware, CORSMiddleware
+from analytics.entrypoints.api.tasks import TaskStatusResource
 
 
 def add_contract_routes(app: falcon.App, max_batch_events: int) -> None:

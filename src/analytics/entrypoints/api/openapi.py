@@ -10,6 +10,8 @@ taken from the app's router, so a route nobody described still appears (marked
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,9 +88,17 @@ def _path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str
             "schema": schema}  # fmt: skip
 
 
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
+def _query(
+    name: str, description: str, schema: dict[str, Any], *, required: bool = False
+) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description,
             "schema": schema}  # fmt: skip
+
+
+_PERIOD = _path_param(
+    "period", "Bucket size.", {"type": "string", "enum": ["hour", "day", "week", "month"]}
+)
+QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
 
 
 OPERATIONS: dict[tuple[str, str], Op] = {
@@ -122,7 +132,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         description="The old route of the seed's migration guide; use /api/v1/analytics/events.",
     ),
     ("GET", "/api/v1/analytics/events/search"): Op(
-        "Search events", ("read",), 200, search_domain.SearchPage, errors=READ_ERRORS,
+        "Search events",
+        ("read",),
+        200,
+        search_domain.SearchPage,
+        errors=READ_ERRORS,
         description="Equality filters and a half-open time range [start, end); ascending by "
         "(timestamp, event_id); opaque cursor paging (next_cursor).",
         params=(
@@ -130,24 +144,160 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             _query("user_id", "Exact user id.", {"type": "string", "pattern": _ID}),
             _query("session_id", "Exact session id.", {"type": "string", "pattern": _ID}),
             _query("product_id", "Exact product id.", {"type": "string", "pattern": _ID}),
-            _query("start", "From (inclusive), RFC 3339 with offset.",
-                   {"type": "string", "format": "date-time"}),
-            _query("end", "Until (exclusive), RFC 3339 with offset.",
-                   {"type": "string", "format": "date-time"}),
-            _query("limit", "Page size.", {"type": "integer", "minimum": 1,
-                                           "maximum": search_domain.MAX_LIMIT,
-                                           "default": search_domain.DEFAULT_LIMIT}),
-            _query("cursor", "next_cursor of the previous page (bound to the same filters).",
-                   {"type": "string"}),
+            _query(
+                "start",
+                "From (inclusive), RFC 3339 with offset.",
+                {"type": "string", "format": "date-time"},
+            ),
+            _query(
+                "end",
+                "Until (exclusive), RFC 3339 with offset.",
+                {"type": "string", "format": "date-time"},
+            ),
+            _query(
+                "limit",
+                "Page size.",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": search_domain.MAX_LIMIT,
+                    "default": search_domain.DEFAULT_LIMIT,
+                },
+            ),
+            _query(
+                "cursor",
+                "next_cursor of the previous page (bound to the same filters).",
+                {"type": "string"},
+            ),
         ),
     ),  # fmt: skip
     ("GET", "/api/v1/analytics/tasks/{task_id}/status"): Op(
-        "Status of a background task", ("read",), 200, tasks_domain.TaskStatus,
+        "Status of a background task",
+        ("read",),
+        200,
+        tasks_domain.TaskStatus,
         errors=(*READ_ERRORS, 404),
         description="queued / running / retrying / succeeded / failed / skipped, with the "
         "result or the error. 404 when unknown or expired.",
-        params=(_path_param("task_id", "background_task_id from a 202 receipt.",
-                            {"type": "string"}),),
+        params=(
+            _path_param("task_id", "background_task_id from a 202 receipt.", {"type": "string"}),
+        ),
+    ),  # fmt: skip
+    # Routes other modules add: response types are named "module:attr" and resolved when
+    # the document is built (a free-form object when that module is absent).
+    ("GET", "/api/v1/analytics/aggregations/{period}"): Op(
+        "Time buckets of a period",
+        ("read",),
+        200,
+        "analytics.application.queries:AggregationOut",
+        errors=READ_ERRORS,
+        description="Buckets of `period` (in `tz`) over [start, end), optionally one event type.",
+        params=(
+            _PERIOD,
+            _query(
+                "start",
+                "From: RFC 3339 with offset, or YYYY-MM-DD in tz.",
+                {"type": "string"},
+                required=True,
+            ),
+            _query(
+                "end", "Until (exclusive), same forms as start.", {"type": "string"}, required=True
+            ),
+            _query("tz", "IANA time zone of the buckets.", {"type": "string", "default": "UTC"}),
+            _query(
+                "event_type", "Only this event type.", {"type": "string", "pattern": _EVENT_TYPE}
+            ),
+        ),
+    ),  # fmt: skip
+    ("POST", "/api/v1/analytics/aggregations/{period}/generate"): Op(
+        "(Re)compute aggregations in the background",
+        ("admin",),
+        202,
+        "analytics.application.generate:GenerateAccepted",
+        errors=READ_ERRORS,
+        description="Queues a reconcile of [start, end) widened to whole buckets; follow the "
+        "returned task_id on /api/v1/analytics/tasks/{task_id}/status.",
+        params=(
+            _PERIOD,
+            _query("start", "From.", {"type": "string"}, required=True),
+            _query("end", "Until (exclusive).", {"type": "string"}, required=True),
+            _query("tz", "IANA time zone.", {"type": "string", "default": "UTC"}),
+        ),
+    ),  # fmt: skip
+    ("GET", "/api/v1/analytics/dashboard/metrics"): Op(
+        "Real-time dashboard metrics",
+        ("read",),
+        200,
+        "analytics.application.queries:DashboardOut",
+        errors=READ_ERRORS,
+        description="Events, unique users and sessions, revenue, conversion, top event types "
+        "and products for `last` (default 1h) or [start, end); cached briefly.",
+        params=(
+            _query(
+                "last",
+                "A window ending now.",
+                {"type": "string", "enum": ["15m", "1h", "24h", "7d"]},
+            ),
+            _query("start", "From (with end).", {"type": "string"}),
+            _query("end", "Until (with start).", {"type": "string"}),
+        ),
+    ),  # fmt: skip
+    ("GET", "/api/v1/admin/dlq"): Op(
+        "List dead letters",
+        ("admin",),
+        200,
+        dict[str, Any],
+        errors=READ_ERRORS,
+        description="Grouped by queue, actor and error type, with every letter's summary.",
+        params=(
+            _query("queue", "Only this queue.", {"type": "string", "enum": list(QUEUES)}),
+            _query("actor", "Only this actor.", {"type": "string"}),
+        ),
+    ),  # fmt: skip
+    ("GET", "/api/v1/admin/dlq/{letter_id}"): Op(
+        "One dead letter in detail",
+        ("admin",),
+        200,
+        dict[str, Any],
+        errors=(*READ_ERRORS, 404),
+        params=(_path_param("letter_id", "Dead letter (message) id.", {"type": "string"}),),
+    ),  # fmt: skip
+    ("POST", "/api/v1/admin/dlq/replay"): Op(
+        "Replay dead letters",
+        ("admin",),
+        200,
+        dict[str, Any],
+        body="analytics.entrypoints.api.admin:SelectionBody",
+        errors=INGEST_ERRORS,
+        description="Requeue the selected letters (ids, or queue and/or actor, or all).",
+    ),  # fmt: skip
+    ("POST", "/api/v1/admin/dlq/purge"): Op(
+        "Purge dead letters",
+        ("admin",),
+        200,
+        dict[str, Any],
+        body="analytics.entrypoints.api.admin:SelectionBody",
+        errors=INGEST_ERRORS,
+        description="Delete the selected letters for good.",
+    ),  # fmt: skip
+    ("GET", "/metrics"): Op(
+        "Prometheus metrics",
+        ("operations",),
+        200,
+        str,
+        ok_media="text/plain; version=0.0.4; charset=utf-8",
+        errors=(429,),
+        description="Every API process's metrics (multiprocess mode).",
+    ),  # fmt: skip
+    ("GET", "/health/detailed"): Op(
+        "Readiness with every dependency",
+        ("operations",),
+        200,
+        dict[str, Any],
+        errors=READ_ERRORS,
+        description="ok / degraded (200) or down (503, events cannot be accepted): each "
+        "dependency, queue depths, worker heartbeats, system stats.",
+        extra_ok={503: (dict[str, Any], "Down: events cannot be accepted right now.")},
     ),  # fmt: skip
     ("GET", "/health"): Op("Liveness", ("operations",), 200, Health, errors=(429,)),
     ("GET", "/api/v1/openapi.json"): Op(
@@ -193,12 +343,29 @@ _COMMON_HEADERS = {
 _PROBLEM_REF = {"$ref": REF.format(name="Problem")}
 
 
+def _resolve(type_: Any) -> Any:
+    """A type, or "module:attr" imported now (a free-form object when it is not there)."""
+    if not isinstance(type_, str):
+        return type_
+    module, _, attr = type_.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return dict[str, Any]
+
+
+def _named(type_: Any) -> bool:
+    return isinstance(type_, type) and (
+        issubclass(type_, msgspec.Struct) or dataclasses.is_dataclass(type_)
+    )
+
+
 def _SCHEMA_OF(type_: Any) -> dict[str, Any]:  # noqa: N802
+    type_ = _resolve(type_)
     if type_ is None:
         return {}
-    name = getattr(type_, "__name__", None)
-    if isinstance(type_, type) and issubclass(type_, msgspec.Struct):
-        return {"$ref": REF.format(name=name)}
+    if _named(type_):
+        return {"$ref": REF.format(name=type_.__name__)}
     return msgspec.json.schema(type_)
 
 
@@ -206,7 +373,8 @@ def _schema_types() -> list[Any]:
     types: list[Any] = [Problem, FieldErrorOut]
     for op in OPERATIONS.values():
         for t in (op.ok_type, op.body, *(t for t, _ in op.extra_ok.values())):
-            if isinstance(t, type) and issubclass(t, msgspec.Struct) and t not in types:
+            t = _resolve(t)
+            if _named(t) and t not in types:
                 types.append(t)
     return types
 

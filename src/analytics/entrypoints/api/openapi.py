@@ -170,7 +170,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                 {"type": "string"},
             ),
         ),
-    ),  # fmt: skip
+    ),
     ("GET", "/api/v1/analytics/tasks/{task_id}/status"): Op(
         "Status of a background task",
         ("read",),
@@ -182,7 +182,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         params=(
             _path_param("task_id", "background_task_id from a 202 receipt.", {"type": "string"}),
         ),
-    ),  # fmt: skip
+    ),
     # Routes other modules add: response types are named "module:attr" and resolved when
     # the document is built (a free-form object when that module is absent).
     ("GET", "/api/v1/analytics/aggregations/{period}"): Op(
@@ -208,7 +208,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                 "event_type", "Only this event type.", {"type": "string", "pattern": _EVENT_TYPE}
             ),
         ),
-    ),  # fmt: skip
+    ),
     ("POST", "/api/v1/analytics/aggregations/{period}/generate"): Op(
         "(Re)compute aggregations in the background",
         ("admin",),
@@ -223,7 +223,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             _query("end", "Until (exclusive).", {"type": "string"}, required=True),
             _query("tz", "IANA time zone.", {"type": "string", "default": "UTC"}),
         ),
-    ),  # fmt: skip
+    ),
     ("GET", "/api/v1/analytics/dashboard/metrics"): Op(
         "Real-time dashboard metrics",
         ("read",),
@@ -241,7 +241,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             _query("start", "From (with end).", {"type": "string"}),
             _query("end", "Until (with start).", {"type": "string"}),
         ),
-    ),  # fmt: skip
+    ),
     ("GET", "/api/v1/admin/dlq"): Op(
         "List dead letters",
         ("admin",),
@@ -253,7 +253,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             _query("queue", "Only this queue.", {"type": "string", "enum": list(QUEUES)}),
             _query("actor", "Only this actor.", {"type": "string"}),
         ),
-    ),  # fmt: skip
+    ),
     ("GET", "/api/v1/admin/dlq/{letter_id}"): Op(
         "One dead letter in detail",
         ("admin",),
@@ -261,7 +261,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         dict[str, Any],
         errors=(*READ_ERRORS, 404),
         params=(_path_param("letter_id", "Dead letter (message) id.", {"type": "string"}),),
-    ),  # fmt: skip
+    ),
     ("POST", "/api/v1/admin/dlq/replay"): Op(
         "Replay dead letters",
         ("admin",),
@@ -270,7 +270,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body="analytics.entrypoints.api.admin:SelectionBody",
         errors=INGEST_ERRORS,
         description="Requeue the selected letters (ids, or queue and/or actor, or all).",
-    ),  # fmt: skip
+    ),
     ("POST", "/api/v1/admin/dlq/purge"): Op(
         "Purge dead letters",
         ("admin",),
@@ -279,7 +279,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body="analytics.entrypoints.api.admin:SelectionBody",
         errors=INGEST_ERRORS,
         description="Delete the selected letters for good.",
-    ),  # fmt: skip
+    ),
     ("GET", "/metrics"): Op(
         "Prometheus metrics",
         ("operations",),
@@ -288,7 +288,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ok_media="text/plain; version=0.0.4; charset=utf-8",
         errors=(429,),
         description="Every API process's metrics (multiprocess mode).",
-    ),  # fmt: skip
+    ),
     ("GET", "/health/detailed"): Op(
         "Readiness with every dependency",
         ("operations",),
@@ -298,7 +298,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         description="ok / degraded (200) or down (503, events cannot be accepted): each "
         "dependency, queue depths, worker heartbeats, system stats.",
         extra_ok={503: (dict[str, Any], "Down: events cannot be accepted right now.")},
-    ),  # fmt: skip
+    ),
     ("GET", "/health"): Op("Liveness", ("operations",), 200, Health, errors=(429,)),
     ("GET", "/api/v1/openapi.json"): Op(
         "This document", ("contract",), 200, dict[str, Any], errors=(429,)

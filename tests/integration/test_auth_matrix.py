@@ -104,3 +104,29 @@ def test_health_is_open_and_auth_can_be_disabled() -> None:
     assert h.client.simulate_get("/health").status_code == 200
     off = ApiHarness(auth="disabled")
     assert off.client.simulate_post("/api/v1/analytics/events", json=EVENT).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("method", "template", "access"),
+    [
+        ("POST", "/api/v1/analytics/events", "ingest"),
+        ("POST", "/api/v1/analytics/events/batch", "ingest"),
+        ("POST", "/analytics/events", "ingest"),
+        ("GET", "/api/v1/analytics/events/search", "read"),
+        ("GET", "/api/v1/analytics/dashboard/metrics", "read"),
+        ("GET", "/api/v1/analytics/aggregations/{period}", "read"),
+        ("POST", "/api/v1/analytics/aggregations/{period}/generate", "admin"),
+        ("GET", "/api/v1/analytics/tasks/{task_id}/status", "read"),
+        ("GET", "/api/v1/admin/dlq", "admin"),
+        ("POST", "/api/v1/admin/dlq/replay", "admin"),
+        ("GET", "/api/v1/admin/dlq/{letter_id}", "admin"),
+        ("GET", "/health", "open"),
+        ("GET", "/health/detailed", "read"),
+        ("GET", "/metrics", "metrics"),
+        ("GET", "/api/v1/openapi.json", "open"),
+        ("GET", "/docs", "open"),
+        ("POST", "/api/v1/analytics/something-new", "admin"),  # unnamed: fails closed
+    ],
+)
+def test_policy_of_every_spec_route(method: str, template: str, access: str) -> None:
+    assert access_for(method, template)[0] == access

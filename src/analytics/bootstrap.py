@@ -59,11 +59,38 @@ def build_event_repo(settings: Settings) -> EventRepository:
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
 
+def key_store_kind(settings: Settings) -> str:
+    if settings.key_store != "auto":
+        return settings.key_store
+    return "redis" if settings.redis_host else "sqlite"
+
+
 def build_key_store(settings: Settings) -> ApiKeyStore:
-    if settings.key_store == "memory":
+    """Where API keys live (shared Redis, the data dir's SQLite, or memory for tests),
+    with the keys of ``ANALYTICS_API_KEYS`` layered over it."""
+    base = _build_base_key_store(settings)
+    if not settings.api_keys:
+        return base
+    from analytics.adapters.static_keys import StaticKeysOverlay  # noqa: PLC0415
+    from analytics.domain.auth import parse_static_keys, static_key  # noqa: PLC0415
+
+    now = SystemClock().now()
+    keys = [static_key(n, sc, k, now=now) for n, sc, k in parse_static_keys(settings.api_keys)]
+    return StaticKeysOverlay(keys, base)
+
+
+def _build_base_key_store(settings: Settings) -> ApiKeyStore:
+    kind = key_store_kind(settings)
+    if kind == "memory":
         from analytics.adapters.memory import InMemoryApiKeyStore  # noqa: PLC0415
 
         return InMemoryApiKeyStore()
+    if kind == "redis":
+        import redis  # noqa: PLC0415
+
+        from analytics.adapters.redis_keys import RedisApiKeyStore  # noqa: PLC0415
+
+        return RedisApiKeyStore(redis.Redis(**settings.redis_kwargs()), settings.namespace)  # type: ignore[arg-type]
     from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
 
     return SQLiteApiKeyStore(settings.keys_path)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class SettingsError(ValueError):
@@ -19,6 +19,10 @@ class SettingsError(ValueError):
 
 def _env_name(field: str) -> str:
     return "ANALYTICS_" + field.upper()
+
+
+def _secret_names(cls: type[BaseModel]) -> set[str]:
+    return {f.alias or _env_name(n) for n, f in cls.model_fields.items() if not f.repr}
 
 
 class Settings(BaseModel):
@@ -89,7 +93,15 @@ class Settings(BaseModel):
     auth: Literal["required", "disabled"] = Field(
         "required", description="'disabled' turns API keys off: local experiments only."
     )
-    key_store: Literal["sqlite", "memory"] = "sqlite"
+    key_store: Literal["auto", "sqlite", "redis", "memory"] = Field(
+        "auto", description="auto: Redis when REDIS_HOST is set (shared), else SQLite."
+    )
+    api_keys: str | None = Field(
+        None,
+        repr=False,
+        description="Keys from the environment (secret managers, containers): comma-separated "
+        "'name:scope+scope:ak_<id>_<secret>'; they are valid besides the stored ones.",
+    )
     metrics_auth: Literal["open", "required"] = Field(
         "open", description="'required': /metrics needs a key with the read scope."
     )
@@ -139,6 +151,15 @@ class Settings(BaseModel):
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
 
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str | None) -> str | None:
+        from analytics.domain.auth import parse_static_keys  # noqa: PLC0415
+
+        if value:
+            parse_static_keys(value)  # raises ValueError naming the bad entry
+        return value
+
     @property
     def keys_path(self) -> Path:
         return self.data_dir / "keys.sqlite3"
@@ -178,6 +199,8 @@ class Settings(BaseModel):
             for err in exc.errors():
                 loc = ".".join(str(p) for p in err["loc"]) or "settings"
                 got = f" (got {err['input']!r})" if isinstance(err.get("input"), str) else ""
+                if loc in _secret_names(cls):  # never echo a secret into logs
+                    got = ""
                 lines.append(f"{loc}: {err['msg']}{got}")
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,10 @@ EVENT = {"event_type": "page_view", "user_id": "u1", "session_id": "s1"}
 
 
 class Service:
-    def __init__(self, url: str, env: dict[str, str], data_dir: Path, key: str) -> None:
+    def __init__(self, url: str, env: dict[str, str], data_dir: Path, key: str,
+                 stored_keys: Callable[[], bytes]) -> None:  # fmt: skip
         self.url, self.env, self.data_dir, self.key = url, env, data_dir, key
+        self.stored_keys = stored_keys  # everything the key store holds, raw
 
     def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # noqa: S603
@@ -64,7 +66,8 @@ def service(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", timeout=60, proc=proc)
-        yield Service(url, env, data_dir, key)
+        raw = lambda: b"".join(redis_server.client().hvals(f"{namespace}:api_keys"))  # noqa: E731
+        yield Service(url, env, data_dir, key, raw)
     finally:
         proc.terminate()
         try:
@@ -86,9 +89,8 @@ def test_keys_cli_create_list_revoke(service: Service) -> None:
     key_id = secret.split("_")[1]
     listed = service.keys("list")
     assert key_id in listed.stdout and "reader" in listed.stdout and secret not in listed.stdout
-    assert secret.split("_", 2)[2] not in (service.data_dir / "keys.sqlite3").read_bytes().decode(
-        errors="replace"
-    )
+    stored = service.stored_keys()  # REDIS_HOST is set: keys live in Redis, shared
+    assert key_id.encode() in stored and secret.split("_", 2)[2].encode() not in stored
     post = lambda k: requests.post(  # noqa: E731
         service.url + "/api/v1/analytics/events", json=EVENT, headers={"X-API-Key": k}, timeout=10
     )

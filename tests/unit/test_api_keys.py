@@ -121,3 +121,24 @@ def test_serve_first_start_key(tmp_path: Path) -> None:
     assert key is not None and parse_key(key)
     assert first_start_key(settings) is None  # persisted: not re-created
     assert first_start_key(settings.model_copy(update={"auth": "disabled"})) is None
+
+
+def test_keys_from_configuration(tmp_path: Path) -> None:
+    from analytics.bootstrap import build_key_store
+    from analytics.settings import Settings, SettingsError
+
+    ci = generate_key("x", SCOPES, now=FixedClock().now()).secret
+    ops = generate_key("x", SCOPES, now=FixedClock().now()).secret
+    settings = Settings.from_env({"ANALYTICS_DATA_DIR": str(tmp_path),
+                                  "ANALYTICS_API_KEYS": f"ci:ingest:{ci}, ops:read+admin:{ops}"})  # fmt: skip
+    assert ci not in repr(settings)
+    store = build_key_store(settings)
+    assert authenticate(ci, store=store).scopes == ("ingest",)
+    assert authenticate(ops, store=store).scopes == ("read", "admin")
+    stored = create_key("db", ("read",), store=store, clock=FixedClock())
+    assert authenticate(stored.secret, store=store).name == "db"
+    assert {k.name for k in store.list()} == {"ci", "ops", "db"}
+    for bad in ("ci:ingest", f"ci:root:{ci}", "ci:ingest:ak_123", f":ingest:{ci}"):
+        with pytest.raises(SettingsError, match="ANALYTICS_API_KEYS") as err:
+            Settings.from_env({"ANALYTICS_API_KEYS": bad})
+        assert ci not in str(err.value)  # a secret is never echoed

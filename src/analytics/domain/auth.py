@@ -100,3 +100,27 @@ def generate_key(
 def verify(record: ApiKey, secret: str) -> bool:
     """Constant-time check of a presented secret against the stored hash."""
     return hmac.compare_digest(hash_secret(bytes.fromhex(record.salt), secret), record.secret_hash)
+
+
+def parse_static_keys(text: str) -> list[tuple[str, tuple[Scope, ...], str]]:
+    """``name:scope+scope:ak_<id>_<secret>,...`` -> [(name, scopes, key)]; ValueError if bad."""
+    out = []
+    for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
+        parts = entry.split(":")
+        if len(parts) != 3 or not parts[0] or parse_key(parts[2]) is None:
+            raise ValueError(
+                f"entry {n + 1} is not 'name:scope+scope:ak_<id>_<secret>' "
+                "(make keys with `analytics keys create` or any 12-hex id and 43-char secret)"
+            )
+        out.append((parts[0], parse_scopes(parts[1].replace("+", ",")), parts[2]))
+    return out
+
+
+def static_key(name: str, scopes: tuple[Scope, ...], token: str, *, now: datetime) -> ApiKey:
+    """The stored form of a key given in configuration (hashed like any other)."""
+    parsed = parse_key(token)
+    assert parsed is not None
+    key_id, secret = parsed
+    salt = secrets.token_bytes(16)
+    return ApiKey(key_id=key_id, name=name, scopes=scopes, salt=salt.hex(),
+                  secret_hash=hash_secret(salt, secret), created_at=now)  # fmt: skip

@@ -98,12 +98,12 @@ def _limit(value: str) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from analytics.application import api_keys  # noqa: PLC0415
-    from analytics.bootstrap import build_key_store  # noqa: PLC0415
+    from analytics.bootstrap import build_key_store, key_store_kind  # noqa: PLC0415
     from analytics.domain.clock import SystemClock  # noqa: PLC0415
     from analytics.domain.errors import NotFound  # noqa: PLC0415
 
     settings = load_settings(dict(os.environ), data_dir=args.data_dir)
-    if settings.key_store == "memory":
+    if key_store_kind(settings) == "memory":
         raise CliError("ANALYTICS_KEY_STORE=memory keeps no keys between processes")
     store = build_key_store(settings)
     clock = SystemClock()

@@ -25,13 +25,14 @@ def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def first_start_key(settings: Settings) -> str | None:
     """The development key made on the very first start (None on later starts)."""
-    if settings.auth != "required" or settings.key_store != "sqlite":
+    from analytics.bootstrap import build_key_store, key_store_kind  # noqa: PLC0415
+
+    if settings.auth != "required" or key_store_kind(settings) == "memory":
         return None
-    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
     from analytics.application.api_keys import ensure_dev_key  # noqa: PLC0415
     from analytics.domain.clock import SystemClock  # noqa: PLC0415
 
-    new = ensure_dev_key(store=SQLiteApiKeyStore(settings.keys_path), clock=SystemClock())
+    new = ensure_dev_key(store=build_key_store(settings), clock=SystemClock())
     return new.secret if new else None
 
 

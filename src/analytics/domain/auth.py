@@ -70,7 +70,7 @@ def parse_scopes(text: str) -> tuple[Scope, ...]:
         raise ValueError(
             f"unknown scope(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SCOPES)}"
         )
-    return tuple(s for s in SCOPES if s in names)  # type: ignore[misc]
+    return tuple(s for s in SCOPES if s in names)
 
 
 def generate_key(

@@ -12,8 +12,11 @@ import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import (
+    AggregateStore,
+    AggregationJobs,
     ApiKeyStore,
     Backlog,
+    Cache,
     Clock,
     EventRepository,
     IdGenerator,
@@ -40,6 +43,9 @@ class Container:
     api_keys: ApiKeyStore | None = None  # None only when auth is disabled
     rate_limiter: RateLimiter | None = None  # None: rate limiting disabled
     backlog: Backlog | None = None  # None: no overload check
+    aggregates: AggregateStore | None = None
+    cache: Cache | None = None
+    aggregation_jobs: AggregationJobs | None = None
     task_status: TaskStatusStore | None = None
     cursor_secret: bytes = b""
 
@@ -145,6 +151,49 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
         return StubBacklog(broker)
     return None
 
+def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
+    """The aggregate store beside the event store (SQLite: the same database file)."""
+    if settings.storage == "memory":
+        from analytics.adapters.memory import InMemoryAggregateStore  # noqa: PLC0415
+
+        return InMemoryAggregateStore()
+    if settings.storage == "sqlite":
+        from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore  # noqa: PLC0415
+        from analytics.adapters.sqlite_store import SQLiteDatabase  # noqa: PLC0415
+
+        db = getattr(event_repo, "db", None)
+        if not isinstance(db, SQLiteDatabase):
+            db = SQLiteDatabase(settings.sqlite_path)
+        return SQLiteAggregateStore(db)
+    raise ValueError(f"storage {settings.storage!r} has no aggregate store in this build")
+
+
+def build_cache(settings: Settings, clock: Clock) -> Cache | None:
+    """Redis cache by default (the client connects lazily); ``memory`` or ``none`` in tests."""
+    backend = settings.cache_backend
+    if backend == "auto":
+        backend = "redis" if settings.broker == "redis" else "none"
+    if backend == "none":
+        return None
+    if backend == "memory":
+        from analytics.adapters.memory import InMemoryCache  # noqa: PLC0415
+
+        return InMemoryCache(clock)
+    import redis  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    from analytics.adapters.redis_cache import RedisCache  # noqa: PLC0415
+
+    # One immediate retry (a pooled connection gone stale after a Redis restart), no
+    # backoff: a cache that is down must cost a query milliseconds, not seconds.
+    return RedisCache(
+        redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
+        namespace=settings.namespace,
+        retry_after_s=settings.cache_retry_after_s,
+    )
+
+
 def build_task_status(settings: Settings) -> TaskStatusStore:
     """Redis-backed records (TTL ``task_status_ttl_s``); the stub broker gets the fake."""
     if settings.broker == "stub":
@@ -187,9 +236,13 @@ def bootstrap(
     api_keys: ApiKeyStore | None = None,
     rate_limiter: RateLimiter | None = None,
     backlog: Backlog | None = None,
+    aggregates: AggregateStore | None = None,
+    cache: Cache | None = None,
+    aggregation_jobs: AggregationJobs | None = None,
     task_status: TaskStatusStore | None = None,
     cursor_secret: bytes | None = None,
 ) -> Container:
+    from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
     from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
         TaskStatusMiddleware,
         install,
@@ -201,17 +254,21 @@ def bootstrap(
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
         equip_drain_counter(settings, broker)
+    event_repo = event_repo or build_event_repo(settings)
     return Container(
         settings=settings,
         clock=clock,
         new_id=new_id or uuid4,
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
-        event_repo=event_repo or build_event_repo(settings),
+        event_repo=event_repo,
         api_keys=api_keys
         or (build_key_store(settings) if settings.auth == "required" else None),
         rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
         backlog=backlog or build_backlog(settings, broker),
+        aggregates=aggregates or build_aggregates(settings, event_repo),
+        cache=cache if cache is not None else build_cache(settings, clock),
+        aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )

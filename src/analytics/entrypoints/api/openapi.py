@@ -68,7 +68,7 @@ class Op:
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
 _EVENT_TYPE = r"^[a-z][a-z0-9_.:\-]{0,63}$"
 INGEST_ERRORS = (400, 401, 403, 413, 415, 422, 429, 503)
-READ_ERRORS = (400, 401, 403, 429)
+READ_ERRORS = (400, 401, 403, 429, 503)  # 503: a store, cache or broker is down
 _ERROR_TEXT = {
     400: "Malformed body or invalid query parameter.",
     401: "Missing, malformed, unknown or revoked API key.",

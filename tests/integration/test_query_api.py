@@ -301,7 +301,9 @@ def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -
 def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) -> None:
     """The task id of generate is the Dramatiq message id that the task-status middleware
     records: queued, then succeeded with the reconcile report as its result."""
-    settings = Settings(storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="none")
+    settings = Settings(
+        auth="disabled", storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="none"
+    )
     c = bootstrap(settings, clock=FixedClock(NOW))
     register_actors(c)
     client = testing.TestClient(create_app(c))

@@ -9,7 +9,8 @@ from analytics.settings import Settings
 
 
 def aws_settings(moto: Any, names: dict[str, str], **extra: str) -> Settings:
-    env = {**moto.env(), **names, "ANALYTICS_STORAGE": "dynamodb", **extra}
+    env = {**moto.env(), **names, "ANALYTICS_STORAGE": "dynamodb",
+           "ANALYTICS_RETENTION_DAYS": "3650", **extra}  # fixed test dates stay live
     return Settings.from_env(env)
 
 

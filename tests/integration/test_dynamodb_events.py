@@ -32,7 +32,7 @@ def repo(settings: Any, clock: FixedClock) -> DynamoDBEventRepository:
     ensure_resources(settings)
     return DynamoDBEventRepository(
         dynamodb_client(settings), settings.events_table, clock=clock,
-        directory_table=settings.aggregates_table, shards=settings.dynamodb_shards, retention_days=settings.event_retention_days,
+        directory_table=settings.aggregates_table, shards=settings.dynamodb_shards, retention_days=settings.retention_days,
         backoff=Backoff(sleep=lambda s: None),
     )  # fmt: skip
 
@@ -94,7 +94,7 @@ def test_items_past_their_ttl_are_not_read(
     repo.add_many([e])
     assert e.event_id in repo.get_many([e.event_id])
     # moto never deletes expired items (nor does DynamoDB promptly): reads must drop them.
-    clock.advance(timedelta(days=settings.event_retention_days))
+    clock.advance(timedelta(days=settings.retention_days))
     assert repo.get_many([e.event_id]) == {}
     assert list(repo.query_partition("by_user", e.user_id, lo="0", hi="9")) == []
     assert repo.add_many([e]) == [e.event_id]  # an expired copy is not "already stored"

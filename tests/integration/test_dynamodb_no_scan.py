@@ -45,6 +45,7 @@ def env(moto_server: Any) -> tuple[Container, testing.TestClient, list[Any]]:
         moto_server,
         {"ANALYTICS_EVENTS_TABLE": f"ns-events-{tag}", "ANALYTICS_AGGREGATES_TABLE": f"ns-agg-{tag}"},
         ANALYTICS_BROKER="stub", ANALYTICS_CACHE_BACKEND="none", ANALYTICS_DYNAMODB_SHARDS="2",
+        ANALYTICS_AUTH="disabled",
         ANALYTICS_AGGREGATE_SHARDS="2",
         ANALYTICS_CURSOR_SECRET="no-scan-test-cursor-secret",
     )  # fmt: skip

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
 PROCESS_EVENTS = "process_events"
-PUBLISH_NOTIFICATIONS = "publish_notifications"
+PUBLISH_NOTIFICATIONS = "send_notifications"  # its policy: entrypoints/policies.py
 
 
 def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
@@ -41,6 +41,7 @@ def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | Non
             namespace=settings.namespace,
             heartbeat_timeout=int(settings.heartbeat_timeout_s * 1000),
             maintenance_chance=settings.broker_maintenance_chance,
+            dead_message_ttl=settings.dead_message_ttl_s * 1000,
             middleware=middleware,
         )
     elif settings.broker == "rabbitmq":
@@ -51,6 +52,10 @@ def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | Non
         )
     else:
         broker = StubBroker(middleware=middleware)
+    from analytics.adapters.dead_letter_recorder import DeadLetterRecorder  # noqa: PLC0415
+
+    # ``after_*`` hooks run in reverse order: placed before Retries, it sees Retries' verdict.
+    broker.add_middleware(DeadLetterRecorder(), before=dramatiq.middleware.Retries)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker
@@ -69,7 +74,7 @@ def events_message(events: Sequence[Event]) -> dramatiq.Message[object]:
 
 
 def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
-    """One ``publish_notifications`` message for a group of newly stored events."""
+    """One ``send_notifications`` message for a group of newly stored events."""
     correlation_ids = sorted({e.correlation_id for e in events if e.correlation_id})
     return dramatiq.Message(
         queue_name="notifications",

@@ -356,6 +356,12 @@ class DynamoDBEventRepository:
                 out[e.event_id] = e
         return out
 
+    def purge_before(self, cutoff: datetime) -> int:
+        """Retention on DynamoDB is the table's TTL (``expires_at`` = timestamp + retention
+        days, the same ``ANALYTICS_RETENTION_DAYS`` the retention job uses), and reads drop
+        expired items at once: nothing to delete here, so no write capacity is spent."""
+        return 0
+
     def count(self) -> int:
         """Approximate (DynamoDB refreshes ItemCount about every six hours); never a Scan."""
         desc = self._call("describe_table", TableName=self.table)

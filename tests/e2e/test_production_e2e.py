@@ -171,7 +171,7 @@ def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: St
         status, body = http("GET", f"{stack.base}/api/v1/analytics/aggregations/day?{day}")
         return status == 200 and body["buckets"][0]["count"] == 40
 
-    wait_until(counted, timeout=30, message="aggregations did not reach 40")
+    wait_until(counted, timeout=90, message="aggregations did not reach 40")
     _, body = http("GET", f"{stack.base}/api/v1/analytics/aggregations/day?{day}")
     bucket = body["buckets"][0]
     assert (bucket["unique_users"], bucket["unique_sessions"]) == (6, 2)

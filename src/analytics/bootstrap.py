@@ -7,6 +7,7 @@ not pass is built from settings. Importing this module has no effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 
@@ -23,9 +24,13 @@ from analytics.domain.ports import (
     RateLimiter,
     TaskQueue,
     TaskStatusStore,
+    UnitOfWork,
 )
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
+
+if TYPE_CHECKING:
+    from analytics.domain.ports import DeadLetters
 
 
 @dataclass
@@ -39,11 +44,13 @@ class Container:
     task_queue: TaskQueue
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
+    dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
     api_keys: ApiKeyStore | None = None  # None only when auth is disabled
     rate_limiter: RateLimiter | None = None  # None: rate limiting disabled
     backlog: Backlog | None = None  # None: no overload check
     aggregates: AggregateStore | None = None
+    uow: UnitOfWork | None = None  # one commit for the event and its counts, where possible
     cache: Cache | None = None
     aggregation_jobs: AggregationJobs | None = None
     task_status: TaskStatusStore | None = None
@@ -151,6 +158,19 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
         return StubBacklog(broker)
     return None
 
+def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
+    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+
+    if isinstance(broker, RedisBroker):
+        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
+
+        return RedisDeadLetters(broker)
+    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
+
+    return InMemoryDeadLetters()
+
+
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
     """The aggregate store beside the event store (SQLite: the same database file)."""
     if settings.storage == "memory":
@@ -236,6 +256,7 @@ def bootstrap(
     api_keys: ApiKeyStore | None = None,
     rate_limiter: RateLimiter | None = None,
     backlog: Backlog | None = None,
+    dead_letters: DeadLetters | None = None,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
@@ -255,6 +276,7 @@ def bootstrap(
         install(broker, TaskStatusMiddleware(task_status, clock))
         equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
+    aggregates = aggregates or build_aggregates(settings, event_repo)
     return Container(
         settings=settings,
         clock=clock,
@@ -266,12 +288,21 @@ def bootstrap(
         or (build_key_store(settings) if settings.auth == "required" else None),
         rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
         backlog=backlog or build_backlog(settings, broker),
-        aggregates=aggregates or build_aggregates(settings, event_repo),
+        dead_letters=dead_letters or build_dead_letters(broker),
+        aggregates=aggregates,
+        uow=shared_unit_of_work(event_repo, aggregates),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
+
+
+def shared_unit_of_work(*stores: object) -> UnitOfWork | None:
+    """The stores' database when they all write to the same one (SQLite), else None."""
+    dbs = {id(getattr(s, "db", None)): getattr(s, "db", None) for s in stores}
+    db = next(iter(dbs.values())) if len(dbs) == 1 else None
+    return db if db is not None and hasattr(db, "atomic") else None  # type: ignore[return-value]
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:

@@ -72,6 +72,19 @@ def build_event_repo(settings: Settings) -> EventRepository:
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
 
+def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
+    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+
+    if isinstance(broker, RedisBroker):
+        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
+
+        return RedisDeadLetters(broker)
+    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
+
+    return InMemoryDeadLetters()
+
+
 def key_store_kind(settings: Settings) -> str:
     if settings.key_store != "auto":
         return settings.key_store
@@ -158,19 +171,6 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
         return StubBacklog(broker)
     return None
 
-def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
-    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
-    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
-
-    if isinstance(broker, RedisBroker):
-        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
-
-        return RedisDeadLetters(broker)
-    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
-
-    return InMemoryDeadLetters()
-
-
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
     """The aggregate store beside the event store (SQLite: the same database file)."""
     if settings.storage == "memory":
@@ -253,10 +253,10 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    dead_letters: DeadLetters | None = None,
     api_keys: ApiKeyStore | None = None,
     rate_limiter: RateLimiter | None = None,
     backlog: Backlog | None = None,
-    dead_letters: DeadLetters | None = None,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
@@ -284,13 +284,13 @@ def bootstrap(
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo,
+        dead_letters=dead_letters or build_dead_letters(broker),
+        aggregates=aggregates,
+        uow=shared_unit_of_work(event_repo, aggregates),
         api_keys=api_keys
         or (build_key_store(settings) if settings.auth == "required" else None),
         rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
         backlog=backlog or build_backlog(settings, broker),
-        dead_letters=dead_letters or build_dead_letters(broker),
-        aggregates=aggregates,
-        uow=shared_unit_of_work(event_repo, aggregates),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,

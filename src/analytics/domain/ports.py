@@ -86,6 +86,30 @@ class TaskQueue(Protocol):
         ...
 
 
+class DeadLetters(Protocol):
+    """The dead-letter queues: messages that failed for good, to inspect, replay or purge."""
+
+    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one queue and/or one actor."""
+        ...
+
+    def replay(self, letter_ids: Sequence[str]) -> builtins.list[str]:
+        """Put these back on their queues (fresh retry budget); return the ids replayed."""
+        ...
+
+    def purge(self, letter_ids: Sequence[str]) -> builtins.list[str]:
+        """Delete these for good; return the ids deleted."""
+        ...
+
+    def depths(self) -> dict[str, int]:
+        """Dead letters per queue (every known queue, zeros included)."""
+        ...
+
+    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
+        """Keep the last measured depths where the metrics exporter reads them."""
+        ...
+
+
 # --- security (issue 7) -------------------------------------------------------------------
 class ApiKeyStore(Protocol):
     """Hashed API keys by id. Revoked keys stay (so ids are never reused)."""
@@ -120,30 +144,6 @@ class Backlog(Protocol):
 
     def drain_rate(self) -> float | None:
         """Messages per second recently consumed; None when not measured yet."""
-        ...
-
-
-class DeadLetters(Protocol):
-    """The dead-letter queues: messages that failed for good, to inspect, replay or purge."""
-
-    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
-        """Dead letters, oldest first, optionally of one queue and/or one actor."""
-        ...
-
-    def replay(self, letter_ids: Sequence[str]) -> builtins.list[str]:
-        """Put these back on their queues (fresh retry budget); return the ids replayed."""
-        ...
-
-    def purge(self, letter_ids: Sequence[str]) -> builtins.list[str]:
-        """Delete these for good; return the ids deleted."""
-        ...
-
-    def depths(self) -> dict[str, int]:
-        """Dead letters per queue (every known queue, zeros included)."""
-        ...
-
-    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
-        """Keep the last measured depths where the metrics exporter reads them."""
         ...
 
 

@@ -57,9 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", type=_queues, default=list(QUEUES))
     worker.add_argument("--processes", type=_positive)
     worker.add_argument("--threads", type=_positive)
-    add_keys_parser(sub)
     add_ops_commands(sub)
+    add_keys_parser(sub)
     return parser
+
+
+def _queue(value: str) -> str:
+    if value not in QUEUES:
+        choices = ", ".join(QUEUES)
+        raise argparse.ArgumentTypeError(f"unknown queue {value!r}; choose from {choices}")
+    return value
+
+
+def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``analytics dlq ...`` and ``analytics scheduler`` (README: "Operations")."""
+    dlq = sub.add_parser("dlq", help="inspect, replay or purge dead-lettered messages")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, text in (
+        ("list", "list dead letters: what failed, why, how often"),
+        ("show", "show one dead letter with its traceback"),
+        ("replay", "put dead letters back on their queues"),
+        ("purge", "delete dead letters for good"),
+    ):
+        p = dsub.add_parser(name, help=text)
+        p.add_argument("--queue", type=_queue)
+        p.add_argument("--actor")
+        p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("replay", "purge"):
+            p.add_argument("--all", action="store_true", help="every dead letter of every queue")
+    sub.add_parser("scheduler", help="run the periodic scheduler (one active; Redis lease)")
 
 
 def add_keys_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -143,33 +170,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queue(value: str) -> str:
-    if value not in QUEUES:
-        choices = ", ".join(QUEUES)
-        raise argparse.ArgumentTypeError(f"unknown queue {value!r}; choose from {choices}")
-    return value
-
-
-def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``analytics dlq ...`` and ``analytics scheduler`` (README: "Operations")."""
-    dlq = sub.add_parser("dlq", help="inspect, replay or purge dead-lettered messages")
-    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
-    for name, text in (
-        ("list", "list dead letters: what failed, why, how often"),
-        ("show", "show one dead letter with its traceback"),
-        ("replay", "put dead letters back on their queues"),
-        ("purge", "delete dead letters for good"),
-    ):
-        p = dsub.add_parser(name, help=text)
-        p.add_argument("--queue", type=_queue)
-        p.add_argument("--actor")
-        p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        if name in ("replay", "purge"):
-            p.add_argument("--all", action="store_true", help="every dead letter of every queue")
-    sub.add_parser("scheduler", help="run the periodic scheduler (one active; Redis lease)")
-
-
 def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
     env = dict(environ)
     names = {"host": "ANALYTICS_HOST", "port": "ANALYTICS_PORT", "data_dir": "ANALYTICS_DATA_DIR",
@@ -237,9 +237,14 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return run_scheduler(load_settings(dict(os.environ)))
 
 
-COMMANDS = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}
-COMMANDS.update({"dlq": cmd_dlq, "scheduler": cmd_scheduler})
-COMMANDS.update({"keys": cmd_keys})
+COMMANDS = {
+    "serve": cmd_serve,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "dlq": cmd_dlq,
+    "scheduler": cmd_scheduler,
+    "keys": cmd_keys,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

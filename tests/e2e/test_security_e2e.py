@@ -165,7 +165,7 @@ def test_schemathesis_against_the_running_service(service: Service) -> None:
         operation = result.ok()
 
         def make(op):  # type: ignore[no-untyped-def]
-            @settings(max_examples=15, deadline=None, database=None,
+            @settings(max_examples=10, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))  # fmt: skip
             @given(case=op.as_strategy())
             def run(case) -> None:  # type: ignore[no-untyped-def]

@@ -273,3 +273,12 @@ def test_overload_answers_503_with_retry_after_then_recovers(
         keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
         if keys:
             client.delete(*keys)
+
+
+def test_keys_cli_with_the_store_unreachable_is_one_line(tmp_path: Path) -> None:
+    env = child_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(free_port()),
+                    ANALYTICS_REDIS_TIMEOUT_S="0.5")  # fmt: skip
+    r = subprocess.run(analytics_cmd("keys", "list"), env=env, capture_output=True, text=True,  # noqa: S603
+                       timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 2 and r.stdout == ""
+    assert "key store is unavailable" in r.stderr and "Traceback" not in r.stderr

@@ -125,6 +125,16 @@ def _limit(value: str) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    """``analytics keys create|list|revoke``; an unreachable store is one line, not a trace."""
+    from analytics.domain.errors import AdapterError  # noqa: PLC0415
+
+    try:
+        return _keys_command(args)
+    except AdapterError as exc:
+        raise CliError(f"the key store is unavailable: {exc}") from None
+
+
+def _keys_command(args: argparse.Namespace) -> int:
     from analytics.application import api_keys  # noqa: PLC0415
     from analytics.bootstrap import build_key_store, key_store_kind  # noqa: PLC0415
     from analytics.domain.clock import SystemClock  # noqa: PLC0415
@@ -148,9 +158,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         )
         return 0
     if args.keys_command == "list":
+        keys = store.list()
         print(f"{'ID':12}  {'NAME':20}  {'SCOPES':18}  {'RATE/MIN':>9}  {'BURST':>7}  "
               f"{'CREATED':20}  STATUS")  # fmt: skip
-        for k in store.list():
+        for k in keys:
             status = f"revoked {k.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if k.revoked_at else "active"
             print(
                 f"{k.key_id:12}  {k.name[:20]:20}  {','.join(k.scopes):18}  "

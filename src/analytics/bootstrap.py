@@ -114,9 +114,15 @@ def _build_base_key_store(settings: Settings) -> ApiKeyStore:
     if kind == "redis":
         import redis  # noqa: PLC0415
 
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.retry import Retry  # noqa: PLC0415
+
         from analytics.adapters.redis_keys import RedisApiKeyStore  # noqa: PLC0415
 
-        return RedisApiKeyStore(redis.Redis(**settings.redis_kwargs()), settings.namespace)  # type: ignore[arg-type]
+        # One immediate retry (a stale pooled connection), no backoff: with Redis down a
+        # request should hear 503 in milliseconds, not after seconds of retries.
+        client = redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1))  # type: ignore[arg-type]
+        return RedisApiKeyStore(client, settings.namespace)
     from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
 
     return SQLiteApiKeyStore(settings.keys_path)

@@ -54,6 +54,17 @@ def system(env: dict[str, str]) -> Iterator[tuple[Container, BreakableRepository
         container.broker.close()
 
 
+def _counted(container: Container, repo: BreakableRepository) -> tuple[int, int]:
+    """Events and unique users the aggregate store counts over the stored events' span."""
+    from analytics.domain.buckets import cover, epoch_minute
+
+    stamps = [e.timestamp for e in repo.all()]
+    window = cover(epoch_minute(min(stamps)), epoch_minute(max(stamps)) + 1)
+    assert container.aggregates is not None
+    (summary,) = container.aggregates.summarize([window], None)
+    return summary.count, summary.unique_users
+
+
 def _dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
         analytics_cmd("dlq", *args), env=child_env(**env), capture_output=True, text=True,
@@ -106,6 +117,7 @@ def test_fail_inspect_repair_replay_counts_exactly_once(system, env) -> None:  #
 
     assert repo.count() == 26  # 10 + 10 + 6 distinct events, none twice
     assert {e.event_id for g in groups for e in g} == {e.event_id for e in repo.all()}
+    assert _counted(container, repo) == (26, 3)  # aggregates: 26 events, users a, b, c
     assert [d.letter_id for d in dlq.list()] == [bad.message_id]
 
     # A second replay of the same ids finds nothing: no double effect possible.
@@ -114,6 +126,7 @@ def test_fail_inspect_repair_replay_counts_exactly_once(system, env) -> None:  #
     assert "Traceback" not in again.stderr
     assert repo.count() == 26
 
+    assert _counted(container, repo) == (26, 3)
     purged = _dlq_cli(env, "purge", "--queue", "high_priority")
     assert purged.returncode == 0 and "purged 1" in purged.stdout
     assert dlq.list() == []

@@ -62,7 +62,7 @@ POLICIES: dict[str, ActorPolicy] = {
         "aggregations", 3, 1_000, 60_000, 1_800_000, "reconcile (recompute + repair) a range"
     ),
     "warm_dashboard_cache": ActorPolicy(
-        "aggregations", 2, 1_000, 30_000, 60_000, "precompute the dashboard's cached metrics"
+        "aggregations", 2, 1_000, 30_000, 60_000, "warm the dashboard and closed-bucket caches"
     ),
     "send_notifications": ActorPolicy(
         "notifications", 8, 2_000, 900_000, 60_000, "publish notifications (SNS)"

@@ -6,8 +6,11 @@ message); it drops them after ``dead_message_ttl``. The message's options carry 
 failed: ``failure`` (written by :class:`~analytics.adapters.dramatiq_middleware.
 DeadLetterRecorder`) and, from Dramatiq's Retries middleware, ``retries`` and ``traceback``.
 
-RabbitMQ keeps dead letters in ``<queue>.XQ`` queues; this adapter does not read them
-(use the management UI's "move messages" there).
+RabbitMQ keeps dead letters in ``<queue>.XQ`` queues (a message TTL of 7 days):
+:class:`RabbitDeadLetters` reads them with ``basic_get`` and returns what it does not
+replay or purge (``basic_nack(requeue=True)``). There the stored message is the one that
+was delivered, so ``failure`` is absent and the reason comes from the Retries traceback
+when the message was retried at least once; the time of death from ``x-death``.
 """
 
 from __future__ import annotations
@@ -149,3 +152,73 @@ class RedisDeadLetters:
         """What the last depth check stored (for the metrics exporter and tests)."""
         raw = self.client.hgetall(self.depths_key())
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class RabbitDeadLetters:
+    """DeadLetters port over a RabbitMQ broker's ``<queue>.XQ`` queues (one channel)."""
+
+    def __init__(self, broker: Any, queues: Sequence[str] = QUEUES) -> None:
+        self.broker = broker
+        self.queues = tuple(queues)
+
+    def _drain(self, queue: str) -> tuple[Any, list[tuple[int, dramatiq.Message[Any], float]]]:
+        """Every dead letter of ``queue`` with its delivery tag, held unacknowledged."""
+        channel = self.broker.channel
+        out = []
+        while True:
+            method, props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
+            if method is None:
+                return channel, out
+            died = time_of_death(props)
+            out.append((method.delivery_tag, dramatiq.Message.decode(body), died))
+
+    def _each(self, wanted: set[str] | None, action: str) -> list[str]:
+        done: list[str] = []
+        for queue in self.queues:
+            channel, held = self._drain(queue)
+            for tag, message, _ in held:
+                if wanted is not None and message.message_id in wanted:
+                    if action == "replay":
+                        self.broker.enqueue(replay_copy(message, queue))
+                    channel.basic_ack(tag)
+                    done.append(message.message_id)
+                else:
+                    channel.basic_nack(tag, requeue=True)
+        return done
+
+    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
+        letters = []
+        for q in [queue] if queue else self.queues:
+            channel, held = self._drain(q)
+            for tag, message, died in held:
+                if actor is None or message.actor_name == actor:
+                    letters.append(letter_from_message(message, q, died))
+                channel.basic_nack(tag, requeue=True)
+        return sorted(letters, key=lambda d: (d.failed_at, d.letter_id))
+
+    def replay(self, letter_ids: Sequence[str]) -> list[str]:
+        return self._each(set(letter_ids), "replay")
+
+    def purge(self, letter_ids: Sequence[str]) -> list[str]:
+        return self._each(set(letter_ids), "purge")
+
+    def depths(self) -> dict[str, int]:
+        channel = self.broker.channel
+        return {
+            q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)
+            for q in self.queues
+        }
+
+    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
+        """RabbitMQ exposes queue depths itself (management API); nothing to keep."""
+
+
+def time_of_death(props: Any) -> float:
+    """Milliseconds since the epoch from RabbitMQ's ``x-death`` header (now if absent)."""
+    import time  # noqa: PLC0415
+
+    deaths = (getattr(props, "headers", None) or {}).get("x-death") or []
+    when = deaths[0].get("time") if deaths else None
+    if isinstance(when, datetime):
+        return when.timestamp() * 1000
+    return time.time() * 1000

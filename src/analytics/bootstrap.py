@@ -21,6 +21,7 @@ from analytics.domain.ports import (
     IdGenerator,
     TaskQueue,
     TaskStatusStore,
+    UnitOfWork,
 )
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
@@ -43,6 +44,7 @@ class Container:
     dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
     aggregates: AggregateStore | None = None
+    uow: UnitOfWork | None = None  # one commit for the event and its counts, where possible
     cache: Cache | None = None
     aggregation_jobs: AggregationJobs | None = None
     task_status: TaskStatusStore | None = None
@@ -182,6 +184,7 @@ def bootstrap(
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
     event_repo = event_repo or build_event_repo(settings)
+    aggregates = aggregates or build_aggregates(settings, event_repo)
     return Container(
         settings=settings,
         clock=clock,
@@ -190,12 +193,20 @@ def bootstrap(
         task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo,
         dead_letters=dead_letters or build_dead_letters(broker),
-        aggregates=aggregates or build_aggregates(settings, event_repo),
+        aggregates=aggregates,
+        uow=shared_unit_of_work(event_repo, aggregates),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
+
+
+def shared_unit_of_work(*stores: object) -> UnitOfWork | None:
+    """The stores' database when they all write to the same one (SQLite), else None."""
+    dbs = {id(getattr(s, "db", None)): getattr(s, "db", None) for s in stores}
+    db = next(iter(dbs.values())) if len(dbs) == 1 else None
+    return db if db is not None and hasattr(db, "atomic") else None  # type: ignore[return-value]
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -72,21 +72,38 @@ class SQLiteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; a nested call joins the open one (the outermost commits),
+        so a use case can make several adapters' writes one atomic, fsynced commit."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield self.connect()
+            finally:
+                self._local.depth = depth
+            return
         try:
             conn = self.connect()
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
+        self._local.depth = 1
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._local.depth = 0
         try:
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
             raise StorageUnavailable(f"sqlite commit: {exc}") from exc
+
+    def atomic(self) -> AbstractContextManager[object]:
+        """The UnitOfWork port: everything inside commits together."""
+        return self.transaction()
 
     def read(self) -> sqlite3.Connection:
         return self.connect()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -208,3 +209,11 @@ class TaskStatusStore(Protocol):
     def get(self, task_id: str) -> TaskStatus | None:
         """The record, or None if unknown or expired."""
         ...
+
+
+class UnitOfWork(Protocol):
+    """Makes the writes of several adapters one atomic commit where the storage can
+    (SQLite: one transaction, one fsync); a no-op where exactly-once rests on markers
+    alone (DynamoDB, memory)."""
+
+    def atomic(self) -> AbstractContextManager[object]: ...

@@ -43,6 +43,7 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             repo=container.event_repo,
             aggregates=container.aggregates,
             cache=container.cache,
+            uow=container.uow,
         )
         log.info(
             "events stored",

@@ -6,7 +6,7 @@ import falcon
 
 from analytics.application.ingest import IngestDeps
 from analytics.bootstrap import Container
-from analytics.entrypoints.api import resources
+from analytics.entrypoints.api import observability, resources
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
@@ -25,7 +25,7 @@ def create_app(container: Container) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
     deps = IngestDeps(
-        queue=container.task_queue,
+        queue=observability.MeteredTaskQueue(container.task_queue),
         clock=container.clock,
         new_id=container.new_id,
         limits=container.limits,
@@ -50,6 +50,7 @@ def create_app(container: Container) -> falcon.App:
         app.add_route(
             "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)
         )
+    observability.install(app, container)
     return app
 
 

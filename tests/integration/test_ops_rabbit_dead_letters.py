@@ -83,7 +83,9 @@ def test_rabbitmq_dead_letters_list_replay_purge(ops_rabbitmq_url: str) -> None:
         assert set(letters) == {*sent, bad}
         assert {letters[i].error_type for i in sent} == {"StorageUnavailable"}  # from Retries
         assert all(letters[i].attempts == 2 for i in sent)
-        assert dlq.depths()["high_priority"] == 3  # listing put everything back
+        # Listing put everything back (RabbitMQ requeues on channel close, asynchronously).
+        wait_until(lambda: dlq.depths()["high_priority"] == 3, timeout=10)
+        assert {d.letter_id for d in dlq.list()} == {*sent, bad}
 
         repo.broken = False
         assert sorted(replay_dead_letters(Selection(ids=tuple(sent)), dlq=dlq)) == sorted(sent)

@@ -76,7 +76,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def row(name: str, r: Result, base: float | None, unit: str = "events/s", seed: float | None = None) -> str:
+def row(
+    name: str, r: Result, base: float | None, unit: str = "events/s", seed: float | None = None
+) -> str:
     ratio = f"{r.rate() / base:.0%}" if base else "100%"
     vs_seed = f"{r.rate() / seed:.1f}x" if seed else "n/a"
     errors = {s: n for s, n in r.statuses.items() if not 200 <= s < 300}
@@ -120,9 +122,9 @@ def main() -> int:
 
         # The seed's stack shape: Flask + pydantic + one Celery send_task per request.
         port = free_port()
-        seed_app = start([sys.executable, str(ROOT / "bench" / "seed_stack.py"), str(port),
-                          f"redis://127.0.0.1:{redis.port}/1", *[f"{k}={v}" for k, v in gun.items()]],
-                         env, f"http://127.0.0.1:{port}/health", log)  # fmt: skip
+        seed_cmd = [sys.executable, str(ROOT / "bench" / "seed_stack.py"), str(port),
+                    f"redis://127.0.0.1:{redis.port}/1", *[f"{k}={v}" for k, v in gun.items()]]
+        seed_app = start(seed_cmd, env, f"http://127.0.0.1:{port}/health", log)  # fmt: skip
         seed = run(f"http://127.0.0.1:{port}/api/v1/analytics/events", single_body, **load)
         stop(seed_app)
         redis.client().flushall()  # our private server: drop the Celery backlog

@@ -31,8 +31,10 @@ RUN mkdir -p src/analytics && touch src/analytics/__init__.py \
  && pip install . \
  && pip uninstall -y analytics-service
 COPY src ./src
-RUN pip install --no-deps . \
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+# Drop the placeholder build's leftovers, install the real package, byte-compile it once
+# (the runtime user cannot write next to the sources).
+RUN rm -rf build src/*.egg-info \
+ && pip install --no-deps . \
  && python -m compileall -q /opt/venv/lib
 
 # ---- runtime -------------------------------------------------------------------------

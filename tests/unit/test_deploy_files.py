@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -366,3 +368,30 @@ def test_the_deployment_files_are_in_the_repo() -> None:
         assert (ROOT / path).is_file(), path
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and "tests" in ignored
+
+
+def compose_tool() -> list[str] | None:
+    """``docker-compose`` (Debian package docker-compose) validates without an engine."""
+    found = shutil.which("docker-compose")
+    return [found] if found else None
+
+
+@pytest.mark.skipif(compose_tool() is None, reason="needs docker-compose (apt package)")
+def test_compose_validates_with_docker_compose(tmp_path: Path) -> None:
+    tool = compose_tool()
+    assert tool is not None
+
+    def validate(directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603
+            [*tool, "-f", "compose.yaml", "config", "-q"], cwd=directory,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    good = validate(ROOT)
+    assert good.returncode == 0, good.stderr
+    # The tool does check: the same file with one misspelt key is refused.
+    (tmp_path / "compose.yaml").write_text(
+        COMPOSE.read_text().replace("stop_grace_period:", "stop_grace_perod:", 1)
+    )
+    bad = validate(tmp_path)
+    assert bad.returncode != 0 and "stop_grace_perod" in bad.stderr

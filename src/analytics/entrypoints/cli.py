@@ -79,7 +79,7 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     csub = check.add_subparsers(dest="component", required=True)
     w = csub.add_parser("worker", help="Redis answers and each queue has a fresh heartbeat")
     w.add_argument("--queues", type=_queues, default=list(QUEUES))
-    w.add_argument("--max-age", type=_seconds, default=60.0, help="seconds (default 60)")
+    w.add_argument("--max-age", type=_seconds, help="seconds (default: heartbeat_stale_s)")
     w.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
     s = csub.add_parser("scheduler", help="Redis answers and a scheduler holds the lease")
     s.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
@@ -112,12 +112,24 @@ def cmd_api(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"gunicorn_config": Path(args.config)})
     if settings.gunicorn_config is not None and not settings.gunicorn_config.is_file():
         raise CliError(f"gunicorn config file {str(settings.gunicorn_config)!r} does not exist")
+    settings = _with_metrics_dir(settings, "api")
     GunicornServer(settings).run()
     return 0
 
 
+def _with_metrics_dir(settings: Settings, component: str) -> Settings:
+    """Own a fresh prometheus multiprocess directory (set before prometheus_client loads)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from analytics.entrypoints.metrics_dir import prepare_multiproc_dir  # noqa: PLC0415
+
+    path = prepare_multiproc_dir(Path(settings.metrics_base) / component)
+    return settings.model_copy(update={"prometheus_multiproc_dir": path})
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(dict(os.environ))
+    _with_metrics_dir(settings, "worker-" + "-".join(sorted(args.queues)))
     argv = [
         sys.executable, "-m", "dramatiq", "analytics.entrypoints.worker_app",
         "--processes", str(args.processes or settings.worker_processes),

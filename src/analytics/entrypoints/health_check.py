@@ -5,8 +5,9 @@ look at the status; the line lands in ``docker inspect``). Every call is bounded
 socket timeouts so a check never hangs.
 
 - ``worker``: Redis answers, and every queue this worker consumes has a heartbeat newer
-  than ``--max-age`` seconds (``<ns>:heartbeat:<queue>``, written every few seconds by the
-  worker's heartbeat middleware).
+  than ``--max-age`` seconds (default ``ANALYTICS_HEARTBEAT_STALE_S``; the keys
+  ``<ns>:heartbeat:<queue>`` are written every few seconds by the worker's heartbeat
+  middleware, read through :class:`RedisProbe`).
 - ``scheduler``: Redis answers and some scheduler holds the leader lease
   (``<ns>:scheduler:leader``): a standby is healthy while a leader exists; when no process
   can take the lease, every scheduler container turns unhealthy.
@@ -15,13 +16,12 @@ socket timeouts so a check never hangs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import redis
 
+from analytics.adapters.redis_probe import RedisProbe
 from analytics.settings import Settings
 
 
@@ -29,34 +29,12 @@ class Unhealthy(Exception):
     """The checked component is not healthy; the message says why."""
 
 
-def _client(settings: Settings, timeout_s: float) -> redis.Redis:
-    kwargs: dict[str, Any] = {
-        **settings.redis_kwargs(),
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-    }
-    return redis.Redis(**kwargs)
-
-
-def heartbeat_age(raw: bytes | None, now: float) -> float | None:
-    """Seconds since the heartbeat in ``raw`` (JSON with ``at``, unix seconds), or None."""
-    if raw is None:
-        return None
-    try:
-        return now - float(json.loads(raw)["at"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def check_worker(
-    client: redis.Redis, namespace: str, queues: Iterable[str], max_age_s: float
-) -> str:
+def check_worker(probe: RedisProbe, queues: Iterable[str], max_age_s: float) -> str:
     names = list(queues)
-    raw = client.mget([f"{namespace}:heartbeat:{q}" for q in names])
     now = time.time()
     stale = []
-    for queue, value in zip(names, raw, strict=True):
-        age = heartbeat_age(value, now)
+    for queue, beat in probe.heartbeats(names).items():
+        age = None if beat is None else now - beat.at
         if age is None or age > max_age_s:
             stale.append(f"{queue} ({'none' if age is None else f'{age:.0f}s old'})")
     if stale:
@@ -64,8 +42,8 @@ def check_worker(
     return f"worker heartbeats fresh for {', '.join(names)}"
 
 
-def check_scheduler(client: redis.Redis, namespace: str) -> str:
-    leader = client.get(f"{namespace}:scheduler:leader")
+def check_scheduler(probe: RedisProbe) -> str:
+    leader = probe.client.get(f"{probe.ns}:scheduler:leader")
     if leader is None:
         raise Unhealthy("no scheduler holds the leader lease")
     owner = leader.decode() if isinstance(leader, bytes) else str(leader)
@@ -73,13 +51,14 @@ def check_scheduler(client: redis.Redis, namespace: str) -> str:
 
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
-    client = _client(settings, args.timeout)
+    probe = RedisProbe.from_kwargs(settings.redis_kwargs(), settings.namespace, args.timeout)
     try:
-        client.ping()
+        probe.ping()
         if args.component == "worker":
-            line = check_worker(client, settings.namespace, args.queues, args.max_age)
+            max_age = args.max_age if args.max_age is not None else settings.heartbeat_stale_s
+            line = check_worker(probe, args.queues, max_age)
         else:
-            line = check_scheduler(client, settings.namespace)
+            line = check_scheduler(probe)
     except redis.RedisError as exc:
         print(f"unhealthy: Redis unreachable: {exc}")
         return 1
@@ -87,6 +66,6 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"unhealthy: {exc}")
         return 1
     finally:
-        client.close()
+        probe.client.close()
     print(f"healthy: {line}")
     return 0

@@ -7,6 +7,7 @@ not pass is built from settings. Importing this module has no effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 
@@ -14,15 +15,22 @@ from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import (
     AggregateStore,
     AggregationJobs,
+    ApiKeyStore,
+    Backlog,
     Cache,
     Clock,
     EventRepository,
     IdGenerator,
+    RateLimiter,
     TaskQueue,
     TaskStatusStore,
+    UnitOfWork,
 )
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
+
+if TYPE_CHECKING:
+    from analytics.domain.ports import DeadLetters
 
 
 @dataclass
@@ -36,8 +44,13 @@ class Container:
     task_queue: TaskQueue
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
+    dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    api_keys: ApiKeyStore | None = None  # None only when auth is disabled
+    rate_limiter: RateLimiter | None = None  # None: rate limiting disabled
+    backlog: Backlog | None = None  # None: no overload check
     aggregates: AggregateStore | None = None
+    uow: UnitOfWork | None = None  # one commit for the event and its counts, where possible
     cache: Cache | None = None
     aggregation_jobs: AggregationJobs | None = None
     task_status: TaskStatusStore | None = None
@@ -58,6 +71,105 @@ def build_event_repo(settings: Settings) -> EventRepository:
         return SQLiteEventRepository(SQLiteDatabase(settings.sqlite_path))
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
+
+def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
+    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+
+    if isinstance(broker, RedisBroker):
+        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
+
+        return RedisDeadLetters(broker)
+    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
+
+    return InMemoryDeadLetters()
+
+
+def key_store_kind(settings: Settings) -> str:
+    if settings.key_store != "auto":
+        return settings.key_store
+    return "redis" if settings.redis_host else "sqlite"
+
+
+def build_key_store(settings: Settings) -> ApiKeyStore:
+    """Where API keys live (shared Redis, the data dir's SQLite, or memory for tests),
+    with the keys of ``ANALYTICS_API_KEYS`` layered over it."""
+    base = _build_base_key_store(settings)
+    if not settings.api_keys:
+        return base
+    from analytics.adapters.static_keys import StaticKeysOverlay  # noqa: PLC0415
+    from analytics.domain.auth import parse_static_keys, static_key  # noqa: PLC0415
+
+    now = SystemClock().now()
+    keys = [static_key(n, sc, k, now=now) for n, sc, k in parse_static_keys(settings.api_keys)]
+    return StaticKeysOverlay(keys, base)
+
+
+def _build_base_key_store(settings: Settings) -> ApiKeyStore:
+    kind = key_store_kind(settings)
+    if kind == "memory":
+        from analytics.adapters.memory import InMemoryApiKeyStore  # noqa: PLC0415
+
+        return InMemoryApiKeyStore()
+    if kind == "redis":
+        import redis  # noqa: PLC0415
+
+        from analytics.adapters.redis_keys import RedisApiKeyStore  # noqa: PLC0415
+
+        return RedisApiKeyStore(redis.Redis(**settings.redis_kwargs()), settings.namespace)  # type: ignore[arg-type]
+    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
+
+    return SQLiteApiKeyStore(settings.keys_path)
+
+
+def _redis_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
+    client = getattr(broker, "client", None)
+    if client is not None:
+        return client
+    if settings.redis_host or settings.redis_socket:
+        import redis  # noqa: PLC0415
+
+        return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+    return None
+
+
+def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimiter | None:
+    """Redis (shared by every worker) when Redis is there; per-process memory otherwise."""
+    backend = settings.rate_limit
+    if backend == "disabled":
+        return None
+    client = _redis_client(settings, broker) if backend in ("auto", "redis") else None
+    if client is not None:
+        from analytics.adapters.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
+
+        return RedisRateLimiter(client, settings.namespace)  # type: ignore[arg-type]
+    if backend == "redis":
+        raise ValueError("rate_limit=redis needs REDIS_HOST or a Redis broker")
+    from analytics.adapters.memory import InMemoryRateLimiter  # noqa: PLC0415
+
+    return InMemoryRateLimiter()
+
+
+def equip_drain_counter(settings: Settings, broker: dramatiq.Broker) -> None:
+    """Workers count processed high_priority messages: the drain rate overload uses."""
+    from analytics.adapters.backlog import DrainCounter  # noqa: PLC0415
+
+    client = getattr(broker, "client", None)
+    if client is not None and not any(isinstance(m, DrainCounter) for m in broker.middleware):
+        broker.add_middleware(DrainCounter(client, settings.namespace))
+
+
+def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None:
+    from analytics.adapters.backlog import RedisBacklog, StubBacklog  # noqa: PLC0415
+
+    client = getattr(broker, "client", None)
+    if client is not None:
+        return RedisBacklog(client, settings.namespace)
+    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
+
+    if isinstance(broker, StubBroker):
+        return StubBacklog(broker)
+    return None
 
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
     """The aggregate store beside the event store (SQLite: the same database file)."""
@@ -141,6 +253,10 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    dead_letters: DeadLetters | None = None,
+    api_keys: ApiKeyStore | None = None,
+    rate_limiter: RateLimiter | None = None,
+    backlog: Backlog | None = None,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
@@ -158,7 +274,9 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
+        equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
+    aggregates = aggregates or build_aggregates(settings, event_repo)
     return Container(
         settings=settings,
         clock=clock,
@@ -166,12 +284,25 @@ def bootstrap(
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo,
-        aggregates=aggregates or build_aggregates(settings, event_repo),
+        dead_letters=dead_letters or build_dead_letters(broker),
+        aggregates=aggregates,
+        uow=shared_unit_of_work(event_repo, aggregates),
+        api_keys=api_keys
+        or (build_key_store(settings) if settings.auth == "required" else None),
+        rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
+        backlog=backlog or build_backlog(settings, broker),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
+
+
+def shared_unit_of_work(*stores: object) -> UnitOfWork | None:
+    """The stores' database when they all write to the same one (SQLite), else None."""
+    dbs = {id(getattr(s, "db", None)): getattr(s, "db", None) for s in stores}
+    db = next(iter(dbs.values())) if len(dbs) == 1 else None
+    return db if db is not None and hasattr(db, "atomic") else None  # type: ignore[return-value]
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:

@@ -52,6 +52,18 @@ class NotFound(DomainError):
     """The named resource does not exist."""
 
 
+class PermanentError(DomainError):
+    """A task that can never succeed, whatever the retries (e.g. its payload does not decode).
+
+    Actors declare it in ``throws``: the message skips its retries and goes straight to the
+    dead-letter queue, where an operator can inspect it.
+    """
+
+
+class DeadLetterNotFound(NotFound):
+    """No dead-lettered message has that id."""
+
+
 class AdapterError(AnalyticsError):
     """Infrastructure failed (storage, broker, cache, notifier). Usually worth a retry."""
 
@@ -68,5 +80,34 @@ class QueueUnavailable(AdapterError):
     """The broker cannot accept messages right now; ingest answers 503."""
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Unauthenticated(DomainError):
+    """No API key, or one that is unknown, malformed or revoked (HTTP 401)."""
+
+
+class Forbidden(DomainError):
+    """The key is valid but lacks the scope the route needs (HTTP 403)."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"this key lacks the {scope!r} scope")
+
+
+class RateLimited(DomainError):
+    """Too many requests (or events) for this key or address in the current window (429)."""
+
+    def __init__(self, message: str, retry_after: int, headers: dict[str, str]) -> None:
+        self.retry_after = retry_after
+        self.headers = headers
+        super().__init__(message)
+
+
+class Overloaded(AdapterError):
+    """The processing backlog is too deep to accept more events now (503, not a timeout)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
         self.retry_after = retry_after
         super().__init__(message)

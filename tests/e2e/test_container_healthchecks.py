@@ -69,3 +69,31 @@ def test_worker_healthcheck_follows_the_real_worker(
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(10)
+
+
+def test_scheduler_healthcheck_follows_the_real_scheduler(
+    redis_server: RedisInfo, namespace: str, tmp_path: Path
+) -> None:
+    env = child_env(
+        **redis_server.env(namespace),
+        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
+        ANALYTICS_LOG_LEVEL="WARNING",
+        ANALYTICS_SCHEDULER_LEASE_S="2",
+    )
+    argv = check_argv("analytics-beat")
+    assert run_check(argv, env) == 1, "healthy before any scheduler ran"
+    scheduler = subprocess.Popen(  # noqa: S603
+        analytics_cmd(*compose_service("analytics-beat")["command"]),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: run_check(argv, env) == 0, timeout=60, interval=0.5,
+                   message="the scheduler never became healthy")  # fmt: skip
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        scheduler.wait(10)
+        wait_until(lambda: run_check(argv, env) == 1, timeout=60, interval=0.5,
+                   message="a killed scheduler's lease never expired")  # fmt: skip
+    finally:
+        if scheduler.poll() is None:
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            scheduler.wait(10)

@@ -49,7 +49,9 @@ def build_event_repo(settings: Settings) -> EventRepository:
             SQLiteEventRepository,
         )
 
-        return SQLiteEventRepository(SQLiteDatabase(settings.sqlite_path))
+        return SQLiteEventRepository(
+            SQLiteDatabase(settings.sqlite_path, busy_timeout_s=settings.sqlite_busy_timeout_s)
+        )
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
 
 
@@ -105,7 +107,7 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
-    return Container(
+    container = Container(
         settings=settings,
         clock=clock,
         new_id=new_id or uuid4,
@@ -115,6 +117,7 @@ def bootstrap(
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
+    return install_breakers(container)
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
@@ -131,3 +134,58 @@ def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
     return GroupCommitQueue(
         broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
     )
+
+
+def install_breakers(container: Container) -> Container:
+    """Wrap every outbound dependency in a circuit breaker (README, "Resilience").
+
+    Decorator-adapters around the ports, composed here and only here: ``storage`` (event
+    and aggregate stores share one breaker: one database), ``broker`` (the ingest queue),
+    ``cache`` (Redis cache) and ``sns`` (notifier). The registry goes to
+    ``extras["breakers"]`` for metrics and ``/health/detailed``. Idempotent.
+    """
+    s = container.settings
+    if not s.breakers or "breakers" in container.extras:
+        return container
+    from analytics.adapters.circuit_breaker import BreakerRegistry, CircuitBreaker  # noqa: PLC0415
+    from analytics.adapters.guarded import (  # noqa: PLC0415
+        GuardedCache,
+        GuardedProxy,
+        GuardedTaskQueue,
+    )
+    from analytics.domain.errors import (  # noqa: PLC0415
+        CircuitOpen,
+        QueueCircuitOpen,
+        StorageCircuitOpen,
+    )
+
+    registry = BreakerRegistry()
+
+    def breaker(name: str, on_open: type[CircuitOpen]) -> CircuitBreaker:
+        return registry.add(
+            CircuitBreaker(
+                name,
+                failure_threshold=s.breaker_failure_threshold,
+                reset_timeout_s=s.breaker_reset_timeout_s,
+                on_open=on_open,
+            )
+        )
+
+    storage = breaker("storage", StorageCircuitOpen)
+    container.event_repo = GuardedProxy(container.event_repo, storage)  # type: ignore[assignment]
+    if getattr(container, "aggregates", None) is not None:
+        container.aggregates = GuardedProxy(container.aggregates, storage)  # type: ignore[attr-defined]
+    container.task_queue = GuardedTaskQueue(
+        container.task_queue, breaker("broker", QueueCircuitOpen)
+    )
+    if getattr(container, "cache", None) is not None:
+        container.cache = GuardedCache(container.cache, breaker("cache", CircuitOpen))  # type: ignore[attr-defined]
+    for holder in (container.extras, container.__dict__):
+        notifier = holder.get("notifier")
+        if notifier is not None and not isinstance(notifier, GuardedProxy):
+            holder["notifier"] = GuardedProxy(notifier, breaker("sns", CircuitOpen))
+    container.extras["breakers"] = registry
+    checks = container.extras.setdefault("health_checks", {})
+    if isinstance(checks, dict):
+        checks["circuit_breakers"] = registry.snapshot
+    return container

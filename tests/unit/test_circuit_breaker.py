@@ -61,11 +61,13 @@ def test_closed_open_half_open_closed() -> None:
     assert b.call(dep.op, 5) == 5
     dep.down = True
     for _ in range(2):
-        with pytest.raises(StorageUnavailable):
+        with pytest.raises(StorageUnavailable) as info:
             b.call(dep.op)
+        assert not isinstance(info.value, CircuitOpen)
         assert b.state is State.CLOSED  # a run of 3 is needed
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageCircuitOpen) as tripped:  # the failure that opens it says so
         b.call(dep.op)
+    assert isinstance(tripped.value.__cause__, StorageUnavailable)
     assert b.state is State.OPEN
     reached = dep.calls
     with pytest.raises(StorageCircuitOpen) as info:  # fails fast: the dependency is not called
@@ -91,8 +93,9 @@ def test_failed_trial_reopens_for_another_cool_down() -> None:
     with pytest.raises(StorageUnavailable):
         b.call(dep.op)
     clock.t += 5
-    with pytest.raises(StorageUnavailable):  # the trial reached the dependency and failed
+    with pytest.raises(StorageCircuitOpen):  # the trial reached the dependency and failed
         b.call(dep.op)
+    assert dep.calls == 2
     assert b.state is State.OPEN
     assert b.retry_after() == pytest.approx(5)
     assert seen == ["closed->open", "open->half_open", "half_open->open"]
@@ -124,7 +127,7 @@ def test_domain_errors_do_not_count() -> None:
 
 def test_half_open_lets_one_trial_through_at_a_time() -> None:
     b, clock, _ = make(threshold=1, reset=1)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StorageCircuitOpen):
         b.call(lambda: (_ for _ in ()).throw(RuntimeError("x")))
     clock.t += 1
     entered, release = threading.Event(), threading.Event()
@@ -167,9 +170,10 @@ def test_guarded_task_queue_fails_fast_with_retry_after() -> None:
     b = CircuitBreaker("broker", failure_threshold=2, reset_timeout_s=30,
                        on_open=QueueCircuitOpen, clock=clock)  # fmt: skip
     q = GuardedTaskQueue(DeadQueue(), b)
-    for _ in range(2):
-        with pytest.raises(QueueUnavailable):
-            q.enqueue_events([])
+    with pytest.raises(QueueUnavailable):
+        q.enqueue_events([])
+    with pytest.raises(QueueCircuitOpen):  # the tripping failure
+        q.enqueue_events([])
     with pytest.raises(QueueUnavailable) as info:
         q.enqueue_events([])
     assert isinstance(info.value, QueueCircuitOpen)

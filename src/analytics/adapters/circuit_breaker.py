@@ -10,7 +10,7 @@ States (the usual ones):
 - ``closed``: calls pass. ``failure_threshold`` failures in a row (an exception the
   breaker counts: the dependency's own errors and timeouts, never a domain error such as
   a bad query) open it.
-- ``open``: calls fail at once with the ``on_open`` error (``CircuitOpen`` subclasses),
+- ``open``: the failure that opens it, and every call while it stays open, fail at once with the ``on_open`` error (``CircuitOpen`` subclasses),
   which carries the seconds left until the cool-down (``reset_timeout_s``) is over.
 - ``half_open``: after the cool-down, one trial call passes (others keep failing fast).
   Success closes the breaker; failure opens it for another cool-down.
@@ -145,7 +145,9 @@ class CircuitBreaker:
         if changed:
             self._notify(*changed)
 
-    def record_failure(self) -> None:
+    def record_failure(self) -> bool:
+        """Count a failure; True when it opened the breaker (a run reached the threshold,
+        or the half-open trial failed)."""
         changed = None
         with self._lock:
             self.failures += 1
@@ -160,30 +162,29 @@ class CircuitBreaker:
                 self.opened += 1
         if changed:
             self._notify(*changed)
+        return changed is not None
 
     def release(self) -> None:
         """The call ended without a verdict (e.g. interrupted): free the trial slot."""
         with self._lock:
             self._trial = False
 
-    def record(self, exc: BaseException | None) -> None:
+    def record(self, exc: BaseException | None) -> bool:
+        """Record a call's outcome; True when this failure opened the breaker."""
         if exc is None or not self.is_failure(exc):
             if exc is None or isinstance(exc, Exception):
                 self.record_success()  # the dependency answered (perhaps "bad request")
             else:
                 self.release()
-        else:
-            self.record_failure()
+            return False
+        return self.record_failure()
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        self.before_call()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            self.record(exc)
-            raise
-        self.record_success()
-        return result
+        """Run ``fn`` under the breaker. The failure that opens it is raised as the
+        breaker's open error (the real one chained as its cause), like every call while
+        it stays open, so callers need one ``except`` for "this dependency is out"."""
+        with self.guard():
+            return fn(*args, **kwargs)
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -191,7 +192,8 @@ class CircuitBreaker:
         try:
             yield
         except BaseException as exc:
-            self.record(exc)
+            if self.record(exc):
+                raise self.on_open(self.name, self.reset_timeout_s) from exc
             raise
         self.record_success()
 

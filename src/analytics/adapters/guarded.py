@@ -108,17 +108,19 @@ class GuardedCache(_Transparent):
         return int(self.inner.errors)
 
     def _run(self, fn: Callable[[], Any]) -> Any:
-        self.breaker.before_call()
+        b = self.breaker
+        b.before_call()
         before = self.inner.errors
         try:
             result = fn()
         except BaseException as exc:
-            self.breaker.record(exc)
+            if b.record(exc):
+                raise b.on_open(b.name, b.reset_timeout_s) from exc
             raise
         if self.inner.errors > before:
-            self.breaker.record_failure()
+            b.record_failure()  # the adapter answered a miss, but Redis failed
         else:
-            self.breaker.record_success()
+            b.record_success()
         return result
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:

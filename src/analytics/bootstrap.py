@@ -12,6 +12,9 @@ import dramatiq
 
 from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import (
+    AggregateStore,
+    AggregationJobs,
+    Cache,
     Clock,
     EventRepository,
     IdGenerator,
@@ -34,6 +37,9 @@ class Container:
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
     extras: dict[str, object] = field(default_factory=dict)
+    aggregates: AggregateStore | None = None
+    cache: Cache | None = None
+    aggregation_jobs: AggregationJobs | None = None
     task_status: TaskStatusStore | None = None
     cursor_secret: bytes = b""
 
@@ -53,6 +59,49 @@ def build_event_repo(settings: Settings) -> EventRepository:
             SQLiteDatabase(settings.sqlite_path, busy_timeout_s=settings.sqlite_busy_timeout_s)
         )
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
+
+
+def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
+    """The aggregate store beside the event store (SQLite: the same database file)."""
+    if settings.storage == "memory":
+        from analytics.adapters.memory import InMemoryAggregateStore  # noqa: PLC0415
+
+        return InMemoryAggregateStore()
+    if settings.storage == "sqlite":
+        from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore  # noqa: PLC0415
+        from analytics.adapters.sqlite_store import SQLiteDatabase  # noqa: PLC0415
+
+        db = getattr(event_repo, "db", None)
+        if not isinstance(db, SQLiteDatabase):
+            db = SQLiteDatabase(settings.sqlite_path, busy_timeout_s=settings.sqlite_busy_timeout_s)
+        return SQLiteAggregateStore(db)
+    raise ValueError(f"storage {settings.storage!r} has no aggregate store in this build")
+
+
+def build_cache(settings: Settings, clock: Clock) -> Cache | None:
+    """Redis cache by default (the client connects lazily); ``memory`` or ``none`` in tests."""
+    backend = settings.cache_backend
+    if backend == "auto":
+        backend = "redis" if settings.broker == "redis" else "none"
+    if backend == "none":
+        return None
+    if backend == "memory":
+        from analytics.adapters.memory import InMemoryCache  # noqa: PLC0415
+
+        return InMemoryCache(clock)
+    import redis  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    from analytics.adapters.redis_cache import RedisCache  # noqa: PLC0415
+
+    # One immediate retry (a pooled connection gone stale after a Redis restart), no
+    # backoff: a cache that is down must cost a query milliseconds, not seconds.
+    return RedisCache(
+        redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
+        namespace=settings.namespace,
+        retry_after_s=settings.cache_retry_after_s,
+    )
 
 
 def build_task_status(settings: Settings) -> TaskStatusStore:
@@ -94,9 +143,13 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    aggregates: AggregateStore | None = None,
+    cache: Cache | None = None,
+    aggregation_jobs: AggregationJobs | None = None,
     task_status: TaskStatusStore | None = None,
     cursor_secret: bytes | None = None,
 ) -> Container:
+    from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
     from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
         TaskStatusMiddleware,
         install,
@@ -107,13 +160,17 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
+    event_repo = event_repo or build_event_repo(settings)
     container = Container(
         settings=settings,
         clock=clock,
         new_id=new_id or uuid4,
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
-        event_repo=event_repo or build_event_repo(settings),
+        event_repo=event_repo,
+        aggregates=aggregates or build_aggregates(settings, event_repo),
+        cache=cache if cache is not None else build_cache(settings, clock),
+        aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )

@@ -85,6 +85,25 @@ class Settings(BaseModel):
         " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
     )
 
+    # --- aggregations, dashboard and their cache ---------------------------------------
+    aggregation_max_buckets: int = Field(
+        1000, ge=1, le=10_000, description="Most period buckets one aggregation query spans."
+    )
+    dashboard_max_window_days: int = Field(
+        31, ge=1, le=366, description="Longest start/end window of the dashboard."
+    )
+    dashboard_top_products: int = Field(10, ge=1, le=100)
+    dashboard_series_minutes: int = Field(60, ge=1, le=1440)
+    cache_backend: Literal["auto", "redis", "memory", "none"] = Field(
+        "auto", description="auto: the Redis cache when the broker is Redis, else none."
+    )
+    cache_ttl_closed_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    cache_ttl_open_s: int = Field(10, ge=1, le=3600)
+    cache_ttl_dashboard_s: int = Field(5, ge=1, le=3600)
+    cache_retry_after_s: float = Field(
+        5.0, gt=0, le=300, description="After a Redis error, skip the cache this long."
+    )
+
     # --- search and task status -------------------------------------------------------
     cursor_secret: str | None = Field(
         None,
@@ -141,6 +160,39 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    # --- observability -----------------------------------------------------------------
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus-client multiprocess directory; set by `analytics api/worker`.",
+    )
+    metrics_dir: Path | None = Field(
+        None, description="Parent of the per-component multiprocess dirs (data_dir/metrics)."
+    )
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(
+        9191, ge=0, le=65535, description="Worker exporter port (0 = no exporter)."
+    )
+    metrics_sample_interval_s: float = Field(5.0, ge=0.5, le=300)
+    worker_heartbeat_interval_s: float = Field(5.0, ge=0.1, le=300)
+    heartbeat_stale_s: float = Field(
+        60.0, ge=1, le=86_400, description="/health/detailed: a worker heartbeat older is stale."
+    )
+    scheduler_stale_s: float = Field(
+        900.0, ge=1, le=86_400, description="/health/detailed: a scheduler run older is stale."
+    )
+    queue_depth_warn: int = Field(1000, ge=1, le=100_000_000)
+    profile_slow_ms: int = Field(
+        0, ge=0, le=600_000, description="Profile critical requests slower than this (0 = off)."
+    )
+    profile_dir: Path | None = Field(None, description="Profiles go here (data_dir/profiles).")
+    profile_routes: str = Field(
+        "/api/v1/analytics/events,/api/v1/analytics/events/batch,/analytics/events,"
+        "/api/v1/analytics/events/search,/api/v1/analytics/dashboard/metrics,"
+        "/api/v1/analytics/aggregations/{period}",
+        description="Comma-separated route templates that count as critical.",
+    )
+
     @field_validator("worker_max_rss_mb")
     @classmethod
     def _rss_floor(cls, value: int) -> int:
@@ -151,6 +203,14 @@ class Settings(BaseModel):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
+
+    @property
+    def metrics_base(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics"
+
+    @property
+    def profile_path(self) -> Path:
+        return self.profile_dir or self.data_dir / "profiles"
 
     @property
     def cursor_secret_path(self) -> Path:

@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 
+from analytics.domain.aggregation import (
+    Breakdown,
+    Contribution,
+    CounterKey,
+    Summary,
+    breakdown_counters,
+    summarize_counters,
+)
+from analytics.domain.buckets import Piece
+from analytics.domain.clock import SystemClock
+from analytics.domain.errors import CacheUnavailable
 from analytics.domain.events import Event
+from analytics.domain.ports import AggregateSnapshot, Clock
 from analytics.domain.search import EventQuery, SearchKey, sort_key
 from analytics.domain.tasks import TaskStatus, TaskUpdate, merge
 
@@ -39,6 +53,14 @@ class InMemoryEventRepository:
     def all(self) -> list[Event]:
         with self._lock:
             return list(self._events.values())
+
+    def iter_range(
+        self, start: datetime, end: datetime, *, page_size: int = 1000
+    ) -> Iterator[Event]:
+        with self._lock:
+            hits = [e for e in self._events.values() if start <= e.timestamp < end]
+        hits.sort(key=lambda e: (e.timestamp, str(e.event_id)))
+        return iter(hits)
 
     def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
         """The reference semantics of the port (a fake may scan; real adapters may not)."""
@@ -77,6 +99,134 @@ class InMemoryTaskQueue:
     @property
     def events(self) -> list[Event]:
         return [e for _, batch in self.batches for e in batch]
+
+
+class InMemoryAggregateStore:
+    """Counters in a dict, applied markers in a dict, one lock for both (one 'transaction')."""
+
+    def __init__(self) -> None:
+        self.counters: dict[CounterKey, int] = defaultdict(int)
+        self.markers: dict[uuid.UUID, int] = {}  # event_id -> epoch minute
+        self._lock = threading.Lock()
+
+    def apply(self, contributions: Sequence[Contribution]) -> list[uuid.UUID]:
+        new: list[uuid.UUID] = []
+        with self._lock:
+            for c in contributions:
+                if c.event_id in self.markers:
+                    continue
+                self.markers[c.event_id] = c.minute
+                for k, v in c.deltas.items():
+                    self.counters[k] += v
+                new.append(c.event_id)
+        return new
+
+    def snapshot(self, start: int, end: int) -> AggregateSnapshot:
+        with self._lock:
+            return AggregateSnapshot(
+                counters={k: v for k, v in self.counters.items() if start <= k.bucket < end and v},
+                applied={i for i, m in self.markers.items() if start <= m < end},
+            )
+
+    def correct(self, deltas: Mapping[CounterKey, int]) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                self.counters[k] += v
+
+    def summarize(
+        self, windows: Sequence[Sequence[Piece]], event_type: str | None
+    ) -> list[Summary]:
+        with self._lock:
+            counters = dict(self.counters)
+        return [
+            summarize_counters(counters, [(p.grain, p.start, p.end) for p in w], event_type)
+            for w in windows
+        ]
+
+    def breakdown(self, window: Sequence[Piece], *, top: int) -> Breakdown:
+        with self._lock:
+            counters = dict(self.counters)
+        return breakdown_counters(counters, [(p.grain, p.start, p.end) for p in window], top)
+
+
+class InMemoryCache:
+    """The Cache port over a dict with expiry by an injected clock; ``down`` simulates an
+    outage (every call misses, like the Redis adapter does when Redis is unreachable)."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or SystemClock()
+        self.data: dict[str, tuple[bytes, float]] = {}
+        self.scope_versions: dict[str, int] = defaultdict(int)
+        self.hits = self.misses = self.errors = 0
+        self.down = False
+        self.ttls: dict[str, int] = {}
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if self.down:
+            self.errors += 1
+            self.misses += len(keys)
+            return [None] * len(keys)
+        now = self.clock.now().timestamp()
+        out: list[bytes | None] = []
+        for k in keys:
+            hit = self.data.get(k)
+            if hit is not None and hit[1] > now:
+                self.hits += 1
+                out.append(hit[0])
+            else:
+                self.misses += 1
+                out.append(None)
+        return out
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        if self.down:
+            self.errors += 1
+            return
+        now = self.clock.now().timestamp()
+        for k, v, ttl in items:
+            self.data[k] = (v, now + ttl)
+            self.ttls[k] = ttl
+
+    def versions(self, scopes: Sequence[str]) -> list[int] | None:
+        if self.down:
+            self.errors += 1
+            return None
+        return [self.scope_versions[s] for s in scopes]
+
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        if self.down:
+            self.errors += 1
+            self.misses += len(entries)
+            return None
+        keys = [
+            base + ":" + ".".join(str(self.scope_versions[s]) for s in scopes)
+            for base, scopes in entries
+        ]
+        return list(zip(keys, self.get_many(keys), strict=True))
+
+    def bump(self, scopes: Iterable[str]) -> None:
+        if self.down:
+            self.errors += 1
+            raise CacheUnavailable("cache is down")
+        for s in scopes:
+            self.scope_versions[s] += 1
+
+
+class InMemoryAggregationJobs:
+    """Records generate requests; optionally runs them at once through ``handler``."""
+
+    def __init__(self, handler: Callable[..., object] | None = None) -> None:
+        self.jobs: list[tuple[str, str, datetime, datetime, str]] = []
+        self.handler = handler
+
+    def enqueue_generate(self, period: str, start: datetime, end: datetime, tz: str) -> str:
+        task_id = str(uuid.uuid4())
+        self.jobs.append((task_id, period, start, end, tz))
+        if self.handler is not None:
+            self.handler(period, start, end, tz)
+        return task_id
 
 
 class InMemoryTaskStatusStore:

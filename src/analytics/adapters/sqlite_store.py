@@ -138,6 +138,32 @@ class SQLiteEventRepository:
     def count(self) -> int:
         return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
+    def iter_range(
+        self, start: datetime, end: datetime, *, page_size: int = 1000
+    ) -> Iterator[Event]:
+        """Keyset pages over the (ts_us, event_id) index: no scan, no OFFSET."""
+        lo, hi = to_us(start), to_us(end)
+        after: tuple[int, str] | None = None
+        conn = self.db.read()
+        while True:
+            if after is None:
+                rows = conn.execute(
+                    "SELECT ts_us, event_id, body FROM events WHERE ts_us >= ? AND ts_us < ?"
+                    " ORDER BY ts_us, event_id LIMIT ?",
+                    (lo, hi, page_size),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT ts_us, event_id, body FROM events WHERE (ts_us, event_id) > (?, ?)"
+                    " AND ts_us < ? ORDER BY ts_us, event_id LIMIT ?",
+                    (*after, hi, page_size),
+                ).fetchall()
+            for _, _, body in rows:
+                yield codec.decode_event(body)
+            if len(rows) < page_size:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
     # Index per filter, most selective first: the first filter given picks the index and
     # the others are checked on the rows it yields. Every index ends in (ts_us, event_id),
     # so the ORDER BY and the keyset condition are served by the index itself.

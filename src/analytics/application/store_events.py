@@ -1,16 +1,22 @@
-"""Worker use case: store a group of validated events exactly once.
+"""Worker use case: store a group of validated events, and count each exactly once.
 
 Delivery is at least once, so this must be idempotent in effect: the repository ignores
-an ``event_id`` it already holds, and only new events go on to the later stages.
+an ``event_id`` it already holds, and the aggregate store applies an event's contribution
+only if its applied-marker is absent (marker and increments commit together). Every event
+of the message is offered to the aggregates, not only the new ones: an event stored by an
+attempt that died before counting is counted by the redelivery. Contributions come from
+the STORED version of each event, so a client retry that reuses an ``event_id`` with
+different content can never make the counts disagree with the stored event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from analytics.domain.aggregation import contribution
 from analytics.domain.events import Event
-from analytics.domain.ports import EventRepository
+from analytics.domain.ports import AggregateStore, Cache, EventRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +24,35 @@ class StoreResult:
     received: int
     stored: int
     duplicates: int
+    counted: int = 0  # contributions newly applied to the aggregates
 
 
-def store_events(events: Sequence[Event], *, repo: EventRepository) -> StoreResult:
+def cache_scopes(events: Iterable[Event]) -> set[str]:
+    """The cache invalidation scopes (UTC days) that these events touch."""
+    return {e.timestamp.date().isoformat() for e in events}
+
+
+def store_events(
+    events: Sequence[Event],
+    *,
+    repo: EventRepository,
+    aggregates: AggregateStore | None = None,
+    cache: Cache | None = None,
+) -> StoreResult:
     new_ids = repo.add_many(events)
+    counted = 0
+    if aggregates is not None and events:
+        ids = list(dict.fromkeys(e.event_id for e in events))
+        stored = repo.get_many(ids)
+        counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
+        if cache is not None:
+            # Bump even when nothing was new: the attempt that counted may have died
+            # before it invalidated. CacheUnavailable propagates: the message is retried
+            # (everything above is idempotent) until the invalidation lands.
+            cache.bump(sorted(cache_scopes(stored.values())))
     return StoreResult(
-        received=len(events), stored=len(new_ids), duplicates=len(events) - len(new_ids)
+        received=len(events),
+        stored=len(new_ids),
+        duplicates=len(events) - len(new_ids),
+        counted=counted,
     )

@@ -60,6 +60,10 @@ class StorageUnavailable(AdapterError):
     """The event store or aggregate store cannot be reached right now."""
 
 
+class CacheUnavailable(AdapterError):
+    """The cache could not be invalidated; the caller retries (reads never raise this)."""
+
+
 class QueueUnavailable(AdapterError):
     """The broker cannot accept messages right now; ingest answers 503."""
 

@@ -7,10 +7,13 @@ the same contracts and run the same contract tests.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from analytics.domain.aggregation import Breakdown, Contribution, CounterKey, Summary
+from analytics.domain.buckets import Piece
 from analytics.domain.events import Event
 from analytics.domain.search import EventQuery, SearchKey
 from analytics.domain.tasks import TaskStatus, TaskUpdate
@@ -41,6 +44,13 @@ class EventRepository(Protocol):
         """Number of stored events (for health and tests; may be approximate on big stores)."""
         ...
 
+    def iter_range(
+        self, start: datetime, end: datetime, *, page_size: int = 1000
+    ) -> Iterator[Event]:
+        """Events with ``start <= timestamp < end`` in (timestamp, event_id) order, read
+        page by page from a time index (never a full scan)."""
+        ...
+
     def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
         """Up to ``limit`` events matching every filter of ``query`` (time range half-open,
         ``start <= timestamp < end``), in ascending ``(timestamp, event_id)`` order (see
@@ -60,6 +70,93 @@ class TaskQueue(Protocol):
 
     def enqueue_events(self, events: Sequence[Event]) -> str:
         """Return a task id once the events are durably queued; raise QueueUnavailable."""
+        ...
+
+
+# --- aggregates (see domain/aggregation.py for the counter model) -----------------------
+
+
+@dataclass(slots=True)
+class AggregateSnapshot:
+    """Counters of both grains with bucket starts in [start, end) minutes, and the events
+    whose contributions they hold, read consistently (one read transaction)."""
+
+    counters: dict[CounterKey, int] = field(default_factory=dict)
+    applied: set[uuid.UUID] = field(default_factory=set)
+
+
+class AggregateStore(Protocol):
+    """Incremental, exactly-once aggregate counters at the 1- and 15-minute base grains.
+
+    ``apply`` writes a per-event applied marker in the same transaction as the event's
+    increments: an ``event_id`` seen again (redelivery, client retry, crash between the
+    event write and the count) changes nothing. A window is a sequence of
+    :class:`Piece` (grain, [start, end) epoch minutes) from ``buckets.cover``.
+    """
+
+    def apply(self, contributions: Sequence[Contribution]) -> list[uuid.UUID]:
+        """Apply each contribution unless its event was applied before; return the new ids."""
+        ...
+
+    def snapshot(self, start: int, end: int) -> AggregateSnapshot:
+        """Counters and applied markers for bucket starts in [start, end) (epoch minutes,
+        multiples of 15). For reconcile; reads one consistent state."""
+        ...
+
+    def correct(self, deltas: Mapping[CounterKey, int]) -> None:
+        """Add corrections to counters (reconcile repair); atomic."""
+        ...
+
+    def summarize(
+        self, windows: Sequence[Sequence[Piece]], event_type: str | None
+    ) -> list[Summary]:
+        """One summary per window: events, exact unique users/sessions, purchase revenue."""
+        ...
+
+    def breakdown(self, window: Sequence[Piece], *, top: int) -> Breakdown:
+        """Events by type, converted sessions and top products over one window."""
+        ...
+
+
+class Cache(Protocol):
+    """A byte cache: reads are best effort (misses and outages fall back to storage).
+
+    Versions are invalidation counters per scope (a UTC day): a cached value's key
+    includes the versions of the scopes it read, so bumping a scope retires them all.
+    """
+
+    hits: int
+    misses: int
+    errors: int
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        """Store (key, value, ttl seconds) triples in one round trip."""
+        ...
+
+    def versions(self, scopes: Sequence[str]) -> list[int] | None:
+        """Current versions of the scopes, or None when the cache is unavailable."""
+        ...
+
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        """For each (base key, scopes): the key under the scopes' current versions and the
+        value cached there, all in one round trip; None when the cache is unavailable."""
+        ...
+
+    def bump(self, scopes: Iterable[str]) -> None:
+        """Invalidate everything cached under these scopes; raise CacheUnavailable if it
+        could not (the caller retries: stale values must not outlive an outage)."""
+        ...
+
+
+class AggregationJobs(Protocol):
+    """Enqueues background (re)computation of aggregates."""
+
+    def enqueue_generate(self, period: str, start: datetime, end: datetime, tz: str) -> str:
+        """Return the task (message) id once queued; raise QueueUnavailable."""
         ...
 
 

@@ -83,12 +83,24 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = load_settings(
         dict(os.environ), host=args.host, port=args.port, workers=args.workers, threads=args.threads
     )
+    settings = _with_metrics_dir(settings, "api")
     GunicornServer(settings).run()
     return 0
 
 
+def _with_metrics_dir(settings: Settings, component: str) -> Settings:
+    """Own a fresh prometheus multiprocess directory (set before prometheus_client loads)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from analytics.entrypoints.metrics_dir import prepare_multiproc_dir  # noqa: PLC0415
+
+    path = prepare_multiproc_dir(Path(settings.metrics_base) / component)
+    return settings.model_copy(update={"prometheus_multiproc_dir": path})
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(dict(os.environ))
+    _with_metrics_dir(settings, "worker-" + "-".join(sorted(args.queues)))
     argv = [
         sys.executable, "-m", "dramatiq", "analytics.entrypoints.worker_app",
         "--processes", str(args.processes or settings.worker_processes),

@@ -21,6 +21,17 @@ def _redact(_: object, __: str, event_dict: dict[str, object]) -> dict[str, obje
     return event_dict
 
 
+class _DropResultWarning(logging.Filter):
+    """Dramatiq warns on every message whose actor returns a value without the Results
+    middleware; our actors' return values feed the task-metrics middleware instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name.startswith("dramatiq.worker")
+            and "returned a value that is not None" in str(record.msg)
+        )
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -50,6 +61,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
     )
+    handler.addFilter(_DropResultWarning())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -13,11 +13,13 @@ import dramatiq
 from analytics.bootstrap import bootstrap
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.logs import configure_logging
+from analytics.entrypoints.telemetry import install as install_telemetry
 from analytics.settings import Settings
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
 container = bootstrap(settings)
 broker = container.broker
+install_telemetry(broker, settings, worker=True, container=container)
 dramatiq.set_broker(broker)
 actors = register_actors(container)

@@ -18,6 +18,9 @@ def build_wsgi_app(settings: Settings) -> falcon.App:
 
     configure_logging(settings.log_level, settings.log_format)
     container = bootstrap(settings)
+    from analytics.entrypoints.telemetry import install  # noqa: PLC0415
+
+    install(container.broker, settings, worker=False)
     register_actors(container)
     return create_app(container)
 
@@ -40,6 +43,10 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             **(options or {}),
         }
+        if settings.prometheus_multiproc_dir is not None and "child_exit" not in self.options:
+            from analytics.entrypoints.metrics import make_child_exit  # noqa: PLC0415
+
+            self.options["child_exit"] = make_child_exit(settings.prometheus_multiproc_dir)
         super().__init__()
 
     def load_config(self) -> None:

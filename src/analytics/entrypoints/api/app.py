@@ -6,7 +6,7 @@ import falcon
 
 from analytics.application.ingest import IngestDeps
 from analytics.bootstrap import Container
-from analytics.entrypoints.api import resources
+from analytics.entrypoints.api import observability, resources
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
@@ -27,7 +27,7 @@ def create_app(container: Container) -> falcon.App:
     app.add_middleware(HttpCacheMiddleware(s))  # ETag, Cache-Control, 304 (README, "Resilience")
     install_error_handlers(app)
     deps = IngestDeps(
-        queue=container.task_queue,
+        queue=observability.MeteredTaskQueue(container.task_queue),
         clock=container.clock,
         new_id=container.new_id,
         limits=container.limits,
@@ -39,6 +39,7 @@ def create_app(container: Container) -> falcon.App:
     )
     app.add_route("/analytics/events", resources.LegacyEventsResource(deps, s.max_body_bytes))
     app.add_route("/health", resources.HealthResource())
+    add_query_routes(app, container)
     app.add_route(
         "/api/v1/analytics/events/search",
         SearchResource(container.event_repo, container.cursor_secret),
@@ -47,4 +48,36 @@ def create_app(container: Container) -> falcon.App:
         app.add_route(
             "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)
         )
+    observability.install(app, container)
     return app
+
+
+def add_query_routes(app: falcon.App, container: Container) -> None:
+    """Aggregations, their background generation, and the dashboard (issue 3)."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from analytics.application.queries import QueryDeps, QueryLimits  # noqa: PLC0415
+    from analytics.entrypoints.api import query_resources as q  # noqa: PLC0415
+
+    s = container.settings
+    assert container.aggregates is not None and container.aggregation_jobs is not None
+    deps = QueryDeps(
+        aggregates=container.aggregates,
+        clock=container.clock,
+        cache=container.cache,
+        limits=QueryLimits(
+            max_buckets=s.aggregation_max_buckets,
+            dashboard_max_window=timedelta(days=s.dashboard_max_window_days),
+            top_products=s.dashboard_top_products,
+            series_minutes=s.dashboard_series_minutes,
+            ttl_closed_s=s.cache_ttl_closed_s,
+            ttl_open_s=s.cache_ttl_open_s,
+            ttl_dashboard_s=s.cache_ttl_dashboard_s,
+        ),
+    )
+    app.add_route("/api/v1/analytics/aggregations/{period}", q.AggregationsResource(deps))
+    app.add_route(
+        "/api/v1/analytics/aggregations/{period}/generate",
+        q.GenerateAggregationsResource(container.aggregation_jobs, s.aggregation_max_buckets),
+    )
+    app.add_route("/api/v1/analytics/dashboard/metrics", q.DashboardResource(deps))

@@ -63,6 +63,7 @@ def install_error_handlers(app: falcon.App) -> None:
     app.set_error_serializer(serialize_problem)
 
     def validation(req: falcon.Request, resp: falcon.Response, ex: ValidationFailed, params: Any) -> None:
+        req.context.rejected_errors = ex.errors  # counted by the request metrics
         if isinstance(ex, BatchTooLarge):
             raise Problem(
                 413, slug="batch-too-large", title="Batch too large",
@@ -77,6 +78,7 @@ def install_error_handlers(app: falcon.App) -> None:
         )
 
     def malformed(req: falcon.Request, resp: falcon.Response, ex: MalformedInput, params: Any) -> None:
+        req.context.rejected_errors = [{"rule": "json"}]  # counted by the request metrics
         raise Problem(400, slug="malformed", title="Malformed body", detail=str(ex))
 
     def bad_query(req: falcon.Request, resp: falcon.Response, ex: BadQuery, params: Any) -> None:

@@ -40,6 +40,7 @@ class BatchResource:
             deps=self.deps,
             max_events=self.max_events,
         )
+        req.context.batch_receipt = receipt  # for the business metrics
         # 202 when anything was queued; 422 when every event was rejected.
         resp.status = falcon.HTTP_202 if receipt.accepted or receipt.duplicates else falcon.HTTP_422
         resp.content_type = JSON

@@ -1,0 +1,174 @@
+"""Redis cache behind the ``Cache`` port: pipelined bulk reads/writes, per-day versions.
+
+Keys live under ``<namespace>:cache:``. Values: ``...:v:<key>`` with a TTL chosen by the
+caller (closed buckets long, open bucket short, dashboard seconds). Versions:
+``...:ver:<YYYY-MM-DD>``, one integer per UTC day, bumped by the worker after it counted
+events of that day; cached values carry the versions they were computed under in their
+key, so a bump retires them at once and they simply expire.
+
+Reads are best effort: any Redis error counts as a miss (``errors`` is incremented) and
+opens a short circuit (``retry_after_s``) during which the cache is skipped, so a Redis
+outage makes queries slower (served from storage), never failing or hanging. ``bump``
+raises :class:`CacheUnavailable` instead: the worker's message is then retried (counting
+is idempotent) until the invalidation lands, so a value cached before an event is never
+served after Redis comes back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+
+import redis
+import structlog
+
+from analytics.domain.errors import CacheUnavailable
+
+log = structlog.get_logger("analytics.cache")
+
+VERSION_TTL_S = 40 * 86_400  # versions outlive every cached value that names them
+
+# One round trip for a versioned read: resolve each entry's key from the current versions
+# of its scopes, then read it. ARGV: prefix, then per entry: base, n, scope_1..scope_n.
+# (Keys are computed inside the script, so this needs a single Redis, not a Cluster,
+# like the Dramatiq Redis broker itself.)
+_LOOKUP = """
+local prefix = ARGV[1]
+local i = 2
+local res = {}
+local seen = {}
+while i <= #ARGV do
+  local base = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  local parts = {}
+  for j = 0, n - 1 do
+    local s = ARGV[i + j]
+    local v = seen[s]
+    if v == nil then
+      v = redis.call('GET', prefix .. 'ver:' .. s) or '0'
+      seen[s] = v
+    end
+    parts[#parts + 1] = v
+  end
+  i = i + n
+  local key = base .. ':' .. table.concat(parts, '.')
+  res[#res + 1] = key
+  res[#res + 1] = redis.call('GET', prefix .. 'v:' .. key) or ''
+end
+return res
+"""
+
+
+class RedisCache:
+    def __init__(self, client: redis.Redis, *, namespace: str, retry_after_s: float = 5.0) -> None:
+        self.client = client
+        self.prefix = f"{namespace}:cache:"
+        self.retry_after_s = retry_after_s
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self._lookup = client.register_script(_LOOKUP)
+
+    # --- circuit ----------------------------------------------------------------------
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception, op: str) -> None:
+        with self._lock:
+            self.errors += 1
+            self._down_until = time.monotonic() + self.retry_after_s
+        log.warning("cache unavailable", op=op, error=str(exc), retry_after_s=self.retry_after_s)
+
+    def _count(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+
+    # --- port -------------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if not self._available():
+            self._count(0, len(keys))
+            return [None] * len(keys)
+        try:
+            values = self.client.mget([self.prefix + "v:" + k for k in keys])
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "get_many")
+            self._count(0, len(keys))
+            return [None] * len(keys)
+        out = [v if isinstance(v, bytes) else None for v in values]
+        hits = sum(v is not None for v in out)
+        self._count(hits, len(out) - hits)
+        return out
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        if not items or not self._available():
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value, ttl in items:
+                pipe.set(self.prefix + "v:" + key, value, ex=ttl)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "set_many")
+
+    def versions(self, scopes: Sequence[str]) -> list[int] | None:
+        if not self._available():
+            return None
+        if not scopes:
+            return []
+        try:
+            values = self.client.mget([self.prefix + "ver:" + s for s in scopes])
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "versions")
+            return None
+        return [int(v) if v is not None else 0 for v in values]
+
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        if not entries:
+            return []
+        if not self._available():
+            self._count(0, len(entries))
+            return None
+        argv: list[str | int] = [self.prefix]
+        for base, scopes in entries:
+            argv += [base, len(scopes), *scopes]
+        try:
+            flat = self._lookup(keys=[], args=argv)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "lookup")
+            self._count(0, len(entries))
+            return None
+        out: list[tuple[str, bytes | None]] = []
+        for k in range(0, len(flat), 2):
+            key = flat[k].decode() if isinstance(flat[k], bytes) else str(flat[k])
+            value = flat[k + 1] if isinstance(flat[k + 1], bytes) and flat[k + 1] else None
+            out.append((key, value))
+        hits = sum(v is not None for _, v in out)
+        self._count(hits, len(out) - hits)
+        return out
+
+    def bump(self, scopes: Iterable[str]) -> None:
+        # No circuit here: invalidation is worth one attempt even right after an error.
+        names = list(scopes)
+        if not names:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for s in names:
+                pipe.incr(self.prefix + "ver:" + s)
+                pipe.expire(self.prefix + "ver:" + s, VERSION_TTL_S)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "bump")
+            raise CacheUnavailable(f"cache invalidation failed: {exc}") from exc
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "errors": self.errors}

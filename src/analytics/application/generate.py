@@ -1,0 +1,33 @@
+"""Trigger use case: (re)compute the aggregates of a range in the background.
+
+The range is widened to whole period buckets (in ``tz``) and handed to the
+``aggregations`` queue; the worker runs :func:`analytics.application.reconcile.reconcile`
+over it. Returns the task id, which the task-status endpoint follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from analytics.application.queries import parse_aggregation_query
+from analytics.domain.ports import AggregationJobs
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateAccepted:
+    task_id: str
+    period: str
+    tz: str
+    start: str
+    end: str
+    status: str = "queued"
+
+
+def request_generation(
+    period: str, params: Mapping[str, object], *, jobs: AggregationJobs, max_buckets: int
+) -> GenerateAccepted:
+    q = parse_aggregation_query(period, params, max_buckets=max_buckets)
+    start, end = q.buckets[0].start, q.buckets[-1].end
+    task_id = jobs.enqueue_generate(q.period.value, start, end, q.tz_name)
+    return GenerateAccepted(task_id, q.period.value, q.tz_name, start.isoformat(), end.isoformat())

@@ -1,0 +1,64 @@
+"""Thin resources for the query side: aggregations, their background generation, dashboard."""
+
+from __future__ import annotations
+
+import falcon
+import msgspec
+
+from analytics.application.generate import request_generation
+from analytics.application.queries import (
+    QueryDeps,
+    parse_aggregation_query,
+    parse_dashboard_query,
+    query_aggregations,
+    query_dashboard,
+)
+from analytics.domain.ports import AggregationJobs
+
+encode = msgspec.json.Encoder().encode
+JSON = "application/json"
+
+
+class AggregationsResource:
+    """GET /api/v1/analytics/aggregations/{period}"""
+
+    def __init__(self, deps: QueryDeps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, period: str) -> None:
+        q = parse_aggregation_query(period, req.params, max_buckets=self.deps.limits.max_buckets)
+        resp.content_type = JSON
+        resp.data = encode(query_aggregations(q, deps=self.deps))
+
+
+class GenerateAggregationsResource:
+    """POST /api/v1/analytics/aggregations/{period}/generate?start=..&end=..[&tz=..]"""
+
+    def __init__(self, jobs: AggregationJobs, max_buckets: int) -> None:
+        self.jobs = jobs
+        self.max_buckets = max_buckets
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, period: str) -> None:
+        accepted = request_generation(
+            period, req.params, jobs=self.jobs, max_buckets=self.max_buckets
+        )
+        resp.status = falcon.HTTP_202
+        resp.content_type = JSON
+        resp.data = encode(accepted)
+
+
+class DashboardResource:
+    """GET /api/v1/analytics/dashboard/metrics?last=1h | start=..&end=.."""
+
+    def __init__(self, deps: QueryDeps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        q = parse_dashboard_query(
+            req.params,
+            now=self.deps.clock.now(),
+            max_window=self.deps.limits.dashboard_max_window,
+        )
+        resp.content_type = JSON
+        resp.cache_control = ["private", f"max-age={self.deps.limits.ttl_dashboard_s}"]
+        resp.data = query_dashboard(q, deps=self.deps)

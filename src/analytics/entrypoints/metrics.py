@@ -1,0 +1,356 @@
+"""Prometheus metrics for every process: definitions, sampling, exposition.
+
+Multiprocess mode: gunicorn and the dramatiq CLI run several processes, so
+prometheus-client writes each process's values to files in ``PROMETHEUS_MULTIPROC_DIR``
+and an exposition reads them all back (:func:`render`). That variable must be set before
+``prometheus_client`` is first imported: ``analytics api`` and ``analytics worker`` set it
+(see :func:`prepare_multiproc_dir`) before anything imports this module.
+
+No custom collectors: values that are read from outside (psutil, Redis) are sampled into
+gauges with a multiprocess mode, on a timer in every process and again at scrape time.
+
+Import this module only after the environment is prepared; it defines the metrics (which
+register in prometheus-client's global registry, as prometheus-client requires) and
+builds nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from analytics.domain.errors import FieldError
+from analytics.domain.events import Event
+from analytics.entrypoints.metrics_dir import MULTIPROC_ENV, prepare_multiproc_dir  # noqa: F401
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+_TASK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+# --- HTTP -------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "analytics_http_requests",
+    "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "analytics_http_request_duration_seconds",
+    "HTTP request latency by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+HTTP_IN_PROGRESS = Gauge(
+    "analytics_http_requests_in_progress",
+    "HTTP requests being served now (all API processes).",
+    multiprocess_mode="livesum",
+)
+
+# --- business ---------------------------------------------------------------------------
+EVENTS_ACCEPTED = Counter(
+    "analytics_events_accepted", "Events accepted (queued, 202) by event type.", ["event_type"]
+)
+EVENTS_REJECTED = Counter(
+    "analytics_events_rejected",
+    "Rejected events by failing rule (an event that breaks two rules counts under both).",
+    ["rule"],
+)
+EVENTS_DUPLICATES = Counter(
+    "analytics_events_duplicates",
+    "Duplicate event_ids: stage=ingest (repeated inside one batch), stage=store (already stored).",
+    ["stage"],
+)
+EVENTS_STORED = Counter("analytics_events_stored", "Events stored for the first time by workers.")
+REVENUE = Counter(
+    "analytics_revenue",
+    "Sum of total_value (price x quantity) of accepted events, in major units of the currency "
+    "(e.g. 12.5 = 12.50 EUR). A float for dashboards; exact amounts live in storage.",
+    ["currency"],
+)
+
+# --- tasks and queues -------------------------------------------------------------------
+TASKS_ENQUEUED = Counter(
+    "analytics_tasks_enqueued", "Messages enqueued (retries excluded).", ["actor", "queue"]
+)
+TASKS_PROCESSED = Counter(
+    "analytics_tasks_processed",
+    "Message executions by outcome (succeeded, failed); a failed run may still be retried.",
+    ["actor", "queue", "outcome"],
+)
+TASK_DURATION = Histogram(
+    "analytics_task_duration_seconds",
+    "Execution time of one message.",
+    ["actor", "queue"],
+    buckets=_TASK_BUCKETS,
+)
+TASK_RETRIES = Counter(
+    "analytics_task_retries", "Messages scheduled for a retry.", ["actor", "queue"]
+)
+TASKS_DEAD_LETTERED = Counter(
+    "analytics_tasks_dead_lettered", "Messages moved to the dead-letter queue.", ["actor", "queue"]
+)
+TASKS_IN_PROGRESS = Gauge(
+    "analytics_tasks_in_progress", "Messages being executed now.", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "analytics_queue_depth",
+    "Messages per Dramatiq queue at the last scrape; <q>.DQ = delayed/retrying, "
+    "<q>.XQ = dead letters.",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
+REDIS_UP = Gauge(
+    "analytics_redis_up",
+    "1 when the last probe reached Redis (queue depths are stale while 0).",
+    multiprocess_mode="mostrecent",
+)
+QUEUE_DEPTH_ERRORS = Counter(
+    "analytics_queue_depth_errors", "Scrapes that could not read the queue depths."
+)
+
+# --- cache ------------------------------------------------------------------------------
+CACHE_REQUESTS = Counter(
+    "analytics_cache_requests", "Cache lookups by kind of data and result (hit, miss, error).",
+    ["kind", "result"],
+)  # fmt: skip
+
+# --- system and process -----------------------------------------------------------------
+SYSTEM_CPU = Gauge(
+    "analytics_system_cpu_percent", "Host CPU use, percent.", multiprocess_mode="mostrecent"
+)
+SYSTEM_MEMORY_RATIO = Gauge(
+    "analytics_system_memory_used_ratio",
+    "Host memory in use (total - available) / total, 0..1.",
+    multiprocess_mode="mostrecent",
+)
+SYSTEM_MEMORY_TOTAL = Gauge(
+    "analytics_system_memory_total_bytes", "Host memory.", multiprocess_mode="mostrecent"
+)
+SYSTEM_MEMORY_AVAILABLE = Gauge(
+    "analytics_system_memory_available_bytes", "Host memory available.",
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+SYSTEM_DISK_RATIO = Gauge(
+    "analytics_system_disk_used_ratio", "Used share of the data directory's file system, 0..1.",
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+SYSTEM_DISK_FREE = Gauge(
+    "analytics_system_disk_free_bytes", "Free bytes on the data directory's file system.",
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+PROCESS_RSS = Gauge(
+    "analytics_process_resident_memory_bytes", "Resident memory of live processes, summed.",
+    ["component"], multiprocess_mode="livesum",
+)  # fmt: skip
+PROCESS_FDS = Gauge(
+    "analytics_process_open_fds", "Open file descriptors of live processes, summed.",
+    ["component"], multiprocess_mode="livesum",
+)  # fmt: skip
+PROCESS_CPU = Gauge(
+    "analytics_process_cpu_percent", "CPU use of live processes, summed (100 = one core).",
+    ["component"], multiprocess_mode="livesum",
+)  # fmt: skip
+PROCESSES = Gauge(
+    "analytics_processes", "Live processes that report metrics.", ["component"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
+
+
+# --- recording helpers (called by entrypoints) ------------------------------------------
+def record_accepted(events: Sequence[Event]) -> None:
+    for event in events:
+        EVENTS_ACCEPTED.labels(event.event_type).inc()
+        if event.total_value is not None and event.currency:
+            REVENUE.labels(event.currency).inc(float(event.total_value))
+
+
+def record_rejected(errors: Iterable[FieldError] | Iterable[Mapping[str, str]]) -> None:
+    """One increment per distinct failing rule of one rejected event."""
+    rules = set()
+    for err in errors:
+        rules.add(err.rule if isinstance(err, FieldError) else str(err.get("rule", "invalid")))
+    for rule in rules or {"invalid"}:
+        EVENTS_REJECTED.labels(rule).inc()
+
+
+def record_duplicates(stage: str, count: int) -> None:
+    if count > 0:
+        EVENTS_DUPLICATES.labels(stage).inc(count)
+
+
+def record_cache(kind: str, hit: bool) -> None:
+    """For cache adapters: one lookup of ``kind`` (e.g. dashboard, aggregates)."""
+    CACHE_REQUESTS.labels(kind, "hit" if hit else "miss").inc()
+
+
+_watched: list[tuple[str, object, dict[str, int]]] = []
+_watched_lock = threading.Lock()
+
+
+def watch_cache(kind: str, cache: object) -> None:
+    """Follow a cache adapter's cumulative ``hits``/``misses``/``errors`` attributes.
+
+    The adapter stays free of prometheus: its counts are turned into counter increments
+    by :func:`sync_caches`, on the sampler's timer and at each scrape.
+    """
+    if any(c is cache for _, c, _ in _watched):
+        return
+    with _watched_lock:
+        _watched.append((kind, cache, {"hit": 0, "miss": 0, "error": 0}))
+
+
+def sync_caches() -> None:
+    with _watched_lock:
+        for kind, cache, last in _watched:
+            for result, attr in (("hit", "hits"), ("miss", "misses"), ("error", "errors")):
+                now = int(getattr(cache, attr, 0) or 0)
+                if now > last[result]:
+                    CACHE_REQUESTS.labels(kind, result).inc(now - last[result])
+                last[result] = now
+
+
+def watch_container(container: object) -> None:
+    """Hook the container's cache (when it has one that counts) into the metrics."""
+    for name in ("cache", "metrics_cache"):
+        cache = getattr(container, name, None)
+        if cache is None:
+            extras = getattr(container, "extras", {})
+            cache = extras.get(name) if isinstance(extras, dict) else None
+        if cache is not None and hasattr(cache, "hits") and hasattr(cache, "misses"):
+            watch_cache("aggregates", cache)
+
+
+def record_queue_depths(depths: Mapping[str, int]) -> None:
+    for queue, depth in depths.items():
+        QUEUE_DEPTH.labels(queue).set(depth)
+
+
+def record_redis_up(up: bool) -> None:
+    REDIS_UP.set(1 if up else 0)
+
+
+# --- system sampling --------------------------------------------------------------------
+def sample_system(disk_path: Path | None = None) -> None:
+    """Host-wide figures (any process may sample them; the most recent value wins)."""
+    SYSTEM_CPU.set(psutil.cpu_percent(interval=None))
+    mem = psutil.virtual_memory()
+    SYSTEM_MEMORY_TOTAL.set(mem.total)
+    SYSTEM_MEMORY_AVAILABLE.set(mem.available)
+    SYSTEM_MEMORY_RATIO.set((mem.total - mem.available) / mem.total if mem.total else 0)
+    if disk_path is not None:
+        disk_path = _existing(Path(disk_path))
+        try:
+            disk = psutil.disk_usage(str(disk_path))
+        except OSError:
+            return
+        SYSTEM_DISK_FREE.set(disk.free)
+        SYSTEM_DISK_RATIO.set(disk.used / disk.total if disk.total else 0)
+
+
+def _existing(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+_process: dict[int, psutil.Process] = {}
+
+
+def sample_process(component: str) -> None:
+    """This process's own figures; ``livesum`` adds the live processes of a component."""
+    pid = os.getpid()
+    proc = _process.get(pid)
+    if proc is None:
+        proc = _process[pid] = psutil.Process(pid)
+        proc.cpu_percent(None)  # the first call only sets the reference point
+    with proc.oneshot():
+        PROCESS_RSS.labels(component).set(proc.memory_info().rss)
+        PROCESS_CPU.labels(component).set(proc.cpu_percent(None))
+        try:
+            PROCESS_FDS.labels(component).set(proc.num_fds())
+        except (AttributeError, psutil.Error):  # not on every platform
+            pass
+    PROCESSES.labels(component).set(1)
+
+
+_samplers: dict[int, threading.Thread] = {}
+_samplers_lock = threading.Lock()
+
+
+def start_sampler(component: str, disk_path: Path | None, interval_s: float) -> None:
+    """A daemon thread per process that samples system and process figures (fork-safe)."""
+    pid = os.getpid()
+    with _samplers_lock:
+        thread = _samplers.get(pid)
+        if thread is not None and thread.is_alive():
+            return
+
+        def run() -> None:
+            pause = threading.Event()
+            while True:
+                try:
+                    sample_process(component)
+                    sample_system(disk_path)
+                    sync_caches()
+                except Exception:  # noqa: BLE001, S110 - a sampling hiccup must not kill the thread
+                    pass
+                pause.wait(interval_s)
+
+        thread = threading.Thread(target=run, name=f"metrics-sampler-{component}", daemon=True)
+        _samplers[pid] = thread
+        thread.start()
+
+
+# --- multiprocess directory and exposition ----------------------------------------------
+_DB_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def mark_dead_processes(path: Path) -> list[int]:
+    """Drop the live-gauge files of processes that are gone (gunicorn also calls
+    ``mark_process_dead`` from ``child_exit``; this catches dramatiq reloads and kills)."""
+    dead: list[int] = []
+    for file in Path(path).glob("*_*.db"):
+        match = _DB_FILE.search(file.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid not in dead and not psutil.pid_exists(pid):
+            dead.append(pid)
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(path))
+    return dead
+
+
+def render(multiproc_dir: Path | None) -> bytes:
+    """The exposition text: every process of the directory, or this process alone."""
+    if multiproc_dir is None:
+        return generate_latest(REGISTRY)
+    mark_dead_processes(multiproc_dir)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
+    return generate_latest(registry)
+
+
+def make_child_exit(path: Path) -> object:
+    """gunicorn ``child_exit`` hook: forget a dead worker's live gauges."""
+
+    def child_exit(server: object, worker: object) -> None:
+        multiprocess.mark_process_dead(worker.pid, str(path))  # type: ignore[attr-defined]
+
+    return child_exit

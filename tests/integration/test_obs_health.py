@@ -1,0 +1,143 @@
+"""/health/detailed over the real app and a real Redis that the test stops and restarts;
+queue depths and heartbeats through the Redis probe."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dramatiq
+import falcon.testing
+import pytest
+
+from analytics.adapters.embedded_redis import RedisServerProcess
+from analytics.adapters.redis_probe import RedisProbe
+from analytics.bootstrap import bootstrap
+from analytics.entrypoints.api.app import create_app
+from analytics.entrypoints.telemetry import WorkerHeartbeat, install
+from analytics.settings import Settings
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
+    yield server
+    server.stop()
+
+
+def settings_for(port: int, data_dir: Path, **extra: object) -> Settings:
+    return Settings(
+        redis_host="127.0.0.1", redis_port=port, redis_timeout_s=1.0, storage="memory",
+        data_dir=data_dir, namespace=f"t-{uuid.uuid4().hex[:10]}", **extra,
+    )  # fmt: skip
+
+
+def test_detailed_health_follows_redis_down_and_back(own_redis, tmp_path):
+    settings = settings_for(own_redis.port, tmp_path, worker_heartbeat_interval_s=0.2)
+    container = bootstrap(settings)
+    client = falcon.testing.TestClient(create_app(container))
+    probe = RedisProbe.from_kwargs(settings.redis_kwargs(), settings.namespace)
+
+    # No worker yet: Redis is fine, but nothing consumes high_priority -> degraded (200).
+    resp = client.simulate_get("/health/detailed")
+    assert resp.status_code == 200, resp.text
+    body = resp.json
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"]["status"] == "ok"
+    assert body["checks"]["broker"]["status"] == "ok"
+    assert body["checks"]["storage"]["status"] == "ok"
+    assert body["workers"]["high_priority"] == {"status": "missing"}
+    assert body["scheduler"]["status"] == "never_ran"
+    assert body["scheduler"]["key"] == f"{settings.namespace}:scheduler:last_run"
+    assert set(body["queues"]) == {"high_priority", "aggregations", "notifications", "maintenance"}
+    assert {"cpu_percent", "memory_used_ratio", "disk_used_ratio", "open_fds"} <= set(
+        body["system"]
+    )
+
+    # A worker heartbeat and a scheduler run make it ok.
+    probe.write_heartbeat(["high_priority", "aggregations", "notifications", "maintenance"])
+    probe.client.set(probe.scheduler_key, "2020-01-01T00:00:00Z")
+    body = client.simulate_get("/health/detailed").json
+    assert body["workers"]["high_priority"]["status"] == "ok"
+    assert body["scheduler"]["status"] == "stale"
+    probe.record_scheduler_run(datetime.now(UTC))
+    body = client.simulate_get("/health/detailed").json
+    assert body["status"] == "ok", body
+    assert body["scheduler"]["status"] == "ok"
+
+    # Liveness never touches Redis.
+    own_redis.stop()
+    assert client.simulate_get("/health").status_code == 200
+    resp = client.simulate_get("/health/detailed")
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert resp.json["status"] == "down"
+    assert resp.json["checks"]["redis"]["status"] == "down"
+    # /metrics still answers while Redis is gone, and says so.
+    metrics = client.simulate_get("/metrics")
+    assert metrics.status_code == 200
+    assert "analytics_redis_up 0.0" in metrics.text
+
+    own_redis.start()
+    probe.write_heartbeat(["high_priority"])
+    resp = client.simulate_get("/health/detailed")
+    assert resp.status_code == 200
+    assert resp.json["checks"]["redis"]["status"] == "ok"
+
+
+def test_queue_depths_count_ready_delayed_and_dead_letters(own_redis, tmp_path):
+    settings = settings_for(own_redis.port, tmp_path)
+    container = bootstrap(settings)
+    broker = container.broker
+
+    @dramatiq.actor(broker=broker, queue_name="maintenance", actor_name="obs_depth")
+    def obs_depth() -> None: ...
+
+    for _ in range(3):
+        obs_depth.send()
+    obs_depth.send_with_options(delay=3_600_000)
+    dead = obs_depth.message()
+    # Dead letters as Dramatiq's Lua script keeps them: a zset <ns>:<queue>.XQ.
+    broker.client.zadd(f"{settings.namespace}:maintenance.XQ", {dead.message_id: time.time()})
+    probe = RedisProbe.from_kwargs(settings.redis_kwargs(), settings.namespace)
+    depths = probe.queue_depths(["maintenance", "high_priority"])
+    assert depths == {
+        "maintenance": 3, "maintenance.DQ": 1, "maintenance.XQ": 1,
+        "high_priority": 0, "high_priority.DQ": 0, "high_priority.XQ": 0,
+    }  # fmt: skip
+    client = falcon.testing.TestClient(create_app(container))
+    text = client.simulate_get("/metrics").text
+    assert 'analytics_queue_depth{queue="maintenance"} 3.0' in text
+    assert 'analytics_queue_depth{queue="maintenance.DQ"} 1.0' in text
+    assert 'analytics_queue_depth{queue="maintenance.XQ"} 1.0' in text
+    body = client.simulate_get("/health/detailed").json
+    assert body["queues"]["maintenance"] == {"ready": 3, "delayed": 1, "dead": 1}
+
+
+def test_worker_heartbeat_middleware_writes_a_key_per_consumed_queue(own_redis, tmp_path):
+    settings = settings_for(own_redis.port, tmp_path, worker_heartbeat_interval_s=0.1)
+    container = bootstrap(settings)
+    broker = container.broker
+    install(broker, settings, worker=True)
+    probe = RedisProbe.from_kwargs(settings.redis_kwargs(), settings.namespace)
+    worker = dramatiq.Worker(broker, queues={"maintenance", "notifications"}, worker_timeout=100)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        beats = {}
+        while time.monotonic() < deadline:
+            beats = probe.heartbeats(["maintenance", "notifications", "high_priority"])
+            if beats["maintenance"] and beats["notifications"]:
+                break
+            time.sleep(0.05)
+        assert beats["maintenance"] is not None and beats["notifications"] is not None
+        assert beats["high_priority"] is None  # not consumed by this worker
+        assert probe.client.ttl(probe.heartbeat_key("maintenance")) > 0
+    finally:
+        worker.stop()
+    assert any(isinstance(m, WorkerHeartbeat) for m in broker.middleware)

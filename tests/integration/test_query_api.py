@@ -1,0 +1,296 @@
+"""The query endpoints over the real Falcon app (TestClient), SQLite storage, and a fake cache.
+
+Events are fed the way the worker does (``store_events``), so these tests also cover
+invalidation: an event counted after a cached answer shows up in the next answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from falcon import testing
+
+from analytics.adapters.memory import InMemoryCache, InMemoryEventRepository
+from analytics.application.store_events import store_events
+from analytics.bootstrap import Container, bootstrap
+from analytics.domain.aggregation import contribution
+from analytics.domain.clock import FixedClock
+from analytics.domain.events import Event
+from analytics.entrypoints.actors import register_actors
+from analytics.entrypoints.api.app import create_app
+from analytics.settings import Settings
+from tests.aggsupport import make_event, purchase
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 3, 31, 12, 0, 30, tzinfo=UTC)
+AGG = "/api/v1/analytics/aggregations"
+DASH = "/api/v1/analytics/dashboard/metrics"
+
+
+@dataclass
+class Env:
+    client: testing.TestClient
+    container: Container
+    cache: InMemoryCache
+    clock: FixedClock
+
+    def ingest(self, *events: Event) -> None:
+        c = self.container
+        store_events(events, repo=c.event_repo, aggregates=c.aggregates, cache=c.cache)
+
+    def get(self, path: str, **params: str) -> Any:
+        resp = self.client.simulate_get(path, params=params)
+        assert resp.status_code == 200, resp.text
+        return resp.json
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    settings = Settings(storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="memory")
+    clock = FixedClock(NOW)
+    cache = InMemoryCache(clock)
+    container = bootstrap(settings, clock=clock, cache=cache, broker=StubBroker())
+    yield Env(testing.TestClient(create_app(container)), container, cache, clock)
+
+
+def test_day_buckets_in_berlin_across_spring_forward(env: Env) -> None:
+    env.ingest(
+        make_event(datetime(2026, 3, 28, 22, 59, tzinfo=UTC), user="a"),  # 23:59 on the 28th
+        make_event(datetime(2026, 3, 28, 23, 30, tzinfo=UTC), user="b"),  # 00:30 on the 29th
+        purchase(datetime(2026, 3, 29, 21, 59, tzinfo=UTC), user="b", price="19.99"),  # 23:59
+        make_event(datetime(2026, 3, 29, 22, 0, tzinfo=UTC), user="c"),  # 00:00 on the 30th
+    )
+    body = env.get(f"{AGG}/day", start="2026-03-28", end="2026-03-31", tz="Europe/Berlin")
+    assert body["uniques"] == "exact" and body["tz"] == "Europe/Berlin"
+    b = body["buckets"]
+    assert [x["start"] for x in b] == [
+        "2026-03-28T00:00:00+01:00", "2026-03-29T00:00:00+01:00", "2026-03-30T00:00:00+02:00",
+    ]  # fmt: skip
+    assert b[1]["end"] == "2026-03-30T00:00:00+02:00"  # a 23-hour day
+    assert [x["count"] for x in b] == [1, 2, 1]
+    assert [x["unique_users"] for x in b] == [1, 1, 1]
+    assert b[1]["revenue"] == {"EUR": "19.99"} and b[0]["revenue"] == {}
+    utc = env.get(f"{AGG}/day", start="2026-03-28", end="2026-03-31")
+    assert [x["count"] for x in utc["buckets"]] == [2, 2, 0]
+
+
+def test_fall_back_day_in_new_york_has_25_hours_and_empty_buckets_are_zeros(env: Env) -> None:
+    env.ingest(make_event(datetime(2025, 11, 2, 5, 30, tzinfo=UTC)))  # 01:30 EST (2nd time)
+    body = env.get(f"{AGG}/day", start="2025-11-01", end="2025-11-04", tz="America/New_York")
+    b = body["buckets"]
+    assert [(x["start"], x["end"]) for x in b][1] == (
+        "2025-11-02T00:00:00-04:00", "2025-11-03T00:00:00-05:00",
+    )  # fmt: skip
+    assert [x["count"] for x in b] == [0, 1, 0]
+    assert b[0] == {"start": "2025-11-01T00:00:00-04:00", "end": "2025-11-02T00:00:00-04:00",
+                    "count": 0, "unique_users": 0, "unique_sessions": 0, "revenue": {}}  # fmt: skip
+
+
+def test_hour_week_month_and_event_type_filter(env: Env) -> None:
+    t = datetime(2026, 3, 18, 10, 5, tzinfo=UTC)  # a Wednesday
+    env.ingest(
+        make_event(t, user="a", session="s1"),
+        make_event(t + timedelta(minutes=1), user="a", session="s1", event_type="click"),
+        purchase(t + timedelta(hours=1), user="b", session="s2", price="0.1", quantity=3),
+    )
+    hours = env.get(f"{AGG}/hour", start="2026-03-18T10:00:00Z", end="2026-03-18T12:00:00Z")
+    assert [x["count"] for x in hours["buckets"]] == [2, 1]
+    assert hours["buckets"][1]["revenue"] == {"EUR": "0.30"}
+    kolkata = env.get(f"{AGG}/hour", start="2026-03-18T15:00:00+05:30",
+                      end="2026-03-18T17:00:00+05:30", tz="Asia/Kolkata")  # fmt: skip
+    # 15:00 IST is 09:30Z..10:30Z (10:05Z, 10:06Z); 16:00 IST holds the 11:05Z purchase
+    assert [x["start"] for x in kolkata["buckets"]] == [
+        "2026-03-18T15:00:00+05:30", "2026-03-18T16:00:00+05:30",
+    ]  # fmt: skip
+    assert [x["count"] for x in kolkata["buckets"]] == [2, 1]
+    week = env.get(f"{AGG}/week", start="2026-03-18", end="2026-03-19")
+    assert week["buckets"][0]["start"] == "2026-03-16T00:00:00+00:00"
+    assert week["buckets"][0]["count"] == 3
+    month = env.get(f"{AGG}/month", start="2026-03-18", end="2026-03-19", event_type="click")
+    assert month["buckets"][0]["end"] == "2026-04-01T00:00:00+00:00"
+    assert (month["buckets"][0]["count"], month["buckets"][0]["unique_sessions"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "parameter"),
+    [
+        (f"{AGG}/year", {"start": "2026-01-01", "end": "2026-02-01"}, "period"),
+        (f"{AGG}/day", {"start": "yesterday", "end": "2026-02-01"}, "start"),
+        (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-30"}, "end"),
+        (f"{AGG}/day", {"start": "2026-01-01T00:00:00", "end": "2026-02-01"}, "start"),
+        (f"{AGG}/day", {"start": "2026-02-01", "end": "2026-01-01"}, "end"),
+        (f"{AGG}/hour", {"start": "2020-01-01", "end": "2026-01-01"}, "end"),
+        (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01", "group": "x"}, "group"),
+        (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01", "tz": "Mars/Base"}, "tz"),
+        (
+            f"{AGG}/day",
+            {"start": "2026-01-01", "end": "2026-02-01", "event_type": "Bad!"},
+            "event_type",
+        ),
+        (f"{AGG}/day", {"end": "2026-02-01"}, "start"),
+        (f"{AGG}/day", {"start": "1900-01-01", "end": "2026-02-01"}, "start"),
+        (DASH, {"last": "2h"}, "last"),
+        (DASH, {"last": "1h", "start": "2026-03-31T00:00:00Z"}, "last"),
+        (DASH, {"start": "2026-03-31T00:00:00Z"}, "end"),
+        (DASH, {"start": "2026-01-01T00:00:00Z", "end": "2026-03-31T00:00:00Z"}, "end"),
+        (DASH, {"start": "2026-03-31T00:00:00Z", "end": "2026-03-30T00:00:00Z"}, "end"),
+        (DASH, {"window": "1h"}, "window"),
+        (f"{AGG}/week/generate", {"start": "2026-01-01"}, "end"),
+        (f"{AGG}/decade/generate", {"start": "2026-01-01", "end": "2026-02-01"}, "period"),
+    ],
+)
+def test_bad_queries_are_400_naming_the_parameter(
+    env: Env, path: str, params: dict[str, str], parameter: str
+) -> None:
+    if path.endswith("/generate"):
+        resp = env.client.simulate_post(path, params=params)
+    else:
+        resp = env.client.simulate_get(path, params=params)
+    assert resp.status_code == 400, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json["parameter"] == parameter
+    assert parameter in resp.json["detail"]
+
+
+def test_unencoded_plus_in_offset_is_understood(env: Env) -> None:
+    env.ingest(make_event(datetime(2026, 3, 18, 9, 45, tzinfo=UTC)))
+    resp = env.client.simulate_get(
+        f"{AGG}/hour", query_string="start=2026-03-18T10:00:00+01:00&end=2026-03-18T11:00:00+01:00"
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json["buckets"][0]["start"] == "2026-03-18T09:00:00+00:00"
+    assert resp.json["buckets"][0]["count"] == 1
+
+
+def test_repeated_parameter_is_400(env: Env) -> None:
+    resp = env.client.simulate_get(
+        f"{AGG}/day", query_string="start=2026-01-01&start=2026-01-02&end=2026-02-01"
+    )
+    assert resp.status_code == 400 and resp.json["parameter"] == "start"
+
+
+def test_dashboard_metrics_for_the_last_hour(env: Env) -> None:
+    t = NOW - timedelta(minutes=30)
+    env.ingest(
+        make_event(t, user="a", session="s1", product="p1"),
+        make_event(t, user="b", session="s2", product="p1"),
+        make_event(t, user="c", session="s3", product="p2", event_type="click"),
+        purchase(t + timedelta(minutes=1), user="a", session="s1", product="p2", price="10"),
+        purchase(
+            t + timedelta(minutes=2), user="a", session="s1", product="p3", price="5.5", quantity=2
+        ),
+        purchase(
+            t + timedelta(minutes=3),
+            user="b",
+            session="s2",
+            product="p3",
+            price="3",
+            currency="USD",
+        ),
+        make_event(NOW - timedelta(hours=2), user="old"),  # outside the window
+    )
+    d = env.get(DASH, last="1h")
+    assert d["end"] == "2026-03-31T12:01:00+00:00" and d["start"] == "2026-03-31T11:01:00+00:00"
+    assert (d["total_events"], d["unique_users"], d["unique_sessions"]) == (6, 3, 3)
+    assert d["revenue"] == {"EUR": "21.00", "USD": "3.00"}
+    assert d["orders"] == {"EUR": 2, "USD": 1}
+    assert d["average_order_value"] == {"EUR": "10.50", "USD": "3.00"}
+    assert d["converted_sessions"] == 2 and d["conversion_rate"] == pytest.approx(2 / 3, abs=1e-6)
+    assert d["events_by_type"] == {"click": 1, "page_view": 2, "purchase": 3}
+    assert [p["product_id"] for p in d["top_products_by_revenue"]] == ["p3", "p2"]
+    assert d["top_products_by_revenue"][0]["revenue"] == {"EUR": "11.00", "USD": "3.00"}
+    by_count = [(p["product_id"], p["count"]) for p in d["top_products_by_count"]]
+    assert by_count == [("p1", 2), ("p2", 2), ("p3", 2)]  # ties by id
+    assert len(d["series"]) == 60 and sum(p["count"] for p in d["series"]) == 6
+    assert d["series"][29] == {"minute": "2026-03-31T11:30:00+00:00", "count": 3,
+                               "unique_users": 3, "unique_sessions": 3, "revenue": {}}  # fmt: skip
+    assert env.get(DASH, last="24h")["total_events"] == 7
+    explicit = env.get(DASH, start="2026-03-31T11:30:00Z", end="2026-03-31T11:31:00Z")
+    assert explicit["total_events"] == 3 and len(explicit["series"]) == 1
+
+
+def test_dashboard_reads_aggregates_only(tmp_path: Path) -> None:
+    class NoReads(InMemoryEventRepository):
+        def get_many(self, ids: object) -> dict[uuid.UUID, Event]:
+            raise AssertionError("dashboard read raw events")
+
+        def iter_range(self, *a: object, **k: object) -> Iterator[Event]:
+            raise AssertionError("dashboard read raw events")
+
+    settings = Settings(storage="memory", broker="stub", cache_backend="none")
+    c = bootstrap(settings, clock=FixedClock(NOW), event_repo=NoReads(), broker=StubBroker())
+    assert c.aggregates is not None
+    c.aggregates.apply([contribution(make_event(NOW - timedelta(minutes=5)))])
+    client = testing.TestClient(create_app(c))
+    assert client.simulate_get(DASH, params={"last": "15m"}).json["total_events"] == 1
+    day = client.simulate_get(f"{AGG}/day", params={"start": "2026-03-31", "end": "2026-04-01"})
+    assert day.json["buckets"][0]["count"] == 1
+
+
+def test_cached_answers_are_invalidated_when_an_event_lands(env: Env) -> None:
+    closed = datetime(2026, 3, 20, 9, 0, tzinfo=UTC)
+    env.ingest(make_event(closed))
+    q = {"start": "2026-03-20", "end": "2026-03-21"}
+    assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 1
+    hits = env.cache.hits
+    assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 1
+    assert env.cache.hits == hits + 1  # served from the cache
+    assert env.get(DASH, last="15m")["total_events"] == 0
+    assert env.get(DASH, last="15m")["total_events"] == 0
+    # a late event in the closed bucket, and a new one in the open window
+    env.ingest(make_event(closed + timedelta(hours=3)), make_event(NOW))
+    assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 2
+    assert env.get(DASH, last="15m")["total_events"] == 1
+    # TTLs by kind: the closed day long, the open day short, the dashboard seconds
+    ttls = sorted(set(env.cache.ttls.values()))
+    assert ttls == [5, 86_400]
+    env.get(f"{AGG}/day", start="2026-03-31", end="2026-04-01")
+    assert 10 in set(env.cache.ttls.values())
+
+
+def test_queries_answer_when_the_cache_is_down(env: Env) -> None:
+    env.ingest(make_event(NOW - timedelta(minutes=2)))
+    env.cache.down = True
+    assert env.get(DASH, last="15m")["total_events"] == 1
+    assert (
+        env.get(f"{AGG}/hour", start="2026-03-31T11:00:00Z", end="2026-03-31T13:00:00Z")["buckets"][
+            0
+        ]["count"]
+        == 1
+    )
+    assert env.cache.errors > 0
+
+
+def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -> None:
+    broker = env.container.broker
+    assert isinstance(broker, StubBroker)
+    register_actors(env.container)
+    uncounted = make_event(datetime(2026, 3, 30, 8, 0, tzinfo=UTC))
+    env.container.event_repo.add_many([uncounted])  # stored by a worker that then died
+    resp = env.client.simulate_post(
+        f"{AGG}/day/generate", params={"start": "2026-03-30", "end": "2026-03-31", "tz": "UTC"}
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json
+    assert body["status"] == "queued" and body["period"] == "day"
+    (message,) = [dramatiq.Message.decode(m) for m in broker.queues["aggregations"].queue]
+    assert message.message_id == body["task_id"]
+    assert message.actor_name == "generate_aggregations"
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("aggregations")
+        worker.join()
+    finally:
+        worker.stop()
+    day = env.get(f"{AGG}/day", start="2026-03-30", end="2026-03-31")
+    assert day["buckets"][0]["count"] == 1

@@ -1,0 +1,215 @@
+"""Exactly-once counting under at-least-once delivery, and reconcile.
+
+Redelivery, a client retry with the same event_id, and a worker that died between the
+event write and the count each end with every event counted once. A property test: for
+any stream with duplicates and redeliveries, the incremental aggregates equal a
+recomputation from the stored events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics.adapters.memory import (
+    InMemoryAggregateStore,
+    InMemoryCache,
+    InMemoryEventRepository,
+)
+from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore
+from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
+from analytics.application.reconcile import reconcile
+from analytics.application.store_events import store_events
+from analytics.domain.aggregation import COUNT, Contribution, CounterKey, recompute
+from analytics.domain.buckets import QUARTER, cover, epoch_minute
+from analytics.domain.events import Event
+from analytics.domain.ports import AggregateStore
+from tests.aggsupport import make_event, purchase
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+HOUR = (epoch_minute(T0), epoch_minute(T0) + 60)
+
+
+def totals(agg: AggregateStore) -> tuple[int, int, int, dict[str, int]]:
+    [s] = agg.summarize([cover(*HOUR)], None)
+    return s.count, s.unique_users, s.unique_sessions, s.revenue_micros
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingAggregates(InMemoryAggregateStore):
+    """Dies before its transaction (like a worker killed after the event write)."""
+
+    crash = True
+
+    def apply(self, contributions: Sequence[Contribution]) -> list[uuid.UUID]:
+        if self.crash:
+            raise Crash("worker killed between the event write and the count")
+        return super().apply(contributions)
+
+
+def test_redelivered_message_counts_once() -> None:
+    repo, agg, cache = InMemoryEventRepository(), InMemoryAggregateStore(), InMemoryCache()
+    batch = [purchase(T0, price="12.5"), make_event(T0 + timedelta(minutes=1), user="u2")]
+    first = store_events(batch, repo=repo, aggregates=agg, cache=cache)
+    again = store_events(batch, repo=repo, aggregates=agg, cache=cache)
+    assert (first.stored, first.counted) == (2, 2)
+    assert (again.stored, again.duplicates, again.counted) == (0, 2, 0)
+    assert totals(agg) == (2, 2, 1, {"EUR": 12_500_000})
+    assert cache.scope_versions["2026-03-10"] == 2  # bumped by both deliveries
+
+
+def test_client_retry_with_same_event_id_counts_the_stored_version() -> None:
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    eid = uuid.uuid4()
+    store_events([purchase(T0, price="10", event_id=eid)], repo=repo, aggregates=agg)
+    # the retry carries the same id but different content (a new price, another minute)
+    retry = purchase(T0 + timedelta(minutes=7), price="99", event_id=eid)
+    result = store_events([retry, retry], repo=repo, aggregates=agg)
+    assert (result.stored, result.counted) == (0, 0)
+    assert totals(agg) == (1, 1, 1, {"EUR": 10_000_000})
+
+
+def test_worker_killed_between_write_and_count_is_counted_on_redelivery() -> None:
+    repo, agg = InMemoryEventRepository(), CrashingAggregates()
+    batch = [make_event(T0), purchase(T0 + timedelta(minutes=2), price="3")]
+    with pytest.raises(Crash):
+        store_events(batch, repo=repo, aggregates=agg)
+    assert repo.count() == 2 and totals(agg)[0] == 0  # stored, not counted
+    agg.crash = False
+    redelivery = store_events(batch, repo=repo, aggregates=agg)
+    assert (redelivery.stored, redelivery.counted) == (0, 2)
+    assert totals(agg) == (2, 1, 1, {"EUR": 3_000_000})
+
+
+def test_worker_killed_with_sqlite_then_redelivered(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "events.sqlite3")
+    repo, agg = SQLiteEventRepository(db), SQLiteAggregateStore(db)
+    batch = [make_event(T0, user=f"u{i}") for i in range(5)]
+    repo.add_many(batch)  # the write happened; the process died before the count
+    redelivery = store_events(batch, repo=repo, aggregates=agg)
+    assert (redelivery.stored, redelivery.counted) == (0, 5)
+    assert totals(agg)[:2] == (5, 5)
+    # a reopened store (a new process) keeps the markers: a further delivery changes nothing
+    agg2 = SQLiteAggregateStore(SQLiteDatabase(tmp_path / "events.sqlite3"))
+    assert store_events(batch, repo=repo, aggregates=agg2).counted == 0
+    assert totals(agg2)[:2] == (5, 5)
+
+
+def test_reconcile_catches_up_uncounted_events_and_repairs_drift() -> None:
+    repo, agg, cache = InMemoryEventRepository(), InMemoryAggregateStore(), InMemoryCache()
+    counted = [make_event(T0 + timedelta(minutes=i), user=f"u{i}") for i in range(10)]
+    store_events(counted, repo=repo, aggregates=agg)
+    uncounted = [purchase(T0 + timedelta(minutes=30), price="1.5")]
+    repo.add_many(uncounted)  # stored, never counted
+    agg.correct({CounterKey(COUNT, QUARTER, HOUR[0], "page_view"): 3})  # corruption
+    report = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg, cache=cache)
+    assert report.caught_up == 1 and report.events_scanned == 11
+    assert report.drifted_counters == 1 and report.repaired
+    assert report.examples[0]["delta"] == -3
+    assert agg.snapshot(*HOUR).counters == recompute(counted + uncounted)
+    assert cache.scope_versions["2026-03-10"] >= 1
+    clean = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg)
+    assert (clean.caught_up, clean.drifted_counters, clean.repaired) == (0, 0, False)
+    # a redelivery after reconcile still changes nothing
+    assert store_events(uncounted, repo=repo, aggregates=agg).counted == 0
+    assert agg.snapshot(*HOUR).counters == recompute(counted + uncounted)
+
+
+def test_reconcile_reports_but_keeps_counts_whose_raw_events_expired() -> None:
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    ev = make_event(T0)
+    store_events([ev], repo=repo, aggregates=agg)
+    repo._events.clear()  # retention removed the raw event
+    report = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg)
+    assert report.missing_raw == 1 and not report.repaired
+    assert totals(agg)[0] == 1
+
+
+# --- property: incremental == recomputation, whatever the delivery ---------------------
+
+event_st = st.builds(
+    lambda minute, etype, user, session, product, price, qty, cur, eid: make_event(
+        T0 + timedelta(minutes=minute, seconds=7),
+        event_type=etype,
+        user=f"u{user}",
+        session=f"s{session}" if session else None,
+        product=f"p{product}" if product else None,
+        price=price if etype == "purchase" or price is None else None,
+        quantity=qty,
+        currency=cur,
+        event_id=uuid.UUID(int=eid),
+    ),
+    st.integers(0, 59),
+    st.sampled_from(["page_view", "click", "purchase"]),
+    st.integers(0, 5),
+    st.integers(0, 4),
+    st.integers(0, 3),
+    st.one_of(st.none(), st.decimals(0, 1000, places=6).map(str)),
+    st.integers(1, 5),
+    st.sampled_from(["EUR", "USD", "JPY"]),
+    st.integers(1, 25),  # few ids: retries with the same event_id happen often
+)
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> list[tuple[list[Event], bool]]:
+    """Messages (batches) and whether the worker dies before counting that delivery;
+    every message is eventually delivered once more after a crash, and some twice."""
+    events = draw(st.lists(event_st, min_size=1, max_size=40))
+    out: list[tuple[list[Event], bool]] = []
+    i = 0
+    while i < len(events):
+        n = draw(st.integers(1, 6))
+        batch = events[i : i + n]
+        i += n
+        crash = draw(st.booleans())
+        out.append((batch, crash))
+        if crash or draw(st.booleans()):
+            out.append((batch, False))  # redelivery
+    return out
+
+
+def _run(msgs: list[tuple[list[Event], bool]], repo: object, agg: AggregateStore) -> None:
+    for batch, crash in msgs:
+        if crash:
+            repo.add_many(batch)  # type: ignore[attr-defined]
+            continue
+        store_events(batch, repo=repo, aggregates=agg)  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(deliveries())
+def test_incremental_equals_recomputation_memory(msgs: list[tuple[list[Event], bool]]) -> None:
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    _run(msgs, repo, agg)
+    assert dict(agg.snapshot(*HOUR).counters) == recompute(repo.all())
+    drift = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg, repair=False)
+    assert drift.drifted_counters == 0 and drift.caught_up == 0
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(deliveries())
+def test_incremental_equals_recomputation_sqlite(
+    tmp_path_factory: pytest.TempPathFactory, msgs: list[tuple[list[Event], bool]]
+) -> None:
+    db = SQLiteDatabase(tmp_path_factory.mktemp("prop") / "events.sqlite3")
+    repo, agg = SQLiteEventRepository(db), SQLiteAggregateStore(db)
+    _run(msgs, repo, agg)
+    stored = list(repo.iter_range(T0, T0 + timedelta(hours=1)))
+    assert agg.snapshot(*HOUR).counters == recompute(stored)
+    [s] = agg.summarize([cover(*HOUR)], None)
+    assert s.count == len(stored)
+    assert s.unique_users == len({e.user_id for e in stored})

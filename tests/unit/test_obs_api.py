@@ -1,0 +1,298 @@
+"""Observability of the API in-process: request/business metrics, correlation ids, secrets,
+profiling. Falcon TestClient over the real app with fakes (stub broker, memory storage)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import falcon.testing
+import pytest
+import structlog
+from prometheus_client import REGISTRY
+
+from analytics.bootstrap import bootstrap
+from analytics.domain.events import Event
+from analytics.entrypoints.api import observability
+from analytics.entrypoints.api.app import create_app
+from analytics.entrypoints.logs import configure_logging
+from analytics.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+EVENTS = "/api/v1/analytics/events"
+BATCH = "/api/v1/analytics/events/batch"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class SlowQueue:
+    """A task queue that takes a while: makes a request slow enough to be profiled."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.sent: list[Event] = []
+
+    def enqueue_events(self, events: Sequence[Event]) -> str:
+        time.sleep(self.delay_s)
+        self.sent.extend(events)
+        return "task-1"
+
+
+def make_client(tmp_path: Path, **overrides: object) -> tuple[falcon.testing.TestClient, SlowQueue]:
+    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path, **overrides)
+    queue = SlowQueue(float(overrides.pop("_delay", 0.0)) if "_delay" in overrides else 0.0)
+    container = bootstrap(settings, task_queue=queue)
+    return falcon.testing.TestClient(create_app(container)), queue
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> falcon.testing.TestClient:
+    return make_client(tmp_path)[0]
+
+
+def purchase(**extra: object) -> dict[str, object]:
+    return {
+        "event_type": "purchase", "user_id": "u1", "session_id": "s1", "product_id": "p1",
+        "price": "12.50", "quantity": 2, "currency": "EUR", **extra,
+    }  # fmt: skip
+
+
+def test_request_metrics_use_the_route_template_method_and_status(client):
+    route = "/api/v1/analytics/events"
+    before = sample("analytics_http_requests_total", route=route, method="POST", status="202")
+    before_h = sample(
+        "analytics_http_request_duration_seconds_count", route=route, method="POST", status="202"
+    )
+    for _ in range(3):
+        assert client.simulate_post(EVENTS, json=purchase()).status_code == 202
+    assert (
+        sample("analytics_http_requests_total", route=route, method="POST", status="202")
+        == before + 3
+    )
+    assert (
+        sample(
+            "analytics_http_request_duration_seconds_count",
+            route=route,
+            method="POST",
+            status="202",
+        )
+        == before_h + 3
+    )
+    # Unknown paths share one label value instead of one series per raw path.
+    before_404 = sample(
+        "analytics_http_requests_total", route="unmatched", method="GET", status="404"
+    )
+    client.simulate_get("/no/such/path/12345")
+    client.simulate_get("/no/such/path/67890")
+    assert (
+        sample("analytics_http_requests_total", route="unmatched", method="GET", status="404")
+        == before_404 + 2
+    )
+    text = client.simulate_get("/metrics").text
+    assert "/no/such/path" not in text
+
+
+def test_business_metrics_accepted_rejected_duplicates_revenue(client):
+    acc = sample("analytics_events_accepted_total", event_type="purchase")
+    rev = sample("analytics_revenue_total", currency="EUR")
+    rule = sample("analytics_events_rejected_total", rule="purchase_requires_product")
+    iso = sample("analytics_events_rejected_total", rule="iso_4217")
+    js = sample("analytics_events_rejected_total", rule="json")
+    dup = sample("analytics_events_duplicates_total", stage="ingest")
+
+    assert client.simulate_post(EVENTS, json=purchase()).status_code == 202
+    bad = purchase()
+    del bad["product_id"]
+    assert client.simulate_post(EVENTS, json=bad).status_code == 422
+    assert (
+        client.simulate_post(
+            EVENTS, body=b"{not json", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+    same = "0b3f6a56-6f1e-4b57-9d0e-0d6a2b8c9f11"
+    batch = {"events": [purchase(event_id=same), purchase(event_id=same), purchase(currency="XYZ")]}
+    assert client.simulate_post(BATCH, json=batch).status_code == 202
+
+    assert sample("analytics_events_accepted_total", event_type="purchase") == acc + 2
+    assert sample("analytics_revenue_total", currency="EUR") == pytest.approx(rev + 50.0)
+    assert sample("analytics_events_rejected_total", rule="purchase_requires_product") == rule + 1
+    assert sample("analytics_events_rejected_total", rule="iso_4217") == iso + 1
+    assert sample("analytics_events_rejected_total", rule="json") == js + 1
+    assert sample("analytics_events_duplicates_total", stage="ingest") == dup + 1
+
+
+def test_metrics_endpoint_serves_prometheus_text(client):
+    resp = client.simulate_get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    for name in (
+        "analytics_system_cpu_percent",
+        "analytics_system_memory_used_ratio",
+        "analytics_system_disk_used_ratio",
+        "analytics_process_resident_memory_bytes",
+        "analytics_process_open_fds",
+        "analytics_http_requests_in_progress",
+    ):
+        assert f"\n{name}" in resp.text, name
+
+
+@pytest.mark.parametrize(
+    ("given", "echoed"),
+    [
+        ("req-123_abc.DEF", True),
+        ("a" * 64, True),
+        ("a" * 65, False),  # oversized
+        ("bad id with spaces", False),
+        ("<script>alert(1)</script>", False),
+        ("", False),
+    ],
+)
+def test_correlation_id_is_taken_when_valid_and_replaced_otherwise(client, given, echoed):
+    resp = client.simulate_post(EVENTS, json=purchase(), headers={"X-Correlation-ID": given})
+    assert resp.status_code == 202
+    cid = resp.headers["X-Correlation-ID"]
+    assert resp.json["correlation_id"] == cid
+    if echoed:
+        assert cid == given
+    else:
+        assert cid != given and (not given or given not in resp.text)
+        assert len(cid) == 32 and cid.isalnum()
+
+
+def capture_logs(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    configure_logging("INFO", "json")
+    return buf
+
+
+def lines(buf: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.startswith("{")]
+
+
+def test_one_json_access_line_per_request_with_route_status_duration_and_id(tmp_path, monkeypatch):
+    buf = capture_logs(monkeypatch)
+    client = make_client(tmp_path)[0]
+    client.simulate_post(EVENTS, json=purchase(), headers={"X-Correlation-ID": "trace-1"})
+    client.simulate_get("/health")
+    access = [x for x in lines(buf) if x.get("event") == "request"]
+    assert [(a["route"], a["status"], a["correlation_id"]) for a in access][:1] == [
+        ("/api/v1/analytics/events", 202, "trace-1")
+    ]
+    assert len(access) == 2
+    assert all(isinstance(a["duration_ms"], float) for a in access)
+    # Context is cleared per request: the second request has its own, new id.
+    assert access[1]["correlation_id"] != "trace-1"
+
+
+def test_secrets_are_never_logged(tmp_path, monkeypatch):
+    buf = capture_logs(monkeypatch)
+    client = make_client(tmp_path)[0]
+    secret = "sk_live_SUPERSECRET_0123456789"
+    client.simulate_post(
+        EVENTS,
+        json=purchase(),
+        headers={"Authorization": f"Bearer {secret}", "X-API-Key": secret},
+        params={"api_key": secret},
+    )
+    log = structlog.get_logger("analytics.test")
+    log.info("settings", api_key=secret, redis_password=secret, authorization=f"Bearer {secret}")
+    log.info("nested", x_api_key=secret, token=secret)
+    s = Settings(redis_password=secret)
+    log.info("settings object", settings=repr(s))
+    out = buf.getvalue()
+    assert out, "nothing was logged"
+    assert secret not in out
+    assert "[redacted]" in out
+
+
+def test_profiling_is_not_installed_when_off(tmp_path):
+    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
+    assert settings.profile_slow_ms == 0
+    kinds = [type(m) for m in observability.observability_middleware(settings)]
+    assert observability.ProfilingMiddleware not in kinds
+    on = settings.model_copy(update={"profile_slow_ms": 5})
+    assert observability.ProfilingMiddleware in [
+        type(m) for m in observability.observability_middleware(on)
+    ]
+
+
+def test_slow_critical_requests_are_profiled_to_the_profile_dir(tmp_path):
+    profiles = tmp_path / "profiles"
+    settings = Settings(
+        broker="stub", storage="memory", data_dir=tmp_path, profile_slow_ms=20, profile_dir=profiles
+    )
+    slow = SlowQueue(delay_s=0.05)
+    client = falcon.testing.TestClient(create_app(bootstrap(settings, task_queue=slow)))
+    resp = client.simulate_post(EVENTS, json=purchase(), headers={"X-Correlation-ID": "slow-1"})
+    assert resp.status_code == 202
+    html = list(profiles.glob("*.html"))
+    assert len(html) == 1
+    assert "slow-1" in html[0].name and "api_v1_analytics_events" in html[0].name
+    text = html[0].with_suffix(".txt").read_text()
+    assert "enqueue_events" in text
+    # A fast request (below the threshold) and a non-critical route leave nothing.
+    slow.delay_s = 0.0
+    client.simulate_get("/health")
+    assert len(list(profiles.glob("*.html"))) == 1
+
+
+def test_a_cache_adapters_hit_and_miss_counts_become_counters():
+    from analytics.entrypoints import metrics as m
+
+    class CountingCache:
+        hits = misses = errors = 0
+
+    cache = CountingCache()
+    m.watch_cache("obs_test", cache)
+    m.watch_cache("obs_test", cache)  # once only
+    cache.hits, cache.misses = 5, 2
+    m.sync_caches()
+    cache.hits, cache.errors = 7, 1
+    m.sync_caches()
+    m.sync_caches()
+    assert sample("analytics_cache_requests_total", kind="obs_test", result="hit") == 7
+    assert sample("analytics_cache_requests_total", kind="obs_test", result="miss") == 2
+    assert sample("analytics_cache_requests_total", kind="obs_test", result="error") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-02T03:04:05+00:00", 1767323045.0),
+        ("2026-01-02T03:04:05Z", 1767323045.0),
+        ("1767323045.5", 1767323045.5),
+        ('{"at": "2026-01-02T03:04:05Z", "job": "rollup"}', 1767323045.0),
+        ("not a time", None),
+    ],
+)
+def test_scheduler_last_run_formats(text, expected):
+    from analytics.adapters.redis_probe import parse_instant
+
+    assert parse_instant(text) == expected
+
+
+def test_queue_depths_come_from_the_broker_in_use(tmp_path):
+    import dramatiq
+
+    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
+    container = bootstrap(settings, task_queue=SlowQueue())
+    broker = container.broker
+    for _ in range(2):
+        broker.enqueue(dramatiq.Message("maintenance", "obs_x", (), {}, {}))
+    broker.enqueue(dramatiq.Message("maintenance", "obs_x", (), {}, {}), delay=60_000)
+    client = falcon.testing.TestClient(create_app(container))
+    text = client.simulate_get("/metrics").text
+    assert 'analytics_queue_depth{queue="maintenance"} 2.0' in text
+    assert 'analytics_queue_depth{queue="maintenance.DQ"} 1.0' in text
+    assert 'analytics_queue_depth{queue="maintenance.XQ"} 0.0' in text
+    body = client.simulate_get("/health/detailed").json
+    assert body["queues"]["maintenance"] == {"ready": 2, "delayed": 1, "dead": 0}

@@ -1,0 +1,84 @@
+"""prometheus-client multiprocess mode as our processes use it (real child processes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analytics.entrypoints.metrics_dir import prepare_multiproc_dir
+from tests.support import child_env, free_port
+
+pytestmark = pytest.mark.unit
+
+CHILD = """
+import os, sys, time
+from analytics.entrypoints import metrics as m
+m.EVENTS_ACCEPTED.labels("page_view").inc(int(sys.argv[1]))
+m.PROCESSES.labels("api").set(1)
+m.HTTP_IN_PROGRESS.inc()
+print(os.getpid(), flush=True)
+if sys.argv[2] == "wait":
+    sys.stdin.read()
+"""
+
+RENDER = """
+from pathlib import Path
+import os
+from analytics.entrypoints import metrics as m
+print(m.render(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])).decode())
+"""
+
+
+def value(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_dir_is_wiped_at_start_and_counters_sum_over_processes_and_dead_ones_drop(tmp_path: Path):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    (mp / "counter_999999.db").write_bytes(b"stale data from an earlier run")
+    env: dict[str, str] = {}
+    prepare_multiproc_dir(mp, env)
+    assert list(mp.iterdir()) == [], "the directory is emptied at start"
+    env = child_env(**env)
+
+    # Two finished processes and one that stays alive.
+    for n in ("3", "4"):
+        subprocess.run([sys.executable, "-c", CHILD, n, "exit"], env=env, check=True, timeout=60)
+    live = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "5", "wait"], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        live.stdout.readline()
+        out = subprocess.run(
+            [sys.executable, "-c", RENDER], env=env, check=True, timeout=60,
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    finally:
+        live.communicate("", timeout=30)
+    # Counters keep the dead processes' counts; live gauges only count the living.
+    assert value(out, 'analytics_events_accepted_total{event_type="page_view"}') == 12
+    assert value(out, 'analytics_processes{component="api"}') == 1
+    assert value(out, "analytics_http_requests_in_progress") == 1
+
+
+def test_gunicorn_gets_a_child_exit_hook_only_in_multiprocess_mode(tmp_path: Path):
+    from analytics.entrypoints.wsgi import GunicornServer
+    from analytics.settings import Settings
+
+    plain = GunicornServer(Settings(data_dir=tmp_path, port=free_port()))
+    assert "child_exit" not in plain.options
+    mp = GunicornServer(
+        Settings(data_dir=tmp_path, port=free_port(), PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    )
+    hook = mp.options["child_exit"]
+    assert mp.cfg.child_exit is hook
+    assert hook.__module__ == "analytics.entrypoints.metrics"
+    assert plain.cfg.child_exit.__module__.startswith("gunicorn")

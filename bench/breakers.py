@@ -68,7 +68,9 @@ def time_503(port: int, n: int) -> tuple[list[float], dict[int, int]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--processes", type=int, default=1, help="load generator processes")
     ap.add_argument("--threads", type=int, default=8, help="connections per process")

@@ -97,10 +97,26 @@ def build_cache(settings: Settings, clock: Clock) -> Cache | None:
 
     # One immediate retry (a pooled connection gone stale after a Redis restart), no
     # backoff: a cache that is down must cost a query milliseconds, not seconds.
-    return RedisCache(
-        redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
-        namespace=settings.namespace,
-        retry_after_s=settings.cache_retry_after_s,
+    return with_local_level(
+        settings,
+        RedisCache(
+            redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
+            namespace=settings.namespace,
+            retry_after_s=settings.cache_retry_after_s,
+        ),
+    )
+
+
+def with_local_level(settings: Settings, cache: Cache) -> Cache:
+    """The in-process LRU of closed buckets in front of a shared cache (README,
+    "Resilience": which data lives at which level, and why it is never stale)."""
+    from analytics.adapters.tiered_cache import TieredCache  # noqa: PLC0415
+
+    # With 0 entries the local level is off, but values still carry the flag that lets
+    # other processes (with the level on) keep closed buckets locally.
+
+    return TieredCache(  # type: ignore[return-value]
+        cache, max_entries=settings.local_cache_entries, min_ttl_s=settings.local_cache_min_ttl_s
     )
 
 
@@ -244,5 +260,12 @@ def install_breakers(container: Container) -> Container:
     container.extras["breakers"] = registry
     checks = container.extras.setdefault("health_checks", {})
     if isinstance(checks, dict):
-        checks["circuit_breakers"] = registry.snapshot
+
+        def breakers_check() -> dict[str, object]:
+            """For /health/detailed: every breaker; 'degraded' while any is not closed."""
+            not_closed = registry.open_names()
+            status = "degraded" if not_closed else "ok"
+            return {"status": status, "not_closed": not_closed, "breakers": registry.snapshot()}
+
+        checks["circuit_breakers"] = breakers_check
     return container

@@ -29,7 +29,7 @@ class _Transparent:
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
-        return type(self.__dict__["_target"])
+        return self.__dict__["_target"].__class__  # chains through nested decorators
 
 
 class GuardedProxy(_Transparent):
@@ -140,6 +140,15 @@ class GuardedCache(_Transparent):
         try:
             return self._run(lambda: self.inner.versions(scopes))  # type: ignore[no-any-return]
         except CircuitOpen:
+            return None  # "cache unavailable": queries read storage
+
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        try:
+            return self._run(lambda: self.inner.lookup(entries))  # type: ignore[no-any-return]
+        except CircuitOpen:
+            self.skipped += len(entries)
             return None  # "cache unavailable": queries read storage
 
     def bump(self, scopes: Iterable[str]) -> None:

@@ -102,7 +102,10 @@ def build_cache(settings: Settings, clock: Clock) -> Cache | None:
         RedisCache(
             redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
             namespace=settings.namespace,
-            retry_after_s=settings.cache_retry_after_s,
+            # With breakers on, the cache breaker decides when Redis is skipped (after a
+            # configurable run of failures, with a half-open trial); the adapter's own
+            # skip-after-one-error would hide those failures from it.
+            retry_after_s=1e-6 if settings.breakers else settings.cache_retry_after_s,
         ),
     )
 

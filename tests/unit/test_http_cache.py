@@ -66,7 +66,7 @@ def client(**env: str) -> falcon.testing.TestClient:
         ('"a', None),
         ('w/"a"', None),  # W is case-sensitive
         ('"a"b"', None),
-        ("*, \"a\"", None),
+        ('*, "a"', None),
         ("", None),
     ],
 )
@@ -101,7 +101,9 @@ def test_public_when_keys_are_off() -> None:
 
 
 def test_open_period_and_dashboard_get_short_max_age() -> None:
-    c = client(ANALYTICS_HTTP_CACHE_OPEN_MAX_AGE_S="7", ANALYTICS_HTTP_CACHE_DASHBOARD_MAX_AGE_S="3")
+    c = client(
+        ANALYTICS_HTTP_CACHE_OPEN_MAX_AGE_S="7", ANALYTICS_HTTP_CACHE_DASHBOARD_MAX_AGE_S="3"
+    )
     assert c.simulate_get(AGG).headers["Cache-Control"] == "private, max-age=7"
     r = c.simulate_get("/api/v1/analytics/dashboard/metrics")
     assert r.headers["Cache-Control"] == "private, max-age=3" and "ETag" in r.headers

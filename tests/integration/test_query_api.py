@@ -294,3 +294,29 @@ def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -
         worker.stop()
     day = env.get(f"{AGG}/day", start="2026-03-30", end="2026-03-31")
     assert day["buckets"][0]["count"] == 1
+
+
+def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) -> None:
+    """The task id of generate is the Dramatiq message id that the task-status middleware
+    records: queued, then succeeded with the reconcile report as its result."""
+    settings = Settings(storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="none")
+    c = bootstrap(settings, clock=FixedClock(NOW))
+    register_actors(c)
+    client = testing.TestClient(create_app(c))
+    c.event_repo.add_many([make_event(datetime(2026, 3, 30, 8, 0, tzinfo=UTC))])  # uncounted
+    resp = client.simulate_post(
+        f"{AGG}/day/generate", params={"start": "2026-03-30", "end": "2026-03-31"}
+    )
+    assert resp.status_code == 202
+    status_url = f"/api/v1/analytics/tasks/{resp.json['task_id']}/status"
+    assert client.simulate_get(status_url).json["status"] == "queued"
+    worker = dramatiq.Worker(c.broker, worker_timeout=50)
+    worker.start()
+    try:
+        c.broker.join("aggregations")  # type: ignore[attr-defined]
+        worker.join()
+    finally:
+        worker.stop()
+    done = client.simulate_get(status_url).json
+    assert done["status"] == "succeeded", done
+    assert done["result"]["caught_up"] == 1 and done["result"]["events_scanned"] == 1

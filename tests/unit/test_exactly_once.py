@@ -136,6 +136,16 @@ def test_reconcile_reports_but_keeps_counts_whose_raw_events_expired() -> None:
     assert totals(agg)[0] == 1
 
 
+def test_reconcile_never_zeroes_counters_that_have_no_markers() -> None:
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    store_events([make_event(T0)], repo=repo, aggregates=agg)
+    repo._events.clear()
+    agg.markers.clear()  # markers lost (they must outlive raw events; here they did not)
+    report = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg)
+    assert report.missing_raw >= 1 and not report.repaired
+    assert totals(agg)[0] == 1
+
+
 # --- property: incremental == recomputation, whatever the delivery ---------------------
 
 event_st = st.builds(

@@ -87,17 +87,31 @@ class SQLiteAggregateStore:
         merged: dict[CounterKey, int] = defaultdict(int)
         try:
             with self.db.transaction() as conn:
-                for c in contributions:
-                    cur = conn.execute(
-                        "INSERT INTO agg_applied (event_id, minute) VALUES (?, ?)"
-                        " ON CONFLICT(event_id) DO NOTHING",
-                        (str(c.event_id), c.minute),
+                # Inside BEGIN IMMEDIATE nobody else writes: read which markers exist,
+                # then insert the rest in one statement (no per-event round trip).
+                ids = list(dict.fromkeys(str(c.event_id) for c in contributions))
+                seen: set[str] = set()
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    seen.update(
+                        r[0]
+                        for r in conn.execute(
+                            f"SELECT event_id FROM agg_applied WHERE event_id IN ({marks})",
+                            chunk,
+                        )
                     )
-                    if cur.rowcount != 1:
+                fresh: list[tuple[str, int]] = []
+                for c in contributions:
+                    key = str(c.event_id)
+                    if key in seen:
                         continue  # already counted: redelivery, retry or repair
+                    seen.add(key)
+                    fresh.append((key, c.minute))
                     new.append(c.event_id)
                     for k, v in c.deltas.items():
                         merged[k] += v
+                conn.executemany("INSERT INTO agg_applied (event_id, minute) VALUES (?, ?)", fresh)
                 conn.executemany(_UPSERT, [(*k, v) for k, v in merged.items()])
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc

@@ -33,7 +33,7 @@ class ReconcileReport:
     events_scanned: int = 0
     caught_up: int = 0  # stored events that had never been counted
     drifted_counters: int = 0  # counters that differed from the recomputation
-    missing_raw: int = 0  # counted events whose raw event is gone (retention)
+    missing_raw: int = 0  # counted events whose raw event (or marker) is gone
     repaired: bool = False
     examples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -106,6 +106,10 @@ def reconcile(
         seen: set[object] = set()
         expected = recompute(_held(repo.iter_range(lo, hi, page_size=batch), snap.applied, seen))
         missing = len(snap.applied - seen)
+        if not snap.applied and snap.counters:
+            # Counters without any marker: markers were removed (they must live as long as
+            # the aggregates). Nothing to recompute from: never "repair" them to zero.
+            missing += 1
         report.missing_raw += missing
         deltas = drift(expected, snap.counters)
         if not deltas:

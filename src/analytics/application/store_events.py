@@ -11,6 +11,7 @@ different content can never make the counts disagree with the stored event.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,15 @@ def store_events(
     counted = 0
     if aggregates is not None and events:
         ids = list(dict.fromkeys(e.event_id for e in events))
-        stored = repo.get_many(ids)
+        # A new id was stored from its first occurrence here; only the others (stored by
+        # an earlier message) are read back, so the common case costs no extra read.
+        new = set(new_ids)
+        stored: dict[uuid.UUID, Event] = {}
+        for e in events:
+            if e.event_id in new and e.event_id not in stored:
+                stored[e.event_id] = e
+        if len(stored) < len(ids):
+            stored.update(repo.get_many(i for i in ids if i not in stored))
         counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
         if cache is not None:
             # Bump even when nothing was new: the attempt that counted may have died

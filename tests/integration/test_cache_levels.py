@@ -88,6 +88,16 @@ def test_closed_period_from_the_local_level_never_stale(
     assert report is not None
     assert total(client.simulate_get(AGG, params=PARAMS)) == 3
 
+    # The other GETs of the real app: user data and live state are never stored.
+    search = client.simulate_get("/api/v1/analytics/events/search", params={"user_id": "u1"})
+    assert search.status_code == 200 and search.headers["Cache-Control"] == "private, no-store"
+    assert "ETag" not in search.headers
+    assert client.simulate_get("/health").headers["Cache-Control"] == "no-store"
+    status = client.simulate_get("/api/v1/analytics/tasks/nope/status")
+    assert status.headers["Cache-Control"] == "no-store"
+    bad_etag = client.simulate_get(AGG, params=PARAMS, headers={"If-None-Match": "nonsense"})
+    assert bad_etag.status_code == 200 and total(bad_etag) == 3  # malformed: ignored
+
     metrics = client.simulate_get("/metrics").text
     assert 'analytics_cache_hit_ratio{level="local"}' in metrics
     assert 'analytics_cache_hit_ratio{level="redis"}' in metrics

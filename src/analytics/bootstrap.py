@@ -7,6 +7,7 @@ not pass is built from settings. Importing this module has no effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 
@@ -20,9 +21,13 @@ from analytics.domain.ports import (
     IdGenerator,
     TaskQueue,
     TaskStatusStore,
+    UnitOfWork,
 )
 from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
+
+if TYPE_CHECKING:
+    from analytics.domain.ports import DeadLetters
 
 
 @dataclass
@@ -36,8 +41,10 @@ class Container:
     task_queue: TaskQueue
     event_repo: EventRepository
     limits: Limits = DEFAULT_LIMITS
+    dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
     aggregates: AggregateStore | None = None
+    uow: UnitOfWork | None = None  # one commit for the event and its counts, where possible
     cache: Cache | None = None
     aggregation_jobs: AggregationJobs | None = None
     task_status: TaskStatusStore | None = None
@@ -59,6 +66,19 @@ def build_event_repo(settings: Settings) -> EventRepository:
             SQLiteDatabase(settings.sqlite_path, busy_timeout_s=settings.sqlite_busy_timeout_s)
         )
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
+
+
+def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
+    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
+
+    if isinstance(broker, RedisBroker):
+        from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
+
+        return RedisDeadLetters(broker)
+    from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
+
+    return InMemoryDeadLetters()
 
 
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
@@ -162,6 +182,7 @@ def bootstrap(
     broker: dramatiq.Broker | None = None,
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
+    dead_letters: DeadLetters | None = None,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
@@ -180,6 +201,7 @@ def bootstrap(
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
     event_repo = event_repo or build_event_repo(settings)
+    aggregates = aggregates or build_aggregates(settings, event_repo)
     container = Container(
         settings=settings,
         clock=clock,
@@ -187,13 +209,22 @@ def bootstrap(
         broker=broker,
         task_queue=task_queue or build_task_queue(settings, broker),
         event_repo=event_repo,
-        aggregates=aggregates or build_aggregates(settings, event_repo),
+        dead_letters=dead_letters or build_dead_letters(broker),
+        aggregates=aggregates,
+        uow=shared_unit_of_work(event_repo, aggregates),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
     return install_breakers(container)
+
+
+def shared_unit_of_work(*stores: object) -> UnitOfWork | None:
+    """The stores' database when they all write to the same one (SQLite), else None."""
+    dbs = {id(getattr(s, "db", None)): getattr(s, "db", None) for s in stores}
+    db = next(iter(dbs.values())) if len(dbs) == 1 else None
+    return db if db is not None and hasattr(db, "atomic") else None  # type: ignore[return-value]
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
@@ -228,6 +259,7 @@ def install_breakers(container: Container) -> Container:
         GuardedCache,
         GuardedProxy,
         GuardedTaskQueue,
+        GuardedUnitOfWork,
     )
     from analytics.domain.errors import (  # noqa: PLC0415
         CircuitOpen,
@@ -251,6 +283,8 @@ def install_breakers(container: Container) -> Container:
     container.event_repo = GuardedProxy(container.event_repo, storage)  # type: ignore[assignment]
     if getattr(container, "aggregates", None) is not None:
         container.aggregates = GuardedProxy(container.aggregates, storage)  # type: ignore[attr-defined]
+    if getattr(container, "uow", None) is not None:
+        container.uow = GuardedUnitOfWork(container.uow, storage)  # type: ignore[attr-defined]
     container.task_queue = GuardedTaskQueue(
         container.task_queue, breaker("broker", QueueCircuitOpen)
     )

@@ -117,6 +117,42 @@ class Settings(BaseModel):
         86_400, ge=60, le=30 * 86_400, description="How long a task status record is kept."
     )
 
+    worker_max_tasks: int = Field(
+        1000, ge=0, le=10_000_000, description="Recycle worker processes after N tasks; 0: never."
+    )
+    worker_shutdown_timeout_s: float = Field(
+        600.0, gt=0, le=3600, description="SIGTERM: how long running tasks may take to finish."
+    )
+    # Overrides of the per-actor retry table (entrypoints/policies.py); unset: the table.
+    retry_max_retries: int | None = Field(None, ge=0, le=100)
+    retry_min_backoff_ms: int | None = Field(None, ge=1, le=3_600_000)
+    retry_max_backoff_ms: int | None = Field(None, ge=1, le=86_400_000)
+    dead_message_ttl_s: int = Field(
+        7 * 86400, ge=60, le=90 * 86400, description="Redis broker: how long dead letters stay."
+    )
+
+    # --- scheduler ---------------------------------------------------------------------
+    retention_days: int = Field(90, ge=1, le=3650, description="Raw events older are purged.")
+    scheduler_lease_s: float = Field(
+        15.0, ge=0.5, le=600, description="Leader lease; a standby takes over within ~4/3 of it."
+    )
+    schedule_hourly_s: int = Field(3600, ge=1, le=86400, description="Hourly roll-up period.")
+    schedule_daily_s: int = Field(86400, ge=1, le=7 * 86400, description="Daily roll-up period.")
+    schedule_retention_s: int = Field(86400, ge=1, le=7 * 86400)
+    schedule_dlq_check_s: int = Field(60, ge=1, le=86400)
+    schedule_warmup_s: int = Field(60, ge=1, le=86400)
+    schedule_delay_s: float = Field(
+        300.0, ge=0, le=86400, description="Roll-ups run this long after a period closes."
+    )
+    scheduler_jobs: str = Field(
+        "rollup_hourly,rollup_daily,retention,dlq_depth,cache_warmup",
+        pattern=r"^[a-z_]+(,[a-z_]+)*$",
+        description="Comma-separated scheduler jobs to run (README: Operations).",
+    )
+    schedule_catch_up_max: int = Field(
+        48, ge=1, le=10_000, description="At most this many missed periods per job are caught up."
+    )
+
     # --- resilience (README, "Resilience") ------------------------------------------
     breakers: bool = Field(
         True, description="Circuit breakers around storage, broker, cache and SNS."

@@ -285,3 +285,26 @@ def test_valid_breaker_settings() -> None:
     assert (s.breaker_failure_threshold, s.breaker_reset_timeout_s, s.worker_max_rss_mb) == (
         2, 0.5, 512,
     )  # fmt: skip
+
+
+def test_nested_calls_on_one_thread_are_one_call_of_the_breaker() -> None:
+    """A repository call inside a guarded transaction: the half-open trial is the
+    transaction, and its parts are not refused as a second trial."""
+    from contextlib import contextmanager
+
+    from analytics.adapters.guarded import GuardedUnitOfWork
+
+    class Uow:
+        @contextmanager
+        def atomic(self):  # type: ignore[no-untyped-def]
+            yield self
+
+    b, clock, seen = make(threshold=1, reset=1)
+    b.record_failure()
+    clock.t += 1
+    repo = GuardedProxy(InMemoryEventRepository(), b)
+    with GuardedUnitOfWork(Uow(), b).atomic():
+        assert b.state is State.HALF_OPEN
+        assert repo.count() == 0  # passes: part of the trial
+    assert b.state is State.CLOSED and b.calls == 1
+    assert seen == ["closed->open", "open->half_open", "half_open->closed"]

@@ -296,3 +296,20 @@ def test_queue_depths_come_from_the_broker_in_use(tmp_path):
     assert 'analytics_queue_depth{queue="maintenance.XQ"} 0.0' in text
     body = client.simulate_get("/health/detailed").json
     assert body["queues"]["maintenance"] == {"ready": 2, "delayed": 1, "dead": 0}
+
+
+def test_the_dashboard_cache_hits_and_misses_reach_metrics(tmp_path):
+    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path, cache_backend="memory")
+    container = bootstrap(settings, task_queue=SlowQueue())
+    assert container.cache is not None
+    client = falcon.testing.TestClient(create_app(container))
+    hit = sample("analytics_cache_requests_total", kind="aggregates", result="hit")
+    miss = sample("analytics_cache_requests_total", kind="aggregates", result="miss")
+    window = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T06:00:00Z"}
+    for _ in range(3):
+        resp = client.simulate_get("/api/v1/analytics/dashboard/metrics", params=window)
+        assert resp.status_code == 200, resp.text
+    client.simulate_get("/metrics")  # a scrape syncs the adapter's counts
+    assert sample("analytics_cache_requests_total", kind="aggregates", result="hit") > hit
+    assert sample("analytics_cache_requests_total", kind="aggregates", result="miss") > miss
+    assert container.cache.hits > 0

@@ -79,6 +79,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trial = False
         self._lock = threading.Lock()
+        self._inside = threading.local()  # depth of guarded calls on this thread
         self._listeners: list[Listener] = []
         # Cumulative counts (metrics follow them; the breaker stays free of prometheus).
         self.calls = 0
@@ -188,13 +189,27 @@ class CircuitBreaker:
 
     @contextmanager
     def guard(self) -> Iterator[None]:
+        """A guarded call. Nested guards of the same breaker on the same thread (a
+        repository call inside a guarded transaction) pass through: the outermost one
+        decides and records, so a half-open trial is not refused by its own parts."""
+        depth = getattr(self._inside, "depth", 0)
+        if depth:
+            self._inside.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._inside.depth = depth
+            return
         self.before_call()
+        self._inside.depth = 1
         try:
             yield
         except BaseException as exc:
+            self._inside.depth = 0
             if self.record(exc):
                 raise self.on_open(self.name, self.reset_timeout_s) from exc
             raise
+        self._inside.depth = 0
         self.record_success()
 
     def _notify(self, old: State, new: State) -> None:

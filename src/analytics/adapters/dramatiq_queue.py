@@ -40,6 +40,7 @@ def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | Non
             namespace=settings.namespace,
             heartbeat_timeout=int(settings.heartbeat_timeout_s * 1000),
             maintenance_chance=settings.broker_maintenance_chance,
+            dead_message_ttl=settings.dead_message_ttl_s * 1000,
             middleware=middleware,
         )
     elif settings.broker == "rabbitmq":
@@ -50,6 +51,10 @@ def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | Non
         )
     else:
         broker = StubBroker(middleware=middleware)
+    from analytics.adapters.dead_letter_recorder import DeadLetterRecorder  # noqa: PLC0415
+
+    # ``after_*`` hooks run in reverse order: placed before Retries, it sees Retries' verdict.
+    broker.add_middleware(DeadLetterRecorder(), before=dramatiq.middleware.Retries)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -15,7 +15,8 @@ breakers), so a test or a new adapter gets the same protection by construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from analytics.adapters.circuit_breaker import CircuitBreaker
@@ -67,6 +68,24 @@ class GuardedProxy(_Transparent):
 
     def __repr__(self) -> str:
         return f"Guarded({self._inner!r}, breaker={self._breaker.name!r})"
+
+
+class GuardedUnitOfWork(_Transparent):
+    """UnitOfWork port: the whole transaction (its BEGIN, the repository calls inside, the
+    COMMIT) is one call of the storage breaker."""
+
+    def __init__(self, inner: Any, breaker: CircuitBreaker) -> None:
+        self._target = inner
+        self.inner = inner
+        self.breaker = breaker
+
+    @contextmanager
+    def atomic(self) -> Iterator[object]:
+        with self.breaker.guard(), self.inner.atomic() as unit:
+            yield unit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class GuardedTaskQueue(_Transparent):

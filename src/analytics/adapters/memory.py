@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from analytics.domain.aggregation import (
@@ -24,6 +25,7 @@ from analytics.domain.buckets import Piece
 from analytics.domain.clock import SystemClock
 from analytics.domain.errors import CacheUnavailable
 from analytics.domain.events import Event
+from analytics.domain.operations import DeadLetter
 from analytics.domain.ports import AggregateSnapshot, Clock
 from analytics.domain.search import EventQuery, SearchKey, sort_key
 from analytics.domain.tasks import TaskStatus, TaskUpdate, merge
@@ -53,6 +55,13 @@ class InMemoryEventRepository:
     def all(self) -> list[Event]:
         with self._lock:
             return list(self._events.values())
+
+    def purge_before(self, cutoff: datetime) -> int:
+        with self._lock:
+            old = [i for i, e in self._events.items() if e.timestamp < cutoff]
+            for i in old:
+                del self._events[i]
+        return len(old)
 
     def iter_range(
         self, start: datetime, end: datetime, *, page_size: int = 1000
@@ -100,6 +109,54 @@ class InMemoryTaskQueue:
     def events(self) -> list[Event]:
         return [e for _, batch in self.batches for e in batch]
 
+
+class InMemoryDeadLetters:
+    """DeadLetters fake: letters in a dict; replay hands them to ``on_replay`` (a fake queue)."""
+
+    def __init__(self, on_replay: Callable[[DeadLetter], object] | None = None) -> None:
+        self.letters: dict[str, DeadLetter] = {}
+        self.payloads: dict[str, object] = {}
+        self.replayed: list[DeadLetter] = []
+        self.recorded: tuple[dict[str, int], datetime] | None = None
+        self.on_replay = on_replay
+
+    def add(self, letter: DeadLetter, payload: object = None) -> None:
+        self.letters[letter.letter_id] = letter
+        self.payloads[letter.letter_id] = payload
+
+    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
+        out = [
+            d for d in self.letters.values()
+            if (queue is None or d.queue == queue) and (actor is None or d.actor == actor)
+        ]  # fmt: skip
+        return sorted(out, key=lambda d: (d.failed_at, d.letter_id))
+
+    def replay(self, letter_ids: Sequence[str]) -> list[str]:
+        done = []
+        for i in letter_ids:
+            letter = self.letters.pop(i, None)
+            if letter is None:
+                continue
+            letter = replace(letter, replays=letter.replays + 1)
+            self.replayed.append(letter)
+            if self.on_replay is not None:
+                self.on_replay(letter)
+            done.append(i)
+        return done
+
+    def purge(self, letter_ids: Sequence[str]) -> list[str]:
+        return [i for i in letter_ids if self.letters.pop(i, None) is not None]
+
+    def depths(self) -> dict[str, int]:
+        from analytics.adapters.dramatiq_queue import QUEUES  # noqa: PLC0415
+
+        out = dict.fromkeys(QUEUES, 0)
+        for d in self.letters.values():
+            out[d.queue] = out.get(d.queue, 0) + 1
+        return out
+
+    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
+        self.recorded = (dict(depths), at)
 
 class InMemoryAggregateStore:
     """Counters in a dict, applied markers in a dict, one lock for both (one 'transaction')."""

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -72,21 +72,38 @@ class SQLiteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; a nested call joins the open one (the outermost commits),
+        so a use case can make several adapters' writes one atomic, fsynced commit."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield self.connect()
+            finally:
+                self._local.depth = depth
+            return
         try:
             conn = self.connect()
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
+        self._local.depth = 1
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._local.depth = 0
         try:
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
             raise StorageUnavailable(f"sqlite commit: {exc}") from exc
+
+    def atomic(self) -> AbstractContextManager[object]:
+        """The UnitOfWork port: everything inside commits together."""
+        return self.transaction()
 
     def read(self) -> sqlite3.Connection:
         return self.connect()
@@ -137,6 +154,24 @@ class SQLiteEventRepository:
 
     def count(self) -> int:
         return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def purge_before(self, cutoff: datetime, *, batch: int = 5000) -> int:
+        """Delete events older than ``cutoff`` in short transactions (writers are not starved)."""
+        limit = to_us(cutoff)
+        total = 0
+        sql = (
+            "DELETE FROM events WHERE event_id IN "
+            "(SELECT event_id FROM events WHERE ts_us < ? LIMIT ?)"
+        )
+        while True:
+            try:
+                with self.db.transaction() as conn:
+                    deleted = conn.execute(sql, (limit, batch)).rowcount
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"sqlite: {exc}") from exc
+            total += deleted
+            if deleted < batch:
+                return total
 
     def iter_range(
         self, start: datetime, end: datetime, *, page_size: int = 1000

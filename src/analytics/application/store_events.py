@@ -12,12 +12,13 @@ different content can never make the counts disagree with the stored event.
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from analytics.domain.aggregation import contribution
 from analytics.domain.events import Event
-from analytics.domain.ports import AggregateStore, Cache, EventRepository
+from analytics.domain.ports import AggregateStore, Cache, EventRepository, UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,29 +40,38 @@ def store_events(
     repo: EventRepository,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
+    uow: UnitOfWork | None = None,
 ) -> StoreResult:
-    new_ids = repo.add_many(events)
-    counted = 0
-    if aggregates is not None and events:
-        ids = list(dict.fromkeys(e.event_id for e in events))
-        # A new id was stored from its first occurrence here; only the others (stored by
-        # an earlier message) are read back, so the common case costs no extra read.
-        new = set(new_ids)
-        stored: dict[uuid.UUID, Event] = {}
-        for e in events:
-            if e.event_id in new and e.event_id not in stored:
-                stored[e.event_id] = e
-        if len(stored) < len(ids):
-            stored.update(repo.get_many(i for i in ids if i not in stored))
-        counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
-        if cache is not None:
-            # Bump even when nothing was new: the attempt that counted may have died
-            # before it invalidated. CacheUnavailable propagates: the message is retried
-            # (everything above is idempotent) until the invalidation lands.
-            cache.bump(sorted(cache_scopes(stored.values())))
+    with uow.atomic() if uow is not None else nullcontext():
+        new_ids, counted, stored = _store_and_count(events, repo, aggregates)
+    if cache is not None and stored:
+        # Bump even when nothing was new: the attempt that counted may have died
+        # before it invalidated. CacheUnavailable propagates: the message is retried
+        # (everything above is idempotent) until the invalidation lands.
+        cache.bump(sorted(cache_scopes(stored.values())))
     return StoreResult(
         received=len(events),
         stored=len(new_ids),
         duplicates=len(events) - len(new_ids),
         counted=counted,
     )
+
+
+def _store_and_count(
+    events: Sequence[Event], repo: EventRepository, aggregates: AggregateStore | None
+) -> tuple[list[uuid.UUID], int, dict[uuid.UUID, Event]]:
+    new_ids = repo.add_many(events)
+    counted = 0
+    stored: dict[uuid.UUID, Event] = {}
+    if aggregates is not None and events:
+        ids = list(dict.fromkeys(e.event_id for e in events))
+        # A new id was stored from its first occurrence here; only the others (stored by
+        # an earlier message) are read back, so the common case costs no extra read.
+        new = set(new_ids)
+        for e in events:
+            if e.event_id in new and e.event_id not in stored:
+                stored[e.event_id] = e
+        if len(stored) < len(ids):
+            stored.update(repo.get_many(i for i in ids if i not in stored))
+        counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
+    return new_ids, counted, stored

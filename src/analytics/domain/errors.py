@@ -52,6 +52,18 @@ class NotFound(DomainError):
     """The named resource does not exist."""
 
 
+class PermanentError(DomainError):
+    """A task that can never succeed, whatever the retries (e.g. its payload does not decode).
+
+    Actors declare it in ``throws``: the message skips its retries and goes straight to the
+    dead-letter queue, where an operator can inspect it.
+    """
+
+
+class DeadLetterNotFound(NotFound):
+    """No dead-lettered message has that id."""
+
+
 class AdapterError(AnalyticsError):
     """Infrastructure failed (storage, broker, cache, notifier). Usually worth a retry."""
 

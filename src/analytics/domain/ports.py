@@ -6,8 +6,10 @@ the same contracts and run the same contract tests.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -15,6 +17,7 @@ from typing import Protocol
 from analytics.domain.aggregation import Breakdown, Contribution, CounterKey, Summary
 from analytics.domain.buckets import Piece
 from analytics.domain.events import Event
+from analytics.domain.operations import DeadLetter
 from analytics.domain.search import EventQuery, SearchKey
 from analytics.domain.tasks import TaskStatus, TaskUpdate
 
@@ -44,6 +47,14 @@ class EventRepository(Protocol):
         """Number of stored events (for health and tests; may be approximate on big stores)."""
         ...
 
+    def purge_before(self, cutoff: datetime) -> int:
+        """Retention: delete raw events whose ``timestamp`` is before ``cutoff``; return how many.
+
+        Aggregates are not touched. A store that expires items itself (DynamoDB TTL) may
+        return 0.
+        """
+        ...
+
     def iter_range(
         self, start: datetime, end: datetime, *, page_size: int = 1000
     ) -> Iterator[Event]:
@@ -70,6 +81,30 @@ class TaskQueue(Protocol):
 
     def enqueue_events(self, events: Sequence[Event]) -> str:
         """Return a task id once the events are durably queued; raise QueueUnavailable."""
+        ...
+
+
+class DeadLetters(Protocol):
+    """The dead-letter queues: messages that failed for good, to inspect, replay or purge."""
+
+    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one queue and/or one actor."""
+        ...
+
+    def replay(self, letter_ids: Sequence[str]) -> builtins.list[str]:
+        """Put these back on their queues (fresh retry budget); return the ids replayed."""
+        ...
+
+    def purge(self, letter_ids: Sequence[str]) -> builtins.list[str]:
+        """Delete these for good; return the ids deleted."""
+        ...
+
+    def depths(self) -> dict[str, int]:
+        """Dead letters per queue (every known queue, zeros included)."""
+        ...
+
+    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
+        """Keep the last measured depths where the metrics exporter reads them."""
         ...
 
 
@@ -174,6 +209,14 @@ class TaskStatusStore(Protocol):
     def get(self, task_id: str) -> TaskStatus | None:
         """The record, or None if unknown or expired."""
         ...
+
+
+class UnitOfWork(Protocol):
+    """Makes the writes of several adapters one atomic commit where the storage can
+    (SQLite: one transaction, one fsync); a no-op where exactly-once rests on markers
+    alone (DynamoDB, memory)."""
+
+    def atomic(self) -> AbstractContextManager[object]: ...
 
 
 class LocalDocuments(Protocol):

@@ -5,7 +5,11 @@ Queues (see README, "Operations"):
 | actor            | queue          | what it does                         |
 |------------------|----------------|--------------------------------------|
 | process_events   | high_priority  | store a group of events exactly once |
+| purge_events_before | maintenance | retention: delete raw events before a cutoff |
+| check_dead_letters  | maintenance | measure dead-letter depths for the metric |
 | generate_aggregations | aggregations | reconcile (recompute + repair) a range |
+
+Retry policies and time limits: ``entrypoints/policies.py`` (one table).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from analytics.adapters.dramatiq_queue import PROCESS_EVENTS
 from analytics.application.reconcile import reconcile
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container
+from analytics.entrypoints.policies import actor_options
 
 log = structlog.get_logger("analytics.worker")
 
@@ -39,12 +44,13 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
 
     @deferring
     def process_events(payload: str) -> dict[str, int]:
-        events = codec.decode_events(payload)
+        events = _decode_events(payload)
         result = store_events(
             events,
             repo=container.event_repo,
             aggregates=container.aggregates,
             cache=container.cache,
+            uow=container.uow,
         )
         log.info(
             "events stored",
@@ -70,23 +76,70 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
     actors = {
         PROCESS_EVENTS: dramatiq.actor(
             process_events,
-            actor_name=PROCESS_EVENTS,
-            queue_name="high_priority",
             broker=broker,
-            max_retries=10,
-            min_backoff=500,
-            max_backoff=60_000,
-            time_limit=120_000,
+            **actor_options(PROCESS_EVENTS, container.settings),
         ),
     }
     actors[GENERATE_AGGREGATIONS] = dramatiq.actor(
         generate_aggregations,
-        actor_name=GENERATE_AGGREGATIONS,
-        queue_name="aggregations",
         broker=broker,
-        max_retries=3,
-        min_backoff=1_000,
-        max_backoff=60_000,
-        time_limit=30 * 60_000,
+        **actor_options(GENERATE_AGGREGATIONS, container.settings),  # 3 tries, 1 s-1 min, 30 min
     )
+    actors.update(register_maintenance_actors(container))
     return actors
+
+
+def _decode_events(payload: object) -> list[Any]:
+    """A payload that does not decode can never succeed: straight to the dead letters."""
+    import msgspec  # noqa: PLC0415
+
+    from analytics.domain.errors import PermanentError  # noqa: PLC0415
+
+    if not isinstance(payload, str | bytes):
+        raise PermanentError(f"payload is {type(payload).__name__}, not JSON text")
+    try:
+        return codec.decode_events(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PermanentError(f"payload does not decode: {exc}") from exc
+
+
+def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """The ``maintenance`` queue's actors (run by ``analytics worker --queues maintenance``)."""
+    from datetime import datetime  # noqa: PLC0415
+
+    from analytics.application.dead_letters import measure_dead_letters  # noqa: PLC0415
+    from analytics.application.retention import purge_events_before  # noqa: PLC0415
+    from analytics.domain.errors import PermanentError  # noqa: PLC0415
+
+    broker = container.broker
+
+    def purge_events_before_actor(cutoff: str) -> dict[str, object]:
+        try:
+            when = datetime.fromisoformat(cutoff)
+        except (TypeError, ValueError) as exc:
+            raise PermanentError(f"cutoff {cutoff!r} is not an ISO 8601 time") from exc
+        if when.tzinfo is None:
+            raise PermanentError(f"cutoff {cutoff!r} has no UTC offset")
+        deleted = purge_events_before(when, repo=container.event_repo)
+        log.info("retention purge", cutoff=cutoff, deleted=deleted)
+        return {"cutoff": cutoff, "deleted": deleted}
+
+    def check_dead_letters() -> dict[str, int]:
+        if container.dead_letters is None:
+            return {}
+        depths = measure_dead_letters(dlq=container.dead_letters, now=container.clock.now())
+        log.info("dead-letter depths", **depths)
+        return depths
+
+    return {
+        "purge_events_before": dramatiq.actor(
+            purge_events_before_actor,
+            broker=broker,
+            **actor_options("purge_events_before", container.settings),
+        ),
+        "check_dead_letters": dramatiq.actor(
+            check_dead_letters,
+            broker=broker,
+            **actor_options("check_dead_letters", container.settings),
+        ),
+    }

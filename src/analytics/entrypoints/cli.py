@@ -57,7 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", type=_queues, default=list(QUEUES))
     worker.add_argument("--processes", type=_positive)
     worker.add_argument("--threads", type=_positive)
+    add_ops_commands(sub)
     return parser
+
+
+def _queue(value: str) -> str:
+    if value not in QUEUES:
+        choices = ", ".join(QUEUES)
+        raise argparse.ArgumentTypeError(f"unknown queue {value!r}; choose from {choices}")
+    return value
+
+
+def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``analytics dlq ...`` and ``analytics scheduler`` (README: "Operations")."""
+    dlq = sub.add_parser("dlq", help="inspect, replay or purge dead-lettered messages")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, text in (
+        ("list", "list dead letters: what failed, why, how often"),
+        ("show", "show one dead letter with its traceback"),
+        ("replay", "put dead letters back on their queues"),
+        ("purge", "delete dead letters for good"),
+    ):
+        p = dsub.add_parser(name, help=text)
+        p.add_argument("--queue", type=_queue)
+        p.add_argument("--actor")
+        p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("replay", "purge"):
+            p.add_argument("--all", action="store_true", help="every dead letter of every queue")
+    sub.add_parser("scheduler", help="run the periodic scheduler (one active; Redis lease)")
 
 
 def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
@@ -107,11 +135,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--threads", str(args.threads or settings.worker_threads),
         "--queues", *args.queues,
     ]  # fmt: skip
+    argv += ["--worker-shutdown-timeout", str(int(settings.worker_shutdown_timeout_s * 1000))]
+    # dramatiq's reload (SIGHUP) re-executes "python -m dramatiq" by name: make that name
+    # resolve to this interpreter (a venv that is not on PATH would lose its packages).
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process; signals reach dramatiq
     return 0  # pragma: no cover
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from analytics.entrypoints.ops_cli import run_dlq  # noqa: PLC0415
+
+    return run_dlq(args, load_settings(dict(os.environ)))
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from analytics.entrypoints.scheduler import run_scheduler  # noqa: PLC0415
+
+    return run_scheduler(load_settings(dict(os.environ)))
+
+
 COMMANDS = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}
+COMMANDS.update({"dlq": cmd_dlq, "scheduler": cmd_scheduler})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ def serve(settings: Settings) -> int:
     specs = {
         "worker": ["worker", "--queues", ",".join(QUEUES)],
         "api": ["api"],
+        "scheduler": ["scheduler"],  # ops: periodic jobs (one active, Redis lease)
     }
     children = {name: _child(args, env) for name, args in specs.items()}
     url = f"http://{settings.host}:{settings.port}"
@@ -65,7 +66,7 @@ def serve(settings: Settings) -> int:
                     children[name] = _child(specs[name], env)
             time.sleep(0.2)
     finally:
-        for name in ("api", "worker"):
+        for name in ("api", "worker", "scheduler"):
             proc = children[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -10,6 +10,8 @@ import os
 
 import dramatiq
 
+from analytics.adapters.recycler import WorkerRecycler
+from analytics.adapters.worker_registry import ActorRegistry
 from analytics.bootstrap import bootstrap
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.logs import configure_logging
@@ -22,4 +24,14 @@ container = bootstrap(settings)
 broker = container.broker
 install_telemetry(broker, settings, worker=True, container=container)
 dramatiq.set_broker(broker)
+# Recycle worker processes after N tasks (SIGHUP to the dramatiq master; adapters/recycler.py).
+broker.add_middleware(
+    WorkerRecycler(
+        settings.worker_max_tasks,
+        client=getattr(broker, "client", None),
+        namespace=settings.namespace,
+    )
+)
+# Record the declared actors for the scheduler (adapters/worker_registry.py).
+broker.add_middleware(ActorRegistry(getattr(broker, "client", None), settings.namespace))
 actors = register_actors(container)

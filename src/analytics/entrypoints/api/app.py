@@ -39,6 +39,10 @@ def create_app(container: Container) -> falcon.App:
     )
     app.add_route("/analytics/events", resources.LegacyEventsResource(deps, s.max_body_bytes))
     app.add_route("/health", resources.HealthResource())
+    if container.dead_letters is not None:  # ops: dead letters (admin scope)
+        from analytics.entrypoints.api.admin import add_admin_routes  # noqa: PLC0415
+
+        add_admin_routes(app, container.dead_letters, s.max_body_bytes)
     add_query_routes(app, container)
     app.add_route(
         "/api/v1/analytics/events/search",

@@ -1,0 +1,151 @@
+"""DeadLetters over the Redis broker's own keys.
+
+Dramatiq's Redis broker keeps a queue's dead letters in ``<ns>:<queue>.XQ`` (a sorted set
+of broker message ids by time of death) and ``<ns>:<queue>.XQ.msgs`` (id -> encoded
+message); it drops them after ``dead_message_ttl``. The message's options carry why it
+failed: ``failure`` (written by :class:`~analytics.adapters.dramatiq_middleware.
+DeadLetterRecorder`) and, from Dramatiq's Retries middleware, ``retries`` and ``traceback``.
+
+RabbitMQ keeps dead letters in ``<queue>.XQ`` queues; this adapter does not read them
+(use the management UI's "move messages" there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from analytics.adapters.dramatiq_queue import QUEUES
+from analytics.domain.errors import StorageUnavailable
+from analytics.domain.operations import DeadLetter
+
+#: Options a replay drops: broker bookkeeping and the last run's failure.
+_RESET = ("redis_message_id", "eta", "retries", "traceback", "requeue_timestamp", "failure")
+
+
+def letter_from_message(message: dramatiq.Message[Any], queue: str, died_ms: float) -> DeadLetter:
+    opts = message.options
+    failure: dict[str, Any] = opts.get("failure") or {}
+    tb = failure.get("traceback") or opts.get("traceback") or ""
+    last_line = tb.strip().splitlines()[-1] if tb.strip() else ""
+    error_type, _, error = last_line.partition(": ")
+    preview = repr(message.args)[:300]
+    return DeadLetter(
+        letter_id=message.message_id,
+        queue=queue,
+        actor=message.actor_name,
+        failed_at=datetime.fromtimestamp(died_ms / 1000, UTC),
+        attempts=int(failure.get("attempts", opts.get("retries", 0) + 1)),
+        error_type=failure.get("error_type") or error_type.rsplit(".", 1)[-1] or "unknown",
+        error=failure.get("error", error),
+        permanent=bool(failure.get("permanent", False)),
+        traceback=tb,
+        replays=int(opts.get("replays", 0)),
+        args_preview=preview,
+        correlation_ids=tuple(opts.get("correlation_ids", ())),
+    )
+
+
+def replay_copy(message: dramatiq.Message[Any], queue: str) -> dramatiq.Message[Any]:
+    """The message as first sent (same id, so task status follows it), one replay more."""
+    options = {k: v for k, v in message.options.items() if k not in _RESET}
+    options["replays"] = int(options.get("replays", 0)) + 1
+    return dramatiq.Message(
+        queue_name=queue,
+        actor_name=message.actor_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options=options,
+        message_id=message.message_id,
+        message_timestamp=message.message_timestamp,
+    )
+
+
+class RedisDeadLetters:
+    """DeadLetters port over a :class:`RedisBroker`'s ``.XQ`` keys."""
+
+    def __init__(self, broker: RedisBroker, queues: Sequence[str] = QUEUES) -> None:
+        self.broker = broker
+        self.client = broker.client
+        self.ns = broker.namespace
+        self.queues = tuple(queues)
+
+    def _xq(self, queue: str) -> str:
+        return f"{self.ns}:{queue}.XQ"
+
+    def _entries(self, queue: str) -> list[tuple[str, float, dramatiq.Message[Any]]]:
+        try:
+            scored = self.client.zrange(self._xq(queue), 0, -1, withscores=True)
+            if not scored:
+                return []
+            raw_ids = [rid for rid, _ in scored]
+            datas = self.client.hmget(self._xq(queue) + ".msgs", raw_ids)
+        except Exception as exc:  # redis.RedisError and socket errors
+            raise StorageUnavailable(f"redis: {exc}") from exc
+        out = []
+        for (rid, score), data in zip(scored, datas, strict=True):
+            if data is None:  # expired between the two reads
+                continue
+            rid_s = rid.decode() if isinstance(rid, bytes) else str(rid)
+            out.append((rid_s, float(score), dramatiq.Message.decode(data)))
+        return out
+
+    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
+        letters = []
+        for q in [queue] if queue else self.queues:
+            for _, died, message in self._entries(q):
+                if actor is None or message.actor_name == actor:
+                    letters.append(letter_from_message(message, q, died))
+        return sorted(letters, key=lambda d: (d.failed_at, d.letter_id))
+
+    def _locate(self, letter_ids: Sequence[str]) -> list[tuple[str, str, dramatiq.Message[Any]]]:
+        wanted = set(letter_ids)
+        found = []
+        for q in self.queues:
+            for rid, _, message in self._entries(q):
+                if message.message_id in wanted:
+                    found.append((q, rid, message))
+        return found
+
+    def _remove(self, queue: str, rid: str) -> bool:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self._xq(queue), rid)
+        pipe.hdel(self._xq(queue) + ".msgs", rid)
+        removed, _ = pipe.execute()
+        return bool(removed)
+
+    def replay(self, letter_ids: Sequence[str]) -> list[str]:
+        done = []
+        for queue, rid, message in self._locate(letter_ids):
+            # Enqueue first, then remove: a crash in between replays twice, which the
+            # idempotent actors absorb; the other order could lose the message.
+            self.broker.enqueue(replay_copy(message, queue))
+            self._remove(queue, rid)
+            done.append(message.message_id)
+        return done
+
+    def purge(self, letter_ids: Sequence[str]) -> list[str]:
+        return [m.message_id for q, rid, m in self._locate(letter_ids) if self._remove(q, rid)]
+
+    def depths(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for q in self.queues:
+            pipe.zcard(self._xq(q))
+        return {q: int(n) for q, n in zip(self.queues, pipe.execute(), strict=True)}
+
+    def depths_key(self) -> str:
+        return f"{self.ns}:ops:dlq_depths"
+
+    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
+        mapping: dict[str, str] = {q: str(n) for q, n in depths.items()}
+        mapping["measured_at"] = at.isoformat()
+        self.client.hset(self.depths_key(), mapping=mapping)
+
+    def recorded_depths(self) -> dict[str, str]:
+        """What the last depth check stored (for the metrics exporter and tests)."""
+        raw = self.client.hgetall(self.depths_key())
+        return {k.decode(): v.decode() for k, v in raw.items()}

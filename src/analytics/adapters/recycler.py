@@ -1,0 +1,91 @@
+"""Dramatiq middleware: recycle worker processes after N tasks, without losing any.
+
+Dramatiq has no ``max_tasks_per_child``. What it offers is SIGHUP on the master (the
+``dramatiq`` CLI process): it sends SIGHUP to every worker process, each stops taking
+work, finishes the messages it is running, requeues the ones it had prefetched and exits;
+then the master re-executes itself and boots fresh processes. So a process that has
+handled ``max_tasks`` messages pauses its worker threads (each finishes the message it
+holds and takes no other; prefetched messages are requeued at shutdown) and sends SIGHUP
+to its parent, once. A process therefore handles between N and N + threads - 1 tasks. Counters in Redis
+(``<ns>:ops:workers``: boots, recycles) make the restarts observable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import dramatiq
+import structlog
+
+log = structlog.get_logger("analytics.worker")
+
+
+def parent_is_dramatiq_master() -> bool:
+    """Only a worker process under the dramatiq CLI may signal its parent (never pytest)."""
+    try:
+        import psutil  # noqa: PLC0415
+
+        cmdline = psutil.Process(os.getppid()).cmdline()
+    except Exception:  # noqa: BLE001 - no parent info: do not signal
+        return False
+    return any(part.endswith("dramatiq") or "dramatiq/__main__" in part for part in cmdline) or (
+        "-m" in cmdline and "dramatiq" in cmdline
+    )
+
+
+class WorkerRecycler(dramatiq.Middleware):
+    def __init__(self, max_tasks: int, *, client: Any = None, namespace: str = "analytics") -> None:
+        self.max_tasks = max_tasks
+        self.client = client
+        self.key = f"{namespace}:ops:workers"
+        self.count = 0
+        self.signalled = False
+        self.enabled = False
+        self.worker: Any = None
+        self._lock = threading.Lock()
+
+    def _bump(self, field: str) -> None:
+        if self.client is not None:
+            try:
+                self.client.hincrby(self.key, field, 1)
+            except Exception:  # noqa: BLE001 - a counter must never stop a worker
+                log.warning("worker counter not updated", field=field)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.enabled = self.max_tasks > 0 and parent_is_dramatiq_master()
+        self.worker = worker
+        self._bump("boots")
+        log.info("worker process started", pid=os.getpid(), recycle_after=self.max_tasks)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        log.info("worker process stopping", pid=os.getpid(), tasks=self.count)
+        if self.client is not None:
+            try:
+                self.client.hset(f"{self.key}:tasks", str(os.getpid()), self.count)
+            except Exception:  # noqa: BLE001
+                log.warning("worker task count not recorded", pid=os.getpid())
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:  # fmt: skip
+        self._count()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self._count()
+
+    def _count(self) -> None:
+        with self._lock:
+            self.count += 1
+            due = self.enabled and not self.signalled and self.count >= self.max_tasks
+            if due:
+                self.signalled = True
+        if due:
+            self._bump("recycles")
+            log.info("worker recycling", pid=os.getpid(), tasks=self.count)
+            for thread in getattr(self.worker, "workers", ()):
+                thread.pause()  # sets a flag only: safe from inside a worker thread
+            os.kill(os.getppid(), signal.SIGHUP)

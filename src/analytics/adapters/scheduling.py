@@ -1,0 +1,131 @@
+"""Redis pieces of the scheduler: the leader lease and the per-period ledger.
+
+Lease: ``SET key owner NX PX ttl`` to take it, a compare-and-set Lua script to renew or
+release it (only the owner may). A killed leader's lease expires after ``ttl``; a standby
+polling every ``ttl/3`` takes over within ``4/3 * ttl``.
+
+Ledger: for each job a watermark (start of the last period enqueued) and a dedupe key per
+period. One Lua script checks that the caller still holds the lease, claims the period
+(``SET NX``), pushes the Dramatiq message onto the Redis broker's queue and advances the
+watermark, atomically: a period's task is enqueued at most once, even across a failover
+or a paused leader that lost its lease.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: lease, done, watermark, queue list, queue msgs
+# ARGV: owner, period start, done ttl ms, broker message id, message data (empty: no push)
+_CLAIM = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local wm = tonumber(redis.call('get', KEYS[3]) or '-1e18')
+if tonumber(ARGV[2]) <= wm then
+  return 0
+end
+if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then
+  return 0
+end
+if ARGV[5] ~= '' then
+  redis.call('hset', KEYS[5], ARGV[4], ARGV[5])
+  redis.call('rpush', KEYS[4], ARGV[4])
+end
+redis.call('set', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+class LeaseLost(Exception):
+    """This process no longer holds the scheduler lease."""
+
+
+class RedisLease:
+    def __init__(self, client: redis.Redis, key: str, *, ttl_ms: int, owner: str | None = None):
+        self.client = client
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.owner = owner or uuid4().hex
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self) -> bool:
+        return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+
+    def release(self) -> bool:
+        return bool(self._release(keys=[self.key], args=[self.owner]))
+
+    def holder(self) -> str | None:
+        value = self.client.get(self.key)
+        return value.decode() if value is not None else None
+
+
+class PeriodLedger:
+    """Watermarks and per-period claims, fenced by the lease; enqueues through the broker."""
+
+    def __init__(self, broker: dramatiq.Broker, client: redis.Redis, namespace: str) -> None:
+        self.broker = broker
+        self.client = client
+        self.prefix = f"{namespace}:scheduler"
+        self._claim = client.register_script(_CLAIM)
+
+    def watermark(self, job: str) -> int | None:
+        value = self.client.get(f"{self.prefix}:wm:{job}")
+        return int(value) if value is not None else None
+
+    def enqueue_once(
+        self,
+        lease: RedisLease,
+        job: str,
+        period_start: int,
+        message: dramatiq.Message[Any],
+        *,
+        done_ttl_ms: int,
+    ) -> bool:
+        """Enqueue ``message`` for this job's period unless that period was enqueued before."""
+        keys = [
+            lease.key,
+            f"{self.prefix}:done:{job}:{period_start}",
+            f"{self.prefix}:wm:{job}",
+        ]
+        if isinstance(self.broker, RedisBroker):
+            rid = str(uuid4())
+            data = message.copy(options={"redis_message_id": rid}).encode()
+            queue = f"{self.broker.namespace}:{message.queue_name}"
+            result = self._claim(
+                keys=[*keys, queue, queue + ".msgs"],
+                args=[lease.owner, period_start, done_ttl_ms, rid, data],
+            )
+        else:  # another broker: claim atomically, then send (a crash in between skips it)
+            result = self._claim(
+                keys=[*keys, "unused", "unused"],
+                args=[lease.owner, period_start, done_ttl_ms, "", ""],
+            )
+            if result == 1:
+                self.broker.enqueue(message)
+        if result == -1:
+            raise LeaseLost(f"lease {lease.key} is held by another scheduler")
+        return result == 1

@@ -1,0 +1,93 @@
+"""Use cases over the dead-letter queues: list, show, replay, purge, measure.
+
+A replay puts the original message back on its queue with a fresh retry budget. It is
+exactly once in effect because every actor is idempotent (events are stored once per
+``event_id``): replaying a message whose events were partly stored before it failed
+stores only the missing ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from analytics.domain.errors import BadQuery, DeadLetterNotFound
+from analytics.domain.operations import DeadLetter
+from analytics.domain.ports import DeadLetters
+
+MIN_PREFIX = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters an operation applies to: ids, or a filter, or all of them."""
+
+    ids: tuple[str, ...] = ()
+    queue: str | None = None
+    actor: str | None = None
+    all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    letters: list[DeadLetter]
+    # "how often": count per (queue, actor, error type)
+    groups: list[tuple[str, str, str, int]] = field(default_factory=list)
+
+
+def list_dead_letters(
+    *, dlq: DeadLetters, queue: str | None = None, actor: str | None = None
+) -> Listing:
+    letters = dlq.list(queue=queue, actor=actor)
+    counts = Counter((d.queue, d.actor, d.error_type) for d in letters)
+    groups = sorted(((q, a, e, n) for (q, a, e), n in counts.items()), key=lambda g: -g[3])
+    return Listing(letters=letters, groups=groups)
+
+
+def find_dead_letter(letter_id: str, *, dlq: DeadLetters) -> DeadLetter:
+    """By full id or by a unique prefix of at least six characters."""
+    letters = dlq.list()
+    exact = [d for d in letters if d.letter_id == letter_id]
+    if exact:
+        return exact[0]
+    if len(letter_id) >= MIN_PREFIX:
+        matches = [d for d in letters if d.letter_id.startswith(letter_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise BadQuery("id", f"{letter_id!r} matches {len(matches)} dead letters; give more")
+    raise DeadLetterNotFound(f"no dead letter with id {letter_id!r}")
+
+
+def select(selection: Selection, *, dlq: DeadLetters) -> list[DeadLetter]:
+    """Resolve a selection; refuse an empty one rather than guess "everything"."""
+    if selection.ids:
+        return [find_dead_letter(i, dlq=dlq) for i in dict.fromkeys(selection.ids)]
+    if selection.queue or selection.actor:
+        return dlq.list(queue=selection.queue, actor=selection.actor)
+    if selection.all:
+        return dlq.list()
+    raise BadQuery("selection", "give message ids, a queue and/or actor filter, or all")
+
+
+def replay_dead_letters(selection: Selection, *, dlq: DeadLetters) -> list[str]:
+    letters = select(selection, dlq=dlq)
+    return dlq.replay([d.letter_id for d in letters]) if letters else []
+
+
+def purge_dead_letters(selection: Selection, *, dlq: DeadLetters) -> list[str]:
+    letters = select(selection, dlq=dlq)
+    return dlq.purge([d.letter_id for d in letters]) if letters else []
+
+
+def measure_dead_letters(*, dlq: DeadLetters, now: datetime) -> dict[str, int]:
+    """The dead-letter depth check: measure and keep the depths for the metric."""
+    depths = dlq.depths()
+    dlq.record_depths(depths, now)
+    return depths
+
+
+def by_ids(letters: Sequence[DeadLetter]) -> dict[str, DeadLetter]:
+    return {d.letter_id: d for d in letters}

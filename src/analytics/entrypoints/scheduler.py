@@ -1,0 +1,274 @@
+"""``analytics scheduler`` (the seed's "beat"): APScheduler in UTC; its jobs only enqueue.
+
+Exactly one scheduler is active: each process tries to take a Redis lease; the holder runs
+the jobs and renews the lease every ``lease/3``; the others stand by and poll at the same
+rate. A killed leader's lease expires after ``scheduler_lease_s``; a standby takes over
+within about ``4/3 * scheduler_lease_s``. Each job run enqueues the periods it owes since
+its watermark (catch-up after downtime) through a lease-fenced, per-period claim, so no
+period is enqueued twice, even when two processes briefly both believe they lead.
+
+APScheduler settings, on purpose: ``coalesce=True`` (a backlog of missed runs is one run;
+the job itself enumerates the missed periods from its watermark), ``misfire_grace_time``
+= half the job's period (a run that is late by less still runs; a later one is skipped and
+the next run catches up), ``max_instances=1``, and every job runs once at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dramatiq
+import structlog
+
+from analytics.application.retention import retention_cutoff
+from analytics.application.schedule import due_periods, period_bounds
+from analytics.domain.clock import SystemClock
+from analytics.domain.ports import Clock
+from analytics.settings import Settings
+
+log = structlog.get_logger("analytics.scheduler")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A periodic job: which actor (by name, on which queue) to enqueue for each period."""
+
+    name: str
+    actor: str
+    queue: str
+    period_s: int
+    delay_s: float
+    catch_up: bool
+    kwargs: Callable[[datetime, datetime], dict[str, Any]]
+
+
+def build_jobs(settings: Settings) -> list[Job]:
+    """The job table (README "Operations"). Actors are named, not imported: the scheduler
+    does not depend on the modules that define them."""
+
+    def rollup(period: str) -> Callable[[datetime, datetime], dict[str, Any]]:
+        return lambda start, end: {
+            "period": period, "start": start.isoformat(), "end": end.isoformat(), "tz": "UTC"
+        }  # fmt: skip
+
+    def retention(start: datetime, end: datetime) -> dict[str, Any]:
+        return {"cutoff": retention_cutoff(end, settings.retention_days).isoformat()}
+
+    s = settings
+    jobs = [
+        Job("rollup_hourly", "generate_aggregations", "aggregations", s.schedule_hourly_s,
+            s.schedule_delay_s, True, rollup("hour")),
+        Job("rollup_daily", "generate_aggregations", "aggregations", s.schedule_daily_s,
+            s.schedule_delay_s, True, rollup("day")),
+        Job("retention", "purge_events_before", "maintenance", s.schedule_retention_s,
+            0, False, retention),
+        Job("dlq_depth", "check_dead_letters", "maintenance", s.schedule_dlq_check_s,
+            0, False, lambda start, end: {}),
+        Job("cache_warmup", "warm_dashboard_cache", "aggregations", s.schedule_warmup_s,
+            0, False, lambda start, end: {}),
+    ]  # fmt: skip
+    wanted = s.scheduler_jobs.split(",")
+    unknown = sorted(set(wanted) - {j.name for j in jobs})
+    if unknown:
+        from analytics.settings import SettingsError  # noqa: PLC0415
+
+        raise SettingsError(
+            f"ANALYTICS_SCHEDULER_JOBS: unknown job(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(j.name for j in jobs)}"
+        )
+    return [j for j in jobs if j.name in wanted]
+
+
+def job_trigger(job: Job) -> Any:
+    """Fires at every period boundary + the job's delay, in UTC (00:05, 01:05, ...)."""
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    return IntervalTrigger(
+        seconds=job.period_s, start_date=EPOCH + timedelta(seconds=job.delay_s), timezone=UTC
+    )
+
+
+class SchedulerService:
+    """Leader election around an APScheduler ``BackgroundScheduler`` (UTC)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: dramatiq.Broker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        import redis  # noqa: PLC0415
+
+        from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
+        from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
+
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.client = redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+        self.broker = broker or build_broker(settings)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.lease = RedisLease(
+            self.client,
+            f"{settings.namespace}:scheduler:leader",
+            ttl_ms=int(settings.scheduler_lease_s * 1000),
+            owner=owner,
+        )
+        self.ledger = PeriodLedger(self.broker, self.client, settings.namespace)
+        self.jobs = build_jobs(settings)
+        self.stop_event = threading.Event()
+        self._scheduler: Any = None
+        self._missing: set[str] = set()
+
+    # --- one job run ---------------------------------------------------------------------
+    def run_job(self, job: Job) -> list[int]:
+        """Enqueue every period this job owes now; return the period starts enqueued."""
+        from analytics.adapters.scheduling import LeaseLost  # noqa: PLC0415
+
+        if not self._actor_deployed(job):
+            return []
+        now = self.clock.now()
+        periods = due_periods(
+            now,
+            period_s=job.period_s,
+            delay_s=job.delay_s,
+            watermark=self.ledger.watermark(job.name),
+            max_catch_up=self.settings.schedule_catch_up_max,
+            catch_up=job.catch_up,
+        )
+        done_ttl_ms = max(60, job.period_s * (self.settings.schedule_catch_up_max + 2)) * 1000
+        sent = []
+        for start in periods:
+            begin, end = period_bounds(start, job.period_s)
+            message = dramatiq.Message(
+                queue_name=job.queue,
+                actor_name=job.actor,
+                args=(),
+                kwargs=job.kwargs(begin, end),
+                options={"scheduled_job": job.name, "period_start": begin.isoformat()},
+            )
+            try:
+                if self.ledger.enqueue_once(self.lease, job.name, start, message,
+                                            done_ttl_ms=done_ttl_ms):  # fmt: skip
+                    sent.append(start)
+            except LeaseLost:
+                log.warning("lease lost during job; stopping it", job=job.name)
+                return sent
+        if sent:
+            log.info(
+                "job enqueued", job=job.name, actor=job.actor, queue=job.queue,
+                periods=[period_bounds(p, job.period_s)[0].isoformat() for p in sent],
+            )  # fmt: skip
+        return sent
+
+    def _actor_deployed(self, job: Job) -> bool:
+        """Has any worker declared this job's actor? If not, skip (its periods stay owed)."""
+        from analytics.adapters.worker_registry import actors_key  # noqa: PLC0415
+
+        if self.client.sismember(actors_key(self.settings.namespace), job.actor):
+            self._missing.discard(job.actor)
+            return True
+        if job.actor not in self._missing:
+            self._missing.add(job.actor)
+            log.warning("no worker declares this actor yet; job skipped", job=job.name,
+                        actor=job.actor, queue=job.queue)  # fmt: skip
+        return False
+
+    def _safe_run(self, job: Job) -> None:
+        try:
+            self.run_job(job)
+        except Exception:  # noqa: BLE001 - a failing job must not kill the scheduler
+            log.exception("job failed", job=job.name)
+
+    # --- leadership ----------------------------------------------------------------------
+    def _start_jobs(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
+
+        scheduler = BackgroundScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        for job in self.jobs:
+            scheduler.add_job(
+                self._safe_run,
+                job_trigger(job),
+                args=(job,),
+                id=job.name,
+                name=job.name,
+                replace_existing=True,
+                coalesce=True,
+                misfire_grace_time=max(1, job.period_s // 2),
+                max_instances=1,
+            )
+            # Catch up from the watermark right away, once; the interval job above stays
+            # aligned to period boundaries + delay (an immediate first run would shift it).
+            scheduler.add_job(
+                self._safe_run, "date", run_date=now, args=(job,), id=f"{job.name}:startup",
+                name=f"{job.name} (start-up catch-up)", replace_existing=True,
+                misfire_grace_time=None,
+            )  # fmt: skip
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def _stop_jobs(self, wait: bool) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=wait)
+            self._scheduler = None
+
+    @property
+    def active(self) -> bool:
+        return self._scheduler is not None
+
+    def step(self) -> None:
+        """One election round: take the lease, or renew it, or notice it is gone."""
+        import redis  # noqa: PLC0415
+
+        try:
+            if not self.active:
+                if self.lease.acquire():
+                    log.info("scheduler active", owner=self.lease.owner)
+                    self._start_jobs()
+            elif not self.lease.renew():
+                log.warning("scheduler lease lost; standing by", owner=self.lease.owner)
+                self._stop_jobs(wait=False)
+        except redis.RedisError as exc:
+            log.warning("redis unreachable", error=str(exc))
+            if self.active:  # cannot renew: assume the lease will lapse
+                self._stop_jobs(wait=False)
+
+    def run(self) -> int:
+        interval = self.settings.scheduler_lease_s / 3
+        log.info("scheduler standing by", owner=self.lease.owner,
+                 lease_s=self.settings.scheduler_lease_s)  # fmt: skip
+        try:
+            while not self.stop_event.is_set():
+                self.step()
+                self.stop_event.wait(interval)
+        finally:
+            self._stop_jobs(wait=True)
+            try:
+                if self.lease.release():
+                    log.info("scheduler lease released", owner=self.lease.owner)
+            except Exception:  # noqa: BLE001 - the lease expires by itself
+                log.warning("scheduler lease not released; it expires by itself")
+        return 0
+
+
+def run_scheduler(settings: Settings) -> int:
+    from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(settings.log_level, settings.log_format)
+    service = SchedulerService(settings)
+
+    def stop(signum: int, frame: object) -> None:
+        service.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return service.run()

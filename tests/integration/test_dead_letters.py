@@ -1,0 +1,163 @@
+"""Dead letters end to end on a real Redis broker: fail, inspect, repair, replay, count.
+
+A storage adapter that raises StorageUnavailable drives ``process_events`` messages
+through their (short, in this test) retries into ``high_priority.XQ``; a payload that
+cannot decode goes there at once (PermanentError). After the repair a replay stores every
+event exactly once, even events a failed attempt had already half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+from falcon import testing
+
+from analytics.adapters.dramatiq_queue import events_message
+from analytics.bootstrap import Container, bootstrap
+from analytics.entrypoints.actors import register_actors
+from analytics.entrypoints.api.app import create_app
+from analytics.settings import Settings
+from tests.ops_support import BreakableRepository, make_events
+from tests.support import analytics_cmd, child_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(redis_server: Any, namespace: str) -> dict[str, str]:
+    return {
+        **redis_server.env(namespace),
+        "ANALYTICS_RETRY_MAX_RETRIES": "2",
+        "ANALYTICS_RETRY_MIN_BACKOFF_MS": "10",
+        "ANALYTICS_RETRY_MAX_BACKOFF_MS": "40",
+        "ANALYTICS_STORAGE": "memory",
+        # Storage failures must reach the dead letters here; with the storage breaker on,
+        # a run of them would open it and the worker would defer instead (README,
+        # "Resilience": deferred, never dead-lettered).
+        "ANALYTICS_BREAKERS": "false",
+    }
+
+
+@pytest.fixture
+def system(env: dict[str, str]) -> Iterator[tuple[Container, BreakableRepository, Worker]]:
+    repo = BreakableRepository(partial=True)
+    container = bootstrap(Settings.from_env(env), event_repo=repo)
+    register_actors(container)
+    worker = Worker(container.broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        yield container, repo, worker
+    finally:
+        worker.stop()
+        container.broker.close()
+
+
+def _dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+        analytics_cmd("dlq", *args), env=child_env(**env), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_fail_inspect_repair_replay_counts_exactly_once(system, env) -> None:  # type: ignore[no-untyped-def]
+    container, repo, _ = system
+    broker, dlq = container.broker, container.dead_letters
+    assert dlq is not None
+    groups = [make_events(10, user="a"), make_events(10, user="b"), make_events(6, user="c")]
+    overlap = groups[0][:3]  # sent again in a later, healthy message: must count once
+    repo.broken = True
+    for g in groups:
+        broker.enqueue(events_message(g))
+    bad = broker.enqueue(dramatiq.Message(
+        queue_name="high_priority", actor_name="process_events", args=("{not json",),
+        kwargs={}, options={},
+    ))  # fmt: skip
+
+    wait_until(lambda: len(dlq.list()) == 4, timeout=30, message="4 dead letters expected")
+    letters = {d.letter_id: d for d in dlq.list(queue="high_priority")}
+    poison = letters.pop(bad.message_id)
+    assert poison.permanent and poison.attempts == 1 and poison.error_type == "PermanentError"
+    assert {d.error_type for d in letters.values()} == {"StorageUnavailable"}
+    assert {d.attempts for d in letters.values()} == {3}  # 1 run + max_retries 2
+    assert all("StorageUnavailable" in d.traceback for d in letters.values())
+    assert repo.failures == 9
+    half_written = repo.count()
+    assert half_written == 5 + 5 + 3  # each failed attempt wrote half its batch (idempotently)
+
+    # The CLI sees the same: what failed, why, how often.
+    listing = _dlq_cli(env, "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    data = json.loads(listing.stdout)
+    assert data["count"] == 4
+    assert {"queue": "high_priority", "actor": "process_events",
+            "error_type": "StorageUnavailable", "count": 3} in data["groups"]  # fmt: skip
+    shown = _dlq_cli(env, "show", "--id", bad.message_id[:8])
+    assert shown.returncode == 0 and "PermanentError" in shown.stdout
+
+    # Repair, then replay the storage failures (not the poison message).
+    repo.broken = False
+    broker.enqueue(events_message(overlap))
+    replayed = _dlq_cli(env, "replay", *[a for i in letters for a in ("--id", i)], "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert sorted(json.loads(replayed.stdout)["replayed"]) == sorted(letters)
+    broker.join("high_priority", timeout=20_000)
+
+    assert repo.count() == 26  # 10 + 10 + 6 distinct events, none twice
+    assert {e.event_id for g in groups for e in g} == {e.event_id for e in repo.all()}
+    assert [d.letter_id for d in dlq.list()] == [bad.message_id]
+
+    # A second replay of the same ids finds nothing: no double effect possible.
+    again = _dlq_cli(env, "replay", "--id", next(iter(letters)))
+    assert again.returncode == 1 and "no dead letter" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert repo.count() == 26
+
+    purged = _dlq_cli(env, "purge", "--queue", "high_priority")
+    assert purged.returncode == 0 and "purged 1" in purged.stdout
+    assert dlq.list() == []
+
+
+def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
+    container, repo, _ = system
+    broker, dlq = container.broker, container.dead_letters
+    assert dlq is not None
+    client = testing.TestClient(create_app(container))
+    repo.broken = True
+    events = make_events(4)
+    msg = broker.enqueue(events_message(events))
+    wait_until(lambda: len(dlq.list()) == 1, timeout=30)
+
+    listing = client.simulate_get("/api/v1/admin/dlq", params={"queue": "high_priority"})
+    assert listing.status_code == 200
+    assert listing.json["count"] == 1 and listing.json["items"][0]["id"] == msg.message_id
+    detail = client.simulate_get(f"/api/v1/admin/dlq/{msg.message_id}")
+    assert detail.status_code == 200 and "StorageUnavailable" in detail.json["traceback"]
+    assert client.simulate_get("/api/v1/admin/dlq/ffffffff-0000").status_code == 404
+    assert client.simulate_get("/api/v1/admin/dlq", params={"queue": "nope"}).status_code == 400
+    empty = client.simulate_post("/api/v1/admin/dlq/replay", json={})
+    assert empty.status_code == 400  # no selection: refuse rather than replay everything
+
+    repo.broken = False
+    done = client.simulate_post("/api/v1/admin/dlq/replay", json={"ids": [msg.message_id]})
+    assert done.status_code == 200 and done.json["ids"] == [msg.message_id]
+    broker.join("high_priority", timeout=20_000)
+    assert repo.count() == 4
+    assert client.simulate_get("/api/v1/admin/dlq").json["count"] == 0
+
+
+def test_cli_bad_input(env) -> None:  # type: ignore[no-untyped-def]
+    for args, code, text in [
+        (("show", "--id", "does-not-exist"), 1, "no dead letter"),
+        (("list", "--queue", "nope"), 2, "unknown queue"),
+        (("replay",), 2, "give message ids"),
+        (("purge",), 2, "give message ids"),
+    ]:
+        proc = _dlq_cli(env, *args)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert text in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,76 @@
+"""The maintenance queue's actors on a real Redis broker, fed the way the scheduler feeds
+them (a message by actor name), and the worker command's bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dramatiq
+import pytest
+
+from analytics.adapters.memory import InMemoryEventRepository
+from analytics.bootstrap import bootstrap
+from analytics.entrypoints.actors import register_actors
+from analytics.settings import Settings
+from tests.ops_support import make_events
+from tests.support import analytics_cmd, child_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_maintenance_actors_purge_and_measure(redis_server: Any, namespace: str) -> None:
+    repo = InMemoryEventRepository()
+    now = datetime.now(UTC)
+    repo.add_many(make_events(4, at=now - timedelta(days=200)) + make_events(3, at=now))
+    container = bootstrap(Settings.from_env(redis_server.env(namespace)), event_repo=repo)
+    register_actors(container)
+    broker = container.broker
+    # A dead letter to measure.
+    client = redis_server.client()
+    client.zadd(f"{namespace}:high_priority.XQ", {"x": 1})
+    cutoff = (now - timedelta(days=90)).isoformat()
+    for actor, kwargs in (("purge_events_before", {"cutoff": cutoff}), ("check_dead_letters", {})):
+        broker.enqueue(dramatiq.Message(queue_name="maintenance", actor_name=actor, args=(),
+                                        kwargs=kwargs, options={}))  # fmt: skip
+    worker = dramatiq.Worker(broker, queues={"maintenance"}, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("maintenance", timeout=20_000)
+    finally:
+        worker.stop()
+        broker.close()
+    assert repo.count() == 3  # the 200-day-old events are gone, aggregates untouched
+    depths = container.dead_letters.recorded_depths()  # type: ignore[union-attr]
+    assert depths["high_priority"] == "1" and depths["maintenance"] == "0"
+    assert "measured_at" in depths
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("--queues", "high_priority,nope"), "unknown queue(s) nope"),
+        (("--queues", ""), "unknown queue"),
+        (("--processes", "0"), "out of range"),
+        (("--threads", "many"), "not a whole number"),
+    ],
+)
+def test_worker_bad_input_is_a_clear_message(args: tuple[str, ...], text: str) -> None:
+    proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+        analytics_cmd("worker", *args), env=child_env(), capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2
+    assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dlq_without_a_reachable_redis_is_a_clear_message() -> None:
+    from tests.support import free_port
+
+    env = child_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(free_port()),
+                    ANALYTICS_REDIS_TIMEOUT_S="1")  # fmt: skip
+    proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+        analytics_cmd("dlq", "list"), env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    assert "cannot reach the broker's Redis" in proc.stderr and "Traceback" not in proc.stderr

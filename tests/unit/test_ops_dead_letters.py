@@ -1,0 +1,147 @@
+"""Dead-letter use cases on the in-memory fake, and the PermanentError path on StubBroker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dramatiq
+import pytest
+
+from analytics.adapters.dramatiq_queue import events_message
+from analytics.adapters.memory import InMemoryDeadLetters
+from analytics.application.dead_letters import (
+    Selection,
+    find_dead_letter,
+    list_dead_letters,
+    measure_dead_letters,
+    purge_dead_letters,
+    replay_dead_letters,
+)
+from analytics.bootstrap import bootstrap
+from analytics.domain.errors import BadQuery, DeadLetterNotFound, StorageUnavailable
+from analytics.domain.operations import DeadLetter
+from analytics.entrypoints.actors import register_actors
+from analytics.settings import Settings
+from tests.ops_support import BreakableRepository, make_events
+
+pytestmark = pytest.mark.unit
+T = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def letter(i: str, queue: str = "high_priority", actor: str = "process_events",
+           error: str = "StorageUnavailable") -> DeadLetter:  # fmt: skip
+    return DeadLetter(letter_id=i, queue=queue, actor=actor, failed_at=T + timedelta(seconds=len(i)),
+                      attempts=11, error_type=error, error="down", permanent=False)  # fmt: skip
+
+
+@pytest.fixture
+def dlq() -> InMemoryDeadLetters:
+    d = InMemoryDeadLetters()
+    d.add(letter("aaaaaa-1"))
+    d.add(letter("aaaaaa-2"))
+    d.add(letter("bbbbbb-1", queue="maintenance", actor="purge_events_before"))
+    d.add(letter("cccccc-1", error="PermanentError"))
+    return d
+
+
+def test_listing_counts_how_often_each_failure_happened(dlq: InMemoryDeadLetters) -> None:
+    listing = list_dead_letters(dlq=dlq)
+    assert len(listing.letters) == 4
+    assert listing.groups[0] == ("high_priority", "process_events", "StorageUnavailable", 2)
+    assert len(list_dead_letters(dlq=dlq, queue="maintenance").letters) == 1
+
+
+def test_find_by_id_or_unique_prefix(dlq: InMemoryDeadLetters) -> None:
+    assert find_dead_letter("bbbbbb", dlq=dlq).letter_id == "bbbbbb-1"
+    with pytest.raises(BadQuery):
+        find_dead_letter("aaaaaa", dlq=dlq)  # ambiguous
+    with pytest.raises(DeadLetterNotFound):
+        find_dead_letter("zzz", dlq=dlq)
+
+
+def test_replay_one_a_filter_or_all(dlq: InMemoryDeadLetters) -> None:
+    assert replay_dead_letters(Selection(ids=("aaaaaa-1",)), dlq=dlq) == ["aaaaaa-1"]
+    assert replay_dead_letters(Selection(queue="maintenance"), dlq=dlq) == ["bbbbbb-1"]
+    assert sorted(replay_dead_letters(Selection(all=True), dlq=dlq)) == ["aaaaaa-2", "cccccc-1"]
+    assert dlq.list() == []
+    assert [d.replays for d in dlq.replayed] == [1, 1, 1, 1]
+
+
+def test_an_empty_selection_is_refused(dlq: InMemoryDeadLetters) -> None:
+    with pytest.raises(BadQuery):
+        purge_dead_letters(Selection(), dlq=dlq)
+    with pytest.raises(DeadLetterNotFound):
+        purge_dead_letters(Selection(ids=("nope-nope",)), dlq=dlq)
+    assert len(dlq.list()) == 4
+
+
+def test_depth_check_records_depths(dlq: InMemoryDeadLetters) -> None:
+    depths = measure_dead_letters(dlq=dlq, now=T)
+    assert depths["high_priority"] == 3 and depths["maintenance"] == 1
+    assert depths["aggregations"] == 0
+    assert dlq.recorded == (depths, T)
+
+
+def _stub_system(**settings: object):  # type: ignore[no-untyped-def]
+    repo = BreakableRepository()
+    container = bootstrap(
+        Settings(broker="stub", storage="memory", retry_min_backoff_ms=1, retry_max_backoff_ms=2,
+                 **settings),  # type: ignore[arg-type]
+        event_repo=repo,
+    )  # fmt: skip
+    register_actors(container)
+    worker = dramatiq.Worker(container.broker, worker_timeout=20)
+    worker.start()
+    return container, repo, worker
+
+
+def test_undecodable_payload_skips_retries_and_is_dead_lettered() -> None:
+    container, _repo, worker = _stub_system()
+    try:
+        container.broker.enqueue(dramatiq.Message(
+            queue_name="high_priority", actor_name="process_events", args=('[{"x":1}]',),
+            kwargs={}, options={},
+        ))  # fmt: skip
+        container.broker.join("high_priority", fail_fast=False)
+    finally:
+        worker.stop()
+    (dead,) = container.broker.dead_letters
+    failure = dead.options["failure"]
+    assert failure["error_type"] == "PermanentError" and failure["permanent"] is True
+    assert failure["attempts"] == 1 and "retries" not in dead.options
+
+
+def test_storage_failures_retry_then_dead_letter_with_the_reason() -> None:
+    container, repo, worker = _stub_system(retry_max_retries=3)
+    repo.broken = True
+    try:
+        container.broker.enqueue(events_message(make_events(3)))
+        container.broker.join("high_priority", fail_fast=False)
+    finally:
+        worker.stop()
+    (dead,) = container.broker.dead_letters
+    assert repo.failures == 4  # one run + three retries, then no more
+    assert dead.options["failure"]["error_type"] == StorageUnavailable.__name__
+    assert dead.options["failure"]["attempts"] == 4 and not dead.options["failure"]["permanent"]
+
+
+def test_recycler_never_signals_outside_the_dramatiq_cli() -> None:
+    """Under pytest the parent is not a dramatiq master: count, but never send SIGHUP."""
+    from analytics.adapters.recycler import WorkerRecycler, parent_is_dramatiq_master
+
+    assert not parent_is_dramatiq_master()
+    container, repo, worker = _stub_system()
+    recycler = WorkerRecycler(2)
+    container.broker.add_middleware(recycler)
+    worker.stop()
+    worker = dramatiq.Worker(container.broker, worker_timeout=20)
+    worker.start()
+    try:
+        for _ in range(5):
+            container.broker.enqueue(events_message(make_events(1)))
+        container.broker.join("high_priority")
+    finally:
+        worker.stop()
+    assert recycler.count == 5 and not recycler.signalled and not recycler.enabled
+    assert repo.count() == 5
+

@@ -1,0 +1,75 @@
+"""The retry table: every actor has a bounded policy on a documented queue, and the README
+shows the same table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from analytics.adapters.dramatiq_queue import QUEUES
+from analytics.bootstrap import bootstrap
+from analytics.domain.errors import PermanentError
+from analytics.entrypoints.actors import register_actors
+from analytics.entrypoints.policies import (
+    POLICIES,
+    actor_options,
+    policy_for,
+    policy_table_markdown,
+)
+from analytics.settings import Settings
+
+pytestmark = pytest.mark.unit
+README = Path(__file__).resolve().parents[2] / "README.md"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _container():  # type: ignore[no-untyped-def]
+    return bootstrap(Settings(broker="stub", storage="memory"))
+
+
+def test_every_registered_actor_follows_the_table() -> None:
+    container = _container()
+    actors = register_actors(container)
+    for name, actor in actors.items():
+        policy = POLICIES[name]  # a new actor needs its row
+        assert actor.queue_name == policy.queue
+        assert actor.options["max_retries"] == policy.max_retries
+        assert actor.options["max_backoff"] == policy.max_backoff_ms
+        assert actor.options["time_limit"] == policy.time_limit_ms
+        assert actor.options["throws"] == (PermanentError,)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policies_are_bounded_and_above_client_timeouts(name: str) -> None:
+    p = POLICIES[name]
+    settings = Settings()
+    assert p.queue in QUEUES
+    assert 0 <= p.max_retries <= 20
+    assert p.min_backoff_ms <= p.max_backoff_ms <= 3_600_000  # never Dramatiq's 7 days
+    assert p.worst_case_retry_window_ms() <= 6 * 3_600_000
+    # TimeLimit cannot interrupt a blocking socket call: the client timeouts fire first.
+    assert p.time_limit_ms > settings.redis_timeout_s * 1000
+    if p.queue in ("high_priority", "maintenance"):
+        assert p.time_limit_ms > SQLITE_BUSY_TIMEOUT_MS
+
+
+def test_settings_override_the_table_for_tests_and_operators() -> None:
+    s = Settings(retry_max_retries=1, retry_min_backoff_ms=5, retry_max_backoff_ms=9)
+    p = policy_for("process_events", s)
+    assert (p.max_retries, p.min_backoff_ms, p.max_backoff_ms) == (1, 5, 9)
+    assert actor_options("process_events")["queue_name"] == "high_priority"
+    assert policy_for("unknown_actor").queue == "maintenance"
+
+
+def test_readme_retry_table_matches_the_code() -> None:
+    text = README.read_text()
+    assert policy_table_markdown() in text, "regenerate the README table from policies.py"
+
+
+def test_readme_lists_every_actor_on_its_queue() -> None:
+    text = README.read_text()
+    section = text[text.index("## Operations") :]
+    for name, p in POLICIES.items():
+        assert re.search(rf"`{name}`\s*\|\s*`{p.queue}`", section), name

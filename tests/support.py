@@ -60,3 +60,62 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message:
 
 def analytics_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "analytics", *args]
+
+
+# --- API apps with keys (issue 7: every protected route needs one) ------------------------
+class ApiHarness:
+    """A Falcon TestClient over the real app on fakes, plus a way to mint keys.
+
+    ``ApiHarness()`` gives an app with auth on (the default) and ``h.headers()`` an
+    all-scopes key; ``ApiHarness(auth="disabled")`` an app without auth, for tests whose
+    subject is not security. Extra keyword arguments go to Settings or, when they name a
+    container part (task_queue, event_repo, backlog, rate_limiter...), to bootstrap.
+    """
+
+    BOOTSTRAP_PARTS = frozenset(
+        {"clock", "new_id", "broker", "task_queue", "event_repo", "api_keys", "rate_limiter",
+         "backlog"}
+    )  # fmt: skip
+
+    def __init__(self, **kwargs: object) -> None:
+        from falcon.testing import TestClient  # noqa: PLC0415
+
+        from analytics.adapters.memory import (  # noqa: PLC0415
+            InMemoryApiKeyStore,
+            InMemoryEventRepository,
+            InMemoryTaskQueue,
+        )
+        from analytics.bootstrap import bootstrap  # noqa: PLC0415
+        from analytics.entrypoints.api.app import create_app  # noqa: PLC0415
+        from analytics.settings import Settings  # noqa: PLC0415
+
+        parts = {k: v for k, v in kwargs.items() if k in self.BOOTSTRAP_PARTS}
+        fields = {k: v for k, v in kwargs.items() if k not in self.BOOTSTRAP_PARTS}
+        fields.setdefault("storage", "memory")
+        fields.setdefault("broker", "stub")
+        fields.setdefault("key_store", "memory")
+        self.settings = Settings(**fields)  # type: ignore[arg-type]
+        self.keys = parts.setdefault("api_keys", InMemoryApiKeyStore())
+        parts.setdefault("task_queue", InMemoryTaskQueue())
+        parts.setdefault("event_repo", InMemoryEventRepository())
+        self.container = bootstrap(self.settings, **parts)  # type: ignore[arg-type]
+        self.app = create_app(self.container)
+        self.client = TestClient(self.app)
+        self._admin: str | None = None
+
+    def key(self, *scopes: str, **limits: int) -> str:
+        """A new key with these scopes (default: all); returns the full secret."""
+        from analytics.application.api_keys import create_key  # noqa: PLC0415
+        from analytics.domain.auth import SCOPES  # noqa: PLC0415
+
+        new = create_key(
+            "test", tuple(scopes) or SCOPES, store=self.keys, clock=self.container.clock,  # type: ignore[arg-type]
+            **limits,
+        )  # fmt: skip
+        return new.secret
+
+    def headers(self, *scopes: str) -> dict[str, str]:
+        if not scopes:
+            self._admin = self._admin or self.key()
+            return {"Authorization": f"Bearer {self._admin}"}
+        return {"Authorization": f"Bearer {self.key(*scopes)}"}

@@ -15,10 +15,13 @@ from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import (
     AggregateStore,
     AggregationJobs,
+    ApiKeyStore,
+    Backlog,
     Cache,
     Clock,
     EventRepository,
     IdGenerator,
+    RateLimiter,
     TaskQueue,
     TaskStatusStore,
     UnitOfWork,
@@ -43,6 +46,9 @@ class Container:
     limits: Limits = DEFAULT_LIMITS
     dead_letters: DeadLetters | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    api_keys: ApiKeyStore | None = None  # None only when auth is disabled
+    rate_limiter: RateLimiter | None = None  # None: rate limiting disabled
+    backlog: Backlog | None = None  # None: no overload check
     aggregates: AggregateStore | None = None
     uow: UnitOfWork | None = None  # one commit for the event and its counts, where possible
     cache: Cache | None = None
@@ -80,6 +86,92 @@ def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
 
     return InMemoryDeadLetters()
 
+
+def key_store_kind(settings: Settings) -> str:
+    if settings.key_store != "auto":
+        return settings.key_store
+    return "redis" if settings.redis_host else "sqlite"
+
+
+def build_key_store(settings: Settings) -> ApiKeyStore:
+    """Where API keys live (shared Redis, the data dir's SQLite, or memory for tests),
+    with the keys of ``ANALYTICS_API_KEYS`` layered over it."""
+    base = _build_base_key_store(settings)
+    if not settings.api_keys:
+        return base
+    from analytics.adapters.static_keys import StaticKeysOverlay  # noqa: PLC0415
+    from analytics.domain.auth import parse_static_keys, static_key  # noqa: PLC0415
+
+    now = SystemClock().now()
+    keys = [static_key(n, sc, k, now=now) for n, sc, k in parse_static_keys(settings.api_keys)]
+    return StaticKeysOverlay(keys, base)
+
+
+def _build_base_key_store(settings: Settings) -> ApiKeyStore:
+    kind = key_store_kind(settings)
+    if kind == "memory":
+        from analytics.adapters.memory import InMemoryApiKeyStore  # noqa: PLC0415
+
+        return InMemoryApiKeyStore()
+    if kind == "redis":
+        import redis  # noqa: PLC0415
+
+        from analytics.adapters.redis_keys import RedisApiKeyStore  # noqa: PLC0415
+
+        return RedisApiKeyStore(redis.Redis(**settings.redis_kwargs()), settings.namespace)  # type: ignore[arg-type]
+    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
+
+    return SQLiteApiKeyStore(settings.keys_path)
+
+
+def _redis_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
+    client = getattr(broker, "client", None)
+    if client is not None:
+        return client
+    if settings.redis_host or settings.redis_socket:
+        import redis  # noqa: PLC0415
+
+        return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+    return None
+
+
+def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimiter | None:
+    """Redis (shared by every worker) when Redis is there; per-process memory otherwise."""
+    backend = settings.rate_limit
+    if backend == "disabled":
+        return None
+    client = _redis_client(settings, broker) if backend in ("auto", "redis") else None
+    if client is not None:
+        from analytics.adapters.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
+
+        return RedisRateLimiter(client, settings.namespace)  # type: ignore[arg-type]
+    if backend == "redis":
+        raise ValueError("rate_limit=redis needs REDIS_HOST or a Redis broker")
+    from analytics.adapters.memory import InMemoryRateLimiter  # noqa: PLC0415
+
+    return InMemoryRateLimiter()
+
+
+def equip_drain_counter(settings: Settings, broker: dramatiq.Broker) -> None:
+    """Workers count processed high_priority messages: the drain rate overload uses."""
+    from analytics.adapters.backlog import DrainCounter  # noqa: PLC0415
+
+    client = getattr(broker, "client", None)
+    if client is not None and not any(isinstance(m, DrainCounter) for m in broker.middleware):
+        broker.add_middleware(DrainCounter(client, settings.namespace))
+
+
+def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None:
+    from analytics.adapters.backlog import RedisBacklog, StubBacklog  # noqa: PLC0415
+
+    client = getattr(broker, "client", None)
+    if client is not None:
+        return RedisBacklog(client, settings.namespace)
+    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
+
+    if isinstance(broker, StubBroker):
+        return StubBacklog(broker)
+    return None
 
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
     """The aggregate store beside the event store (SQLite: the same database file)."""
@@ -183,6 +275,9 @@ def bootstrap(
     task_queue: TaskQueue | None = None,
     event_repo: EventRepository | None = None,
     dead_letters: DeadLetters | None = None,
+    api_keys: ApiKeyStore | None = None,
+    rate_limiter: RateLimiter | None = None,
+    backlog: Backlog | None = None,
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     aggregation_jobs: AggregationJobs | None = None,
@@ -200,6 +295,7 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
+        equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
     aggregates = aggregates or build_aggregates(settings, event_repo)
     container = Container(
@@ -212,6 +308,10 @@ def bootstrap(
         dead_letters=dead_letters or build_dead_letters(broker),
         aggregates=aggregates,
         uow=shared_unit_of_work(event_repo, aggregates),
+        api_keys=api_keys
+        or (build_key_store(settings) if settings.auth == "required" else None),
+        rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
+        backlog=backlog or build_backlog(settings, broker),
         cache=cache if cache is not None else build_cache(settings, clock),
         aggregation_jobs=aggregation_jobs or DramatiqAggregationJobs(broker),
         task_status=task_status,

@@ -21,6 +21,10 @@ def _env_name(field: str) -> str:
     return "ANALYTICS_" + field.upper()
 
 
+def _secret_names(cls: type[BaseModel]) -> set[str]:
+    return {f.alias or _env_name(n) for n, f in cls.model_fields.items() if not f.repr}
+
+
 class Settings(BaseModel):
     """All configuration. Env var names: ``ANALYTICS_<FIELD>`` unless an alias says otherwise."""
 
@@ -85,6 +89,47 @@ class Settings(BaseModel):
         " messages (dramatiq's default of 1,000 can leave them for many minutes when idle).",
     )
 
+    # --- security (README, "Security") ------------------------------------------------
+    auth: Literal["required", "disabled"] = Field(
+        "required", description="'disabled' turns API keys off: local experiments only."
+    )
+    key_store: Literal["auto", "sqlite", "redis", "memory"] = Field(
+        "auto", description="auto: Redis when REDIS_HOST is set (shared), else SQLite."
+    )
+    api_keys: str | None = Field(
+        None,
+        repr=False,
+        description="Keys from the environment (secret managers, containers): comma-separated "
+        "'name:scope+scope:ak_<id>_<secret>'; they are valid besides the stored ones.",
+    )
+    metrics_auth: Literal["open", "required"] = Field(
+        "open", description="'required': /metrics needs a key with the read scope."
+    )
+    rate_limit: Literal["auto", "redis", "memory", "disabled"] = Field(
+        "auto", description="auto: Redis when the broker is Redis, else per-process memory."
+    )
+    rate_limit_per_minute: int = Field(
+        60_000, ge=1, le=100_000_000, description="Per key: requests, or events on ingest."
+    )
+    rate_limit_burst: int = Field(5_000, ge=1, le=10_000_000)
+    anon_rate_limit_per_minute: int = Field(
+        300, ge=1, le=100_000_000, description="Per client address, requests without a key."
+    )
+    anon_rate_limit_burst: int = Field(60, ge=1, le=10_000_000)
+    trust_forwarded_for: bool = Field(
+        False, description="Take the client address from X-Forwarded-For (behind a proxy)."
+    )
+    overload_queue_depth: int = Field(
+        20_000, ge=1, le=100_000_000, description="high_priority messages above which ingest is 503."
+    )
+    overload_retry_after_max_s: int = Field(300, ge=1, le=3600)
+    max_decompressed_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Cap on gzip bodies."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated allowed origins ('*' for any); empty: no CORS."
+    )
+    hsts_seconds: int = Field(0, ge=0, le=2 * 365 * 86400, description="0: no HSTS header.")
     # --- aggregations, dashboard and their cache ---------------------------------------
     aggregation_max_buckets: int = Field(
         1000, ge=1, le=10_000, description="Most period buckets one aggregation query spans."
@@ -240,6 +285,23 @@ class Settings(BaseModel):
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
 
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str | None) -> str | None:
+        from analytics.domain.auth import parse_static_keys  # noqa: PLC0415
+
+        if value:
+            parse_static_keys(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / "keys.sqlite3"
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
     @property
     def metrics_base(self) -> Path:
         return self.metrics_dir or self.data_dir / "metrics"
@@ -279,6 +341,8 @@ class Settings(BaseModel):
             for err in exc.errors():
                 loc = ".".join(str(p) for p in err["loc"]) or "settings"
                 got = f" (got {err['input']!r})" if isinstance(err.get("input"), str) else ""
+                if loc in _secret_names(cls):  # never echo a secret into logs
+                    got = ""
                 lines.append(f"{loc}: {err['msg']}{got}")
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 

@@ -77,6 +77,7 @@ def service(redis_server, tmp_path_factory) -> Iterator[Service]:
     env = child_env(
         **redis_server.env(ns),
         ANALYTICS_DATA_DIR=str(data_dir),
+        ANALYTICS_AUTH="disabled",  # auth is not the subject (tests/integration/test_auth_matrix.py)
         ANALYTICS_PORT=str(api_port),
         ANALYTICS_WEB_WORKERS="2",
         ANALYTICS_WEB_THREADS="4",

@@ -28,7 +28,8 @@ def queue() -> InMemoryTaskQueue:
 
 @pytest.fixture
 def client(queue: InMemoryTaskQueue) -> Iterator[falcon.testing.TestClient]:
-    settings = Settings(broker="stub", storage="memory", max_body_bytes=4096, max_batch_events=5)
+    settings = Settings(broker="stub", storage="memory", max_body_bytes=4096, max_batch_events=5,
+                        auth="disabled")  # auth is not the subject here (see test_auth_matrix)
     container = bootstrap(settings, task_queue=queue, event_repo=InMemoryEventRepository())
     yield falcon.testing.TestClient(create_app(container))
 

@@ -32,6 +32,7 @@ def own_redis(tmp_path: Path):
 
 def settings_for(port: int, data_dir: Path, **extra: object) -> Settings:
     return Settings(
+        auth="disabled",
         redis_host="127.0.0.1", redis_port=port, redis_timeout_s=1.0, storage="memory",
         data_dir=data_dir, namespace=f"t-{uuid.uuid4().hex[:10]}", **extra,
     )  # fmt: skip

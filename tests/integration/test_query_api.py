@@ -55,7 +55,9 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    settings = Settings(storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="memory")
+    settings = Settings(
+        auth="disabled", storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="memory"
+    )
     clock = FixedClock(NOW)
     cache = InMemoryCache(clock)
     container = bootstrap(settings, clock=clock, cache=cache, broker=StubBroker())
@@ -226,7 +228,7 @@ def test_dashboard_reads_aggregates_only(tmp_path: Path) -> None:
         def iter_range(self, *a: object, **k: object) -> Iterator[Event]:
             raise AssertionError("dashboard read raw events")
 
-    settings = Settings(storage="memory", broker="stub", cache_backend="none")
+    settings = Settings(auth="disabled", storage="memory", broker="stub", cache_backend="none")
     c = bootstrap(settings, clock=FixedClock(NOW), event_repo=NoReads(), broker=StubBroker())
     assert c.aggregates is not None
     c.aggregates.apply([contribution(make_event(NOW - timedelta(minutes=5)))])
@@ -299,7 +301,9 @@ def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -
 def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) -> None:
     """The task id of generate is the Dramatiq message id that the task-status middleware
     records: queued, then succeeded with the reconcile report as its result."""
-    settings = Settings(storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="none")
+    settings = Settings(
+        auth="disabled", storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="none"
+    )
     c = bootstrap(settings, clock=FixedClock(NOW))
     register_actors(c)
     client = testing.TestClient(create_app(c))

@@ -89,6 +89,7 @@ def test_queries_answer_from_storage_when_redis_is_down(
     own_redis: RedisServerProcess, tmp_path: Path
 ) -> None:
     settings = Settings(
+        auth="disabled",
         storage="sqlite", data_dir=tmp_path / "data", broker="stub", cache_backend="redis",
         REDIS_HOST="127.0.0.1", REDIS_PORT=own_redis.port, namespace="outage",
         redis_timeout_s=0.5, cache_retry_after_s=60,

@@ -20,7 +20,7 @@ URL = "/api/v1/analytics/events/search"
 
 @pytest.fixture
 def container(data_dir: Path) -> Container:
-    settings = Settings(broker="stub", storage="sqlite", data_dir=data_dir)
+    settings = Settings(broker="stub", storage="sqlite", data_dir=data_dir, auth="disabled")
     return bootstrap(settings)
 
 
@@ -109,15 +109,16 @@ def test_bad_input_is_400_naming_the_parameter(client, query: str, parameter: st
 
 def test_cursor_secret_is_kept_in_the_data_dir_and_shared(data_dir: Path, events) -> None:  # type: ignore[no-untyped-def]
     # Two processes of one data dir (here: two containers) accept each other's cursors.
-    a = bootstrap(Settings(broker="stub", storage="sqlite", data_dir=data_dir))
-    b = bootstrap(Settings(broker="stub", storage="sqlite", data_dir=data_dir))
+    a = bootstrap(Settings(broker="stub", storage="sqlite", data_dir=data_dir, auth="disabled"))
+    b = bootstrap(Settings(broker="stub", storage="sqlite", data_dir=data_dir, auth="disabled"))
     assert a.cursor_secret == b.cursor_secret and len(a.cursor_secret) >= 32
     assert (data_dir / "cursor_secret").stat().st_mode & 0o077 == 0
     cursor = get(falcon.testing.TestClient(create_app(a)), "limit=5").json["next_cursor"]
     r = get(falcon.testing.TestClient(create_app(b)), f"limit=5&cursor={cursor}")
     assert r.status_code == 200 and r.json["count"] == 5
     other = bootstrap(
-        Settings(broker="stub", storage="sqlite", data_dir=data_dir, cursor_secret="x" * 32)
+        Settings(broker="stub", storage="sqlite", data_dir=data_dir, cursor_secret="x" * 32,
+                 auth="disabled")
     )
     r = get(falcon.testing.TestClient(create_app(other)), f"limit=5&cursor={cursor}")
     assert r.status_code == 400

@@ -59,6 +59,7 @@ def env(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> It
             **redis_server.env(namespace),
             "ANALYTICS_DATA_DIR": str(data_dir),
             "ANALYTICS_TASK_STATUS_TTL_S": str(TTL_S),
+            "ANALYTICS_AUTH": "disabled",  # auth is not the subject (see test_auth_matrix)
         }
     )
     container = bootstrap(settings)
@@ -191,7 +192,7 @@ def test_redis_store_is_monotonic_across_racing_hooks(
 
 
 def test_status_store_unreachable_is_503_not_500(tmp_path: Path) -> None:
-    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
+    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path, auth="disabled")
     dead = RedisTaskStatusStore(
         redis.Redis(port=free_port(), socket_connect_timeout=0.5), namespace="x", ttl_s=60
     )

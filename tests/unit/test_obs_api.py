@@ -46,7 +46,9 @@ class SlowQueue:
 
 
 def make_client(tmp_path: Path, **overrides: object) -> tuple[falcon.testing.TestClient, SlowQueue]:
-    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path, **overrides)
+    settings = Settings(
+        auth="disabled", broker="stub", storage="memory", data_dir=tmp_path, **overrides
+    )
     queue = SlowQueue(float(overrides.pop("_delay", 0.0)) if "_delay" in overrides else 0.0)
     container = bootstrap(settings, task_queue=queue)
     return falcon.testing.TestClient(create_app(container)), queue
@@ -215,7 +217,7 @@ def test_secrets_are_never_logged(tmp_path, monkeypatch):
 
 
 def test_profiling_is_not_installed_when_off(tmp_path):
-    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
+    settings = Settings(auth="disabled", broker="stub", storage="memory", data_dir=tmp_path)
     assert settings.profile_slow_ms == 0
     kinds = [type(m) for m in observability.observability_middleware(settings)]
     assert observability.ProfilingMiddleware not in kinds
@@ -228,6 +230,7 @@ def test_profiling_is_not_installed_when_off(tmp_path):
 def test_slow_critical_requests_are_profiled_to_the_profile_dir(tmp_path):
     profiles = tmp_path / "profiles"
     settings = Settings(
+        auth="disabled",
         broker="stub", storage="memory", data_dir=tmp_path, profile_slow_ms=20, profile_dir=profiles
     )
     slow = SlowQueue(delay_s=0.05)
@@ -283,7 +286,7 @@ def test_scheduler_last_run_formats(text, expected):
 def test_queue_depths_come_from_the_broker_in_use(tmp_path):
     import dramatiq
 
-    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path)
+    settings = Settings(auth="disabled", broker="stub", storage="memory", data_dir=tmp_path)
     container = bootstrap(settings, task_queue=SlowQueue())
     broker = container.broker
     for _ in range(2):

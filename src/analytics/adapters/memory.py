@@ -6,12 +6,16 @@ contract tests run against them.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+
+import msgspec
 
 from analytics.domain.aggregation import (
     Breakdown,
@@ -21,12 +25,14 @@ from analytics.domain.aggregation import (
     breakdown_counters,
     summarize_counters,
 )
+from analytics.domain.auth import ApiKey
 from analytics.domain.buckets import Piece
 from analytics.domain.clock import SystemClock
 from analytics.domain.errors import CacheUnavailable
 from analytics.domain.events import Event
 from analytics.domain.operations import DeadLetter
 from analytics.domain.ports import AggregateSnapshot, Clock
+from analytics.domain.ratelimit import Quota, RateDecision, decision
 from analytics.domain.search import EventQuery, SearchKey, sort_key
 from analytics.domain.tasks import TaskStatus, TaskUpdate, merge
 
@@ -158,6 +164,74 @@ class InMemoryDeadLetters:
     def record_depths(self, depths: dict[str, int], at: datetime) -> None:
         self.recorded = (dict(depths), at)
 
+# --- security (issue 7) -------------------------------------------------------------------
+class InMemoryApiKeyStore:
+    """ApiKeyStore over a dict; same promises as the SQLite store."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, ApiKey] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: ApiKey) -> None:
+        with self._lock:
+            if key.key_id in self._keys:
+                raise ValueError(f"duplicate key id {key.key_id}")
+            self._keys[key.key_id] = key
+
+    def get(self, key_id: str) -> ApiKey | None:
+        return self._keys.get(key_id)
+
+    def list(self) -> list[ApiKey]:
+        return sorted(self._keys.values(), key=lambda k: (k.created_at, k.key_id))
+
+    def revoke(self, key_id: str, at: datetime) -> bool:
+        with self._lock:
+            key = self._keys.get(key_id)
+            if key is None or not key.active:
+                return False
+            self._keys[key_id] = msgspec.structs.replace(key, revoked_at=at)
+            return True
+
+
+class InMemoryRateLimiter:
+    """GCRA like the Redis script, per process; time from an injectable monotonic clock."""
+
+    def __init__(self, now_ms: Callable[[], float] | None = None) -> None:
+        self._tat: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._now_ms = now_ms or (lambda: time.monotonic() * 1000)
+
+    def hit(self, bucket: str, cost: int, quota: Quota) -> RateDecision:
+        interval = quota.emission_interval_ms
+        capacity = quota.burst * interval
+        with self._lock:
+            now = self._now_ms()
+            tat = max(self._tat.get(bucket, now), now)
+            new_tat = tat + cost * interval
+            allow_at = new_tat - capacity
+            if allow_at > now:
+                remaining = int((capacity - (tat - now)) // interval)
+                return decision(quota, False, remaining, math.ceil(tat - now),
+                                math.ceil(allow_at - now))  # fmt: skip
+            self._tat[bucket] = new_tat
+            remaining = int((capacity - (new_tat - now)) // interval)
+            return decision(quota, True, remaining, math.ceil(new_tat - now), 0)
+
+
+class FixedBacklog:
+    """Backlog with a depth and drain rate the test sets."""
+
+    def __init__(self, depth: int = 0, drain_rate: float | None = None) -> None:
+        self._depth, self._rate = depth, drain_rate
+
+    def set(self, depth: int, drain_rate: float | None = None) -> None:
+        self._depth, self._rate = depth, drain_rate
+
+    def depth(self) -> int:
+        return self._depth
+
+    def drain_rate(self) -> float | None:
+        return self._rate
 class InMemoryAggregateStore:
     """Counters in a dict, applied markers in a dict, one lock for both (one 'transaction')."""
 

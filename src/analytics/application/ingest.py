@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -22,6 +23,7 @@ from analytics.domain.events import (
 from analytics.domain.ports import Clock, IdGenerator, TaskQueue
 from analytics.domain.validation import (
     DEFAULT_LIMITS,
+    TOO_DEEP,
     Limits,
     build_event,
     computed_fields,
@@ -64,14 +66,22 @@ def accept_event(
 
 
 def accept_batch(
-    raw: bytes, *, correlation_id: str, deps: IngestDeps, max_events: int
+    raw: bytes,
+    *,
+    correlation_id: str,
+    deps: IngestDeps,
+    max_events: int,
+    admit: Callable[[int], None] | None = None,
 ) -> BatchReceipt:
     """Validate every event of a batch on its own; queue the valid ones together.
 
-    A rejected event never costs the accepted ones; an ``event_id`` repeated inside the
-    batch is reported as ``duplicate`` and queued once.
+    ``admit(n)`` is called with the event count before any work is queued (the API's
+    rate limiter: it raises to refuse). A rejected event never costs the accepted ones;
+    an ``event_id`` repeated inside the batch is reported as ``duplicate`` and queued once.
     """
     items = _decode_batch(raw, max_events)
+    if admit is not None:
+        admit(len(items))  # rate limits count events, not requests
     now = deps.clock.now()
     results: list[BatchItemResult] = []
     accepted: list[Event] = []
@@ -119,6 +129,8 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         fast = _fast_batch_decoder.decode(raw)
     except msgspec.DecodeError:
         pass  # malformed or some event ill-typed: the slow path below says which
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
     else:
         _check_count(len(fast.events), max_events)
         return list(fast.events)
@@ -128,6 +140,8 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
     _check_count(len(batch.events), max_events)
     items: list[EventIn | ValidationFailed] = []
     for item in batch.events:

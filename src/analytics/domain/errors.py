@@ -84,6 +84,35 @@ class QueueUnavailable(AdapterError):
         super().__init__(message)
 
 
+class Unauthenticated(DomainError):
+    """No API key, or one that is unknown, malformed or revoked (HTTP 401)."""
+
+
+class Forbidden(DomainError):
+    """The key is valid but lacks the scope the route needs (HTTP 403)."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"this key lacks the {scope!r} scope")
+
+
+class RateLimited(DomainError):
+    """Too many requests (or events) for this key or address in the current window (429)."""
+
+    def __init__(self, message: str, retry_after: int, headers: dict[str, str]) -> None:
+        self.retry_after = retry_after
+        self.headers = headers
+        super().__init__(message)
+
+
+class Overloaded(AdapterError):
+    """The processing backlog is too deep to accept more events now (503, not a timeout)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class CircuitOpen(AdapterError):
     """A circuit breaker is open: the dependency failed repeatedly and is not called now.
 

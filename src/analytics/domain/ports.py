@@ -15,9 +15,11 @@ from datetime import datetime
 from typing import Protocol
 
 from analytics.domain.aggregation import Breakdown, Contribution, CounterKey, Summary
+from analytics.domain.auth import ApiKey
 from analytics.domain.buckets import Piece
 from analytics.domain.events import Event
 from analytics.domain.operations import DeadLetter
+from analytics.domain.ratelimit import Quota, RateDecision
 from analytics.domain.search import EventQuery, SearchKey
 from analytics.domain.tasks import TaskStatus, TaskUpdate
 
@@ -105,6 +107,43 @@ class DeadLetters(Protocol):
 
     def record_depths(self, depths: dict[str, int], at: datetime) -> None:
         """Keep the last measured depths where the metrics exporter reads them."""
+        ...
+
+
+# --- security (issue 7) -------------------------------------------------------------------
+class ApiKeyStore(Protocol):
+    """Hashed API keys by id. Revoked keys stay (so ids are never reused)."""
+
+    def add(self, key: ApiKey) -> None: ...
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def list(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    def revoke(self, key_id: str, at: datetime) -> bool:
+        """Mark a key revoked; False when there is no such active key."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """A shared budget per bucket (a key id or a client address)."""
+
+    def hit(self, bucket: str, cost: int, quota: Quota) -> RateDecision:
+        """Spend ``cost`` units if the budget allows; never raises (fails open)."""
+        ...
+
+
+class Backlog(Protocol):
+    """How deep the event queue is and how fast it drains (for 503 under overload)."""
+
+    def depth(self) -> int:
+        """Messages waiting in the high_priority queue."""
+        ...
+
+    def drain_rate(self) -> float | None:
+        """Messages per second recently consumed; None when not measured yet."""
         ...
 
 

@@ -55,7 +55,18 @@ def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
         pass
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
-    raise ValidationFailed(collect_field_errors(_any_decoder.decode(raw), model))
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
+    try:
+        doc = _any_decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # e.g. trailing bytes after a wrongly typed value
+        raise MalformedInput(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedInput(TOO_DEEP) from None
+    raise ValidationFailed(collect_field_errors(doc, model))
+
+
+TOO_DEEP = "body is nested too deeply (see the README's limits table)"
 
 
 def _hints(model: type) -> dict[str, Any]:
@@ -137,7 +148,12 @@ def price_range(f: Any, legacy: bool) -> FieldError | None:
 
 def price_precision(f: Any, legacy: bool) -> FieldError | None:
     price = getattr(f, "price", None)
-    if isinstance(price, Decimal) and price.is_finite() and price != round(price, MAX_PRICE_DECIMALS):
+    if (
+        isinstance(price, Decimal)
+        and price.is_finite()
+        and 0 <= price <= MAX_PRICE  # out of range is price_range's error; round() would raise
+        and price != round(price, MAX_PRICE_DECIMALS)
+    ):
         return FieldError("price", "precision", f"at most {MAX_PRICE_DECIMALS} decimal places")
     return None
 
@@ -174,12 +190,24 @@ def metadata_errors(meta: dict[str, Any], limits: Limits) -> list[FieldError]:
     return errors
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level - 1
+def _depth(value: Any, level: int = 1, cap: int = 64) -> int:
+    """Nesting depth of containers (iterative: deep input cannot exhaust the stack).
+
+    Stops counting at ``cap``: anything that deep is over every limit anyway.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, level)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            deepest = max(deepest, depth - 1)
+            continue
+        deepest = max(deepest, depth)
+        if depth >= cap:
+            return depth
+        stack.extend((c, depth + 1) for c in children)
+    return deepest
 
 
 # --- from input to Event ------------------------------------------------------------------
@@ -217,7 +245,13 @@ def build_event(
     sent_at = None if legacy else ein.sent_at  # type: ignore[union-attr]
     errors = cross_field_errors(ein, legacy)
     errors.extend(metadata_errors(ein.metadata, limits))
-    ts = correct_timestamp(ein.timestamp, sent_at, received_at)
+    try:
+        ts = correct_timestamp(ein.timestamp, sent_at, received_at)
+    except OverflowError:  # e.g. year 9999 with a negative offset, or a huge skew
+        errors.append(
+            FieldError("timestamp", "out_of_range", "timestamp or sent_at is out of range")
+        )
+        raise ValidationFailed(errors) from None
     if ts > received_at + limits.max_future:
         errors.append(
             FieldError(

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=_positive)
     worker.add_argument("--threads", type=_positive)
     add_ops_commands(sub)
+    add_keys_parser(sub)
     return parser
 
 
@@ -86,6 +87,87 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         if name in ("replay", "purge"):
             p.add_argument("--all", action="store_true", help="every dead letter of every queue")
     sub.add_parser("scheduler", help="run the periodic scheduler (one active; Redis lease)")
+
+
+def add_keys_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    keys = sub.add_parser("keys", help="manage API keys (stored hashed in the data dir)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", type=_scopes, required=True, help="e.g. ingest,read")
+    create.add_argument("--rate-per-minute", type=_limit, help="default: the setting")
+    create.add_argument("--burst", type=_limit, help="default: the setting")
+    create.add_argument("--data-dir")
+    lst = ksub.add_parser("list", help="list keys (never their secrets)")
+    lst.add_argument("--data-dir")
+    revoke = ksub.add_parser("revoke", help="revoke a key by id (ak_<id>_...)")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--data-dir")
+
+
+def _scopes(value: str) -> tuple[str, ...]:
+    from analytics.domain.auth import parse_scopes  # noqa: PLC0415
+
+    try:
+        return parse_scopes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= n <= 100_000_000:
+        raise argparse.ArgumentTypeError(f"{n} is out of range 1..100000000")
+    return n
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from analytics.application import api_keys  # noqa: PLC0415
+    from analytics.bootstrap import build_key_store, key_store_kind  # noqa: PLC0415
+    from analytics.domain.clock import SystemClock  # noqa: PLC0415
+    from analytics.domain.errors import NotFound  # noqa: PLC0415
+
+    settings = load_settings(dict(os.environ), data_dir=args.data_dir)
+    if key_store_kind(settings) == "memory":
+        raise CliError("ANALYTICS_KEY_STORE=memory keeps no keys between processes")
+    store = build_key_store(settings)
+    clock = SystemClock()
+    if args.keys_command == "create":
+        new = api_keys.create_key(
+            args.name, args.scopes, store=store, clock=clock,
+            rate_per_minute=args.rate_per_minute, burst=args.burst,
+        )  # fmt: skip
+        print(new.secret)
+        print(
+            f"created key {new.key.key_id} ({args.name}; scopes {','.join(new.key.scopes)}). "
+            "The secret above is shown only this once.",
+            file=sys.stderr,
+        )
+        return 0
+    if args.keys_command == "list":
+        print(f"{'ID':12}  {'NAME':20}  {'SCOPES':18}  {'RATE/MIN':>9}  {'BURST':>7}  "
+              f"{'CREATED':20}  STATUS")  # fmt: skip
+        for k in store.list():
+            status = f"revoked {k.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if k.revoked_at else "active"
+            print(
+                f"{k.key_id:12}  {k.name[:20]:20}  {','.join(k.scopes):18}  "
+                f"{k.rate_per_minute or 'default':>9}  {k.burst or 'default':>7}  "
+                f"{k.created_at:%Y-%m-%dT%H:%M:%SZ}  {status}"
+            )
+        return 0
+    key_id = args.key_id
+    parsed = key_id.split("_")
+    if len(parsed) >= 3 and parsed[0] == "ak":  # a whole key was pasted: take its id
+        key_id = parsed[1]
+    try:
+        api_keys.revoke_key(key_id, store=store, clock=clock)
+    except NotFound as exc:
+        raise CliError(str(exc)) from None
+    print(f"revoked key {key_id}")
+    return 0
 
 
 def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
@@ -155,8 +237,14 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return run_scheduler(load_settings(dict(os.environ)))
 
 
-COMMANDS = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}
-COMMANDS.update({"dlq": cmd_dlq, "scheduler": cmd_scheduler})
+COMMANDS = {
+    "serve": cmd_serve,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "dlq": cmd_dlq,
+    "scheduler": cmd_scheduler,
+    "keys": cmd_keys,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

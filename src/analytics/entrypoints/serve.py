@@ -23,6 +23,19 @@ def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "analytics", *args], env=env)  # noqa: S603
 
 
+def first_start_key(settings: Settings) -> str | None:
+    """The development key made on the very first start (None on later starts)."""
+    from analytics.bootstrap import build_key_store, key_store_kind  # noqa: PLC0415
+
+    if settings.auth != "required" or key_store_kind(settings) == "memory":
+        return None
+    from analytics.application.api_keys import ensure_dev_key  # noqa: PLC0415
+    from analytics.domain.clock import SystemClock  # noqa: PLC0415
+
+    new = ensure_dev_key(store=build_key_store(settings), clock=SystemClock())
+    return new.secret if new else None
+
+
 def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +47,7 @@ def serve(settings: Settings) -> int:
         ).start()
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})
+    dev_key = first_start_key(settings)
     env = {**os.environ, **settings.to_env()}
     specs = {
         "worker": ["worker", "--queues", ",".join(QUEUES)],
@@ -42,13 +56,26 @@ def serve(settings: Settings) -> int:
     }
     children = {name: _child(args, env) for name, args in specs.items()}
     url = f"http://{settings.host}:{settings.port}"
+    auth_header = ""
+    if settings.auth == "required":
+        shown = dev_key or "<your key: analytics keys create --name me --scopes ingest,read>"
+        auth_header = f"    -H 'Authorization: Bearer {shown}' \\\n"
     print(
         f"analytics: serving on {url} (data in {data_dir})\n"
         f"  first event:\n"
         f"  curl -s -X POST {url}/api/v1/analytics/events -H 'Content-Type: application/json' \\\n"
+        f"{auth_header}"
         f"    -d '{{\"event_type\":\"page_view\",\"user_id\":\"user123\",\"session_id\":\"sess_456\"}}'",
         flush=True,
     )
+    if dev_key:
+        print(
+            f"analytics: first start: created a development API key with every scope\n"
+            f"  {dev_key}\n"
+            f"  send it as -H 'Authorization: Bearer {dev_key}' (shown only this once;\n"
+            f"  manage keys with `analytics keys list|create|revoke`)",
+            flush=True,
+        )
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

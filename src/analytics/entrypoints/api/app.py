@@ -15,13 +15,33 @@ from analytics.entrypoints.api.middleware import (
 from analytics.entrypoints.api.http_cache import HttpCacheMiddleware
 from analytics.entrypoints.api.problems import install_error_handlers
 from analytics.entrypoints.api.search import SearchResource
+from analytics.entrypoints.api.security import AuthMiddleware, CORSMiddleware
 from analytics.entrypoints.api.tasks import TaskStatusResource
+
+
+def add_contract_routes(app: falcon.App, max_batch_events: int) -> None:
+    """The OpenAPI document and the docs page (built lazily from the finished router)."""
+    from analytics.entrypoints.api import docs  # noqa: PLC0415
+    from analytics.entrypoints.api.openapi import build_openapi  # noqa: PLC0415
+
+    app.add_route(
+        "/api/v1/openapi.json",
+        docs.OpenAPIResource(lambda: build_openapi(app, max_batch_events=max_batch_events)),
+    )
+    app.add_route("/docs", docs.DocsPageResource())
+    app.add_route("/docs/static/{name}", docs.DocsStaticResource())
 
 
 def create_app(container: Container) -> falcon.App:
     s = container.settings
     app = falcon.App(
-        middleware=[CorrelationMiddleware(), SecurityHeadersMiddleware(), AccessLogMiddleware()],
+        middleware=[
+            CorrelationMiddleware(),
+            SecurityHeadersMiddleware(hsts_seconds=s.hsts_seconds),
+            CORSMiddleware(s.cors_origin_list),
+            AuthMiddleware(s, container.api_keys, container.rate_limiter, container.backlog),
+            AccessLogMiddleware(),
+        ],
     )
     app.req_options.strip_url_path_trailing_slash = True
     app.add_middleware(HttpCacheMiddleware(s))  # ETag, Cache-Control, 304 (README, "Resilience")
@@ -43,6 +63,7 @@ def create_app(container: Container) -> falcon.App:
         from analytics.entrypoints.api.admin import add_admin_routes  # noqa: PLC0415
 
         add_admin_routes(app, container.dead_letters, s.max_body_bytes)
+    add_contract_routes(app, s.max_batch_events)
     add_query_routes(app, container)
     app.add_route(
         "/api/v1/analytics/events/search",

@@ -1,13 +1,20 @@
-"""Reading request bodies within limits: content type (415) and size (413)."""
+"""Reading request bodies within limits: content type (415), size (413), gzip (capped)."""
 
 from __future__ import annotations
 
+import zlib
+
 import falcon
+
+DEFAULT_MAX_DECOMPRESSED = 8 * 1024 * 1024
 
 from analytics.entrypoints.api.problems import Problem
 
 
-def read_json_body(req: falcon.Request, max_bytes: int) -> bytes:
+def read_json_body(
+    req: falcon.Request, max_bytes: int, max_decompressed: int | None = None
+) -> bytes:
+    """The JSON body: compressed size <= ``max_bytes``, gzip-decoded size <= the cap."""
     ctype = (req.content_type or "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise Problem(
@@ -16,13 +23,49 @@ def read_json_body(req: falcon.Request, max_bytes: int) -> bytes:
             title="Unsupported media type",
             detail=f"send Content-Type: application/json (got {req.content_type or 'none'})",
         )
+    encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise Problem(
+            415,
+            slug="unsupported-content-encoding",
+            title="Unsupported content encoding",
+            detail=f"Content-Encoding {encoding!r}: send gzip or no encoding",
+            headers={"Accept-Encoding": "gzip"},
+        )
     length = req.content_length
     if length is not None and length > max_bytes:
         raise _too_large(length, max_bytes)
     data = req.bounded_stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise _too_large(None, max_bytes)
+    if encoding != "identity":
+        cap = max_decompressed or getattr(
+            req.context, "max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED
+        )
+        return gunzip_capped(data, cap)
     return data
+
+
+def gunzip_capped(data: bytes, cap: int) -> bytes:
+    """Decompress incrementally, never holding more than ``cap + 1`` bytes: stops gzip bombs."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, cap + 1)
+        if len(out) > cap or inflater.unconsumed_tail:
+            raise Problem(
+                413,
+                slug="decompressed-too-large",
+                title="Decompressed body too large",
+                detail=f"the gzip body inflates past {cap} bytes",
+                limit=cap,
+            )
+        if not inflater.eof:
+            raise zlib.error("truncated gzip stream")
+    except zlib.error as exc:
+        raise Problem(
+            400, slug="malformed", title="Malformed body", detail=f"bad gzip data: {exc}"
+        ) from None
+    return out
 
 
 def _too_large(length: int | None, max_bytes: int) -> Problem:

@@ -38,6 +38,12 @@ class CorrelationMiddleware:
 
 
 class SecurityHeadersMiddleware:
+    """The security headers on every response, errors and 404s included.
+
+    A resource may relax the CSP for its own page by setting ``resp.context.csp`` (the
+    docs page needs its own scripts and styles: ``'self'``, never inline or a CDN).
+    """
+
     def __init__(self, hsts_seconds: int = 0) -> None:
         self.headers = dict(SECURITY_HEADERS)
         if hsts_seconds:
@@ -47,6 +53,9 @@ class SecurityHeadersMiddleware:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         resp.set_headers(self.headers)
+        csp = resp.context.get("csp") if hasattr(resp.context, "get") else None
+        if csp:
+            resp.set_header("Content-Security-Policy", csp)
 
 
 class AccessLogMiddleware:

@@ -12,8 +12,12 @@ from analytics.domain.errors import (
     AdapterError,
     BadQuery,
     MalformedInput,
+    Forbidden,
     NotFound,
+    Overloaded,
     QueueUnavailable,
+    RateLimited,
+    Unauthenticated,
     ValidationFailed,
 )
 
@@ -106,6 +110,28 @@ def install_error_handlers(app: falcon.App) -> None:
         structlog.get_logger("analytics.api").exception("unhandled error", path=req.path)
         raise Problem(500, slug="internal", title="Internal error", detail="see server logs")
 
+    def unauthenticated(req: falcon.Request, resp: falcon.Response, ex: Unauthenticated, params: Any) -> None:
+        raise Problem(
+            401, slug="unauthenticated", title="Unauthenticated",
+            detail=f"{ex}: send Authorization: Bearer <key> or X-API-Key: <key>",
+            headers={"WWW-Authenticate": 'Bearer realm="analytics"'},
+        )  # fmt: skip
+
+    def forbidden(req: falcon.Request, resp: falcon.Response, ex: Forbidden, params: Any) -> None:
+        raise Problem(403, slug="forbidden", title="Forbidden", detail=str(ex), scope=ex.scope)
+
+    def rate_limited(req: falcon.Request, resp: falcon.Response, ex: RateLimited, params: Any) -> None:
+        raise Problem(
+            429, slug="rate-limited", title="Too many requests", detail=str(ex),
+            headers=ex.headers, retry_after=ex.retry_after,
+        )  # fmt: skip
+
+    def overloaded(req: falcon.Request, resp: falcon.Response, ex: Overloaded, params: Any) -> None:
+        raise Problem(
+            503, slug="overloaded", title="Service overloaded", detail=str(ex),
+            headers={"Retry-After": str(ex.retry_after)}, retry_after=ex.retry_after,
+        )  # fmt: skip
+
     # Falcon picks the most specific handler for an exception's MRO.
     app.add_error_handler(Exception, unexpected)
     app.add_error_handler(AdapterError, unavailable)
@@ -113,3 +139,7 @@ def install_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(MalformedInput, malformed)
     app.add_error_handler(BadQuery, bad_query)
     app.add_error_handler(NotFound, not_found)
+    app.add_error_handler(Unauthenticated, unauthenticated)
+    app.add_error_handler(Forbidden, forbidden)
+    app.add_error_handler(RateLimited, rate_limited)
+    app.add_error_handler(Overloaded, overloaded)

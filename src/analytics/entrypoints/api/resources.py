@@ -7,6 +7,7 @@ import msgspec
 
 from analytics.application.ingest import IngestDeps, accept_batch, accept_event
 from analytics.entrypoints.api.body import read_json_body
+from analytics.entrypoints.api.security import spend
 
 encode = msgspec.json.Encoder().encode
 JSON = "application/json"
@@ -39,6 +40,7 @@ class BatchResource:
             correlation_id=req.context.correlation_id,
             deps=self.deps,
             max_events=self.max_events,
+            admit=lambda n: spend(req, resp, n - 1),  # the request itself already cost 1
         )
         req.context.batch_receipt = receipt  # for the business metrics
         # 202 when anything was queued; 422 when every event was rejected.

@@ -1,0 +1,225 @@
+"""API keys, scopes, rate limits and CORS at the HTTP boundary.
+
+Who may call what is one table, :data:`POLICY`, matched against the route template the
+router chose. A route no rule names needs ``admin`` (fail closed), and a test checks that
+every route of the app is named by a rule, so a new route cannot slip through unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import falcon
+
+from analytics.application.api_keys import authenticate, authorize
+from analytics.application.overload import check_backlog
+from analytics.domain.auth import ApiKey, Scope
+from analytics.domain.errors import RateLimited, Unauthenticated
+from analytics.domain.ports import ApiKeyStore, Backlog, RateLimiter
+from analytics.domain.ratelimit import Quota, RateDecision
+from analytics.settings import Settings
+
+Access = Scope | Literal["open", "metrics"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    methods: frozenset[str]  # empty: every method
+    template: re.Pattern[str]
+    access: Access
+
+    def matches(self, method: str, template: str) -> bool:
+        return (not self.methods or method in self.methods) and bool(self.template.match(template))
+
+
+def _rule(methods: str, pattern: str, access: Access) -> Rule:
+    return Rule(frozenset(methods.split()) if methods else frozenset(), re.compile(pattern), access)
+
+
+# First match wins. Ingest routes count events, not requests (see POST batch).
+POLICY: tuple[Rule, ...] = (
+    _rule("GET HEAD", r"^/health$", "open"),
+    _rule("GET HEAD", r"^/health/detailed$", "read"),
+    _rule("GET HEAD", r"^/metrics$", "metrics"),
+    _rule("GET HEAD", r"^/api/v1/openapi\.json$", "open"),
+    _rule("GET HEAD", r"^/docs(/.*)?$", "open"),
+    _rule("POST", r"^/api/v1/analytics/events(/batch)?$", "ingest"),
+    _rule("POST", r"^/analytics/events$", "ingest"),
+    _rule("POST", r"^/api/v1/analytics/aggregations/\{[^}]+\}/generate$", "admin"),
+    _rule("", r"^/api/v1/admin(/.*)?$", "admin"),
+    _rule("GET HEAD", r"^/api/v1/analytics/", "read"),
+)
+DEFAULT_ACCESS: Access = "admin"
+EXEMPT_FROM_ANON_LIMIT = re.compile(r"^/(health|metrics)(/|$)")
+
+
+def access_for(method: str, template: str) -> tuple[Access, bool]:
+    """The access a route needs, and whether a rule named it (False: the default)."""
+    for rule in POLICY:
+        if rule.matches(method, template):
+            return rule.access, True
+    return DEFAULT_ACCESS, False
+
+
+def presented_key(req: falcon.Request) -> str | None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    auth = req.get_header("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return auth  # present but not Bearer: fails as a malformed key
+    return req.get_header("X-API-Key")
+
+
+def client_address(req: falcon.Request, trust_forwarded: bool) -> str:
+    if trust_forwarded and req.access_route:
+        return str(req.access_route[0])
+    return str(req.remote_addr or "unknown")
+
+
+class AuthMiddleware:
+    """401/403 by :data:`POLICY`, then a rate-limit charge; 503 for ingest under overload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ApiKeyStore | None,
+        limiter: RateLimiter | None,
+        backlog: Backlog | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.limiter = limiter
+        self.backlog = backlog
+        self.enabled = settings.auth == "required" and store is not None
+        self.key_quota = Quota(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.anon_quota = Quota(settings.anon_rate_limit_per_minute, settings.anon_rate_limit_burst)
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.max_decompressed_bytes = self.settings.max_decompressed_bytes
+        req.context.api_key = None
+        req.context.rate_bucket = None
+        req.context.rate_limiter = self.limiter
+
+    def process_resource(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        resource: object,
+        params: dict[str, object],
+    ) -> None:
+        if req.method == "OPTIONS" or resource is None:
+            return
+        access, _ = access_for(req.method, req.uri_template or req.path)
+        if access == "metrics":
+            access = "read" if self.settings.metrics_auth == "required" else "open"
+        token = presented_key(req)
+        key: ApiKey | None = None
+        if self.enabled and (access != "open" or token):
+            try:
+                key = authenticate(token, store=self.store)  # type: ignore[arg-type]
+            except Unauthenticated:
+                self._charge_anonymous(req, resp)  # guessing keys costs the guesser
+                if access != "open":
+                    raise
+        if key is not None:
+            req.context.api_key = key
+            req.context.rate_bucket = ("key:" + key.key_id, self._quota_of(key))
+        elif not self.enabled:
+            addr = client_address(req, self.settings.trust_forwarded_for)
+            req.context.rate_bucket = ("addr:" + addr, self.key_quota)
+        elif not EXEMPT_FROM_ANON_LIMIT.match(req.path):
+            addr = client_address(req, self.settings.trust_forwarded_for)
+            req.context.rate_bucket = ("anon:" + addr, self.anon_quota)
+        if self.enabled and access != "open":
+            assert key is not None
+            authorize(key, access)  # type: ignore[arg-type]
+        spend(req, resp, 1)
+        if access == "ingest" and self.backlog is not None:
+            check_backlog(
+                self.backlog,
+                threshold=self.settings.overload_queue_depth,
+                max_retry_s=self.settings.overload_retry_after_max_s,
+            )
+
+    def _quota_of(self, key: ApiKey) -> Quota:
+        rate = key.rate_per_minute or self.key_quota.rate_per_minute
+        return Quota(rate, key.burst or self.key_quota.burst)
+
+    def _charge_anonymous(self, req: falcon.Request, resp: falcon.Response) -> None:
+        addr = client_address(req, self.settings.trust_forwarded_for)
+        req.context.rate_bucket = ("anon:" + addr, self.anon_quota)
+        spend(req, resp, 1)
+        req.context.rate_bucket = None
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        last: RateDecision | None = getattr(req.context, "rate_decision", None)
+        if last is not None and last.limit:
+            for name, value in last.headers().items():
+                if name != "Retry-After" or not resp.get_header("Retry-After"):
+                    resp.set_header(name, value)
+
+
+def spend(req: falcon.Request, resp: falcon.Response, cost: int) -> None:
+    """Charge ``cost`` units (requests, or events on ingest) to this request's bucket; 429."""
+    limiter: RateLimiter | None = getattr(req.context, "rate_limiter", None)
+    bucket = getattr(req.context, "rate_bucket", None)
+    if limiter is None or bucket is None or cost <= 0:
+        return
+    name, quota = bucket
+    decision = limiter.hit(name, cost, quota)
+    req.context.rate_decision = decision
+    if not decision.allowed:
+        raise RateLimited(
+            f"rate limit exceeded: {cost} unit(s) asked, {decision.remaining} left; "
+            f"retry in {decision.retry_after_s}s",
+            retry_after=decision.retry_after_s,
+            headers=decision.headers(),
+        )
+
+
+class CORSMiddleware:
+    """CORS for configured origins, with ``Vary: Origin`` and preflight answered here.
+
+    Falcon's own CORSMiddleware does not add ``Vary: Origin``, so a shared cache could
+    serve one origin's answer to another; this one always adds it.
+    """
+
+    ALLOW_HEADERS = "Authorization, X-API-Key, Content-Type, Content-Encoding, X-Correlation-ID"
+    EXPOSE_HEADERS = (
+        "X-Correlation-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
+        "RateLimit-Policy, Deprecation, Link"
+    )
+    ALLOW_METHODS = "GET, POST, OPTIONS"
+
+    def __init__(self, origins: tuple[str, ...], max_age_s: int = 600) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(origins)
+        self.max_age = str(max_age_s)
+
+    def allowed(self, origin: str | None) -> bool:
+        return bool(origin) and (self.any or origin in self.origins)
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        origin = req.get_header("Origin")
+        if req.method == "OPTIONS" and origin and req.get_header("Access-Control-Request-Method"):
+            resp.status = falcon.HTTP_204
+            resp.complete = True  # a preflight never needs a key and never reaches a resource
+            if self.allowed(origin):
+                resp.set_header("Access-Control-Allow-Methods", self.ALLOW_METHODS)
+                resp.set_header("Access-Control-Allow-Headers", self.ALLOW_HEADERS)
+                resp.set_header("Access-Control-Max-Age", self.max_age)
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        resp.append_header("Vary", "Origin")
+        origin = req.get_header("Origin")
+        if self.allowed(origin):
+            resp.set_header("Access-Control-Allow-Origin", "*" if self.any else origin)
+            resp.set_header("Access-Control-Expose-Headers", self.EXPOSE_HEADERS)

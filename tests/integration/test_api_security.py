@@ -1,0 +1,241 @@
+"""Rate limits, overload, input limits and headers over the real app (Falcon TestClient)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import pytest
+
+from analytics.adapters.memory import FixedBacklog, InMemoryRateLimiter
+from analytics.entrypoints.api.openapi import iter_routes
+from tests.support import ApiHarness
+
+pytestmark = pytest.mark.integration
+
+EVENT = {"event_type": "page_view", "user_id": "u1", "session_id": "s1"}
+EVENTS = "/api/v1/analytics/events"
+BATCH = "/api/v1/analytics/events/batch"
+
+
+class FrozenMs:
+    """Time stands still: no refill during a test, so counts are exact."""
+
+    def __call__(self) -> float:
+        return 5_000_000.0
+
+
+def frozen(**kw: object) -> ApiHarness:
+    return ApiHarness(rate_limiter=InMemoryRateLimiter(now_ms=FrozenMs()), **kw)
+
+
+def assert_problem(r, status: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json
+    assert body["status"] == status and body["type"].startswith("urn:problem:analytics:")
+    assert body["correlation_id"] == r.headers["x-correlation-id"]
+    return body  # type: ignore[no-any-return]
+
+
+# --- rate limits ---------------------------------------------------------------------------
+def test_429_with_retry_after_and_ratelimit_headers() -> None:
+    h = frozen()
+    key = {"X-API-Key": h.key("ingest", rate_per_minute=60, burst=3)}
+    for left in (2, 1, 0):
+        r = h.client.simulate_post(EVENTS, json=EVENT, headers=key)
+        assert r.status_code == 202
+        assert r.headers["ratelimit-limit"] == "3" and r.headers["ratelimit-remaining"] == str(left)
+    r = h.client.simulate_post(EVENTS, json=EVENT, headers=key)
+    body = assert_problem(r, 429)
+    assert int(r.headers["retry-after"]) >= 1 and body["retry_after"] == int(r.headers["retry-after"])
+    assert r.headers["ratelimit-remaining"] == "0" and "ratelimit-reset" in r.headers
+    assert len(h.container.task_queue.events) == 3  # type: ignore[attr-defined]
+
+
+def test_a_batch_counts_its_events() -> None:
+    h = frozen()
+    key = {"X-API-Key": h.key("ingest", rate_per_minute=600, burst=500)}
+    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 500}, headers=key)
+    assert r.status_code == 202 and r.headers["ratelimit-remaining"] == "0"
+    r = h.client.simulate_post(EVENTS, json=EVENT, headers=key)
+    assert_problem(r, 429)
+    # another key has its own budget; the default comes from settings
+    other = {"X-API-Key": h.key("ingest")}
+    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 400}, headers=other)
+    assert r.status_code == 202
+    assert r.headers["ratelimit-limit"] == str(h.settings.rate_limit_burst)
+    assert int(r.headers["ratelimit-remaining"]) == h.settings.rate_limit_burst - 400
+
+
+def test_a_batch_larger_than_the_budget_is_refused_before_queueing() -> None:
+    h = frozen()
+    key = {"X-API-Key": h.key("ingest", rate_per_minute=600, burst=100)}
+    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 101}, headers=key)
+    assert_problem(r, 429)
+    assert h.container.task_queue.events == []  # type: ignore[attr-defined]
+
+
+def test_unauthenticated_requests_are_limited_per_address() -> None:
+    h = frozen(anon_rate_limit_burst=5)
+    statuses = [
+        h.client.simulate_post(EVENTS, json=EVENT, remote_addr="10.0.0.1").status_code
+        for _ in range(6)
+    ]
+    assert statuses == [401] * 5 + [429]
+    # a key guesser is charged too, and another address has its own budget
+    r = h.client.simulate_get("/docs", remote_addr="10.0.0.1")
+    assert r.status_code == 429
+    assert h.client.simulate_get("/docs", remote_addr="10.0.0.2").status_code == 200
+    assert h.client.simulate_get("/health", remote_addr="10.0.0.1").status_code == 200  # exempt
+
+
+# --- overload ------------------------------------------------------------------------------
+def test_ingest_answers_503_under_backlog_with_retry_after_from_drain_rate() -> None:
+    backlog = FixedBacklog(0)
+    h = ApiHarness(backlog=backlog, overload_queue_depth=1000)
+    key = h.headers("ingest", "read")
+    assert h.client.simulate_post(EVENTS, json=EVENT, headers=key).status_code == 202
+    backlog.set(depth=1500, drain_rate=50.0)
+    for path, body in ((EVENTS, EVENT), (BATCH, {"events": [EVENT]}), ("/analytics/events", EVENT)):
+        r = h.client.simulate_post(path, json=body, headers=key)
+        problem = assert_problem(r, 503)
+        assert r.headers["retry-after"] == "11" and problem["retry_after"] == 11  # 501 / 50 per s
+    backlog.set(depth=1500, drain_rate=None)
+    r = h.client.simulate_post(EVENTS, json=EVENT, headers=key)
+    assert r.headers["retry-after"] == str(h.settings.overload_retry_after_max_s)
+    assert h.client.simulate_get("/health").status_code == 200  # reads are not refused
+
+
+# --- input limits --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def h() -> ApiHarness:
+    return ApiHarness(max_body_bytes=4096, max_decompressed_bytes=64 * 1024, max_batch_events=5)
+
+
+def post(h: ApiHarness, path: str, body: bytes, **headers: str):  # type: ignore[no-untyped-def]
+    hdrs = {"Content-Type": "application/json", **h.headers(), **headers}
+    return h.client.simulate_post(path, body=body, headers=hdrs)
+
+
+def test_gzip_body_is_accepted(h: ApiHarness) -> None:
+    r = post(h, EVENTS, gzip.compress(json.dumps(EVENT).encode()), **{"Content-Encoding": "gzip"})
+    assert r.status_code == 202, r.text
+
+
+def test_gzip_bomb_is_stopped(h: ApiHarness) -> None:
+    bomb = gzip.compress(b" " * (1024 * 1024 * 100), compresslevel=9)  # 100 MB of spaces
+    assert len(bomb) < 4096 * 40
+    small_bomb = gzip.compress(b" " * (1024 * 1024))
+    assert len(small_bomb) <= 4096
+    body = assert_problem(post(h, EVENTS, small_bomb, **{"Content-Encoding": "gzip"}), 413)
+    assert body["limit"] == 64 * 1024
+
+
+def test_bad_gzip_is_400_and_other_encodings_415(h: ApiHarness) -> None:
+    assert_problem(post(h, EVENTS, b"not gzip", **{"Content-Encoding": "gzip"}), 400)
+    truncated = gzip.compress(json.dumps(EVENT).encode())[:-12]
+    assert_problem(post(h, EVENTS, truncated, **{"Content-Encoding": "gzip"}), 400)
+    deflated = zlib.compress(json.dumps(EVENT).encode())
+    assert_problem(post(h, EVENTS, deflated, **{"Content-Encoding": "br"}), 415)
+
+
+def test_size_type_count_and_depth_limits(h: ApiHarness) -> None:
+    assert_problem(post(h, EVENTS, b"{" + b" " * 5000 + b"}"), 413)
+    r = h.client.simulate_post(EVENTS, body=b"x", headers={"Content-Type": "text/plain", **h.headers()})
+    assert_problem(r, 415)
+    body = assert_problem(post(h, BATCH, json.dumps({"events": [EVENT] * 6}).encode()), 413)
+    assert body["limit"] == 5
+    assert_problem(post(h, EVENTS, b"[" * 3000 + b"]" * 3000), 413)  # over the body size
+    big = ApiHarness(max_body_bytes=1024 * 1024)
+    deep = b"[" * 200_000 + b"]" * 200_000
+    r = big.client.simulate_post(EVENTS, body=deep[: 1024 * 1000],
+                                 headers={"Content-Type": "application/json", **big.headers()})  # fmt: skip
+    assert_problem(r, 400)
+    nested = {**EVENT, "metadata": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}
+    r = big.client.simulate_post(EVENTS, json=nested, headers=big.headers())
+    assert_problem(r, 422)
+
+
+# --- headers -------------------------------------------------------------------------------
+SECURITY = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+def test_security_headers_on_every_response_including_errors() -> None:
+    h = ApiHarness(hsts_seconds=31536000)
+    responses = [
+        h.client.simulate_get("/health"),
+        h.client.simulate_get("/nowhere"),  # 404
+        h.client.simulate_put(EVENTS),  # 405
+        h.client.simulate_post(EVENTS, json=EVENT),  # 401
+        h.client.simulate_post(EVENTS, json={"x": 1}, headers=h.headers()),  # 422
+        h.client.simulate_get("/api/v1/openapi.json"),
+    ]
+    for r in responses:
+        for name, value in SECURITY.items():
+            assert r.headers[name] == value, (r.status_code, name)
+        assert r.headers["content-security-policy"].startswith("default-src 'none'")
+        assert r.headers["strict-transport-security"].startswith("max-age=31536000")
+        assert r.headers["x-correlation-id"]
+    assert "strict-transport-security" not in ApiHarness().client.simulate_get("/health").headers
+
+
+def test_unexpected_errors_are_problem_json_with_headers() -> None:
+    class Exploding:
+        def enqueue_events(self, events):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    h = ApiHarness(task_queue=Exploding())
+    r = h.client.simulate_post(EVENTS, json=EVENT, headers=h.headers())
+    assert_problem(r, 500)
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "boom" not in r.text
+
+
+def test_docs_page_has_its_own_csp_allowing_only_self() -> None:
+    r = ApiHarness().client.simulate_get("/docs")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "http" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert b"<script>" not in r.content and b"https://" not in r.content
+
+
+def test_cors_allowed_origin_preflight_and_vary() -> None:
+    h = ApiHarness(cors_origins="https://app.example, https://other.example")
+    pre = h.client.simulate_options(EVENTS, headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})  # fmt: skip
+    assert pre.status_code == 204
+    assert pre.headers["access-control-allow-origin"] == "https://app.example"
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+    assert "Origin" in pre.headers["vary"]
+    r = h.client.simulate_post(EVENTS, json=EVENT, headers={"Origin": "https://other.example", **h.headers()})
+    assert r.headers["access-control-allow-origin"] == "https://other.example"
+    assert "x-correlation-id" in r.headers["access-control-expose-headers"].lower()
+    assert "Origin" in r.headers["vary"]
+    evil = h.client.simulate_options(EVENTS, headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})  # fmt: skip
+    assert "access-control-allow-origin" not in evil.headers
+    r = h.client.simulate_get("/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers and "Origin" in r.headers["vary"]
+
+
+def test_no_cors_headers_without_configured_origins() -> None:
+    r = ApiHarness().client.simulate_get("/health", headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_metrics_can_be_protected() -> None:
+    h = ApiHarness(metrics_auth="required")
+    if ("GET", "/metrics") not in {(m, t) for m, t, _ in iter_routes(h.app)}:
+        pytest.skip("no /metrics route on this branch yet")
+    assert h.client.simulate_get("/metrics").status_code == 401
+    assert h.client.simulate_get("/metrics", headers=h.headers("ingest")).status_code == 403
+    assert h.client.simulate_get("/metrics", headers=h.headers("read")).status_code == 200
+    assert ApiHarness().client.simulate_get("/metrics").status_code == 200

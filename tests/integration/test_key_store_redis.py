@@ -1,0 +1,34 @@
+"""The key-store contract (tests/unit/test_api_keys.py) against the Redis store."""
+
+from __future__ import annotations
+
+import pytest
+
+from analytics.adapters.redis_keys import RedisApiKeyStore
+from tests.conftest import RedisInfo
+from tests.unit.test_api_keys import (  # noqa: F401 - the shared contract runs here too
+    test_authenticate_and_authorize,
+    test_dev_key_only_on_first_start,
+    test_store_contract,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_server: RedisInfo, namespace: str) -> RedisApiKeyStore:
+    return RedisApiKeyStore(redis_server.client(), namespace)
+
+
+def test_keys_are_shared_between_instances(redis_server: RedisInfo, namespace: str) -> None:
+    from analytics.application.api_keys import authenticate, create_key
+    from tests.unit.test_api_keys import FixedClock
+
+    a = RedisApiKeyStore(redis_server.client(), namespace)
+    b = RedisApiKeyStore(redis_server.client(), namespace)
+    new = create_key("shared", ("read",), store=a, clock=FixedClock())
+    assert authenticate(new.secret, store=b).key_id == new.key.key_id
+    assert b.revoke(new.key.key_id, FixedClock().now())
+    assert not a.get(new.key.key_id).active  # type: ignore[union-attr]
+    raw = b"".join(redis_server.client().hvals(f"{namespace}:api_keys"))
+    assert new.secret.split("_", 2)[2].encode() not in raw

@@ -1,0 +1,78 @@
+"""The OpenAPI document: valid 3.1, every route of the router, security and errors per route."""
+
+from __future__ import annotations
+
+import pytest
+
+from analytics.entrypoints.api.openapi import iter_routes
+from analytics.entrypoints.api.security import access_for
+from tests.support import ApiHarness
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def harness() -> ApiHarness:
+    return ApiHarness()
+
+
+@pytest.fixture(scope="module")
+def doc(harness: ApiHarness) -> dict:  # type: ignore[type-arg]
+    r = harness.client.simulate_get("/api/v1/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    return r.json  # type: ignore[no-any-return]
+
+
+def test_is_a_valid_openapi_31_document(doc: dict) -> None:  # type: ignore[type-arg]
+    validator = pytest.importorskip("openapi_spec_validator")
+    assert doc["openapi"] == "3.1.0"
+    validator.validate(doc)
+
+
+def test_every_route_and_method_is_described(harness: ApiHarness, doc: dict) -> None:  # type: ignore[type-arg]
+    routes = {(m, t) for m, t, _ in iter_routes(harness.app)}
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
+    undocumented = [(m, p) for p, ops in doc["paths"].items() for m, op in ops.items()
+                    if op.get("x-undocumented")]  # fmt: skip
+    assert not undocumented, f"describe these in openapi.OPERATIONS: {undocumented}"
+    op_ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(op_ids) == len(set(op_ids))
+
+
+def test_security_matches_the_policy(doc: dict) -> None:  # type: ignore[type-arg]
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKeyHeader"]["in"] == "header" and schemes["apiKeyHeader"]["name"] == "X-API-Key"
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            access, _ = access_for(method.upper(), path)
+            if access == "open":
+                assert op["security"] == []
+            elif access != "metrics":
+                assert op["security"] == [{"bearerAuth": [access]}, {"apiKeyHeader": [access]}]
+                for status in ("401", "403", "429"):
+                    content = op["responses"][status]["content"]
+                    assert content["application/problem+json"]["schema"] == {
+                        "$ref": "#/components/schemas/Problem"
+                    }
+
+
+def test_schemas_come_from_the_validating_structs(doc: dict) -> None:  # type: ignore[type-arg]
+    schemas = doc["components"]["schemas"]
+    event = schemas["EventIn"]
+    assert set(event["required"]) == {"event_type", "user_id", "session_id"}
+    assert event["additionalProperties"] is False  # forbid_unknown_fields
+    assert event["properties"]["event_type"]["pattern"].startswith("^[a-z]")
+    batch = schemas["BatchIn"]["properties"]["events"]
+    assert batch["items"] == {"$ref": "#/components/schemas/EventIn"} and batch["maxItems"] == 500
+    ingest = doc["paths"]["/api/v1/analytics/events"]["post"]
+    assert ingest["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EventIn"
+    }
+    assert set(ingest["responses"]) >= {"202", "400", "401", "403", "413", "415", "422", "429", "503"}
+    assert doc["paths"]["/analytics/events"]["post"]["deprecated"] is True
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                assert param["schema"] and param["in"] in ("path", "query", "header")

@@ -1,0 +1,94 @@
+"""The Redis limiter: one budget shared by every process, atomic, failing open; the backlog probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from analytics.adapters.backlog import DrainCounter, RedisBacklog
+from analytics.adapters.embedded_redis import RedisServerProcess
+from analytics.adapters.redis_ratelimit import RedisRateLimiter
+from analytics.domain.ratelimit import Quota
+from tests.conftest import RedisInfo
+from tests.support import ApiHarness, free_port
+
+pytestmark = pytest.mark.integration
+SLOW = Quota(rate_per_minute=1, burst=10)  # no refill to speak of during a test
+EVENT = {"event_type": "page_view", "user_id": "u1", "session_id": "s1"}
+
+
+def test_two_workers_share_one_budget(redis_server: RedisInfo, namespace: str) -> None:
+    a = RedisRateLimiter(redis_server.client(), namespace)
+    b = RedisRateLimiter(redis_server.client(), namespace)
+    results = [(a if i % 2 else b).hit("key:k1", 1, SLOW).allowed for i in range(11)]
+    assert results == [True] * 10 + [False]
+    denied = a.hit("key:k1", 1, SLOW)
+    assert not denied.allowed and denied.retry_after_s >= 1 and denied.remaining == 0
+    assert b.hit("key:k2", 10, SLOW).allowed  # buckets are per key
+    assert not b.hit("key:k3", 11, SLOW).allowed  # a cost above the burst never fits
+    keys = [k.decode() for k in redis_server.client().scan_iter(match=f"{namespace}:ratelimit:*")]
+    assert sorted(keys) == [f"{namespace}:ratelimit:key:k1", f"{namespace}:ratelimit:key:k2"]
+    assert all(redis_server.client().pttl(k) > 0 for k in keys)  # buckets expire
+
+
+def test_apps_sharing_redis_share_the_budget(redis_server: RedisInfo, namespace: str) -> None:
+    first = ApiHarness(rate_limiter=RedisRateLimiter(redis_server.client(), namespace))
+    second = ApiHarness(
+        rate_limiter=RedisRateLimiter(redis_server.client(), namespace), api_keys=first.keys
+    )
+    key = {"X-API-Key": first.key("ingest", rate_per_minute=1, burst=300)}
+    r = first.client.simulate_post("/api/v1/analytics/events/batch", json={"events": [EVENT] * 200}, headers=key)
+    assert r.status_code == 202 and r.headers["ratelimit-remaining"] == "100"
+    r = second.client.simulate_post("/api/v1/analytics/events/batch", json={"events": [EVENT] * 101}, headers=key)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    r = second.client.simulate_post("/api/v1/analytics/events/batch", json={"events": [EVENT] * 99}, headers=key)
+    assert r.status_code == 202 and r.headers["ratelimit-remaining"] == "0"
+
+
+def test_fails_open_when_redis_is_down(tmp_path: Path) -> None:
+    server = RedisServerProcess(tmp_path / "r", port=free_port()).start()
+    client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=1,
+                         socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))  # fmt: skip
+    limiter = RedisRateLimiter(client, "t", retry_after_failure_s=3600)
+    assert limiter.hit("key:k", 10, SLOW).allowed
+    assert not limiter.hit("key:k", 1, SLOW).allowed
+    server.stop()
+    assert limiter.hit("key:k", 1, SLOW).allowed  # fail open, logged
+    h = ApiHarness(rate_limiter=limiter)
+    r = h.client.simulate_post("/api/v1/analytics/events", json=EVENT, headers=h.headers())
+    assert r.status_code == 202 and "ratelimit-limit" not in r.headers
+
+
+def test_backlog_depth_and_measured_drain_rate(redis_server: RedisInfo, namespace: str) -> None:
+    client = redis_server.client()
+    broker = RedisBroker(client=client, namespace=namespace, heartbeat_timeout=5000)
+    broker.add_middleware(DrainCounter(client, namespace))
+    done: list[int] = []
+
+    @dramatiq.actor(queue_name="high_priority", broker=broker, actor_name="noop")
+    def noop(i: int) -> None:
+        done.append(i)
+
+    for i in range(30):
+        noop.send(i)
+    backlog = RedisBacklog(client, namespace, cache_s=0)
+    assert backlog.depth() == 30
+    assert backlog.drain_rate() is None  # nothing drained yet
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("high_priority", timeout=20_000)
+        worker.join()
+    finally:
+        worker.stop()
+    assert sorted(done) == list(range(30))
+    assert backlog.depth() == 0
+    assert int(client.get(f"{namespace}:stats:high_priority:drained")) == 30
+    rate = backlog.drain_rate()
+    assert rate is not None and rate > 0

@@ -1,0 +1,144 @@
+"""API keys: format, hashing, authentication, scopes, revocation; one contract for every store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from analytics.adapters.memory import InMemoryApiKeyStore
+from analytics.adapters.sqlite_keys import SQLiteApiKeyStore
+from analytics.application.api_keys import (
+    authenticate,
+    authorize,
+    create_key,
+    ensure_dev_key,
+    revoke_key,
+)
+from analytics.domain.auth import SCOPES, generate_key, parse_key, parse_scopes, verify
+from analytics.domain.errors import Forbidden, NotFound, Unauthenticated
+
+pytestmark = pytest.mark.unit
+
+
+class FixedClock:
+    def __init__(self) -> None:
+        self.t = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.t
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    if request.param == "memory":
+        return InMemoryApiKeyStore()
+    return SQLiteApiKeyStore(tmp_path / "keys.sqlite3")
+
+
+def test_key_format_and_hash_never_contains_the_secret() -> None:
+    new = generate_key("ci", ("ingest",), now=FixedClock().now())
+    key_id, secret = parse_key(new.secret)  # type: ignore[misc]
+    assert key_id == new.key.key_id
+    assert secret not in new.key.secret_hash and secret not in new.key.salt
+    assert verify(new.key, secret)
+    assert not verify(new.key, secret[:-1] + ("A" if secret[-1] != "A" else "B"))
+
+
+def test_two_keys_with_the_same_secret_hash_differently() -> None:
+    a = generate_key("a", SCOPES, now=FixedClock().now()).key
+    b = generate_key("b", SCOPES, now=FixedClock().now()).key
+    assert a.salt != b.salt and a.secret_hash != b.secret_hash
+
+
+@pytest.mark.parametrize("bad", ["", "ak_", "Bearer x", "ak_zzzzzzzzzzzz_" + "a" * 43, "x" * 200])
+def test_malformed_keys_do_not_parse(bad: str) -> None:
+    assert parse_key(bad) is None
+
+
+def test_parse_scopes() -> None:
+    assert parse_scopes("read, ingest") == ("ingest", "read")
+    with pytest.raises(ValueError, match="unknown scope"):
+        parse_scopes("ingest,root")
+    with pytest.raises(ValueError):
+        parse_scopes(" , ")
+
+
+def test_store_contract(store) -> None:  # type: ignore[no-untyped-def]
+    clock = FixedClock()
+    new = create_key("ci", ("ingest", "read"), store=store, clock=clock, rate_per_minute=600)
+    got = store.get(new.key.key_id)
+    assert got == new.key and got.rate_per_minute == 600
+    assert [k.key_id for k in store.list()] == [new.key.key_id]
+    assert store.revoke(new.key.key_id, clock.now()) is True
+    assert store.revoke(new.key.key_id, clock.now()) is False  # already revoked
+    assert store.revoke("000000000000", clock.now()) is False
+    assert store.get(new.key.key_id).revoked_at == clock.now()
+    assert len(store.list()) == 1  # revoked keys stay listed
+
+
+def test_authenticate_and_authorize(store) -> None:  # type: ignore[no-untyped-def]
+    clock = FixedClock()
+    new = create_key("ci", ("ingest",), store=store, clock=clock)
+    assert authenticate(new.secret, store=store).key_id == new.key.key_id
+    authorize(new.key, "ingest")
+    with pytest.raises(Forbidden):
+        authorize(new.key, "read")
+    for bad in (None, "", "nonsense", new.secret[:-2] + "xx", "ak_000000000000_" + "a" * 43):
+        with pytest.raises(Unauthenticated):
+            authenticate(bad, store=store)
+    revoke_key(new.key.key_id, store=store, clock=clock)
+    with pytest.raises(Unauthenticated):
+        authenticate(new.secret, store=store)
+    with pytest.raises(NotFound):
+        revoke_key(new.key.key_id, store=store, clock=clock)
+
+
+def test_dev_key_only_on_first_start(store) -> None:  # type: ignore[no-untyped-def]
+    clock = FixedClock()
+    first = ensure_dev_key(store=store, clock=clock)
+    assert first is not None and first.key.scopes == SCOPES
+    assert ensure_dev_key(store=store, clock=clock) is None
+    revoke_key(first.key.key_id, store=store, clock=clock)
+    assert ensure_dev_key(store=store, clock=clock) is None  # a revoked dev key stays revoked
+
+
+def test_sqlite_store_is_private_and_persistent(tmp_path: Path) -> None:
+    path = tmp_path / "keys.sqlite3"
+    new = create_key("ci", ("read",), store=SQLiteApiKeyStore(path), clock=FixedClock())
+    assert path.stat().st_mode & 0o077 == 0
+    assert SQLiteApiKeyStore(path).get(new.key.key_id) == new.key
+    assert new.secret.encode() not in path.read_bytes()
+
+
+def test_serve_first_start_key(tmp_path: Path) -> None:
+    from analytics.entrypoints.serve import first_start_key
+    from analytics.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    key = first_start_key(settings)
+    assert key is not None and parse_key(key)
+    assert first_start_key(settings) is None  # persisted: not re-created
+    assert first_start_key(settings.model_copy(update={"auth": "disabled"})) is None
+
+
+def test_keys_from_configuration(tmp_path: Path) -> None:
+    from analytics.bootstrap import build_key_store
+    from analytics.settings import Settings, SettingsError
+
+    ci = generate_key("x", SCOPES, now=FixedClock().now()).secret
+    ops = generate_key("x", SCOPES, now=FixedClock().now()).secret
+    settings = Settings.from_env({"ANALYTICS_DATA_DIR": str(tmp_path),
+                                  "ANALYTICS_API_KEYS": f"ci:ingest:{ci}, ops:read+admin:{ops}"})  # fmt: skip
+    assert ci not in repr(settings)
+    store = build_key_store(settings)
+    assert authenticate(ci, store=store).scopes == ("ingest",)
+    assert authenticate(ops, store=store).scopes == ("read", "admin")
+    stored = create_key("db", ("read",), store=store, clock=FixedClock())
+    assert authenticate(stored.secret, store=store).name == "db"
+    assert {k.name for k in store.list()} == {"ci", "ops", "db"}
+    for bad in ("ci:ingest", f"ci:root:{ci}", "ci:ingest:ak_123", f":ingest:{ci}"):
+        with pytest.raises(SettingsError, match="ANALYTICS_API_KEYS") as err:
+            Settings.from_env({"ANALYTICS_API_KEYS": bad})
+        assert ci not in str(err.value)  # a secret is never echoed

@@ -1,0 +1,63 @@
+"""GCRA decisions (the in-memory twin of the Redis script) and the overload Retry-After."""
+
+from __future__ import annotations
+
+import pytest
+
+from analytics.adapters.memory import FixedBacklog, InMemoryRateLimiter
+from analytics.application.overload import check_backlog, retry_after_s
+from analytics.domain.errors import Overloaded
+from analytics.domain.ratelimit import Quota
+
+pytestmark = pytest.mark.unit
+
+
+class FakeMs:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_burst_then_refill_at_the_rate() -> None:
+    ms = FakeMs()
+    limiter = InMemoryRateLimiter(now_ms=ms)
+    quota = Quota(rate_per_minute=60, burst=10)  # one unit per second, ten at once
+    decisions = [limiter.hit("k", 1, quota) for _ in range(10)]
+    assert all(d.allowed for d in decisions)
+    assert decisions[-1].remaining == 0
+    denied = limiter.hit("k", 1, quota)
+    assert not denied.allowed and denied.retry_after_s == 1
+    assert denied.headers()["Retry-After"] == "1" and denied.headers()["RateLimit-Limit"] == "10"
+    ms.t += 1000
+    assert limiter.hit("k", 1, quota).allowed
+    assert not limiter.hit("k", 1, quota).allowed
+
+
+def test_cost_counts_units_and_buckets_are_separate() -> None:
+    ms = FakeMs()
+    limiter = InMemoryRateLimiter(now_ms=ms)
+    quota = Quota(rate_per_minute=600, burst=500)
+    assert limiter.hit("a", 500, quota).allowed  # a batch of 500 spends the whole burst
+    d = limiter.hit("a", 1, quota)
+    assert not d.allowed and d.retry_after_s == 1
+    assert limiter.hit("b", 500, quota).allowed
+    assert not limiter.hit("c", 501, quota).allowed  # more than the burst never fits
+    ms.t += 10_000  # 10 s at 10/s refills 100
+    assert limiter.hit("a", 100, quota).allowed
+    assert not limiter.hit("a", 1, quota).allowed
+
+
+def test_retry_after_from_depth_and_drain_rate() -> None:
+    assert retry_after_s(1500, 1000, 100.0, 300) == 6  # 501 over, 100/s
+    assert retry_after_s(1500, 1000, None, 300) == 300  # nothing drains: the cap
+    assert retry_after_s(10**9, 1000, 1.0, 300) == 300
+    assert retry_after_s(1001, 1000, 1000.0, 300) == 1
+
+
+def test_check_backlog() -> None:
+    check_backlog(FixedBacklog(1000, 5.0), threshold=1000, max_retry_s=60)
+    with pytest.raises(Overloaded) as err:
+        check_backlog(FixedBacklog(1100, 10.0), threshold=1000, max_retry_s=60)
+    assert err.value.retry_after == 11

@@ -356,8 +356,10 @@ def install_breakers(container: Container) -> Container:
         return container
     from analytics.adapters.circuit_breaker import BreakerRegistry, CircuitBreaker  # noqa: PLC0415
     from analytics.adapters.guarded import (  # noqa: PLC0415
+        GuardedBacklog,
         GuardedCache,
         GuardedProxy,
+        GuardedRateLimiter,
         GuardedTaskQueue,
         GuardedUnitOfWork,
     )
@@ -385,9 +387,13 @@ def install_breakers(container: Container) -> Container:
         container.aggregates = GuardedProxy(container.aggregates, storage)  # type: ignore[attr-defined]
     if getattr(container, "uow", None) is not None:
         container.uow = GuardedUnitOfWork(container.uow, storage)  # type: ignore[attr-defined]
-    container.task_queue = GuardedTaskQueue(
-        container.task_queue, breaker("broker", QueueCircuitOpen)
-    )
+    broker_breaker = breaker("broker", QueueCircuitOpen)
+    container.task_queue = GuardedTaskQueue(container.task_queue, broker_breaker)
+    if getattr(container, "backlog", None) is not None:
+        container.backlog = GuardedBacklog(container.backlog, broker_breaker)  # type: ignore[attr-defined]
+    limiter = getattr(container, "rate_limiter", None)
+    if limiter is not None and type(limiter).__name__ == "RedisRateLimiter":  # the broker's Redis
+        container.rate_limiter = GuardedRateLimiter(limiter, broker_breaker)  # type: ignore[attr-defined]
     if getattr(container, "cache", None) is not None:
         container.cache = GuardedCache(container.cache, breaker("cache", CircuitOpen))  # type: ignore[attr-defined]
     for holder in (container.extras, container.__dict__):

@@ -72,6 +72,7 @@ def sqlite_settings(data_dir: Path, **extra: str) -> Settings:
             "ANALYTICS_SQLITE_BUSY_TIMEOUT_S": "0.05",
             "ANALYTICS_BREAKER_FAILURE_THRESHOLD": "2",
             "ANALYTICS_BREAKER_RESET_TIMEOUT_S": "0.3",
+            "ANALYTICS_AUTH": "disabled",
             **extra,
         }
     )

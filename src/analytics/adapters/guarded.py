@@ -103,6 +103,50 @@ class GuardedTaskQueue(_Transparent):
         return getattr(self.inner, name)
 
 
+class GuardedBacklog(_Transparent):
+    """Backlog port (ingest's overload probe reads the broker's Redis): while the broker
+    breaker is open the probe is skipped (depth 0, no rate), so ingest reaches the broker
+    breaker's immediate 503 instead of first waiting for the probe's own timeouts."""
+
+    def __init__(self, inner: Any, breaker: CircuitBreaker) -> None:
+        self._target = inner
+        self.inner = inner
+        self.breaker = breaker
+
+    def _open(self) -> bool:
+        return self.breaker.retry_after() > 0
+
+    def depth(self) -> int:
+        return 0 if self._open() else int(self.inner.depth())
+
+    def drain_rate(self) -> float | None:
+        return None if self._open() else self.inner.drain_rate()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class GuardedRateLimiter(_Transparent):
+    """RateLimiter port on the broker's Redis: while the broker breaker is open it fails
+    open at once (what the Redis limiter itself does on an error, minus the wait for the
+    error), so an ingest request meets the broker breaker's 503 without delay."""
+
+    def __init__(self, inner: Any, breaker: CircuitBreaker) -> None:
+        self._target = inner
+        self.inner = inner
+        self.breaker = breaker
+
+    def hit(self, bucket: str, cost: int, quota: Any) -> Any:
+        if self.breaker.retry_after() > 0:
+            from analytics.domain.ratelimit import ALLOW_ALL  # noqa: PLC0415
+
+            return ALLOW_ALL
+        return self.inner.hit(bucket, cost, quota)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class GuardedCache(_Transparent):
     """Cache port. The Redis cache swallows its own errors (reads are best effort) and
     counts them in ``errors``: a call during which that count grew is a failure here."""

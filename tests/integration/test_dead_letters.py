@@ -144,7 +144,7 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
     container, repo, _ = system
     broker, dlq = container.broker, container.dead_letters
     assert dlq is not None
-    client = testing.TestClient(create_app(container))  # keys per request: ADMIN, READ_KEY
+    client = testing.TestClient(create_app(container))
     repo.broken = True
     events = make_events(4)
     msg = broker.enqueue(events_message(events))

@@ -268,7 +268,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         200,
         dict[str, Any],
         body="analytics.entrypoints.api.admin:SelectionBody",
-        errors=INGEST_ERRORS,
+        errors=(*INGEST_ERRORS, 404),  # 404: one of the given ids is not a dead letter
         description="Requeue the selected letters (ids, or queue and/or actor, or all).",
     ),
     ("POST", "/api/v1/admin/dlq/purge"): Op(
@@ -277,7 +277,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         200,
         dict[str, Any],
         body="analytics.entrypoints.api.admin:SelectionBody",
-        errors=INGEST_ERRORS,
+        errors=(*INGEST_ERRORS, 404),  # 404: one of the given ids is not a dead letter
         description="Delete the selected letters for good.",
     ),
     ("GET", "/metrics"): Op(

@@ -41,6 +41,10 @@ def env(redis_server: Any, namespace: str) -> dict[str, str]:
         "ANALYTICS_RETRY_MAX_BACKOFF_MS": "40",
         "ANALYTICS_STORAGE": "memory",
         "ANALYTICS_API_KEYS": f"ops-admin:admin:{ADMIN_KEY},ops-read:read:{READ_KEY}",
+        # Storage failures must reach the dead letters here; with the storage breaker on,
+        # a run of them would open it and the worker would defer instead (README,
+        # "Resilience": deferred, never dead-lettered).
+        "ANALYTICS_BREAKERS": "false",
     }
 
 

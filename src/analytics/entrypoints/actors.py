@@ -35,7 +35,15 @@ log = structlog.get_logger("analytics.worker")
 def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Declare every actor on ``container.broker`` and return them by name."""
     broker = container.broker
+    from analytics.adapters.deferral import deferring, install  # noqa: PLC0415
 
+    install(  # an open storage breaker defers messages (README, "Resilience")
+        broker,
+        base_s=container.settings.breaker_reset_timeout_s,
+        max_s=container.settings.breaker_defer_max_s,
+    )
+
+    @deferring
     def process_events(payload: str) -> dict[str, int]:
         events = _decode_events(payload)
         result = store_events(

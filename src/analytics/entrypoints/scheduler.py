@@ -186,6 +186,17 @@ class SchedulerService:
             self.run_job(job)
         except Exception:  # noqa: BLE001 - a failing job must not kill the scheduler
             log.exception("job failed", job=job.name)
+            return
+        self._record_run()
+
+    def _record_run(self) -> None:
+        """``<ns>:scheduler:last_run`` for /health/detailed (README, "Observability")."""
+        from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
+
+        try:
+            RedisProbe(self.client, self.settings.namespace).record_scheduler_run(self.clock.now())
+        except Exception as exc:  # noqa: BLE001 - health bookkeeping must not fail a job
+            log.warning("could not record the scheduler run", error=str(exc))
 
     # --- leadership ----------------------------------------------------------------------
     def _start_jobs(self) -> None:

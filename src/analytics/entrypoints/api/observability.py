@@ -276,6 +276,7 @@ class DetailedHealthResource:
                     "key": self.probe.scheduler_key,
                 }
             )
+            out["scheduler"]["leader"] = self.probe.scheduler_leader()
         except Exception as exc:  # noqa: BLE001
             out["scheduler"] = {"status": "unknown", "error": str(exc)[:200]}
         return out

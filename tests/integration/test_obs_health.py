@@ -160,3 +160,4 @@ def test_a_scheduler_job_run_shows_in_detailed_health(redis_server, namespace, t
     scheduler = client.simulate_get("/health/detailed").json["scheduler"]
     assert scheduler["status"] == "ok"
     assert scheduler["key"] == f"{namespace}:scheduler:last_run"
+    assert scheduler["leader"] == service.lease.owner

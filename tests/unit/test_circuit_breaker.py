@@ -308,3 +308,25 @@ def test_nested_calls_on_one_thread_are_one_call_of_the_breaker() -> None:
         assert repo.count() == 0  # passes: part of the trial
     assert b.state is State.CLOSED and b.calls == 1
     assert seen == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+def test_every_actor_of_the_broker_defers_on_an_open_breaker() -> None:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from analytics.adapters.deferral import install
+
+    broker = StubBroker()
+    broker.declare_queue("maintenance")
+
+    def before() -> None:
+        raise StorageCircuitOpen("storage", 1)
+
+    early = dramatiq.actor(before, broker=broker, queue_name="maintenance")
+    install(broker, base_s=1, max_s=2)
+    late = dramatiq.actor(lambda: before(), actor_name="late", broker=broker,
+                          queue_name="maintenance")  # fmt: skip
+    for actor in (early, late):
+        with pytest.raises(Deferred):
+            actor()
+    assert install(broker, base_s=1, max_s=2) is install(broker, base_s=1, max_s=2)

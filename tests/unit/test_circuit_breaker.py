@@ -13,6 +13,7 @@ from analytics.adapters.guarded import GuardedCache, GuardedProxy, GuardedTaskQu
 from analytics.adapters.memory import InMemoryEventRepository
 from analytics.domain.errors import (
     BadQuery,
+    CacheCircuitOpen,
     CircuitOpen,
     QueueCircuitOpen,
     QueueUnavailable,
@@ -198,14 +199,15 @@ def test_guarded_cache_reads_miss_while_open_and_invalidation_still_raises() -> 
             raise AssertionError("not reached while open")
 
     clock = FakeClock()
-    b = CircuitBreaker("cache", failure_threshold=2, reset_timeout_s=5, clock=clock)
+    b = CircuitBreaker("cache", failure_threshold=2, reset_timeout_s=5, clock=clock,
+                       on_open=CacheCircuitOpen)  # fmt: skip
     cache = GuardedCache(BrokenCache(), b)
     assert cache.get_many(["a"]) == [None]
     assert cache.versions(["d"]) is None
     assert b.state is State.OPEN  # errors counted by the adapter are failures here
     assert cache.get_many(["a", "b"]) == [None, None]
     assert cache.misses == 3  # 1 from the adapter + 2 skipped
-    with pytest.raises(Exception, match="invalidation deferred"):
+    with pytest.raises(CacheCircuitOpen):  # a CacheUnavailable the worker defers on
         cache.bump(["2026-01-01"])
 
 

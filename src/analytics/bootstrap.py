@@ -75,13 +75,17 @@ def build_event_repo(settings: Settings) -> EventRepository:
 
 
 def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
-    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    """Dead letters of the Redis or RabbitMQ broker; the stub gets an empty in-memory view."""
     from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
 
     if isinstance(broker, RedisBroker):
         from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
 
         return RedisDeadLetters(broker)
+    if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
+        from analytics.adapters.dead_letters import RabbitDeadLetters  # noqa: PLC0415
+
+        return RabbitDeadLetters(broker)
     from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
 
     return InMemoryDeadLetters()

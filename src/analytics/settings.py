@@ -65,6 +65,11 @@ class Settings(BaseModel):
     web_threads: int = Field(16, ge=1, le=256)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_batch_events: int = Field(500, ge=1, le=10_000)
+    gunicorn_config: Path | None = Field(
+        None,
+        description="gunicorn settings file (config/gunicorn.conf.py) applied over the defaults;"
+        " settings set explicitly in the environment still win.",
+    )
 
     # --- ingest ------------------------------------------------------------------------
     enqueue_timeout_s: float = Field(

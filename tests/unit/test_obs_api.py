@@ -302,7 +302,9 @@ def test_queue_depths_come_from_the_broker_in_use(tmp_path):
 
 
 def test_the_dashboard_cache_hits_and_misses_reach_metrics(tmp_path):
-    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path, cache_backend="memory")
+    settings = Settings(
+        auth="disabled", broker="stub", storage="memory", data_dir=tmp_path, cache_backend="memory"
+    )
     container = bootstrap(settings, task_queue=SlowQueue())
     assert container.cache is not None
     client = falcon.testing.TestClient(create_app(container))

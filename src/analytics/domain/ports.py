@@ -118,7 +118,7 @@ class ApiKeyStore(Protocol):
 
     def get(self, key_id: str) -> ApiKey | None: ...
 
-    def list(self) -> list[ApiKey]:
+    def list(self) -> builtins.list[ApiKey]:
         """Every key, revoked ones included, oldest first."""
         ...
 

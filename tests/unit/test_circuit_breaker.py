@@ -332,3 +332,39 @@ def test_every_actor_of_the_broker_defers_on_an_open_breaker() -> None:
         with pytest.raises(Deferred):
             actor()
     assert install(broker, base_s=1, max_s=2) is install(broker, base_s=1, max_s=2)
+
+
+def test_ingest_side_probes_skip_redis_while_the_broker_breaker_is_open() -> None:
+    from analytics.adapters.guarded import GuardedBacklog, GuardedRateLimiter
+    from analytics.domain.ratelimit import ALLOW_ALL
+
+    class Probe:
+        calls = 0
+
+        def depth(self) -> int:
+            Probe.calls += 1
+            return 7
+
+        def drain_rate(self) -> float:
+            Probe.calls += 1
+            return 2.0
+
+        def hit(self, bucket: str, cost: int, quota: object) -> str:
+            Probe.calls += 1
+            return "decision"
+
+    clock = FakeClock()
+    b = CircuitBreaker("broker", failure_threshold=1, reset_timeout_s=5,
+                       on_open=QueueCircuitOpen, clock=clock)  # fmt: skip
+    backlog, limiter = GuardedBacklog(Probe(), b), GuardedRateLimiter(Probe(), b)
+    assert (backlog.depth(), backlog.drain_rate(), limiter.hit("k", 1, None)) == (
+        7,
+        2.0,
+        "decision",
+    )
+    b.record_failure()
+    assert (backlog.depth(), backlog.drain_rate()) == (0, None)
+    assert limiter.hit("k", 1, None) is ALLOW_ALL  # fails open, as on a Redis error
+    assert Probe.calls == 3
+    clock.t += 5  # cool-down over: the probes read Redis again
+    assert backlog.depth() == 7 and Probe.calls == 4

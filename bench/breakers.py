@@ -88,8 +88,8 @@ def main() -> int:
         "ANALYTICS_REDIS_TIMEOUT_S": "1", "ANALYTICS_ENQUEUE_TIMEOUT_S": "2",
     }  # fmt: skip
     lines = [
-        f"load: {args.processes} x {args.threads} connections, {args.seconds:g}s per phase; "
-        "api 1 gunicorn worker x 16 threads; worker 1 process x 4 threads",
+        (f"load: {args.processes} x {args.threads} connections, {args.seconds:g}s per phase; "
+         "api 1 gunicorn worker x 16 threads; worker 1 process x 4 threads"),
         "",
         "| phase | throughput | p50 ms | p99 ms | p99 vs healthy | non-2xx |",
         "|---|---|---|---|---|---|",
@@ -134,8 +134,8 @@ def main() -> int:
         procs.clear()
         lines += [
             "",
-            f"after the lock was released: {n:,} of {accepted:,} accepted events stored "
-            f"{recovered:.1f}s later (deferred messages wait out their backoff)",
+            (f"after the lock was released: {n:,} of {accepted:,} accepted events stored "
+             f"{recovered:.1f}s later (deferred messages wait out their backoff)"),
             "",
             "| broker | breakers | requests | min ms to the answer | p50 ms | max ms | statuses |",
             "|---|---|---|---|---|---|---|",

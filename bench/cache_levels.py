@@ -83,8 +83,8 @@ def main() -> int:
             "hour x 168 (closed)": (f"{AGG}/hour", {"start": (now - timedelta(days=8)).date().isoformat(), "end": (now - timedelta(days=1)).date().isoformat()}),
         }  # fmt: skip
         lines = [
-            f"{args.events:,} events over 30 days; {args.repeat} repeated requests per shape and "
-            "level, in-process Falcon app, private Redis on loopback",
+            (f"{args.events:,} events over 30 days; {args.repeat} repeated requests per shape "
+             "and level, in-process Falcon app, private Redis on loopback"),
             "",
             "| request | from Redis (median ms) | from the in-process level (median ms) | speedup |",
             "|---|---|---|---|",

@@ -374,6 +374,7 @@ def install_breakers(container: Container) -> Container:
         GuardedUnitOfWork,
     )
     from analytics.domain.errors import (  # noqa: PLC0415
+        CacheCircuitOpen,
         CircuitOpen,
         QueueCircuitOpen,
         StorageCircuitOpen,
@@ -405,7 +406,7 @@ def install_breakers(container: Container) -> Container:
     if limiter is not None and type(limiter).__name__ == "RedisRateLimiter":  # the broker's Redis
         container.rate_limiter = GuardedRateLimiter(limiter, broker_breaker)  # type: ignore[attr-defined]
     if getattr(container, "cache", None) is not None:
-        container.cache = GuardedCache(container.cache, breaker("cache", CircuitOpen))  # type: ignore[attr-defined]
+        container.cache = GuardedCache(container.cache, breaker("cache", CacheCircuitOpen))  # type: ignore[attr-defined]
     for holder in (container.extras, container.__dict__):
         notifier = holder.get("notifier")
         if notifier is not None and not isinstance(notifier, GuardedProxy):

@@ -13,6 +13,7 @@ from analytics.adapters.guarded import GuardedCache, GuardedProxy, GuardedTaskQu
 from analytics.adapters.memory import InMemoryEventRepository
 from analytics.domain.errors import (
     BadQuery,
+    CacheCircuitOpen,
     CircuitOpen,
     QueueCircuitOpen,
     QueueUnavailable,
@@ -198,14 +199,15 @@ def test_guarded_cache_reads_miss_while_open_and_invalidation_still_raises() -> 
             raise AssertionError("not reached while open")
 
     clock = FakeClock()
-    b = CircuitBreaker("cache", failure_threshold=2, reset_timeout_s=5, clock=clock)
+    b = CircuitBreaker("cache", failure_threshold=2, reset_timeout_s=5, clock=clock,
+                       on_open=CacheCircuitOpen)  # fmt: skip
     cache = GuardedCache(BrokenCache(), b)
     assert cache.get_many(["a"]) == [None]
     assert cache.versions(["d"]) is None
     assert b.state is State.OPEN  # errors counted by the adapter are failures here
     assert cache.get_many(["a", "b"]) == [None, None]
     assert cache.misses == 3  # 1 from the adapter + 2 skipped
-    with pytest.raises(Exception, match="invalidation deferred"):
+    with pytest.raises(CacheCircuitOpen):  # a CacheUnavailable the worker defers on
         cache.bump(["2026-01-01"])
 
 
@@ -308,3 +310,61 @@ def test_nested_calls_on_one_thread_are_one_call_of_the_breaker() -> None:
         assert repo.count() == 0  # passes: part of the trial
     assert b.state is State.CLOSED and b.calls == 1
     assert seen == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+def test_every_actor_of_the_broker_defers_on_an_open_breaker() -> None:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from analytics.adapters.deferral import install
+
+    broker = StubBroker()
+    broker.declare_queue("maintenance")
+
+    def before() -> None:
+        raise StorageCircuitOpen("storage", 1)
+
+    early = dramatiq.actor(before, broker=broker, queue_name="maintenance")
+    install(broker, base_s=1, max_s=2)
+    late = dramatiq.actor(lambda: before(), actor_name="late", broker=broker,
+                          queue_name="maintenance")  # fmt: skip
+    for actor in (early, late):
+        with pytest.raises(Deferred):
+            actor()
+    assert install(broker, base_s=1, max_s=2) is install(broker, base_s=1, max_s=2)
+
+
+def test_ingest_side_probes_skip_redis_while_the_broker_breaker_is_open() -> None:
+    from analytics.adapters.guarded import GuardedBacklog, GuardedRateLimiter
+    from analytics.domain.ratelimit import ALLOW_ALL
+
+    class Probe:
+        calls = 0
+
+        def depth(self) -> int:
+            Probe.calls += 1
+            return 7
+
+        def drain_rate(self) -> float:
+            Probe.calls += 1
+            return 2.0
+
+        def hit(self, bucket: str, cost: int, quota: object) -> str:
+            Probe.calls += 1
+            return "decision"
+
+    clock = FakeClock()
+    b = CircuitBreaker("broker", failure_threshold=1, reset_timeout_s=5,
+                       on_open=QueueCircuitOpen, clock=clock)  # fmt: skip
+    backlog, limiter = GuardedBacklog(Probe(), b), GuardedRateLimiter(Probe(), b)
+    assert (backlog.depth(), backlog.drain_rate(), limiter.hit("k", 1, None)) == (
+        7,
+        2.0,
+        "decision",
+    )
+    b.record_failure()
+    assert (backlog.depth(), backlog.drain_rate()) == (0, None)
+    assert limiter.hit("k", 1, None) is ALLOW_ALL  # fails open, as on a Redis error
+    assert Probe.calls == 3
+    clock.t += 5  # cool-down over: the probes read Redis again
+    assert backlog.depth() == 7 and Probe.calls == 4

@@ -3,6 +3,8 @@ If-None-Match -> 304, malformed If-None-Match ignored, Vary on the key headers."
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import falcon
 import falcon.testing
 import pytest
@@ -19,7 +21,7 @@ AGG = "/api/v1/analytics/aggregations/day"
 
 
 class Agg:
-    body = {"buckets": [1, 2, 3]}
+    body: ClassVar[dict[str, list[int]]] = {"buckets": [1, 2, 3]}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, period: str) -> None:
         if req.get_param("closed"):

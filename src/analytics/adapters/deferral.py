@@ -1,6 +1,7 @@
 """Workers defer, never drop, a message whose storage breaker is open.
 
-An actor wrapped by :func:`deferring` turns a ``CircuitOpen`` into :class:`Deferred`, a
+Every actor declared on the broker (``after_declare_actor``) is wrapped by
+:func:`deferring`, which turns a ``CircuitOpen`` into :class:`Deferred`, a
 ``dramatiq.Retry``. :class:`DeferralMiddleware` sits after ``Retries`` in the broker's
 list, so its ``after_process_message`` runs first (Dramatiq calls "after" hooks in
 reverse order): it sets the delay (exponential in the number of deferrals, from the
@@ -38,6 +39,9 @@ class Deferred(dramatiq.Retry):
 def deferring(fn: F) -> F:
     """Actor decorator: an open breaker defers the message instead of failing it."""
 
+    if getattr(fn, "defers_on_open", False):
+        return fn
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -45,6 +49,7 @@ def deferring(fn: F) -> F:
         except CircuitOpen as exc:
             raise Deferred(exc) from exc
 
+    wrapper.defers_on_open = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -55,6 +60,11 @@ class DeferralMiddleware(dramatiq.Middleware):
         self.base_s = base_s
         self.max_s = max_s
         self.deferred = 0
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: Any) -> None:
+        """Every actor of the broker defers on an open breaker, whoever declared it
+        (called for actors declared before this middleware was added, too)."""
+        actor.fn = deferring(actor.fn)
 
     def delay_ms(self, deferrals: int, retry_after_s: float) -> int:
         base = max(self.base_s, retry_after_s)

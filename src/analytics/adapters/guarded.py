@@ -215,14 +215,10 @@ class GuardedCache(_Transparent):
             return None  # "cache unavailable": queries read storage
 
     def bump(self, scopes: Iterable[str]) -> None:
+        # While open this raises CacheCircuitOpen (a CacheUnavailable): the worker defers
+        # its message until the invalidation can land; nothing stale outlives the outage.
         names = list(scopes)
-        try:
-            self._run(lambda: self.inner.bump(names))
-        except CircuitOpen as exc:
-            from analytics.domain import errors  # noqa: PLC0415
-
-            unavailable = getattr(errors, "CacheUnavailable", errors.AdapterError)
-            raise unavailable(f"cache invalidation deferred: {exc}") from exc
+        self._run(lambda: self.inner.bump(names))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

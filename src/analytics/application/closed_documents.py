@@ -36,7 +36,7 @@ def _days(q: AggregationQuery) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=128)  # <= 128 x max_buckets bucket objects
 def _parse(period: str, params: tuple[tuple[str, str], ...], max_buckets: int) -> AggregationQuery:
     return parse_aggregation_query(period, dict(params), max_buckets=max_buckets)
 

@@ -131,5 +131,9 @@ class StorageCircuitOpen(CircuitOpen, StorageUnavailable):
     """The storage breaker is open: workers defer their message, reads answer 503 at once."""
 
 
+class CacheCircuitOpen(CircuitOpen, CacheUnavailable):
+    """The cache breaker is open: reads go to storage; an invalidation defers its message."""
+
+
 class QueueCircuitOpen(CircuitOpen, QueueUnavailable):
     """The broker breaker is open: ingest answers 503 with ``Retry-After`` at once."""

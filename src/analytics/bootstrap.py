@@ -70,7 +70,9 @@ def build_event_repo(settings: Settings) -> EventRepository:
             SQLiteEventRepository,
         )
 
-        return SQLiteEventRepository(SQLiteDatabase(settings.sqlite_path))
+        return SQLiteEventRepository(
+            SQLiteDatabase(settings.sqlite_path, busy_timeout_s=settings.sqlite_busy_timeout_s)
+        )
     if settings.storage == "dynamodb":
         from analytics.adapters.aws import dynamodb_client  # noqa: PLC0415
         from analytics.adapters.dynamodb_events import (  # noqa: PLC0415
@@ -104,13 +106,17 @@ def build_notifier(settings: Settings) -> Notifier | None:
 
 
 def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
-    """Dead letters of the Redis broker; other brokers get an empty in-memory view."""
+    """Dead letters of the Redis or RabbitMQ broker; the stub gets an empty in-memory view."""
     from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
 
     if isinstance(broker, RedisBroker):
         from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
 
         return RedisDeadLetters(broker)
+    if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
+        from analytics.adapters.dead_letters import RabbitDeadLetters  # noqa: PLC0415
+
+        return RabbitDeadLetters(broker)
     from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
 
     return InMemoryDeadLetters()
@@ -145,9 +151,15 @@ def _build_base_key_store(settings: Settings) -> ApiKeyStore:
     if kind == "redis":
         import redis  # noqa: PLC0415
 
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.retry import Retry  # noqa: PLC0415
+
         from analytics.adapters.redis_keys import RedisApiKeyStore  # noqa: PLC0415
 
-        return RedisApiKeyStore(redis.Redis(**settings.redis_kwargs()), settings.namespace)  # type: ignore[arg-type]
+        # One immediate retry (a stale pooled connection), no backoff: with Redis down a
+        # request should hear 503 in milliseconds, not after seconds of retries.
+        client = redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1))  # type: ignore[arg-type]
+        return RedisApiKeyStore(client, settings.namespace)
     from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
 
     return SQLiteApiKeyStore(settings.keys_path)
@@ -214,7 +226,7 @@ def build_aggregates(settings: Settings, event_repo: EventRepository) -> Aggrega
 
         db = getattr(event_repo, "db", None)
         if not isinstance(db, SQLiteDatabase):
-            db = SQLiteDatabase(settings.sqlite_path)
+            db = SQLiteDatabase(settings.sqlite_path, busy_timeout_s=settings.sqlite_busy_timeout_s)
         return SQLiteAggregateStore(db)
     if settings.storage == "dynamodb":
         from analytics.adapters.aws import dynamodb_client  # noqa: PLC0415
@@ -246,10 +258,29 @@ def build_cache(settings: Settings, clock: Clock) -> Cache | None:
 
     # One immediate retry (a pooled connection gone stale after a Redis restart), no
     # backoff: a cache that is down must cost a query milliseconds, not seconds.
-    return RedisCache(
-        redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
-        namespace=settings.namespace,
-        retry_after_s=settings.cache_retry_after_s,
+    return with_local_level(
+        settings,
+        RedisCache(
+            redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
+            namespace=settings.namespace,
+            # With breakers on, the cache breaker decides when Redis is skipped (after a
+            # configurable run of failures, with a half-open trial); the adapter's own
+            # skip-after-one-error would hide those failures from it.
+            retry_after_s=1e-6 if settings.breakers else settings.cache_retry_after_s,
+        ),
+    )
+
+
+def with_local_level(settings: Settings, cache: Cache) -> Cache:
+    """The in-process LRU of closed buckets in front of a shared cache (README,
+    "Resilience": which data lives at which level, and why it is never stale)."""
+    from analytics.adapters.tiered_cache import TieredCache  # noqa: PLC0415
+
+    # With 0 entries the local level is off, but values still carry the flag that lets
+    # other processes (with the level on) keep closed buckets locally.
+
+    return TieredCache(  # type: ignore[return-value]
+        cache, max_entries=settings.local_cache_entries, min_ttl_s=settings.local_cache_min_ttl_s
     )
 
 
@@ -317,7 +348,7 @@ def bootstrap(
         equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
     aggregates = aggregates or build_aggregates(settings, event_repo)
-    return Container(
+    container = Container(
         settings=settings,
         clock=clock,
         new_id=new_id or uuid4,
@@ -337,6 +368,7 @@ def bootstrap(
         task_status=task_status,
         cursor_secret=cursor_secret or build_cursor_secret(settings),
     )
+    return install_breakers(container)
 
 
 def shared_unit_of_work(*stores: object) -> UnitOfWork | None:
@@ -360,3 +392,75 @@ def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
     return GroupCommitQueue(
         broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
     )
+
+
+def install_breakers(container: Container) -> Container:
+    """Wrap every outbound dependency in a circuit breaker (README, "Resilience").
+
+    Decorator-adapters around the ports, composed here and only here: ``storage`` (event
+    and aggregate stores share one breaker: one database), ``broker`` (the ingest queue),
+    ``cache`` (Redis cache) and ``sns`` (notifier). The registry goes to
+    ``extras["breakers"]`` for metrics and ``/health/detailed``. Idempotent.
+    """
+    s = container.settings
+    if not s.breakers or "breakers" in container.extras:
+        return container
+    from analytics.adapters.circuit_breaker import BreakerRegistry, CircuitBreaker  # noqa: PLC0415
+    from analytics.adapters.guarded import (  # noqa: PLC0415
+        GuardedBacklog,
+        GuardedCache,
+        GuardedProxy,
+        GuardedRateLimiter,
+        GuardedTaskQueue,
+        GuardedUnitOfWork,
+    )
+    from analytics.domain.errors import (  # noqa: PLC0415
+        CacheCircuitOpen,
+        CircuitOpen,
+        QueueCircuitOpen,
+        StorageCircuitOpen,
+    )
+
+    registry = BreakerRegistry()
+
+    def breaker(name: str, on_open: type[CircuitOpen]) -> CircuitBreaker:
+        return registry.add(
+            CircuitBreaker(
+                name,
+                failure_threshold=s.breaker_failure_threshold,
+                reset_timeout_s=s.breaker_reset_timeout_s,
+                on_open=on_open,
+            )
+        )
+
+    storage = breaker("storage", StorageCircuitOpen)
+    container.event_repo = GuardedProxy(container.event_repo, storage)  # type: ignore[assignment]
+    if getattr(container, "aggregates", None) is not None:
+        container.aggregates = GuardedProxy(container.aggregates, storage)  # type: ignore[attr-defined]
+    if getattr(container, "uow", None) is not None:
+        container.uow = GuardedUnitOfWork(container.uow, storage)  # type: ignore[attr-defined]
+    broker_breaker = breaker("broker", QueueCircuitOpen)
+    container.task_queue = GuardedTaskQueue(container.task_queue, broker_breaker)
+    if getattr(container, "backlog", None) is not None:
+        container.backlog = GuardedBacklog(container.backlog, broker_breaker)  # type: ignore[attr-defined]
+    limiter = getattr(container, "rate_limiter", None)
+    if limiter is not None and type(limiter).__name__ == "RedisRateLimiter":  # the broker's Redis
+        container.rate_limiter = GuardedRateLimiter(limiter, broker_breaker)  # type: ignore[attr-defined]
+    if getattr(container, "cache", None) is not None:
+        container.cache = GuardedCache(container.cache, breaker("cache", CacheCircuitOpen))  # type: ignore[attr-defined]
+    for holder in (container.extras, container.__dict__):
+        notifier = holder.get("notifier")
+        if notifier is not None and not isinstance(notifier, GuardedProxy):
+            holder["notifier"] = GuardedProxy(notifier, breaker("sns", CircuitOpen))
+    container.extras["breakers"] = registry
+    checks = container.extras.setdefault("health_checks", {})
+    if isinstance(checks, dict):
+
+        def breakers_check() -> dict[str, object]:
+            """For /health/detailed: every breaker; 'degraded' while any is not closed."""
+            not_closed = registry.open_names()
+            status = "degraded" if not_closed else "ok"
+            return {"status": status, "not_closed": not_closed, "breakers": registry.snapshot()}
+
+        checks["circuit_breakers"] = breakers_check
+    return container

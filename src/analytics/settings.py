@@ -100,6 +100,11 @@ class Settings(BaseModel):
     web_threads: int = Field(16, ge=1, le=256)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_batch_events: int = Field(500, ge=1, le=10_000)
+    gunicorn_config: Path | None = Field(
+        None,
+        description="gunicorn settings file (config/gunicorn.conf.py) applied over the defaults;"
+        " settings set explicitly in the environment still win.",
+    )
 
     # --- ingest ------------------------------------------------------------------------
     enqueue_timeout_s: float = Field(
@@ -233,6 +238,45 @@ class Settings(BaseModel):
         48, ge=1, le=10_000, description="At most this many missed periods per job are caught up."
     )
 
+    # --- resilience (README, "Resilience") ------------------------------------------
+    breakers: bool = Field(
+        True, description="Circuit breakers around storage, broker, cache and SNS."
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="Failures or timeouts in a row that open a breaker."
+    )
+    breaker_reset_timeout_s: float = Field(
+        10.0, ge=0.05, le=3600, description="Cool-down of an open breaker before a trial call."
+    )
+    breaker_defer_max_s: float = Field(
+        300.0, ge=1, le=86_400,
+        description="Worker: longest delay of a message deferred because storage is open.",
+    )  # fmt: skip
+    sqlite_busy_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="How long a SQLite write waits for a lock before failing."
+    )
+    worker_max_rss_mb: int = Field(
+        0, ge=0, le=1_048_576,
+        description="Recycle a worker process whose resident memory passes this (MiB); 0: never.",
+    )  # fmt: skip
+    http_cache_public: bool = Field(
+        False,
+        description="Mark closed aggregation buckets 'public' (shared caches, CDNs) even though"
+        " reading them needs a key. Off: 'private' whenever a key is required.",
+    )
+    http_cache_closed_max_age_s: int = Field(86_400, ge=0, le=31_536_000)
+    http_cache_open_max_age_s: int = Field(10, ge=0, le=3600)
+    http_cache_dashboard_max_age_s: int = Field(5, ge=0, le=3600)
+    http_cache_static_max_age_s: int = Field(3600, ge=0, le=31_536_000)
+    local_cache_entries: int = Field(
+        2048, ge=0, le=1_000_000, description="In-process cache of closed buckets; 0: off."
+    )
+    local_cache_min_ttl_s: int = Field(
+        3600, ge=1, le=31_536_000,
+        description="Only values cached at least this long (closed periods) enter the"
+        " in-process level; open periods and the dashboard stay in Redis only.",
+    )  # fmt: skip
+
     # --- logs --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -269,6 +313,13 @@ class Settings(BaseModel):
         "/api/v1/analytics/aggregations/{period}",
         description="Comma-separated route templates that count as critical.",
     )
+
+    @field_validator("worker_max_rss_mb")
+    @classmethod
+    def _rss_floor(cls, value: int) -> int:
+        if 0 < value < 16:
+            raise ValueError("must be 0 (no limit) or at least 16 MiB (a Python worker needs more)")
+        return value
 
     @property
     def sqlite_path(self) -> Path:

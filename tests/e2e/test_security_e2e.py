@@ -165,7 +165,7 @@ def test_schemathesis_against_the_running_service(service: Service) -> None:
         operation = result.ok()
 
         def make(op):  # type: ignore[no-untyped-def]
-            @settings(max_examples=15, deadline=None, database=None,
+            @settings(max_examples=10, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))  # fmt: skip
             @given(case=op.as_strategy())
             def run(case) -> None:  # type: ignore[no-untyped-def]
@@ -220,3 +220,65 @@ def test_serve_prints_a_dev_key_on_first_start(tmp_path: Path) -> None:
             proc.wait(40)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_overload_answers_503_with_retry_after_then_recovers(
+    redis_server: RedisInfo, tmp_path: Path
+) -> None:
+    """No worker: the backlog grows past the threshold and ingest answers 503 at once with
+    Retry-After (the cap: nothing drains yet); a worker starts, drains, ingest recovers."""
+    import time
+
+    namespace = f"t-{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    env = child_env(**redis_server.env(namespace), ANALYTICS_DATA_DIR=str(tmp_path),
+                    ANALYTICS_STORAGE="sqlite", ANALYTICS_PORT=str(port), ANALYTICS_AUTH="disabled",
+                    ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
+                    ANALYTICS_LOG_LEVEL="WARNING", ANALYTICS_OVERLOAD_QUEUE_DEPTH="3",
+                    ANALYTICS_OVERLOAD_RETRY_AFTER_MAX_S="42")  # fmt: skip
+    api = subprocess.Popen(analytics_cmd("api"), env=env, stdout=subprocess.DEVNULL,  # noqa: S603
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    worker = None
+    url = f"http://127.0.0.1:{port}/api/v1/analytics/events"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=api)
+        statuses = []
+        for _ in range(100):  # the depth probe is cached for 0.5 s: stop at the first 503
+            r = requests.post(url, json=EVENT, timeout=10)
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                break
+            time.sleep(0.1)
+        assert statuses[:4] == [202] * 4 and statuses[-1] == 503, statuses
+        assert r.headers["Retry-After"] == "42" and r.json()["type"].endswith(":overloaded")
+        worker = subprocess.Popen(analytics_cmd("worker", "--queues", "high_priority"), env=env,  # noqa: S603
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = requests.post(url, json=EVENT, timeout=10)
+            if r.status_code == 202:
+                break
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+            time.sleep(0.2)
+        assert r.status_code == 202, "ingest did not recover once the backlog drained"
+    finally:
+        for proc in (api, worker):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        client = redis_server.client()
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+def test_keys_cli_with_the_store_unreachable_is_one_line(tmp_path: Path) -> None:
+    env = child_env(REDIS_HOST="127.0.0.1", REDIS_PORT=str(free_port()),
+                    ANALYTICS_REDIS_TIMEOUT_S="0.5")  # fmt: skip
+    r = subprocess.run(analytics_cmd("keys", "list"), env=env, capture_output=True, text=True,  # noqa: S603
+                       timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 2 and r.stdout == ""
+    assert "key store is unavailable" in r.stderr and "Traceback" not in r.stderr

@@ -151,3 +151,12 @@ def test_sigkill_mid_task_is_redelivered_after_heartbeat_timeout(rig_factory) ->
     assert set(rig.repo.get_many(ids)) == ids
     time.sleep(0.5)
     assert rig.repo.count() == 20  # stored exactly once
+    # ... and counted exactly once in the aggregates (same SQLite database).
+    from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore
+    from analytics.domain.buckets import cover, epoch_minute
+
+    events = rig.repo.get_many(ids).values()
+    first = epoch_minute(min(e.timestamp for e in events))
+    last = epoch_minute(max(e.timestamp for e in events)) + 1
+    (summary,) = SQLiteAggregateStore(rig.repo.db).summarize([cover(first, last)], None)
+    assert summary.count == 20 and summary.unique_users == 1

@@ -27,6 +27,9 @@ from tests.ops_support import BreakableRepository, make_events
 from tests.support import analytics_cmd, child_env, wait_until
 
 pytestmark = pytest.mark.integration
+ADMIN_KEY = "ak_0123456789ab_" + "A" * 43
+READ_KEY = "ak_ba9876543210_" + "B" * 43
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture
@@ -37,6 +40,11 @@ def env(redis_server: Any, namespace: str) -> dict[str, str]:
         "ANALYTICS_RETRY_MIN_BACKOFF_MS": "10",
         "ANALYTICS_RETRY_MAX_BACKOFF_MS": "40",
         "ANALYTICS_STORAGE": "memory",
+        "ANALYTICS_API_KEYS": f"ops-admin:admin:{ADMIN_KEY},ops-read:read:{READ_KEY}",
+        # Storage failures must reach the dead letters here; with the storage breaker on,
+        # a run of them would open it and the worker would defer instead (README,
+        # "Resilience": deferred, never dead-lettered).
+        "ANALYTICS_BREAKERS": "false",
     }
 
 
@@ -52,6 +60,17 @@ def system(env: dict[str, str]) -> Iterator[tuple[Container, BreakableRepository
     finally:
         worker.stop()
         container.broker.close()
+
+
+def _counted(container: Container, repo: BreakableRepository) -> tuple[int, int]:
+    """Events and unique users the aggregate store counts over the stored events' span."""
+    from analytics.domain.buckets import cover, epoch_minute
+
+    stamps = [e.timestamp for e in repo.all()]
+    window = cover(epoch_minute(min(stamps)), epoch_minute(max(stamps)) + 1)
+    assert container.aggregates is not None
+    (summary,) = container.aggregates.summarize([window], None)
+    return summary.count, summary.unique_users
 
 
 def _dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -106,6 +125,7 @@ def test_fail_inspect_repair_replay_counts_exactly_once(system, env) -> None:  #
 
     assert repo.count() == 26  # 10 + 10 + 6 distinct events, none twice
     assert {e.event_id for g in groups for e in g} == {e.event_id for e in repo.all()}
+    assert _counted(container, repo) == (26, 3)  # aggregates: 26 events, users a, b, c
     assert [d.letter_id for d in dlq.list()] == [bad.message_id]
 
     # A second replay of the same ids finds nothing: no double effect possible.
@@ -114,6 +134,7 @@ def test_fail_inspect_repair_replay_counts_exactly_once(system, env) -> None:  #
     assert "Traceback" not in again.stderr
     assert repo.count() == 26
 
+    assert _counted(container, repo) == (26, 3)
     purged = _dlq_cli(env, "purge", "--queue", "high_priority")
     assert purged.returncode == 0 and "purged 1" in purged.stdout
     assert dlq.list() == []
@@ -129,22 +150,37 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
     msg = broker.enqueue(events_message(events))
     wait_until(lambda: len(dlq.list()) == 1, timeout=30)
 
-    listing = client.simulate_get("/api/v1/admin/dlq", params={"queue": "high_priority"})
+    # Admin keys only: no key is 401, a read key is 403.
+    assert client.simulate_get("/api/v1/admin/dlq").status_code == 401
+    read_only = {"X-API-Key": READ_KEY}
+    assert client.simulate_get("/api/v1/admin/dlq", headers=read_only).status_code == 403
+    refused = client.simulate_post(
+        "/api/v1/admin/dlq/replay", json={"all": True}, headers=read_only
+    )
+    assert refused.status_code == 403 and len(dlq.list()) == 1
+
+    listing = client.simulate_get(
+        "/api/v1/admin/dlq", params={"queue": "high_priority"}, headers=ADMIN
+    )
     assert listing.status_code == 200
     assert listing.json["count"] == 1 and listing.json["items"][0]["id"] == msg.message_id
-    detail = client.simulate_get(f"/api/v1/admin/dlq/{msg.message_id}")
+    detail = client.simulate_get(f"/api/v1/admin/dlq/{msg.message_id}", headers=ADMIN)
     assert detail.status_code == 200 and "StorageUnavailable" in detail.json["traceback"]
-    assert client.simulate_get("/api/v1/admin/dlq/ffffffff-0000").status_code == 404
-    assert client.simulate_get("/api/v1/admin/dlq", params={"queue": "nope"}).status_code == 400
-    empty = client.simulate_post("/api/v1/admin/dlq/replay", json={})
+    missing = client.simulate_get("/api/v1/admin/dlq/ffffffff-0000", headers=ADMIN)
+    assert missing.status_code == 404
+    bad_queue = client.simulate_get("/api/v1/admin/dlq", params={"queue": "nope"}, headers=ADMIN)
+    assert bad_queue.status_code == 400
+    empty = client.simulate_post("/api/v1/admin/dlq/replay", json={}, headers=ADMIN)
     assert empty.status_code == 400  # no selection: refuse rather than replay everything
 
     repo.broken = False
-    done = client.simulate_post("/api/v1/admin/dlq/replay", json={"ids": [msg.message_id]})
+    done = client.simulate_post(
+        "/api/v1/admin/dlq/replay", json={"ids": [msg.message_id]}, headers=ADMIN
+    )
     assert done.status_code == 200 and done.json["ids"] == [msg.message_id]
     broker.join("high_priority", timeout=20_000)
     assert repo.count() == 4
-    assert client.simulate_get("/api/v1/admin/dlq").json["count"] == 0
+    assert client.simulate_get("/api/v1/admin/dlq", headers=ADMIN).json["count"] == 0
 
 
 def test_cli_bad_input(env) -> None:  # type: ignore[no-untyped-def]

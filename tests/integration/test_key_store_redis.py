@@ -32,3 +32,21 @@ def test_keys_are_shared_between_instances(redis_server: RedisInfo, namespace: s
     assert not a.get(new.key.key_id).active  # type: ignore[union-attr]
     raw = b"".join(redis_server.client().hvals(f"{namespace}:api_keys"))
     assert new.secret.split("_", 2)[2].encode() not in raw
+
+
+def test_key_store_down_is_503_not_500() -> None:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from analytics.domain.auth import SCOPES, generate_key
+    from tests.support import ApiHarness, free_port
+    from tests.unit.test_api_keys import FixedClock
+
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    h = ApiHarness(api_keys=RedisApiKeyStore(dead, "x"), rate_limit="disabled")
+    key = generate_key("k", SCOPES, now=FixedClock().now()).secret
+    r = h.client.simulate_post("/api/v1/analytics/events", headers={"X-API-Key": key},
+                               json={"event_type": "a", "user_id": "u", "session_id": "s"})  # fmt: skip
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+    assert r.headers["retry-after"]

@@ -142,3 +142,22 @@ def test_worker_heartbeat_middleware_writes_a_key_per_consumed_queue(own_redis, 
     finally:
         worker.stop()
     assert any(isinstance(m, WorkerHeartbeat) for m in broker.middleware)
+
+
+def test_a_scheduler_job_run_shows_in_detailed_health(redis_server, namespace, tmp_path):
+    from analytics.domain.clock import FixedClock
+    from analytics.entrypoints.scheduler import SchedulerService
+
+    settings = Settings.from_env(
+        {**redis_server.env(namespace), "ANALYTICS_AUTH": "disabled",
+         "ANALYTICS_STORAGE": "memory", "ANALYTICS_DATA_DIR": str(tmp_path)}
+    )  # fmt: skip
+    client = falcon.testing.TestClient(create_app(bootstrap(settings)))
+    assert client.simulate_get("/health/detailed").json["scheduler"]["status"] == "never_ran"
+    service = SchedulerService(settings, clock=FixedClock(datetime.now(UTC)))
+    assert service.lease.acquire()
+    service._safe_run(service.jobs[0])  # the body of every scheduled run
+    scheduler = client.simulate_get("/health/detailed").json["scheduler"]
+    assert scheduler["status"] == "ok"
+    assert scheduler["key"] == f"{namespace}:scheduler:last_run"
+    assert scheduler["leader"] == service.lease.owner

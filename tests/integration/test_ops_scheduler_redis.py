@@ -74,6 +74,12 @@ def test_job_catches_up_from_its_watermark_once_per_period(
     assert service.run_job(hourly) == []  # nothing new: nothing enqueued
     starts = _hourly(client, namespace)
     assert [datetime.fromisoformat(s).hour for s in starts] == [9, 10, 11, 12, 13, 14]
+    # Each scheduled task has a status record, as if the API had enqueued it.
+    from analytics.bootstrap import build_task_status
+
+    ids = [json.loads(raw)["message_id"] for raw in client.hvals(f"{namespace}:aggregations.msgs")]
+    statuses = [build_task_status(settings).get(i) for i in ids]
+    assert all(st is not None and st.status == "queued" for st in statuses)
     assert client.llen(f"{namespace}:aggregations") == 6
 
     # Another process that does not hold the lease cannot enqueue (fenced), even if it

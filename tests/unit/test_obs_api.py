@@ -231,7 +231,11 @@ def test_slow_critical_requests_are_profiled_to_the_profile_dir(tmp_path):
     profiles = tmp_path / "profiles"
     settings = Settings(
         auth="disabled",
-        broker="stub", storage="memory", data_dir=tmp_path, profile_slow_ms=20, profile_dir=profiles
+        broker="stub",
+        storage="memory",
+        data_dir=tmp_path,
+        profile_slow_ms=20,
+        profile_dir=profiles,
     )
     slow = SlowQueue(delay_s=0.05)
     client = falcon.testing.TestClient(create_app(bootstrap(settings, task_queue=slow)))
@@ -302,7 +306,9 @@ def test_queue_depths_come_from_the_broker_in_use(tmp_path):
 
 
 def test_the_dashboard_cache_hits_and_misses_reach_metrics(tmp_path):
-    settings = Settings(broker="stub", storage="memory", data_dir=tmp_path, cache_backend="memory")
+    settings = Settings(
+        auth="disabled", broker="stub", storage="memory", data_dir=tmp_path, cache_backend="memory"
+    )
     container = bootstrap(settings, task_queue=SlowQueue())
     assert container.cache is not None
     client = falcon.testing.TestClient(create_app(container))
@@ -316,3 +322,36 @@ def test_the_dashboard_cache_hits_and_misses_reach_metrics(tmp_path):
     assert sample("analytics_cache_requests_total", kind="aggregates", result="hit") > hit
     assert sample("analytics_cache_requests_total", kind="aggregates", result="miss") > miss
     assert container.cache.hits > 0
+
+
+def test_detailed_health_checks_sns_through_the_notifiers_client(tmp_path):
+    class FakeSns:
+        def __init__(self) -> None:
+            self.fail = False
+            self.calls: list[str] = []
+
+        def get_topic_attributes(self, TopicArn: str) -> dict[str, object]:  # noqa: N803
+            self.calls.append(TopicArn)
+            if self.fail:
+                raise ConnectionError("sns unreachable")
+            return {"Attributes": {}}
+
+    class Notifier:
+        def __init__(self, client: FakeSns) -> None:
+            self.client = client
+            self.topic_arn = "arn:aws:sns:eu-central-1:123456789012:analytics"
+
+    settings = Settings(auth="disabled", broker="stub", storage="memory", data_dir=tmp_path)
+    container = bootstrap(settings, task_queue=SlowQueue())
+    sns = FakeSns()
+    container.extras["notifier"] = Notifier(sns)
+    client = falcon.testing.TestClient(create_app(container))
+    body = client.simulate_get("/health/detailed").json
+    assert body["checks"]["sns"]["status"] == "ok"
+    assert sns.calls == ["arn:aws:sns:eu-central-1:123456789012:analytics"]
+    sns.fail = True
+    resp = client.simulate_get("/health/detailed")
+    assert resp.status_code == 200  # SNS down degrades; ingest still works
+    assert resp.json["status"] == "degraded"
+    assert resp.json["checks"]["sns"]["status"] == "down"
+    assert "sns down" in resp.json["reasons"]

@@ -45,3 +45,10 @@ def test_sqlite_purges_in_batches(tmp_path: Path) -> None:
 def test_naive_cutoff_is_refused(repo: EventRepository) -> None:
     with pytest.raises(ValueError, match="timezone"):
         purge_events_before(datetime(2026, 1, 1), repo=repo)  # noqa: DTZ001
+
+
+def test_a_store_that_expires_events_itself_purges_nothing() -> None:
+    class TtlStore:  # like the DynamoDB repository: retention by TTL, no purge method
+        pass
+
+    assert purge_events_before(NOW, repo=TtlStore()) == 0  # type: ignore[arg-type]

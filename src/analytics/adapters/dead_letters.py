@@ -6,8 +6,11 @@ message); it drops them after ``dead_message_ttl``. The message's options carry 
 failed: ``failure`` (written by :class:`~analytics.adapters.dramatiq_middleware.
 DeadLetterRecorder`) and, from Dramatiq's Retries middleware, ``retries`` and ``traceback``.
 
-RabbitMQ keeps dead letters in ``<queue>.XQ`` queues; this adapter does not read them
-(use the management UI's "move messages" there).
+RabbitMQ keeps dead letters in ``<queue>.XQ`` queues (a message TTL of 7 days):
+:class:`RabbitDeadLetters` reads them with ``basic_get`` on a channel of its own and
+closes it, which returns every letter it did not replay or purge. There the stored message is the one that
+was delivered, so ``failure`` is absent and the reason comes from the Retries traceback
+when the message was retried at least once; the time of death from ``x-death``.
 """
 
 from __future__ import annotations
@@ -149,3 +152,90 @@ class RedisDeadLetters:
         """What the last depth check stored (for the metrics exporter and tests)."""
         raw = self.client.hgetall(self.depths_key())
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class RabbitDeadLetters:
+    """DeadLetters port over a RabbitMQ broker's ``<queue>.XQ`` queues.
+
+    Each operation reads a queue's letters on a channel of its own, unacknowledged, acks
+    what it replays or purges and closes the channel: RabbitMQ puts every letter it did
+    not ack back, in its original order.
+    """
+
+    def __init__(self, broker: Any, queues: Sequence[str] = QUEUES) -> None:
+        self.broker = broker
+        self.queues = tuple(queues)
+
+    def _visit(self, queue: str, decide: Any) -> list[str]:
+        """Call ``decide(message, died_ms)`` on every letter; ack those it returns True for."""
+        channel = self.broker.connection.channel()
+        done: list[str] = []
+        try:
+            while True:
+                method, props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
+                if method is None:
+                    break
+                message = dramatiq.Message.decode(body)
+                if decide(message, time_of_death(props)):
+                    channel.basic_ack(method.delivery_tag)
+                    done.append(message.message_id)
+        finally:
+            channel.close()  # unacknowledged letters go back to the queue
+        return done
+
+    def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        for q in [queue] if queue else self.queues:
+
+            def keep(message: dramatiq.Message[Any], died: float, q: str = q) -> bool:
+                if actor is None or message.actor_name == actor:
+                    letters.append(letter_from_message(message, q, died))
+                return False
+
+            self._visit(q, keep)
+        return sorted(letters, key=lambda d: (d.failed_at, d.letter_id))
+
+    def replay(self, letter_ids: Sequence[str]) -> list[str]:
+        wanted = set(letter_ids)
+        done: list[str] = []
+        for q in self.queues:
+
+            def again(message: dramatiq.Message[Any], died: float, q: str = q) -> bool:
+                if message.message_id not in wanted:
+                    return False
+                self.broker.enqueue(replay_copy(message, q))  # published before the ack
+                return True
+
+            done += self._visit(q, again)
+        return done
+
+    def purge(self, letter_ids: Sequence[str]) -> list[str]:
+        wanted = set(letter_ids)
+        done: list[str] = []
+        for q in self.queues:
+            done += self._visit(q, lambda message, died: message.message_id in wanted)
+        return done
+
+    def depths(self) -> dict[str, int]:
+        channel = self.broker.connection.channel()
+        try:
+            return {
+                q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)
+                for q in self.queues
+            }
+        finally:
+            channel.close()
+
+    def record_depths(self, depths: dict[str, int], at: datetime) -> None:
+        """RabbitMQ exposes queue depths itself (management API); nothing to keep."""
+
+
+def time_of_death(props: Any) -> float:
+    """Milliseconds since the epoch from RabbitMQ's ``x-death`` header (now if absent)."""
+    import time  # noqa: PLC0415
+
+    deaths = (getattr(props, "headers", None) or {}).get("x-death") or []
+    when = deaths[0].get("time") if deaths else None
+    if isinstance(when, datetime):
+        return when.timestamp() * 1000
+    return time.time() * 1000

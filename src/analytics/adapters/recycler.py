@@ -45,6 +45,7 @@ class WorkerRecycler(dramatiq.Middleware):
         self.signalled = False
         self.enabled = False
         self.worker: Any = None
+        self.can_signal = False
         self._lock = threading.Lock()
 
     def _bump(self, field: str) -> None:
@@ -56,6 +57,7 @@ class WorkerRecycler(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.enabled = self.max_tasks > 0 and parent_is_dramatiq_master()
+        self.can_signal = parent_is_dramatiq_master()  # recycle() for other reasons (memory)
         self.worker = worker
         self._bump("boots")
         log.info("worker process started", pid=os.getpid(), recycle_after=self.max_tasks)
@@ -89,3 +91,19 @@ class WorkerRecycler(dramatiq.Middleware):
             for thread in getattr(self.worker, "workers", ()):
                 thread.pause()  # sets a flag only: safe from inside a worker thread
             os.kill(os.getppid(), signal.SIGHUP)
+
+    def recycle(self, reason: str) -> bool:
+        """Recycle this process now, the same way as after N tasks, once; for ``reason``
+        (e.g. ``memory``: adapters/memory_limit.py). False when it cannot (not under the
+        dramatiq CLI) or a recycle is already under way."""
+        with self._lock:
+            if not self.can_signal or self.signalled:
+                return False
+            self.signalled = True
+        self._bump("recycles")
+        self._bump(f"recycles_{reason}")
+        log.info("worker recycling", pid=os.getpid(), tasks=self.count, reason=reason)
+        for thread in getattr(self.worker, "workers", ()):
+            thread.pause()
+        os.kill(os.getppid(), signal.SIGHUP)
+        return True

@@ -108,6 +108,13 @@ class RedisProbe:
     def scheduler_key(self) -> str:
         return f"{self.ns}:scheduler:last_run"
 
+    def scheduler_leader(self) -> str | None:
+        """Owner of the scheduler's leader lease (``<ns>:scheduler:leader``), if any."""
+        value = self.client.get(f"{self.ns}:scheduler:leader")
+        if value is None:
+            return None
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
     def record_scheduler_run(self, at: datetime) -> None:
         """For the scheduler: note a completed run (ISO 8601 UTC), read by /health/detailed."""
         self.client.set(self.scheduler_key, at.astimezone(UTC).isoformat())

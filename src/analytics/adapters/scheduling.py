@@ -8,7 +8,8 @@ Ledger: for each job a watermark (start of the last period enqueued) and a dedup
 period. One Lua script checks that the caller still holds the lease, claims the period
 (``SET NX``), pushes the Dramatiq message onto the Redis broker's queue and advances the
 watermark, atomically: a period's task is enqueued at most once, even across a failover
-or a paused leader that lost its lease.
+or a paused leader that lost its lease. The broker's enqueue hooks run around the script,
+so a scheduled task gets a task status like any other.
 """
 
 from __future__ import annotations
@@ -113,12 +114,15 @@ class PeriodLedger:
         ]
         if isinstance(self.broker, RedisBroker):
             rid = str(uuid4())
-            data = message.copy(options={"redis_message_id": rid}).encode()
+            message = message.copy(options={"redis_message_id": rid})
+            self.broker.emit_before("enqueue", message, None)
             queue = f"{self.broker.namespace}:{message.queue_name}"
             result = self._claim(
                 keys=[*keys, queue, queue + ".msgs"],
-                args=[lease.owner, period_start, done_ttl_ms, rid, data],
+                args=[lease.owner, period_start, done_ttl_ms, rid, message.encode()],
             )
+            if result == 1:  # the broker's own after-enqueue hooks (task status, metrics)
+                self.broker.emit_after("enqueue", message, None)
         else:  # another broker: claim atomically, then send (a crash in between skips it)
             result = self._claim(
                 keys=[*keys, "unused", "unused"],

@@ -115,3 +115,29 @@ class Overloaded(AdapterError):
     def __init__(self, message: str, retry_after: int) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class CircuitOpen(AdapterError):
+    """A circuit breaker is open: the dependency failed repeatedly and is not called now.
+
+    ``retry_after`` is the number of seconds until the breaker lets a trial call through.
+    """
+
+    def __init__(self, breaker: str, retry_after: float) -> None:
+        seconds = max(1, int(-(-max(0.0, retry_after) // 1)))  # whole seconds, rounded up
+        super().__init__(f"circuit breaker {breaker!r} is open (retry in {seconds} s)")
+        self.breaker = breaker
+        self.retry_after_s = max(0.0, retry_after)
+        self.retry_after = seconds
+
+
+class StorageCircuitOpen(CircuitOpen, StorageUnavailable):
+    """The storage breaker is open: workers defer their message, reads answer 503 at once."""
+
+
+class CacheCircuitOpen(CircuitOpen, CacheUnavailable):
+    """The cache breaker is open: reads go to storage; an invalidation defers its message."""
+
+
+class QueueCircuitOpen(CircuitOpen, QueueUnavailable):
+    """The broker breaker is open: ingest answers 503 with ``Retry-After`` at once."""

@@ -124,7 +124,7 @@ class ApiKeyStore(Protocol):
 
     def get(self, key_id: str) -> ApiKey | None: ...
 
-    def list(self) -> list[ApiKey]:
+    def list(self) -> builtins.list[ApiKey]:
         """Every key, revoked ones included, oldest first."""
         ...
 
@@ -262,3 +262,15 @@ class UnitOfWork(Protocol):
     alone (DynamoDB, memory)."""
 
     def atomic(self) -> AbstractContextManager[object]: ...
+
+
+class LocalDocuments(Protocol):
+    """The in-process cache level, for whole response documents built only from closed
+    buckets. Keys must contain the invalidation versions the document was computed under
+    (read from the shared cache just before), which is what keeps it from going stale."""
+
+    def get_local(self, key: str) -> bytes | None: ...
+
+    def put_local(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Keep it if ``ttl_s`` is long enough for this level (closed periods); else ignore."""
+        ...

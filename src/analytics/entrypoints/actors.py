@@ -8,6 +8,7 @@ Queues (see README, "Operations"):
 | send_notifications | notifications | publish new events of configured types (SNS) |
 | purge_events_before | maintenance | retention: delete raw events before a cutoff |
 | check_dead_letters  | maintenance | measure dead-letter depths for the metric |
+| warm_dashboard_cache | aggregations | precompute dashboard and closed aggregation buckets |
 | generate_aggregations | aggregations | reconcile (recompute + repair) a range |
 
 Retry policies and time limits: ``entrypoints/policies.py`` (one table).
@@ -40,7 +41,15 @@ log = structlog.get_logger("analytics.worker")
 def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Declare every actor on ``container.broker`` and return them by name."""
     broker = container.broker
+    from analytics.adapters.deferral import deferring, install  # noqa: PLC0415
 
+    install(  # an open storage breaker defers messages (README, "Resilience")
+        broker,
+        base_s=container.settings.breaker_reset_timeout_s,
+        max_s=container.settings.breaker_defer_max_s,
+    )
+
+    @deferring
     def process_events(payload: str) -> dict[str, int]:
         events = _decode_events(payload)
         result = store_events(
@@ -128,7 +137,8 @@ def _decode_events(payload: object) -> list[Any]:
 
 
 def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]:
-    """The ``maintenance`` queue's actors (run by ``analytics worker --queues maintenance``)."""
+    """Operations actors: retention and the dead-letter check on ``maintenance`` (run by
+    ``analytics worker --queues maintenance``) and the cache warm-up on ``aggregations``."""
     from datetime import datetime  # noqa: PLC0415
 
     from analytics.application.dead_letters import measure_dead_letters  # noqa: PLC0415
@@ -155,7 +165,19 @@ def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Acto
         log.info("dead-letter depths", **depths)
         return depths
 
+    def warm_dashboard_cache() -> dict[str, int]:
+        from analytics.application.warmup import warm_caches  # noqa: PLC0415
+
+        result = warm_caches(deps=query_deps(container))
+        log.info("caches warmed", **result.as_dict())
+        return result.as_dict()
+
     return {
+        "warm_dashboard_cache": dramatiq.actor(
+            warm_dashboard_cache,
+            broker=broker,
+            **actor_options("warm_dashboard_cache", container.settings),
+        ),
         "purge_events_before": dramatiq.actor(
             purge_events_before_actor,
             broker=broker,
@@ -167,3 +189,27 @@ def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Acto
             **actor_options("check_dead_letters", container.settings),
         ),
     }
+
+
+def query_deps(container: Container) -> Any:
+    """The query side's dependencies from the container (as the API builds them)."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from analytics.application.queries import QueryDeps, QueryLimits  # noqa: PLC0415
+
+    s = container.settings
+    assert container.aggregates is not None
+    return QueryDeps(
+        aggregates=container.aggregates,
+        clock=container.clock,
+        cache=container.cache,
+        limits=QueryLimits(
+            max_buckets=s.aggregation_max_buckets,
+            dashboard_max_window=timedelta(days=s.dashboard_max_window_days),
+            top_products=s.dashboard_top_products,
+            series_minutes=s.dashboard_series_minutes,
+            ttl_closed_s=s.cache_ttl_closed_s,
+            ttl_open_s=s.cache_ttl_open_s,
+            ttl_dashboard_s=s.cache_ttl_dashboard_s,
+        ),
+    )

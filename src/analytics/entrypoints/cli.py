@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from analytics.adapters.dramatiq_queue import QUEUES
 from analytics.settings import Settings, SettingsError
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int)
     api.add_argument("--workers", type=_positive)
     api.add_argument("--threads", type=_positive)
+    api.add_argument("--config", help="gunicorn settings file, e.g. config/gunicorn.conf.py")
 
     worker = sub.add_parser("worker", help="run Dramatiq workers for some queues")
     worker.add_argument("--queues", type=_queues, default=list(QUEUES))
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_ops_commands(sub)
     add_keys_parser(sub)
+    add_check_parser(sub)
     return parser
 
 
@@ -128,6 +131,16 @@ def _limit(value: str) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    """``analytics keys create|list|revoke``; an unreachable store is one line, not a trace."""
+    from analytics.domain.errors import AdapterError  # noqa: PLC0415
+
+    try:
+        return _keys_command(args)
+    except AdapterError as exc:
+        raise CliError(f"the key store is unavailable: {exc}") from None
+
+
+def _keys_command(args: argparse.Namespace) -> int:
     from analytics.application import api_keys  # noqa: PLC0415
     from analytics.bootstrap import build_key_store, key_store_kind  # noqa: PLC0415
     from analytics.domain.clock import SystemClock  # noqa: PLC0415
@@ -151,9 +164,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         )
         return 0
     if args.keys_command == "list":
+        keys = store.list()
         print(f"{'ID':12}  {'NAME':20}  {'SCOPES':18}  {'RATE/MIN':>9}  {'BURST':>7}  "
               f"{'CREATED':20}  STATUS")  # fmt: skip
-        for k in store.list():
+        for k in keys:
             status = f"revoked {k.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if k.revoked_at else "active"
             print(
                 f"{k.key_id:12}  {k.name[:20]:20}  {','.join(k.scopes):18}  "
@@ -171,6 +185,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(f"revoked key {key_id}")
     return 0
+
+
+def _seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < n <= 86_400:
+        raise argparse.ArgumentTypeError(f"{n:g} is out of range (0, 86400]")
+    return n
+
+
+def add_check_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``analytics check worker|scheduler``: health checks for containers with no HTTP."""
+    check = sub.add_parser("check", help="exit 0 when a worker or the scheduler is healthy")
+    csub = check.add_subparsers(dest="component", required=True)
+    w = csub.add_parser("worker", help="Redis answers and each queue has a fresh heartbeat")
+    w.add_argument("--queues", type=_queues, default=list(QUEUES))
+    w.add_argument("--max-age", type=_seconds, help="seconds (default: heartbeat_stale_s)")
+    w.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
+    s = csub.add_parser("scheduler", help="Redis answers and a scheduler holds the lease")
+    s.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
 
 
 def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
@@ -197,6 +233,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         dict(os.environ), host=args.host, port=args.port, workers=args.workers, threads=args.threads
     )
     preflight(settings)
+    if args.config is not None:
+        settings = settings.model_copy(update={"gunicorn_config": Path(args.config)})
+    if settings.gunicorn_config is not None and not settings.gunicorn_config.is_file():
+        raise CliError(f"gunicorn config file {str(settings.gunicorn_config)!r} does not exist")
     settings = _with_metrics_dir(settings, "api")
     GunicornServer(settings).run()
     return 0
@@ -282,6 +322,15 @@ COMMANDS = {
     "keys": cmd_keys,
     "init": cmd_init,
 }
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from analytics.entrypoints.health_check import run_check  # noqa: PLC0415
+
+    return run_check(args, load_settings(dict(os.environ)))
+
+
+COMMANDS["check"] = cmd_check
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,6 +129,39 @@ CACHE_REQUESTS = Counter(
     ["kind", "result"],
 )  # fmt: skip
 
+# --- resilience (README, "Resilience") ---------------------------------------------------
+CIRCUIT_BREAKER_STATE = Gauge(
+    "analytics_circuit_breaker_state",
+    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open (the worst live"
+    " process).",
+    ["breaker"], multiprocess_mode="livemax",
+)  # fmt: skip
+CIRCUIT_BREAKER_OPENED = Counter(
+    "analytics_circuit_breaker_opened", "Times a circuit breaker opened.", ["breaker"]
+)
+CIRCUIT_BREAKER_REJECTED = Counter(
+    "analytics_circuit_breaker_rejected",
+    "Calls refused at once because the breaker was open (fail fast).",
+    ["breaker"],
+)
+CIRCUIT_BREAKER_FAILURES = Counter(
+    "analytics_circuit_breaker_failures",
+    "Failed calls (errors and timeouts) counted by a breaker.",
+    ["breaker"],
+)
+CACHE_HIT_RATIO = Gauge(
+    "analytics_cache_hit_ratio",
+    "Hits / lookups per cache level since the process started (local: in-process LRU of"
+    " closed buckets; redis: the shared cache). Across processes: use"
+    " analytics_cache_requests_total{kind=~\"aggregates_(local|redis)\"}.",
+    ["level"], multiprocess_mode="mostrecent",
+)  # fmt: skip
+WORKER_RECYCLES = Counter(
+    "analytics_worker_recycles",
+    "Worker processes recycled, by reason (tasks: after N tasks; memory: RSS over the limit).",
+    ["reason"],
+)
+
 # --- system and process -----------------------------------------------------------------
 SYSTEM_CPU = Gauge(
     "analytics_system_cpu_percent", "Host CPU use, percent.", multiprocess_mode="mostrecent"
@@ -214,7 +247,49 @@ def watch_cache(kind: str, cache: object) -> None:
         _watched.append((kind, cache, {"hit": 0, "miss": 0, "error": 0}))
 
 
+_breakers: list[tuple[object, dict[str, int]]] = []
+
+
+def watch_breakers(registry: object) -> None:
+    """Follow a :class:`~analytics.adapters.circuit_breaker.BreakerRegistry` (states and
+    cumulative counts are copied into the metrics by :func:`sync_breakers`)."""
+    with _watched_lock:
+        if not any(r is registry for r, _ in _breakers):
+            _breakers.append((registry, {}))
+
+
+def sync_breakers() -> None:
+    from analytics.adapters.circuit_breaker import STATE_VALUES  # noqa: PLC0415
+
+    with _watched_lock:
+        for registry, last in _breakers:
+            for b in registry:  # type: ignore[attr-defined]
+                CIRCUIT_BREAKER_STATE.labels(b.name).set(STATE_VALUES[b.state])
+                for counter, attr in (
+                    (CIRCUIT_BREAKER_OPENED, "opened"),
+                    (CIRCUIT_BREAKER_REJECTED, "rejected"),
+                    (CIRCUIT_BREAKER_FAILURES, "failures"),
+                ):
+                    key = f"{b.name}:{attr}"
+                    now = int(getattr(b, attr))
+                    if now > last.get(key, 0):
+                        counter.labels(b.name).inc(now - last.get(key, 0))
+                    last[key] = now
+
+
+def sync_cache_levels() -> None:
+    """Per-level hit ratios of a two-level cache (see ``adapters/tiered_cache.py``)."""
+    with _watched_lock:
+        levels = [(k, c) for k, c, _ in _watched if k in ("aggregates_local", "aggregates_redis")]
+    for kind, cache in levels:
+        hits, misses = int(getattr(cache, "hits", 0)), int(getattr(cache, "misses", 0))
+        if hits + misses:
+            CACHE_HIT_RATIO.labels(kind.removeprefix("aggregates_")).set(hits / (hits + misses))
+
+
 def sync_caches() -> None:
+    sync_breakers()  # same timers (sampler, scrape) as the cache counters
+    sync_cache_levels()
     with _watched_lock:
         for kind, cache, last in _watched:
             for result, attr in (("hit", "hits"), ("miss", "misses"), ("error", "errors")):
@@ -233,6 +308,14 @@ def watch_container(container: object) -> None:
             cache = extras.get(name) if isinstance(extras, dict) else None
         if cache is not None and hasattr(cache, "hits") and hasattr(cache, "misses"):
             watch_cache("aggregates", cache)
+        for level in ("local", "redis"):  # the two levels of a tiered cache
+            stats = getattr(cache, f"{level}_stats", None)
+            if stats is not None:
+                watch_cache(f"aggregates_{level}", stats)
+    extras = getattr(container, "extras", {})
+    registry = extras.get("breakers") if isinstance(extras, dict) else None
+    if registry is not None:
+        watch_breakers(registry)
 
 
 def record_queue_depths(depths: Mapping[str, int]) -> None:

@@ -25,10 +25,8 @@ def build_dead_letters(settings: Settings) -> DeadLetters:
     from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
     from analytics.bootstrap import build_dead_letters as build  # noqa: PLC0415
 
-    if settings.broker != "redis":
-        raise BadQuery(
-            "broker", f"dead letters are read from the Redis broker (this one is {settings.broker})"
-        )
+    if settings.broker == "stub":
+        raise BadQuery("broker", "the stub broker keeps no dead letters between processes")
     return build(build_broker(settings))
 
 
@@ -48,6 +46,11 @@ def run_dlq(args: argparse.Namespace, settings: Settings, dlq: DeadLetters | Non
     except (AdapterError, redis.RedisError, OSError) as exc:
         print(f"{name}: cannot reach the broker's Redis: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - e.g. pika's AMQP errors: one line, no traceback
+        if type(exc).__module__.startswith("pika"):
+            print(f"{name}: cannot reach RabbitMQ: {exc!r}", file=sys.stderr)
+            return 1
+        raise
 
 
 def _run(args: argparse.Namespace, dlq: DeadLetters) -> int:

@@ -9,7 +9,8 @@ payload that can never succeed), the message goes to its queue's dead-letter que
 Time limits are above the client timeouts the actor's I/O can block on (Redis socket
 timeout ``redis_timeout_s``, SQLite busy timeout 30 s, botocore connect/read timeouts),
 because Dramatiq's ``TimeLimit`` raises an asynchronous exception that cannot interrupt a
-blocking socket call: the client's own timeout must fire first.
+blocking socket call: the client's own timeout must fire first. A single hung call is cut
+by its client timeout; the time limit bounds the whole task.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ POLICIES: dict[str, ActorPolicy] = {
         "aggregations", 3, 1_000, 60_000, 1_800_000, "reconcile (recompute + repair) a range"
     ),
     "warm_dashboard_cache": ActorPolicy(
-        "aggregations", 2, 1_000, 30_000, 60_000, "precompute the dashboard's cached metrics"
+        "aggregations", 2, 1_000, 30_000, 60_000, "warm the dashboard and closed-bucket caches"
     ),
-    "send_notifications": ActorPolicy(
-        "notifications", 8, 2_000, 900_000, 60_000, "publish notifications (SNS)"
+    "publish_notifications": ActorPolicy(
+        "notifications", 10, 1_000, 300_000, 60_000, "publish new events of configured types (SNS)"
     ),
     "purge_events_before": ActorPolicy(
         "maintenance", 3, 60_000, 3_600_000, 1_800_000, "retention: delete old raw events"

@@ -108,13 +108,12 @@ class SchedulerService:
     ) -> None:
         import redis  # noqa: PLC0415
 
-        from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
         from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
 
         self.settings = settings
         self.clock = clock or SystemClock()
         self.client = redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
-        self.broker = broker or build_broker(settings)
+        self.broker = broker or _equipped_broker(settings, self.clock)
         owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.lease = RedisLease(
             self.client,
@@ -187,6 +186,17 @@ class SchedulerService:
             self.run_job(job)
         except Exception:  # noqa: BLE001 - a failing job must not kill the scheduler
             log.exception("job failed", job=job.name)
+            return
+        self._record_run()
+
+    def _record_run(self) -> None:
+        """``<ns>:scheduler:last_run`` for /health/detailed (README, "Observability")."""
+        from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
+
+        try:
+            RedisProbe(self.client, self.settings.namespace).record_scheduler_run(self.clock.now())
+        except Exception as exc:  # noqa: BLE001 - health bookkeeping must not fail a job
+            log.warning("could not record the scheduler run", error=str(exc))
 
     # --- leadership ----------------------------------------------------------------------
     def _start_jobs(self) -> None:
@@ -258,6 +268,20 @@ class SchedulerService:
             except Exception:  # noqa: BLE001 - the lease expires by itself
                 log.warning("scheduler lease not released; it expires by itself")
         return 0
+
+
+def _equipped_broker(settings: Settings, clock: Clock) -> dramatiq.Broker:
+    """The broker with the task-status middleware, so scheduled tasks get a status too."""
+    from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
+    from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
+        TaskStatusMiddleware,
+        install,
+    )
+    from analytics.bootstrap import build_task_status  # noqa: PLC0415
+
+    broker = build_broker(settings)
+    install(broker, TaskStatusMiddleware(build_task_status(settings), clock))
+    return broker
 
 
 def run_scheduler(settings: Settings) -> int:

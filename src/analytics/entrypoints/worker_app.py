@@ -32,6 +32,19 @@ broker.add_middleware(
         namespace=settings.namespace,
     )
 )
+# Recycle a process whose RSS passes ANALYTICS_WORKER_MAX_RSS_MB, the same way (README,
+# "Resilience"; adapters/memory_limit.py).
+if settings.worker_max_rss_mb:
+    from analytics.adapters.memory_limit import MemoryLimit  # noqa: E402
+    from analytics.entrypoints import metrics as _metrics  # noqa: E402
+
+    broker.add_middleware(
+        MemoryLimit(
+            settings.worker_max_rss_mb * 2**20,
+            recycle=next(m for m in broker.middleware if isinstance(m, WorkerRecycler)).recycle,
+            on_recycle=lambda rss: _metrics.WORKER_RECYCLES.labels("memory").inc(),
+        )
+    )
 # Record the declared actors for the scheduler (adapters/worker_registry.py).
 broker.add_middleware(ActorRegistry(getattr(broker, "client", None), settings.namespace))
 actors = register_actors(container)

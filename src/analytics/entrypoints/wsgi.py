@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -30,6 +32,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, settings: Settings, options: dict[str, Any] | None = None) -> None:
         self.settings = settings
+        self.caller_options = dict(options or {})
         self.options = {
             "bind": f"{settings.host}:{settings.port}",
             "workers": settings.web_workers,
@@ -55,6 +58,34 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
             # Several API servers on one machine (tests, benchmarks) must not share a socket.
             self.cfg.set("control_socket_disable", True)
+        if self.settings.gunicorn_config is not None:
+            self.apply_config_file(self.settings.gunicorn_config)
+
+    def apply_config_file(self, path: Path) -> None:
+        """Apply a gunicorn config file over the defaults, below explicit choices.
+
+        A value in the file replaces the default derived from settings; a setting the
+        operator set explicitly (present in the environment, or a CLI flag) and any option
+        passed to this class by its caller keep their value. ``bind`` always comes from
+        ``ANALYTICS_HOST``/``ANALYTICS_PORT``.
+        """
+        explicit = set(self.caller_options) | {"bind"}
+        explicit |= {
+            opt for field, opt in SETTING_OPTIONS.items() if field in self.settings.model_fields_set
+        }
+        for key, value in load_config_file(path).items():
+            if key in self.cfg.settings and key not in explicit:
+                self.cfg.set(key, value)
 
     def load(self) -> falcon.App:
         return build_wsgi_app(self.settings)
+
+
+# Settings fields that become gunicorn options: when set explicitly they win over a config file.
+SETTING_OPTIONS = {"web_workers": "workers", "web_threads": "threads"}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The gunicorn settings a config file defines (its lower-case public names)."""
+    namespace = runpy.run_path(str(path), run_name="__config__")
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and k.islower()}

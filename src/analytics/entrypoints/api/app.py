@@ -12,6 +12,7 @@ from analytics.entrypoints.api.middleware import (
     CorrelationMiddleware,
     SecurityHeadersMiddleware,
 )
+from analytics.entrypoints.api.http_cache import HttpCacheMiddleware
 from analytics.entrypoints.api.problems import install_error_handlers
 from analytics.entrypoints.api.search import SearchResource
 from analytics.entrypoints.api.security import AuthMiddleware, CORSMiddleware
@@ -43,6 +44,7 @@ def create_app(container: Container) -> falcon.App:
         ],
     )
     app.req_options.strip_url_path_trailing_slash = True
+    app.add_middleware(HttpCacheMiddleware(s))  # ETag, Cache-Control, 304 (README, "Resilience")
     install_error_handlers(app)
     deps = IngestDeps(
         queue=observability.MeteredTaskQueue(container.task_queue),

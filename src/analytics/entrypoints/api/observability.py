@@ -206,9 +206,15 @@ class DetailedHealthResource:
         return {"kind": self.settings.storage, "events": repo.count()}
 
     def _sns_check(self) -> Callable[[], dict[str, Any]] | None:
-        notifier = self.container.extras.get("notifier")
+        notifier = getattr(self.container, "notifier", None) or self.container.extras.get(
+            "notifier"
+        )
         if notifier is not None and hasattr(notifier, "health"):
             return lambda: dict(notifier.health())
+        client, topic = getattr(notifier, "client", None), getattr(notifier, "topic_arn", None)
+        if client is not None and topic:
+            # The notifier's own client: its endpoint, credentials and timeouts.
+            return lambda: (client.get_topic_attributes(TopicArn=topic), {"topic_arn": topic})[1]
         arn = getattr(self.settings, "sns_topic_arn", None)
         if not arn:
             return None
@@ -276,6 +282,7 @@ class DetailedHealthResource:
                     "key": self.probe.scheduler_key,
                 }
             )
+            out["scheduler"]["leader"] = self.probe.scheduler_leader()
         except Exception as exc:  # noqa: BLE001
             out["scheduler"] = {"status": "unknown", "error": str(exc)[:200]}
         return out

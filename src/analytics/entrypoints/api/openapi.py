@@ -98,6 +98,13 @@ def _query(
 _PERIOD = _path_param(
     "period", "Bucket size.", {"type": "string", "enum": ["hour", "day", "week", "month"]}
 )
+_CORRELATION_HEADER = {
+    "name": "X-Correlation-ID",
+    "in": "header",
+    "required": False,
+    "description": "Your correlation id, echoed back and logged; replaced when malformed.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._\\-]{1,64}$"},
+}
 QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
 
 
@@ -268,7 +275,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         200,
         dict[str, Any],
         body="analytics.entrypoints.api.admin:SelectionBody",
-        errors=INGEST_ERRORS,
+        errors=(*INGEST_ERRORS, 404),
         description="Requeue the selected letters (ids, or queue and/or actor, or all).",
     ),
     ("POST", "/api/v1/admin/dlq/purge"): Op(
@@ -277,7 +284,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         200,
         dict[str, Any],
         body="analytics.entrypoints.api.admin:SelectionBody",
-        errors=INGEST_ERRORS,
+        errors=(*INGEST_ERRORS, 404),
         description="Delete the selected letters for good.",
     ),
     ("GET", "/metrics"): Op(
@@ -455,6 +462,7 @@ def _operation(method: str, template: str, op: Op | None) -> dict[str, Any]:
         if op.params:
             given = {p["name"] for p in op.params}
             params = [p for p in params if p["name"] not in given] + list(op.params)
+        params.append(_CORRELATION_HEADER)
         out = {
             "summary": op.summary,
             "description": op.description,

@@ -96,6 +96,7 @@ def install_error_handlers(app: falcon.App) -> None:
 
     def unavailable(req: falcon.Request, resp: falcon.Response, ex: AdapterError, params: Any) -> None:
         retry = ex.retry_after if isinstance(ex, QueueUnavailable) else 5
+        retry = getattr(ex, "retry_after", retry)  # an open circuit breaker knows its cool-down
         raise Problem(
             503, slug="unavailable", title="Service unavailable", detail=str(ex),
             headers={"Retry-After": str(retry)},

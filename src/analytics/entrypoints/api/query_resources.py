@@ -5,15 +5,15 @@ from __future__ import annotations
 import falcon
 import msgspec
 
+from analytics.application.closed_documents import aggregation_document, is_closed, parse_query
 from analytics.application.generate import request_generation
 from analytics.application.queries import (
     QueryDeps,
-    parse_aggregation_query,
     parse_dashboard_query,
-    query_aggregations,
     query_dashboard,
 )
 from analytics.domain.ports import AggregationJobs
+from analytics.entrypoints.api.http_cache import mark
 
 encode = msgspec.json.Encoder().encode
 JSON = "application/json"
@@ -26,9 +26,10 @@ class AggregationsResource:
         self.deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, period: str) -> None:
-        q = parse_aggregation_query(period, req.params, max_buckets=self.deps.limits.max_buckets)
+        q = parse_query(period, req.params, max_buckets=self.deps.limits.max_buckets)
+        mark(req, "closed" if is_closed(q, self.deps) else "open")  # HTTP caching
         resp.content_type = JSON
-        resp.data = encode(query_aggregations(q, deps=self.deps))
+        resp.data = aggregation_document(q, deps=self.deps)  # in-process level when closed
 
 
 class GenerateAggregationsResource:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import falcon
+import structlog
 
 from analytics.application.api_keys import authenticate, authorize
 from analytics.application.overload import check_backlog
@@ -127,6 +128,7 @@ class AuthMiddleware:
                     raise
         if key is not None:
             req.context.api_key = key
+            structlog.contextvars.bind_contextvars(api_key_id=key.key_id)  # who, in every log line
             req.context.rate_bucket = ("key:" + key.key_id, self._quota_of(key))
         elif not self.enabled:
             addr = client_address(req, self.settings.trust_forwarded_for)

@@ -1,0 +1,219 @@
+"""Two cache levels behind the ``Cache`` port: a small in-process LRU in front of Redis.
+
+Which data lives where (README, "Resilience"):
+
+- **local** (this process, at most ``local_cache_entries`` values): long-lived values only,
+  i.e. values written with a TTL of at least ``local_cache_min_ttl_s`` (closed aggregation
+  buckets; open periods live 10 s and the dashboard 5 s, they stay in Redis only).
+- **redis** (shared by every process): everything, with the TTL the caller chose.
+
+Why neither level serves stale data: every cache key already contains the invalidation
+versions of the UTC days its value covers, and those versions are read from Redis on every
+query (``versions`` is never answered locally). A late event or a reconcile bumps a day's
+version in Redis, so the next query asks both levels for a new key and recomputes; the old
+entries are simply never asked for again (and age out of the LRU). When Redis cannot
+answer ``versions``, queries skip both levels and read storage.
+
+A value written to Redis carries one flag byte saying whether it is long-lived, so a
+process that finds it in Redis (computed by another process) may keep it locally too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+_LONG, _SHORT = b"\x01", b"\x00"
+
+
+class LevelStats:
+    """Cumulative lookups of one level (metrics read ``hits``/``misses``)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+    def ratio(self) -> float | None:
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+class TieredCache:
+    """Cache port over another cache (``remote``). ``isinstance(tiered, type(remote))``
+    holds, like the breaker decorators (code that checks the built adapter keeps working)."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return self.__dict__["remote"].__class__
+
+    def __init__(
+        self,
+        remote: Any,
+        *,
+        max_entries: int = 2048,
+        min_ttl_s: int = 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.remote = remote
+        self.max_entries = max_entries
+        self.min_ttl_s = min_ttl_s
+        self.clock = clock
+        self._lru: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.local_stats = LevelStats()
+        self.redis_stats = LevelStats()
+
+    # --- the port's counters: a lookup is a hit when either level had the value -------
+    @property
+    def hits(self) -> int:
+        return self.local_stats.hits + self.redis_stats.hits
+
+    @property
+    def misses(self) -> int:
+        return self.redis_stats.misses
+
+    @property
+    def errors(self) -> int:
+        return int(getattr(self.remote, "errors", 0))
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    # --- local level --------------------------------------------------------------------
+    def _get_local(self, key: str, now: float) -> bytes | None:
+        entry = self._lru.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if expires <= now:
+            del self._lru[key]
+            return None
+        self._lru.move_to_end(key)
+        return value
+
+    def _put_local(self, key: str, value: bytes, ttl_s: float, now: float) -> None:
+        if self.max_entries <= 0:
+            return
+        self._lru[key] = (value, now + ttl_s)
+        self._lru.move_to_end(key)
+        while len(self._lru) > self.max_entries:
+            self._lru.popitem(last=False)
+
+    # --- port ---------------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = self.clock()
+        out: list[bytes | None] = [None] * len(keys)
+        with self._lock:
+            for i, key in enumerate(keys):
+                out[i] = self._get_local(key, now)
+        missing = [i for i, v in enumerate(out) if v is None]
+        self.local_stats.hits += len(keys) - len(missing)
+        self.local_stats.misses += len(missing)
+        if not missing:
+            return out
+        found = self.remote.get_many([keys[i] for i in missing])
+        promote: list[tuple[str, bytes]] = []
+        for i, raw in zip(missing, found, strict=True):
+            out[i] = self._unflag(keys[i], raw, promote)
+        if promote:
+            with self._lock:
+                for key, value in promote:
+                    self._put_local(key, value, self.min_ttl_s, now)
+        return out
+
+    def _unflag(
+        self, key: str, raw: bytes | None, promote: list[tuple[str, bytes]]
+    ) -> bytes | None:
+        if raw is None or not raw:
+            self.redis_stats.misses += 1
+            return None
+        self.redis_stats.hits += 1
+        flag, value = raw[:1], raw[1:]
+        if flag == _LONG:
+            promote.append((key, value))
+        elif flag != _SHORT:  # written without the flag (an older build): no promotion
+            value = raw
+        return value
+
+    def lookup(
+        self, entries: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, bytes | None]] | None:
+        """Versions always come from Redis (one small read); values the local level holds
+        under those exact versions are not fetched again; the rest in one remote lookup."""
+        if not entries:
+            return []
+        scopes = sorted({s for _, sc in entries for s in sc})
+        versions = self.remote.versions(scopes)
+        if versions is None:
+            return None  # unavailable: both levels are skipped, queries read storage
+        v = dict(zip(scopes, versions, strict=True))
+        keys = [base + ":" + ".".join(str(v[s]) for s in sc) for base, sc in entries]
+        now = self.clock()
+        with self._lock:
+            local = [self._get_local(k, now) for k in keys]
+        missing = [i for i, value in enumerate(local) if value is None]
+        self.local_stats.hits += len(keys) - len(missing)
+        self.local_stats.misses += len(missing)
+        out: list[tuple[str, bytes | None]] = list(zip(keys, local, strict=True))
+        if not missing:
+            return out
+        found = self.remote.lookup([entries[i] for i in missing])
+        if found is None:
+            return None
+        promote: list[tuple[str, bytes]] = []
+        for i, (key, raw) in zip(missing, found, strict=True):
+            out[i] = (key, self._unflag(key, raw, promote))
+        if promote:
+            with self._lock:
+                for key, value in promote:
+                    self._put_local(key, value, self.min_ttl_s, now)
+        return out
+
+    # --- whole documents (LocalDocuments port): local level only ------------------------
+    def get_local(self, key: str) -> bytes | None:
+        now = self.clock()
+        with self._lock:
+            value = self._get_local(key, now)
+        if value is None:
+            self.local_stats.misses += 1
+        else:
+            self.local_stats.hits += 1
+        return value
+
+    def put_local(self, key: str, value: bytes, ttl_s: int) -> None:
+        if ttl_s < self.min_ttl_s:
+            return  # short-lived values never enter the local level
+        with self._lock:
+            self._put_local(key, value, ttl_s, self.clock())
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        now = self.clock()
+        long_lived = [(k, v, t) for k, v, t in items if t >= self.min_ttl_s]
+        if long_lived:
+            with self._lock:
+                for key, value, ttl in long_lived:
+                    self._put_local(key, value, ttl, now)
+        self.remote.set_many(
+            [(k, (_LONG if t >= self.min_ttl_s else _SHORT) + v, t) for k, v, t in items]
+        )
+
+    def versions(self, scopes: Sequence[str]) -> list[int] | None:
+        return self.remote.versions(scopes)  # type: ignore[no-any-return]  # never local
+
+    def bump(self, scopes: Iterable[str]) -> None:
+        self.remote.bump(scopes)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "local": {"entries": len(self._lru), "hits": self.local_stats.hits,
+                      "misses": self.local_stats.misses, "hit_ratio": self.local_stats.ratio()},
+            "redis": {"hits": self.redis_stats.hits, "misses": self.redis_stats.misses,
+                      "hit_ratio": self.redis_stats.ratio()},
+        }  # fmt: skip
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.remote, name)

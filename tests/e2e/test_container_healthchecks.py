@@ -1,0 +1,99 @@
+"""The compose health checks, run verbatim against the real processes they watch.
+
+The command lines come from compose.yaml (only the environment differs: a private Redis
+and namespace instead of the compose network), so a check that passes here is the one
+Docker runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import RedisInfo
+from tests.support import ROOT, analytics_cmd, child_env, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][name]
+
+
+def check_argv(name: str) -> list[str]:
+    test = compose_service(name)["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "analytics"], test
+    return test[2:]
+
+
+def run_check(argv: list[str], env: dict[str, str]) -> int:
+    return subprocess.run(  # noqa: S603
+        analytics_cmd(*argv), env=env, capture_output=True, timeout=60, check=False
+    ).returncode
+
+
+def test_worker_healthcheck_follows_the_real_worker(
+    redis_server: RedisInfo, namespace: str, tmp_path: Path
+) -> None:
+    env = child_env(
+        **redis_server.env(namespace),
+        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
+        ANALYTICS_LOG_LEVEL="WARNING",
+        ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S="0.5",
+        ANALYTICS_HEARTBEAT_STALE_S="3",
+        ANALYTICS_WORKER_METRICS_PORT="0",
+    )
+    service = "analytics-worker-maintenance"
+    argv = check_argv(service)
+    assert run_check(argv, env) == 1, "healthy before any worker ran"
+
+    command = compose_service(service)["command"]
+    worker = subprocess.Popen(  # noqa: S603
+        analytics_cmd(*command[:3], "--processes", "1", "--threads", "1"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: run_check(argv, env) == 0, timeout=60, interval=0.5,
+                   message="the worker never became healthy")  # fmt: skip
+        os.killpg(worker.pid, signal.SIGKILL)  # the whole worker, heartbeat thread and all
+        worker.wait(10)
+        wait_until(lambda: run_check(argv, env) == 1, timeout=60, interval=0.5,
+                   message="a killed worker still looks healthy")  # fmt: skip
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+
+
+def test_scheduler_healthcheck_follows_the_real_scheduler(
+    redis_server: RedisInfo, namespace: str, tmp_path: Path
+) -> None:
+    env = child_env(
+        **redis_server.env(namespace),
+        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
+        ANALYTICS_LOG_LEVEL="WARNING",
+        ANALYTICS_SCHEDULER_LEASE_S="2",
+    )
+    argv = check_argv("analytics-beat")
+    assert run_check(argv, env) == 1, "healthy before any scheduler ran"
+    scheduler = subprocess.Popen(  # noqa: S603
+        analytics_cmd(*compose_service("analytics-beat")["command"]),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: run_check(argv, env) == 0, timeout=60, interval=0.5,
+                   message="the scheduler never became healthy")  # fmt: skip
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        scheduler.wait(10)
+        wait_until(lambda: run_check(argv, env) == 1, timeout=60, interval=0.5,
+                   message="a killed scheduler's lease never expired")  # fmt: skip
+    finally:
+        if scheduler.poll() is None:
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            scheduler.wait(10)

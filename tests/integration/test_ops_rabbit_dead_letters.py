@@ -1,0 +1,99 @@
+"""Dead letters on the RabbitMQ broker's ``<queue>.XQ`` queues: list, replay, purge.
+
+Needs the RabbitMQ server on 127.0.0.1:5672 and ``rabbitmqctl`` (a private vhost per
+module: queue names are fixed); skips otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+
+from analytics.adapters.dramatiq_queue import events_message
+from analytics.application.dead_letters import Selection, purge_dead_letters, replay_dead_letters
+from analytics.bootstrap import bootstrap
+from analytics.entrypoints.actors import register_actors
+from analytics.settings import Settings
+from tests.ops_support import BreakableRepository, make_events
+from tests.support import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _ctl(*args: str) -> bool:
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        return False
+    try:
+        done = subprocess.run([exe, "-q", *args], capture_output=True, timeout=60, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def ops_rabbitmq_url() -> Iterator[str]:
+    host = os.environ.get("RABBITMQ_HOST", "127.0.0.1")
+    port = int(os.environ.get("RABBITMQ_PORT", "5672"))
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        pytest.skip(f"RabbitMQ is not reachable at {host}:{port}")
+    vhost = f"ops-{uuid.uuid4().hex[:12]}"
+    if not _ctl("add_vhost", vhost):
+        pytest.skip("rabbitmqctl cannot add a private vhost (needs root or the rabbitmq user)")
+    _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{host}:{port}/{vhost}"
+    finally:
+        _ctl("delete_vhost", vhost)
+
+
+def test_rabbitmq_dead_letters_list_replay_purge(ops_rabbitmq_url: str) -> None:
+    settings = Settings(
+        broker="rabbitmq", rabbitmq_url=ops_rabbitmq_url, storage="memory",
+        cache_backend="none", retry_max_retries=1, retry_min_backoff_ms=10,
+        retry_max_backoff_ms=20,
+    )  # fmt: skip
+    repo = BreakableRepository()
+    container = bootstrap(settings, event_repo=repo)
+    register_actors(container)
+    broker, dlq = container.broker, container.dead_letters
+    assert type(dlq).__name__ == "RabbitDeadLetters"
+    worker = Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        repo.broken = True
+        groups = [make_events(4, user="a"), make_events(3, user="b")]
+        sent = [broker.enqueue(events_message(g)).message_id for g in groups]
+        bad = broker.enqueue(dramatiq.Message(
+            queue_name="high_priority", actor_name="process_events", args=("{nope",),
+            kwargs={}, options={},
+        )).message_id  # fmt: skip
+        wait_until(lambda: dlq.depths()["high_priority"] == 3, timeout=30)
+        letters = {d.letter_id: d for d in dlq.list(queue="high_priority")}
+        assert set(letters) == {*sent, bad}
+        assert {letters[i].error_type for i in sent} == {"StorageUnavailable"}  # from Retries
+        assert all(letters[i].attempts == 2 for i in sent)
+        # Listing put everything back (RabbitMQ requeues on channel close, asynchronously).
+        wait_until(lambda: dlq.depths()["high_priority"] == 3, timeout=10)
+        assert {d.letter_id for d in dlq.list()} == {*sent, bad}
+
+        repo.broken = False
+        assert sorted(replay_dead_letters(Selection(ids=tuple(sent)), dlq=dlq)) == sorted(sent)
+        wait_until(lambda: repo.count() == 7, timeout=30, message="replayed events not stored")
+        assert [d.letter_id for d in dlq.list()] == [bad]
+        assert purge_dead_letters(Selection(all=True), dlq=dlq) == [bad]
+        assert dlq.depths()["high_priority"] == 0
+        assert repo.count() == 7
+    finally:
+        worker.stop()
+        broker.close()

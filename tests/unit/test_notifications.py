@@ -39,7 +39,7 @@ def test_a_failing_notifier_is_retried_until_it_takes_the_message() -> None:
     notifier.fail_next = 2
     container = bootstrap(settings, event_repo=InMemoryEventRepository(), notifier=notifier)
     actors = register_actors(container)
-    actors["send_notifications"].options.update(min_backoff=10, max_backoff=20)
+    actors["publish_notifications"].options.update(min_backoff=10, max_backoff=20)
     event = make_event(1, event_type="purchase", product_id="p")
     worker = Worker(container.broker, worker_timeout=20)
     worker.start()

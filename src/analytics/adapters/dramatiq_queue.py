@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
 PROCESS_EVENTS = "process_events"
-PUBLISH_NOTIFICATIONS = "send_notifications"  # its policy: entrypoints/policies.py
+PUBLISH_NOTIFICATIONS = "publish_notifications"  # its policy: entrypoints/policies.py
 
 
 def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
@@ -74,7 +74,7 @@ def events_message(events: Sequence[Event]) -> dramatiq.Message[object]:
 
 
 def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
-    """One ``send_notifications`` message for a group of newly stored events."""
+    """One ``publish_notifications`` message for a group of newly stored events."""
     correlation_ids = sorted({e.correlation_id for e in events if e.correlation_id})
     return dramatiq.Message(
         queue_name="notifications",

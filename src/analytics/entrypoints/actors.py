@@ -5,7 +5,7 @@ Queues (see README, "Operations"):
 | actor            | queue          | what it does                         |
 |------------------|----------------|--------------------------------------|
 | process_events   | high_priority  | store a group of events exactly once |
-| send_notifications | notifications | publish new events of configured types (SNS) |
+| publish_notifications | notifications | publish new events of configured types (SNS) |
 | purge_events_before | maintenance | retention: delete raw events before a cutoff |
 | check_dead_letters  | maintenance | measure dead-letter depths for the metric |
 | warm_dashboard_cache | aggregations | precompute dashboard and closed aggregation buckets |

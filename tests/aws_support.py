@@ -63,18 +63,36 @@ def make_event(
     return build_event(ein, received_at=at, correlation_id=correlation_id, new_id=uuid.uuid4)
 
 
+_CLIENTS: dict[str, Any] = {}
+
+
 def dynamodb_stores(moto: Any, names: dict[str, str] | None = None) -> tuple[Any, Any]:
-    """A fresh DynamoDB event repository and aggregate store on tables of their own,
-    built by the composition root from settings, tables made by ``analytics init``'s code."""
+    """A fresh DynamoDB event repository and aggregate store on tables of their own, made
+    by ``analytics init``'s code and built as the composition root builds them.
+
+    One boto3 client per moto server is shared (building a client costs ~0.1 s, and
+    hypothesis asks for a fresh store per example)."""
     import uuid  # noqa: PLC0415
 
-    from analytics.adapters.dynamodb_schema import ensure_resources  # noqa: PLC0415
-    from analytics.bootstrap import build_aggregates, build_event_repo  # noqa: PLC0415
+    from analytics.adapters.aws import dynamodb_client  # noqa: PLC0415
+    from analytics.adapters.dynamodb_aggregates import DynamoDBAggregateStore  # noqa: PLC0415
+    from analytics.adapters.dynamodb_events import DynamoDBEventRepository  # noqa: PLC0415
+    from analytics.adapters.dynamodb_schema import ensure_table, required_tables  # noqa: PLC0415
+    from analytics.domain.clock import SystemClock  # noqa: PLC0415
 
     tag = uuid.uuid4().hex[:10]
     names = names or {"ANALYTICS_EVENTS_TABLE": f"events-{tag}",
                       "ANALYTICS_AGGREGATES_TABLE": f"aggregates-{tag}"}  # fmt: skip
     settings = aws_settings(moto, {k: v for k, v in names.items() if "TOPIC" not in k})
-    ensure_resources(settings)
-    repo = build_event_repo(settings)
-    return repo, build_aggregates(settings, repo)
+    client = _CLIENTS.get(moto.endpoint_url)
+    if client is None:
+        client = _CLIENTS[moto.endpoint_url] = dynamodb_client(settings)
+    for spec in required_tables(settings):
+        ensure_table(client, spec)
+    repo = DynamoDBEventRepository(
+        client, settings.events_table, clock=SystemClock(),
+        directory_table=settings.aggregates_table, shards=settings.dynamodb_shards,
+        retention_days=settings.retention_days,
+    )  # fmt: skip
+    return repo, DynamoDBAggregateStore(client, settings.aggregates_table,
+                                        shards=settings.aggregate_shards)  # fmt: skip

@@ -9,8 +9,13 @@ from analytics.settings import Settings
 
 
 def aws_settings(moto: Any, names: dict[str, str], **extra: str) -> Settings:
-    env = {**moto.env(), **names, "ANALYTICS_STORAGE": "dynamodb",
-           "ANALYTICS_RETENTION_DAYS": "3650", **extra}  # fixed test dates stay live
+    env = {
+        **moto.env(),
+        **names,
+        "ANALYTICS_STORAGE": "dynamodb",
+        "ANALYTICS_RETENTION_DAYS": "3650",
+        **extra,
+    }  # fixed test dates stay live
     return Settings.from_env(env)
 
 

@@ -89,9 +89,7 @@ def test_conflicts_are_retried_with_backoff_then_surface(client: Any) -> None:
 def test_a_redelivery_costs_one_read_and_no_transaction(client: Any) -> None:
     events = [make_event(T0 + timedelta(seconds=i)) for i in range(3)]
     store = _store(client, [])
-    markers = [
-        {"sk": {"S": f"{contribution(e).minute:010d}#{e.event_id}"}} for e in events
-    ]
+    markers = [{"sk": {"S": f"{contribution(e).minute:010d}#{e.event_id}"}} for e in events]
     with Stubber(client) as stub:
         stub.add_response("batch_get_item", {"Responses": {TABLE: markers}})
         assert store.apply([contribution(e) for e in events]) == []

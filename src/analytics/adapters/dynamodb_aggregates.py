@@ -165,7 +165,9 @@ class DynamoDBAggregateStore:
                 if code == "ResourceNotFoundException":
                     raise ResourceMissing("DynamoDB table", self.table) from exc
                 if code != "TransactionCanceledException":
-                    raise StorageUnavailable(f"dynamodb transact_write_items: {code or exc}") from exc
+                    raise StorageUnavailable(
+                        f"dynamodb transact_write_items: {code or exc}"
+                    ) from exc
                 reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
                 applied = {
                     n for n, r in enumerate(reasons[: len(group)])
@@ -294,4 +296,3 @@ def _days(start: int, end: int) -> Iterator[tuple[int, int]]:
         nxt = min(end, (cur // day + 1) * day)
         yield cur, nxt
         cur = nxt
-

@@ -15,8 +15,8 @@ jitter). See README, "DynamoDB table design".
 from __future__ import annotations
 
 import heapq
-import threading
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -159,9 +159,7 @@ class DynamoDBEventRepository:
         present = self._present_ids(list(unique))
         new = [e for i, e in unique.items() if i not in present]
         self._mark_days(new)  # before the events: a search never misses a stored event
-        self.write_items(
-            [event_item(e, shards=self.shards, retention=self.retention) for e in new]
-        )
+        self.write_items([event_item(e, shards=self.shards, retention=self.retention) for e in new])
         return [e.event_id for e in new]
 
     def write_items(self, items: Sequence[dict[str, Any]]) -> int:
@@ -263,11 +261,8 @@ class DynamoDBEventRepository:
             if getattr(query, attr) is not None
         }
         page = max(10, min(limit or 500, 1000))
-        items = self._items(given, lo, hi, page)
-        n = 0
-        for item in items:
+        for n, item in enumerate(self._items(given, lo, hi, page), start=1):
             yield item_event(item)
-            n += 1
             if limit is not None and n >= limit:
                 return
 
@@ -459,9 +454,7 @@ class DynamoDBEventRepository:
         if len(streams) == 1:
             yield from streams[0]
             return
-        yield from heapq.merge(
-            *streams, key=lambda it: it[SORT_KEY]["S"], reverse=descending
-        )
+        yield from heapq.merge(*streams, key=lambda it: it[SORT_KEY]["S"], reverse=descending)
 
     # --- plumbing --------------------------------------------------------------------
     def _call(self, operation: str, **kwargs: Any) -> Any:

@@ -162,7 +162,9 @@ def ensure_topic(client: Any, arn: str) -> list[str]:
         return []
     created = client.create_topic(Name=arn.rsplit(":", 1)[1])["TopicArn"]
     if created != arn:
-        raise ResourceMissing("SNS topic", f"{arn} (CreateTopic made {created}: check region/account)")
+        raise ResourceMissing(
+            "SNS topic", f"{arn} (CreateTopic made {created}: check region/account)"
+        )
     return [f"created topic {arn}"]
 
 

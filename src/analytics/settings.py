@@ -119,10 +119,10 @@ class Settings(BaseModel):
     worker_processes: int = Field(2, ge=1, le=64)
     worker_threads: int = Field(4, ge=1, le=256)
     heartbeat_timeout_s: float = Field(
-        60.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
+        15.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
     )
     broker_maintenance_chance: int = Field(
-        10_000,
+        100_000,
         ge=1,
         le=1_000_000,
         description="Redis broker: broker calls per million that also requeue dead workers'"

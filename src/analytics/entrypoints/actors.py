@@ -81,7 +81,7 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             broker.enqueue(notifications_message(chosen))
 
     def publish_notifications_actor(payload: str) -> int:
-        events = codec.decode_events(payload)
+        events = _decode_events(payload)
         if container.notifier is None:
             log.warning("notifications off: no topic configured", dropped=len(events))
             return 0

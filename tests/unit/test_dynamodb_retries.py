@@ -130,3 +130,34 @@ def test_botocore_config_has_retries_and_timeouts() -> None:
                                    aws_read_timeout_s=7))  # fmt: skip
     assert cfg.retries == {"mode": "adaptive", "total_max_attempts": 12}
     assert cfg.connect_timeout == 2 and cfg.read_timeout == 7
+
+
+def test_throttled_storage_is_retried_then_dead_lettered_never_dropped(client: Any) -> None:
+    from dramatiq import Worker  # noqa: PLC0415
+    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
+
+    from analytics.adapters import codec  # noqa: PLC0415
+    from analytics.bootstrap import bootstrap  # noqa: PLC0415
+    from analytics.entrypoints.actors import register_actors  # noqa: PLC0415
+
+    settings = Settings(broker="stub", storage="memory", cache_backend="none", auth="disabled")
+    broker = StubBroker()
+    container = bootstrap(settings, broker=broker, event_repo=_repo(client, []))
+    actors = register_actors(container)
+    actors["process_events"].options.update(max_retries=2, min_backoff=10, max_backoff=20)
+    events = [make_event(n) for n in range(3)]
+    with Stubber(client) as stub:
+        for _ in range(3):  # the first try and two retries, all throttled
+            stub.add_client_error("batch_get_item", http_status_code=400,
+                                  service_error_code="ProvisionedThroughputExceededException")  # fmt: skip
+        worker = Worker(broker, worker_timeout=20)
+        worker.start()
+        try:
+            message = actors["process_events"].send(codec.encode(events).decode())
+            broker.join("high_priority", fail_fast=False)
+        finally:
+            worker.stop()
+        stub.assert_no_pending_responses()
+    dead = broker.dead_letters_by_queue["high_priority"]
+    assert [m.message_id for m in dead] == [message.message_id]  # kept for replay
+    assert codec.decode_events(dead[0].args[0]) == events

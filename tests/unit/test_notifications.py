@@ -76,3 +76,20 @@ def test_entries_sns_reports_failed_are_resent_and_an_outage_raises() -> None:
             notifier.publish(events)
         stub.assert_no_pending_responses()
     assert len(sleeps) == 1
+
+
+def test_a_worker_dying_between_announce_and_store_loses_no_notification() -> None:
+    """Announce happens before the store: a crash in between re-announces on redelivery
+    (at least once), and once stored nothing is announced again."""
+    from analytics.application.notify import announce_unstored
+
+    repo = InMemoryEventRepository()
+    queued: list[list[Any]] = []
+    purchase = make_event(1, event_type="purchase", product_id="p")
+    events = [purchase, make_event(2), purchase]
+    kwargs = {"repo": repo, "event_types": {"purchase"}, "enqueue": queued.append}
+    assert announce_unstored(events, **kwargs) == [purchase]  # then the worker "dies"
+    assert announce_unstored(events, **kwargs) == [purchase]  # redelivery: announced again
+    repo.add_many(events)  # this attempt stores
+    assert announce_unstored(events, **kwargs) == []  # a later redelivery or client retry
+    assert queued == [[purchase], [purchase]]

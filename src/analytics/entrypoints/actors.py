@@ -29,7 +29,7 @@ from analytics.adapters.dramatiq_queue import (
     PUBLISH_NOTIFICATIONS,
     notifications_message,
 )
-from analytics.application.notify import publish_notifications, select_notifiable
+from analytics.application.notify import announce_unstored, publish_notifications
 from analytics.application.reconcile import reconcile
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container
@@ -52,6 +52,13 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
     @deferring
     def process_events(payload: str) -> dict[str, int]:
         events = _decode_events(payload)
+        if container.notifier is not None:  # before the store: at least once, never lost
+            announce_unstored(
+                events,
+                repo=container.event_repo,
+                event_types=container.settings.notify_event_types,
+                enqueue=lambda chosen: broker.enqueue(notifications_message(chosen)),
+            )
         result = store_events(
             events,
             repo=container.event_repo,
@@ -66,19 +73,7 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
             duplicates=result.duplicates,
             correlation_ids=sorted({e.correlation_id for e in events})[:20],
         )
-        _enqueue_notifications(events, result.new_ids)
         return {"stored": result.stored, "duplicates": result.duplicates}
-
-    def _enqueue_notifications(events: list[Any], new_ids: tuple[Any, ...]) -> None:
-        # After the store: one notifications message per group, only newly stored events.
-        if container.notifier is None or not new_ids:
-            return
-        fresh = set(new_ids)
-        chosen = select_notifiable(
-            [e for e in events if e.event_id in fresh], container.settings.notify_event_types
-        )
-        if chosen:
-            broker.enqueue(notifications_message(chosen))
 
     def publish_notifications_actor(payload: str) -> int:
         events = _decode_events(payload)

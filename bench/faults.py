@@ -141,8 +141,10 @@ class Cluster:
 class Client:
     """Threads sending events with unique ids; records what got 202. Bounded in time."""
 
-    def __init__(self, port: int, *, threads: int = 4, repeat: int = 1, batch: int = 5) -> None:
+    def __init__(self, port: int, *, threads: int = 4, repeat: int = 1, batch: int = 5,
+                 per_second: float = 25.0) -> None:  # fmt: skip
         self.port, self.threads, self.repeat, self.batch = port, threads, repeat, batch
+        self.interval = 1.0 / per_second  # per thread: sustained, not a throughput test
         self.sent: set[str] = set()
         self.accepted: set[str] = set()
         self.accepted_twice = 0
@@ -155,7 +157,10 @@ class Client:
 
     def _loop(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        next_at = time.monotonic()
         while not self._stop.is_set():
+            next_at += self.interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
             ids = [str(uuid.uuid4()) for _ in range(self.batch)]
             body = json.dumps({"events": [
                 {"event_type": ("page_view", "purchase")[i % 2], "user_id": f"u{i}",
@@ -221,7 +226,7 @@ def scenario(name: str, base: Path, seconds: float, outage: float) -> Outcome:
             conn.close()
         time.sleep(seconds / 2)
         client.stop()
-        wait_until(lambda: cluster.stored_ids() >= client.accepted, timeout=90, interval=0.5)
+        wait_until(lambda: cluster.stored_ids() >= client.accepted, timeout=240, interval=0.5)
     except TimeoutError:
         pass  # reported as lost below
     finally:

@@ -249,7 +249,7 @@ class Settings(BaseModel):
         10.0, ge=0.05, le=3600, description="Cool-down of an open breaker before a trial call."
     )
     breaker_defer_max_s: float = Field(
-        300.0, ge=1, le=86_400,
+        60.0, ge=1, le=86_400,
         description="Worker: longest delay of a message deferred because storage is open.",
     )  # fmt: skip
     sqlite_busy_timeout_s: float = Field(

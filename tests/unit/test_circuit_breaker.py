@@ -368,3 +368,11 @@ def test_ingest_side_probes_skip_redis_while_the_broker_breaker_is_open() -> Non
     assert Probe.calls == 3
     clock.t += 5  # cool-down over: the probes read Redis again
     assert backlog.depth() == 7 and Probe.calls == 4
+
+
+def test_a_message_turned_away_during_the_trial_comes_back_soon() -> None:
+    mw = DeferralMiddleware(base_s=10, max_s=60)
+    msg = Msg(retries=0, deferrals=4)
+    exc = Deferred(StorageCircuitOpen("storage", 0.0))  # half-open: another call is the trial
+    mw.after_process_message(None, msg, exception=exc)  # type: ignore[arg-type]
+    assert 2_000 <= exc.delay <= 10_000 and msg.options["deferrals"] == 4

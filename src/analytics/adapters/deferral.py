@@ -78,8 +78,13 @@ class DeferralMiddleware(dramatiq.Middleware):
         if not isinstance(exception, Deferred):
             return
         deferrals = int(message.options.get("deferrals", 0))
-        exception.delay = self.delay_ms(deferrals, exception.retry_after_s)
-        message.options["deferrals"] = deferrals + 1
+        if exception.retry_after_s <= 0:
+            # Half-open: another call is the trial right now and will likely close the
+            # breaker; come back within one cool-down, without growing the backoff.
+            exception.delay = int(self.base_s * random.uniform(0.2, 1.0) * 1000)  # noqa: S311
+        else:
+            exception.delay = self.delay_ms(deferrals, exception.retry_after_s)
+            message.options["deferrals"] = deferrals + 1
         # Retries is next: it adds one to "retries" and compares the old value with
         # max_retries. Taking one off first makes a deferral cost nothing.
         message.options["retries"] = int(message.options.get("retries", 0)) - 1

@@ -48,6 +48,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    """One lock per database file per process, shared by every SQLiteDatabase on it."""
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
 class SQLiteDatabase:
     """Thread-local connections to one database file, with the schema applied once."""
 
@@ -55,6 +65,7 @@ class SQLiteDatabase:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        self._write_lock = _write_lock(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connect().executescript(SCHEMA)  # idempotent DDL; executescript commits itself
 
@@ -82,24 +93,31 @@ class SQLiteDatabase:
             finally:
                 self._local.depth = depth
             return
+        # Writers of one process queue on a lock instead of on SQLite's busy handler, which
+        # sleeps in coarse steps (up to 100 ms) and starved the worker's threads.
+        if not self._write_lock.acquire(timeout=self.busy_timeout_s):
+            raise StorageUnavailable("sqlite: timed out waiting for this process's writer")
         try:
-            conn = self.connect()
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite: {exc}") from exc
-        self._local.depth = 1
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            try:
+                conn = self.connect()
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"sqlite: {exc}") from exc
+            self._local.depth = 1
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.depth = 0
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                conn.execute("ROLLBACK")
+                raise StorageUnavailable(f"sqlite commit: {exc}") from exc
         finally:
-            self._local.depth = 0
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            conn.execute("ROLLBACK")
-            raise StorageUnavailable(f"sqlite commit: {exc}") from exc
+            self._write_lock.release()
 
     def atomic(self) -> AbstractContextManager[object]:
         """The UnitOfWork port: everything inside commits together."""

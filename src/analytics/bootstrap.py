@@ -150,7 +150,6 @@ def _build_base_key_store(settings: Settings) -> ApiKeyStore:
         return InMemoryApiKeyStore()
     if kind == "redis":
         import redis  # noqa: PLC0415
-
         from redis.backoff import NoBackoff  # noqa: PLC0415
         from redis.retry import Retry  # noqa: PLC0415
 

@@ -12,6 +12,7 @@ import pytest
 
 from bench.faults import SCENARIOS, scenario
 
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_accepted_event_is_stored_exactly_once(
     name: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -12,8 +12,8 @@ different content can never make the counts disagree with the stored event.
 from __future__ import annotations
 
 import uuid
-from contextlib import nullcontext
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from analytics.domain.aggregation import contribution

@@ -8,12 +8,12 @@ client hears about *every* failing field at once, not just the first.
 from __future__ import annotations
 
 import typing
-from types import SimpleNamespace
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec

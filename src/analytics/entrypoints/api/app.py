@@ -7,12 +7,12 @@ import falcon
 from analytics.application.ingest import IngestDeps
 from analytics.bootstrap import Container
 from analytics.entrypoints.api import observability, resources
+from analytics.entrypoints.api.http_cache import HttpCacheMiddleware
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
     SecurityHeadersMiddleware,
 )
-from analytics.entrypoints.api.http_cache import HttpCacheMiddleware
 from analytics.entrypoints.api.problems import install_error_handlers
 from analytics.entrypoints.api.search import SearchResource
 from analytics.entrypoints.api.security import AuthMiddleware, CORSMiddleware

@@ -11,8 +11,8 @@ from analytics.application.ingest import BatchTooLarge
 from analytics.domain.errors import (
     AdapterError,
     BadQuery,
-    MalformedInput,
     Forbidden,
+    MalformedInput,
     NotFound,
     Overloaded,
     QueueUnavailable,

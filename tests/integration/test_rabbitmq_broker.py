@@ -62,11 +62,15 @@ def test_group_commit_over_rabbitmq_stores_every_event_once(container: Container
         repo = container.event_repo
         notifier = container.notifier
         assert isinstance(notifier, InMemoryNotifier)
-        wait_until(lambda: repo.count() == 200 and len(notifier.published) == 20, timeout=30,
-                   message=f"stored {repo.count()}")  # fmt: skip
+        purchases = {e.event_id for e in events if e.event_type == "purchase"}
+        wait_until(
+            lambda: repo.count() == 200 and {e.event_id for e in notifier.published} == purchases,
+            timeout=30,
+            message="not every event stored and every purchase announced",
+        )
     finally:
         worker.stop()
     assert repo.get_many(e.event_id for e in events) == {e.event_id: e for e in events}
-    assert sorted(str(e.event_id) for e in notifier.published) == sorted(
-        str(e.event_id) for e in events if e.event_type == "purchase"
-    )
+    # Notifications are at least once: the client's retry, processed while the original
+    # group was still being stored, may announce a purchase again (README, "SNS").
+    assert {e.event_id for e in notifier.published} == purchases

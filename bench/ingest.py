@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--web-workers", default="2")
     ap.add_argument("--web-threads", default="16")
     ap.add_argument("--drain-events", type=int, default=10_000)
+    ap.add_argument("--worker-processes", type=int, default=2)
+    ap.add_argument("--worker-threads", type=int, default=4)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-"))
@@ -165,7 +167,7 @@ def main() -> int:
         stop(api)
         queued = ingest.ok
         worker = subprocess.Popen([sys.executable, "-m", "analytics", "worker", "--queues", "high_priority",
-                                   "--processes", "2", "--threads", "4"], env=env,
+                                   "--processes", str(args.worker_processes), "--threads", str(args.worker_threads)], env=env,
                                   stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
         repo = SQLiteEventRepository(SQLiteDatabase(tmp / ns / "events.sqlite3"))
         t0 = time.perf_counter()
@@ -180,7 +182,7 @@ def main() -> int:
             "stack's events/s (one event per request), all measured in this run.",
             "",
             f"worker: {queued:,} events ingested one per request in {t_ingest:.2f}s; "
-            f"a 2x4 worker stored them in {t_drain:.2f}s ({queued / t_drain:,.0f} events/s, "
+            f"a {args.worker_processes}x{args.worker_threads} worker stored them in {t_drain:.2f}s ({queued / t_drain:,.0f} events/s, "
             f"{t_drain / t_ingest:.0%} of the ingest time)",
         ]
     finally:

@@ -114,6 +114,9 @@ class Settings(BaseModel):
         True, description="Share one broker round trip between concurrent requests."
     )
     group_commit_max_events: int = Field(2000, ge=1, le=50_000)
+    worker_group_commit: bool = Field(
+        True, description="A worker process's threads share one store transaction per round."
+    )
 
     # --- workers -----------------------------------------------------------------------
     worker_processes: int = Field(2, ge=1, le=64)

@@ -11,8 +11,9 @@ different content can never make the counts disagree with the stored event.
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -77,3 +78,80 @@ def _store_and_count(
             stored.update(repo.get_many(i for i in ids if i not in stored))
         counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
     return new_ids, counted, stored
+
+
+class SharedCommit:
+    """Worker threads of one process share one store call, so one transaction and one
+    fsync serve several messages (group commit on the worker side).
+
+    A thread that finds no store running leads: it takes every pending group (its own
+    first among them), stores them together and hands each thread its share of the
+    result, then promotes the next waiting thread if more arrived meanwhile. Exactly once
+    is untouched: ``store`` is idempotent per event, and the combined call commits all of
+    its groups or none (each message is then retried on its own).
+    """
+
+    def __init__(
+        self, store: Callable[[Sequence[Event]], StoreResult], *, max_events: int = 5000
+    ) -> None:
+        self._store = store
+        self._max_events = max_events
+        self._cv = threading.Condition()
+        self._pending: list[_Job] = []
+        self._busy = False
+
+    def submit(self, events: Sequence[Event]) -> StoreResult:
+        job = _Job(events)
+        with self._cv:
+            self._pending.append(job)
+            if not self._busy:
+                self._busy = job.lead = True
+            self._cv.wait_for(lambda: job.lead or job.done)
+        if not job.done:
+            self._lead()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _lead(self) -> None:
+        with self._cv:
+            batch, count = [], 0
+            while self._pending and (not batch or count + len(self._pending[0].events) <= self._max_events):
+                batch.append(self._pending.pop(0))
+                count += len(batch[-1].events)
+        try:
+            combined = self._store([e for job in batch for e in job.events])
+            error: BaseException | None = None
+        except BaseException as exc:  # noqa: BLE001 - every thread of the batch hears it
+            combined, error = None, exc
+        with self._cv:
+            claimed: set[uuid.UUID] = set()
+            new = set(combined.new_ids) if combined is not None else set()
+            for job in batch:
+                job.done = True
+                if combined is None:
+                    job.error = error
+                    continue
+                mine = {e.event_id for e in job.events if e.event_id in new} - claimed
+                claimed |= mine
+                job.result = StoreResult(
+                    received=len(job.events), stored=len(mine),
+                    duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
+                )  # fmt: skip
+            if self._pending:
+                self._pending[0].lead = True  # the next leader; _busy stays set
+            else:
+                self._busy = False
+            self._cv.notify_all()
+
+
+class _Job:
+    __slots__ = ("done", "error", "events", "lead", "result")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.lead = False
+        self.done = False
+        self.result: StoreResult | None = None
+        self.error: BaseException | None = None

@@ -31,7 +31,7 @@ from analytics.adapters.dramatiq_queue import (
 )
 from analytics.application.notify import announce_unstored, publish_notifications
 from analytics.application.reconcile import reconcile
-from analytics.application.store_events import store_events
+from analytics.application.store_events import SharedCommit, store_events
 from analytics.bootstrap import Container
 from analytics.entrypoints.policies import actor_options
 
@@ -49,6 +49,18 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         max_s=container.settings.breaker_defer_max_s,
     )
 
+    def store(events: Any) -> Any:
+        return store_events(
+            events,
+            repo=container.event_repo,
+            aggregates=container.aggregates,
+            cache=container.cache,
+            uow=container.uow,
+        )
+
+    # The worker's threads share one store call (one fsynced transaction) per round.
+    shared = SharedCommit(store) if container.settings.worker_group_commit else None
+
     @deferring
     def process_events(payload: str) -> dict[str, int]:
         events = _decode_events(payload)
@@ -59,13 +71,7 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
                 event_types=container.settings.notify_event_types,
                 enqueue=lambda chosen: broker.enqueue(notifications_message(chosen)),
             )
-        result = store_events(
-            events,
-            repo=container.event_repo,
-            aggregates=container.aggregates,
-            cache=container.cache,
-            uow=container.uow,
-        )
+        result = shared.submit(events) if shared is not None else store(events)
         log.info(
             "events stored",
             received=result.received,

@@ -31,6 +31,7 @@ from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
 if TYPE_CHECKING:
+    from analytics.application.queries import QueryDeps
     from analytics.domain.ports import DeadLetters
 
 
@@ -463,3 +464,27 @@ def install_breakers(container: Container) -> Container:
 
         checks["circuit_breakers"] = breakers_check
     return container
+
+
+def query_deps(container: Container) -> QueryDeps:
+    """The query side's dependencies (aggregations, dashboard, cache warm-up)."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from analytics.application.queries import QueryDeps, QueryLimits  # noqa: PLC0415
+
+    s = container.settings
+    assert container.aggregates is not None
+    return QueryDeps(
+        aggregates=container.aggregates,
+        clock=container.clock,
+        cache=container.cache,
+        limits=QueryLimits(
+            max_buckets=s.aggregation_max_buckets,
+            dashboard_max_window=timedelta(days=s.dashboard_max_window_days),
+            top_products=s.dashboard_top_products,
+            series_minutes=s.dashboard_series_minutes,
+            ttl_closed_s=s.cache_ttl_closed_s,
+            ttl_open_s=s.cache_ttl_open_s,
+            ttl_dashboard_s=s.cache_ttl_dashboard_s,
+        ),
+    )

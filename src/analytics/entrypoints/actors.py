@@ -32,7 +32,7 @@ from analytics.adapters.dramatiq_queue import (
 from analytics.application.notify import announce_unstored, publish_notifications
 from analytics.application.reconcile import reconcile
 from analytics.application.store_events import SharedCommit, store_events
-from analytics.bootstrap import Container
+from analytics.bootstrap import Container, query_deps
 from analytics.entrypoints.policies import actor_options
 
 log = structlog.get_logger("analytics.worker")
@@ -190,27 +190,3 @@ def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Acto
             **actor_options("check_dead_letters", container.settings),
         ),
     }
-
-
-def query_deps(container: Container) -> Any:
-    """The query side's dependencies from the container (as the API builds them)."""
-    from datetime import timedelta  # noqa: PLC0415
-
-    from analytics.application.queries import QueryDeps, QueryLimits  # noqa: PLC0415
-
-    s = container.settings
-    assert container.aggregates is not None
-    return QueryDeps(
-        aggregates=container.aggregates,
-        clock=container.clock,
-        cache=container.cache,
-        limits=QueryLimits(
-            max_buckets=s.aggregation_max_buckets,
-            dashboard_max_window=timedelta(days=s.dashboard_max_window_days),
-            top_products=s.dashboard_top_products,
-            series_minutes=s.dashboard_series_minutes,
-            ttl_closed_s=s.cache_ttl_closed_s,
-            ttl_open_s=s.cache_ttl_open_s,
-            ttl_dashboard_s=s.cache_ttl_dashboard_s,
-        ),
-    )

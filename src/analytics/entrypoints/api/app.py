@@ -79,27 +79,12 @@ def create_app(container: Container) -> falcon.App:
 
 def add_query_routes(app: falcon.App, container: Container) -> None:
     """Aggregations, their background generation, and the dashboard (issue 3)."""
-    from datetime import timedelta  # noqa: PLC0415
-
-    from analytics.application.queries import QueryDeps, QueryLimits  # noqa: PLC0415
+    from analytics.bootstrap import query_deps  # noqa: PLC0415
     from analytics.entrypoints.api import query_resources as q  # noqa: PLC0415
 
     s = container.settings
     assert container.aggregates is not None and container.aggregation_jobs is not None
-    deps = QueryDeps(
-        aggregates=container.aggregates,
-        clock=container.clock,
-        cache=container.cache,
-        limits=QueryLimits(
-            max_buckets=s.aggregation_max_buckets,
-            dashboard_max_window=timedelta(days=s.dashboard_max_window_days),
-            top_products=s.dashboard_top_products,
-            series_minutes=s.dashboard_series_minutes,
-            ttl_closed_s=s.cache_ttl_closed_s,
-            ttl_open_s=s.cache_ttl_open_s,
-            ttl_dashboard_s=s.cache_ttl_dashboard_s,
-        ),
-    )
+    deps = query_deps(container)
     app.add_route("/api/v1/analytics/aggregations/{period}", q.AggregationsResource(deps))
     app.add_route(
         "/api/v1/analytics/aggregations/{period}/generate",

@@ -205,7 +205,7 @@ def setup(size: int, args: argparse.Namespace, redis: RedisServerProcess, work: 
     settings = Settings(
         storage="sqlite", data_dir=data_dir, broker="stub", cache_backend="redis",
         REDIS_HOST="127.0.0.1", REDIS_PORT=redis.port, namespace=f"bench-{size}",
-        log_level="WARNING",
+        log_level="WARNING", auth="disabled", rate_limit="disabled",  # query cost only
     )  # fmt: skip
     c = bootstrap(settings, event_repo=SQLiteEventRepository(db))
     assert c.cache is not None

@@ -6,13 +6,6 @@ module: queue names are fixed); skips otherwise.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import uuid
-from collections.abc import Iterator
-
 import dramatiq
 import pytest
 from dramatiq import Worker
@@ -28,38 +21,9 @@ from tests.support import wait_until
 pytestmark = pytest.mark.integration
 
 
-def _ctl(*args: str) -> bool:
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        return False
-    try:
-        done = subprocess.run([exe, "-q", *args], capture_output=True, timeout=60, check=False)  # noqa: S603
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def ops_rabbitmq_url() -> Iterator[str]:
-    host = os.environ.get("RABBITMQ_HOST", "127.0.0.1")
-    port = int(os.environ.get("RABBITMQ_PORT", "5672"))
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        pytest.skip(f"RabbitMQ is not reachable at {host}:{port}")
-    vhost = f"ops-{uuid.uuid4().hex[:12]}"
-    if not _ctl("add_vhost", vhost):
-        pytest.skip("rabbitmqctl cannot add a private vhost (needs root or the rabbitmq user)")
-    _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    try:
-        yield f"amqp://guest:guest@{host}:{port}/{vhost}"
-    finally:
-        _ctl("delete_vhost", vhost)
-
-
-def test_rabbitmq_dead_letters_list_replay_purge(ops_rabbitmq_url: str) -> None:
+def test_rabbitmq_dead_letters_list_replay_purge(rabbitmq_url: str) -> None:
     settings = Settings(
-        broker="rabbitmq", rabbitmq_url=ops_rabbitmq_url, storage="memory",
+        broker="rabbitmq", rabbitmq_url=rabbitmq_url, storage="memory",
         cache_backend="none", retry_max_retries=1, retry_min_backoff_ms=10,
         retry_max_backoff_ms=20,
     )  # fmt: skip

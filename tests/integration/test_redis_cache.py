@@ -145,3 +145,15 @@ def test_lookup_resolves_versioned_keys_in_one_round_trip(
     cache.bump(["2026-03-31"])
     assert cache.lookup(entries) == [("a:0.1", None), ("b:1", None), ("c:", b"c:")]
     assert (cache.hits, cache.misses) == (4, 5)
+
+
+def test_lookup_held_confirms_a_current_key_without_sending_the_value(
+    cache: RedisCache,
+) -> None:
+    entries = [("a", ["2026-03-31"]), ("b", ["2026-03-31"])]
+    (ka, _), (kb, _) = cache.lookup(entries)  # type: ignore[misc]
+    cache.set_many([(ka, b"A", 60), (kb, b"B", 60)])
+    assert cache.lookup_held(entries, [ka, None]) == [(ka, True), (kb, b"B")]
+    assert cache.lookup_held(entries, ["a:7", kb]) == [(ka, b"A"), (kb, True)]
+    cache.bump(["2026-03-31"])
+    assert cache.lookup_held(entries, [ka, kb]) == [("a:1", None), ("b:1", None)]

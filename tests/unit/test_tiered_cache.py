@@ -95,3 +95,37 @@ def test_disabled_local_level_still_flags_values() -> None:
     assert len(off) == 0 and off.get_many(["closed"]) == [b"C"]
     on = TieredCache(remote, max_entries=4, min_ttl_s=3600)
     assert on.get_many(["closed"]) == [b"C"] and len(on) == 1
+
+
+def test_lookup_is_one_round_trip_and_a_held_current_value_is_served_locally() -> None:
+    t, remote, _ = make()
+    entries = [("agg:a", ["2026-03-01"]), ("dash:w", ["2026-03-01", "2026-03-02"])]
+    assert t.lookup(entries) == [("agg:a:0", None), ("dash:w:0.0", None)]
+    assert remote.round_trips == 1
+    t.set_many([("agg:a:0", b"A0", 86_400), ("dash:w:0.0", b"W0", 5)])
+    remote.round_trips = 0
+    # the long-lived value is held here: Redis only confirms its key is still current;
+    # the short-lived one comes back in the same reply
+    assert t.lookup(entries) == [("agg:a:0", b"A0"), ("dash:w:0.0", b"W0")]
+    assert remote.round_trips == 1 and remote.hits == 1  # only W0 was read remotely
+    assert (t.local_stats.hits, t.redis_stats.hits) == (1, 1)
+
+
+def test_a_held_value_is_never_served_after_a_bump_even_if_redis_lost_the_value() -> None:
+    t, remote, _ = make()
+    entries = [("agg:a", ["2026-03-01"])]
+    t.lookup(entries)
+    t.set_many([("agg:a:0", b"A0", 86_400)])
+    remote.data.clear()  # Redis evicted or restarted: the local copy is still current
+    assert t.lookup(entries) == [("agg:a:0", b"A0")]
+    remote.bump(["2026-03-01"])
+    assert t.lookup(entries) == [("agg:a:1", None)]
+    t.set_many([("agg:a:1", b"A1", 86_400)])
+    assert t.lookup(entries) == [("agg:a:1", b"A1")]
+    assert len(t) == 2  # the retired version ages out of the LRU; it is never asked for
+
+
+def test_the_held_index_follows_the_lru() -> None:
+    t, _, _ = make(entries=2)
+    t.set_many([(f"agg:{i}:0", b"v", 86_400) for i in range(5)])
+    assert len(t) == 2 and set(t._held) == {"agg:3", "agg:4"}

@@ -315,6 +315,7 @@ class InMemoryCache:
         self.hits = self.misses = self.errors = 0
         self.down = False
         self.ttls: dict[str, int] = {}
+        self.round_trips = 0  # lookups and version reads (what a Redis would answer)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if self.down:
@@ -343,6 +344,7 @@ class InMemoryCache:
             self.ttls[k] = ttl
 
     def versions(self, scopes: Sequence[str]) -> list[int] | None:
+        self.round_trips += 1
         if self.down:
             self.errors += 1
             return None
@@ -351,6 +353,7 @@ class InMemoryCache:
     def lookup(
         self, entries: Sequence[tuple[str, Sequence[str]]]
     ) -> list[tuple[str, bytes | None]] | None:
+        self.round_trips += 1
         if self.down:
             self.errors += 1
             self.misses += len(entries)
@@ -360,6 +363,25 @@ class InMemoryCache:
             for base, scopes in entries
         ]
         return list(zip(keys, self.get_many(keys), strict=True))
+
+    def lookup_held(
+        self, entries: Sequence[tuple[str, Sequence[str]]], held: Sequence[str | None] | None
+    ) -> list[tuple[str, bytes | bool | None]] | None:
+        """Like the Redis adapter: ``True`` for an entry whose held key is current (its
+        value not read), else the value or None; one call."""
+        self.round_trips += 1
+        if self.down:
+            self.errors += 1
+            self.misses += len(entries)
+            return None
+        out: list[tuple[str, bytes | bool | None]] = []
+        for i, (base, scopes) in enumerate(entries):
+            key = base + ":" + ".".join(str(self.scope_versions[s]) for s in scopes)
+            if held is not None and held[i] == key:
+                out.append((key, True))
+            else:
+                out.append((key, self.get_many([key])[0]))
+        return out
 
     def bump(self, scopes: Iterable[str]) -> None:
         if self.down:

@@ -30,7 +30,10 @@ log = structlog.get_logger("analytics.cache")
 VERSION_TTL_S = 40 * 86_400  # versions outlive every cached value that names them
 
 # One round trip for a versioned read: resolve each entry's key from the current versions
-# of its scopes, then read it. ARGV: prefix, then per entry: base, n, scope_1..scope_n.
+# of its scopes, then read it. ARGV: prefix, then per entry: base, held, n, scope_1..scope_n.
+# ``held`` is the key under which the caller already holds a value (its in-process level),
+# or '': when it equals the resolved key the value is not sent back (the reply is the
+# integer 1: "what you hold is current"). Otherwise the reply is the value, or '' (miss).
 # (Keys are computed inside the script, so this needs a single Redis, not a Cluster,
 # like the Dramatiq Redis broker itself.)
 _LOOKUP = """
@@ -40,8 +43,9 @@ local res = {}
 local seen = {}
 while i <= #ARGV do
   local base = ARGV[i]
-  local n = tonumber(ARGV[i + 1])
-  i = i + 2
+  local held = ARGV[i + 1]
+  local n = tonumber(ARGV[i + 2])
+  i = i + 3
   local parts = {}
   for j = 0, n - 1 do
     local s = ARGV[i + j]
@@ -55,10 +59,17 @@ while i <= #ARGV do
   i = i + n
   local key = base .. ':' .. table.concat(parts, '.')
   res[#res + 1] = key
-  res[#res + 1] = redis.call('GET', prefix .. 'v:' .. key) or ''
+  if held == key then
+    res[#res + 1] = 1
+  else
+    res[#res + 1] = redis.call('GET', prefix .. 'v:' .. key) or ''
+  end
 end
 return res
 """
+
+#: ``lookup_held``'s answer for an entry whose held key is current (its value not sent).
+HELD = True
 
 
 class RedisCache:
@@ -132,27 +143,44 @@ class RedisCache:
     def lookup(
         self, entries: Sequence[tuple[str, Sequence[str]]]
     ) -> list[tuple[str, bytes | None]] | None:
+        found = self.lookup_held(entries, None)
+        if found is None:
+            return None
+        return [(k, None if v is HELD else v) for k, v in found]  # type: ignore[misc]
+
+    def lookup_held(
+        self, entries: Sequence[tuple[str, Sequence[str]]], held: Sequence[str | None] | None
+    ) -> list[tuple[str, bytes | bool | None]] | None:
+        """``lookup``, told per entry which key the caller already holds a value under:
+        for an entry whose held key is the current one the answer is ``HELD`` (``True``)
+        instead of the value (not read, not sent). Still one round trip."""
         if not entries:
             return []
         if not self._available():
             self._count(0, len(entries))
             return None
         argv: list[str | int] = [self.prefix]
-        for base, scopes in entries:
-            argv += [base, len(scopes), *scopes]
+        for i, (base, scopes) in enumerate(entries):
+            argv += [base, (held[i] or "") if held is not None else "", len(scopes), *scopes]
         try:
             flat = self._lookup(keys=[], args=argv)
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "lookup")
             self._count(0, len(entries))
             return None
-        out: list[tuple[str, bytes | None]] = []
+        out: list[tuple[str, bytes | bool | None]] = []
+        hits = misses = 0
         for k in range(0, len(flat), 2):
             key = flat[k].decode() if isinstance(flat[k], bytes) else str(flat[k])
-            value = flat[k + 1] if isinstance(flat[k + 1], bytes) and flat[k + 1] else None
+            raw = flat[k + 1]
+            if isinstance(raw, bytes):
+                value: bytes | bool | None = raw or None
+                hits += raw != b""
+                misses += raw == b""
+            else:
+                value = HELD  # the integer 1: the caller's own copy is current
             out.append((key, value))
-        hits = sum(v is not None for _, v in out)
-        self._count(hits, len(out) - hits)
+        self._count(hits, misses)
         return out
 
     def bump(self, scopes: Iterable[str]) -> None:

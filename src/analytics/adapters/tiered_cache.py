@@ -9,10 +9,15 @@ Which data lives where (README, "Resilience"):
 
 Why neither level serves stale data: every cache key already contains the invalidation
 versions of the UTC days its value covers, and those versions are read from Redis on every
-query (``versions`` is never answered locally). A late event or a reconcile bumps a day's
-version in Redis, so the next query asks both levels for a new key and recomputes; the old
-entries are simply never asked for again (and age out of the LRU). When Redis cannot
-answer ``versions``, queries skip both levels and read storage.
+query (never answered locally). A late event or a reconcile bumps a day's version in
+Redis, so the next query asks both levels for a new key and recomputes; the old entries are
+simply never asked for again (and age out of the LRU). When Redis cannot answer, queries
+skip both levels and read storage.
+
+A ``lookup`` is one round trip: the Redis script resolves each entry's key under the
+current versions and is told which key this process already holds a value under; for
+those it answers "current" without sending the value, for the others it sends the value
+(or a miss) in the same reply.
 
 A value written to Redis carries one flag byte saying whether it is long-lived, so a
 process that finds it in Redis (computed by another process) may keep it locally too.
@@ -63,6 +68,7 @@ class TieredCache:
         self.min_ttl_s = min_ttl_s
         self.clock = clock
         self._lru: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self.local_stats = LevelStats()
         self.redis_stats = LevelStats()
@@ -84,24 +90,36 @@ class TieredCache:
         return len(self._lru)
 
     # --- local level --------------------------------------------------------------------
+    # ``_held`` maps a versioned key's base (the key up to its last ':') to the full key
+    # held here, so a lookup can tell Redis which version it already holds. It is only a
+    # hint: a value is served locally only when Redis resolves exactly that key.
     def _get_local(self, key: str, now: float) -> bytes | None:
         entry = self._lru.get(key)
         if entry is None:
             return None
         value, expires = entry
         if expires <= now:
-            del self._lru[key]
+            self._drop(key)
             return None
         self._lru.move_to_end(key)
         return value
+
+    def _drop(self, key: str) -> None:
+        self._lru.pop(key, None)
+        base = key.rpartition(":")[0]
+        if self._held.get(base) == key:
+            del self._held[base]
 
     def _put_local(self, key: str, value: bytes, ttl_s: float, now: float) -> None:
         if self.max_entries <= 0:
             return
         self._lru[key] = (value, now + ttl_s)
         self._lru.move_to_end(key)
+        base = key.rpartition(":")[0]
+        if base:
+            self._held[base] = key
         while len(self._lru) > self.max_entries:
-            self._lru.popitem(last=False)
+            self._drop(next(iter(self._lru)))
 
     # --- port ---------------------------------------------------------------------------
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -142,31 +160,33 @@ class TieredCache:
     def lookup(
         self, entries: Sequence[tuple[str, Sequence[str]]]
     ) -> list[tuple[str, bytes | None]] | None:
-        """Versions always come from Redis (one small read); values the local level holds
-        under those exact versions are not fetched again; the rest in one remote lookup."""
+        """One remote round trip: it resolves every entry's key under the current versions
+        (in Redis) and is told which key this process already holds a value under; for
+        those the answer is "current" and the value is served from memory, the others'
+        values come back in the same reply."""
         if not entries:
             return []
-        scopes = sorted({s for _, sc in entries for s in sc})
-        versions = self.remote.versions(scopes)
-        if versions is None:
-            return None  # unavailable: both levels are skipped, queries read storage
-        v = dict(zip(scopes, versions, strict=True))
-        keys = [base + ":" + ".".join(str(v[s]) for s in sc) for base, sc in entries]
         now = self.clock()
+        held: list[str | None] = []
+        local: list[bytes | None] = []
         with self._lock:
-            local = [self._get_local(k, now) for k in keys]
-        missing = [i for i, value in enumerate(local) if value is None]
-        self.local_stats.hits += len(keys) - len(missing)
-        self.local_stats.misses += len(missing)
-        out: list[tuple[str, bytes | None]] = list(zip(keys, local, strict=True))
-        if not missing:
-            return out
-        found = self.remote.lookup([entries[i] for i in missing])
+            for base, _ in entries:
+                key = self._held.get(base)
+                value = self._get_local(key, now) if key is not None else None
+                held.append(key if value is not None else None)
+                local.append(value)
+        found = self.remote.lookup_held(entries, held)
         if found is None:
-            return None
+            return None  # unavailable: both levels are skipped, queries read storage
+        out: list[tuple[str, bytes | None]] = []
         promote: list[tuple[str, bytes]] = []
-        for i, (key, raw) in zip(missing, found, strict=True):
-            out[i] = (key, self._unflag(key, raw, promote))
+        for i, (key, raw) in enumerate(found):
+            if raw is True:
+                self.local_stats.hits += 1
+                out.append((key, local[i]))
+                continue
+            self.local_stats.misses += 1
+            out.append((key, self._unflag(key, raw, promote)))  # type: ignore[arg-type]
         if promote:
             with self._lock:
                 for key, value in promote:

@@ -16,9 +16,11 @@ served after Redis comes back.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 import structlog
@@ -83,6 +85,7 @@ class RedisCache:
         self._down_until = 0.0
         self._lock = threading.Lock()
         self._lookup = client.register_script(_LOOKUP)
+        self._local = threading.local()  # per thread: the connection lookups use
 
     # --- circuit ----------------------------------------------------------------------
     def _available(self) -> bool:
@@ -163,7 +166,7 @@ class RedisCache:
         for i, (base, scopes) in enumerate(entries):
             argv += [base, (held[i] or "") if held is not None else "", len(scopes), *scopes]
         try:
-            flat = self._lookup(keys=[], args=argv)
+            flat = self._evalsha(argv)
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "lookup")
             self._count(0, len(entries))
@@ -182,6 +185,39 @@ class RedisCache:
             out.append((key, value))
         self._count(hits, misses)
         return out
+
+    def _evalsha(self, argv: Sequence[str | int]) -> list[Any]:
+        """The lookup script on this thread's own connection.
+
+        A lookup is on the path of every cached answer, and redis-py's per-command layers
+        (pool checkout with a readability poll, retry wrapper, observability hooks) cost
+        about as much as the round trip itself; a thread keeps one connection (made like
+        the pool's, with its timeouts) and talks to it directly. Same behaviour otherwise:
+        a broken connection is dropped and the command tried once more on a fresh one
+        (the client's own retry policy), an unknown script is loaded and sent again, any
+        other failure leaves the connection closed (never half-read) and is raised."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():  # first use in this thread, or forked
+            pool = self.client.connection_pool
+            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
+            local.pid = os.getpid()
+        for attempt in (1, 2, 3):
+            try:
+                conn.send_command("EVALSHA", self._lookup.sha, 0, *argv)
+                return conn.read_response()  # type: ignore[no-any-return]
+            except redis.exceptions.NoScriptError:
+                if attempt == 3:
+                    raise
+                self._lookup.sha = self.client.script_load(_LOOKUP)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                conn.disconnect()
+                if attempt >= 2:
+                    raise
+            except BaseException:
+                conn.disconnect()
+                raise
+        raise AssertionError("unreachable")
 
     def bump(self, scopes: Iterable[str]) -> None:
         # No circuit here: invalidation is worth one attempt even right after an error.

@@ -10,6 +10,7 @@ no number computed before the event is served after it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -318,17 +319,30 @@ def _aov(revenue: int, orders: int) -> str:
     return micros_to_str(int(per))
 
 
+@functools.lru_cache(maxsize=256)
+def _dashboard_entry(
+    start_minute: int, end_minute: int, top: int, series: int
+) -> tuple[str, tuple[str, ...]]:
+    """The window's cache base key and the UTC days it covers (a pure function of the
+    window: memoized, so a warm request does not rebuild them)."""
+    start, end = from_minute(start_minute), from_minute(end_minute)
+    base = f"dash:{_key((top, series), start.isoformat(), end.isoformat())}"
+    return base, tuple(_days(start, end))
+
+
 def query_dashboard(q: DashboardQuery, *, deps: QueryDeps) -> bytes:
-    """The dashboard document as JSON bytes (cached for ``ttl_dashboard_s``)."""
+    """The dashboard document as JSON bytes (cached for ``ttl_dashboard_s``): one cache
+    round trip when it is cached under the current versions of the window's days."""
     lim = deps.limits
-    start, end = from_minute(q.start_minute), from_minute(q.end_minute)
     key = None
     if deps.cache is not None:
-        found = _lookup(deps.cache, "dash", [(start, end)], (lim.top_products, lim.series_minutes))
+        entry = _dashboard_entry(q.start_minute, q.end_minute, lim.top_products, lim.series_minutes)
+        found = deps.cache.lookup([entry])
         if found is not None:
             key, hit = found[0]
             if hit is not None:
                 return hit
+    start, end = from_minute(q.start_minute), from_minute(q.end_minute)
     window = cover(q.start_minute, q.end_minute)
     series_start = max(q.start_minute, q.end_minute - lim.series_minutes)
     minutes = list(range(series_start, q.end_minute))

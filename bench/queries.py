@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from dataclasses import dataclass
-
 from urllib.parse import urlencode
 
 from falcon import testing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,3 +158,29 @@ def test_lookup_held_confirms_a_current_key_without_sending_the_value(
     assert cache.lookup_held(entries, ["a:7", kb]) == [(ka, b"A"), (kb, True)]
     cache.bump(["2026-03-31"])
     assert cache.lookup_held(entries, [ka, kb]) == [("a:1", None), ("b:1", None)]
+
+
+def test_lookup_connection_survives_a_flushed_script_cache_and_a_killed_connection(
+    own_redis: RedisServerProcess,
+) -> None:
+    """Lookups run on a connection of their own per thread: an unknown script is loaded
+    again, a dropped connection is replaced (one retry), and neither counts as an error."""
+    client = redis.Redis(host="127.0.0.1", port=own_redis.port)
+    cache = RedisCache(client, namespace="own")
+    entries = [("a", ["2026-03-31"])]
+    assert cache.lookup(entries) == [("a:0", None)]
+    client.script_flush()  # as after a Redis restart
+    assert cache.lookup(entries) == [("a:0", None)]
+    client.client_kill_filter(_type="normal", skipme=True)  # the lookup connection is gone
+    cache.set_many([("a:0", b"A", 60)])
+    assert cache.lookup(entries) == [("a:0", b"A")]
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.lookup(entries))) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[("a:0", b"A")]] * 4
+    assert cache.errors == 0

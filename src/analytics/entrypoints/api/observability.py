@@ -55,6 +55,11 @@ class MeteredTaskQueue:
 class RequestMetricsMiddleware:
     """Count and time every request by route template (never the raw path)."""
 
+    def __init__(self) -> None:
+        # The labelled children, looked up once per (route, method, status): ``labels()``
+        # validates and locks on every call, a cost paid by every request otherwise.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
         m.HTTP_IN_PROGRESS.inc()
@@ -68,8 +73,14 @@ class RequestMetricsMiddleware:
         m.HTTP_IN_PROGRESS.dec()
         route = req.uri_template or "unmatched"
         status = str(resp.status_code)
-        m.HTTP_REQUESTS.labels(route, req.method, status).inc()
-        m.HTTP_DURATION.labels(route, req.method, status).observe(time.perf_counter() - started)
+        labels = (route, req.method, status)
+        children = self._children.get(labels)
+        if children is None:
+            children = (m.HTTP_REQUESTS.labels(*labels), m.HTTP_DURATION.labels(*labels))
+            if len(self._children) < 4096:  # bounded: templates x methods x statuses
+                self._children[labels] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
         if route in INGEST_ROUTES and req.method == "POST":
             _count_ingest_outcome(req)
 

@@ -105,6 +105,41 @@ def test_closed_period_from_the_local_level_never_stale(
     assert 'analytics_circuit_breaker_state{breaker="storage"} 0.0' in metrics
 
 
+def test_dashboard_from_the_local_level_never_stale(
+    redis_server: RedisInfo, namespace: str, data_dir: Path
+) -> None:
+    """A repeated dashboard answer is held in each API process and confirmed by Redis in
+    one round trip; an event counted by any process (a worker) retires it everywhere."""
+    now = datetime.now(UTC)
+    dash = "/api/v1/analytics/dashboard/metrics"  # a fixed window: no minute rolls over
+    params = {"start": (now - timedelta(minutes=15)).isoformat(),
+              "end": (now + timedelta(minutes=1)).isoformat()}  # fmt: skip
+    ttl = {"ANALYTICS_CACHE_TTL_DASHBOARD_S": "600"}  # a slow machine must not expire it
+    one, two, worker = (
+        bootstrap(settings_for(redis_server.host, redis_server.port, namespace, data_dir, **ttl))
+        for _ in range(3)
+    )
+    a, b = testing.TestClient(create_app(one)), testing.TestClient(create_app(two))
+    ingest(worker, make_event(now - timedelta(minutes=2)))
+
+    def events(client: testing.TestClient) -> int:
+        resp = client.simulate_get(dash, params=params)
+        assert resp.status_code == 200, resp.text
+        return int(resp.json["total_events"])
+
+    assert events(a) == 1  # computed by process one, written to both of its levels
+    local_one = one.cache.local_stats  # type: ignore[union-attr]
+    hits = local_one.hits
+    assert events(a) == 1 and local_one.hits == hits + 1  # held locally, confirmed by Redis
+    redis_two = two.cache.redis_stats  # type: ignore[union-attr]
+    assert events(b) == 1 and redis_two.hits == 1  # process two: from Redis, one reply
+
+    ingest(worker, make_event(now - timedelta(minutes=1)))  # counted, versions bumped
+    assert events(a) == 2 and events(b) == 2  # neither process serves its held answer
+    held = local_one.hits
+    assert events(a) == 2 and local_one.hits == held + 1  # the new answer is held again
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
     server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()

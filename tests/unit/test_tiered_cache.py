@@ -26,13 +26,15 @@ def make(entries: int = 4, min_ttl: int = 3600) -> tuple[TieredCache, InMemoryCa
     return TieredCache(remote, max_entries=entries, min_ttl_s=min_ttl, clock=mono), remote, mono
 
 
-def test_only_long_lived_values_enter_the_local_level() -> None:
-    t, remote, _ = make()
+def test_values_written_here_stay_local_for_their_own_ttl() -> None:
+    t, remote, mono = make()
     t.set_many([("closed", b"C", 86_400), ("open", b"O", 10), ("dash", b"D", 5)])
-    assert len(t) == 1
+    assert len(t) == 3
     assert t.get_many(["closed", "open", "dash"]) == [b"C", b"O", b"D"]
-    assert (t.local_stats.hits, t.redis_stats.hits) == (1, 2)
-    assert remote.hits == 2  # the closed value was not read from the shared level
+    assert (t.local_stats.hits, t.redis_stats.hits) == (3, 0) and remote.hits == 0
+    mono.t += 6  # the dashboard answer is 5 s old: gone here as it is in Redis
+    remote.data.pop("dash")
+    assert t.get_many(["dash", "open"]) == [None, b"O"]
 
 
 def test_lru_is_bounded() -> None:
@@ -104,11 +106,14 @@ def test_lookup_is_one_round_trip_and_a_held_current_value_is_served_locally() -
     assert remote.round_trips == 1
     t.set_many([("agg:a:0", b"A0", 86_400), ("dash:w:0.0", b"W0", 5)])
     remote.round_trips = 0
-    # the long-lived value is held here: Redis only confirms its key is still current;
-    # the short-lived one comes back in the same reply
+    # both are held here: Redis only confirms their keys are still current
     assert t.lookup(entries) == [("agg:a:0", b"A0"), ("dash:w:0.0", b"W0")]
-    assert remote.round_trips == 1 and remote.hits == 1  # only W0 was read remotely
-    assert (t.local_stats.hits, t.redis_stats.hits) == (1, 1)
+    assert remote.round_trips == 1 and remote.hits == 0
+    assert (t.local_stats.hits, t.redis_stats.hits) == (2, 0)
+    # another process's short-lived answer comes back in the same single reply
+    other = TieredCache(remote, max_entries=4, min_ttl_s=3600)
+    assert other.lookup(entries) == [("agg:a:0", b"A0"), ("dash:w:0.0", b"W0")]
+    assert remote.round_trips == 2 and len(other) == 1  # only the long-lived one promoted
 
 
 def test_a_held_value_is_never_served_after_a_bump_even_if_redis_lost_the_value() -> None:

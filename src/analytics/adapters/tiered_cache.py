@@ -1,10 +1,11 @@
 """Two cache levels behind the ``Cache`` port: a small in-process LRU in front of Redis.
 
-Which data lives where (README, "Resilience"):
+Which data lives where (README, "Two cache levels"):
 
-- **local** (this process, at most ``local_cache_entries`` values): long-lived values only,
-  i.e. values written with a TTL of at least ``local_cache_min_ttl_s`` (closed aggregation
-  buckets; open periods live 10 s and the dashboard 5 s, they stay in Redis only).
+- **local** (this process, at most ``local_cache_entries`` values): every value this
+  process computed, for its own TTL (closed buckets a day, open buckets 10 s, dashboard
+  answers 5 s), and long-lived values (a TTL of at least ``local_cache_min_ttl_s``: closed
+  buckets) that another process computed and this one found in Redis.
 - **redis** (shared by every process): everything, with the TTL the caller chose.
 
 Why neither level serves stale data: every cache key already contains the invalidation
@@ -20,7 +21,8 @@ those it answers "current" without sending the value, for the others it sends th
 (or a miss) in the same reply.
 
 A value written to Redis carries one flag byte saying whether it is long-lived, so a
-process that finds it in Redis (computed by another process) may keep it locally too.
+process that finds it in Redis (computed by another process) may keep it locally too (a
+short-lived one is not: its remaining TTL is unknown here).
 """
 
 from __future__ import annotations
@@ -211,11 +213,13 @@ class TieredCache:
             self._put_local(key, value, ttl_s, self.clock())
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        """Write through: every value this process computed stays here for its own TTL
+        (it would be served from Redis for exactly as long, under the same versioned key),
+        and goes to Redis flagged long- or short-lived for the other processes."""
         now = self.clock()
-        long_lived = [(k, v, t) for k, v, t in items if t >= self.min_ttl_s]
-        if long_lived:
+        if items:
             with self._lock:
-                for key, value, ttl in long_lived:
+                for key, value, ttl in items:
                     self._put_local(key, value, ttl, now)
         self.remote.set_many(
             [(k, (_LONG if t >= self.min_ttl_s else _SHORT) + v, t) for k, v, t in items]

@@ -272,12 +272,12 @@ class Settings(BaseModel):
     http_cache_dashboard_max_age_s: int = Field(5, ge=0, le=3600)
     http_cache_static_max_age_s: int = Field(3600, ge=0, le=31_536_000)
     local_cache_entries: int = Field(
-        2048, ge=0, le=1_000_000, description="In-process cache of closed buckets; 0: off."
+        2048, ge=0, le=1_000_000, description="In-process cache level (values LRU); 0: off."
     )
     local_cache_min_ttl_s: int = Field(
         3600, ge=1, le=31_536_000,
-        description="Only values cached at least this long (closed periods) enter the"
-        " in-process level; open periods and the dashboard stay in Redis only.",
+        description="Values cached at least this long (closed periods) that another process"
+        " computed are kept in the in-process level when found in Redis.",
     )  # fmt: skip
 
     # --- logs --------------------------------------------------------------------------

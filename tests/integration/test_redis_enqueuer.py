@@ -58,7 +58,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProc
 @pytest.fixture
 def broker(server: RedisServerProcess) -> Iterator[RedisBroker]:
     dramatiq.set_encoder(MsgspecJSONEncoder())
-    pool = redis.ConnectionPool(host="127.0.0.1", port=server.port, connection_class=CountingConnection)
+    pool = redis.ConnectionPool(
+        host="127.0.0.1", port=server.port, connection_class=CountingConnection
+    )
     client = redis.Redis(connection_pool=pool)
     b = RedisBroker(client=client, namespace=f"enq-{uuid.uuid4().hex[:8]}", heartbeat_timeout=2000)
     store = RedisTaskStatusStore(client, namespace=b.namespace, ttl_s=600)

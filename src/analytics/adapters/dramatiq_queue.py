@@ -55,10 +55,14 @@ class MsgspecJSONEncoder(dramatiq.Encoder):
         try:
             return self._decode(data)  # type: ignore[no-any-return]
         except msgspec.DecodeError as exc:
-            raise dramatiq.DecodeError(f"failed to decode message {data[:200]!r}", data, exc) from None
+            raise dramatiq.DecodeError(
+                f"failed to decode message {data[:200]!r}", data, exc
+            ) from None
 
 
-def build_broker(settings: Settings, middleware: list[dramatiq.Middleware] | None = None) -> dramatiq.Broker:
+def build_broker(
+    settings: Settings, middleware: list[dramatiq.Middleware] | None = None
+) -> dramatiq.Broker:
     """The broker chosen by settings. Redis is the default; ``stub`` is for unit tests."""
     if not isinstance(dramatiq.get_encoder(), MsgspecJSONEncoder):
         dramatiq.set_encoder(MsgspecJSONEncoder())  # process-wide in dramatiq: same JSON bytes
@@ -195,7 +199,9 @@ class GroupCommitQueue:
 
     def _take(self) -> list[_Slot]:
         taken, count = [], 0
-        while self._pending and (not taken or count + len(self._pending[0].events) <= self.max_events):
+        while self._pending and (
+            not taken or count + len(self._pending[0].events) <= self.max_events
+        ):
             slot = self._pending.pop(0)
             taken.append(slot)
             count += len(slot.events)

@@ -148,6 +148,15 @@ class _Slot:
         self._done.release()
 
 
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def _pid() -> int:
+    """This process's id, without a system call per request."""
+    return _PID[0]
+
+
 class GroupCommitQueue:
     """TaskQueue port over a Dramatiq broker; concurrent callers share one enqueue.
 
@@ -191,9 +200,11 @@ class GroupCommitQueue:
         return slot.task_id
 
     def _ensure_flusher(self) -> None:
-        # gunicorn forks after import: a thread started in the parent does not exist here.
-        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-            self._pid = os.getpid()
+        # gunicorn forks after import: a thread started in the parent does not exist in the
+        # child, so the pid is part of the check. The flusher never returns (it catches
+        # every send error), so "started in this process" means "alive".
+        if self._thread is None or self._pid != _pid():
+            self._pid = _pid()
             self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
             self._thread.start()
 

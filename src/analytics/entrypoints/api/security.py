@@ -57,7 +57,7 @@ DEFAULT_ACCESS: Access = "admin"
 EXEMPT_FROM_ANON_LIMIT = re.compile(r"^/(health|metrics)(/|$)")
 
 
-@functools.lru_cache(maxsize=512)  # a pure function of (method, route template): every request asks
+@functools.lru_cache(maxsize=4096)
 def access_for(method: str, template: str) -> tuple[Access, bool]:
     """The access a route needs, and whether a rule named it (False: the default)."""
     for rule in POLICY:

@@ -124,7 +124,9 @@ def test_a_held_value_is_never_served_after_a_bump_even_if_redis_lost_the_value(
     remote.data.clear()  # Redis evicted or restarted: the local copy is still current
     assert t.lookup(entries) == [("agg:a:0", b"A0")]
     remote.bump(["2026-03-01"])
+    remote.round_trips = 0
     assert t.lookup(entries) == [("agg:a:1", None)]
+    assert remote.round_trips == 2  # the versions said "changed": the script fetched
     t.set_many([("agg:a:1", b"A1", 86_400)])
     assert t.lookup(entries) == [("agg:a:1", b"A1")]
     assert len(t) == 2  # the retired version ages out of the LRU; it is never asked for

@@ -137,7 +137,7 @@ class RedisCache:
         if not scopes:
             return []
         try:
-            values = self.client.mget([self.prefix + "ver:" + s for s in scopes])
+            values = self._call("MGET", *[self.prefix + "ver:" + s for s in scopes])
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "versions")
             return None
@@ -187,32 +187,38 @@ class RedisCache:
         return out
 
     def _evalsha(self, argv: Sequence[str | int]) -> list[Any]:
-        """The lookup script on this thread's own connection.
+        """The lookup script (an unknown script is loaded and sent again)."""
+        try:
+            return self._call("EVALSHA", self._lookup.sha, 0, *argv)
+        except redis.exceptions.NoScriptError:
+            self._lookup.sha = self.client.script_load(_LOOKUP)
+            return self._call("EVALSHA", self._lookup.sha, 0, *argv)
 
-        A lookup is on the path of every cached answer, and redis-py's per-command layers
+    def _call(self, *command: str | int) -> Any:
+        """One command on this thread's own connection.
+
+        Reads are on the path of every cached answer, and redis-py's per-command layers
         (pool checkout with a readability poll, retry wrapper, observability hooks) cost
         about as much as the round trip itself; a thread keeps one connection (made like
         the pool's, with its timeouts) and talks to it directly. Same behaviour otherwise:
         a broken connection is dropped and the command tried once more on a fresh one
-        (the client's own retry policy), an unknown script is loaded and sent again, any
-        other failure leaves the connection closed (never half-read) and is raised."""
+        (the client's own retry policy); any other failure leaves the connection closed
+        (never half-read) and is raised. Only for read-only commands (safe to resend)."""
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():  # first use in this thread, or forked
             pool = self.client.connection_pool
             conn = local.conn = pool.connection_class(**pool.connection_kwargs)
             local.pid = os.getpid()
-        for attempt in (1, 2, 3):
+        for attempt in (1, 2):
             try:
-                conn.send_command("EVALSHA", self._lookup.sha, 0, *argv)
-                return conn.read_response()  # type: ignore[no-any-return]
-            except redis.exceptions.NoScriptError:
-                if attempt == 3:
-                    raise
-                self._lookup.sha = self.client.script_load(_LOOKUP)
+                conn.send_command(*command)
+                return conn.read_response()
+            except redis.ResponseError:
+                raise  # a complete reply: the connection is fine
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 conn.disconnect()
-                if attempt >= 2:
+                if attempt == 2:
                     raise
             except BaseException:
                 conn.disconnect()

@@ -18,7 +18,9 @@ skip both levels and read storage.
 A ``lookup`` is one round trip: the Redis script resolves each entry's key under the
 current versions and is told which key this process already holds a value under; for
 those it answers "current" without sending the value, for the others it sends the value
-(or a miss) in the same reply.
+(or a miss) in the same reply. When every entry is held here, a plain ``MGET`` of the day
+versions confirms them instead (a Lua call costs Redis ~15x a small ``MGET``); only if one
+of them is no longer current does a second round trip (the script) follow.
 
 A value written to Redis carries one flag byte saying whether it is long-lived, so a
 process that finds it in Redis (computed by another process) may keep it locally too (a
@@ -177,6 +179,10 @@ class TieredCache:
                 value = self._get_local(key, now) if key is not None else None
                 held.append(key if value is not None else None)
                 local.append(value)
+        if all(k is not None for k in held):
+            confirmed = self._confirm(entries, held, local)  # type: ignore[arg-type]
+            if confirmed is not None:
+                return confirmed
         found = self.remote.lookup_held(entries, held)
         if found is None:
             return None  # unavailable: both levels are skipped, queries read storage
@@ -194,6 +200,27 @@ class TieredCache:
                 for key, value in promote:
                     self._put_local(key, value, self.min_ttl_s, now)
         return out
+
+    def _confirm(
+        self,
+        entries: Sequence[tuple[str, Sequence[str]]],
+        held: Sequence[str],
+        local: Sequence[bytes | None],
+    ) -> list[tuple[str, bytes | None]] | None:
+        """Every entry is held here: one plain read of the day versions (cheaper for Redis
+        than the lookup script) tells whether all are current. None when the versions
+        cannot be read or any entry is not current (the caller then does the full lookup,
+        which also fetches what changed)."""
+        scopes = list(dict.fromkeys(s for _, sc in entries for s in sc))
+        versions = self.remote.versions(scopes)
+        if versions is None:
+            return None
+        v = dict(zip(scopes, versions, strict=True))
+        keys = [base + ":" + ".".join(str(v[s]) for s in sc) for base, sc in entries]
+        if keys != list(held):
+            return None
+        self.local_stats.hits += len(keys)
+        return list(zip(keys, local, strict=True))
 
     # --- whole documents (LocalDocuments port): local level only ------------------------
     def get_local(self, key: str) -> bytes | None:

@@ -25,6 +25,7 @@ from analytics.application.reconcile import reconcile
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container, bootstrap
 from analytics.entrypoints.api.app import create_app
+from analytics.entrypoints.api.http_cache import strong_etag
 from analytics.settings import Settings
 from tests.aggsupport import make_event
 from tests.conftest import RedisInfo
@@ -134,10 +135,18 @@ def test_dashboard_from_the_local_level_never_stale(
     redis_two = two.cache.redis_stats  # type: ignore[union-attr]
     assert events(b) == 1 and redis_two.hits == 1  # process two: from Redis, one reply
 
+    first = a.simulate_get(dash, params=params)
+    assert first.headers["ETag"] == strong_etag(first.content)  # reused, still the body's
+    cond = a.simulate_get(dash, params=params, headers={"If-None-Match": first.headers["ETag"]})
+    assert cond.status_code == 304
+
     ingest(worker, make_event(now - timedelta(minutes=1)))  # counted, versions bumped
     assert events(a) == 2 and events(b) == 2  # neither process serves its held answer
     held = local_one.hits
     assert events(a) == 2 and local_one.hits == held + 1  # the new answer is held again
+    fresh = a.simulate_get(dash, params=params, headers={"If-None-Match": first.headers["ETag"]})
+    assert fresh.status_code == 200 and fresh.json["total_events"] == 2
+    assert fresh.headers["ETag"] == strong_etag(fresh.content) != first.headers["ETag"]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from analytics.application.queries import (
     query_dashboard,
 )
 from analytics.domain.ports import AggregationJobs
-from analytics.entrypoints.api.http_cache import mark
+from analytics.entrypoints.api.http_cache import mark, strong_etag
 
 encode = msgspec.json.Encoder().encode
 JSON = "application/json"
@@ -53,6 +53,9 @@ class DashboardResource:
 
     def __init__(self, deps: QueryDeps) -> None:
         self.deps = deps
+        # ETags of the bodies served last: a warm answer is the very bytes object the
+        # in-process cache level holds, so its hash need not be computed again.
+        self._etags: dict[int, tuple[bytes, str]] = {}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         q = parse_dashboard_query(
@@ -62,4 +65,14 @@ class DashboardResource:
         )
         resp.content_type = JSON
         resp.cache_control = ["private", f"max-age={self.deps.limits.ttl_dashboard_s}"]
-        resp.data = query_dashboard(q, deps=self.deps)
+        body = query_dashboard(q, deps=self.deps)
+        known = self._etags.get(id(body))
+        if known is not None and known[0] is body:  # same object (it is kept alive here)
+            etag = known[1]
+        else:
+            etag = strong_etag(body)
+            if len(self._etags) >= 64:
+                self._etags.clear()
+            self._etags[id(body)] = (body, etag)
+        resp.set_header("ETag", etag)  # what the HTTP cache middleware would compute
+        resp.data = body

@@ -1,20 +1,23 @@
 """Query benchmark: dashboard and aggregation latency at two store sizes, cold vs warm cache.
 
     .venv/bin/python bench/queries.py [--sizes 10000,1000000] [--days 30] [--repeat 15]
+        [--layout constant-rate|constant-span] [--client wsgi|testclient]
 
 For each size it writes that many events straight into a fresh SQLite file (events,
 aggregate counters and applied markers, computed with the same ``contribution`` the
 worker uses, in bulk: far faster than going through the API), spread over the past
-(``--layout``, below), then times requests through the real Falcon app in-process, called the way a WSGI server
-calls it (an environ from ``falcon.testing.create_environ``, the app, its body joined):
-no network and no test-client checks (``falcon.testing.TestClient`` runs every request
-through ``wsgiref.validate``, which costs more than a warm answer), so the figures are the
+(``--layout``, below), then times requests through the real Falcon app in-process,
+called the way a WSGI server calls it (an environ from ``falcon.testing.create_environ``,
+the app, its body joined): no network and no test-client checks (``--client testclient``
+goes through ``falcon.testing.TestClient``, which runs every request through
+``wsgiref.validate``: that costs more than a warm answer), so the figures are the
 service's own cost. Access logging is off (WARNING level), and so are keys and rate
 limiting: fixed per-request costs that are not the query's.
 
 * cold: the cache is invalidated (every day's version bumped) before each request, so
-  every answer is computed from storage and written to Redis;
-* warm: the same request repeated, answered from Redis.
+  every answer is computed from storage and written to Redis and the local level;
+* warm: the same request repeated: the answer the process holds, confirmed current by
+  one read of the day versions from Redis.
 
 Layouts: ``constant-rate`` (default) keeps the traffic of the smallest store (its events
 over ``--days`` days, 35 by default) and lets the history grow with the size, which is what "more stored
@@ -216,7 +219,9 @@ def setup(size: int, args: argparse.Namespace, redis: RedisServerProcess, work: 
     )  # fmt: skip
     c = bootstrap(settings, event_repo=SQLiteEventRepository(db))
     assert c.cache is not None
-    app = create_app(c)
+    app: WSGIApp = create_app(c)
+    if args.client == "testclient":  # the test client's checks on every request, as before
+        app = testing.TestClient(app)  # type: ignore[assignment]
     get(app, "/api/v1/analytics/dashboard/metrics", {})  # connect, warm imports
     days = [(now.date() - timedelta(days=d)).isoformat() for d in range(args.days + 3)]
     return Store(size, app, c.cache, days)
@@ -224,6 +229,9 @@ def setup(size: int, args: argparse.Namespace, redis: RedisServerProcess, work: 
 
 def get(app: WSGIApp, path: str, params: dict[str, str]) -> tuple[str, bytes]:
     """One GET as a WSGI server makes it: status line and body."""
+    if isinstance(app, testing.TestClient):  # --client testclient
+        r = app.simulate_get(path, params=params)
+        return r.status, r.content
     env = testing.create_environ(path=path, query_string=urlencode(params))
     status: list[str] = []
     body = b"".join(app(env, lambda s, h, exc_info=None: status.append(s)))
@@ -272,6 +280,13 @@ def main() -> int:
         help="constant-rate: more events = longer history at the same traffic (default); "
         "constant-span: more events = denser traffic over the same --days",
     )
+    ap.add_argument(
+        "--client",
+        choices=("wsgi", "testclient"),
+        default="wsgi",
+        help="wsgi: call the app as a WSGI server does (default); testclient: through "
+        "falcon.testing.TestClient (adds wsgiref validation to every request)",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     args.smallest = min(sizes)
@@ -291,7 +306,7 @@ def main() -> int:
         finally:
             redis.stop()
     small, large = sizes[0], sizes[-1]
-    print(f"layout={args.layout} days={args.days} repeat={args.repeat}")
+    print(f"layout={args.layout} days={args.days} repeat={args.repeat} client={args.client}")
     print(f"| query | cold {small:,} ms | cold {large:,} ms | large/small | "
           f"warm {large:,} ms | cold/warm |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")

@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--web-threads", default="16")
     ap.add_argument("--drain-events", type=int, default=10_000)
     ap.add_argument("--worker-processes", type=int, default=2)
-    ap.add_argument("--worker-threads", type=int, default=4)
+    ap.add_argument("--worker-threads", type=int, default=8)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-"))

@@ -80,6 +80,13 @@ def namespace(redis_server: RedisInfo) -> Iterator[str]:
         yield ns
 
 
+@pytest.fixture(scope="module")
+def module_namespace(redis_server: RedisInfo) -> Iterator[str]:
+    """A key prefix of this test module's own, for the services a module's tests share."""
+    with redis_server.own_namespace() as ns:
+        yield ns
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
     """A private redis-server for this test alone, for tests that stop or break it."""

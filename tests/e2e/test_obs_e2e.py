@@ -68,34 +68,34 @@ def event(event_type: str = "page_view", **extra: object) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def service(redis_server, tmp_path_factory) -> Iterator[Service]:
+def service(redis_server, module_namespace, tmp_path_factory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("obs-e2e")
+    ns = module_namespace
     api_port, worker_port = free_port(), free_port()
-    with redis_server.own_namespace() as ns:
-        env = child_env(
-            **redis_server.env(ns),
-            ANALYTICS_DATA_DIR=str(data_dir),
-            ANALYTICS_AUTH="disabled",  # not the subject: tests/integration/test_auth_matrix.py
-            ANALYTICS_PORT=str(api_port),
-            ANALYTICS_WEB_WORKERS="2",
-            ANALYTICS_WEB_THREADS="4",
-            ANALYTICS_WORKER_PROCESSES="2",
-            ANALYTICS_WORKER_THREADS="2",
-            ANALYTICS_WORKER_METRICS_PORT=str(worker_port),
-            ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S="0.5",
-            ANALYTICS_HEARTBEAT_TIMEOUT_S="5",
-        )
-        api_log, worker_log = data_dir / "api.stderr", data_dir / "worker.stderr"
-        worker = AnalyticsProcess("worker", env=env, log=worker_log, log_stdout=False)
-        api = AnalyticsProcess("api", env=env, log=api_log, log_stdout=False)
-        with running(worker, api):
-            url = f"http://127.0.0.1:{api_port}"
-            api.wait_http(url + "/health", timeout=60)
-            worker.wait_http(f"http://127.0.0.1:{worker_port}/metrics", timeout=60)
-            yield Service(
-                url, f"http://127.0.0.1:{worker_port}/metrics", ns, data_dir, api_log, worker_log,
-                api_port, worker_port, api.proc.pid,
-            )  # fmt: skip
+    env = child_env(
+        **redis_server.env(ns),
+        ANALYTICS_DATA_DIR=str(data_dir),
+        ANALYTICS_AUTH="disabled",  # not the subject: tests/integration/test_auth_matrix.py
+        ANALYTICS_PORT=str(api_port),
+        ANALYTICS_WEB_WORKERS="2",
+        ANALYTICS_WEB_THREADS="4",
+        ANALYTICS_WORKER_PROCESSES="2",
+        ANALYTICS_WORKER_THREADS="2",
+        ANALYTICS_WORKER_METRICS_PORT=str(worker_port),
+        ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S="0.5",
+        ANALYTICS_HEARTBEAT_TIMEOUT_S="5",
+    )
+    api_log, worker_log = data_dir / "api.stderr", data_dir / "worker.stderr"
+    worker = AnalyticsProcess("worker", env=env, log=worker_log, log_stdout=False)
+    api = AnalyticsProcess("api", env=env, log=api_log, log_stdout=False)
+    with running(worker, api):
+        url = f"http://127.0.0.1:{api_port}"
+        api.wait_http(url + "/health", timeout=60)
+        worker.wait_http(f"http://127.0.0.1:{worker_port}/metrics", timeout=60)
+        yield Service(
+            url, f"http://127.0.0.1:{worker_port}/metrics", ns, data_dir, api_log, worker_log,
+            api_port, worker_port, api.proc.pid,
+        )  # fmt: skip
 
 
 def json_lines(path: Path) -> list[dict[str, object]]:

@@ -16,14 +16,15 @@ from tests.support import ServeProcess, child_env, http_json, wait_until
 
 
 @pytest.fixture(scope="module")
-def service(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service(
+    redis_server: RedisInfo, module_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("search-status") / "data"
-    with redis_server.own_namespace() as namespace:
-        env = child_env(**redis_server.env(namespace), ANALYTICS_WEB_WORKERS="1",
-                        ANALYTICS_WORKER_PROCESSES="1", ANALYTICS_WORKER_THREADS="2",
-                        ANALYTICS_AUTH="disabled")  # fmt: skip
-        with ServeProcess(data_dir, env, log=data_dir.parent / "serve.log") as serve:
-            yield serve.url
+    env = child_env(**redis_server.env(module_namespace), ANALYTICS_WEB_WORKERS="1",
+                    ANALYTICS_WORKER_PROCESSES="1", ANALYTICS_WORKER_THREADS="2",
+                    ANALYTICS_AUTH="disabled")  # fmt: skip
+    with ServeProcess(data_dir, env, log=data_dir.parent / "serve.log") as serve:
+        yield serve.url
 
 
 def test_follow_background_task_then_search(service: str) -> None:

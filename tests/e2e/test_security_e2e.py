@@ -38,36 +38,37 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(
+    redis_server: RedisInfo, module_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("security-e2e")
     port = free_port()
-    with redis_server.own_namespace() as namespace:
-        env = child_env(
-            **redis_server.env(namespace),
-            ANALYTICS_DATA_DIR=str(data_dir),
-            ANALYTICS_STORAGE="memory",
-            ANALYTICS_PORT=str(port),
-            ANALYTICS_WEB_WORKERS="2",
-            ANALYTICS_WEB_THREADS="4",
-            ANALYTICS_LOG_LEVEL="WARNING",
-            ANALYTICS_ANON_RATE_LIMIT_BURST="100000",
-        )
-        created = subprocess.run(  # noqa: S603
-            analytics_cmd("keys", "create", "--name", "e2e", "--scopes", "ingest,read,admin",
-                          "--rate-per-minute", "100000000", "--burst", "10000000",
-                          "--data-dir", str(data_dir)),
-            env=env, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        key = created.stdout.strip()
-        assert re.fullmatch(r"ak_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}", key), created.stdout
+    env = child_env(
+        **redis_server.env(module_namespace),
+        ANALYTICS_DATA_DIR=str(data_dir),
+        ANALYTICS_STORAGE="memory",
+        ANALYTICS_PORT=str(port),
+        ANALYTICS_WEB_WORKERS="2",
+        ANALYTICS_WEB_THREADS="4",
+        ANALYTICS_LOG_LEVEL="WARNING",
+        ANALYTICS_ANON_RATE_LIMIT_BURST="100000",
+    )
+    created = subprocess.run(  # noqa: S603
+        analytics_cmd("keys", "create", "--name", "e2e", "--scopes", "ingest,read,admin",
+                      "--rate-per-minute", "100000000", "--burst", "10000000",
+                      "--data-dir", str(data_dir)),
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    key = created.stdout.strip()
+    assert re.fullmatch(r"ak_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}", key), created.stdout
 
-        def stored_keys() -> bytes:
-            return b"".join(redis_server.client().hvals(f"{namespace}:api_keys"))
+    def stored_keys() -> bytes:
+        return b"".join(redis_server.client().hvals(f"{module_namespace}:api_keys"))
 
-        url = f"http://127.0.0.1:{port}"
-        with AnalyticsProcess("api", env=env, log=data_dir / "api.log", stop_timeout=20) as api:
-            api.wait_http(url + "/health", timeout=60)
-            yield Service(url, env, data_dir, key, stored_keys)
+    url = f"http://127.0.0.1:{port}"
+    with AnalyticsProcess("api", env=env, log=data_dir / "api.log", stop_timeout=20) as api:
+        api.wait_http(url + "/health", timeout=60)
+        yield Service(url, env, data_dir, key, stored_keys)
 
 
 def test_keys_cli_create_list_revoke(service: Service) -> None:

@@ -23,6 +23,7 @@ from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepositor
 from analytics.domain.events import Event
 from analytics.domain.ports import EventRepository
 from analytics.domain.search import EventQuery, SearchKey, sort_key
+from tests import aggsupport
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 RepoFactory = Callable[[], EventRepository]
@@ -37,12 +38,11 @@ def make_event(
     product_id: str | None = None,
     event_id: uuid.UUID | None = None,
 ) -> Event:
-    price = Decimal("9.99") if event_type == "purchase" else None
-    return Event(
-        event_id=event_id or uuid.uuid4(), event_type=event_type, user_id=user_id,
-        session_id=session_id, product_id=product_id, metadata={"k": "v"}, timestamp=ts,
-        received_at=ts, event_day=ts.strftime("%Y-%m-%d"), event_hour=ts.hour, price=price,
-        quantity=1, currency="EUR" if price else None, total_value=price,
+    """Purchases carry a price; every event carries metadata, which must round-trip too."""
+    return aggsupport.make_event(
+        ts, event_type=event_type, user=user_id, session=session_id, product=product_id,
+        price="9.99" if event_type == "purchase" else None, currency="EUR", event_id=event_id,
+        metadata={"k": "v"},
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,23 @@ def assert_check_follows_the_process(
             proc.wait(10)
 
 
-def test_worker_healthcheck_follows_the_real_worker(
+@pytest.fixture
+def container_env(
     redis_server: RedisInfo, namespace: str, tmp_path: Path
+) -> Callable[..., dict[str, str]]:
+    """A container's environment here: this test's Redis namespace and data dir, plus extras."""
+
+    def make(**extra: str) -> dict[str, str]:
+        return child_env(**redis_server.env(namespace), ANALYTICS_DATA_DIR=str(tmp_path / "data"),
+                         ANALYTICS_LOG_LEVEL="WARNING", **extra)  # fmt: skip
+
+    return make
+
+
+def test_worker_healthcheck_follows_the_real_worker(
+    container_env: Callable[..., dict[str, str]],
 ) -> None:
-    env = child_env(
-        **redis_server.env(namespace),
-        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
-        ANALYTICS_LOG_LEVEL="WARNING",
+    env = container_env(
         ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S="0.5",
         ANALYTICS_HEARTBEAT_STALE_S="3",
         ANALYTICS_WORKER_METRICS_PORT="0",
@@ -82,14 +93,9 @@ def test_worker_healthcheck_follows_the_real_worker(
 
 
 def test_scheduler_healthcheck_follows_the_real_scheduler(
-    redis_server: RedisInfo, namespace: str, tmp_path: Path
+    container_env: Callable[..., dict[str, str]],
 ) -> None:
-    env = child_env(
-        **redis_server.env(namespace),
-        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
-        ANALYTICS_LOG_LEVEL="WARNING",
-        ANALYTICS_SCHEDULER_LEASE_S="2",
-    )
+    env = container_env(ANALYTICS_SCHEDULER_LEASE_S="2")
     assert_check_follows_the_process(
         "analytics-beat", compose_service("analytics-beat")["command"], env,
         what="scheduler", dead_message="a killed scheduler's lease never expired",

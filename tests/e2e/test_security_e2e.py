@@ -189,7 +189,10 @@ def test_serve_prints_a_dev_key_on_first_start(tmp_path: Path) -> None:
         r = requests.post(url + "/api/v1/analytics/events", json=EVENT,
                           headers={"Authorization": f"Bearer {keys[0]}"}, timeout=10)  # fmt: skip
         assert r.status_code == 202, r.text
-        assert requests.post(url + "/api/v1/analytics/events", json=EVENT, timeout=10).status_code == 401
+        assert (
+            requests.post(url + "/api/v1/analytics/events", json=EVENT, timeout=10).status_code
+            == 401
+        )
         listed = subprocess.run(  # noqa: S603
             analytics_cmd("keys", "list", "--data-dir", str(data_dir)), env=env,
             capture_output=True, text=True, timeout=60, check=True,

@@ -163,10 +163,10 @@ class AnalyticsProcess:
 
 def stop_all(procs: Iterable[AnalyticsProcess]) -> None:
     """Signal every process before waiting for any: one slow shutdown delays no other."""
-    procs = list(procs)
-    for p in procs:
+    group = list(procs)
+    for p in group:
         p.send_stop()
-    for p in procs:
+    for p in group:
         p.wait_stopped()
 
 

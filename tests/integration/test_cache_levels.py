@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from analytics.entrypoints.api.http_cache import strong_etag
 from analytics.settings import Settings
 from tests.aggsupport import make_event
 from tests.conftest import RedisInfo
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -147,13 +146,6 @@ def test_dashboard_from_the_local_level_never_stale(
     fresh = a.simulate_get(dash, params=params, headers={"If-None-Match": first.headers["ETag"]})
     assert fresh.status_code == 200 and fresh.json["total_events"] == 2
     assert fresh.headers["ETag"] == strong_etag(fresh.content) != first.headers["ETag"]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
-    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
-    yield server
-    server.stop()
 
 
 def test_cache_breaker_on_a_stopped_redis(own_redis: RedisServerProcess, data_dir: Path) -> None:

@@ -136,3 +136,14 @@ def test_the_held_index_follows_the_lru() -> None:
     t, _, _ = make(entries=2)
     t.set_many([(f"agg:{i}:0", b"v", 86_400) for i in range(5)])
     assert len(t) == 2 and set(t._held) == {"agg:3", "agg:4"}
+
+
+def test_an_unreachable_shared_level_is_asked_once_per_lookup() -> None:
+    t, remote, _ = make()
+    entries = [("dash:w", ["2026-03-01"])]
+    t.lookup(entries)
+    t.set_many([("dash:w:0", b"W0", 5)])
+    remote.down = True
+    remote.round_trips = 0
+    assert t.lookup(entries) is None  # held here, but never served unconfirmed
+    assert remote.round_trips == 1 and remote.errors == 1

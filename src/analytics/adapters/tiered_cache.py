@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 _LONG, _SHORT = b"\x01", b"\x00"
+_UNAVAILABLE = object()  # the shared level could not be read
 
 
 class LevelStats:
@@ -167,7 +168,8 @@ class TieredCache:
         """One remote round trip: it resolves every entry's key under the current versions
         (in Redis) and is told which key this process already holds a value under; for
         those the answer is "current" and the value is served from memory, the others'
-        values come back in the same reply."""
+        values come back in the same reply. When all are held, a read of the versions
+        alone confirms them (the script follows only if one is no longer current)."""
         if not entries:
             return []
         now = self.clock()
@@ -181,8 +183,10 @@ class TieredCache:
                 local.append(value)
         if all(k is not None for k in held):
             confirmed = self._confirm(entries, held, local)  # type: ignore[arg-type]
+            if confirmed is _UNAVAILABLE:
+                return None  # no second attempt at a Redis that just failed
             if confirmed is not None:
-                return confirmed
+                return confirmed  # type: ignore[return-value]
         found = self.remote.lookup_held(entries, held)
         if found is None:
             return None  # unavailable: both levels are skipped, queries read storage
@@ -206,15 +210,15 @@ class TieredCache:
         entries: Sequence[tuple[str, Sequence[str]]],
         held: Sequence[str],
         local: Sequence[bytes | None],
-    ) -> list[tuple[str, bytes | None]] | None:
+    ) -> list[tuple[str, bytes | None]] | object | None:
         """Every entry is held here: one plain read of the day versions (cheaper for Redis
-        than the lookup script) tells whether all are current. None when the versions
-        cannot be read or any entry is not current (the caller then does the full lookup,
-        which also fetches what changed)."""
+        than the lookup script) tells whether all are current. None when any entry is not
+        current (the caller then does the full lookup, which also fetches what changed),
+        ``_UNAVAILABLE`` when the versions cannot be read."""
         scopes = list(dict.fromkeys(s for _, sc in entries for s in sc))
         versions = self.remote.versions(scopes)
         if versions is None:
-            return None
+            return _UNAVAILABLE
         v = dict(zip(scopes, versions, strict=True))
         keys = [base + ":" + ".".join(str(v[s]) for s in sc) for base, sc in entries]
         if keys != list(held):

@@ -14,12 +14,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import dramatiq
 import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from analytics.adapters import codec
+from analytics.adapters.codec import MessageEncoder
+from analytics.adapters.dramatiq_queue import events_message
 from analytics.adapters.memory import InMemoryTaskQueue
 from analytics.application.ingest import IngestDeps, accept_batch
 from analytics.domain.clock import FixedClock
@@ -67,11 +71,11 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=12,
 )  # fmt: skip
-price_texts = (
-    st.decimals(min_value=-5, max_value=2 * 10**9, places=8, allow_nan=False).map(str)
-    | st.sampled_from(["NaN", "sNaN", "Infinity", "-Infinity", "1E+3", "1.000000000", "0.0000001",
-                       "1000000000", "1000000000.000001", "-0", "19.99"])  # fmt: skip
-)
+ODD_PRICES = ["NaN", "sNaN", "Infinity", "-Infinity", "1E+3", "1.000000000", "0.0000001",
+              "1000000000", "1000000000.000001", "-0", "19.99"]  # fmt: skip
+price_texts = st.decimals(min_value=-5, max_value=2 * 10**9, places=8, allow_nan=False).map(
+    str
+) | st.sampled_from(ODD_PRICES)
 events = st.fixed_dictionaries(
     {"event_type": st.sampled_from(["purchase", "page_view", "click"]),
      "user_id": st.sampled_from(["u1", "user-42@x"]), "session_id": st.just("s1")},
@@ -94,10 +98,21 @@ limits = st.sampled_from(
 
 
 @FAST
-@given(doc=events, legacy=st.booleans(), lim=limits, now=st.sampled_from([NOW, NOW.replace(hour=23, minute=59)]))
-@example(doc={**GOOD, "metadata": {"a": 1}}, legacy=False, lim=Limits(metadata_max_depth=0), now=NOW)
-@example(doc={**GOOD, "metadata": {"a": [1]}}, legacy=False, lim=Limits(metadata_max_depth=1), now=NOW)
-def test_fast_builder_builds_what_the_rules_build(doc: dict, legacy: bool, lim: Limits, now: datetime) -> None:  # type: ignore[type-arg]
+@given(
+    doc=events,
+    legacy=st.booleans(),
+    lim=limits,
+    now=st.sampled_from([NOW, NOW.replace(hour=23, minute=59)]),
+)
+@example(
+    doc={**GOOD, "metadata": {"a": 1}}, legacy=False, lim=Limits(metadata_max_depth=0), now=NOW
+)
+@example(
+    doc={**GOOD, "metadata": {"a": [1]}}, legacy=False, lim=Limits(metadata_max_depth=1), now=NOW
+)
+def test_fast_builder_builds_what_the_rules_build(
+    doc: dict, legacy: bool, lim: Limits, now: datetime
+) -> None:  # type: ignore[type-arg]
     if legacy:
         doc.pop("sent_at", None)
     try:
@@ -182,7 +197,9 @@ def single_errors(doc: dict[str, Any]) -> list[dict[str, str]]:
         {**GOOD, "price": "NaN", "currency": "EUR"},
     ],
 )
-def test_a_bad_event_in_a_well_typed_batch_gets_the_single_event_errors(bad: dict[str, Any]) -> None:
+def test_a_bad_event_in_a_well_typed_batch_gets_the_single_event_errors(
+    bad: dict[str, Any],
+) -> None:
     receipt, queue = batch([GOOD, bad, {**GOOD, "user_id": "u2"}, bad])
     assert [r.status for r in receipt.results] == ["accepted", "rejected", "accepted", "rejected"]
     assert receipt.results[1].errors == single_errors(bad) == receipt.results[3].errors
@@ -216,7 +233,38 @@ def test_accepted_events_are_counted_once_per_type_and_currency() -> None:
         + [event("fastpath_buy", "0.1", 3, "EUR"), event("fastpath_buy", "0.2", 1, "EUR"),
            event("fastpath_buy", "5", 2, "JPY"), event("fastpath_view", "1", 1, None)]
     )  # fmt: skip
-    assert value("analytics_events_accepted_total", event_type="fastpath_view") == before["view"] + 4
+    assert (
+        value("analytics_events_accepted_total", event_type="fastpath_view") == before["view"] + 4
+    )
     assert value("analytics_events_accepted_total", event_type="fastpath_buy") == before["buy"] + 3
     assert value("analytics_revenue_total", currency="EUR") == pytest.approx(before["eur"] + 0.5)
     assert value("analytics_revenue_total", currency="JPY") == pytest.approx(before["jpy"] + 10)
+
+
+# --- the message envelope ---------------------------------------------------------------
+envelopes = st.fixed_dictionaries(
+    {"queue_name": st.just("high_priority"), "actor_name": st.just("process_events"),
+     "args": st.lists(st.text(), max_size=2), "kwargs": st.dictionaries(st.text(max_size=5), json_values),
+     "options": st.dictionaries(st.text(max_size=8), json_values | st.floats(allow_nan=False, allow_infinity=False), max_size=3),
+     "message_id": st.uuids().map(str), "message_timestamp": st.integers(0, 2**53)}
+)  # fmt: skip
+
+
+@FAST
+@given(data=envelopes)
+def test_message_encoder_and_dramatiq_json_read_each_other(data: dict[str, Any]) -> None:
+    ours, theirs = MessageEncoder(), dramatiq.JSONEncoder()
+    assert theirs.decode(ours.encode(data)) == data
+    assert ours.decode(theirs.encode(data)) == data
+
+
+def test_an_ingest_message_survives_the_message_encoder() -> None:
+    events = [build_event(decode_event(json.dumps({**GOOD, "metadata": {"q": 'say "hi"\n', "é": 1}})
+                                       .encode()), received_at=NOW, correlation_id="c",
+                          new_id=uuid.uuid4) for _ in range(3)]  # fmt: skip
+    message = events_message(events)
+    back = dramatiq.Message(**MessageEncoder().decode(MessageEncoder().encode(message.asdict())))
+    assert back == message
+    assert codec.decode_events(back.args[0]) == events
+    with pytest.raises(dramatiq.DecodeError):
+        MessageEncoder().decode(b'{"queue_name": ')

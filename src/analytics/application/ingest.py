@@ -92,7 +92,7 @@ def accept_batch(
     )
     results: list[BatchItemResult] = []
     accepted: list[Event] = []
-    seen: set[object] = set()
+    seen: set[int] = set()  # event_id.int: UUID.__hash__ is Python code, int's is not
     duplicates = rejected = 0
     for index, item in enumerate(items):
         try:
@@ -106,11 +106,12 @@ def accept_batch(
             )
             continue
         event_id = event.event_id
-        if event_id in seen:
+        key = event_id.int
+        if key in seen:
             duplicates += 1
             results.append(BatchItemResult(index, "duplicate", event_id))
             continue
-        seen.add(event_id)
+        seen.add(key)
         accepted.append(event)
         results.append(BatchItemResult(index, "accepted", event_id))
     task_id = deps.queue.enqueue_events(accepted) if accepted else None

@@ -103,7 +103,7 @@ class PatternFree:
     def __init__(self, model: type[msgspec.Struct], memo_size: int = 4096) -> None:
         hints = _hints(model)
         fields: list[Any] = []
-        checks: list[tuple[str, tuple[re.Pattern[str], ...]]] = []
+        checks: list[tuple[str, Callable[[str], object], set[str]]] = []
         for f in msgspec.structs.fields(model):
             tp, patterns = _without_patterns(hints[f.name])
             if f.default is not msgspec.NODEFAULT:
@@ -112,8 +112,7 @@ class PatternFree:
                 fields.append((f.name, tp, msgspec.field(default_factory=f.default_factory)))
             else:
                 fields.append((f.name, tp))
-            if patterns:
-                checks.append((f.name, tuple(re.compile(p) for p in patterns)))
+            checks.extend((f.name, re.compile(p).search, set()) for p in patterns)
         self.model: type[msgspec.Struct] = msgspec.defstruct(
             f"{model.__name__}PatternFree",
             fields,
@@ -124,17 +123,13 @@ class PatternFree:
         )
         self.checks = tuple(checks)
         self.memo_size = memo_size
-        self._passed: dict[str, set[str]] = {name: set() for name, _ in checks}
 
     def __call__(self, value: object) -> bool:
-        for name, patterns in self.checks:
+        for name, search, passed in self.checks:
             text = getattr(value, name)
-            if text is None:
+            if text is None or text in passed:
                 continue
-            passed = self._passed[name]
-            if text in passed:
-                continue
-            if type(text) is not str or any(p.search(text) is None for p in patterns):
+            if type(text) is not str or search(text) is None:
                 return False
             if len(passed) < self.memo_size:
                 passed.add(text)  # a set is safe to share between threads (GIL)

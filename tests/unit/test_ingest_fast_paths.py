@@ -202,7 +202,7 @@ def test_a_bad_event_in_a_well_typed_batch_gets_the_single_event_errors(
 ) -> None:
     receipt, queue = batch([GOOD, bad, {**GOOD, "user_id": "u2"}, bad])
     assert [r.status for r in receipt.results] == ["accepted", "rejected", "accepted", "rejected"]
-    assert receipt.results[1].errors == single_errors(bad) == receipt.results[3].errors
+    assert list(receipt.results[1].errors) == single_errors(bad) == list(receipt.results[3].errors)
     assert [e.user_id for e in queue.events] == ["u1", "u2"]
 
 

@@ -102,7 +102,7 @@ def accept_batch(
         except ValidationFailed as exc:
             rejected += 1
             results.append(
-                BatchItemResult(index, "rejected", errors=[e.as_dict() for e in exc.errors])
+                BatchItemResult(index, "rejected", errors=tuple(e.as_dict() for e in exc.errors))
             )
             continue
         event_id = event.event_id

@@ -120,6 +120,7 @@ class PatternFree:
             module=__name__,
             kw_only=True,  # a decoder never calls __init__; keywords keep any field order legal
             forbid_unknown_fields=model.__struct_config__.forbid_unknown_fields,
+            gc=False,  # JSON-decoded, so no cycles (see the note in domain/events.py)
         )
         self.checks = tuple(checks)
         self.memo_size = memo_size

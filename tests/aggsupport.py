@@ -20,6 +20,7 @@ def make_event(
     quantity: int = 1,
     currency: str | None = None,
     event_id: uuid.UUID | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Event:
     ts = ts.astimezone(UTC)
     p = Decimal(price) if price is not None else None
@@ -29,7 +30,7 @@ def make_event(
         user_id=user,
         session_id=session,
         product_id=product,
-        metadata={},
+        metadata=metadata or {},
         timestamp=ts,
         received_at=ts,
         event_day=ts.strftime("%Y-%m-%d"),

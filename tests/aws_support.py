@@ -33,6 +33,19 @@ class CallCounter:
         self.calls.clear()
 
 
+def stubbed_dynamodb_client() -> Any:
+    """A DynamoDB client for botocore's ``Stubber``: fake credentials, no endpoint of its own,
+    and one attempt per call (the Stubber answers each attempt; the tests drive *our* retry
+    loops, not botocore's)."""
+    import boto3  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415
+
+    return boto3.session.Session().client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )  # fmt: skip
+
+
 def make_event(
     n: int = 0,
     *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,21 @@ class RedisInfo:
             "ANALYTICS_NAMESPACE": namespace,
         }
 
+    @contextmanager
+    def own_namespace(self) -> Iterator[str]:
+        """A key prefix of the caller's own; its keys are deleted afterwards, and only those."""
+        ns = f"t-{uuid.uuid4().hex[:12]}"
+        try:
+            yield ns
+        finally:
+            try:
+                client = self.client()
+                keys = list(client.scan_iter(match=f"{ns}*", count=1000))
+                if keys:
+                    client.delete(*keys)
+            except redis.RedisError:
+                pass  # a test that stopped the server cleans nothing
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisInfo]:
@@ -59,16 +75,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisInfo
 
 @pytest.fixture
 def namespace(redis_server: RedisInfo) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards, and only those."""
-    ns = f"t-{uuid.uuid4().hex[:12]}"
-    yield ns
-    try:
-        client = redis_server.client()
-        keys = list(client.scan_iter(match=f"{ns}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    except redis.RedisError:
-        pass  # a test that stopped the server cleans nothing
+    """A key prefix of this test's own (see ``RedisInfo.own_namespace``)."""
+    with redis_server.own_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def module_namespace(redis_server: RedisInfo) -> Iterator[str]:
+    """A key prefix of this test module's own, for the services a module's tests share."""
+    with redis_server.own_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
+    """A private redis-server for this test alone, for tests that stop or break it."""
+    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -175,6 +199,7 @@ def rabbitmq_url() -> Iterator[str]:
     finally:
         _rabbitmqctl("delete_vhost", vhost)
 
+
 # --- the fault suite's table (tests/e2e/test_faults.py), printed in pytest's summary ------
 FAULT_SCENARIOS = ("worker-kill", "redis-restart", "storage-outage", "client-retries")
 
@@ -185,7 +210,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             session.config.cache.set(f"faults/{name}", None)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     from bench.faults import HEADER  # noqa: PLC0415
 
     rows = [config.cache.get(f"faults/{name}", None) for name in FAULT_SCENARIOS]

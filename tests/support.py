@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from email.message import Message
 from pathlib import Path
+from typing import Any, NamedTuple, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -60,6 +66,142 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message:
 
 def analytics_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "analytics", *args]
+
+
+# --- JSON over HTTP, as a client of the running service sees it --------------------------
+class JsonResponse(NamedTuple):
+    status: int
+    headers: Message
+    body: Any  # the decoded JSON; None for an empty body
+
+
+def http_json(
+    method: str, url: str, body: object | None = None, *,
+    headers: dict[str, str] | None = None, timeout: float = 10.0,
+) -> JsonResponse:  # fmt: skip
+    """One request with a JSON body (if any); an error status is an answer, not an exception."""
+    req = urllib.request.Request(  # noqa: S310 - loopback only
+        url, data=json.dumps(body).encode() if body is not None else None, method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return JsonResponse(resp.status, resp.headers, json.loads(resp.read() or b"null"))
+    except urllib.error.HTTPError as err:
+        return JsonResponse(err.code, err.headers, json.loads(err.read() or b"null"))
+
+
+# --- the service's own processes (`python -m analytics ...`) -----------------------------
+class AnalyticsProcess:
+    """``python -m analytics <args>`` run as a child process of the test.
+
+    Output is appended to ``log`` (stdout and stderr; stderr only with ``log_stdout=False``),
+    or dropped without one. As a context manager it starts the process and stops it on the
+    way out: ``stop_signal`` (SIGTERM, the operator's graceful stop) once, then SIGKILL if
+    it outlives ``stop_timeout`` seconds. ``running(a, b)`` does the same for several.
+    """
+
+    def __init__(
+        self, *args: str, env: dict[str, str], log: Path | None = None, log_stdout: bool = True,
+        stop_signal: int = signal.SIGTERM, stop_timeout: float = 30.0, **popen: Any,
+    ) -> None:  # fmt: skip
+        self.args, self.env, self.log, self.log_stdout = args, env, log, log_stdout
+        self.stop_signal, self.stop_timeout, self.popen_kwargs = stop_signal, stop_timeout, popen
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._proc is not None, "not started"
+        return self._proc
+
+    def start(self) -> Self:
+        if self.log is None:
+            self._proc = self._popen(subprocess.DEVNULL, subprocess.DEVNULL)
+        else:
+            with self.log.open("ab") as log:  # the child has its own descriptor
+                if self.log_stdout:
+                    self._proc = self._popen(log, subprocess.STDOUT)
+                else:
+                    self._proc = self._popen(subprocess.DEVNULL, log)
+        return self
+
+    def _popen(self, stdout: Any, stderr: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            analytics_cmd(*self.args), env=self.env, stdout=stdout, stderr=stderr,
+            **self.popen_kwargs,
+        )  # fmt: skip
+
+    def wait_http(self, url: str, timeout: float = 60.0) -> None:
+        """Wait until ``url`` answers; fails at once if the process exits first."""
+        wait_http(url, timeout=timeout, proc=self.proc)
+
+    def send_stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(self.stop_signal)
+
+    def wait_stopped(self) -> int | None:
+        if self._proc is None:
+            return None
+        try:
+            self._proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+        return self._proc.returncode
+
+    def stop(self) -> int | None:
+        """Stop it as described above; its exit status."""
+        self.send_stop()
+        return self.wait_stopped()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_all(procs: Iterable[AnalyticsProcess]) -> None:
+    """Signal every process before waiting for any: one slow shutdown delays no other."""
+    group = list(procs)
+    for p in group:
+        p.send_stop()
+    for p in group:
+        p.wait_stopped()
+
+
+@contextmanager
+def running(*procs: AnalyticsProcess) -> Iterator[tuple[AnalyticsProcess, ...]]:
+    """Start these processes in order; on the way out stop those started (``stop_all``)."""
+    started: list[AnalyticsProcess] = []
+    try:
+        for p in procs:
+            started.append(p.start())
+        yield procs
+    finally:
+        stop_all(started)
+
+
+class ServeProcess(AnalyticsProcess):
+    """``analytics serve`` (embedded Redis, workers and the API) on a free port.
+
+    Entering it waits for ``/health``: the block sees a service that answers at ``url``.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str], log: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("serve", "--data-dir", str(data_dir), "--port", str(self.port),
+                         env=env, log=log, stop_timeout=40)  # fmt: skip
+
+    def __enter__(self) -> Self:
+        self.start()
+        try:
+            self.wait_http(f"{self.url}/health", timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
 
 # --- API apps with keys (issue 7: every protected route needs one) ------------------------

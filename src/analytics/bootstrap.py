@@ -389,12 +389,19 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
 
 def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
-    from analytics.adapters.dramatiq_queue import DirectQueue, GroupCommitQueue  # noqa: PLC0415
+    from analytics.adapters.dramatiq_queue import (  # noqa: PLC0415
+        DirectQueue,
+        GroupCommitQueue,
+        RedisEnqueuer,
+    )
 
     if not settings.group_commit:
         return DirectQueue(broker)
     return GroupCommitQueue(
-        broker, max_events=settings.group_commit_max_events, timeout_s=settings.enqueue_timeout_s
+        broker,
+        max_events=settings.group_commit_max_events,
+        timeout_s=settings.enqueue_timeout_s,
+        send=RedisEnqueuer.for_broker(broker),  # None: broker.enqueue
     )
 
 

@@ -120,7 +120,7 @@ class Settings(BaseModel):
 
     # --- workers -----------------------------------------------------------------------
     worker_processes: int = Field(2, ge=1, le=64)
-    worker_threads: int = Field(4, ge=1, le=256)
+    worker_threads: int = Field(8, ge=1, le=256)  # dramatiq's own default; I/O-bound
     heartbeat_timeout_s: float = Field(
         15.0, ge=1, le=3600, description="Redis broker: requeue a dead worker's messages after."
     )

@@ -8,9 +8,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.test_serve_e2e import http
 from tests.e2e.test_serve_e2e import service as service  # noqa: PLC0414 - module fixture
-from tests.support import wait_until
+from tests.support import http_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def test_counts_reach_dashboard_and_aggregations_once(service) -> None:  # type: ignore[no-untyped-def]
     base, _, _ = service
     dash = f"{base}/api/v1/analytics/dashboard/metrics?last=15m"
-    status, _, before = http("GET", dash)
+    status, _, before = http_json("GET", dash)
     assert status == 200
     n0 = before["total_events"]
     events = [
@@ -31,28 +30,30 @@ def test_counts_reach_dashboard_and_aggregations_once(service) -> None:  # type:
          "event_id": str(uuid.uuid4())},
     ]  # fmt: skip
     for _ in range(2):  # the client retries the whole batch: counted once
-        status, _, body = http("POST", f"{base}/api/v1/analytics/events/batch", {"events": events})
+        status, _, body = http_json(
+            "POST", f"{base}/api/v1/analytics/events/batch", {"events": events}
+        )
         assert status == 202, body
 
     def settled() -> bool:
-        return http("GET", dash)[2]["total_events"] >= n0 + 7
+        return http_json("GET", dash).body["total_events"] >= n0 + 7
 
     wait_until(settled, timeout=30, message="events never reached the dashboard")
-    _, _, d = http("GET", dash)
+    _, _, d = http_json("GET", dash)
     assert d["total_events"] == n0 + 7
     assert d["revenue"] == {"EUR": "24.68"} and d["average_order_value"] == {"EUR": "24.68"}
     assert any(p["product_id"] == "agg-p" for p in d["top_products_by_revenue"])
     q = urlencode({"start": d["start"], "end": d["end"], "event_type": "purchase"})
-    status, _, agg = http("GET", f"{base}/api/v1/analytics/aggregations/hour?{q}")
+    status, _, agg = http_json("GET", f"{base}/api/v1/analytics/aggregations/hour?{q}")
     assert status == 200
     assert sum(b["count"] for b in agg["buckets"]) == 1
     assert [b["revenue"] for b in agg["buckets"] if b["revenue"]] == [{"EUR": "24.68"}]
-    status, _, gen = http("POST", f"{base}/api/v1/analytics/aggregations/hour/generate?{q}")
+    status, _, gen = http_json("POST", f"{base}/api/v1/analytics/aggregations/hour/generate?{q}")
     assert status == 202 and gen["task_id"]
 
 
 def test_bad_aggregation_query_is_a_problem(service) -> None:  # type: ignore[no-untyped-def]
     base, _, _ = service
-    status, headers, body = http("GET", f"{base}/api/v1/analytics/aggregations/fortnight")
+    status, headers, body = http_json("GET", f"{base}/api/v1/analytics/aggregations/fortnight")
     assert status == 400 and body["parameter"] == "period"
     assert headers["Content-Type"] == "application/problem+json"

@@ -11,13 +11,9 @@ out of search: the files describe a stack that works.
 
 from __future__ import annotations
 
-import json
 import shlex
-import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,16 @@ import pytest
 import yaml
 
 from tests.conftest import RedisInfo
-from tests.support import ROOT, analytics_cmd, child_env, free_port, wait_http, wait_until
+from tests.support import (
+    ROOT,
+    AnalyticsProcess,
+    analytics_cmd,
+    child_env,
+    free_port,
+    http_json,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +62,8 @@ def local(value: str) -> str:
 
 
 def http(method: str, url: str, body: object | None = None, key: str = "") -> tuple[int, Any]:
-    req = urllib.request.Request(  # noqa: S310 - loopback
-        url, data=json.dumps(body).encode() if body is not None else None, method=method,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+    answer = http_json(method, url, body, headers={"Authorization": f"Bearer {key}"})
+    return answer.status, answer.body
 
 
 def test_the_compose_services_run_together(
@@ -103,16 +101,14 @@ def test_the_compose_services_run_together(
 
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name in SERVICES:
-            procs[name] = subprocess.Popen(  # noqa: S603
-                analytics_cmd(*command_of(name)), env=env_of(name),
-                stdout=(logs / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+    procs = {
+        name: AnalyticsProcess(*command_of(name), env=env_of(name), log=logs / f"{name}.log",
+                               start_new_session=True)
+        for name in SERVICES
+    }  # fmt: skip
+    with running(*procs.values()):
         base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/health", timeout=90, proc=procs["analytics-service"])
+        procs["analytics-service"].wait_http(f"{base}/health", timeout=90)
 
         # Every compose health check, verbatim (the API's with the loopback port).
         for name in SERVICES:
@@ -151,13 +147,3 @@ def test_the_compose_services_run_together(
             return status == 200 and [i["event_id"] for i in page["items"]] == [event_id]
 
         wait_until(found, timeout=60, interval=0.5, message=f"event never stored; logs in {logs}")
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)

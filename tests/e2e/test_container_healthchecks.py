@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,62 +39,64 @@ def run_check(argv: list[str], env: dict[str, str]) -> int:
     ).returncode
 
 
-def test_worker_healthcheck_follows_the_real_worker(
-    redis_server: RedisInfo, namespace: str, tmp_path: Path
+def assert_check_follows_the_process(
+    service: str, command: list[str], env: dict[str, str], *, what: str, dead_message: str
 ) -> None:
-    env = child_env(
-        **redis_server.env(namespace),
-        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
-        ANALYTICS_LOG_LEVEL="WARNING",
+    """The compose health check of ``service`` fails before ``command`` runs, passes once it
+    runs, and fails again once its whole process group is SIGKILLed."""
+    argv = check_argv(service)
+    assert run_check(argv, env) == 1, f"healthy before any {what} ran"
+    proc = subprocess.Popen(  # noqa: S603
+        analytics_cmd(*command),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: run_check(argv, env) == 0, timeout=60, interval=0.5,
+                   message=f"the {what} never became healthy")  # fmt: skip
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process, heartbeat thread and all
+        proc.wait(10)
+        wait_until(lambda: run_check(argv, env) == 1, timeout=60, interval=0.5,
+                   message=dead_message)  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def container_env(
+    redis_server: RedisInfo, namespace: str, tmp_path: Path
+) -> Callable[..., dict[str, str]]:
+    """A container's environment here: this test's Redis namespace and data dir, plus extras."""
+
+    def make(**extra: str) -> dict[str, str]:
+        return child_env(**redis_server.env(namespace), ANALYTICS_DATA_DIR=str(tmp_path / "data"),
+                         ANALYTICS_LOG_LEVEL="WARNING", **extra)  # fmt: skip
+
+    return make
+
+
+def test_worker_healthcheck_follows_the_real_worker(
+    container_env: Callable[..., dict[str, str]],
+) -> None:
+    env = container_env(
         ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S="0.5",
         ANALYTICS_HEARTBEAT_STALE_S="3",
         ANALYTICS_WORKER_METRICS_PORT="0",
     )
     service = "analytics-worker-maintenance"
-    argv = check_argv(service)
-    assert run_check(argv, env) == 1, "healthy before any worker ran"
-
     command = compose_service(service)["command"]
-    worker = subprocess.Popen(  # noqa: S603
-        analytics_cmd(*command[:3], "--processes", "1", "--threads", "1"),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    assert_check_follows_the_process(
+        service, [*command[:3], "--processes", "1", "--threads", "1"], env,
+        what="worker", dead_message="a killed worker still looks healthy",
     )  # fmt: skip
-    try:
-        wait_until(lambda: run_check(argv, env) == 0, timeout=60, interval=0.5,
-                   message="the worker never became healthy")  # fmt: skip
-        os.killpg(worker.pid, signal.SIGKILL)  # the whole worker, heartbeat thread and all
-        worker.wait(10)
-        wait_until(lambda: run_check(argv, env) == 1, timeout=60, interval=0.5,
-                   message="a killed worker still looks healthy")  # fmt: skip
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
 
 
 def test_scheduler_healthcheck_follows_the_real_scheduler(
-    redis_server: RedisInfo, namespace: str, tmp_path: Path
+    container_env: Callable[..., dict[str, str]],
 ) -> None:
-    env = child_env(
-        **redis_server.env(namespace),
-        ANALYTICS_DATA_DIR=str(tmp_path / "data"),
-        ANALYTICS_LOG_LEVEL="WARNING",
-        ANALYTICS_SCHEDULER_LEASE_S="2",
-    )
-    argv = check_argv("analytics-beat")
-    assert run_check(argv, env) == 1, "healthy before any scheduler ran"
-    scheduler = subprocess.Popen(  # noqa: S603
-        analytics_cmd(*compose_service("analytics-beat")["command"]),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    env = container_env(ANALYTICS_SCHEDULER_LEASE_S="2")
+    assert_check_follows_the_process(
+        "analytics-beat", compose_service("analytics-beat")["command"], env,
+        what="scheduler", dead_message="a killed scheduler's lease never expired",
     )  # fmt: skip
-    try:
-        wait_until(lambda: run_check(argv, env) == 0, timeout=60, interval=0.5,
-                   message="the scheduler never became healthy")  # fmt: skip
-        os.killpg(scheduler.pid, signal.SIGKILL)
-        scheduler.wait(10)
-        wait_until(lambda: run_check(argv, env) == 1, timeout=60, interval=0.5,
-                   message="a killed scheduler's lease never expired")  # fmt: skip
-    finally:
-        if scheduler.poll() is None:
-            os.killpg(scheduler.pid, signal.SIGKILL)
-            scheduler.wait(10)

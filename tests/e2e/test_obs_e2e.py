@@ -13,13 +13,20 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 
-from tests.support import analytics_cmd, child_env, free_port, wait_http, wait_until
+from tests.support import (
+    AnalyticsProcess,
+    child_env,
+    free_port,
+    http_json,
+    running,
+    wait_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +47,7 @@ class Service:
     api_pid: int
 
 
-def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, Any, dict]:
-    req = urllib.request.Request(  # noqa: S310 - loopback only
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-            return resp.status, resp.headers, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, json.loads(exc.read() or b"{}")
+post = partial(http_json, "POST", timeout=30)  # two loaded gunicorn workers: allow time
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, str]:
@@ -70,14 +68,14 @@ def event(event_type: str = "page_view", **extra: object) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def service(redis_server, tmp_path_factory) -> Iterator[Service]:
+def service(redis_server, module_namespace, tmp_path_factory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("obs-e2e")
-    ns = f"t-{uuid.uuid4().hex[:12]}"
+    ns = module_namespace
     api_port, worker_port = free_port(), free_port()
     env = child_env(
         **redis_server.env(ns),
         ANALYTICS_DATA_DIR=str(data_dir),
-        ANALYTICS_AUTH="disabled",  # auth is not the subject (tests/integration/test_auth_matrix.py)
+        ANALYTICS_AUTH="disabled",  # not the subject: tests/integration/test_auth_matrix.py
         ANALYTICS_PORT=str(api_port),
         ANALYTICS_WEB_WORKERS="2",
         ANALYTICS_WEB_THREADS="4",
@@ -88,37 +86,16 @@ def service(redis_server, tmp_path_factory) -> Iterator[Service]:
         ANALYTICS_HEARTBEAT_TIMEOUT_S="5",
     )
     api_log, worker_log = data_dir / "api.stderr", data_dir / "worker.stderr"
-    with api_log.open("wb") as api_err, worker_log.open("wb") as worker_err:
-        worker = subprocess.Popen(
-            analytics_cmd("worker"), env=env, stdout=subprocess.DEVNULL, stderr=worker_err
-        )
-        api = subprocess.Popen(
-            analytics_cmd("api"), env=env, stdout=subprocess.DEVNULL, stderr=api_err
-        )
-    try:
+    worker = AnalyticsProcess("worker", env=env, log=worker_log, log_stdout=False)
+    api = AnalyticsProcess("api", env=env, log=api_log, log_stdout=False)
+    with running(worker, api):
         url = f"http://127.0.0.1:{api_port}"
-        wait_http(url + "/health", timeout=60, proc=api)
-        wait_http(f"http://127.0.0.1:{worker_port}/metrics", timeout=60, proc=worker)
+        api.wait_http(url + "/health", timeout=60)
+        worker.wait_http(f"http://127.0.0.1:{worker_port}/metrics", timeout=60)
         yield Service(
             url, f"http://127.0.0.1:{worker_port}/metrics", ns, data_dir, api_log, worker_log,
-            api_port, worker_port, api.pid,
+            api_port, worker_port, api.proc.pid,
         )  # fmt: skip
-    finally:
-        for proc in (api, worker):
-            proc.terminate()
-        for proc in (api, worker):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        try:
-            client = redis_server.client()
-            keys = list(client.scan_iter(match=f"{ns}*", count=1000))
-            if keys:
-                client.delete(*keys)
-        except redis.RedisError:
-            pass
 
 
 def json_lines(path: Path) -> list[dict[str, object]]:
@@ -139,7 +116,7 @@ def test_one_correlation_id_from_the_request_to_the_worker_log(service):
     status, headers, body = post(
         service.url + EVENTS + f"?api_key={secret}",
         event(),
-        {"X-Correlation-ID": cid, "Authorization": f"Bearer {secret}", "X-API-Key": secret},
+        headers={"X-Correlation-ID": cid, "Authorization": f"Bearer {secret}", "X-API-Key": secret},
     )
     assert status == 202
     assert headers["X-Correlation-ID"] == cid and body["correlation_id"] == cid
@@ -167,7 +144,7 @@ def test_one_correlation_id_from_the_request_to_the_worker_log(service):
 
 def test_malformed_correlation_id_is_replaced_not_echoed(service):
     bad = "x" * 200
-    status, headers, body = post(service.url + EVENTS, event(), {"X-Correlation-ID": bad})
+    status, headers, body = post(service.url + EVENTS, event(), headers={"X-Correlation-ID": bad})
     assert status == 202
     assert (
         headers["X-Correlation-ID"] != bad and body["correlation_id"] == headers["X-Correlation-ID"]
@@ -203,7 +180,7 @@ def test_counts_are_right_across_gunicorn_workers_and_promtool_accepts_both_expo
     for exposition in (text, wtext):
         result = subprocess.run(
             [promtool, "check", "metrics"], input=exposition, capture_output=True, text=True,
-            timeout=60,
+            timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -343,7 +320,7 @@ def test_a_killed_gunicorn_worker_is_marked_dead_and_its_counts_are_kept(service
     master = psutil.Process(service.api_pid)
     before = {p.pid for p in master.children()}
     assert len(before) == 2
-    victim = sorted(before)[0]
+    victim = min(before)
     os.kill(victim, signal.SIGKILL)
 
     def replaced() -> bool:

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import RedisInfo
-from tests.support import analytics_cmd, child_env, free_port, wait_http, wait_until
+from tests.support import AnalyticsProcess, child_env, free_port, stop_all, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -139,29 +137,14 @@ class Run:
     after: Phase
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603
-        analytics_cmd(*args), env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.fixture(scope="module")
-def run(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(
+    redis_server: RedisInfo, module_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("overload")
-    ns = f"t-{uuid.uuid4().hex[:12]}"
     port = free_port()
     env = child_env(
-        **redis_server.env(ns),
+        **redis_server.env(module_namespace),
         ANALYTICS_DATA_DIR=str(tmp / "data"),
         ANALYTICS_AUTH="disabled",  # one bucket per client address: the limit still applies
         ANALYTICS_RATE_LIMIT_BACKEND="redis",
@@ -175,10 +158,12 @@ def run(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> It
         ANALYTICS_WORKER_METRICS_PORT="0",
     )
     log = tmp / "processes.log"
-    api = start(["api", "--port", str(port), "--workers", "1", "--threads", "4"], env, log)
-    worker = None
+    api = AnalyticsProcess("api", "--port", str(port), "--workers", "1", "--threads", "4",
+                           env=env, log=log).start()  # fmt: skip
+    worker = AnalyticsProcess("worker", "--queues", "high_priority", "--processes", "1",
+                              "--threads", "4", env=env, log=log)  # fmt: skip
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=api)
+        api.wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
 
         baseline = Phase()
         client = Client(port)
@@ -193,8 +178,7 @@ def run(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> It
         overload = hammer(port, OVERLOAD_CLIENTS, OVERLOAD_SECONDS)
 
         # The load drops; the consumer catches up. Nothing else is done to the API.
-        worker = start(["worker", "--queues", "high_priority", "--processes", "1",
-                        "--threads", "4"], env, log)  # fmt: skip
+        worker.start()
         recovery = Phase()
         client = Client(port)
 
@@ -210,9 +194,7 @@ def run(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> It
         client.close()
         yield Run(baseline, overload, recovery, after)
     finally:
-        if worker is not None:
-            stop(worker)
-        stop(api)
+        stop_all([worker, api])
         print(log.read_text()[-3000:] if log.exists() else "")
 
 

@@ -4,11 +4,7 @@ the broker. Events go in over HTTP and come out of DynamoDB, of search, and of S
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,20 +18,17 @@ import pytest
 from analytics.adapters.aws import sns_client
 from analytics.bootstrap import build_event_repo
 from analytics.settings import Settings
-from tests.support import analytics_cmd, child_env, free_port, wait_http, wait_until
+from tests.support import (
+    AnalyticsProcess,
+    analytics_cmd,
+    child_env,
+    free_port,
+    http_json,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def http(method: str, url: str, body: object | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - loopback
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
 
 
 @dataclass
@@ -45,16 +38,6 @@ class Stack:
     settings: Settings
     queue: tuple[Any, str]  # SQS client and URL subscribed to the topic (raw delivery)
     logs: list[Path]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
@@ -105,29 +88,25 @@ def stack(
                                    Attributes={"RawMessageDelivery": "true"})  # fmt: skip
 
     logs = [logdir / "worker.log", logdir / "api.log"]
-    with logs[0].open("wb") as w, logs[1].open("wb") as a:
-        worker = subprocess.Popen(
-            analytics_cmd("worker", "--queues", "high_priority,notifications,aggregations",
-                          "--processes", "1"),
-            env=env, stdout=w, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        api = subprocess.Popen(analytics_cmd("api"), env=env, stdout=a, stderr=subprocess.STDOUT)
+    worker = AnalyticsProcess(
+        "worker", "--queues", "high_priority,notifications,aggregations", "--processes", "1",
+        env=env, log=logs[0],
+    )  # fmt: skip
+    api = AnalyticsProcess("api", env=env, log=logs[1])
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/health", timeout=60, proc=api)
+    with running(worker, api):
+        api.wait_http(f"{base}/health", timeout=60)
         yield Stack(base, env, settings, (sqs, url), logs)
-    finally:
-        _stop(api)
-        _stop(worker)
 
 
 def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: Stack) -> None:
     ids = [str(uuid.uuid4()) for _ in range(40)]
+    v1 = f"{stack.base}/api/v1/analytics"
     # All on one UTC day whenever the test runs: yesterday from 12:00.
     day0 = datetime.now(UTC).date() - timedelta(days=1)
     noon = datetime(day0.year, day0.month, day0.day, 12, tzinfo=UTC)
     for i, event_id in enumerate(ids[:5]):
-        status, body = http("POST", f"{stack.base}/api/v1/analytics/events", {
+        status, _, body = http_json("POST", f"{v1}/events", {
             "event_type": "purchase", "user_id": f"u{i}", "session_id": "s1",
             "product_id": "sku-1", "price": "19.99", "currency": "EUR", "event_id": event_id,
             "timestamp": (noon + timedelta(seconds=i)).isoformat()})  # fmt: skip
@@ -135,9 +114,9 @@ def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: St
     batch = [{"event_type": "page_view", "user_id": "u9", "session_id": "s9", "event_id": e,
               "timestamp": (noon + timedelta(minutes=1, seconds=n)).isoformat()}
              for n, e in enumerate(ids[5:])]  # fmt: skip
-    status, body = http("POST", f"{stack.base}/api/v1/analytics/events/batch", {"events": batch})
+    status, _, body = http_json("POST", f"{v1}/events/batch", {"events": batch})
     assert status == 202 and body["accepted"] == 35, body
-    http("POST", f"{stack.base}/api/v1/analytics/events/batch", {"events": batch})  # a retry
+    http_json("POST", f"{v1}/events/batch", {"events": batch})  # a retry
 
     repo = build_event_repo(stack.settings)
     wanted = [uuid.UUID(i) for i in ids]
@@ -152,15 +131,15 @@ def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: St
     cursor = None
     for _ in range(10):
         params = "user_id=u9&limit=10" + (f"&cursor={cursor}" if cursor else "")
-        status, page = http("GET", f"{stack.base}/api/v1/analytics/events/search?{params}")
+        status, _, page = http_json("GET", f"{v1}/events/search?{params}")
         assert status == 200, page
         seen += [item["event_id"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
     assert sorted(seen) == sorted(ids[5:]) and len(seen) == 35
-    status, page = http("GET", f"{stack.base}/api/v1/analytics/events/search?"
-                               "event_type=purchase&product_id=sku-1")  # fmt: skip
+    status, _, page = http_json("GET", f"{v1}/events/search?"
+                                     "event_type=purchase&product_id=sku-1")  # fmt: skip
     assert status == 200 and {i["event_id"] for i in page["items"]} == set(ids[:5])
     assert {i["total_value"] for i in page["items"]} == {"19.99"}
 
@@ -168,17 +147,17 @@ def test_events_in_over_http_are_stored_in_dynamodb_once_and_announced(stack: St
     day = f"start={day0.isoformat()}&end={(day0 + timedelta(days=1)).isoformat()}"
 
     def counted() -> bool:
-        status, body = http("GET", f"{stack.base}/api/v1/analytics/aggregations/day?{day}")
+        status, _, body = http_json("GET", f"{v1}/aggregations/day?{day}")
         return status == 200 and body["buckets"][0]["count"] == 40
 
     wait_until(counted, timeout=90, message="aggregations did not reach 40")
-    _, body = http("GET", f"{stack.base}/api/v1/analytics/aggregations/day?{day}")
+    body = http_json("GET", f"{v1}/aggregations/day?{day}").body
     bucket = body["buckets"][0]
     assert (bucket["unique_users"], bucket["unique_sessions"]) == (6, 2)
     assert bucket["revenue"] == {"EUR": "99.95"}  # 5 x 19.99, the retried batch not twice
     window = f"start={noon.isoformat()}&end={(noon + timedelta(hours=1)).isoformat()}"
-    status, dash = http("GET", f"{stack.base}/api/v1/analytics/dashboard/metrics?"
-                               + window.replace("+", "%2B"))  # fmt: skip
+    status, _, dash = http_json("GET", f"{v1}/dashboard/metrics?"
+                                     + window.replace("+", "%2B"))  # fmt: skip
     assert status == 200 and dash["total_events"] == 40, dash
 
     sqs, url = stack.queue

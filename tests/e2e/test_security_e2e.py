@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import RedisInfo
-from tests.support import analytics_cmd, child_env, free_port, wait_http
+from tests.support import AnalyticsProcess, ServeProcess, analytics_cmd, child_env, free_port
 
 pytestmark = pytest.mark.e2e
 EVENT = {"event_type": "page_view", "user_id": "u1", "session_id": "s1"}
@@ -39,12 +38,13 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(
+    redis_server: RedisInfo, module_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("security-e2e")
-    namespace = f"t-{uuid.uuid4().hex[:12]}"
     port = free_port()
     env = child_env(
-        **redis_server.env(namespace),
+        **redis_server.env(module_namespace),
         ANALYTICS_DATA_DIR=str(data_dir),
         ANALYTICS_STORAGE="memory",
         ANALYTICS_PORT=str(port),
@@ -61,24 +61,14 @@ def service(redis_server: RedisInfo, tmp_path_factory: pytest.TempPathFactory) -
     )  # fmt: skip
     key = created.stdout.strip()
     assert re.fullmatch(r"ak_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}", key), created.stdout
-    log = (data_dir / "api.log").open("wb")
-    proc = subprocess.Popen(analytics_cmd("api"), env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+
+    def stored_keys() -> bytes:
+        return b"".join(redis_server.client().hvals(f"{module_namespace}:api_keys"))
+
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", timeout=60, proc=proc)
-        raw = lambda: b"".join(redis_server.client().hvals(f"{namespace}:api_keys"))  # noqa: E731
-        yield Service(url, env, data_dir, key, raw)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        client = redis_server.client()
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+    with AnalyticsProcess("api", env=env, log=data_dir / "api.log", stop_timeout=20) as api:
+        api.wait_http(url + "/health", timeout=60)
+        yield Service(url, env, data_dir, key, stored_keys)
 
 
 def test_keys_cli_create_list_revoke(service: Service) -> None:
@@ -186,21 +176,12 @@ def test_serve_prints_a_dev_key_on_first_start(tmp_path: Path) -> None:
     That a later start prints no new key is tests/unit/test_api_keys.py's
     test_serve_first_start_key (a second full start would double this test's time).
     """
-    import signal
-
     data_dir = tmp_path / "data"
     env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
                     ANALYTICS_LOG_LEVEL="WARNING")  # fmt: skip
-    port = free_port()
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603
-            analytics_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", timeout=60, proc=proc)
+    with ServeProcess(data_dir, env, log=log_path) as serve:
+        url = serve.url
         text = log_path.read_text()
         keys = re.findall(r"ak_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}", text)
         assert keys and len(set(keys)) == 1, text
@@ -208,40 +189,33 @@ def test_serve_prints_a_dev_key_on_first_start(tmp_path: Path) -> None:
         r = requests.post(url + "/api/v1/analytics/events", json=EVENT,
                           headers={"Authorization": f"Bearer {keys[0]}"}, timeout=10)  # fmt: skip
         assert r.status_code == 202, r.text
-        assert requests.post(url + "/api/v1/analytics/events", json=EVENT, timeout=10).status_code == 401
+        assert (
+            requests.post(url + "/api/v1/analytics/events", json=EVENT, timeout=10).status_code
+            == 401
+        )
         listed = subprocess.run(  # noqa: S603
             analytics_cmd("keys", "list", "--data-dir", str(data_dir)), env=env,
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
         assert "development" in listed and keys[0] not in listed
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_overload_answers_503_with_retry_after_then_recovers(
-    redis_server: RedisInfo, tmp_path: Path
+    redis_server: RedisInfo, namespace: str, tmp_path: Path
 ) -> None:
     """No worker: the backlog grows past the threshold and ingest answers 503 at once with
     Retry-After (the cap: nothing drains yet); a worker starts, drains, ingest recovers."""
     import time
 
-    namespace = f"t-{uuid.uuid4().hex[:12]}"
     port = free_port()
     env = child_env(**redis_server.env(namespace), ANALYTICS_DATA_DIR=str(tmp_path),
                     ANALYTICS_STORAGE="sqlite", ANALYTICS_PORT=str(port), ANALYTICS_AUTH="disabled",
                     ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
                     ANALYTICS_LOG_LEVEL="WARNING", ANALYTICS_OVERLOAD_QUEUE_DEPTH="3",
                     ANALYTICS_OVERLOAD_RETRY_AFTER_MAX_S="42")  # fmt: skip
-    api = subprocess.Popen(analytics_cmd("api"), env=env, stdout=subprocess.DEVNULL,  # noqa: S603
-                           stderr=subprocess.DEVNULL)  # fmt: skip
-    worker = None
     url = f"http://127.0.0.1:{port}/api/v1/analytics/events"
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=api)
+    with AnalyticsProcess("api", env=env, stop_timeout=20) as api:
+        api.wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
         statuses = []
         for _ in range(100):  # the depth probe is cached for 0.5 s: stop at the first 503
             r = requests.post(url, json=EVENT, timeout=10)
@@ -251,28 +225,15 @@ def test_overload_answers_503_with_retry_after_then_recovers(
             time.sleep(0.1)
         assert statuses[:4] == [202] * 4 and statuses[-1] == 503, statuses
         assert r.headers["Retry-After"] == "42" and r.json()["type"].endswith(":overloaded")
-        worker = subprocess.Popen(analytics_cmd("worker", "--queues", "high_priority"), env=env,  # noqa: S603
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            r = requests.post(url, json=EVENT, timeout=10)
-            if r.status_code == 202:
-                break
-            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
-            time.sleep(0.2)
-        assert r.status_code == 202, "ingest did not recover once the backlog drained"
-    finally:
-        for proc in (api, worker):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        client = redis_server.client()
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        with AnalyticsProcess("worker", "--queues", "high_priority", env=env, stop_timeout=20):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                r = requests.post(url, json=EVENT, timeout=10)
+                if r.status_code == 202:
+                    break
+                assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+                time.sleep(0.2)
+            assert r.status_code == 202, "ingest did not recover once the backlog drained"
 
 
 def test_keys_cli_with_the_store_unreachable_is_one_line(tmp_path: Path) -> None:

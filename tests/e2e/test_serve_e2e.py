@@ -3,12 +3,7 @@ over HTTP end up stored exactly once."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,43 +11,18 @@ from pathlib import Path
 import pytest
 
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
-from tests.support import analytics_cmd, child_env, free_port, wait_http, wait_until
-
-
-def http(method: str, url: str, body: object | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - loopback
-                                 headers={"Content-Type": "application/json", **(headers or {})})  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return resp.status, resp.headers, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, json.loads(err.read() or b"null")
+from tests.support import ServeProcess, child_env, http_json, wait_until
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[str]]]:
     data_dir = tmp_path_factory.mktemp("serve") / "data"
-    port = free_port()
     log = data_dir.parent / "serve.log"
     env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
                     ANALYTICS_AUTH="disabled")  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            analytics_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/health", timeout=60, proc=proc)
-        yield base, data_dir, [str(log)]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    with ServeProcess(data_dir, env, log=log) as serve:
+        yield serve.url, data_dir, [str(log)]
+    assert serve.proc.returncode == 0, log.read_text()[-3000:]
 
 
 def test_start_banner_prints_url_and_curl(service) -> None:  # type: ignore[no-untyped-def]
@@ -65,19 +35,19 @@ def test_events_sent_over_http_are_stored_once(service) -> None:  # type: ignore
     base, data_dir, _ = service
     ids = [str(uuid.uuid4()) for _ in range(30)]
     for i, event_id in enumerate(ids[:10]):
-        status, headers, body = http("POST", f"{base}/api/v1/analytics/events", {
+        status, headers, body = http_json("POST", f"{base}/api/v1/analytics/events", {
             "event_type": "page_view", "user_id": f"u{i}", "session_id": "s1",
             "event_id": event_id})  # fmt: skip
         assert status == 202 and body["event_id"] == event_id
         assert headers["X-Correlation-ID"] == body["correlation_id"]
     batch = [{"event_type": "click", "user_id": "u", "session_id": "s", "event_id": e}
              for e in ids[10:]]  # fmt: skip
-    status, _, body = http("POST", f"{base}/api/v1/analytics/events/batch", {"events": batch})
+    status, _, body = http_json("POST", f"{base}/api/v1/analytics/events/batch", {"events": batch})
     assert status == 202 and body["accepted"] == 20
     # The client retries everything: nothing is stored twice.
-    http("POST", f"{base}/api/v1/analytics/events/batch", {"events": batch})
-    status, _, _ = http("POST", f"{base}/analytics/events",
-                        {"event_type": "purchase", "user_id": "user123"})  # fmt: skip
+    http_json("POST", f"{base}/api/v1/analytics/events/batch", {"events": batch})
+    status, _, _ = http_json("POST", f"{base}/analytics/events",
+                             {"event_type": "purchase", "user_id": "user123"})  # fmt: skip
     assert status == 202
     repo = SQLiteEventRepository(SQLiteDatabase(data_dir / "events.sqlite3"))
     wait_until(lambda: repo.count() == 31, timeout=30, message=f"stored {repo.count()}")

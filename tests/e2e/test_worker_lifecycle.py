@@ -22,7 +22,7 @@ from analytics.adapters.dramatiq_queue import build_broker, events_message
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
 from analytics.settings import Settings
 from tests.ops_support import make_events
-from tests.support import analytics_cmd, child_env, wait_until
+from tests.support import AnalyticsProcess, child_env, stop_all, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -42,15 +42,17 @@ class Rig:
         self.repo = SQLiteEventRepository(SQLiteDatabase(self.settings.sqlite_path))
         self.client = redis_server.client()
         self.ns = namespace
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.workers: list[AnalyticsProcess] = []
+
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        return [w.proc for w in self.workers]
 
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(  # noqa: S603
-            analytics_cmd("worker", "--queues", "high_priority", *args),
-            env=child_env(**self.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.procs.append(proc)
-        return proc
+        worker = AnalyticsProcess("worker", "--queues", "high_priority", *args,
+                                  env=child_env(**self.env)).start()  # fmt: skip
+        self.workers.append(worker)
+        return worker.proc
 
     def send(self, groups: int, size: int) -> set[Any]:
         ids = set()
@@ -68,14 +70,7 @@ class Rig:
         return int(self.client.llen(f"{self.ns}:high_priority"))
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(self.workers)
         self.broker.close()
 
 

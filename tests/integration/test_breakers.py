@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -30,7 +29,7 @@ from analytics.domain.events import Event
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.api.app import create_app
 from analytics.settings import Settings
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 
 NOW = datetime.now(UTC)
 
@@ -124,13 +123,6 @@ def test_reads_answer_503_with_retry_after_while_storage_is_open(data_dir: Path)
 
 
 # --- broker: a stopped Redis ------------------------------------------------------------
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
-    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
-    yield server
-    server.stop()
-
-
 def test_broker_breaker_on_a_stopped_redis(own_redis: RedisServerProcess, data_dir: Path) -> None:
     settings = Settings.from_env(
         {

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from analytics.entrypoints.api.app import create_app
 from analytics.settings import Settings
 from tests.aggsupport import make_event
 from tests.conftest import RedisInfo
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,13 +102,6 @@ def test_closed_period_from_the_local_level_never_stale(
     assert 'analytics_cache_hit_ratio{level="redis"}' in metrics
     assert 'analytics_circuit_breaker_state{breaker="cache"} 0.0' in metrics
     assert 'analytics_circuit_breaker_state{breaker="storage"} 0.0' in metrics
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
-    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
-    yield server
-    server.stop()
 
 
 def test_cache_breaker_on_a_stopped_redis(own_redis: RedisServerProcess, data_dir: Path) -> None:

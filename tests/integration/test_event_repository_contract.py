@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,27 +24,18 @@ from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepositor
 from analytics.domain.events import Event
 from analytics.domain.ports import EventRepository
 from analytics.domain.search import EventQuery, SearchKey, sort_key
+from tests import aggsupport
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 RepoFactory = Callable[[], EventRepository]
 
 
-def make_event(
-    ts: datetime,
-    *,
-    event_type: str = "page_view",
-    user_id: str = "u1",
-    session_id: str | None = "s1",
-    product_id: str | None = None,
-    event_id: uuid.UUID | None = None,
-) -> Event:
-    price = Decimal("9.99") if event_type == "purchase" else None
-    return Event(
-        event_id=event_id or uuid.uuid4(), event_type=event_type, user_id=user_id,
-        session_id=session_id, product_id=product_id, metadata={"k": "v"}, timestamp=ts,
-        received_at=ts, event_day=ts.strftime("%Y-%m-%d"), event_hour=ts.hour, price=price,
-        quantity=1, currency="EUR" if price else None, total_value=price,
-    )  # fmt: skip
+def make_event(ts: datetime, *, event_type: str = "page_view", **fields: Any) -> Event:
+    """aggsupport's event, with what the contract also round-trips: metadata on every event,
+    a price on purchases."""
+    price = "9.99" if event_type == "purchase" else None
+    return aggsupport.make_event(ts, event_type=event_type, price=price, currency="EUR",
+                                 metadata={"k": "v"}, **fields)  # fmt: skip
 
 
 @pytest.fixture(params=["memory", "sqlite", "dynamodb"])
@@ -101,14 +93,14 @@ def test_add_many_is_idempotent_and_get_many_returns_stored(make_repo: RepoFacto
     repo = make_repo()
     a, b = make_event(T0), make_event(T0)
     assert repo.add_many([a, b]) == [a.event_id, b.event_id]
-    assert repo.add_many([a, make_event(T0, event_id=b.event_id, user_id="other")]) == []
+    assert repo.add_many([a, make_event(T0, event_id=b.event_id, user="other")]) == []
     got = repo.get_many([a.event_id, b.event_id, uuid.uuid4()])
     assert got == {a.event_id: a, b.event_id: b} and repo.count() == 2
 
 
 def test_search_returns_the_stored_event_with_computed_fields(make_repo: RepoFactory) -> None:
     repo = make_repo()
-    e = make_event(T0 + timedelta(microseconds=7), event_type="purchase", product_id="p1")
+    e = make_event(T0 + timedelta(microseconds=7), event_type="purchase", product="p1")
     repo.add_many([e])
     (found,) = repo.search(EventQuery(product_id="p1"), after=None, limit=10)
     assert found == e and found.total_value == Decimal("9.99") and found.event_day == "2026-03-01"
@@ -118,8 +110,8 @@ def test_search_returns_the_stored_event_with_computed_fields(make_repo: RepoFac
 def test_each_filter_selects_exactly_its_events(make_repo: RepoFactory, field: str) -> None:
     repo = make_repo()
     events = [
-        make_event(T0 + timedelta(seconds=i), event_type=f"t{i % 3}", user_id=f"u{i % 4}",
-                   session_id=f"s{i % 5}", product_id=f"p{i % 2}")
+        make_event(T0 + timedelta(seconds=i), event_type=f"t{i % 3}", user=f"u{i % 4}",
+                   session=f"s{i % 5}", product=f"p{i % 2}")
         for i in range(40)
     ]  # fmt: skip
     repo.add_many(events)
@@ -132,7 +124,7 @@ def test_filters_combine_and_range_is_half_open(make_repo: RepoFactory) -> None:
     repo = make_repo()
     events = [
         make_event(T0 + timedelta(minutes=i), event_type=("purchase", "click")[i % 2],
-                   user_id=f"u{i % 3}", product_id="p1")
+                   user=f"u{i % 3}", product="p1")
         for i in range(60)
     ]  # fmt: skip
     repo.add_many(events)
@@ -204,7 +196,7 @@ def test_paging_equals_filter_then_sort(
 ) -> None:
     repo = make_repo()
     events = [
-        make_event(T0 + timedelta(seconds=s), event_type=t, user_id=u, product_id=p)
+        make_event(T0 + timedelta(seconds=s), event_type=t, user=u, product=p)
         for s, t, u, p in rows
     ]
     repo.add_many(events)
@@ -243,7 +235,7 @@ def test_sqlite_search_is_an_index_search_without_sort(
     tmp_path: Path, query: EventQuery, index: str, paged: bool
 ) -> None:
     repo = SQLiteEventRepository(SQLiteDatabase(tmp_path / "plan.sqlite3"))
-    repo.add_many([make_event(T0 + timedelta(seconds=i), product_id="p1") for i in range(50)])
+    repo.add_many([make_event(T0 + timedelta(seconds=i), product="p1") for i in range(50)])
     repo.db.read().execute("ANALYZE")  # a planner with statistics must still pick the index
     after = SearchKey(T0 + timedelta(hours=1), uuid.uuid4()) if paged else None
     text = plan(repo, query, after)

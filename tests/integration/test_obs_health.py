@@ -12,22 +12,13 @@ import dramatiq
 import falcon.testing
 import pytest
 
-from analytics.adapters.embedded_redis import RedisServerProcess
 from analytics.adapters.redis_probe import RedisProbe
 from analytics.bootstrap import bootstrap
 from analytics.entrypoints.api.app import create_app
 from analytics.entrypoints.telemetry import WorkerHeartbeat, install
 from analytics.settings import Settings
-from tests.support import free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path):
-    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
-    yield server
-    server.stop()
 
 
 def settings_for(port: int, data_dir: Path, **extra: object) -> Settings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from analytics.entrypoints.api.app import create_app
 from analytics.settings import Settings
 from tests.aggsupport import make_event
 from tests.conftest import RedisInfo
-from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -76,13 +74,6 @@ def test_bulk_operations_are_one_round_trip_each(redis_server: RedisInfo, namesp
     assert cache.versions([f"2026-03-{d:02d}" for d in range(1, 29)]) == [1] * 28
     assert CountingConnection.writes == 4
     assert cache.hits == 200
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
-    server = RedisServerProcess(tmp_path / "redis", port=free_port()).start()
-    yield server
-    server.stop()
 
 
 def test_queries_answer_from_storage_when_redis_is_down(

@@ -33,7 +33,7 @@ def client(container: Container) -> Iterator[falcon.testing.TestClient]:
 def events(container: Container) -> list[Event]:
     evs = [
         make_event(T0 + timedelta(seconds=i), event_type=("purchase", "page_view")[i % 2],
-                   user_id=f"u{i % 3}", product_id=f"p{i % 2}")
+                   user=f"u{i % 3}", product=f"p{i % 2}")
         for i in range(30)
     ]  # fmt: skip
     container.event_repo.add_many(evs)

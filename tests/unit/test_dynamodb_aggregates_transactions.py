@@ -7,9 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.stub import ANY, Stubber
 
 from analytics.adapters.dynamodb_aggregates import DynamoDBAggregateStore
@@ -17,6 +15,7 @@ from analytics.adapters.dynamodb_events import Backoff
 from analytics.domain.aggregation import contribution
 from analytics.domain.errors import StorageUnavailable
 from tests.aggsupport import make_event
+from tests.aws_support import stubbed_dynamodb_client
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -25,10 +24,7 @@ TABLE = "agg-stubbed"
 
 @pytest.fixture
 def client() -> Any:
-    return boto3.session.Session().client(
-        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-    )  # fmt: skip
+    return stubbed_dynamodb_client()
 
 
 def _store(client: Any, sleeps: list[float], attempts: int = 5) -> DynamoDBAggregateStore:

@@ -6,9 +6,7 @@ import random
 from datetime import timedelta
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.stub import ANY, Stubber
 
 from analytics.adapters.aws import botocore_config
@@ -16,7 +14,7 @@ from analytics.adapters.dynamodb_events import Backoff, DynamoDBEventRepository,
 from analytics.domain.clock import FixedClock
 from analytics.domain.errors import StorageUnavailable
 from analytics.settings import Settings
-from tests.aws_support import make_event
+from tests.aws_support import make_event, stubbed_dynamodb_client
 
 pytestmark = pytest.mark.unit
 TABLE = "events-stubbed"
@@ -24,11 +22,7 @@ TABLE = "events-stubbed"
 
 @pytest.fixture
 def client() -> Any:
-    # One attempt: the Stubber answers each attempt, and we test *our* retry loop here.
-    return boto3.session.Session().client(
-        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-    )  # fmt: skip
+    return stubbed_dynamodb_client()
 
 
 def _repo(client: Any, sleeps: list[float], max_attempts: int = 8) -> DynamoDBEventRepository:

@@ -81,6 +81,13 @@ def env() -> Iterator[tuple[StubBroker, InMemoryTaskStatusStore, Worker]]:
     broker.close()
 
 
+def drain(broker: StubBroker, worker: Worker, *, fail_fast: bool = False) -> None:
+    """Start the worker and wait until every message on ``default`` is settled."""
+    worker.start()
+    broker.join("default", fail_fast=fail_fast)
+    worker.join()
+
+
 def status(store: InMemoryTaskStatusStore, message_id: str) -> tasks.TaskStatus:
     found = store.get(message_id)
     assert found is not None
@@ -116,9 +123,7 @@ def test_failed_only_when_retries_are_exhausted(env) -> None:  # type: ignore[no
         raise RuntimeError("kaput")
 
     message = bad.send()
-    worker.start()
-    broker.join("default", fail_fast=False)
-    worker.join()
+    drain(broker, worker)
     s = status(store, message.message_id)
     assert (s.status, s.attempts, s.error) == ("failed", 3, "RuntimeError: kaput")
     seen = [u.fields.get("status") for u in store.applied]
@@ -133,9 +138,7 @@ def test_throws_fails_without_retry(env) -> None:  # type: ignore[no-untyped-def
         raise ValueError("not worth a retry")
 
     message = perm.send()
-    worker.start()
-    broker.join("default", fail_fast=False)
-    worker.join()
+    drain(broker, worker)
     s = status(store, message.message_id)
     assert (s.status, s.attempts) == ("failed", 1) and "not worth a retry" in (s.error or "")
 
@@ -154,9 +157,7 @@ def test_a_broken_store_never_breaks_the_work(env) -> None:  # type: ignore[no-u
         done.append(1)
 
     work.send()
-    worker.start()
-    broker.join("default")
-    worker.join()
+    drain(broker, worker, fail_fast=True)
     assert done == [1]
 
 

@@ -52,16 +52,29 @@ class RedisTaskStatusStore:
     def key(self, task_id: str) -> str:
         return f"{self.namespace}:task:{task_id}"
 
-    def apply(self, update: TaskUpdate) -> None:
+    def _args(self, update: TaskUpdate) -> list[Any]:
         args: list[Any] = [update.rank, self.ttl_ms, len(update.first)]
         for name, value in update.first.items():
             args += [name, _encode(value)]
         for name, value in update.fields.items():
             args += [name, _encode(value)]
+        return args
+
+    def apply(self, update: TaskUpdate) -> None:
         try:
-            self._apply(keys=[self.key(update.task_id)], args=args)
+            self._apply(keys=[self.key(update.task_id)], args=self._args(update))
         except redis.RedisError as exc:
             raise StorageUnavailable(f"task status store: {exc}") from exc
+
+    def apply_in(self, pipe: redis.client.Pipeline, update: TaskUpdate) -> None:
+        """Queue the update on ``pipe`` (a pipeline to the same Redis): it is applied in the
+        caller's round trip. A plain EVALSHA: a ``Script`` on a pipeline would cost a
+        ``SCRIPT EXISTS`` round trip per execute. On ``NoScriptError`` call
+        :meth:`load_script` and apply again (updates are idempotent)."""
+        pipe.evalsha(self._apply.sha, 1, self.key(update.task_id), *self._args(update))
+
+    def load_script(self) -> None:
+        self.client.script_load(_APPLY)
 
     def get(self, task_id: str) -> TaskStatus | None:
         try:

@@ -31,6 +31,7 @@ from analytics.domain import tasks
 from analytics.domain.ports import Clock, TaskStatusStore
 
 log = structlog.get_logger("analytics.task_status")
+STATUS_RECORDED = "task_status_recorded"  # an after_enqueue option: the record is written
 
 
 class TaskStatusMiddleware(dramatiq.Middleware):
@@ -46,19 +47,22 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         except Exception as exc:  # noqa: BLE001 - status is best effort, work is not
             log.warning("task status not recorded", task_id=update.task_id, error=str(exc))
 
+    def queued_update(self, message: dramatiq.Message[Any]) -> tasks.TaskUpdate:
+        return tasks.queued(
+            message.message_id,
+            generation=_generation(message),
+            actor=message.actor_name,
+            queue=q_name(message.queue_name),
+            at=self.clock.now(),
+            retries=int(message.options.get("retries", 0)),
+        )
+
     def after_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
-        self._apply(
-            tasks.queued(
-                message.message_id,
-                generation=_generation(message),
-                actor=message.actor_name,
-                queue=q_name(message.queue_name),
-                at=self.clock.now(),
-                retries=int(message.options.get("retries", 0)),
-            )
-        )
+        if message.options.get(STATUS_RECORDED):
+            return  # written in the enqueue's own round trip (dramatiq_queue.RedisEnqueuer)
+        self._apply(self.queued_update(message))
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         retries = int(message.options.get("retries", 0))

@@ -53,7 +53,23 @@ class MeteredTaskQueue:
 
 
 class RequestMetricsMiddleware:
-    """Count and time every request by route template (never the raw path)."""
+    """Count and time every request by route template (never the raw path).
+
+    The labelled children are looked up once per (route, method, status) and kept: the
+    label lookup costs more than the increment it leads to.
+    """
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def _metrics_for(self, route: str, method: str, status: str) -> tuple[Any, Any]:
+        key = (route, method, status)
+        found = self._children.get(key)
+        if found is None:
+            found = (m.HTTP_REQUESTS.labels(*key), m.HTTP_DURATION.labels(*key))
+            if len(self._children) < 10_000:  # routes x methods x statuses: bounded anyway
+                self._children[key] = found
+        return found
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
@@ -68,8 +84,9 @@ class RequestMetricsMiddleware:
         m.HTTP_IN_PROGRESS.dec()
         route = req.uri_template or "unmatched"
         status = str(resp.status_code)
-        m.HTTP_REQUESTS.labels(route, req.method, status).inc()
-        m.HTTP_DURATION.labels(route, req.method, status).observe(time.perf_counter() - started)
+        requests, duration = self._metrics_for(route, req.method, status)
+        requests.inc()
+        duration.observe(time.perf_counter() - started)
         if route in INGEST_ROUTES and req.method == "POST":
             _count_ingest_outcome(req)
 

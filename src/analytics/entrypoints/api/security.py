@@ -7,6 +7,7 @@ every route of the app is named by a rule, so a new route cannot slip through un
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +57,7 @@ DEFAULT_ACCESS: Access = "admin"
 EXEMPT_FROM_ANON_LIMIT = re.compile(r"^/(health|metrics)(/|$)")
 
 
+@functools.lru_cache(maxsize=4096)
 def access_for(method: str, template: str) -> tuple[Access, bool]:
     """The access a route needs, and whether a rule named it (False: the default)."""
     for rule in POLICY:

@@ -1,0 +1,161 @@
+"""RedisEnqueuer: a group's message and its task-status record in one Redis round trip.
+
+It calls dramatiq's dispatch script itself (to share the round trip), so these tests pin
+what that must keep true: a real dramatiq worker consumes what it sends, exactly once; the
+``queued`` record is there when the call returns; a Redis that forgot its scripts costs a
+reload, never a lost or doubled message. A private redis-server: the tests flush scripts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Worker
+from dramatiq.brokers.redis import RedisBroker
+from redis.connection import Connection
+
+from analytics.adapters.dramatiq_queue import (
+    GroupCommitQueue,
+    MsgspecJSONEncoder,
+    RedisEnqueuer,
+    events_message,
+)
+from analytics.adapters.embedded_redis import RedisServerProcess
+from analytics.adapters.redis_task_status import RedisTaskStatusStore
+from analytics.adapters.task_status_middleware import TaskStatusMiddleware, install
+from analytics.domain.clock import SystemClock
+from analytics.domain.events import Event
+from tests.support import free_port, wait_until
+
+NOW = datetime.now(UTC)
+
+
+class CountingConnection(Connection):
+    """A real connection that counts how many times it writes to the socket."""
+
+    writes = itertools.count()
+
+    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        next(CountingConnection.writes)
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    srv = RedisServerProcess(tmp_path_factory.mktemp("enqueuer"), port=free_port()).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def broker(server: RedisServerProcess) -> Iterator[RedisBroker]:
+    dramatiq.set_encoder(MsgspecJSONEncoder())
+    pool = redis.ConnectionPool(
+        host="127.0.0.1", port=server.port, connection_class=CountingConnection
+    )
+    client = redis.Redis(connection_pool=pool)
+    b = RedisBroker(client=client, namespace=f"enq-{uuid.uuid4().hex[:8]}", heartbeat_timeout=2000)
+    store = RedisTaskStatusStore(client, namespace=b.namespace, ttl_s=600)
+    install(b, TaskStatusMiddleware(store, SystemClock()))
+    b.declare_queue("high_priority")
+    yield b
+    b.close()
+
+
+def make_event(i: int) -> Event:
+    return Event(
+        event_id=uuid.uuid4(), event_type="page_view", user_id=f"u{i}", session_id=f"s{i}",
+        product_id=None, metadata={}, timestamp=NOW, received_at=NOW,
+        event_day=NOW.strftime("%Y-%m-%d"), event_hour=NOW.hour, price=None, quantity=1,
+        currency=None, total_value=None, correlation_id=f"c{i}",
+    )  # fmt: skip
+
+
+def status_of(broker: RedisBroker, task_id: str) -> str | None:
+    store = next(m for m in broker.middleware if isinstance(m, TaskStatusMiddleware)).store
+    record = store.get(task_id)
+    return record.status if record else None
+
+
+def consumer(broker: RedisBroker) -> tuple[list[str], threading.Event]:
+    """A ``process_events`` actor on this broker that records what it got."""
+    got: list[str] = []
+    done = threading.Event()
+
+    @dramatiq.actor(actor_name="process_events", queue_name="high_priority", broker=broker)
+    def process_events(payload: str) -> None:
+        got.append(payload)
+        done.set()
+
+    return got, done
+
+
+def test_message_and_record_go_in_one_round_trip(broker: RedisBroker) -> None:
+    enqueue = RedisEnqueuer.for_broker(broker)
+    assert enqueue is not None
+    enqueue(events_message([make_event(0)]))  # loads nothing lazily afterwards
+    before = next(CountingConnection.writes)
+    sent = enqueue(events_message([make_event(1), make_event(2)]))
+    assert next(CountingConnection.writes) - before - 1 == 1  # one write, one round trip
+    assert status_of(broker, sent.message_id) == "queued"
+    assert broker.do_qsize("high_priority") == 2
+
+
+def test_a_real_worker_consumes_it_once_and_the_record_follows(broker: RedisBroker) -> None:
+    got, done = consumer(broker)
+    queue = GroupCommitQueue(broker, send=RedisEnqueuer.for_broker(broker))
+    task_id = queue.enqueue_events([make_event(i) for i in range(3)])
+    worker = Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        assert done.wait(20)
+        broker.join("high_priority", timeout=20_000)
+        wait_until(lambda: status_of(broker, task_id) == "succeeded", timeout=10)
+    finally:
+        worker.stop()
+    assert len(got) == 1  # exactly once
+
+
+def test_a_redis_that_forgot_its_scripts_costs_a_reload_not_a_message(
+    broker: RedisBroker,
+) -> None:
+    enqueue = RedisEnqueuer.for_broker(broker)
+    assert enqueue is not None
+    broker.client.script_flush()
+    sent = enqueue(events_message([make_event(0)]))
+    assert broker.do_qsize("high_priority") == 1  # sent once, not twice
+    assert status_of(broker, sent.message_id) == "queued"
+
+
+def test_other_brokers_and_a_status_store_elsewhere_use_broker_enqueue(
+    broker: RedisBroker, server: RedisServerProcess, tmp_path: Path
+) -> None:
+    assert RedisEnqueuer.for_broker(dramatiq.brokers.stub.StubBroker()) is None
+    other = RedisServerProcess(tmp_path, port=free_port()).start()
+    try:
+        b = RedisBroker(client=redis.Redis(host="127.0.0.1", port=server.port), namespace="x")
+        install(b, TaskStatusMiddleware(
+            RedisTaskStatusStore(other.client(), namespace="x", ttl_s=60), SystemClock()))  # fmt: skip
+        assert RedisEnqueuer.for_broker(b) is None  # records live elsewhere: no shared trip
+    finally:
+        other.stop()
+
+
+def test_msgspec_encoder_speaks_dramatiqs_json() -> None:
+    message = events_message([make_event(0)])
+    ours = MsgspecJSONEncoder()
+    stock = dramatiq.JSONEncoder()
+    data = message.asdict()
+    as_json = stock.decode(stock.encode(data))  # tuples come back as lists, either way
+    assert stock.decode(ours.encode(data)) == as_json
+    assert ours.decode(stock.encode(data)) == as_json
+    with pytest.raises(dramatiq.DecodeError):
+        ours.decode(b"{not json")

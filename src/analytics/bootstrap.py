@@ -379,12 +379,8 @@ def shared_unit_of_work(*stores: object) -> UnitOfWork | None:
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
-    """The broker chosen by settings, and msgspec for every process's message envelopes."""
-    from analytics.adapters.codec import MessageEncoder  # noqa: PLC0415
     from analytics.adapters.dramatiq_queue import build_broker as _build  # noqa: PLC0415
 
-    if not isinstance(dramatiq.get_encoder(), MessageEncoder):
-        dramatiq.set_encoder(MessageEncoder())  # process-wide, like the broker itself
     return _build(settings)
 
 

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from analytics.adapters import codec
-from analytics.adapters.codec import MessageEncoder
-from analytics.adapters.dramatiq_queue import events_message
+from analytics.adapters.dramatiq_queue import MsgspecJSONEncoder, events_message
 from analytics.adapters.memory import InMemoryTaskQueue
 from analytics.application.ingest import IngestDeps, accept_batch
 from analytics.domain.clock import FixedClock
@@ -252,8 +251,8 @@ envelopes = st.fixed_dictionaries(
 
 @FAST
 @given(data=envelopes)
-def test_message_encoder_and_dramatiq_json_read_each_other(data: dict[str, Any]) -> None:
-    ours, theirs = MessageEncoder(), dramatiq.JSONEncoder()
+def test_msgspec_envelope_and_dramatiq_json_read_each_other(data: dict[str, Any]) -> None:
+    ours, theirs = MsgspecJSONEncoder(), dramatiq.JSONEncoder()
     assert theirs.decode(ours.encode(data)) == data
     assert ours.decode(theirs.encode(data)) == data
 
@@ -263,8 +262,10 @@ def test_an_ingest_message_survives_the_message_encoder() -> None:
                                        .encode()), received_at=NOW, correlation_id="c",
                           new_id=uuid.uuid4) for _ in range(3)]  # fmt: skip
     message = events_message(events)
-    back = dramatiq.Message(**MessageEncoder().decode(MessageEncoder().encode(message.asdict())))
+    back = dramatiq.Message(
+        **MsgspecJSONEncoder().decode(MsgspecJSONEncoder().encode(message.asdict()))
+    )
     assert back == message
     assert codec.decode_events(back.args[0]) == events
     with pytest.raises(dramatiq.DecodeError):
-        MessageEncoder().decode(b'{"queue_name": ')
+        MsgspecJSONEncoder().decode(b'{"queue_name": ')

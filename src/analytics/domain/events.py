@@ -17,8 +17,9 @@ import msgspec
 # Why some structs say ``gc=False``: a batch of 100 allocates hundreds of objects that
 # live until their message is in Redis; tracked by the cycle collector, they trigger and
 # survive young collections, get promoted, and make full collections (which walk every
-# object of the process) frequent: that was about a quarter of the API's CPU on batches.
-# Only structs that can never be part of a reference cycle opt out.
+# object of the process) frequent: with the API worker's start-up objects (frozen in
+# entrypoints/wsgi.py), about a quarter of the API's CPU on batches. Only structs that can
+# never be part of a reference cycle opt out.
 
 # --- typed identifiers -------------------------------------------------------------------
 # Printable, URL- and log-safe identifiers. Lengths follow what Segment/PostHog accept for

@@ -16,7 +16,7 @@ from analytics.adapters.embedded_redis import RedisServerProcess
 from analytics.adapters.redis_ratelimit import RedisRateLimiter
 from analytics.domain.ratelimit import Quota
 from tests.conftest import RedisInfo
-from tests.support import ApiHarness, free_port
+from tests.support import ApiHarness, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 SLOW = Quota(rate_per_minute=1, burst=10)  # no refill to speak of during a test
@@ -69,6 +69,7 @@ def test_backlog_depth_and_measured_drain_rate(redis_server: RedisInfo, namespac
     client = redis_server.client()
     broker = RedisBroker(client=client, namespace=namespace, heartbeat_timeout=5000)
     broker.add_middleware(DrainCounter(client, namespace))
+    drained = f"{namespace}:stats:high_priority:drained"
     done: list[int] = []
 
     @dramatiq.actor(queue_name="high_priority", broker=broker, actor_name="noop")
@@ -85,10 +86,12 @@ def test_backlog_depth_and_measured_drain_rate(redis_server: RedisInfo, namespac
     try:
         broker.join("high_priority", timeout=20_000)
         worker.join()
+        # Counted in memory, added to Redis every half second while the worker runs.
+        wait_until(lambda: int(client.get(drained) or 0) == 30, timeout=10)
     finally:
         worker.stop()
     assert sorted(done) == list(range(30))
     assert backlog.depth() == 0
-    assert int(client.get(f"{namespace}:stats:high_priority:drained")) == 30
+    assert int(client.get(drained)) == 30  # and nothing more at shutdown
     rate = backlog.drain_rate()
     assert rate is not None and rate > 0

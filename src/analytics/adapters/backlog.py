@@ -2,8 +2,7 @@
 
 Depth is ``HLEN <ns>:high_priority.msgs``: Dramatiq's Redis broker keeps each message
 there from enqueue until ack, so it counts queued and in-flight messages. The drain rate
-comes from a counter the workers increment after every processed message
-(:class:`DrainCounter`), sampled by the API over a sliding window: real throughput, not a
+comes from a counter of processed messages the workers keep (:class:`DrainCounter`), sampled by the API over a sliding window: real throughput, not a
 guess, so ``Retry-After`` = backlog above the threshold / drain rate.
 """
 
@@ -27,18 +26,53 @@ def drained_key(namespace: str, queue: str = QUEUE) -> str:
 
 
 class DrainCounter(dramatiq.Middleware):
-    """Worker side: count messages that left ``queue`` (done, failed or skipped)."""
+    """Worker side: count messages that left ``queue`` (done, failed or skipped).
 
-    def __init__(self, client: redis.Redis, namespace: str, queue: str = QUEUE) -> None:
+    Counted in memory and added to Redis by one thread per worker process every
+    ``flush_s`` (and once more at shutdown): one ``INCRBY`` per half second instead of a
+    round trip per message. The API reads a rate over 30 s, so the lag does not show; a
+    SIGKILLed worker loses at most its last ``flush_s`` of counts, of a statistic.
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str, queue: str = QUEUE,
+                 flush_s: float = 0.5) -> None:  # fmt: skip
         self.client, self.key, self.queue = client, drained_key(namespace, queue), queue
+        self.flush_s = flush_s
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _count(self, message: Any) -> None:
-        if message.queue_name != self.queue:
+        if message.queue_name == self.queue:
+            with self._lock:
+                self._pending += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            n, self._pending = self._pending, 0
+        if not n:
             return
         try:
-            self.client.incr(self.key)
-        except redis.RedisError:  # a statistic: never fail a message over it
-            pass
+            self.client.incrby(self.key, n)
+        except redis.RedisError:  # a statistic: never fail over it; keep it for next time
+            with self._lock:
+                self._pending += n
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="drain-counter", daemon=True)
+        self._thread.start()
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.flush()
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
                               exception: Any = None) -> None:  # fmt: skip

@@ -24,7 +24,9 @@ from analytics.domain.ports import Clock, IdGenerator, TaskQueue
 from analytics.domain.validation import (
     DEFAULT_LIMITS,
     TOO_DEEP,
+    EventBuilder,
     Limits,
+    PatternFree,
     build_event,
     computed_fields,
     decode_event,
@@ -82,35 +84,36 @@ def accept_batch(
     items = _decode_batch(raw, max_events)
     if admit is not None:
         admit(len(items))  # rate limits count events, not requests
-    now = deps.clock.now()
+    build = EventBuilder(
+        received_at=deps.clock.now(),
+        correlation_id=correlation_id,
+        new_id=deps.new_id,
+        limits=deps.limits,
+    )
     results: list[BatchItemResult] = []
     accepted: list[Event] = []
-    seen: set[object] = set()
+    seen: set[int] = set()  # event_id.int: UUID.__hash__ is Python code, int's is not
     duplicates = rejected = 0
     for index, item in enumerate(items):
         try:
             if isinstance(item, ValidationFailed):
                 raise item
-            event = build_event(
-                item,
-                received_at=now,
-                correlation_id=correlation_id,
-                new_id=deps.new_id,
-                limits=deps.limits,
-            )
+            event = build(item)
         except ValidationFailed as exc:
             rejected += 1
             results.append(
-                BatchItemResult(index, "rejected", errors=[e.as_dict() for e in exc.errors])
+                BatchItemResult(index, "rejected", errors=tuple(e.as_dict() for e in exc.errors))
             )
             continue
-        if event.event_id in seen:
+        event_id = event.event_id
+        key = event_id.int
+        if key in seen:
             duplicates += 1
-            results.append(BatchItemResult(index, "duplicate", event_id=event.event_id))
+            results.append(BatchItemResult(index, "duplicate", event_id))
             continue
-        seen.add(event.event_id)
+        seen.add(key)
         accepted.append(event)
-        results.append(BatchItemResult(index, "accepted", event_id=event.event_id))
+        results.append(BatchItemResult(index, "accepted", event_id))
     task_id = deps.queue.enqueue_events(accepted) if accepted else None
     return BatchReceipt(
         correlation_id=correlation_id,
@@ -124,7 +127,11 @@ def accept_batch(
 
 def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFailed]:
     """One decode for the whole batch when every event is well-typed (the common case);
-    otherwise each event on its own, so one bad event costs only itself."""
+    otherwise each event on its own, so one bad event costs only itself.
+
+    The one decode leaves the identifier patterns out (see ``PatternFree``): an event that
+    fails one is decoded again on its own, with every rule, for its error list.
+    """
     try:
         fast = _fast_batch_decoder.decode(raw)
     except msgspec.DecodeError:
@@ -133,7 +140,14 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         raise MalformedInput(TOO_DEEP) from None
     else:
         _check_count(len(fast.events), max_events)
-        return list(fast.events)
+        items: list[EventIn | ValidationFailed] = fast.events
+        raws: list[msgspec.Raw] | None = None
+        for index, event in enumerate(fast.events):
+            if not _patterns_match(event):
+                if raws is None:
+                    raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
+                items[index] = _decode_one(raws[index])
+        return items
     try:
         batch = _batch_decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -143,15 +157,16 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
     _check_count(len(batch.events), max_events)
-    items: list[EventIn | ValidationFailed] = []
-    for item in batch.events:
-        try:
-            items.append(decode_event(item, EventIn))  # type: ignore[arg-type]
-        except ValidationFailed as exc:
-            items.append(exc)
-        except MalformedInput as exc:
-            items.append(ValidationFailed([FieldError("$", "json", str(exc))]))
-    return items
+    return [_decode_one(item) for item in batch.events]
+
+
+def _decode_one(item: msgspec.Raw) -> EventIn | ValidationFailed:
+    try:
+        return decode_event(item, EventIn)  # type: ignore[arg-type,return-value]
+    except ValidationFailed as exc:
+        return exc
+    except MalformedInput as exc:
+        return ValidationFailed([FieldError("$", "json", str(exc))])
 
 
 def _check_count(count: int, max_events: int) -> None:
@@ -161,10 +176,10 @@ def _check_count(count: int, max_events: int) -> None:
         raise BatchTooLarge(count, max_events)
 
 
-class _FastBatch(msgspec.Struct, forbid_unknown_fields=True):
-    events: list[EventIn]
-
-
+_patterns_match = PatternFree(EventIn)
+_FastBatch = msgspec.defstruct(
+    "_FastBatch", [("events", list[_patterns_match.model])], forbid_unknown_fields=True
+)
 _fast_batch_decoder = msgspec.json.Decoder(_FastBatch)
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import psutil
@@ -206,10 +207,25 @@ PROCESSES = Gauge(
 
 # --- recording helpers (called by entrypoints) ------------------------------------------
 def record_accepted(events: Sequence[Event]) -> None:
+    """Count a group of accepted events: one increment per event type and per currency.
+
+    Aggregated first because each prometheus-client increment costs a lock, a pid check
+    and an mmap write: per event that was a large share of a batch's CPU. Revenue is summed
+    exactly (Decimal) and converted to the counter's float once.
+    """
+    by_type: dict[str, int] = {}
+    revenue: dict[str, Decimal] = {}
     for event in events:
-        EVENTS_ACCEPTED.labels(event.event_type).inc()
+        by_type[event.event_type] = by_type.get(event.event_type, 0) + 1
         if event.total_value is not None and event.currency:
-            REVENUE.labels(event.currency).inc(float(event.total_value))
+            revenue[event.currency] = revenue.get(event.currency, _ZERO) + event.total_value
+    for event_type, count in by_type.items():
+        EVENTS_ACCEPTED.labels(event_type).inc(count)
+    for currency, amount in revenue.items():
+        REVENUE.labels(currency).inc(float(amount))
+
+
+_ZERO = Decimal(0)
 
 
 def record_rejected(errors: Iterable[FieldError] | Iterable[Mapping[str, str]]) -> None:

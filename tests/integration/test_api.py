@@ -70,6 +70,7 @@ def test_legacy_route_accepts_old_example_and_is_marked_deprecated(client) -> No
     ("body", "ctype", "status", "slug"),
     [
         (b"{not json", "application/json", 400, "malformed"),
+        (b'{"event_type":"\x80"}', "application/json", 400, "malformed"),  # not UTF-8
         (json.dumps({"event_type": 1}).encode(), "application/json", 422, "validation"),
         (json.dumps(EVENT).encode(), "text/plain", 415, "unsupported-media-type"),
         (b"{" + b" " * 5000 + b"}", "application/json", 413, "body-too-large"),

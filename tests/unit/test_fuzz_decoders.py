@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from analytics.adapters.memory import InMemoryTaskQueue
@@ -55,6 +55,8 @@ def only_domain_errors(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 @FAST
 @given(st.binary(max_size=512))
+@example(b'"\x80"')  # invalid UTF-8 in a string: msgspec raises UnicodeDecodeError
+@example(b'{"events":[{"event_type":"\xff"}]}')
 def test_arbitrary_bytes(raw: bytes) -> None:
     for model in (EventIn, LegacyEventIn):
         only_domain_errors(decode_event, raw, model)

@@ -54,7 +54,7 @@ class MsgspecJSONEncoder(dramatiq.Encoder):
     def decode(self, data: bytes) -> dict[str, Any]:
         try:
             return self._decode(data)  # type: ignore[no-any-return]
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise dramatiq.DecodeError(
                 f"failed to decode message {data[:200]!r}", data, exc
             ) from None

@@ -134,7 +134,7 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
     """
     try:
         fast = _fast_batch_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         pass  # malformed or some event ill-typed: the slow path below says which
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
@@ -152,7 +152,7 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         batch = _batch_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a string
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None

@@ -55,13 +55,13 @@ def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
         return _decoders[model].decode(raw)
     except msgspec.ValidationError:
         pass
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a string
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
     try:
         doc = _any_decoder.decode(raw)
-    except msgspec.DecodeError as exc:  # e.g. trailing bytes after a wrongly typed value
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. trailing bytes
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None

@@ -133,7 +133,7 @@ def _decode_events(payload: object) -> list[Any]:
         raise PermanentError(f"payload is {type(payload).__name__}, not JSON text")
     try:
         return codec.decode_events(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise PermanentError(f"payload does not decode: {exc}") from exc
 
 

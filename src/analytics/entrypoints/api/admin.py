@@ -84,7 +84,7 @@ class DeadLetterActionResource:
             body = _decode_selection(raw or b"{}")
         except msgspec.ValidationError as exc:
             raise BadQuery("body", str(exc)) from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise MalformedInput(f"body is not JSON: {exc}") from None
         if body.queue is not None and body.queue not in QUEUE_NAMES:
             raise BadQuery("queue", f"unknown queue {body.queue!r}")

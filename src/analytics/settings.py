@@ -206,8 +206,11 @@ class Settings(BaseModel):
     )
 
     worker_max_tasks: int = Field(
-        1000, ge=0, le=10_000_000, description="Recycle worker processes after N tasks; 0: never."
-    )
+        100_000, ge=0, le=10_000_000,
+        description="Recycle worker processes after N tasks; 0: never. A recycle restarts every"
+        " worker process of the master (seconds of boot), so N is large; a real leak is better"
+        " caught by worker_max_rss_mb.",
+    )  # fmt: skip
     worker_shutdown_timeout_s: float = Field(
         600.0, gt=0, le=3600, description="SIGTERM: how long running tasks may take to finish."
     )

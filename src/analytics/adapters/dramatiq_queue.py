@@ -10,7 +10,6 @@ fall, without adding latency when the service is idle.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -117,48 +116,54 @@ def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
     )
 
 
-class _Slot:
-    """One caller's events and the answer it waits for.
+_WAITING, _DONE, _LEAD = 0, 1, 2
 
-    ``_done`` is a bare lock held from creation and released once by the flusher: the
-    cheapest one-shot signal CPython has (a ``threading.Event`` costs a Condition and a
-    waiter lock on every wait), and it is paid once per request.
+
+class _Slot:
+    """One caller's events, the answer it waits for, and its part in the relay.
+
+    ``_signal`` is a bare lock held from creation and released to wake the caller, once
+    its answer is there (``_DONE``) or when it is handed the lead (``_LEAD``): the cheapest
+    wake-up CPython has (a ``threading.Event`` costs a Condition and a waiter lock).
     """
 
-    __slots__ = ("_done", "error", "events", "finished", "task_id")
+    __slots__ = ("_signal", "error", "events", "state", "task_id")
 
     def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
-        self._done = threading.Lock()
-        self._done.acquire()
-        self.finished = False
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self.state = _WAITING
         self.task_id: str | None = None
         self.error: BaseException | None = None
 
     def wait(self, timeout: float = -1) -> bool:
-        if self.finished:
-            return True
-        if self._done.acquire(timeout=timeout):
-            self._done.release()  # later waits return at once
-            return True
-        return False
+        """True once woken (done, or handed the lead); the signal is armed again."""
+        return self.state == _DONE or self._signal.acquire(timeout=timeout)
 
     def finish(self, task_id: str | None = None, error: BaseException | None = None) -> None:
-        self.task_id, self.error, self.finished = task_id, error, True
-        self._done.release()
+        self.task_id, self.error, self.state = task_id, error, _DONE
+        self._release()
 
+    def hand_lead(self) -> None:
+        self.state = _LEAD
+        self._release()
 
-_PID = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-
-
-def _pid() -> int:
-    """This process's id, without a system call per request."""
-    return _PID[0]
+    def _release(self) -> None:
+        if self._signal.locked():
+            self._signal.release()
 
 
 class GroupCommitQueue:
     """TaskQueue port over a Dramatiq broker; concurrent callers share one enqueue.
+
+    Leader/follower, no thread of its own: a caller that finds nobody sending becomes the
+    leader and sends everything pending as one message, its own events included; callers
+    arriving meanwhile wait. When the leader's send returns, every caller of that group is
+    woken with the message id, and if more callers are pending the oldest of them is woken
+    to lead the next group. Each caller sleeps at most once; a dedicated flusher thread
+    would add two sleeps per group (waiting for work, waiting for Redis), and on these VMs
+    every sleep and wake-up is a GIL hand-over that costs tens of microseconds.
 
     ``send`` enqueues one message and returns it as enqueued (default ``broker.enqueue``;
     on Redis, :class:`RedisEnqueuer` adds the task-status record to the same round trip).
@@ -177,36 +182,62 @@ class GroupCommitQueue:
         self.max_events = max_events
         self.timeout_s = timeout_s
         self._pending: list[_Slot] = []
-        self._cv = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._lock = threading.Lock()
+        self._leading = False
 
     def enqueue_events(self, events: Sequence[Event]) -> str:
         slot = _Slot(events)
-        with self._cv:
-            self._ensure_flusher()
+        with self._lock:
             self._pending.append(slot)
-            self._cv.notify()
-        if not slot.wait(self.timeout_s):
-            with self._cv:
-                if slot in self._pending:  # never sent: safe to refuse
-                    self._pending.remove(slot)
-                    raise QueueUnavailable("the broker did not confirm in time", retry_after=5)
-            # In flight: the send itself is bounded by the client's socket timeout.
-            slot.wait()
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead(slot)
+        while slot.state != _DONE:
+            if not slot.wait(self.timeout_s):
+                with self._lock:  # the signal may come right now: decide under the lock
+                    if slot.state == _WAITING and slot in self._pending:
+                        self._pending.remove(slot)  # never sent: safe to refuse
+                        raise QueueUnavailable("the broker did not confirm in time", retry_after=5)
+                # In flight (its send is bounded by the client's socket timeout), or woken
+                # between the timeout and the lock: wait for the signal, which is certain.
+                slot.wait()
+            if slot.state == _LEAD:
+                self._lead(slot)
         if slot.error is not None:
             raise QueueUnavailable(f"the broker is unavailable: {slot.error}") from slot.error
         assert slot.task_id is not None
         return slot.task_id
 
-    def _ensure_flusher(self) -> None:
-        # gunicorn forks after import: a thread started in the parent does not exist in the
-        # child, so the pid is part of the check. The flusher never returns (it catches
-        # every send error), so "started in this process" means "alive".
-        if self._thread is None or self._pid != _pid():
-            self._pid = _pid()
-            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-            self._thread.start()
+    def _lead(self, own: _Slot) -> None:
+        """Send groups until ``own`` is answered, then pass the lead on (or put it down)."""
+        group: list[_Slot] = []
+        try:
+            while True:
+                with self._lock:
+                    group = self._take()
+                if group:
+                    self._send(group)
+                with self._lock:
+                    if own.state == _DONE or not group:
+                        self._pass_lead()
+                        return
+        except BaseException as exc:  # e.g. the worker aborting: nobody may wait forever
+            for slot in group:
+                if slot.state != _DONE:
+                    slot.finish(error=exc)
+            with self._lock:
+                if own in self._pending:  # never sent, and its caller is leaving with exc
+                    self._pending.remove(own)
+                self._pass_lead()
+            raise
+
+    def _pass_lead(self) -> None:
+        """Under ``_lock``: wake the oldest pending caller to send the next group."""
+        if self._pending:
+            self._pending[0].hand_lead()
+        else:
+            self._leading = False
 
     def _take(self) -> list[_Slot]:
         taken, count = [], 0
@@ -218,21 +249,16 @@ class GroupCommitQueue:
             count += len(slot.events)
         return taken
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending:
-                    self._cv.wait()
-                group = self._take()
-            events = [e for slot in group for e in slot.events]
-            try:
-                message = self.send(events_message(events))
-            except Exception as exc:  # noqa: BLE001 - every waiter hears about it
-                for slot in group:
-                    slot.finish(error=exc)
-                continue
+    def _send(self, group: list[_Slot]) -> None:
+        events = [e for slot in group for e in slot.events]
+        try:
+            message = self.send(events_message(events))
+        except Exception as exc:  # noqa: BLE001 - every waiter hears about it
             for slot in group:
-                slot.finish(message.message_id)
+                slot.finish(error=exc)
+            return
+        for slot in group:
+            slot.finish(message.message_id)
 
 
 class RedisEnqueuer:

@@ -243,6 +243,12 @@ def main() -> int:
             f"stored event on: {queued - first:,} events in {t_drain - t_first:.2f}s "
             f"({(queued - first) / max(t_drain - t_first, 1e-9):,.0f} events/s, "
             f"{(t_drain - t_first) / t_ingest:.0%} of the ingest time)",
+            "",
+            f"worker vs the median round's single-event ingest ({results['group commit'].rate():,.0f} "
+            f"events/s): {args.drain_events:,} events take "
+            f"{args.drain_events / results['group commit'].rate():.2f}s to ingest and "
+            f"{t_first + args.drain_events / max((queued - first) / max(t_drain - t_first, 1e-9), 1e-9):.2f}s "
+            f"to store, start-up included",
         ]
     finally:
         redis.stop()

@@ -1,9 +1,9 @@
 """Dramatiq brokers and the ingest side's task queue, with group commit.
 
 Group commit: concurrent requests in one API process share one broker round trip. Each
-request puts its events on a pending list and waits; one flusher thread takes everything
-pending, sends it as a single Dramatiq message, and wakes every waiter with the message id
-once Redis (or RabbitMQ, with publisher confirms) has it. Nothing answers 202 before its
+request puts its events on a pending list; a leader (the first caller that finds nobody
+sending) sends everything pending as a single Dramatiq message and wakes every waiter with
+the message id once Redis (or RabbitMQ, with publisher confirms) has it. Nothing answers 202 before its
 event is in the broker; under load, batches grow by themselves and round trips per event
 fall, without adding latency when the service is idle.
 """
@@ -41,7 +41,7 @@ class MsgspecJSONEncoder(dramatiq.Encoder):
 
     The bytes stay plain JSON, so producers and workers of either encoder read each other's
     messages; encoding a group's message is several times cheaper, and on the ingest path
-    it runs once per group on the flusher thread.
+    it runs once per group, in the leader's thread.
     """
 
     _encode = msgspec.json.Encoder().encode

@@ -44,10 +44,33 @@ def test_bulk_get_set_and_hit_miss_counters(cache: RedisCache, redis_server: Red
 
 
 def test_versions_and_bump(cache: RedisCache) -> None:
-    assert cache.versions(["2026-03-30", "2026-03-31"]) == [0, 0]
+    before = cache.versions(["2026-03-30", "2026-03-31"])
+    assert before is not None and all(v > 0 for v in before)
     cache.bump(["2026-03-31", "2026-03-31"])
-    assert cache.versions(["2026-03-30", "2026-03-31"]) == [0, 2]
+    assert cache.versions(["2026-03-30", "2026-03-31"]) == [before[0], before[1] + 2]
     assert cache.versions([]) == []
+
+
+def test_a_redis_that_lost_its_versions_never_revives_an_old_key(
+    cache: RedisCache, redis_server: RedisInfo, namespace: str
+) -> None:
+    """Versions restart from the current time, so no key of an earlier Redis life (which
+    an API process may still hold locally) is ever current again."""
+    client = redis_server.client()
+    seen: set[str] = set()
+    for _life in range(3):
+        for _ in range(3):
+            found = cache.lookup([("dash", ["2026-03-31"])])
+            assert found is not None
+            key = found[0][0]
+            assert key not in seen
+            seen.add(key)
+            versions = cache.versions(["2026-03-31", "2026-03-30"])
+            assert versions is not None and key == f"dash:{versions[0]}"
+            cache.bump(["2026-03-31"])
+        client.delete(*client.keys(f"{namespace}:cache:ver:*"))  # Redis lost its data
+    cache.bump(["2026-03-29"])  # a bump of a day never read starts it too
+    assert cache.versions(["2026-03-29"])[0] > 1  # type: ignore[index]
 
 
 class CountingConnection(redis.Connection):
@@ -73,7 +96,8 @@ def test_bulk_operations_are_one_round_trip_each(redis_server: RedisInfo, namesp
     assert cache.get_many([f"k{i}" for i in range(200)]) == [b"x"] * 200
     assert CountingConnection.writes == 2
     cache.bump([f"2026-03-{d:02d}" for d in range(1, 29)])
-    assert cache.versions([f"2026-03-{d:02d}" for d in range(1, 29)]) == [1] * 28
+    bumped = cache.versions([f"2026-03-{d:02d}" for d in range(1, 29)])
+    assert bumped is not None and len(set(bumped)) == 1  # started together, bumped once
     assert CountingConnection.writes == 4
     assert cache.hits == 200
 
@@ -130,13 +154,16 @@ def test_lookup_resolves_versioned_keys_in_one_round_trip(
     cache = RedisCache(redis.Redis(connection_pool=pool), namespace=namespace)
     entries = [("a", ["2026-03-30", "2026-03-31"]), ("b", ["2026-03-31"]), ("c", [])]
     first = cache.lookup(entries)
-    assert first == [("a:0.0", None), ("b:0", None), ("c:", None)]
+    v30, v31 = cache.versions(["2026-03-30", "2026-03-31"])  # type: ignore[misc]
+    assert first == [(f"a:{v30}.{v31}", None), (f"b:{v31}", None), ("c:", None)]
     cache.set_many([(k, k.encode(), 60) for k, _ in first])
     CountingConnection.writes = 0
-    assert cache.lookup(entries) == [("a:0.0", b"a:0.0"), ("b:0", b"b:0"), ("c:", b"c:")]
+    assert cache.lookup(entries) == [(k, k.encode()) for k, _ in first]
     assert CountingConnection.writes == 1  # EVALSHA (the script is loaded already)
     cache.bump(["2026-03-31"])
-    assert cache.lookup(entries) == [("a:0.1", None), ("b:1", None), ("c:", b"c:")]
+    assert cache.lookup(entries) == [
+        (f"a:{v30}.{v31 + 1}", None), (f"b:{v31 + 1}", None), ("c:", b"c:")
+    ]
     assert (cache.hits, cache.misses) == (4, 5)
 
 
@@ -148,8 +175,9 @@ def test_lookup_held_confirms_a_current_key_without_sending_the_value(
     cache.set_many([(ka, b"A", 60), (kb, b"B", 60)])
     assert cache.lookup_held(entries, [ka, None]) == [(ka, True), (kb, b"B")]
     assert cache.lookup_held(entries, ["a:7", kb]) == [(ka, b"A"), (kb, True)]
+    (v,) = cache.versions(["2026-03-31"])  # type: ignore[misc]
     cache.bump(["2026-03-31"])
-    assert cache.lookup_held(entries, [ka, kb]) == [("a:1", None), ("b:1", None)]
+    assert cache.lookup_held(entries, [ka, kb]) == [(f"a:{v + 1}", None), (f"b:{v + 1}", None)]
 
 
 def test_lookup_connection_survives_a_flushed_script_cache_and_a_killed_connection(
@@ -160,12 +188,13 @@ def test_lookup_connection_survives_a_flushed_script_cache_and_a_killed_connecti
     client = redis.Redis(host="127.0.0.1", port=own_redis.port)
     cache = RedisCache(client, namespace="own")
     entries = [("a", ["2026-03-31"])]
-    assert cache.lookup(entries) == [("a:0", None)]
+    ((key, value),) = cache.lookup(entries)  # type: ignore[misc]
+    assert value is None and key.startswith("a:")
     client.script_flush()  # as after a Redis restart
-    assert cache.lookup(entries) == [("a:0", None)]
+    assert cache.lookup(entries) == [(key, None)]
     client.client_kill_filter(_type="normal", skipme=True)  # the lookup connection is gone
-    cache.set_many([("a:0", b"A", 60)])
-    assert cache.lookup(entries) == [("a:0", b"A")]
+    cache.set_many([(key, b"A", 60)])
+    assert cache.lookup(entries) == [(key, b"A")]
     results: list[object] = []
     threads = [
         threading.Thread(target=lambda: results.append(cache.lookup(entries))) for _ in range(4)
@@ -174,5 +203,5 @@ def test_lookup_connection_survives_a_flushed_script_cache_and_a_killed_connecti
         t.start()
     for t in threads:
         t.join()
-    assert results == [[("a:0", b"A")]] * 4
+    assert results == [[(key, b"A")]] * 4
     assert cache.errors == 0

@@ -4,7 +4,10 @@ Keys live under ``<namespace>:cache:``. Values: ``...:v:<key>`` with a TTL chose
 caller (closed buckets long, open bucket short, dashboard seconds). Versions:
 ``...:ver:<YYYY-MM-DD>``, one integer per UTC day, bumped by the worker after it counted
 events of that day; cached values carry the versions they were computed under in their
-key, so a bump retires them at once and they simply expire.
+key, so a bump retires them at once and they simply expire. A version starts at the
+current time in microseconds, not at 0: a Redis that lost its data (restarted without
+persistence, flushed) starts every version afresh, and a value an API process still holds
+in its local level under an old version must never match again.
 
 Reads are best effort: any Redis error counts as a miss (``errors`` is incremented) and
 opens a short circuit (``retry_after_s``) during which the cache is skipped, so a Redis
@@ -32,7 +35,8 @@ log = structlog.get_logger("analytics.cache")
 VERSION_TTL_S = 40 * 86_400  # versions outlive every cached value that names them
 
 # One round trip for a versioned read: resolve each entry's key from the current versions
-# of its scopes, then read it. ARGV: prefix, then per entry: base, held, n, scope_1..scope_n.
+# of its scopes, then read it. ARGV: prefix, now (us: the first value of a missing
+# version), the versions' TTL, then per entry: base, held, n, scope_1..scope_n.
 # ``held`` is the key under which the caller already holds a value (its in-process level),
 # or '': when it equals the resolved key the value is not sent back (the reply is the
 # integer 1: "what you hold is current"). Otherwise the reply is the value, or '' (miss).
@@ -40,7 +44,8 @@ VERSION_TTL_S = 40 * 86_400  # versions outlive every cached value that names th
 # like the Dramatiq Redis broker itself.)
 _LOOKUP = """
 local prefix = ARGV[1]
-local i = 2
+local now, ttl = ARGV[2], ARGV[3]
+local i = 4
 local res = {}
 local seen = {}
 while i <= #ARGV do
@@ -53,7 +58,11 @@ while i <= #ARGV do
     local s = ARGV[i + j]
     local v = seen[s]
     if v == nil then
-      v = redis.call('GET', prefix .. 'ver:' .. s) or '0'
+      v = redis.call('GET', prefix .. 'ver:' .. s)
+      if not v then
+        v = now
+        redis.call('SET', prefix .. 'ver:' .. s, v, 'EX', ttl)
+      end
       seen[s] = v
     end
     parts[#parts + 1] = v
@@ -69,6 +78,12 @@ while i <= #ARGV do
 end
 return res
 """
+
+def _now_us() -> int:
+    """Where a version starts: after every version an earlier Redis life could have
+    reached (those start from their own start time and gain one per bump)."""
+    return time.time_ns() // 1000
+
 
 #: ``lookup_held``'s answer for an entry whose held key is current (its value not sent).
 HELD = True
@@ -136,12 +151,21 @@ class RedisCache:
             return None
         if not scopes:
             return []
+        keys = [self.prefix + "ver:" + s for s in scopes]
         try:
-            values = self._call("MGET", *[self.prefix + "ver:" + s for s in scopes])
+            values = self._call("MGET", *keys)
+            if None in values:  # first read of a day in this Redis's life: start it
+                pipe = self.client.pipeline(transaction=False)
+                now = _now_us()
+                for key, value in zip(keys, values, strict=True):
+                    if value is None:
+                        pipe.set(key, now, nx=True, ex=VERSION_TTL_S)
+                pipe.mget(keys)
+                values = pipe.execute()[-1]
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "versions")
             return None
-        return [int(v) if v is not None else 0 for v in values]
+        return [int(v) for v in values]
 
     def lookup(
         self, entries: Sequence[tuple[str, Sequence[str]]]
@@ -162,7 +186,7 @@ class RedisCache:
         if not self._available():
             self._count(0, len(entries))
             return None
-        argv: list[str | int] = [self.prefix]
+        argv: list[str | int] = [self.prefix, _now_us(), VERSION_TTL_S]
         for i, (base, scopes) in enumerate(entries):
             argv += [base, (held[i] or "") if held is not None else "", len(scopes), *scopes]
         try:
@@ -232,7 +256,9 @@ class RedisCache:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
+            now = _now_us()
             for s in names:
+                pipe.set(self.prefix + "ver:" + s, now, nx=True, ex=VERSION_TTL_S)
                 pipe.incr(self.prefix + "ver:" + s)
                 pipe.expire(self.prefix + "ver:" + s, VERSION_TTL_S)
             pipe.execute()

@@ -162,7 +162,9 @@ def test_lookup_resolves_versioned_keys_in_one_round_trip(
     assert CountingConnection.writes == 1  # EVALSHA (the script is loaded already)
     cache.bump(["2026-03-31"])
     assert cache.lookup(entries) == [
-        (f"a:{v30}.{v31 + 1}", None), (f"b:{v31 + 1}", None), ("c:", b"c:")
+        (f"a:{v30}.{v31 + 1}", None),
+        (f"b:{v31 + 1}", None),
+        ("c:", b"c:"),
     ]
     assert (cache.hits, cache.misses) == (4, 5)
 

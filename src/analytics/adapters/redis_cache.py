@@ -79,6 +79,7 @@ end
 return res
 """
 
+
 def _now_us() -> int:
     """Where a version starts: after every version an earlier Redis life could have
     reached (those start from their own start time and gain one per bump)."""

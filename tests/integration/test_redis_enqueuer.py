@@ -33,6 +33,7 @@ from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import TaskStatusMiddleware, install
 from analytics.domain.clock import SystemClock
 from analytics.domain.events import Event
+from tests import aggsupport
 from tests.support import free_port, wait_until
 
 NOW = datetime.now(UTC)
@@ -71,12 +72,7 @@ def broker(server: RedisServerProcess) -> Iterator[RedisBroker]:
 
 
 def make_event(i: int) -> Event:
-    return Event(
-        event_id=uuid.uuid4(), event_type="page_view", user_id=f"u{i}", session_id=f"s{i}",
-        product_id=None, metadata={}, timestamp=NOW, received_at=NOW,
-        event_day=NOW.strftime("%Y-%m-%d"), event_hour=NOW.hour, price=None, quantity=1,
-        currency=None, total_value=None, correlation_id=f"c{i}",
-    )  # fmt: skip
+    return aggsupport.make_event(NOW, user=f"u{i}", session=f"s{i}")
 
 
 def status_of(broker: RedisBroker, task_id: str) -> str | None:

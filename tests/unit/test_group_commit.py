@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,17 +22,13 @@ from analytics.adapters import codec
 from analytics.adapters.dramatiq_queue import GroupCommitQueue
 from analytics.domain.errors import QueueUnavailable
 from analytics.domain.events import Event
+from tests import aggsupport
 
 NOW = datetime.now(UTC)
 
 
 def make_event(i: int) -> Event:
-    return Event(
-        event_id=uuid.uuid4(), event_type="page_view", user_id=f"u{i}", session_id=f"s{i}",
-        product_id=None, metadata={}, timestamp=NOW, received_at=NOW,
-        event_day=NOW.strftime("%Y-%m-%d"), event_hour=NOW.hour, price=None, quantity=1,
-        currency=None, total_value=None, correlation_id=f"c{i}",
-    )  # fmt: skip
+    return aggsupport.make_event(NOW, user=f"u{i}", session=f"s{i}")
 
 
 class Recorder:

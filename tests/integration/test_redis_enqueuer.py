@@ -155,3 +155,25 @@ def test_msgspec_encoder_speaks_dramatiqs_json() -> None:
     assert ours.decode(stock.encode(data)) == as_json
     with pytest.raises(dramatiq.DecodeError):
         ours.decode(b"{not json")
+
+
+def test_prefetched_messages_are_requeued_when_the_consumer_stops(broker: RedisBroker) -> None:
+    """What the consumer fetched but never handed out goes back to the queue at shutdown,
+    instead of waiting in the stopped worker's ack set for its heartbeat to expire."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from analytics.adapters.dramatiq_queue import RequeuePrefetched  # noqa: PLC0415
+
+    for i in range(5):
+        broker.enqueue(events_message([make_event(i)]))
+    consumer = broker.consume("high_priority", prefetch=5, timeout=1000)
+    taken = next(consumer)  # fetches all five, hands out one
+    acks = f"{broker.namespace}:__acks__.{broker.broker_id}.high_priority"
+    assert broker.client.scard(acks) == 5
+    RequeuePrefetched().before_consumer_thread_shutdown(
+        broker, SimpleNamespace(consumer=consumer, queue_name="high_priority")
+    )
+    assert broker.client.scard(acks) == 1  # only the one a worker thread holds
+    assert broker.client.llen(f"{broker.namespace}:high_priority") == 4
+    consumer.ack(taken)
+    assert broker.client.scard(acks) == 0

@@ -59,6 +59,36 @@ class MsgspecJSONEncoder(dramatiq.Encoder):
             ) from None
 
 
+class RequeuePrefetched(dramatiq.Middleware):
+    """At a clean shutdown, give back what a Redis consumer fetched but never handed out.
+
+    Dramatiq's Redis consumer fetches up to ``prefetch`` messages at a time (each then
+    sits in the worker's ack set) and yields them one by one; when the worker stops, the
+    ones still in its cache are neither processed nor requeued, and wait for the worker's
+    heartbeat to expire (15 s here) before another worker may take them. This hook, run by
+    the consumer thread as it ends, requeues them at once. Should it fail, the heartbeat
+    expiry still recovers them: nothing is lost either way.
+    """
+
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        consumer = getattr(thread, "consumer", None)
+        cache = getattr(consumer, "message_cache", None)
+        if not cache:
+            return
+        ids = []
+        for data in cache:
+            try:
+                ids.append(dramatiq.Message.decode(data).options["redis_message_id"])
+            except Exception:  # noqa: BLE001, S112 - undecodable: the heartbeat recovers it
+                continue
+        consumer.message_cache = []  # type: ignore[union-attr]
+        if ids:
+            try:
+                broker.do_requeue(thread.queue_name, *ids)  # type: ignore[attr-defined]
+            except redis.RedisError:
+                pass
+
+
 def build_broker(
     settings: Settings, middleware: list[dramatiq.Middleware] | None = None
 ) -> dramatiq.Broker:
@@ -85,6 +115,8 @@ def build_broker(
         broker = StubBroker(middleware=middleware)
     from analytics.adapters.dead_letter_recorder import DeadLetterRecorder  # noqa: PLC0415
 
+    if isinstance(broker, RedisBroker):
+        broker.add_middleware(RequeuePrefetched())
     # ``after_*`` hooks run in reverse order: placed before Retries, it sees Retries' verdict.
     broker.add_middleware(DeadLetterRecorder(), before=dramatiq.middleware.Retries)
     for queue in QUEUES:

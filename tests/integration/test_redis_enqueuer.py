@@ -177,3 +177,18 @@ def test_prefetched_messages_are_requeued_when_the_consumer_stops(broker: RedisB
     assert broker.client.llen(f"{broker.namespace}:high_priority") == 4
     consumer.ack(taken)
     assert broker.client.scard(acks) == 0
+
+
+def test_every_redis_broker_the_service_builds_requeues_its_prefetch(
+    server: RedisServerProcess,
+) -> None:
+    from analytics.adapters.dramatiq_queue import RequeuePrefetched, build_broker  # noqa: PLC0415
+    from analytics.settings import Settings  # noqa: PLC0415
+
+    built = build_broker(
+        Settings.from_env({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)})
+    )
+    try:
+        assert any(isinstance(m, RequeuePrefetched) for m in built.middleware)
+    finally:
+        built.close()

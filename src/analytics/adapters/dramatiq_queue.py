@@ -27,6 +27,7 @@ from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import STATUS_RECORDED, TaskStatusMiddleware
 from analytics.domain.errors import QueueUnavailable
 from analytics.domain.events import Event
+from analytics.domain.validation import JSON_DECODE_ERRORS
 
 if TYPE_CHECKING:
     from analytics.settings import Settings
@@ -53,7 +54,7 @@ class MsgspecJSONEncoder(dramatiq.Encoder):
     def decode(self, data: bytes) -> dict[str, Any]:
         try:
             return self._decode(data)  # type: ignore[no-any-return]
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except JSON_DECODE_ERRORS as exc:
             raise dramatiq.DecodeError(
                 f"failed to decode message {data[:200]!r}", data, exc
             ) from None

@@ -23,6 +23,7 @@ from analytics.domain.events import (
 from analytics.domain.ports import Clock, IdGenerator, TaskQueue
 from analytics.domain.validation import (
     DEFAULT_LIMITS,
+    JSON_DECODE_ERRORS,
     TOO_DEEP,
     EventBuilder,
     Limits,
@@ -134,7 +135,7 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
     """
     try:
         fast = _fast_batch_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except JSON_DECODE_ERRORS:
         pass  # malformed or some event ill-typed: the slow path below says which
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
@@ -152,7 +153,7 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         batch = _batch_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a string
+    except JSON_DECODE_ERRORS as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None

@@ -48,6 +48,10 @@ _encoder = msgspec.json.Encoder()
 
 AnyEventIn = EventIn | LegacyEventIn
 
+#: What a msgspec JSON decode raises for input that is not JSON: ``DecodeError``, and
+#: ``UnicodeDecodeError`` for invalid UTF-8 inside a string (msgspec does not wrap it).
+JSON_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+
 
 def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
     """Decode one event body; raise MalformedInput (not JSON) or ValidationFailed (all errors)."""
@@ -55,13 +59,13 @@ def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
         return _decoders[model].decode(raw)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a string
+    except JSON_DECODE_ERRORS as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
     try:
         doc = _any_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. trailing bytes
+    except JSON_DECODE_ERRORS as exc:  # e.g. trailing bytes after a wrongly typed value
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None

@@ -125,15 +125,14 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
 
 def _decode_events(payload: object) -> list[Any]:
     """A payload that does not decode can never succeed: straight to the dead letters."""
-    import msgspec  # noqa: PLC0415
-
     from analytics.domain.errors import PermanentError  # noqa: PLC0415
+    from analytics.domain.validation import JSON_DECODE_ERRORS  # noqa: PLC0415
 
     if not isinstance(payload, str | bytes):
         raise PermanentError(f"payload is {type(payload).__name__}, not JSON text")
     try:
         return codec.decode_events(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except JSON_DECODE_ERRORS as exc:
         raise PermanentError(f"payload does not decode: {exc}") from exc
 
 

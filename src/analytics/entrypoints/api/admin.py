@@ -17,6 +17,7 @@ from analytics.application.dead_letters import (
 )
 from analytics.domain.errors import BadQuery, MalformedInput
 from analytics.domain.ports import DeadLetters
+from analytics.domain.validation import JSON_DECODE_ERRORS
 from analytics.entrypoints.api.body import read_json_body
 
 encode = msgspec.json.Encoder().encode
@@ -84,7 +85,7 @@ class DeadLetterActionResource:
             body = _decode_selection(raw or b"{}")
         except msgspec.ValidationError as exc:
             raise BadQuery("body", str(exc)) from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except JSON_DECODE_ERRORS as exc:
             raise MalformedInput(f"body is not JSON: {exc}") from None
         if body.queue is not None and body.queue not in QUEUE_NAMES:
             raise BadQuery("queue", f"unknown queue {body.queue!r}")

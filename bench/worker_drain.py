@@ -29,13 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
-from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository  # noqa: E402
-from analytics.bootstrap import bootstrap  # noqa: E402
-from analytics.settings import Settings  # noqa: E402
-from bench.ingest import env_for  # noqa: E402
-from tests.aggsupport import make_event  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from analytics.adapters.embedded_redis import RedisServerProcess
+from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
+from analytics.bootstrap import bootstrap
+from analytics.settings import Settings
+from bench.ingest import env_for
+from tests.aggsupport import make_event
+from tests.support import free_port
 
 
 def queue_messages(env: dict[str, str], messages: int, group: int) -> None:
@@ -73,7 +73,7 @@ def drain_once(redis: RedisServerProcess, tmp: Path, args: argparse.Namespace) -
     cpu0 = children_cpu()
     log = (tmp / "worker.log").open("ab")
     t0 = time.perf_counter()
-    worker = subprocess.Popen(  # noqa: S603
+    worker = subprocess.Popen(
         [sys.executable, "-m", "analytics", "worker", "--queues", "high_priority",
          "--processes", str(args.worker_processes), "--threads", str(args.worker_threads)],
         env=env, stdout=log, stderr=subprocess.STDOUT,

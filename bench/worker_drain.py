@@ -96,7 +96,9 @@ def drain_once(redis: RedisServerProcess, tmp: Path, args: argparse.Namespace) -
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--messages", type=int, default=1250)
     ap.add_argument("--group", type=int, default=8, help="events per message")
     ap.add_argument("--repeat", type=int, default=3)
@@ -111,7 +113,11 @@ def main() -> int:
               f"{args.worker_processes}x{args.worker_threads}; {os.cpu_count()} CPUs")  # fmt: skip
         for i in range(args.repeat):
             r = drain_once(redis, tmp, args)
-            cmds = ", ".join(f"{k[4:]} {v:.2f}" for k, v in sorted(r.items()) if k.startswith("cmd:") and v >= 0.01)
+            cmds = ", ".join(
+                f"{k[4:]} {v:.2f}"
+                for k, v in sorted(r.items())
+                if k.startswith("cmd:") and v >= 0.01
+            )
             print(f"run {i + 1}: start-up (spawn to first stored) {r['first']:.2f}s; all stored "
                   f"{r['all']:.2f}s ({n / r['all']:,.0f} events/s; after the first "
                   f"{n / max(r['all'] - r['first'], 1e-9):,.0f} events/s); worker CPU "

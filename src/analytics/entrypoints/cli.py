@@ -280,28 +280,38 @@ def run_dramatiq(argv: list[str], settings: Settings) -> int:
     handlers (this is its master process), and a reload (SIGHUP) re-executes
     ``python -m dramatiq <argv>`` exactly as before.
     """
-    import importlib  # noqa: PLC0415
-
     import dramatiq.__main__  # noqa: PLC0415
     from dramatiq import cli as dramatiq_cli  # noqa: PLC0415
 
+    preload_worker_modules(settings)
+    args = dramatiq_cli.make_argument_parser().parse_args(argv)
+    sys.argv = [str(dramatiq.__main__.__file__), *argv]  # what a reload re-executes
+    return int(dramatiq_cli.main(args) or 0)
+
+
+def preload_worker_modules(settings: Settings) -> list[str]:
+    """Import what a worker process of this configuration imports, and nothing else: the
+    actors and their middleware, and the adapters ``bootstrap`` picks for these settings
+    (``bootstrap.adapter_modules``; boto3 only with DynamoDB or SNS). Imports only: no
+    client, broker or thread is made. Returns the module names."""
+    import importlib  # noqa: PLC0415
+
     from analytics.bootstrap import adapter_modules  # noqa: PLC0415
 
-    for module in [
+    modules = [
         "analytics.entrypoints.actors",
         "analytics.entrypoints.telemetry",
         "analytics.entrypoints.logs",
         "analytics.adapters.recycler",
         "analytics.adapters.worker_registry",
         "analytics.adapters.task_status_middleware",
-        "prometheus_client",  # the library only: its metrics are made in each process
+        "prometheus_client",  # the library only: the metrics are made in each process
         "psutil",
         *adapter_modules(settings),
-    ]:
+    ]
+    for module in modules:
         importlib.import_module(module)
-    args = dramatiq_cli.make_argument_parser().parse_args(argv)
-    sys.argv = [str(dramatiq.__main__.__file__), *argv]  # what a reload re-executes
-    return int(dramatiq_cli.main(args) or 0)
+    return modules
 
 
 def preflight(settings: Settings) -> None:

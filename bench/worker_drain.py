@@ -8,7 +8,8 @@ dispatch script and the ``queued`` task-status record), then spawns ``analytics 
 --queues high_priority`` (2 processes x 8 threads by default, as ``bench/ingest.py``) and
 times it from the spawn to the first event in the SQLite store (start-up) and to the last
 one (drain). The Redis server's command statistics (``INFO commandstats``, reset before
-the spawn; nothing else uses this server) and the worker's CPU time (its process tree,
+the spawn; nothing else uses this server; ``total_reads_processed`` counts requests, a
+pipeline being one) and the worker's CPU time (its process tree,
 reaped) are divided by the number of messages: figures the neighbours on a shared machine
 do not move, unlike the times.
 """
@@ -87,12 +88,14 @@ def drain_once(redis: RedisServerProcess, tmp: Path, args: argparse.Namespace) -
         time.sleep(0.005)
     t_all = time.perf_counter() - t0
     stats = commandstats(client)
+    reads = int(client.info("stats")["total_reads_processed"])  # ~ round trips (requests)
     worker.terminate()
     worker.wait(60)
     cpu = children_cpu() - cpu0
     per = {k: v / args.messages for k, v in stats.items() if k not in ("info", "config|resetstat")}
     return {"first": t_first if t_first is not None else t_all, "all": t_all, "cpu": cpu,
-            "cmds": sum(per.values()), **{f"cmd:{k}": v for k, v in per.items()}}  # fmt: skip
+            "reads": reads / args.messages, "cmds": sum(per.values()),
+            **{f"cmd:{k}": v for k, v in per.items()}}  # fmt: skip
 
 
 def main() -> int:
@@ -122,8 +125,8 @@ def main() -> int:
                   f"{r['all']:.2f}s ({n / r['all']:,.0f} events/s; after the first "
                   f"{n / max(r['all'] - r['first'], 1e-9):,.0f} events/s); worker CPU "
                   f"{r['cpu']:.2f}s ({r['cpu'] / args.messages * 1e3:.2f} ms/message, "
-                  f"{r['cpu'] / n * 1e6:.0f} us/event); Redis commands per message "
-                  f"{r['cmds']:.2f}: {cmds}")  # fmt: skip
+                  f"{r['cpu'] / n * 1e6:.0f} us/event); Redis round trips (reads) per "
+                  f"message {r['reads']:.2f}, commands per message {r['cmds']:.2f}: {cmds}")  # fmt: skip
     finally:
         redis.stop()
     return 0

@@ -371,6 +371,7 @@ def bootstrap(
     cursor_secret: bytes | None = None,
 ) -> Container:
     from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
+    from analytics.adapters.dramatiq_queue import carry_status_on_ack  # noqa: PLC0415
     from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
         TaskStatusMiddleware,
         install,
@@ -381,6 +382,7 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
+        carry_status_on_ack(broker)  # Redis: each succeeded record travels with its ack
         equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
     aggregates = aggregates or build_aggregates(settings, event_repo)

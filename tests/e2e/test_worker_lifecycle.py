@@ -108,7 +108,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_cleanly(rig_factory) -> None
     rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="0")
     # Enough work that the stop comes mid-way: a worker process notices SIGTERM within a
     # second, and the worker stores a few thousand events per second.
-    groups = 1200
+    groups = 2000
     ids = rig.send(groups, 5)
     proc = rig.start_worker("--processes", "2", "--threads", "4")
     wait_until(lambda: rig.repo.count() >= 5, timeout=60, message="worker did not start")

@@ -102,3 +102,29 @@ def test_a_writer_lock_held_past_the_busy_timeout_is_storage_unavailable(
         release.set()
         child.join(10)
     assert SQLiteEventRepository(impatient).add_many([make_event(1)])  # free again
+
+
+def test_checkpoints_run_every_few_commits_and_outside_the_writer_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analytics.adapters import sqlite_store  # noqa: PLC0415
+
+    db = SQLiteDatabase(tmp_path / "c.sqlite3")
+    assert db.connect().execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)  # ours only
+    held: list[bool] = []
+    real = SQLiteDatabase.checkpoint
+
+    def spy(self: SQLiteDatabase, conn: object = None) -> None:
+        held.append(_locked_by_someone(self.path))  # another descriptor: sees our flock too
+        real(self, conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteDatabase, "checkpoint", spy)
+    repo = SQLiteEventRepository(db)
+    size = db.path.stat().st_size
+    for i in range(sqlite_store.CHECKPOINT_EVERY - 1):
+        repo.add_many([make_event(i)])
+    assert held == [] and db.path.stat().st_size == size  # all in the WAL so far
+    repo.add_many([make_event(99)])
+    assert held == [False]  # one checkpoint, with the writer lock released
+    assert db.path.stat().st_size > size  # the pages reached the database file
+    assert repo.count() == sqlite_store.CHECKPOINT_EVERY

@@ -12,6 +12,13 @@ idle between the two processes' commits; the ``flock`` is taken again within a f
 of a millisecond of its release. The busy handler still covers writers that do not take
 the ``flock`` (another program on the file), and the kernel drops the lock of a process
 that dies, so a crash never leaves it held.
+
+Checkpoints run outside that lock. SQLite's automatic checkpoint (every 1,000 WAL pages)
+runs inside the COMMIT that crosses the mark, copying pages into the database file and
+fsyncing it, which kept the lock held for several more milliseconds while the other
+processes waited; SQLite itself lets a writer go on during a checkpoint. So our writers
+turn it off and, after every ``CHECKPOINT_EVERY`` commits of a process, run a PASSIVE
+checkpoint once the lock is released (a checkpoint never changes what is committed).
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ class _WriterLock:
         self.path = path.with_name(path.name + ".writer")
         self._fd = -1
         self._pid = 0
+        self.commits = 0  # since the last checkpoint, in this process (under thread_lock)
 
     def _file(self) -> int:
         # A descriptor inherited through fork shares its flock with the parent: reopen.
@@ -111,6 +119,8 @@ class _WriterLock:
             self.thread_lock.release()
 
 
+CHECKPOINT_EVERY = 4  # commits per process and file (the worker's: ~250 WAL pages each)
+
 _WRITE_LOCKS: dict[str, _WriterLock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
@@ -145,6 +155,7 @@ class SQLiteDatabase:
             )  # fmt: skip
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # ours, outside the writer lock
             self._local.conn = conn
         return conn
 
@@ -163,6 +174,7 @@ class SQLiteDatabase:
         # Writers queue on the writer lock instead of on SQLite's busy handler, which
         # sleeps in coarse steps (up to 100 ms) and starved the worker (module docstring).
         self._lock_writer()
+        checkpoint = False
         try:
             try:
                 conn = self.connect()
@@ -182,8 +194,21 @@ class SQLiteDatabase:
             except sqlite3.OperationalError as exc:
                 conn.execute("ROLLBACK")
                 raise StorageUnavailable(f"sqlite commit: {exc}") from exc
+            self._write_lock.commits += 1
+            if self._write_lock.commits >= CHECKPOINT_EVERY:
+                self._write_lock.commits, checkpoint = 0, True
         finally:
             self._write_lock.release()
+        if checkpoint:
+            self.checkpoint(conn)
+
+    def checkpoint(self, conn: sqlite3.Connection | None = None) -> None:
+        """A PASSIVE checkpoint: copy what it can into the database file, wait for nobody
+        (a reader or another checkpoint in the way: the next one catches up)."""
+        try:
+            (conn or self.connect()).execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass  # busy or locked: committed data is safe in the WAL either way
 
     def _lock_writer(self) -> None:
         try:

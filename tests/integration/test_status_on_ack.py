@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import dramatiq
 import pytest
@@ -37,7 +38,7 @@ class CountingConnection(Connection):
     """A real connection that counts its writes to the socket (one per round trip), by
     thread: a worker thread processes and acks its message; the consumer thread fetches."""
 
-    writes: collections.Counter[int] = collections.Counter()
+    writes: ClassVar[collections.Counter[int]] = collections.Counter()
 
     def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
         CountingConnection.writes[threading.get_ident()] += 1

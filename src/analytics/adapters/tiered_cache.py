@@ -259,7 +259,7 @@ class TieredCache:
         )
 
     def versions(self, scopes: Sequence[str]) -> list[int] | None:
-        return self.remote.versions(scopes)  # type: ignore[no-any-return]  # never local
+        return self.remote.versions(scopes)  # type: ignore[no-any-return]  # never this LRU
 
     def bump(self, scopes: Iterable[str]) -> None:
         self.remote.bump(scopes)

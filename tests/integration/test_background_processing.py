@@ -93,7 +93,7 @@ def test_group_commit_shares_one_message_between_concurrent_callers(container: C
     messages = container.broker.client.hvals(f"{container.settings.namespace}:high_priority.msgs")
     assert len(messages) == len(set(ids)) < 32
     payloads = [dramatiq.Message.decode(m) for m in messages]
-    assert sum(len(codec.decode_events(p.args[0])) for p in payloads) == 32
+    assert sum(len(codec.events_from_arg(p.args[0])) for p in payloads) == 32
 
 
 def test_events_are_stored_by_the_worker(container: Container, worker: Worker) -> None:
@@ -115,6 +115,25 @@ def test_redelivered_message_and_client_retry_are_stored_once(
     wait_until(lambda: stored(container) >= 10, timeout=20)
     container.broker.join("high_priority", timeout=20_000)
     assert stored(container) == 10
+
+
+def test_messages_of_an_older_build_and_of_this_one_are_both_stored(
+    container: Container, worker: Worker
+) -> None:
+    """Older builds embedded the events as a JSON *string*; this one as raw JSON. Messages
+    of the older form still sit in queues (and dead letters) after an upgrade."""
+    old_form, new_form = [make_event(i) for i in range(5)], [make_event(i) for i in range(5, 9)]
+    old = events_message(old_form)
+    old = old.copy(args=(codec.encode(old_form).decode(),))
+    encoded = old.encode()
+    assert b'"args":["[{\\"event_id' in encoded  # really the escaped string form
+    container.broker.enqueue(old)
+    new = container.broker.enqueue(events_message(new_form))
+    assert codec.encode(new_form) in new.encode()  # raw JSON, not a string
+    wait_until(lambda: stored(container) == 9, timeout=20)
+    container.broker.join("high_priority", timeout=20_000)
+    sent = {e.event_id: e for e in old_form + new_form}
+    assert container.event_repo.get_many(sent) == sent
 
 
 def test_sigkilled_worker_loses_nothing(settings: Settings, container: Container) -> None:

@@ -45,7 +45,7 @@ class Recorder:
             self.calls += 1
             n = self.calls
         self.behaviour(n)
-        ids = [str(e.event_id) for e in codec.decode_events(message.args[0])]
+        ids = [str(e.event_id) for e in codec.events_from_arg(message.args[0])]
         with self.lock:
             self.sent[message.message_id] = ids
         return message

@@ -262,10 +262,17 @@ def test_an_ingest_message_survives_the_message_encoder() -> None:
                                        .encode()), received_at=NOW, correlation_id="c",
                           new_id=uuid.uuid4) for _ in range(3)]  # fmt: skip
     message = events_message(events)
-    back = dramatiq.Message(
-        **MsgspecJSONEncoder().decode(MsgspecJSONEncoder().encode(message.asdict()))
-    )
-    assert back == message
-    assert codec.decode_events(back.args[0]) == events
+    encoded = MsgspecJSONEncoder().encode(message.asdict())
+    assert codec.encode(events) in encoded  # raw JSON inside the envelope, escaped once only
+    back = dramatiq.Message(**MsgspecJSONEncoder().decode(encoded))
+    assert back == message.copy(args=(msgspec.json.decode(codec.encode(events)),))
+    assert codec.events_from_arg(back.args[0]) == events
+    assert codec.events_from_arg(message.args[0]) == events  # before encoding, in-process
+    older = codec.encode(events).decode()  # what builds before raw JSON put in the message
+    assert codec.events_from_arg(older) == codec.events_from_arg(older.encode()) == events
+    with pytest.raises(TypeError):
+        codec.events_from_arg(42)
+    with pytest.raises(msgspec.ValidationError):
+        codec.events_from_arg([{"event_id": "not a uuid"}])
     with pytest.raises(dramatiq.DecodeError):
         MsgspecJSONEncoder().decode(b'{"queue_name": ')

@@ -23,6 +23,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
 from analytics.adapters import codec
+from analytics.adapters.redis_packing import use_large_value_packer
 from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import STATUS_RECORDED, TaskStatusMiddleware
 from analytics.domain.errors import QueueUnavailable
@@ -99,7 +100,8 @@ def build_broker(
     broker: dramatiq.Broker
     if settings.broker == "redis":
         broker = RedisBroker(
-            client=redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+            # Group messages are large: sent as they are, not copied by hiredis' packer.
+            client=use_large_value_packer(redis.Redis(**settings.redis_kwargs())),  # type: ignore[arg-type]
             namespace=settings.namespace,
             heartbeat_timeout=int(settings.heartbeat_timeout_s * 1000),
             maintenance_chance=settings.broker_maintenance_chance,
@@ -126,12 +128,17 @@ def build_broker(
 
 
 def events_message(events: Sequence[Event]) -> dramatiq.Message[object]:
-    """One ``process_events`` message carrying a group of events, with their correlation ids."""
+    """One ``process_events`` message carrying a group of events, with their correlation ids.
+
+    The events are raw JSON inside the envelope (``codec.events_arg``): encoded once, never
+    escaped as a string. Only :class:`MsgspecJSONEncoder` can encode such a message, and
+    ``build_broker`` installs it; workers read this form and the older one (JSON text).
+    """
     correlation_ids = sorted({e.correlation_id for e in events if e.correlation_id})
     return dramatiq.Message(
         queue_name="high_priority",
         actor_name=PROCESS_EVENTS,
-        args=(codec.encode(events).decode(),),
+        args=(codec.events_arg(events),),
         kwargs={},
         options={"correlation_ids": correlation_ids[:50]},
     )
@@ -143,7 +150,7 @@ def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
     return dramatiq.Message(
         queue_name="notifications",
         actor_name=PUBLISH_NOTIFICATIONS,
-        args=(codec.encode(events).decode(),),
+        args=(codec.events_arg(events),),
         kwargs={},
         options={"correlation_ids": correlation_ids[:50]},
     )

@@ -91,29 +91,29 @@ def accept_batch(
         new_id=deps.new_id,
         limits=deps.limits,
     )
+    decoded = [item for item in items if not isinstance(item, ValidationFailed)]
+    built = iter(build.many(decoded))  # in the order of ``decoded``
+    outcomes = (
+        item if isinstance(item, ValidationFailed) else next(built) for item in items
+    ) if len(decoded) < len(items) else built  # fmt: skip
     results: list[BatchItemResult] = []
     accepted: list[Event] = []
     seen: set[int] = set()  # event_id.int: UUID.__hash__ is Python code, int's is not
     duplicates = rejected = 0
-    for index, item in enumerate(items):
-        try:
-            if isinstance(item, ValidationFailed):
-                raise item
-            event = build(item)
-        except ValidationFailed as exc:
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, ValidationFailed):
             rejected += 1
-            results.append(
-                BatchItemResult(index, "rejected", errors=tuple(e.as_dict() for e in exc.errors))
-            )
+            errors = tuple(e.as_dict() for e in outcome.errors)
+            results.append(BatchItemResult(index, "rejected", errors=errors))
             continue
-        event_id = event.event_id
+        event_id = outcome.event_id
         key = event_id.int
         if key in seen:
             duplicates += 1
             results.append(BatchItemResult(index, "duplicate", event_id))
             continue
         seen.add(key)
-        accepted.append(event)
+        accepted.append(outcome)
         results.append(BatchItemResult(index, "accepted", event_id))
     task_id = deps.queue.enqueue_events(accepted) if accepted else None
     return BatchReceipt(
@@ -142,11 +142,10 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
     else:
         _check_count(len(fast.events), max_events)
         items: list[EventIn | ValidationFailed] = fast.events
-        raws: list[msgspec.Raw] | None = None
-        for index, event in enumerate(fast.events):
-            if not _patterns_match(event):
-                if raws is None:
-                    raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
+        failing = _patterns_match.failing(items)
+        if failing:
+            raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
+            for index in failing:
                 items[index] = _decode_one(raws[index])
         return items
     try:

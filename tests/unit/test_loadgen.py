@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.unit
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    seen: list[tuple[str, dict[str, str], bytes]] = []
+    seen: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -78,7 +79,9 @@ def test_requests_and_responses_are_framed(server: tuple[str, int]) -> None:
 
 def test_run_counts_every_status(server: tuple[str, int]) -> None:
     host, port = server
-    result = run(f"http://{host}:{port}/close", lambda i: b"{}", seconds=0.3, processes=1, threads=2)
+    result = run(
+        f"http://{host}:{port}/close", lambda i: b"{}", seconds=0.3, processes=1, threads=2
+    )
     assert set(result.statuses) == {413} and result.ok == 0
     result = run(f"http://{host}:{port}/ok", lambda i: b"{}", seconds=0.3, processes=1, threads=2)
     assert set(result.statuses) == {202} and result.ok > 0

@@ -318,6 +318,44 @@ def test_accepted_events_are_counted_once_per_type_and_currency() -> None:
     assert value("analytics_revenue_total", currency="JPY") == pytest.approx(before["jpy"] + 10)
 
 
+@FAST
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["prop_a", "prop_b"]),
+                  st.none() | st.sampled_from(["0", "0.5", "19.99", "1000000000"]),
+                  st.integers(1, 5)),
+        min_size=1, max_size=12,
+    ),
+    currency=st.sampled_from(["KWD", "BHD", None, "mixed"]),
+)  # fmt: skip
+def test_accepted_counts_and_revenue_match_the_per_event_sums(
+    rows: list[tuple[str, str | None, int]], currency: str | None
+) -> None:
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    events = [
+        Event(uuid.uuid4(), kind, "u", "s", "p", {}, NOW, NOW, "2026-11-27", 12,
+              None if price is None else Decimal(price), qty,
+              ("KWD", "BHD")[i % 2] if currency == "mixed" else currency,
+              None if price is None else Decimal(price) * qty)
+        for i, (kind, price, qty) in enumerate(rows)
+    ]  # fmt: skip
+    counts = {k: sum(e.event_type == k for e in events) for k in ("prop_a", "prop_b")}
+    revenue: dict[str, Decimal] = {}
+    for e in events:
+        if e.total_value is not None and e.currency:
+            revenue[e.currency] = revenue.get(e.currency, Decimal(0)) + e.total_value
+    labels = [("analytics_events_accepted_total", {"event_type": k}) for k in counts]
+    labels += [("analytics_revenue_total", {"currency": c}) for c in ("KWD", "BHD")]
+    before = [value(name, **lab) for name, lab in labels]
+    metrics.record_accepted(events)
+    after = [value(name, **lab) for name, lab in labels]
+    expected = [counts["prop_a"], counts["prop_b"],
+                float(revenue.get("KWD", 0)), float(revenue.get("BHD", 0))]  # fmt: skip
+    assert [a - b for a, b in zip(after, before, strict=True)] == pytest.approx(expected)
+
+
 # --- the message envelope ---------------------------------------------------------------
 envelopes = st.fixed_dictionaries(
     {"queue_name": st.just("high_priority"), "actor_name": st.just("process_events"),

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dramatiq
+import msgspec
 import pytest
 from dramatiq import Worker
 
@@ -120,19 +121,23 @@ def test_redelivered_message_and_client_retry_are_stored_once(
 def test_messages_of_an_older_build_and_of_this_one_are_both_stored(
     container: Container, worker: Worker
 ) -> None:
-    """Older builds embedded the events as a JSON *string*; this one as raw JSON. Messages
-    of the older form still sit in queues (and dead letters) after an upgrade."""
-    old_form, new_form = [make_event(i) for i in range(5)], [make_event(i) for i in range(5, 9)]
+    """Older builds embedded the events as a JSON *string* of objects; this one as raw JSON
+    rows (arrays in Event's field order). Messages of the older form still sit in queues
+    (and dead letters) after an upgrade; raw JSON objects are read too."""
+    old_form, new_form, objects = (
+        [make_event(i) for i in range(k, k + 4)] for k in (0, 10, 20)
+    )
     old = events_message(old_form)
     old = old.copy(args=(codec.encode(old_form).decode(),))
-    encoded = old.encode()
-    assert b'"args":["[{\\"event_id' in encoded  # really the escaped string form
+    assert b'"args":["[{\\"event_id' in old.encode()  # really the escaped string form
     container.broker.enqueue(old)
     new = container.broker.enqueue(events_message(new_form))
-    assert codec.encode(new_form) in new.encode()  # raw JSON, not a string
-    wait_until(lambda: stored(container) == 9, timeout=20)
+    assert codec.encode_rows(new_form) in new.encode()  # raw JSON rows, not a string
+    assert new.encode().count(b'"event_id"') == 0  # no field names in the rows
+    container.broker.enqueue(events_message(objects).copy(args=(msgspec.Raw(codec.encode(objects)),)))
+    wait_until(lambda: stored(container) == 12, timeout=20)
     container.broker.join("high_priority", timeout=20_000)
-    sent = {e.event_id: e for e in old_form + new_form}
+    sent = {e.event_id: e for e in old_form + new_form + objects}
     assert container.event_repo.get_many(sent) == sent
 
 

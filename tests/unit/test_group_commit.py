@@ -156,7 +156,7 @@ def test_the_group_message_holds_every_callers_events_in_order(sizes: list[int])
     """Each caller encodes its own events; the leader joins the arrays into one."""
     groups = [[make_event(i * 10 + k) for k in range(n)] for i, n in enumerate(sizes)]
     ids = [{e.correlation_id for e in g} for g in groups]
-    joined = _group_message([codec.encode(g) for g in groups], ids)
+    joined = _group_message([codec.encode_rows(g) for g in groups], ids)
     everything = [e for g in groups for e in g]
     assert codec.events_from_arg(joined.args[0]) == everything
     assert bytes(joined.args[0]) == bytes(events_message(everything).args[0])

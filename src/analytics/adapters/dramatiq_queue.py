@@ -131,11 +131,11 @@ def build_broker(
 def events_message(events: Sequence[Event]) -> dramatiq.Message[object]:
     """One ``process_events`` message carrying a group of events, with their correlation ids.
 
-    The events are raw JSON inside the envelope (``codec.events_arg``): encoded once, never
-    escaped as a string. Only :class:`MsgspecJSONEncoder` can encode such a message, and
-    ``build_broker`` installs it; workers read this form and the older one (JSON text).
+    The events are raw JSON rows inside the envelope (``codec.events_arg``): encoded once,
+    never escaped as a string. Only :class:`MsgspecJSONEncoder` can encode such a message,
+    and ``build_broker`` installs it; workers read this form and the older one (JSON text).
     """
-    return _group_message([codec.encode(events)], [_correlation_ids(events)])
+    return _group_message([codec.encode_rows(events)], [_correlation_ids(events)])
 
 
 def _correlation_ids(events: Sequence[Event]) -> set[str]:
@@ -148,8 +148,8 @@ _get_correlation_id = operator.attrgetter("correlation_id")
 def _group_message(
     arrays: Sequence[bytes], id_sets: Sequence[set[str]]
 ) -> dramatiq.Message[object]:
-    """The ``process_events`` message of JSON arrays of events (``codec.encode`` each),
-    joined into one array with a single copy."""
+    """The ``process_events`` message of JSON arrays of events (``codec.encode_rows``
+    each), joined into one array with a single copy."""
     correlation_ids = sorted(set().union(*id_sets) - {""})
     return dramatiq.Message(
         queue_name="high_priority",
@@ -199,7 +199,7 @@ class _Slot:
         # CPU cache then, and the leader's send (which every other caller waits for) only
         # joins bytes instead of encoding a whole group (measured: 12 % of the API's CPU
         # under py-spy when the leader encoded the group).
-        self.encoded = codec.encode(events)
+        self.encoded = codec.encode_rows(events)
         self.correlation_ids = _correlation_ids(events)
         self._signal = threading.Lock()
         self._signal.acquire()

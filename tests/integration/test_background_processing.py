@@ -124,9 +124,7 @@ def test_messages_of_an_older_build_and_of_this_one_are_both_stored(
     """Older builds embedded the events as a JSON *string* of objects; this one as raw JSON
     rows (arrays in Event's field order). Messages of the older form still sit in queues
     (and dead letters) after an upgrade; raw JSON objects are read too."""
-    old_form, new_form, objects = (
-        [make_event(i) for i in range(k, k + 4)] for k in (0, 10, 20)
-    )
+    old_form, new_form, objects = ([make_event(i) for i in range(k, k + 4)] for k in (0, 10, 20))
     old = events_message(old_form)
     old = old.copy(args=(codec.encode(old_form).decode(),))
     assert b'"args":["[{\\"event_id' in old.encode()  # really the escaped string form
@@ -134,7 +132,9 @@ def test_messages_of_an_older_build_and_of_this_one_are_both_stored(
     new = container.broker.enqueue(events_message(new_form))
     assert codec.encode_rows(new_form) in new.encode()  # raw JSON rows, not a string
     assert new.encode().count(b'"event_id"') == 0  # no field names in the rows
-    container.broker.enqueue(events_message(objects).copy(args=(msgspec.Raw(codec.encode(objects)),)))
+    container.broker.enqueue(
+        events_message(objects).copy(args=(msgspec.Raw(codec.encode(objects)),))
+    )
     wait_until(lambda: stored(container) == 12, timeout=20)
     container.broker.join("high_priority", timeout=20_000)
     sent = {e.event_id: e for e in old_form + new_form + objects}

@@ -158,7 +158,9 @@ class PatternFree:
             for get, search, passed in self._getters:
                 fresh = set(map(get, values))
                 fresh.discard(None)
-                fresh -= passed
+                # difference(), not -=: "a -= b" walks all of b (the memo, up to memo_size
+                # values), difference() walks a and looks each value up in b.
+                fresh = fresh.difference(passed)
                 bad = set()
                 for text in fresh:
                     if type(text) is not str or search(text) is None:
@@ -616,7 +618,7 @@ def _bad_price_texts(texts: set[str]) -> set[str]:
     """Of the ``str()`` of a batch's prices ("None" for no price), those a price rule
     rejects; the others are remembered (up to a bound)."""
     texts.discard("None")  # no Decimal has this text
-    texts -= _GOOD_PRICE_TEXTS
+    texts = texts.difference(_GOOD_PRICE_TEXTS)  # walks texts, not the memo (see failing)
     bad = set()
     for text in texts:
         price = Decimal(text)

@@ -648,9 +648,9 @@ def _metadata_all_within(metas: list[dict[str, Any]], limits: Limits) -> bool:
     if limits.metadata_max_depth < 1:
         return False
     whole = _encoder.encode(metas)
-    if len(whole) - 2 > limits.metadata_max_bytes:  # "[" + the objects and commas + "]"
-        if max(map(len, map(_encoder.encode, metas))) > limits.metadata_max_bytes:
-            return False
+    limit = limits.metadata_max_bytes
+    if len(whole) - 2 > limit and max(map(len, map(_encoder.encode, metas))) > limit:
+        return False  # the array is over the limit ("[...]"), and so is one of its objects
     return whole.count(b"{") == len(metas) and whole.count(b"[") == 1
 
 

@@ -146,7 +146,7 @@ class Cluster:
             for key in ("faults:high_priority.DQ.msgs", "faults:high_priority.XQ.msgs"):
                 for raw in client.hvals(key):
                     message = dramatiq.Message.decode(raw)
-                    held |= {str(e.event_id) for e in codec.decode_events(message.args[0])}
+                    held |= {str(e.event_id) for e in codec.events_from_arg(message.args[0])}
         except redis.RedisError:
             pass
         return held

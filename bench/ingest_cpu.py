@@ -1,6 +1,6 @@
 """CPU per accepted event, by process: the API, its Redis and the load generator.
 
-    .venv/bin/python bench/ingest_cpu.py [--mode batch|single] [--seconds 5] [--repeat 3]
+    .venv/bin/python bench/ingest_cpu.py [--mode batch|single|ceiling] [--seconds 5] [--repeat 3]
 
 Events/s on a shared 2-core machine say as much about the neighbours as about the code;
 the CPU each process spends per accepted event does not depend (much) on who else runs.
@@ -44,7 +44,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--mode", choices=("batch", "single"), default="batch")
+    ap.add_argument(
+        "--mode", choices=("batch", "single", "ceiling"), default="batch",
+        help="ceiling: the bare Falcon baseline of bench/ingest.py, single bodies",
+    )
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=100)
@@ -70,10 +73,16 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     try:
         port = free_port()
-        api = start([sys.executable, "-m", "analytics", "api", "--port", str(port)],
-                    env_for(redis, tmp / "data", "bench-cpu", **gun),
-                    f"http://127.0.0.1:{port}/health", tmp / "bench.log")  # fmt: skip
-        url = f"http://127.0.0.1:{port}/api/v1/analytics/events{'/batch' if batch else ''}"
+        env = env_for(redis, tmp / "data", "bench-cpu", **gun)
+        if args.mode == "ceiling":  # same gunicorn settings, same load, no service behind
+            cmd = [sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),
+                   *[f"{k}={v}" for k, v in gun.items()]]  # fmt: skip
+            url = f"http://127.0.0.1:{port}/ingest"
+            api = start(cmd, env, url, tmp / "bench.log")
+        else:
+            api = start([sys.executable, "-m", "analytics", "api", "--port", str(port)], env,
+                        f"http://127.0.0.1:{port}/health", tmp / "bench.log")  # fmt: skip
+            url = f"http://127.0.0.1:{port}/api/v1/analytics/events{'/batch' if batch else ''}"
         api_procs = [psutil.Process(api.pid), *psutil.Process(api.pid).children(recursive=True)]
         redis_procs = [psutil.Process(redis.proc.pid)]  # type: ignore[union-attr]
         run(url, body, seconds=1, **load)  # warm-up: imports, connections, caches

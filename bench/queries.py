@@ -16,8 +16,9 @@ limiting: fixed per-request costs that are not the query's.
 
 * cold: the cache is invalidated (every day's version bumped) before each request, so
   every answer is computed from storage and written to Redis and the local level;
-* warm: the same request repeated: the answer the process holds, confirmed current by
-  one read of the day versions from Redis.
+* warm: the same request repeated once: the answer the process holds, confirmed current
+  by the day versions (read from Redis once here: the cold request's bump retired the
+  versions the process held; a further repeat would not read them at all).
 
 Layouts: ``constant-rate`` (default) keeps the traffic of the smallest store (its events
 over ``--days`` days, 35 by default) and lets the history grow with the size, which is what "more stored

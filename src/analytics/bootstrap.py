@@ -267,6 +267,7 @@ def build_cache(settings: Settings, clock: Clock) -> Cache | None:
             # configurable run of failures, with a half-open trial); the adapter's own
             # skip-after-one-error would hide those failures from it.
             retry_after_s=1e-6 if settings.breakers else settings.cache_retry_after_s,
+            version_hold_s=settings.cache_version_hold_s,
         ),
     )
 

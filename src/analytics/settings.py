@@ -191,6 +191,11 @@ class Settings(BaseModel):
     cache_retry_after_s: float = Field(
         5.0, gt=0, le=300, description="After a Redis error, skip the cache this long."
     )
+    cache_version_hold_s: float = Field(
+        1.0, ge=0, le=60,
+        description="Hold cache versions in-process between reads, dropped at once when Redis"
+        " announces a change (client-side caching); at most this long. 0: read every time.",
+    )  # fmt: skip
 
     # --- search and task status -------------------------------------------------------
     cursor_secret: str | None = Field(

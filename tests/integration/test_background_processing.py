@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dramatiq
+import msgspec
 import pytest
 from dramatiq import Worker
 
@@ -93,7 +94,7 @@ def test_group_commit_shares_one_message_between_concurrent_callers(container: C
     messages = container.broker.client.hvals(f"{container.settings.namespace}:high_priority.msgs")
     assert len(messages) == len(set(ids)) < 32
     payloads = [dramatiq.Message.decode(m) for m in messages]
-    assert sum(len(codec.decode_events(p.args[0])) for p in payloads) == 32
+    assert sum(len(codec.events_from_arg(p.args[0])) for p in payloads) == 32
 
 
 def test_events_are_stored_by_the_worker(container: Container, worker: Worker) -> None:
@@ -115,6 +116,29 @@ def test_redelivered_message_and_client_retry_are_stored_once(
     wait_until(lambda: stored(container) >= 10, timeout=20)
     container.broker.join("high_priority", timeout=20_000)
     assert stored(container) == 10
+
+
+def test_messages_of_an_older_build_and_of_this_one_are_both_stored(
+    container: Container, worker: Worker
+) -> None:
+    """Older builds embedded the events as a JSON *string* of objects; this one as raw JSON
+    rows (arrays in Event's field order). Messages of the older form still sit in queues
+    (and dead letters) after an upgrade; raw JSON objects are read too."""
+    old_form, new_form, objects = ([make_event(i) for i in range(k, k + 4)] for k in (0, 10, 20))
+    old = events_message(old_form)
+    old = old.copy(args=(codec.encode(old_form).decode(),))
+    assert b'"args":["[{\\"event_id' in old.encode()  # really the escaped string form
+    container.broker.enqueue(old)
+    new = container.broker.enqueue(events_message(new_form))
+    assert codec.encode_rows(new_form) in new.encode()  # raw JSON rows, not a string
+    assert new.encode().count(b'"event_id"') == 0  # no field names in the rows
+    container.broker.enqueue(
+        events_message(objects).copy(args=(msgspec.Raw(codec.encode(objects)),))
+    )
+    wait_until(lambda: stored(container) == 12, timeout=20)
+    container.broker.join("high_priority", timeout=20_000)
+    sent = {e.event_id: e for e in old_form + new_form + objects}
+    assert container.event_repo.get_many(sent) == sent
 
 
 def test_sigkilled_worker_loses_nothing(settings: Settings, container: Container) -> None:

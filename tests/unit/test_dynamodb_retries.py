@@ -154,4 +154,4 @@ def test_throttled_storage_is_retried_then_dead_lettered_never_dropped(client: A
         stub.assert_no_pending_responses()
     dead = broker.dead_letters_by_queue["high_priority"]
     assert [m.message_id for m in dead] == [message.message_id]  # kept for replay
-    assert codec.decode_events(dead[0].args[0]) == events
+    assert codec.events_from_arg(dead[0].args[0]) == events

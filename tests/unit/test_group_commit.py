@@ -19,7 +19,7 @@ import dramatiq
 import pytest
 
 from analytics.adapters import codec
-from analytics.adapters.dramatiq_queue import GroupCommitQueue
+from analytics.adapters.dramatiq_queue import GroupCommitQueue, _group_message, events_message
 from analytics.domain.errors import QueueUnavailable
 from analytics.domain.events import Event
 from tests import aggsupport
@@ -45,7 +45,7 @@ class Recorder:
             self.calls += 1
             n = self.calls
         self.behaviour(n)
-        ids = [str(e.event_id) for e in codec.decode_events(message.args[0])]
+        ids = [str(e.event_id) for e in codec.events_from_arg(message.args[0])]
         with self.lock:
             self.sent[message.message_id] = ids
         return message
@@ -149,3 +149,15 @@ def test_an_aborted_leader_passes_the_lead_on() -> None:
     t.join(10)
     assert errors
     assert all(isinstance(r, str) for _, r in results)
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [3], [0, 2, 0, 1], [2, 2, 2]])
+def test_the_group_message_holds_every_callers_events_in_order(sizes: list[int]) -> None:
+    """Each caller encodes its own events; the leader joins the arrays into one."""
+    groups = [[make_event(i * 10 + k) for k in range(n)] for i, n in enumerate(sizes)]
+    ids = [{e.correlation_id for e in g} for g in groups]
+    joined = _group_message([codec.encode_rows(g) for g in groups], ids)
+    everything = [e for g in groups for e in g]
+    assert codec.events_from_arg(joined.args[0]) == everything
+    assert bytes(joined.args[0]) == bytes(events_message(everything).args[0])
+    assert joined.options == events_message(everything).options

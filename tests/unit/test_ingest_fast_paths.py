@@ -1,8 +1,9 @@
 """The batch hot path's shortcuts agree with the rules they stand in for.
 
-``EventBuilder`` (one condition for every cross-field rule and bound) against
-``_build_checked`` (the rules one by one); ``PatternFree`` (a decode without the
-identifier patterns, then the same regexes in Python) against msgspec's own decode; the
+``EventBuilder`` (one condition for every cross-field rule and bound) and
+``EventBuilder.many`` (the rules checked over a whole batch) against ``_build_checked``
+(the rules one by one); ``PatternFree`` (a decode without the identifier patterns, then
+the same regexes in Python, per event or per batch) against msgspec's own decode; the
 per-group metric increments against the per-event sums.
 """
 
@@ -124,6 +125,56 @@ def test_fast_builder_builds_what_the_rules_build(
     assert outcome(build_event, ein, **kw) == reference
 
 
+def outcome_of(value: Event | ValidationFailed) -> tuple[str, object]:
+    if isinstance(value, ValidationFailed):
+        return "errors", [e.as_dict() for e in value.errors]
+    return "event", msgspec.json.encode(value)
+
+
+@FAST
+@given(
+    docs=st.lists(events, min_size=1, max_size=8),
+    legacy=st.lists(st.booleans(), min_size=8, max_size=8) | st.just([False] * 8),
+    lim=limits,
+    now=st.sampled_from([NOW, NOW.replace(hour=23, minute=59)]),
+)
+@example(  # one bad price among good ones: only that event is rejected
+    docs=[GOOD, {**GOOD, "price": "1.0000001", "currency": "EUR"}, {**GOOD, "price": "2"}],
+    legacy=[False] * 8, lim=Limits(), now=NOW,
+)  # fmt: skip
+@example(docs=[{**GOOD, "metadata": {"a": "{"}}, {**GOOD, "metadata": {"b": [1]}}],
+         legacy=[False] * 8, lim=Limits(metadata_max_depth=1), now=NOW)  # fmt: skip
+def test_batch_builder_builds_what_the_rules_build_event_by_event(
+    docs: list[dict[str, Any]], legacy: list[bool], lim: Limits, now: datetime
+) -> None:
+    eins = []
+    for doc, old in zip(docs, legacy, strict=False):
+        if old:
+            doc.pop("sent_at", None)
+        try:
+            eins.append(decode_event(json.dumps(doc).encode(), LegacyEventIn if old else EventIn))
+        except (ValidationFailed, MalformedInput):
+            continue
+    kw = {"received_at": now, "correlation_id": "c1", "new_id": lambda: FIXED_ID, "limits": lim}
+    reference = [outcome(_build_checked, ein, **kw) for ein in eins]
+    assert [outcome_of(v) for v in EventBuilder(**kw).many(eins)] == reference
+
+
+def test_batch_builder_takes_its_lean_loop_for_ordinary_events() -> None:
+    """The shortcut is taken (not only correct): typical events are no suspects."""
+    docs = [{**GOOD, "event_type": "purchase", "product_id": "p1", "price": "19.99",
+             "currency": "EUR", "quantity": 2, "metadata": {"path": "/p/1", "n": 3}},
+            {**GOOD, "metadata": {}}, {**GOOD, "timestamp": NOW.isoformat()}]  # fmt: skip
+    eins = [decode_event(json.dumps(d).encode()) for d in docs]
+    builder = EventBuilder(received_at=NOW, correlation_id="c", new_id=uuid.uuid4)
+    assert builder._suspects(eins) == set()  # noqa: SLF001
+    bad = [*eins, decode_event(json.dumps({**GOOD, "metadata": {"a": {"b": 1}}}).encode())]
+    assert builder._suspects(bad) == set()  # noqa: SLF001 - nested, within the depth limit
+    deep = {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}
+    bad.append(decode_event(json.dumps({**GOOD, "metadata": deep}).encode()))
+    assert builder._suspects(bad) == {4}  # noqa: SLF001
+
+
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,20}", fullmatch=True)
 texts = st.text(max_size=12) | st.sampled_from(["", "a\n", "\na", "ok", "A", "a b", "é", "x" * 129])
 
@@ -155,6 +206,33 @@ def test_pattern_free_decode_accepts_exactly_what_msgspec_accepts(
         assert check(loose) == (full is not None)
     if full is not None:
         assert msgspec.structs.asdict(loose) == msgspec.structs.asdict(full)
+
+
+@FAST
+@given(
+    rows=st.lists(
+        st.tuples(st.from_regex(r"[a-z][a-z0-9_.:\-]{0,10}", fullmatch=True) | texts,
+                  ids | texts, ids | texts, st.none() | ids | texts,
+                  st.none() | st.sampled_from(["EUR", "USD", "eur", "EUR\n", ""]) | texts),
+        max_size=12,
+    ),
+    memo=st.sampled_from([0, 2, 4096]),
+)  # fmt: skip
+def test_pattern_free_batch_check_fails_exactly_the_events_one_by_one_fails(
+    rows: list[tuple[str, str, str, str | None, str | None]], memo: int
+) -> None:
+    check, one_by_one = PatternFree(EventIn, memo_size=memo), PatternFree(EventIn, memo_size=0)
+    values = []
+    for event_type, user_id, session_id, product_id, currency in rows:
+        doc = {"event_type": event_type, "user_id": user_id, "session_id": session_id,
+               "product_id": product_id, "currency": currency}  # fmt: skip
+        try:
+            values.append(msgspec.json.decode(json.dumps(doc).encode(), type=check.model))
+        except msgspec.ValidationError:
+            continue
+    expected = [i for i, value in enumerate(values) if not one_by_one(value)]
+    for _ in range(2):  # the second time from the memo
+        assert check.failing(values) == expected
 
 
 def test_pattern_free_model_keeps_every_field_type_bound_and_default() -> None:
@@ -240,6 +318,44 @@ def test_accepted_events_are_counted_once_per_type_and_currency() -> None:
     assert value("analytics_revenue_total", currency="JPY") == pytest.approx(before["jpy"] + 10)
 
 
+@FAST
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["prop_a", "prop_b"]),
+                  st.none() | st.sampled_from(["0", "0.5", "19.99", "1000000000"]),
+                  st.integers(1, 5)),
+        min_size=1, max_size=12,
+    ),
+    currency=st.sampled_from(["KWD", "BHD", None, "mixed"]),
+)  # fmt: skip
+def test_accepted_counts_and_revenue_match_the_per_event_sums(
+    rows: list[tuple[str, str | None, int]], currency: str | None
+) -> None:
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    events = [
+        Event(uuid.uuid4(), kind, "u", "s", "p", {}, NOW, NOW, "2026-11-27", 12,
+              None if price is None else Decimal(price), qty,
+              ("KWD", "BHD")[i % 2] if currency == "mixed" else currency,
+              None if price is None else Decimal(price) * qty)
+        for i, (kind, price, qty) in enumerate(rows)
+    ]  # fmt: skip
+    counts = {k: sum(e.event_type == k for e in events) for k in ("prop_a", "prop_b")}
+    revenue: dict[str, Decimal] = {}
+    for e in events:
+        if e.total_value is not None and e.currency:
+            revenue[e.currency] = revenue.get(e.currency, Decimal(0)) + e.total_value
+    labels = [("analytics_events_accepted_total", {"event_type": k}) for k in counts]
+    labels += [("analytics_revenue_total", {"currency": c}) for c in ("KWD", "BHD")]
+    before = [value(name, **lab) for name, lab in labels]
+    metrics.record_accepted(events)
+    after = [value(name, **lab) for name, lab in labels]
+    expected = [counts["prop_a"], counts["prop_b"],
+                float(revenue.get("KWD", 0)), float(revenue.get("BHD", 0))]  # fmt: skip
+    assert [a - b for a, b in zip(after, before, strict=True)] == pytest.approx(expected)
+
+
 # --- the message envelope ---------------------------------------------------------------
 envelopes = st.fixed_dictionaries(
     {"queue_name": st.just("high_priority"), "actor_name": st.just("process_events"),
@@ -262,10 +378,35 @@ def test_an_ingest_message_survives_the_message_encoder() -> None:
                                        .encode()), received_at=NOW, correlation_id="c",
                           new_id=uuid.uuid4) for _ in range(3)]  # fmt: skip
     message = events_message(events)
-    back = dramatiq.Message(
-        **MsgspecJSONEncoder().decode(MsgspecJSONEncoder().encode(message.asdict()))
-    )
-    assert back == message
-    assert codec.decode_events(back.args[0]) == events
+    encoded = MsgspecJSONEncoder().encode(message.asdict())
+    assert codec.encode_rows(events) in encoded  # raw JSON inside the envelope, not escaped
+    back = dramatiq.Message(**MsgspecJSONEncoder().decode(encoded))
+    assert back == message.copy(args=(msgspec.json.decode(codec.encode_rows(events)),))
+    assert codec.events_from_arg(back.args[0]) == events
+    assert codec.events_from_arg(message.args[0]) == events  # before encoding, in-process
+    older = codec.encode(events).decode()  # what builds before raw JSON put in the message
+    assert codec.events_from_arg(older) == codec.events_from_arg(older.encode()) == events
+    as_objects = msgspec.json.decode(codec.encode(events))  # event objects, decoded
+    assert codec.events_from_arg(as_objects) == codec.events_from_arg([]) + events
+    with pytest.raises(TypeError):
+        codec.events_from_arg(42)
+    with pytest.raises(msgspec.ValidationError):
+        codec.events_from_arg([{"event_id": "not a uuid"}])
     with pytest.raises(dramatiq.DecodeError):
         MsgspecJSONEncoder().decode(b'{"queue_name": ')
+
+
+def test_event_rows_keep_every_field_in_events_order() -> None:
+    """The message rows are Event's fields by position: the two must not drift apart."""
+    assert codec.EventRow.__struct_fields__ == Event.__struct_fields__
+    assert [f.default for f in msgspec.structs.fields(codec.EventRow)] == [
+        f.default for f in msgspec.structs.fields(Event)
+    ]
+    event = build_event(decode_event(json.dumps({**GOOD, "price": "2.50", "currency": "EUR",
+                                                 "metadata": {"a": [1, {"b": None}]}}).encode()),
+                        received_at=NOW, correlation_id="c", new_id=uuid.uuid4)  # fmt: skip
+    row = msgspec.json.decode(codec.encode_rows([event]))[0]
+    assert row == list(msgspec.json.decode(codec.encode(event)).values())
+    assert codec.events_from_arg([row]) == [event]
+    defaults = msgspec.structs.replace(event, clock_skew_ms=0, correlation_id="", legacy=False)
+    assert codec.events_from_arg([row[:-3]]) == [defaults]  # trailing defaults may be left out

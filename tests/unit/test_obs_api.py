@@ -4,10 +4,13 @@ profiling. Falcon TestClient over the real app with fakes (stub broker, memory s
 from __future__ import annotations
 
 import io
+import logging
 import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import falcon.testing
@@ -355,3 +358,23 @@ def test_detailed_health_checks_sns_through_the_notifiers_client(tmp_path):
     assert resp.json["status"] == "degraded"
     assert resp.json["checks"]["sns"]["status"] == "down"
     assert "sns down" in resp.json["reasons"]
+
+
+def test_every_line_is_json_whatever_the_values(monkeypatch):
+    """Values JSON has no type for are logged as their repr, stdlib records too; a line
+    is never dropped or broken by what it carries."""
+    buf = capture_logs(monkeypatch)
+    log = structlog.get_logger("analytics.test")
+    marker = object()
+    log.info("odd values", amount=Decimal("19.99"), when=datetime(2026, 1, 2, tzinfo=UTC),
+             thing=marker, error=ValueError("boom"), ids={7}, text="ünïcode \"quoted\"\n")  # fmt: skip
+    log.info("odd keys", **{"weird key": 1})
+    structlog.get_logger("analytics.test").bind(nested={(1, 2): "tuple key"}).warning("nested")
+    logging.getLogger("dramatiq.test").warning("stdlib %s", "record")
+    got = lines(buf)
+    assert [g["event"] for g in got] == ["odd values", "odd keys", "nested", "stdlib record"]
+    first = got[0]
+    assert first["amount"] == "19.99" and first["when"].startswith("2026-01-02T00:00:00")
+    assert first["thing"] == repr(marker) and first["error"] == "ValueError('boom')"
+    assert first["ids"] == [7] and first["text"] == "ünïcode \"quoted\"\n"
+    assert got[2]["nested"] == {"(1, 2)": "tuple key"} and got[3]["level"] == "warning"

@@ -10,6 +10,7 @@ fall, without adding latency when the service is idle.
 
 from __future__ import annotations
 
+import operator
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
 from analytics.adapters import codec
+from analytics.adapters.redis_packing import use_large_value_packer
 from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import (
     STATUS_ON_ACK,
@@ -197,7 +199,8 @@ def build_broker(
     broker: dramatiq.Broker
     if settings.broker == "redis":
         broker = StatusAckRedisBroker(
-            client=redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+            # Group messages are large: sent as they are, not copied by hiredis' packer.
+            client=use_large_value_packer(redis.Redis(**settings.redis_kwargs())),  # type: ignore[arg-type]
             namespace=settings.namespace,
             heartbeat_timeout=int(settings.heartbeat_timeout_s * 1000),
             maintenance_chance=settings.broker_maintenance_chance,
@@ -224,15 +227,43 @@ def build_broker(
 
 
 def events_message(events: Sequence[Event]) -> dramatiq.Message[object]:
-    """One ``process_events`` message carrying a group of events, with their correlation ids."""
-    correlation_ids = sorted({e.correlation_id for e in events if e.correlation_id})
+    """One ``process_events`` message carrying a group of events, with their correlation ids.
+
+    The events are raw JSON rows inside the envelope (``codec.events_arg``): encoded once,
+    never escaped as a string. Only :class:`MsgspecJSONEncoder` can encode such a message,
+    and ``build_broker`` installs it; workers read this form and the older one (JSON text).
+    """
+    return _group_message([codec.encode_rows(events)], [_correlation_ids(events)])
+
+
+def _correlation_ids(events: Sequence[Event]) -> set[str]:
+    return set(map(_get_correlation_id, events))
+
+
+_get_correlation_id = operator.attrgetter("correlation_id")
+
+
+def _group_message(
+    arrays: Sequence[bytes], id_sets: Sequence[set[str]]
+) -> dramatiq.Message[object]:
+    """The ``process_events`` message of JSON arrays of events (``codec.encode_rows``
+    each), joined into one array with a single copy."""
+    correlation_ids = sorted(set().union(*id_sets) - {""})
     return dramatiq.Message(
         queue_name="high_priority",
         actor_name=PROCESS_EVENTS,
-        args=(codec.encode(events).decode(),),
+        args=(msgspec.Raw(_join_arrays(arrays)),),
         kwargs={},
         options={"correlation_ids": correlation_ids[:50]},
     )
+
+
+def _join_arrays(arrays: Sequence[bytes]) -> bytes:
+    """``[a,b]`` and ``[c]`` -> ``[a,b,c]``: the elements of JSON arrays, in one array."""
+    filled = [a for a in arrays if len(a) > 2]  # not "[]"
+    if len(filled) <= 1:
+        return filled[0] if filled else b"[]"
+    return b"".join((b"[", b",".join([memoryview(a)[1:-1] for a in filled]), b"]"))
 
 
 def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
@@ -241,7 +272,7 @@ def notifications_message(events: Sequence[Event]) -> dramatiq.Message[object]:
     return dramatiq.Message(
         queue_name="notifications",
         actor_name=PUBLISH_NOTIFICATIONS,
-        args=(codec.encode(events).decode(),),
+        args=(codec.events_arg(events),),
         kwargs={},
         options={"correlation_ids": correlation_ids[:50]},
     )
@@ -258,10 +289,16 @@ class _Slot:
     wake-up CPython has (a ``threading.Event`` costs a Condition and a waiter lock).
     """
 
-    __slots__ = ("_signal", "error", "events", "state", "task_id")
+    __slots__ = ("_signal", "correlation_ids", "encoded", "error", "events", "state", "task_id")
 
     def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
+        # Encoded by the caller's thread, before it queues: its events are still in the
+        # CPU cache then, and the leader's send (which every other caller waits for) only
+        # joins bytes instead of encoding a whole group (measured: 12 % of the API's CPU
+        # under py-spy when the leader encoded the group).
+        self.encoded = codec.encode_rows(events)
+        self.correlation_ids = _correlation_ids(events)
         self._signal = threading.Lock()
         self._signal.acquire()
         self.state = _WAITING
@@ -381,9 +418,10 @@ class GroupCommitQueue:
         return taken
 
     def _send(self, group: list[_Slot]) -> None:
-        events = [e for slot in group for e in slot.events]
         try:
-            message = self.send(events_message(events))
+            message = self.send(
+                _group_message([s.encoded for s in group], [s.correlation_ids for s in group])
+            )
         except Exception as exc:  # noqa: BLE001 - every waiter hears about it
             for slot in group:
                 slot.finish(error=exc)

@@ -90,10 +90,166 @@ def _now_us() -> int:
 HELD = True
 
 
+class VersionWatch:
+    """Day versions held in this process for as long as Redis says they have not changed.
+
+    Redis's server-assisted client-side caching: one connection of this process asks for
+    broadcast tracking of every key under the version prefix (``CLIENT TRACKING ON
+    REDIRECT <itself> BCAST PREFIX``) and listens on ``__redis__:invalidate``; Redis then
+    sends it a message whenever any version key is changed (bumped, set, expired, evicted,
+    flushed). A version read from Redis is kept here and answered without a round trip
+    until such a message names its key, or ``hold_s`` after it was read, whichever comes
+    first. Every answer first drains the messages already received (a non-blocking read).
+
+    Why no stale version is answered:
+
+    - Redis writes the message to this connection before it answers any later command of
+      anyone: the worker's bump and everything after it (its task status, its ack) come
+      after the message is in this process's socket (on one host: in its receive buffer
+      once Redis's write returns), and the drain reads it before the next answer.
+    - A read that overlaps a change is not kept: ``mark`` counts the messages seen before
+      the read, ``keep`` drops the values if any arrived since (the read may predate the
+      change).
+    - A broken, closed or unwatched connection (Redis restarted, a network fault) drops
+      everything held, and versions are read from Redis on every query until the watch
+      is re-established (after ``retry_s``). A Redis without tracking (before 6.0, or a
+      proxy that refuses ``CLIENT TRACKING``) turns the watch off for good.
+    - ``hold_s`` bounds what a fault this cannot see could cost: across a network, a lost
+      and retransmitted message, or a peer gone silently, holds a version at most that
+      long. On one host (the embedded default) there is no such window.
+    """
+
+    CHANNEL = b"__redis__:invalidate"
+
+    def __init__(
+        self, client: redis.Redis, key_prefix: str, *, hold_s: float = 1.0, retry_s: float = 1.0
+    ) -> None:
+        pool = client.connection_pool
+        self._connect_with = (pool.connection_class, {**pool.connection_kwargs, "protocol": 2})
+        self.key_prefix = key_prefix
+        self.hold_s = hold_s
+        self.retry_s = retry_s
+        self.supported = True
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+        self._retry_at = 0.0
+        self._held: dict[str, tuple[int, float]] = {}  # key -> (version, read at)
+        self._seen = 0  # invalidation messages (and losses of the watch) so far
+
+    def get(self, keys: Sequence[str]) -> list[int] | None:
+        """The versions of ``keys`` when every one is held and current, else None."""
+        with self._lock:
+            if not self._drain():
+                return None
+            oldest = time.monotonic() - self.hold_s
+            out = []
+            for key in keys:
+                entry = self._held.get(key)
+                if entry is None or entry[1] < oldest:
+                    return None
+                out.append(entry[0])
+            return out
+
+    def mark(self) -> tuple[int, float] | None:
+        """Before reading versions from Redis: the token ``keep`` needs (None: no watch)."""
+        with self._lock:
+            if not self._drain():
+                return None
+            return self._seen, time.monotonic()
+
+    def keep(self, token: tuple[int, float] | None, keys: Sequence[str], values: Sequence[int]) -> None:
+        """After the read: hold the values, unless a change was announced meanwhile."""
+        if token is None:
+            return
+        with self._lock:
+            if not self._drain() or self._seen != token[0]:
+                return
+            for key, value in zip(keys, values, strict=True):
+                self._held[key] = (value, token[1])
+
+    def close(self) -> None:
+        with self._lock:
+            self._lose()
+
+    # --- under the lock -----------------------------------------------------------------
+    def _drain(self) -> bool:
+        """Apply every message received so far; False when there is no working watch."""
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = None  # a forked child never reads its parent's socket
+            if not self.supported or time.monotonic() < self._retry_at:
+                return False
+            if not self._watch():
+                return False
+        try:
+            while self._conn.can_read(timeout=0):
+                message = self._conn.read_response()
+                if not (isinstance(message, list) and message[:2] == [b"message", self.CHANNEL]):
+                    continue  # subscribe confirmations
+                keys = message[2]
+                self._seen += 1
+                if keys is None:  # FLUSHDB / FLUSHALL: everything changed
+                    self._held.clear()
+                    continue
+                for key in keys:
+                    self._held.pop(key.decode() if isinstance(key, bytes) else key, None)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("cache version watch lost", error=str(exc))
+            self._lose()
+            return False
+        return True
+
+    def _watch(self) -> bool:
+        cls, kwargs = self._connect_with
+        conn = cls(**kwargs)
+        try:
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            own_id = conn.read_response()
+            conn.send_command(
+                "CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", "PREFIX", self.key_prefix
+            )
+            conn.read_response()
+            conn.send_command("SUBSCRIBE", self.CHANNEL)
+            conn.read_response()
+        except redis.ResponseError as exc:  # no tracking here: read versions every time
+            conn.disconnect()
+            self.supported = False
+            log.warning("cache version watch unsupported by this Redis", error=str(exc))
+            return False
+        except (redis.RedisError, OSError):
+            conn.disconnect()
+            self._retry_at = time.monotonic() + self.retry_s
+            return False
+        self._conn, self._pid = conn, os.getpid()
+        return True
+
+    def _lose(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.disconnect()
+        self._conn = None
+        self._held.clear()
+        self._seen += 1  # a read in flight across the loss is not kept either
+        self._retry_at = time.monotonic() + self.retry_s
+
+
 class RedisCache:
-    def __init__(self, client: redis.Redis, *, namespace: str, retry_after_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        retry_after_s: float = 5.0,
+        version_hold_s: float = 0.0,
+    ) -> None:
         self.client = client
         self.prefix = f"{namespace}:cache:"
+        # Versions held in-process between reads (``VersionWatch``); 0: read every time.
+        self.watch = (
+            VersionWatch(client, self.prefix + "ver:", hold_s=version_hold_s)
+            if version_hold_s > 0
+            else None
+        )
         self.retry_after_s = retry_after_s
         self.hits = 0
         self.misses = 0
@@ -153,6 +309,12 @@ class RedisCache:
         if not scopes:
             return []
         keys = [self.prefix + "ver:" + s for s in scopes]
+        watch = self.watch
+        if watch is not None:
+            held = watch.get(keys)
+            if held is not None:
+                return held
+            token = watch.mark()
         try:
             values = self._call("MGET", *keys)
             if None in values:  # first read of a day in this Redis's life: start it
@@ -166,7 +328,10 @@ class RedisCache:
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "versions")
             return None
-        return [int(v) for v in values]
+        out = [int(v) for v in values]
+        if watch is not None:
+            watch.keep(token, keys, out)
+        return out
 
     def lookup(
         self, entries: Sequence[tuple[str, Sequence[str]]]

@@ -9,18 +9,20 @@ Which data lives where (README, "Two cache levels"):
 - **redis** (shared by every process): everything, with the TTL the caller chose.
 
 Why neither level serves stale data: every cache key already contains the invalidation
-versions of the UTC days its value covers, and those versions are read from Redis on every
-query (never answered locally). A late event or a reconcile bumps a day's version in
-Redis, so the next query asks both levels for a new key and recomputes; the old entries are
-simply never asked for again (and age out of the LRU). When Redis cannot answer, queries
-skip both levels and read storage.
+versions of the UTC days its value covers, and those versions come from Redis on every
+query: read, or held by the process only while Redis's invalidation messages say they are
+unchanged (``redis_cache.VersionWatch``). A late event or a reconcile bumps a day's
+version in Redis, so the next query asks both levels for a new key and recomputes; the old
+entries are simply never asked for again (and age out of the LRU). When Redis cannot
+answer, queries skip both levels and read storage.
 
 A ``lookup`` is one round trip: the Redis script resolves each entry's key under the
 current versions and is told which key this process already holds a value under; for
 those it answers "current" without sending the value, for the others it sends the value
 (or a miss) in the same reply. When every entry is held here, a plain ``MGET`` of the day
 versions confirms them instead (a Lua call costs Redis ~15x a small ``MGET``); only if one
-of them is no longer current does a second round trip (the script) follow.
+of them is no longer current does a second round trip (the script) follow; and while the
+versions are held (above), that read costs no round trip at all.
 
 A value written to Redis carries one flag byte saying whether it is long-lived, so a
 process that finds it in Redis (computed by another process) may keep it locally too (a
@@ -257,7 +259,7 @@ class TieredCache:
         )
 
     def versions(self, scopes: Sequence[str]) -> list[int] | None:
-        return self.remote.versions(scopes)  # type: ignore[no-any-return]  # never local
+        return self.remote.versions(scopes)  # type: ignore[no-any-return]  # never this LRU
 
     def bump(self, scopes: Iterable[str]) -> None:
         self.remote.bump(scopes)

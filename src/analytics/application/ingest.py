@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,30 +93,48 @@ def accept_batch(
         new_id=deps.new_id,
         limits=deps.limits,
     )
-    results: list[BatchItemResult] = []
-    accepted: list[Event] = []
+    decoded = [item for item in items if not isinstance(item, ValidationFailed)]
+    built = build.many(decoded)  # in the order of ``decoded``
+    if len(decoded) == len(items) and not any(map(isinstance, built, _FAILED)):
+        # Every event valid (the common case): only repeated ids can keep one out.
+        event_ids = list(map(_get_event_id, built))
+        if len(set(map(_get_int, event_ids))) == len(event_ids):  # no id repeated
+            accepted: list[Event] = built  # type: ignore[assignment]
+            results = list(map(BatchItemResult, range(len(built)), _ACCEPTED, event_ids))
+            return _receipt(deps, correlation_id, accepted, 0, 0, results)
+    outcomes = iter(built)
+    results = []
+    accepted = []
     seen: set[int] = set()  # event_id.int: UUID.__hash__ is Python code, int's is not
     duplicates = rejected = 0
     for index, item in enumerate(items):
-        try:
-            if isinstance(item, ValidationFailed):
-                raise item
-            event = build(item)
-        except ValidationFailed as exc:
+        outcome = item if isinstance(item, ValidationFailed) else next(outcomes)
+        if isinstance(outcome, ValidationFailed):
             rejected += 1
-            results.append(
-                BatchItemResult(index, "rejected", errors=tuple(e.as_dict() for e in exc.errors))
-            )
+            errors = tuple(e.as_dict() for e in outcome.errors)
+            results.append(BatchItemResult(index, "rejected", errors=errors))
             continue
-        event_id = event.event_id
+        event_id = outcome.event_id
         key = event_id.int
         if key in seen:
             duplicates += 1
             results.append(BatchItemResult(index, "duplicate", event_id))
             continue
         seen.add(key)
-        accepted.append(event)
+        accepted.append(outcome)
         results.append(BatchItemResult(index, "accepted", event_id))
+    return _receipt(deps, correlation_id, accepted, duplicates, rejected, results)
+
+
+def _receipt(
+    deps: IngestDeps,
+    correlation_id: str,
+    accepted: list[Event],
+    duplicates: int,
+    rejected: int,
+    results: list[BatchItemResult],
+) -> BatchReceipt:
+    """Queue the accepted events (202 waits for this) and say what became of each."""
     task_id = deps.queue.enqueue_events(accepted) if accepted else None
     return BatchReceipt(
         correlation_id=correlation_id,
@@ -142,11 +162,10 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
     else:
         _check_count(len(fast.events), max_events)
         items: list[EventIn | ValidationFailed] = fast.events
-        raws: list[msgspec.Raw] | None = None
-        for index, event in enumerate(fast.events):
-            if not _patterns_match(event):
-                if raws is None:
-                    raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
+        failing = _patterns_match.failing(items)
+        if failing:
+            raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
+            for index in failing:
                 items[index] = _decode_one(raws[index])
         return items
     try:
@@ -177,6 +196,10 @@ def _check_count(count: int, max_events: int) -> None:
         raise BatchTooLarge(count, max_events)
 
 
+_FAILED = itertools.repeat(ValidationFailed)
+_ACCEPTED = itertools.repeat("accepted")
+_get_event_id = operator.attrgetter("event_id")
+_get_int = operator.attrgetter("int")
 _patterns_match = PatternFree(EventIn)
 _FastBatch = msgspec.defstruct(
     "_FastBatch", [("events", list[_patterns_match.model])], forbid_unknown_fields=True

@@ -7,11 +7,13 @@ client hears about *every* failing field at once, not just the first.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 import types
 import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -128,6 +130,9 @@ class PatternFree:
         )
         self.checks = tuple(checks)
         self.memo_size = memo_size
+        self._getters = tuple(
+            (operator.attrgetter(name), search, passed) for name, search, passed in checks
+        )
 
     def __call__(self, value: object) -> bool:
         for name, search, passed in self.checks:
@@ -139,6 +144,38 @@ class PatternFree:
             if len(passed) < self.memo_size:
                 passed.add(text)  # a set is safe to share between threads (GIL)
         return True
+
+    def failing(self, values: Sequence[object]) -> list[int]:
+        """The indexes of ``values`` for which calling this object would say False.
+
+        The same regexes and memo, by set operations over the whole batch: each field's
+        distinct values, minus those already known to pass, are searched once; a field
+        whose values all passed costs one pass in C over the batch, not a Python loop.
+        """
+        bad_fields: list[tuple[Callable[[object], object], set[object]]] = []
+        memo_size = self.memo_size
+        try:
+            for get, search, passed in self._getters:
+                fresh = set(map(get, values))
+                fresh.discard(None)
+                # difference(), not -=: "a -= b" walks all of b (the memo, up to memo_size
+                # values), difference() walks a and looks each value up in b.
+                fresh = fresh.difference(passed)
+                bad = set()
+                for text in fresh:
+                    if type(text) is not str or search(text) is None:
+                        bad.add(text)
+                    elif len(passed) < memo_size:
+                        passed.add(text)
+                if bad:
+                    bad_fields.append((get, bad))
+        except TypeError:  # an unhashable value (not from a decode): one by one
+            return [i for i, value in enumerate(values) if not self(value)]
+        if not bad_fields:
+            return []
+        return [
+            i for i, value in enumerate(values) if any(get(value) in bad for get, bad in bad_fields)
+        ]
 
 
 def _without_patterns(tp: Any) -> tuple[Any, list[str]]:
@@ -425,6 +462,121 @@ class EventBuilder:
             legacy,
         )
 
+    def many(self, eins: Sequence[AnyEventIn]) -> list[Event | ValidationFailed]:
+        """Build every event of a batch: an Event, or the ValidationFailed it would raise.
+
+        The same outcome as calling this object on each (a property test holds them to
+        it), with the rules checked over the whole batch first: the distinct currencies
+        and prices, the metadata encoded in one pass, the per-event conditions only where
+        the batch says they can matter. The events no rule can fail then go through a lean
+        loop (timestamps and computed fields only); the others through ``__call__``.
+        """
+        suspects = self._suspects(eins)
+        if suspects is None:
+            return [self._outcome(ein) for ein in eins]
+        received_at, corr, new_id = self.received_at, self.correlation_id, self.new_id
+        now_day, now_hour, now_ok = self._day, self._hour, self._now_in_bounds
+        earliest, latest = self._earliest, self._latest
+        out: list[Event | ValidationFailed] = []
+        append = out.append
+        for index, ein in enumerate(eins):
+            timestamp = ein.timestamp
+            if index in suspects:
+                append(self._outcome(ein))
+                continue
+            if timestamp is None:
+                if not now_ok:
+                    append(self._outcome(ein))
+                    continue
+                ts, day, hour, skew_ms = received_at, now_day, now_hour, 0
+            else:
+                sent_at = ein.sent_at  # type: ignore[union-attr] - no legacy event here
+                try:
+                    ts = correct_timestamp(timestamp, sent_at, received_at)
+                except OverflowError:
+                    append(self._outcome(ein))
+                    continue
+                if not earliest <= ts <= latest:
+                    append(self._outcome(ein))
+                    continue
+                day, hour = ts.date().isoformat(), ts.hour
+                skew_ms = _skew_ms(sent_at, received_at)
+            price, quantity = ein.price, ein.quantity or 1
+            # Positional, in Event's field order (see __call__).
+            append(
+                Event(
+                    ein.event_id or new_id(),
+                    ein.event_type,
+                    ein.user_id,
+                    ein.session_id,
+                    ein.product_id,
+                    ein.metadata,
+                    ts,
+                    received_at,
+                    day,
+                    hour,
+                    price,
+                    quantity,
+                    ein.currency,
+                    None if price is None else price * quantity,
+                    skew_ms,
+                    corr,
+                    False,
+                )
+            )
+        return out
+
+    def _outcome(self, ein: AnyEventIn) -> Event | ValidationFailed:
+        try:
+            return self(ein)
+        except ValidationFailed as exc:
+            return exc
+
+    def _suspects(self, eins: Sequence[AnyEventIn]) -> set[int] | None:
+        """The indexes of the events that might break a cross-field rule or a metadata
+        bound (a superset: each then goes through every check); None for "all of them".
+
+        Mostly passes in C over the batch (``map``, sets); Python loops over the events
+        only when the batch holds something to look for (an unknown price or currency, a
+        priced event without currency, a purchase without product, a large or nested
+        metadata object).
+        """
+        if any(issubclass(t, LegacyEventIn) for t in set(map(type, eins))):
+            return None  # the legacy rules differ (no batch route takes legacy events)
+        suspects: set[int] = set()
+        prices = list(map(_get_price, eins))
+        bad_prices = _bad_price_texts(set(map(str, prices)))  # price_range, price_precision
+        if bad_prices:
+            suspects.update(i for i, p in enumerate(prices) if str(p) in bad_prices)
+        currencies = list(map(_get_currency, eins))
+        currency_set = set(currencies)
+        bad_currencies = currency_set - _ISO_4217_OR_NONE
+        if bad_currencies:  # currency_is_iso4217
+            suspects.update(i for i, c in enumerate(currencies) if c in bad_currencies)
+        if (None in currency_set or "" in currency_set) and prices.count(None) < len(prices):
+            suspects.update(  # price_requires_currency
+                i
+                for i, (price, currency) in enumerate(zip(prices, currencies, strict=True))
+                if price is not None and not currency
+            )
+        products = list(map(_get_product_id, eins))
+        if None in products or "" in products:  # purchase_requires_product
+            types = list(map(_get_event_type, eins))
+            if "purchase" in types:
+                suspects.update(
+                    i
+                    for i in itertools.compress(range(len(types)), map(_is_purchase, types))
+                    if not products[i]
+                )
+        if not _metadata_all_within(list(filter(None, map(_get_metadata, eins))), self.limits):
+            limits = self.limits
+            suspects.update(
+                i
+                for i, ein in enumerate(eins)
+                if ein.metadata and not _metadata_within(ein.metadata, limits)
+            )
+        return suspects
+
     def _checked(self, ein: AnyEventIn) -> Event:
         return _build_checked(
             ein,
@@ -446,6 +598,60 @@ def _metadata_within(meta: dict[str, Any], limits: Limits) -> bool:
         if limits.metadata_max_depth < 1:  # a non-empty flat object is 1 deep
             return False
     return len(_encoder.encode(meta)) <= limits.metadata_max_bytes
+
+
+_get_price = operator.attrgetter("price")
+_get_product_id = operator.attrgetter("product_id")
+_is_purchase = "purchase".__eq__
+_get_currency = operator.attrgetter("currency")
+_get_event_type = operator.attrgetter("event_type")
+_get_metadata = operator.attrgetter("metadata")
+_ISO_4217_OR_NONE = frozenset(ISO_4217) | {None}
+#: Prices known to pass price_range and price_precision, by ``str(price)``: a Decimal's
+#: text gives back its exact sign, digits and exponent, so equal texts get equal verdicts.
+#: (Hashing a fresh Decimal costs ~750 ns, its text and a set lookup ~80 ns.)
+_GOOD_PRICE_TEXTS: set[str] = set()
+_PRICE_MEMO_SIZE = 4096
+
+
+def _bad_price_texts(texts: set[str]) -> set[str]:
+    """Of the ``str()`` of a batch's prices ("None" for no price), those a price rule
+    rejects; the others are remembered (up to a bound)."""
+    texts.discard("None")  # no Decimal has this text
+    texts = texts.difference(_GOOD_PRICE_TEXTS)  # walks texts, not the memo (see failing)
+    bad = set()
+    for text in texts:
+        price = Decimal(text)
+        if (
+            price.is_finite()  # price_range (first: NaN does not compare)
+            and 0 <= price <= MAX_PRICE
+            and price == round(price, MAX_PRICE_DECIMALS)  # price_precision
+        ):
+            if len(_GOOD_PRICE_TEXTS) < _PRICE_MEMO_SIZE:
+                _GOOD_PRICE_TEXTS.add(text)  # a set is safe to share between threads (GIL)
+        else:
+            bad.add(text)
+    return bad
+
+
+def _metadata_all_within(metas: list[dict[str, Any]], limits: Limits) -> bool:
+    """True when no metadata object of ``metas`` breaks a bound: a cheap sufficient test.
+
+    The objects are encoded as ``metadata_errors`` does, all in one call when their array
+    fits the size limit (then each does), else each on its own, in C either way. The depth
+    is 1 for all of them when the encodings hold exactly one ``{`` per object and no ``[``
+    (beyond the array's own): a nested object or array, or a string containing such a
+    character, makes the test inconclusive (False), and the caller checks one by one.
+    """
+    if not metas:
+        return True
+    if limits.metadata_max_depth < 1:
+        return False
+    whole = _encoder.encode(metas)
+    limit = limits.metadata_max_bytes
+    if len(whole) - 2 > limit and max(map(len, map(_encoder.encode, metas))) > limit:
+        return False  # the array is over the limit ("[...]"), and so is one of its objects
+    return whole.count(b"{") == len(metas) and whole.count(b"[") == 1
 
 
 def _build_checked(

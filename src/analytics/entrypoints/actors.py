@@ -73,7 +73,7 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
     )
 
     @deferring
-    def process_events(payload: str) -> dict[str, int]:
+    def process_events(payload: list[Any] | str) -> dict[str, int]:
         events = _decode_events(payload)
         if container.notifier is not None:  # before the store: at least once, never lost
             announce_unstored(
@@ -92,7 +92,7 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         )
         return {"stored": result.stored, "duplicates": result.duplicates}
 
-    def publish_notifications_actor(payload: str) -> int:
+    def publish_notifications_actor(payload: list[Any] | str) -> int:
         events = _decode_events(payload)
         if container.notifier is None:
             log.warning("notifications off: no topic configured", dropped=len(events))
@@ -135,15 +135,21 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
 
 
 def _decode_events(payload: object) -> list[Any]:
-    """A payload that does not decode can never succeed: straight to the dead letters."""
+    """A payload that does not decode can never succeed: straight to the dead letters.
+
+    Takes both forms (``codec.events_from_arg``): a JSON array (this build's messages) and
+    the array as JSON text (messages queued by older builds).
+    """
+    import msgspec  # noqa: PLC0415
+
     from analytics.domain.errors import PermanentError  # noqa: PLC0415
     from analytics.domain.validation import JSON_DECODE_ERRORS  # noqa: PLC0415
 
-    if not isinstance(payload, str | bytes):
-        raise PermanentError(f"payload is {type(payload).__name__}, not JSON text")
     try:
-        return codec.decode_events(payload)
-    except JSON_DECODE_ERRORS as exc:
+        return codec.events_from_arg(payload)
+    except TypeError as exc:
+        raise PermanentError(str(exc)) from exc
+    except (*JSON_DECODE_ERRORS, msgspec.ValidationError) as exc:
         raise PermanentError(f"payload does not decode: {exc}") from exc
 
 

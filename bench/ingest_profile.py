@@ -1,0 +1,115 @@
+"""The batch ingest path in one process, without HTTP: CPU per event, and where it goes.
+
+    .venv/bin/python bench/ingest_profile.py [--requests 2000] [--batch-size 100] [--profile]
+
+Builds the API exactly as a gunicorn worker does (``build_wsgi_app`` with the benchmark's
+settings, a private Redis, the prometheus multiprocess directory) and calls the WSGI app
+directly with ``bench/ingest.py``'s batch bodies, one request after another. No socket,
+no gunicorn, no client in the figure: what is left is the app's own CPU per event, stable
+enough to compare two builds (``--profile`` adds a cProfile listing by total time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
+from bench.ingest import batch_body_factory, env_for  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="cProfile one more run")
+    ap.add_argument("--top", type=int, default=40)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-profile-"))
+    redis = RedisServerProcess(tmp / "redis", port=free_port()).start()
+    try:
+        env = env_for(redis, tmp / "data", "bench-profile")
+        os.environ.clear()
+        os.environ.update(env)
+        from analytics.entrypoints.metrics_dir import prepare_multiproc_dir  # noqa: PLC0415
+        from analytics.entrypoints.wsgi import build_wsgi_app  # noqa: PLC0415
+        from analytics.settings import Settings  # noqa: PLC0415
+
+        settings = Settings.from_env(os.environ)
+        mp_dir = prepare_multiproc_dir(tmp / "metrics")
+        settings = settings.model_copy(update={"prometheus_multiproc_dir": mp_dir})
+        app = build_wsgi_app(settings)
+        body = batch_body_factory(args.batch_size)
+        statuses: dict[str, int] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            statuses[status] = statuses.get(status, 0) + 1
+
+        def call(i: int) -> None:
+            data = body(i)
+            environ = {
+                "REQUEST_METHOD": "POST",
+                "PATH_INFO": "/api/v1/analytics/events/batch",
+                "QUERY_STRING": "",
+                "SERVER_NAME": "127.0.0.1",
+                "SERVER_PORT": "8083",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "REMOTE_ADDR": "127.0.0.1",
+                "CONTENT_TYPE": "application/json",
+                "CONTENT_LENGTH": str(len(data)),
+                "HTTP_HOST": "127.0.0.1:8083",
+                "wsgi.input": io.BytesIO(data),
+                "wsgi.errors": sys.stderr,
+                "wsgi.url_scheme": "http",
+                "wsgi.version": (1, 0),
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": True,
+                "wsgi.run_once": False,
+            }
+            for chunk in app(environ, start_response):
+                del chunk
+
+        n = 0
+        for i in range(200):  # warm-up
+            call(n)
+            n += 1
+        for r in range(args.repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.requests):
+                call(n)
+                n += 1
+            t1, c1 = time.perf_counter(), time.process_time()
+            events = args.requests * args.batch_size
+            print(f"run {r + 1}: {(c1 - c0) / events * 1e6:.2f} us CPU/event, "
+                  f"{(t1 - t0) / events * 1e6:.2f} us wall/event, {statuses}")  # fmt: skip
+        if args.profile:
+            import cProfile  # noqa: PLC0415
+            import pstats  # noqa: PLC0415
+
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.requests):
+                call(n)
+                n += 1
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+    finally:
+        redis.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

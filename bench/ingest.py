@@ -1,11 +1,14 @@
 """Ingest benchmark: the service against the bare Falcon ceiling, in the same run.
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--processes 2] [--threads 16]
+    .venv/bin/python bench/ingest.py --drain-only [--rounds 1]   # single-event ingest + worker
+
 
 Starts its own private Redis, the bare Falcon baseline, the seed's stack shape (Flask +
 pydantic + Celery, bench/seed_stack.py) and ``analytics api`` (same gunicorn settings),
 drives each with the same load generator, then starts a worker and times how long it takes
-to store the events one phase ingested. Prints a Markdown table of events/s, p50/p95/p99
+to store the events one phase ingested (``--drain-only``: only the single-event phase with
+group commit, as the reference rate, and the worker phase). Prints a Markdown table of events/s, p50/p95/p99
 latency and ratios to the ceiling and to the seed stack.
 """
 
@@ -122,6 +125,8 @@ def main() -> int:
     ap.add_argument("--drain-events", type=int, default=10_000)
     ap.add_argument("--worker-processes", type=int, default=2)
     ap.add_argument("--worker-threads", type=int, default=8)
+    ap.add_argument("--drain-only", action="store_true",
+                    help="only the single-event phase (group commit) and the worker phase")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-"))
@@ -137,6 +142,7 @@ def main() -> int:
         "| phase | throughput | p50 ms | p95 ms | p99 ms | vs ceiling | vs seed stack | non-2xx |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    only = args.drain_only
     try:
         port = free_port()
         env = env_for(redis, tmp / "base", "bench-base", **gun)
@@ -149,13 +155,16 @@ def main() -> int:
         port = free_port()
         seed_cmd = [sys.executable, str(ROOT / "bench" / "seed_stack.py"), str(port),
                     f"redis://127.0.0.1:{redis.port}/1", *[f"{k}={v}" for k, v in gun.items()]]
-        seed_app = start(seed_cmd, env, f"http://127.0.0.1:{port}/health", log)  # fmt: skip
-        seed = run(f"http://127.0.0.1:{port}/api/v1/analytics/events", single_body, **load)
-        stop(seed_app)
-        redis.client().flushall()  # our private server: drop the Celery backlog
+        seed = None
+        if not only:
+            seed_app = start(seed_cmd, env, f"http://127.0.0.1:{port}/health", log)  # fmt: skip
+            seed = run(f"http://127.0.0.1:{port}/api/v1/analytics/events", single_body, **load)
+            stop(seed_app)
+            redis.client().flushall()  # our private server: drop the Celery backlog
 
         apis = {}
-        for mode, extra in (("group commit", {}), ("one send() per request", {"ANALYTICS_GROUP_COMMIT": "false"})):
+        modes = (("group commit", {}), ("one send() per request", {"ANALYTICS_GROUP_COMMIT": "false"}))
+        for mode, extra in modes[:1] if only else modes:
             port, ns = free_port(), f"bench-{uuid.uuid4().hex[:6]}"
             apis[mode] = start([sys.executable, "-m", "analytics", "api", "--port", str(port)],
                                env_for(redis, tmp / ns, ns, **gun, **extra),
@@ -170,6 +179,9 @@ def main() -> int:
             for mode, (_, url) in apis.items():
                 r[mode] = run(url, single_body, **load)
                 redis.client().flushall()  # our private server: drop this phase's backlog
+            if only:
+                rounds.append(r)
+                continue
             url = apis["group commit"][1]
             r["batch"] = run(f"{url}/batch", batch_body_factory(args.batch_size),
                              items_per_request=args.batch_size, **load)  # fmt: skip
@@ -186,19 +198,25 @@ def main() -> int:
         base = median["ceiling"]
         results = {mode: median[mode] for mode in apis}
         lines.append(row("bare Falcon + gunicorn (ceiling)", base, None, "req/s"))
-        lines.append(row("seed stack: Flask + pydantic + Celery, single event", seed, base.rate(),
-                         seed=seed.rate()))  # fmt: skip
-        lines.append(row("single event, group commit", results["group commit"], base.rate(), seed=seed.rate()))
-        lines.append(row(f"batch of {args.batch_size}", median["batch"], base.rate(), seed=seed.rate()))
-        lines.append(row("single event, one send() per request", results["one send() per request"],
-                         base.rate(), seed=seed.rate()))  # fmt: skip
+        seed_rate = seed.rate() if seed is not None else None
+        if seed is not None:
+            lines.append(row("seed stack: Flask + pydantic + Celery, single event", seed, base.rate(),
+                             seed=seed_rate))  # fmt: skip
+        lines.append(row("single event, group commit", results["group commit"], base.rate(), seed=seed_rate))
+        if not only:
+            lines.append(row(f"batch of {args.batch_size}", median["batch"], base.rate(), seed=seed_rate))
+            lines.append(row("single event, one send() per request", results["one send() per request"],
+                             base.rate(), seed=seed_rate))  # fmt: skip
         per_round = ", ".join(f"{ratio(r, 'group commit'):.0%}" for r in rounds)
-        batches = ", ".join(f"{r['batch'].rate():,.0f}" for r in rounds)
+        batches = "" if only else (
+            f" Batch of {args.batch_size}, events/s per round: "
+            + ", ".join(f"{r['batch'].rate():,.0f}" for r in rounds) + "."
+        )
         lines += [
             "",
             f"rounds: {args.rounds} (ceiling, then each phase, back to back); the table is the "
             f"median round by the single-event ratio. Single event, group commit, vs ceiling "
-            f"per round: {per_round}. Batch of {args.batch_size}, events/s per round: {batches}.",
+            f"per round: {per_round}.{batches}",
         ]
 
         # Worker throughput: ingest N single events with no worker, then time the drain.
@@ -218,11 +236,12 @@ def main() -> int:
         t_ingest = time.perf_counter() - t0
         stop(api)
         queued = ingest.ok
+        messages = redis.client().hlen(f"{ns}:high_priority.msgs")
+        repo = SQLiteEventRepository(SQLiteDatabase(tmp / ns / "events.sqlite3"))
+        t0 = time.perf_counter()  # from the spawn: the worker's start-up is part of the figure
         worker = subprocess.Popen([sys.executable, "-m", "analytics", "worker", "--queues", "high_priority",
                                    "--processes", str(args.worker_processes), "--threads", str(args.worker_threads)], env=env,
                                   stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
-        repo = SQLiteEventRepository(SQLiteDatabase(tmp / ns / "events.sqlite3"))
-        t0 = time.perf_counter()
         t_first = None  # the worker's first stored event: its start-up is over
         while (count := repo.count()) < queued:
             if t_first is None and count:
@@ -237,7 +256,8 @@ def main() -> int:
             "vs ceiling / vs seed stack: events/s over the ceiling's requests/s and over the seed "
             "stack's events/s (one event per request), all measured in this run.",
             "",
-            f"worker: {queued:,} events ingested one per request in {t_ingest:.2f}s; "
+            f"worker: {queued:,} events ingested one per request in {t_ingest:.2f}s "
+            f"({messages:,} messages); "
             f"a {args.worker_processes}x{args.worker_threads} worker stored them in {t_drain:.2f}s ({queued / t_drain:,.0f} events/s, "
             f"{t_drain / t_ingest:.0%} of the ingest time, start-up included); from its first "
             f"stored event on: {queued - first:,} events in {t_drain - t_first:.2f}s "

@@ -316,6 +316,42 @@ def build_cursor_secret(settings: Settings) -> bytes:
     return load_or_create_secret(settings.cursor_secret_path)
 
 
+def adapter_modules(settings: Settings) -> list[str]:
+    """The modules ``bootstrap(settings)`` imports for this configuration's adapters, and
+    only those (no boto3 for SQLite, no pika for Redis). ``analytics worker`` imports them
+    once, before its processes fork, so each process starts with them loaded. A module
+    missing here is imported by the process itself; importing one has no effect."""
+    mods = [
+        "analytics.adapters.dramatiq_queue",
+        "analytics.adapters.dramatiq_jobs",
+        "analytics.adapters.dead_letter_recorder",
+        "analytics.adapters.backlog",
+        "analytics.adapters.deferral",
+        "analytics.adapters.secret_file",
+    ]
+    mods += {
+        "sqlite": ["analytics.adapters.sqlite_store", "analytics.adapters.sqlite_aggregates"],
+        "dynamodb": [
+            "analytics.adapters.aws",
+            "analytics.adapters.dynamodb_events",
+            "analytics.adapters.dynamodb_aggregates",
+        ],
+    }.get(settings.storage, ["analytics.adapters.memory"])
+    if settings.broker == "redis":
+        mods += ["analytics.adapters.redis_task_status", "analytics.adapters.dead_letters"]
+    else:
+        mods += ["analytics.adapters.memory"]
+    if settings.cache_backend in ("redis", "auto") and settings.broker == "redis":
+        mods += ["analytics.adapters.redis_cache", "analytics.adapters.tiered_cache"]
+    if settings.rate_limit in ("auto", "redis"):
+        mods += ["analytics.adapters.redis_ratelimit"]
+    if settings.breakers:
+        mods += ["analytics.adapters.circuit_breaker", "analytics.adapters.guarded"]
+    if settings.sns_topic_arn:
+        mods += ["analytics.adapters.aws", "analytics.adapters.sns_notifier"]
+    return list(dict.fromkeys(mods))
+
+
 def bootstrap(
     settings: Settings,
     *,
@@ -336,6 +372,7 @@ def bootstrap(
     cursor_secret: bytes | None = None,
 ) -> Container:
     from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
+    from analytics.adapters.dramatiq_queue import carry_status_on_ack  # noqa: PLC0415
     from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
         TaskStatusMiddleware,
         install,
@@ -346,6 +383,7 @@ def bootstrap(
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
         install(broker, TaskStatusMiddleware(task_status, clock))
+        carry_status_on_ack(broker)  # Redis: each succeeded record travels with its ack
         equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
     aggregates = aggregates or build_aggregates(settings, event_repo)

@@ -79,3 +79,100 @@ def test_a_lone_submit_stores_at_once() -> None:
     assert shared.submit([event]).duplicates == 1
     with pytest.raises(ZeroDivisionError):
         SharedCommit(lambda evs: 1 // 0).submit([make_event(2)])  # type: ignore[arg-type,return-value]
+
+
+class _Gate:
+    """A ``begin`` whose first entry waits for ``open`` (a writer lock held elsewhere)."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.log: list[str] = []
+
+    def __call__(self):  # type: ignore[no-untyped-def]
+        from contextlib import contextmanager
+
+        @contextmanager
+        def tx():  # type: ignore[no-untyped-def]
+            self.entered.set()
+            self.open.wait(5)
+            self.log.append("begin")
+            yield
+            self.log.append("commit")
+
+        return tx()
+
+
+def test_groups_that_arrive_while_the_leader_waits_in_begin_join_its_round() -> None:
+    repo = InMemoryEventRepository()
+    gate = _Gate()
+    calls: list[int] = []
+
+    def store(events: Sequence[Event]) -> StoreResult:
+        calls.append(len(events))
+        return store_events(events, repo=repo)
+
+    shared = SharedCommit(store, begin=gate)
+    groups = [[make_event(g * 10 + i) for i in range(3)] for g in range(6)]
+    results: dict[int, StoreResult] = {}
+
+    def submit(n: int) -> None:
+        results[n] = shared.submit(groups[n])
+
+    first = threading.Thread(target=submit, args=(0,))
+    first.start()
+    assert gate.entered.wait(5)  # the leader waits for the lock, its round not yet taken
+    others = [threading.Thread(target=submit, args=(n,)) for n in range(1, 6)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(shared._pending) < 6 and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.005)
+    gate.open.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert calls == [18]  # one round: the groups that came during the wait joined it
+    assert sorted(r.stored for r in results.values()) == [3] * 6
+
+
+def test_after_runs_once_the_round_committed_and_before_anyone_hears_of_it() -> None:
+    repo = InMemoryEventRepository()
+    gate = _Gate()
+    gate.open.set()
+    heard: list[StoreResult] = []
+
+    def after(result: StoreResult) -> None:
+        gate.log.append("after")
+        assert not heard  # nobody answered yet
+
+    shared = SharedCommit(lambda evs: store_events(evs, repo=repo), begin=gate, after=after)
+    heard.append(shared.submit([make_event(1), make_event(2)]))
+    assert gate.log == ["begin", "commit", "after"]
+    assert heard[0].stored == 2
+
+
+def test_a_failed_after_or_begin_fails_the_round_and_the_next_round_still_runs() -> None:
+    repo = InMemoryEventRepository()
+    fail = {"after": True, "begin": False}
+
+    def after(result: StoreResult) -> None:
+        if fail["after"]:
+            raise StorageUnavailable("cache down")  # e.g. the invalidation did not land
+
+    def begin():  # type: ignore[no-untyped-def]
+        from contextlib import nullcontext
+
+        if fail["begin"]:
+            raise StorageUnavailable("writer lock timed out")
+        return nullcontext()
+
+    shared = SharedCommit(lambda evs: store_events(evs, repo=repo), begin=begin, after=after)
+    event = make_event(1)
+    with pytest.raises(StorageUnavailable, match="cache down"):
+        shared.submit([event])  # stored, but the message is retried until invalidated
+    fail.update(after=False, begin=True)
+    with pytest.raises(StorageUnavailable, match="writer lock"):
+        shared.submit([make_event(2)])
+    fail["begin"] = False
+    again = shared.submit([event, make_event(2)])
+    assert (again.stored, again.duplicates) == (1, 1)  # the retry stores nothing twice

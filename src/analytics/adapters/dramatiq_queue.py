@@ -19,14 +19,18 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import msgspec
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
 from analytics.adapters import codec
 from analytics.adapters.redis_packing import use_large_value_packer
 from analytics.adapters.redis_task_status import RedisTaskStatusStore
-from analytics.adapters.task_status_middleware import STATUS_RECORDED, TaskStatusMiddleware
+from analytics.adapters.task_status_middleware import (
+    STATUS_ON_ACK,
+    STATUS_RECORDED,
+    TaskStatusMiddleware,
+)
 from analytics.domain.errors import QueueUnavailable
 from analytics.domain.events import Event
 from analytics.domain.validation import JSON_DECODE_ERRORS
@@ -92,6 +96,100 @@ class RequeuePrefetched(dramatiq.Middleware):
                 pass
 
 
+class StatusAckRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker; its consumer writes a processed message's ``succeeded``
+    record in the same round trip as the ack (once :func:`carry_status_on_ack` has
+    checked that the task-status records live in this Redis), instead of one round trip
+    for the record and one for the ack. Everything else is ``RedisBroker``'s."""
+
+    status_store: RedisTaskStatusStore | None = None
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _StatusAckConsumer
+
+
+class _StatusAckConsumer(_RedisConsumer):
+    """Ack = one pipeline: the task-status record first, then dramatiq's ack (its dispatch
+    script with the arguments ``RedisBroker._dispatch`` passes, dramatiq 2.x). A status
+    failure is logged and never fails the ack (status is best effort, as in the
+    middleware); a connection error raises ConnectionClosed like the base class, and
+    dramatiq then retries the ack, record included (the record's update is idempotent)."""
+
+    broker: StatusAckRedisBroker
+
+    def ack(self, message: Any) -> None:
+        update = getattr(message, STATUS_ON_ACK, None)
+        store = self.broker.status_store
+        if update is None or store is None:
+            return super().ack(message)  # type: ignore[no-any-return]
+        try:
+            self._ack_with_status(message, update, store)
+        except redis.ConnectionError as e:
+            raise dramatiq.errors.ConnectionClosed(e) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+        return None
+
+    def nack(self, message: Any) -> None:
+        update = getattr(message, STATUS_ON_ACK, None)  # not expected: failed after success
+        if update is not None and self.broker.status_store is not None:
+            _apply_quietly(self.broker.status_store, update)
+        return super().nack(message)  # type: ignore[no-any-return]
+
+    def _ack_with_status(self, message: Any, update: Any, store: RedisTaskStatusStore) -> None:
+        b = self.broker
+        dispatch = b.scripts["dispatch"]
+        for attempt in (1, 2):
+            pipe = b.client.pipeline(transaction=False)
+            store.apply_in(pipe, update)
+            pipe.evalsha(
+                dispatch.sha, 1, b.namespace,
+                "ack", current_millis(), self.queue_name, b.broker_id, b.heartbeat_timeout,
+                b.dead_message_ttl, b._should_do_maintenance("ack"), b._max_unpack_size(),  # noqa: SLF001
+                message.options["redis_message_id"],
+            )  # fmt: skip
+            recorded, acked = pipe.execute(raise_on_error=False)
+            if isinstance(acked, redis.exceptions.NoScriptError) and attempt == 1:
+                b.client.script_load(dispatch.script)  # a restarted Redis: load, redo both
+                store.load_script()
+                continue
+            break
+        if isinstance(acked, Exception):
+            raise acked
+        if isinstance(recorded, Exception):  # acked; the record the usual way, best effort
+            if isinstance(recorded, redis.exceptions.NoScriptError):
+                store.load_script()
+            _apply_quietly(store, update)
+
+
+def _apply_quietly(store: RedisTaskStatusStore, update: Any) -> None:
+    try:
+        store.apply(update)
+    except Exception as exc:  # noqa: BLE001 - status is best effort, work is not
+        import structlog  # noqa: PLC0415
+
+        structlog.get_logger("analytics.task_status").warning(
+            "task status not recorded", task_id=update.task_id, error=str(exc)
+        )
+
+
+def carry_status_on_ack(broker: dramatiq.Broker) -> bool:
+    """Let ``broker``'s consumer write the ``succeeded`` records with its acks, when it is
+    a :class:`StatusAckRedisBroker` whose task-status middleware keeps its records in the
+    same Redis. True when done (then the middleware leaves those records to the ack)."""
+    if not isinstance(broker, StatusAckRedisBroker):
+        return False
+    mw = next((m for m in broker.middleware if isinstance(m, TaskStatusMiddleware)), None)
+    if mw is None or not isinstance(mw.store, RedisTaskStatusStore):
+        return False
+    if _server(mw.store.client) != _server(broker.client):
+        return False
+    broker.status_store = mw.store
+    mw.with_ack = True
+    return True
+
+
 def build_broker(
     settings: Settings, middleware: list[dramatiq.Middleware] | None = None
 ) -> dramatiq.Broker:
@@ -100,7 +198,7 @@ def build_broker(
         dramatiq.set_encoder(MsgspecJSONEncoder())  # process-wide in dramatiq: same JSON bytes
     broker: dramatiq.Broker
     if settings.broker == "redis":
-        broker = RedisBroker(
+        broker = StatusAckRedisBroker(
             # Group messages are large: sent as they are, not copied by hiredis' packer.
             client=use_large_value_packer(redis.Redis(**settings.redis_kwargs())),  # type: ignore[arg-type]
             namespace=settings.namespace,

@@ -24,16 +24,31 @@ log = structlog.get_logger("analytics.worker")
 
 
 def parent_is_dramatiq_master() -> bool:
-    """Only a worker process under the dramatiq CLI may signal its parent (never pytest)."""
+    """Only a worker process under the dramatiq CLI may signal its parent (never pytest):
+    ``dramatiq ...``, ``python -m dramatiq ...`` (also after a reload), or ``analytics
+    worker``, which runs dramatiq's CLI in its own process (``cli.run_dramatiq``)."""
     try:
         import psutil  # noqa: PLC0415
 
         cmdline = psutil.Process(os.getppid()).cmdline()
     except Exception:  # noqa: BLE001 - no parent info: do not signal
         return False
-    return any(part.endswith("dramatiq") or "dramatiq/__main__" in part for part in cmdline) or (
-        "-m" in cmdline and "dramatiq" in cmdline
-    )
+    if any(part.endswith("dramatiq") or "dramatiq/__main__" in part for part in cmdline):
+        return True
+    if "-m" in cmdline and "dramatiq" in cmdline:
+        return True
+    return _is_analytics_worker(cmdline)
+
+
+def _is_analytics_worker(cmdline: list[str]) -> bool:
+    """``python -m analytics worker ...`` or the ``analytics worker ...`` script."""
+    for i, part in enumerate(cmdline[:-1]):
+        runs_analytics = (part == "analytics" and i > 0 and cmdline[i - 1] == "-m") or (
+            os.path.basename(part) == "analytics"
+        )
+        if runs_analytics and cmdline[i + 1] == "worker":
+            return True
+    return False
 
 
 class WorkerRecycler(dramatiq.Middleware):

@@ -2,12 +2,32 @@
 
 WAL mode, one connection per thread, ``synchronous=FULL`` so that a committed batch
 survives a crash: the worker acknowledges its message only after the commit.
+
+Writers queue for the database on locks, not on SQLite's busy handler: a thread lock per
+file in each process, then an ``flock`` on ``<file>.writer`` shared by every process of
+this code (the worker's processes, the API's key and retention writes). SQLite's handler
+retries BEGIN IMMEDIATE after sleeps of 1, 2, 5, 10, 15, 20, 25... ms, so a process that
+met the other one's commit (a few ms of fsync) slept past its end, and the database sat
+idle between the two processes' commits; the ``flock`` is taken again within a fraction
+of a millisecond of its release. The busy handler still covers writers that do not take
+the ``flock`` (another program on the file), and the kernel drops the lock of a process
+that dies, so a crash never leaves it held.
+
+Checkpoints run outside that lock. SQLite's automatic checkpoint (every 1,000 WAL pages)
+runs inside the COMMIT that crosses the mark, copying pages into the database file and
+fsyncing it, which kept the lock held for several more milliseconds while the other
+processes waited; SQLite itself lets a writer go on during a checkpoint. So our writers
+turn it off and, after every ``CHECKPOINT_EVERY`` commits of a process, run a PASSIVE
+checkpoint once the lock is released (a checkpoint never changes what is committed).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -48,14 +68,71 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
-_WRITE_LOCKS: dict[str, threading.Lock] = {}
+class _WriterLock:
+    """The writer lock of one database file: a thread lock for this process's writers,
+    then an ``flock`` for the other processes' (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.thread_lock = threading.Lock()
+        self.path = path.with_name(path.name + ".writer")
+        self._fd = -1
+        self._pid = 0
+        self.commits = 0  # since the last checkpoint, in this process (under thread_lock)
+
+    def _file(self) -> int:
+        # A descriptor inherited through fork shares its flock with the parent: reopen.
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self.thread_lock.acquire(timeout=timeout):
+            return False
+        try:
+            if self._lock_file(deadline):
+                return True
+        except BaseException:
+            self.thread_lock.release()
+            raise
+        self.thread_lock.release()
+        return False
+
+    def _lock_file(self, deadline: float) -> bool:
+        fd, pause = self._file(), 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+            # Another process commits (a few ms): look again soon, then every 1 ms.
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self.thread_lock.release()
+
+
+CHECKPOINT_EVERY = 4  # commits per process and file (the worker's: ~250 WAL pages each)
+
+_WRITE_LOCKS: dict[str, _WriterLock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 
-def _write_lock(path: Path) -> threading.Lock:
-    """One lock per database file per process, shared by every SQLiteDatabase on it."""
+def _write_lock(path: Path) -> _WriterLock:
+    """One writer lock per database file per process, shared by every SQLiteDatabase on it."""
+    key = str(path.resolve())
     with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+        lock = _WRITE_LOCKS.get(key)
+        if lock is None:
+            lock = _WRITE_LOCKS[key] = _WriterLock(Path(key))
+        return lock
 
 
 class SQLiteDatabase:
@@ -78,6 +155,7 @@ class SQLiteDatabase:
             )  # fmt: skip
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # ours, outside the writer lock
             self._local.conn = conn
         return conn
 
@@ -93,10 +171,10 @@ class SQLiteDatabase:
             finally:
                 self._local.depth = depth
             return
-        # Writers of one process queue on a lock instead of on SQLite's busy handler, which
-        # sleeps in coarse steps (up to 100 ms) and starved the worker's threads.
-        if not self._write_lock.acquire(timeout=self.busy_timeout_s):
-            raise StorageUnavailable("sqlite: timed out waiting for this process's writer")
+        # Writers queue on the writer lock instead of on SQLite's busy handler, which
+        # sleeps in coarse steps (up to 100 ms) and starved the worker (module docstring).
+        self._lock_writer()
+        checkpoint = False
         try:
             try:
                 conn = self.connect()
@@ -116,8 +194,29 @@ class SQLiteDatabase:
             except sqlite3.OperationalError as exc:
                 conn.execute("ROLLBACK")
                 raise StorageUnavailable(f"sqlite commit: {exc}") from exc
+            self._write_lock.commits += 1
+            if self._write_lock.commits >= CHECKPOINT_EVERY:
+                self._write_lock.commits, checkpoint = 0, True
         finally:
             self._write_lock.release()
+        if checkpoint:
+            self.checkpoint(conn)
+
+    def checkpoint(self, conn: sqlite3.Connection | None = None) -> None:
+        """A PASSIVE checkpoint: copy what it can into the database file, wait for nobody
+        (a reader or another checkpoint in the way: the next one catches up)."""
+        try:
+            (conn or self.connect()).execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass  # busy or locked: committed data is safe in the WAL either way
+
+    def _lock_writer(self) -> None:
+        try:
+            locked = self._write_lock.acquire(timeout=self.busy_timeout_s)
+        except OSError as exc:  # the lock file cannot be opened or locked
+            raise StorageUnavailable(f"sqlite writer lock: {exc}") from exc
+        if not locked:
+            raise StorageUnavailable("sqlite: timed out waiting for the database's writer lock")
 
     def atomic(self) -> AbstractContextManager[object]:
         """The UnitOfWork port: everything inside commits together."""

@@ -6,7 +6,9 @@ Hooks and what they record (task id = message id):
 |------------------------|-----------------|------------------------------------------------|
 | after_enqueue          | any producer    | ``queued`` (or ``retrying`` for a retry)      |
 | before_process_message | worker          | ``running``, attempt n                         |
-| after_process_message  | worker          | ``succeeded`` + result summary, ``retrying``   |
+| after_process_message  | worker          | ``succeeded`` + result summary (on Redis: in   |
+|                        |                 | the ack's round trip, see ``with_ack``),       |
+|                        |                 | ``retrying``                                   |
 |                        |                 | + last error, or ``failed`` + error once the   |
 |                        |                 | message is dead-lettered (no retry left)       |
 | after_skip_message     | worker          | ``failed`` if dead-lettered, else ``skipped``  |
@@ -32,6 +34,8 @@ from analytics.domain.ports import Clock, TaskStatusStore
 
 log = structlog.get_logger("analytics.task_status")
 STATUS_RECORDED = "task_status_recorded"  # an after_enqueue option: the record is written
+# A MessageProxy attribute: the ``succeeded`` update its consumer writes with the ack.
+STATUS_ON_ACK = "_analytics_status_on_ack"
 
 
 class TaskStatusMiddleware(dramatiq.Middleware):
@@ -40,6 +44,10 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         self.clock = clock
         self._attempts: dict[str, int] = {}  # message id -> attempt being processed
         self._lock = threading.Lock()
+        # True when the broker's consumer writes a message's ``succeeded`` record in the
+        # same round trip as its ack, first the record, then the ack (set by
+        # ``dramatiq_queue.carry_status_on_ack`` after checking it can).
+        self.with_ack = False
 
     def _apply(self, update: tasks.TaskUpdate) -> None:
         try:
@@ -107,15 +115,17 @@ class TaskStatusMiddleware(dramatiq.Middleware):
                 )
             )
         elif exception is None:
-            self._apply(
-                tasks.succeeded(
-                    message.message_id,
-                    generation=_generation(message),
-                    at=now,
-                    attempts=attempt,
-                    result=result,
-                )
+            update = tasks.succeeded(
+                message.message_id,
+                generation=_generation(message),
+                at=now,
+                attempts=attempt,
+                result=result,
             )
+            if self.with_ack:
+                setattr(message, STATUS_ON_ACK, update)  # the ack right after writes it
+            else:
+                self._apply(update)
         elif _has_retries(broker):
             retries = int(message.options.get("retries", attempt))
             self._apply(

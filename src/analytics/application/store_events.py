@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from analytics.domain.aggregation import contribution
@@ -29,6 +29,7 @@ class StoreResult:
     duplicates: int
     new_ids: tuple[uuid.UUID, ...] = ()
     counted: int = 0  # contributions newly applied to the aggregates
+    touched: tuple[str, ...] = ()  # cache scopes of the stored versions (see invalidate)
 
 
 def cache_scopes(events: Iterable[Event]) -> set[str]:
@@ -46,18 +47,28 @@ def store_events(
 ) -> StoreResult:
     with uow.atomic() if uow is not None else nullcontext():
         new_ids, counted, stored = _store_and_count(events, repo, aggregates)
-    if cache is not None and stored:
-        # Bump even when nothing was new: the attempt that counted may have died
-        # before it invalidated. CacheUnavailable propagates: the message is retried
-        # (everything above is idempotent) until the invalidation lands.
-        cache.bump(sorted(cache_scopes(stored.values())))
-    return StoreResult(
+    result = StoreResult(
         received=len(events),
         stored=len(new_ids),
         duplicates=len(events) - len(new_ids),
         new_ids=tuple(new_ids),
         counted=counted,
+        touched=tuple(sorted(cache_scopes(stored.values()))),
     )
+    invalidate(result, cache=cache)
+    return result
+
+
+def invalidate(result: StoreResult, *, cache: Cache | None) -> None:
+    """Bump the cache scopes a store touched; after its commit, never before (a reader
+    between the two would cache the old data under the new version).
+
+    Bumped even when nothing was new: the attempt that counted may have died before it
+    invalidated. CacheUnavailable propagates: the message is retried (the store is
+    idempotent) until the invalidation lands.
+    """
+    if cache is not None and result.touched:
+        cache.bump(list(result.touched))
 
 
 def _store_and_count(
@@ -89,13 +100,28 @@ class SharedCommit:
     result, then promotes the next waiting thread if more arrived meanwhile. Exactly once
     is untouched: ``store`` is idempotent per event, and the combined call commits all of
     its groups or none (each message is then retried on its own).
+
+    ``begin`` (optional) opens the round's transaction (the UnitOfWork's ``atomic``; the
+    store's own joins it). The leader opens it before it collects the round: on SQLite it
+    waits there for the database's writer lock while another process commits, and the
+    groups that arrive meanwhile join this round instead of the next. ``after`` (optional)
+    runs once the round has committed, e.g. the cache invalidation, which must not come
+    before the commit; the next leader starts meanwhile, and the round's threads hear of
+    their result only when ``after`` is done (its failure fails them all, like the store's).
     """
 
     def __init__(
-        self, store: Callable[[Sequence[Event]], StoreResult], *, max_events: int = 5000
+        self,
+        store: Callable[[Sequence[Event]], StoreResult],
+        *,
+        max_events: int = 5000,
+        begin: Callable[[], AbstractContextManager[object]] | None = None,
+        after: Callable[[StoreResult], None] | None = None,
     ) -> None:
         self._store = store
         self._max_events = max_events
+        self._begin = begin
+        self._after = after
         self._cv = threading.Condition()
         self._pending: list[_Job] = []
         self._busy = False
@@ -114,17 +140,32 @@ class SharedCommit:
         assert job.result is not None
         return job.result
 
-    def _lead(self) -> None:
+    def _take(self) -> list[_Job]:
         with self._cv:
             batch, count = [], 0
             while self._pending and (not batch or count + len(self._pending[0].events) <= self._max_events):
                 batch.append(self._pending.pop(0))
                 count += len(batch[-1].events)
+        return batch
+
+    def _lead(self) -> None:
+        batch: list[_Job] = []
+        combined: StoreResult | None = None
+        error: BaseException | None = None
         try:
-            combined = self._store([e for job in batch for e in job.events])
-            error: BaseException | None = None
+            with self._begin() if self._begin is not None else nullcontext():
+                batch = self._take()
+                combined = self._store([e for job in batch for e in job.events])
         except BaseException as exc:  # noqa: BLE001 - every thread of the batch hears it
             combined, error = None, exc
+            batch = batch or self._take()  # ``begin`` failed: the round fails as a whole
+        with self._cv:
+            self._pass_lead()  # the next round may start while this one ends
+        if combined is not None and self._after is not None:
+            try:
+                self._after(combined)
+            except BaseException as exc:  # noqa: BLE001
+                combined, error = None, exc
         with self._cv:
             claimed: set[uuid.UUID] = set()
             new = set(combined.new_ids) if combined is not None else set()
@@ -139,11 +180,15 @@ class SharedCommit:
                     received=len(job.events), stored=len(mine),
                     duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
                 )  # fmt: skip
-            if self._pending:
-                self._pending[0].lead = True  # the next leader; _busy stays set
-            else:
-                self._busy = False
             self._cv.notify_all()
+
+    def _pass_lead(self) -> None:
+        """Under the condition's lock: promote the next leader, or put the lead down."""
+        if self._pending:
+            self._pending[0].lead = True  # _busy stays set
+            self._cv.notify_all()
+        else:
+            self._busy = False
 
 
 class _Job:

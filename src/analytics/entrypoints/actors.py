@@ -31,7 +31,7 @@ from analytics.adapters.dramatiq_queue import (
 )
 from analytics.application.notify import announce_unstored, publish_notifications
 from analytics.application.reconcile import reconcile
-from analytics.application.store_events import SharedCommit, store_events
+from analytics.application.store_events import SharedCommit, invalidate, store_events
 from analytics.bootstrap import Container, query_deps
 from analytics.entrypoints.policies import actor_options
 
@@ -49,17 +49,28 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         max_s=container.settings.breaker_defer_max_s,
     )
 
-    def store(events: Any) -> Any:
+    def store(events: Any, cache: Any = container.cache) -> Any:
         return store_events(
             events,
             repo=container.event_repo,
             aggregates=container.aggregates,
-            cache=container.cache,
+            cache=cache,
             uow=container.uow,
         )
 
-    # The worker's threads share one store call (one fsynced transaction) per round.
-    shared = SharedCommit(store) if container.settings.worker_group_commit else None
+    # The worker's threads share one store call (one fsynced transaction) per round; the
+    # round is collected inside its transaction (on SQLite: once the writer lock is ours)
+    # and the cache is invalidated after its commit.
+    uow = container.uow
+    shared = (
+        SharedCommit(
+            lambda events: store(events, cache=None),
+            begin=uow.atomic if uow is not None else None,
+            after=lambda result: invalidate(result, cache=container.cache),
+        )
+        if container.settings.worker_group_commit
+        else None
+    )
 
     @deferring
     def process_events(payload: list[Any] | str) -> dict[str, int]:

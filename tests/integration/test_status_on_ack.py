@@ -1,0 +1,206 @@
+"""StatusAckRedisBroker: a processed message's ``succeeded`` record and its ack share one
+Redis round trip. What must stay true: the record is written (never dropped, whatever the
+script cache or a broken record key), the message is acked exactly once, a failure still
+goes the usual way, and nothing is carried when the records live elsewhere. A private
+redis-server: the tests flush scripts.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Worker
+from dramatiq.middleware import Retries
+from redis.connection import Connection
+
+from analytics.adapters.dramatiq_queue import (
+    MsgspecJSONEncoder,
+    StatusAckRedisBroker,
+    carry_status_on_ack,
+)
+from analytics.adapters.embedded_redis import RedisServerProcess
+from analytics.adapters.memory import InMemoryTaskStatusStore
+from analytics.adapters.redis_task_status import RedisTaskStatusStore
+from analytics.adapters.task_status_middleware import TaskStatusMiddleware, install
+from analytics.domain.clock import SystemClock
+from tests.support import free_port, wait_until
+
+
+class CountingConnection(Connection):
+    """A real connection that counts its writes to the socket (one per round trip), by
+    thread: a worker thread processes and acks its message; the consumer thread fetches."""
+
+    writes: ClassVar[collections.Counter[int]] = collections.Counter()
+
+    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        CountingConnection.writes[threading.get_ident()] += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    srv = RedisServerProcess(tmp_path_factory.mktemp("status-ack"), port=free_port()).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def broker(server: RedisServerProcess) -> Iterator[StatusAckRedisBroker]:
+    dramatiq.set_encoder(MsgspecJSONEncoder())
+    pool = redis.ConnectionPool(
+        host="127.0.0.1", port=server.port, connection_class=CountingConnection
+    )
+    client = redis.Redis(connection_pool=pool)
+    b = StatusAckRedisBroker(
+        client=client, namespace=f"ack-{uuid.uuid4().hex[:8]}", heartbeat_timeout=2000
+    )
+    install(b, TaskStatusMiddleware(RedisTaskStatusStore(client, namespace=b.namespace, ttl_s=600),
+                                    SystemClock()))  # fmt: skip
+    assert carry_status_on_ack(b)
+    b.declare_queue("default")
+    yield b
+    b.close()
+
+
+def status_of(broker: StatusAckRedisBroker, task_id: str) -> str | None:
+    assert broker.status_store is not None
+    record = broker.status_store.get(task_id)
+    return record.status if record else None
+
+
+def run(broker: StatusAckRedisBroker, *messages: dramatiq.Message[object]) -> None:
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("default", timeout=20_000)
+        for m in messages:
+            wait_until(lambda m=m: status_of(broker, m.message_id) in ("succeeded", "failed"),
+                       timeout=10)  # fmt: skip
+    finally:
+        worker.stop()
+    msgs = f"{broker.namespace}:default.msgs"
+    assert broker.client.hlen(msgs) == 0  # every message acked, none left in flight
+
+
+def test_the_record_and_the_ack_share_one_round_trip(broker: StatusAckRedisBroker) -> None:
+    seen: list[int] = []
+    writes: dict[str, int] = {}
+
+    @dramatiq.actor(queue_name="default", broker=broker, max_retries=0)
+    def work(n: int) -> dict[str, int]:
+        seen.append(n)
+        return {"n": n}
+
+    class Spy(dramatiq.Middleware):  # runs last in after_process_message: just before the ack
+        def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+            writes[message.message_id] = CountingConnection.writes[threading.get_ident()]
+
+        def after_ack(self, broker, message):  # type: ignore[no-untyped-def]
+            now = CountingConnection.writes[threading.get_ident()]
+            writes[message.message_id] = now - writes[message.message_id]
+
+    broker.add_middleware(Spy(), before=TaskStatusMiddleware)
+    sent = [work.send(i) for i in range(3)]
+    run(broker, *sent)
+    assert sorted(seen) == [0, 1, 2]  # each exactly once
+    for m in sent:
+        assert status_of(broker, m.message_id) == "succeeded"
+        assert broker.status_store is not None
+        record = broker.status_store.get(m.message_id)
+        assert record is not None and record.result == {"n": m.args[0]} and record.attempts == 1
+        assert writes[m.message_id] == 1  # record + ack: one write to Redis
+
+
+def test_a_redis_that_forgot_its_scripts_still_gets_record_and_ack(
+    broker: StatusAckRedisBroker,
+) -> None:
+    flushed = threading.Event()
+
+    @dramatiq.actor(queue_name="default", broker=broker, max_retries=0)
+    def work(n: int) -> int:
+        broker.client.script_flush()  # between the running record and the ack
+        flushed.set()
+        return n
+
+    sent = work.send(1)
+    run(broker, sent)
+    assert flushed.is_set()
+    assert status_of(broker, sent.message_id) == "succeeded"
+
+
+def test_a_record_that_cannot_be_written_never_blocks_the_ack(
+    broker: StatusAckRedisBroker,
+) -> None:
+    @dramatiq.actor(queue_name="default", broker=broker, max_retries=0)
+    def work(n: int) -> int:
+        assert broker.status_store is not None
+        broker.client.set(broker.status_store.key(sent.message_id), "not a hash")  # WRONGTYPE
+        return n
+
+    sent = work.message(1)
+    broker.enqueue(sent)
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("default", timeout=20_000)
+        wait_until(lambda: broker.client.hlen(f"{broker.namespace}:default.msgs") == 0, timeout=10)
+    finally:
+        worker.stop()
+
+
+def test_a_failure_is_recorded_the_usual_way(broker: StatusAckRedisBroker) -> None:
+    @dramatiq.actor(queue_name="default", broker=broker, max_retries=0)
+    def boom() -> None:
+        raise RuntimeError("no")
+
+    assert any(isinstance(m, Retries) for m in broker.middleware)
+    sent = boom.send()
+    run(broker, sent)
+    assert status_of(broker, sent.message_id) == "failed"
+
+
+def test_nothing_is_carried_when_the_records_live_elsewhere(
+    server: RedisServerProcess, tmp_path: Path
+) -> None:
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    in_memory = StatusAckRedisBroker(client=client, namespace="x")
+    mw = TaskStatusMiddleware(InMemoryTaskStatusStore(), SystemClock())
+    install(in_memory, mw)
+    assert not carry_status_on_ack(in_memory) and not mw.with_ack
+    other = RedisServerProcess(tmp_path, port=free_port()).start()
+    try:
+        elsewhere = StatusAckRedisBroker(client=client, namespace="x")
+        mw = TaskStatusMiddleware(RedisTaskStatusStore(other.client(), namespace="x", ttl_s=60),
+                                  SystemClock())  # fmt: skip
+        install(elsewhere, mw)
+        assert not carry_status_on_ack(elsewhere) and not mw.with_ack
+        assert elsewhere.status_store is None
+    finally:
+        other.stop()
+    plain = dramatiq.brokers.stub.StubBroker()
+    install(plain, TaskStatusMiddleware(InMemoryTaskStatusStore(), SystemClock()))
+    assert not carry_status_on_ack(plain)
+
+
+def test_the_service_builds_a_broker_that_carries_status_on_ack(
+    server: RedisServerProcess, tmp_path: Path
+) -> None:
+    from analytics.bootstrap import bootstrap  # noqa: PLC0415
+    from analytics.settings import Settings  # noqa: PLC0415
+
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port),
+           "ANALYTICS_DATA_DIR": str(tmp_path), "ANALYTICS_NAMESPACE": "svc-ack"}  # fmt: skip
+    container = bootstrap(Settings.from_env(env))
+    try:
+        assert isinstance(container.broker, StatusAckRedisBroker)
+        assert container.broker.status_store is not None
+    finally:
+        container.broker.close()

@@ -178,12 +178,8 @@ def carry_status_on_ack(broker: dramatiq.Broker) -> bool:
     """Let ``broker``'s consumer write the ``succeeded`` records with its acks, when it is
     a :class:`StatusAckRedisBroker` whose task-status middleware keeps its records in the
     same Redis. True when done (then the middleware leaves those records to the ack)."""
-    if not isinstance(broker, StatusAckRedisBroker):
-        return False
-    mw = next((m for m in broker.middleware if isinstance(m, TaskStatusMiddleware)), None)
-    if mw is None or not isinstance(mw.store, RedisTaskStatusStore):
-        return False
-    if _server(mw.store.client) != _server(broker.client):
+    mw = _status_in_broker_redis(broker) if isinstance(broker, StatusAckRedisBroker) else None
+    if mw is None:
         return False
     broker.status_store = mw.store
     mw.with_ack = True
@@ -485,14 +481,19 @@ class RedisEnqueuer:
     def for_broker(cls, broker: dramatiq.Broker) -> RedisEnqueuer | None:
         """One for ``broker`` when it is a RedisBroker whose task-status middleware keeps
         its records in the same Redis; None otherwise (then ``broker.enqueue`` is used)."""
-        if not isinstance(broker, RedisBroker):
-            return None
-        mw = next((m for m in broker.middleware if isinstance(m, TaskStatusMiddleware)), None)
-        if mw is None or not isinstance(mw.store, RedisTaskStatusStore):
-            return None
-        if _server(mw.store.client) != _server(broker.client):
-            return None
-        return cls(broker, mw)
+        mw = _status_in_broker_redis(broker)
+        return cls(broker, mw) if mw is not None else None
+
+
+def _status_in_broker_redis(broker: dramatiq.Broker) -> TaskStatusMiddleware | None:
+    """``broker``'s task-status middleware when ``broker`` is a RedisBroker and the
+    middleware keeps its records in the same Redis (so both fit in one pipeline)."""
+    if not isinstance(broker, RedisBroker):
+        return None
+    mw = next((m for m in broker.middleware if isinstance(m, TaskStatusMiddleware)), None)
+    if mw is None or not isinstance(mw.store, RedisTaskStatusStore):
+        return None
+    return mw if _server(mw.store.client) == _server(broker.client) else None
 
 
 def _server(client: redis.Redis) -> tuple[object, ...]:

@@ -8,9 +8,7 @@ reload, never a lost or doubled message. A private redis-server: the tests flush
 
 from __future__ import annotations
 
-import itertools
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +19,6 @@ import pytest
 import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
-from redis.connection import Connection
 
 from analytics.adapters.dramatiq_queue import (
     GroupCommitQueue,
@@ -35,19 +32,10 @@ from analytics.adapters.task_status_middleware import TaskStatusMiddleware, inst
 from analytics.domain.clock import SystemClock
 from analytics.domain.events import Event
 from tests import aggsupport
+from tests.redis_broker_support import CountingConnection, counting_broker
 from tests.support import free_port, wait_until
 
 NOW = datetime.now(UTC)
-
-
-class CountingConnection(Connection):
-    """A real connection that counts how many times it writes to the socket."""
-
-    writes = itertools.count()
-
-    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        next(CountingConnection.writes)
-        return super().send_packed_command(command, check_health)
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProc
 
 @pytest.fixture
 def broker(server: RedisServerProcess) -> Iterator[RedisBroker]:
-    dramatiq.set_encoder(MsgspecJSONEncoder())
-    pool = redis.ConnectionPool(
-        host="127.0.0.1", port=server.port, connection_class=CountingConnection
-    )
-    client = redis.Redis(connection_pool=pool)
-    b = RedisBroker(client=client, namespace=f"enq-{uuid.uuid4().hex[:8]}", heartbeat_timeout=2000)
-    store = RedisTaskStatusStore(client, namespace=b.namespace, ttl_s=600)
-    install(b, TaskStatusMiddleware(store, SystemClock()))
+    b = counting_broker(server, RedisBroker, "enq")
     b.declare_queue("high_priority")
     yield b
     b.close()
@@ -99,9 +80,9 @@ def test_message_and_record_go_in_one_round_trip(broker: RedisBroker) -> None:
     enqueue = RedisEnqueuer.for_broker(broker)
     assert enqueue is not None
     enqueue(events_message([make_event(0)]))  # loads nothing lazily afterwards
-    before = next(CountingConnection.writes)
+    before = CountingConnection.count()
     sent = enqueue(events_message([make_event(1), make_event(2)]))
-    assert next(CountingConnection.writes) - before - 1 == 1  # one write, one round trip
+    assert CountingConnection.count() - before == 1  # one write, one round trip
     assert status_of(broker, sent.message_id) == "queued"
     assert broker.do_qsize("high_priority") == 2
 

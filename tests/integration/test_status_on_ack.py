@@ -7,22 +7,17 @@ redis-server: the tests flush scripts.
 
 from __future__ import annotations
 
-import collections
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import dramatiq
 import pytest
 import redis
 from dramatiq import Worker
 from dramatiq.middleware import Retries
-from redis.connection import Connection
 
 from analytics.adapters.dramatiq_queue import (
-    MsgspecJSONEncoder,
     StatusAckRedisBroker,
     carry_status_on_ack,
 )
@@ -31,18 +26,8 @@ from analytics.adapters.memory import InMemoryTaskStatusStore
 from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import TaskStatusMiddleware, install
 from analytics.domain.clock import SystemClock
+from tests.redis_broker_support import CountingConnection, counting_broker
 from tests.support import free_port, wait_until
-
-
-class CountingConnection(Connection):
-    """A real connection that counts its writes to the socket (one per round trip), by
-    thread: a worker thread processes and acks its message; the consumer thread fetches."""
-
-    writes: ClassVar[collections.Counter[int]] = collections.Counter()
-
-    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        CountingConnection.writes[threading.get_ident()] += 1
-        return super().send_packed_command(command, check_health)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProc
 
 @pytest.fixture
 def broker(server: RedisServerProcess) -> Iterator[StatusAckRedisBroker]:
-    dramatiq.set_encoder(MsgspecJSONEncoder())
-    pool = redis.ConnectionPool(
-        host="127.0.0.1", port=server.port, connection_class=CountingConnection
-    )
-    client = redis.Redis(connection_pool=pool)
-    b = StatusAckRedisBroker(
-        client=client, namespace=f"ack-{uuid.uuid4().hex[:8]}", heartbeat_timeout=2000
-    )
-    install(b, TaskStatusMiddleware(RedisTaskStatusStore(client, namespace=b.namespace, ttl_s=600),
-                                    SystemClock()))  # fmt: skip
+    b = counting_broker(server, StatusAckRedisBroker, "ack")
     assert carry_status_on_ack(b)
     b.declare_queue("default")
     yield b
@@ -101,10 +77,10 @@ def test_the_record_and_the_ack_share_one_round_trip(broker: StatusAckRedisBroke
 
     class Spy(dramatiq.Middleware):  # runs last in after_process_message: just before the ack
         def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
-            writes[message.message_id] = CountingConnection.writes[threading.get_ident()]
+            writes[message.message_id] = CountingConnection.count()
 
         def after_ack(self, broker, message):  # type: ignore[no-untyped-def]
-            now = CountingConnection.writes[threading.get_ident()]
+            now = CountingConnection.count()
             writes[message.message_id] = now - writes[message.message_id]
 
     broker.add_middleware(Spy(), before=TaskStatusMiddleware)

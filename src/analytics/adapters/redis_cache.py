@@ -168,10 +168,6 @@ class VersionWatch:
             for key, value in zip(keys, values, strict=True):
                 self._held[key] = (value, token[1])
 
-    def close(self) -> None:
-        with self._lock:
-            self._lose()
-
     # --- under the lock -----------------------------------------------------------------
     def _drain(self) -> bool:
         """Apply every message received so far; False when there is no working watch."""

@@ -82,3 +82,38 @@ def test_gunicorn_gets_a_child_exit_hook_only_in_multiprocess_mode(tmp_path: Pat
     assert mp.cfg.child_exit is hook
     assert hook.__module__ == "analytics.entrypoints.metrics"
     assert plain.cfg.child_exit.__module__.startswith("gunicorn")
+
+
+FORKS = """
+import os, sys
+from analytics.entrypoints import metrics as m
+m.EVENTS_ACCEPTED.labels("click").inc(2)           # a child made before the fork
+pid = os.fork()
+if pid == 0:                                        # like a gunicorn worker after fork
+    m.EVENTS_ACCEPTED.labels("click").inc(5)
+    m.EVENTS_ACCEPTED.labels("purchase").inc(1)
+    print(os.getpid(), m.process_id(), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+m.EVENTS_ACCEPTED.labels("click").inc(1)
+print(os.getpid(), m.process_id(), flush=True)
+"""
+
+
+def test_values_written_after_a_fork_go_to_the_child_s_own_file(tmp_path: Path):
+    """The pid check runs without a system call (``metrics.process_id``, refreshed at
+    fork): a forked child must still start its own file, and never add to its parent's."""
+    mp = tmp_path / "mp"
+    env: dict[str, str] = {}
+    prepare_multiproc_dir(mp, env)
+    env = child_env(**env)
+    out = subprocess.run([sys.executable, "-c", FORKS], env=env, check=True, timeout=60,
+                         capture_output=True, text=True).stdout.split()  # fmt: skip
+    child, child_seen, parent, parent_seen = map(int, out)
+    assert (child_seen, parent_seen) == (child, parent) and child != parent
+    counters = sorted(p.name for p in mp.glob("counter_*.db"))
+    assert counters == sorted([f"counter_{parent}.db", f"counter_{child}.db"])
+    rendered = subprocess.run([sys.executable, "-c", RENDER], env=env, check=True, timeout=60,
+                              capture_output=True, text=True).stdout  # fmt: skip
+    assert value(rendered, 'analytics_events_accepted_total{event_type="click"}') == 8
+    assert value(rendered, 'analytics_events_accepted_total{event_type="purchase"}') == 1

@@ -60,16 +60,8 @@ class RequestMetricsMiddleware:
     """
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-
-    def _metrics_for(self, route: str, method: str, status: str) -> tuple[Any, Any]:
-        key = (route, method, status)
-        found = self._children.get(key)
-        if found is None:
-            found = (m.HTTP_REQUESTS.labels(*key), m.HTTP_DURATION.labels(*key))
-            if len(self._children) < 10_000:  # routes x methods x statuses: bounded anyway
-                self._children[key] = found
-        return found
+        self._requests = m.LabelCache(m.HTTP_REQUESTS)
+        self._durations = m.LabelCache(m.HTTP_DURATION)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
@@ -84,9 +76,8 @@ class RequestMetricsMiddleware:
         m.HTTP_IN_PROGRESS.dec()
         route = req.uri_template or "unmatched"
         status = str(resp.status_code)
-        requests, duration = self._metrics_for(route, req.method, status)
-        requests.inc()
-        duration.observe(time.perf_counter() - started)
+        self._requests(route, req.method, status).inc()
+        self._durations(route, req.method, status).observe(time.perf_counter() - started)
         if route in INGEST_ROUTES and req.method == "POST":
             _count_ingest_outcome(req)
 

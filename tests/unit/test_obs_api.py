@@ -198,6 +198,16 @@ def test_one_json_access_line_per_request_with_route_status_duration_and_id(tmp_
     assert access[1]["correlation_id"] != "trace-1"
 
 
+def test_no_access_line_below_its_level(tmp_path, monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    configure_logging("WARNING", "json")
+    client = make_client(tmp_path)[0]
+    assert client.simulate_post(EVENTS, json=purchase()).status_code == 202
+    structlog.get_logger("analytics.test").warning("still written")
+    assert [x["event"] for x in lines(buf)] == ["still written"]
+
+
 def test_secrets_are_never_logged(tmp_path, monkeypatch):
     buf = capture_logs(monkeypatch)
     client = make_client(tmp_path)[0]

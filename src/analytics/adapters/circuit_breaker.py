@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from analytics.domain.errors import CircuitOpen, DomainError
 
@@ -183,9 +183,24 @@ class CircuitBreaker:
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` under the breaker. The failure that opens it is raised as the
         breaker's open error (the real one chained as its cause), like every call while
-        it stays open, so callers need one ``except`` for "this dependency is out"."""
-        with self.guard():
-            return fn(*args, **kwargs)
+        it stays open, so callers need one ``except`` for "this dependency is out".
+
+        The same protocol as :meth:`guard`, without a generator: this wraps every ingest
+        request's enqueue."""
+        inside = self._inside
+        if getattr(inside, "depth", 0):
+            with self.guard():
+                return fn(*args, **kwargs)
+        self.before_call()
+        inside.depth = 1
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            inside.depth = 0
+            self._raise_recorded(exc)
+        inside.depth = 0
+        self.record_success()
+        return result
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -206,11 +221,16 @@ class CircuitBreaker:
             yield
         except BaseException as exc:
             self._inside.depth = 0
-            if self.record(exc):
-                raise self.on_open(self.name, self.reset_timeout_s) from exc
-            raise
+            self._raise_recorded(exc)
         self._inside.depth = 0
         self.record_success()
+
+    def _raise_recorded(self, exc: BaseException) -> NoReturn:
+        """Record ``exc`` as the outermost call's outcome and raise it, or the breaker's
+        open error when it opened the breaker."""
+        if self.record(exc):
+            raise self.on_open(self.name, self.reset_timeout_s) from exc
+        raise exc
 
     def _notify(self, old: State, new: State) -> None:
         for listener in list(self._listeners):

@@ -9,7 +9,9 @@ pydantic + Celery, bench/seed_stack.py) and ``analytics api`` (same gunicorn set
 drives each with the same load generator, then starts a worker and times how long it takes
 to store the events one phase ingested (``--drain-only``: only the single-event phase with
 group commit, as the reference rate, and the worker phase). Prints a Markdown table of events/s, p50/p95/p99
-latency and ratios to the ceiling and to the seed stack.
+latency and ratios to the ceiling and to the seed stack. The batch phase has the issue's two
+references beside it, measured in the same round: the bare endpoint decoding the same batch
+bodies ("decoding alone") and one plain Dramatiq ``send()`` per batch.
 """
 
 from __future__ import annotations
@@ -147,9 +149,11 @@ def main() -> int:
         port = free_port()
         env = env_for(redis, tmp / "base", "bench-base", **gun)
         baseline = start([sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),
+                          f"BASELINE_BROKER_URL=redis://127.0.0.1:{redis.port}/2",
                           *[f"{k}={v}" for k, v in gun.items()]], env,
                          f"http://127.0.0.1:{port}/ingest", log)  # fmt: skip
         base_url = f"http://127.0.0.1:{port}/ingest"
+        send_url = f"http://127.0.0.1:{port}/send"
 
         # The seed's stack shape: Flask + pydantic + one Celery send_task per request.
         port = free_port()
@@ -183,8 +187,13 @@ def main() -> int:
                 rounds.append(r)
                 continue
             url = apis["group commit"][1]
-            r["batch"] = run(f"{url}/batch", batch_body_factory(args.batch_size),
-                             items_per_request=args.batch_size, **load)  # fmt: skip
+            batches = batch_body_factory(args.batch_size)
+            r["batch"] = run(f"{url}/batch", batches, items_per_request=args.batch_size, **load)
+            redis.client().flushall()
+            # The issue's two batch references, in the same round: decoding alone, and
+            # one plain Dramatiq send() per batch (bench/baseline_app.py).
+            r["batch: decode only"] = run(base_url, batches, items_per_request=args.batch_size, **load)
+            r["batch: plain send()"] = run(send_url, batches, items_per_request=args.batch_size, **load)
             redis.client().flushall()
             rounds.append(r)
         for proc, _ in apis.values():
@@ -205,12 +214,18 @@ def main() -> int:
         lines.append(row("single event, group commit", results["group commit"], base.rate(), seed=seed_rate))
         if not only:
             lines.append(row(f"batch of {args.batch_size}", median["batch"], base.rate(), seed=seed_rate))
+            for ref in ("batch: decode only", "batch: plain send()"):
+                lines.append(row(f"reference, {ref} ({args.batch_size} events, bare Falcon)",
+                                 median[ref], base.rate(), seed=seed_rate))  # fmt: skip
             lines.append(row("single event, one send() per request", results["one send() per request"],
                              base.rate(), seed=seed_rate))  # fmt: skip
         per_round = ", ".join(f"{ratio(r, 'group commit'):.0%}" for r in rounds)
         batches = "" if only else (
             f" Batch of {args.batch_size}, events/s per round: "
-            + ", ".join(f"{r['batch'].rate():,.0f}" for r in rounds) + "."
+            + ", ".join(f"{r['batch'].rate():,.0f}" for r in rounds)
+            + "; as a share of the same round's plain send() per batch: "
+            + ", ".join(f"{r['batch'].rate() / r['batch: plain send()'].rate():.0%}" for r in rounds)
+            + "."
         )
         lines += [
             "",

@@ -132,6 +132,8 @@ class AuthMiddleware:
             req.context.api_key = key
             structlog.contextvars.bind_contextvars(api_key_id=key.key_id)  # who, in every log line
             req.context.rate_bucket = ("key:" + key.key_id, self._quota_of(key))
+        elif self.limiter is None:
+            pass  # rate limits off: no bucket to charge, so no client address to work out
         elif not self.enabled:
             addr = client_address(req, self.settings.trust_forwarded_for)
             req.context.rate_bucket = ("addr:" + addr, self.key_quota)

@@ -22,7 +22,7 @@ import os
 import re
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -231,23 +231,24 @@ PROCESSES = Gauge(
 
 # --- recording helpers (called by entrypoints) ------------------------------------------
 class LabelCache:
-    """A labelled metric's children, looked up once per label values and kept.
+    """Labelled metric children, made once per label values and kept.
 
     ``metric.labels(...)`` validates and converts its arguments and takes a lock on every
-    call, which costs more than the increment it leads to; a dict lookup does not. At most
-    ``limit`` children are kept (label values are bounded anyway: routes, event types,
-    currencies); past it, lookups go to ``labels()`` again.
+    call, which costs more than the increment it leads to; a dict lookup does not.
+    ``make`` builds what one set of label values stands for (``metric.labels``, or a
+    tuple of several metrics' children); at most ``limit`` are kept (label values are
+    bounded anyway: routes, event types, currencies), past it ``make`` runs every time.
     """
 
-    def __init__(self, metric: Any, limit: int = 10_000) -> None:
-        self.metric = metric
+    def __init__(self, make: Callable[..., Any], limit: int = 10_000) -> None:
+        self.make = make
         self.limit = limit
         self._children: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *values: str) -> Any:
         child = self._children.get(values)
         if child is None:
-            child = self.metric.labels(*values)
+            child = self.make(*values)
             if len(self._children) < self.limit:
                 self._children[values] = child
         return child
@@ -285,8 +286,8 @@ def record_accepted(events: Sequence[Event]) -> None:
         _revenue(currency).inc(float(amount))
 
 
-_accepted = LabelCache(EVENTS_ACCEPTED)
-_revenue = LabelCache(REVENUE)
+_accepted = LabelCache(EVENTS_ACCEPTED.labels)
+_revenue = LabelCache(REVENUE.labels)
 _get_event_type = operator.attrgetter("event_type")
 _get_currency = operator.attrgetter("currency")
 _get_total_value = operator.attrgetter("total_value")

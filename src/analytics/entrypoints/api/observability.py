@@ -60,8 +60,9 @@ class RequestMetricsMiddleware:
     """
 
     def __init__(self) -> None:
-        self._requests = m.LabelCache(m.HTTP_REQUESTS)
-        self._durations = m.LabelCache(m.HTTP_DURATION)
+        self._children = m.LabelCache(
+            lambda *key: (m.HTTP_REQUESTS.labels(*key), m.HTTP_DURATION.labels(*key))
+        )
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
@@ -76,8 +77,9 @@ class RequestMetricsMiddleware:
         m.HTTP_IN_PROGRESS.dec()
         route = req.uri_template or "unmatched"
         status = str(resp.status_code)
-        self._requests(route, req.method, status).inc()
-        self._durations(route, req.method, status).observe(time.perf_counter() - started)
+        requests, duration = self._children(route, req.method, status)
+        requests.inc()
+        duration.observe(time.perf_counter() - started)
         if route in INGEST_ROUTES and req.method == "POST":
             _count_ingest_outcome(req)
 

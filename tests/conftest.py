@@ -87,6 +87,15 @@ def module_namespace(redis_server: RedisInfo) -> Iterator[str]:
         yield ns
 
 
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    """A redis-server of the test module's own: for tests that flush its scripts or count
+    every command it receives, which a shared server would not allow."""
+    server = RedisServerProcess(tmp_path_factory.mktemp("private-redis"), port=free_port()).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
     """A private redis-server for this test alone, for tests that stop or break it."""

@@ -38,16 +38,9 @@ from tests.support import free_port, wait_until
 NOW = datetime.now(UTC)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    srv = RedisServerProcess(tmp_path_factory.mktemp("enqueuer"), port=free_port()).start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def broker(server: RedisServerProcess) -> Iterator[RedisBroker]:
-    b = counting_broker(server, RedisBroker, "enq")
+def broker(private_redis: RedisServerProcess) -> Iterator[RedisBroker]:
+    b = counting_broker(private_redis, RedisBroker, "enq")
     b.declare_queue("high_priority")
     yield b
     b.close()
@@ -114,12 +107,12 @@ def test_a_redis_that_forgot_its_scripts_costs_a_reload_not_a_message(
 
 
 def test_other_brokers_and_a_status_store_elsewhere_use_broker_enqueue(
-    broker: RedisBroker, server: RedisServerProcess, tmp_path: Path
+    broker: RedisBroker, private_redis: RedisServerProcess, tmp_path: Path
 ) -> None:
     assert RedisEnqueuer.for_broker(dramatiq.brokers.stub.StubBroker()) is None
     other = RedisServerProcess(tmp_path, port=free_port()).start()
     try:
-        b = RedisBroker(client=redis.Redis(host="127.0.0.1", port=server.port), namespace="x")
+        b = RedisBroker(client=redis.Redis(host="127.0.0.1", port=private_redis.port), namespace="x")
         install(b, TaskStatusMiddleware(
             RedisTaskStatusStore(other.client(), namespace="x", ttl_s=60), SystemClock()))  # fmt: skip
         assert RedisEnqueuer.for_broker(b) is None  # records live elsewhere: no shared trip
@@ -165,13 +158,13 @@ def test_prefetched_messages_are_requeued_when_the_consumer_stops(broker: RedisB
 
 
 def test_every_redis_broker_the_service_builds_requeues_its_prefetch(
-    server: RedisServerProcess,
+    private_redis: RedisServerProcess,
 ) -> None:
     from analytics.adapters.dramatiq_queue import RequeuePrefetched, build_broker  # noqa: PLC0415
     from analytics.settings import Settings  # noqa: PLC0415
 
     built = build_broker(
-        Settings.from_env({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)})
+        Settings.from_env({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(private_redis.port)})
     )
     try:
         assert any(isinstance(m, RequeuePrefetched) for m in built.middleware)

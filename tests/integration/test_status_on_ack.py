@@ -30,16 +30,9 @@ from tests.redis_broker_support import CountingConnection, counting_broker
 from tests.support import free_port, wait_until
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    srv = RedisServerProcess(tmp_path_factory.mktemp("status-ack"), port=free_port()).start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def broker(server: RedisServerProcess) -> Iterator[StatusAckRedisBroker]:
-    b = counting_broker(server, StatusAckRedisBroker, "ack")
+def broker(private_redis: RedisServerProcess) -> Iterator[StatusAckRedisBroker]:
+    b = counting_broker(private_redis, StatusAckRedisBroker, "ack")
     assert carry_status_on_ack(b)
     b.declare_queue("default")
     yield b
@@ -144,9 +137,9 @@ def test_a_failure_is_recorded_the_usual_way(broker: StatusAckRedisBroker) -> No
 
 
 def test_nothing_is_carried_when_the_records_live_elsewhere(
-    server: RedisServerProcess, tmp_path: Path
+    private_redis: RedisServerProcess, tmp_path: Path
 ) -> None:
-    client = redis.Redis(host="127.0.0.1", port=server.port)
+    client = redis.Redis(host="127.0.0.1", port=private_redis.port)
     in_memory = StatusAckRedisBroker(client=client, namespace="x")
     mw = TaskStatusMiddleware(InMemoryTaskStatusStore(), SystemClock())
     install(in_memory, mw)
@@ -167,12 +160,12 @@ def test_nothing_is_carried_when_the_records_live_elsewhere(
 
 
 def test_the_service_builds_a_broker_that_carries_status_on_ack(
-    server: RedisServerProcess, tmp_path: Path
+    private_redis: RedisServerProcess, tmp_path: Path
 ) -> None:
     from analytics.bootstrap import bootstrap  # noqa: PLC0415
     from analytics.settings import Settings  # noqa: PLC0415
 
-    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port),
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(private_redis.port),
            "ANALYTICS_DATA_DIR": str(tmp_path), "ANALYTICS_NAMESPACE": "svc-ack"}  # fmt: skip
     container = bootstrap(Settings.from_env(env))
     try:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 
 import falcon
 import structlog
+
+from analytics.domain.ids import random_hex
 
 _VALID_CORRELATION_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 SECURITY_HEADERS = {
@@ -26,7 +27,7 @@ class CorrelationMiddleware:
         structlog.contextvars.clear_contextvars()
         given = req.get_header("X-Correlation-ID")
         # A new id is 128 random bits in hex, like ``uuid4().hex`` without building a UUID.
-        cid = given if given and _VALID_CORRELATION_ID.fullmatch(given) else os.urandom(16).hex()
+        cid = given if given and _VALID_CORRELATION_ID.fullmatch(given) else random_hex(16)
         req.context.correlation_id = cid
         req.context.started = time.perf_counter()
         structlog.contextvars.bind_contextvars(correlation_id=cid)

@@ -41,15 +41,29 @@ def _render_json(_: object, __: str, event_dict: dict[str, object]) -> str:
     return _json.encode(event_dict).decode()
 
 
-class _DropResultWarning(logging.Filter):
-    """Dramatiq warns on every message whose actor returns a value without the Results
-    middleware; our actors' return values feed the task-metrics middleware instead."""
+RESULT_WARNING = "returned a value that is not None"
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.name.startswith("dramatiq.worker")
-            and "returned a value that is not None" in str(record.msg)
-        )
+
+def quiet_result_warning(logger: logging.Logger) -> None:
+    """Drop dramatiq's warning for an actor that returns a value without the Results
+    middleware, before it becomes a log record.
+
+    Our actors' return values feed the task-status record and the task metrics, so
+    dramatiq's worker warns on every message. A handler filter dropped the line, but only
+    after the record was built: 3-4 % of the worker's CPU under load (py-spy). The
+    worker thread's logger is wrapped instead; every other warning passes unchanged.
+    """
+    if getattr(logger.warning, "quiets_result_warning", False):
+        return
+    warning = logger.warning
+
+    def filtered(msg: object, *args: object, **kwargs: object) -> None:
+        if isinstance(msg, str) and RESULT_WARNING in msg:
+            return
+        warning(msg, *args, **kwargs)  # type: ignore[arg-type]
+
+    filtered.quiets_result_warning = True  # type: ignore[attr-defined]
+    logger.warning = filtered  # type: ignore[method-assign]
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -81,7 +95,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
     )
-    handler.addFilter(_DropResultWarning())
+    quiet_result_warning(logging.getLogger("dramatiq.worker.WorkerThread"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

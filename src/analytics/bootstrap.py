@@ -31,6 +31,7 @@ from analytics.domain.validation import DEFAULT_LIMITS, Limits
 from analytics.settings import Settings
 
 if TYPE_CHECKING:
+    from analytics.adapters.task_status_middleware import TaskStatusMiddleware
     from analytics.application.queries import QueryDeps
     from analytics.domain.ports import DeadLetters
 
@@ -214,6 +215,7 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
         return StubBacklog(broker)
     return None
 
+
 def build_aggregates(settings: Settings, event_repo: EventRepository) -> AggregateStore:
     """The aggregate store beside the event store (SQLite: the same database file)."""
     if settings.storage == "memory":
@@ -302,6 +304,23 @@ def build_task_status(settings: Settings) -> TaskStatusStore:
     )
 
 
+def status_middleware(task_status: TaskStatusStore, clock: Clock) -> TaskStatusMiddleware:
+    """The task-status middleware; on Redis its ``running`` records are written in the
+    background, many per round trip (``DeferredUpdates``)."""
+    from analytics.adapters.redis_task_status import RedisTaskStatusStore  # noqa: PLC0415
+    from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
+        DeferredUpdates,
+        TaskStatusMiddleware,
+    )
+
+    deferred = (
+        DeferredUpdates(task_status.apply_many)
+        if isinstance(task_status, RedisTaskStatusStore)
+        else None
+    )
+    return TaskStatusMiddleware(task_status, clock, deferred=deferred)
+
+
 def build_cursor_secret(settings: Settings) -> bytes:
     """The configured key; else one kept in the data dir (a per-process key for the
     in-memory store, whose events do not outlive the process either)."""
@@ -373,16 +392,13 @@ def bootstrap(
 ) -> Container:
     from analytics.adapters.dramatiq_jobs import DramatiqAggregationJobs  # noqa: PLC0415
     from analytics.adapters.dramatiq_queue import carry_status_on_ack  # noqa: PLC0415
-    from analytics.adapters.task_status_middleware import (  # noqa: PLC0415
-        TaskStatusMiddleware,
-        install,
-    )
+    from analytics.adapters.task_status_middleware import install  # noqa: PLC0415
 
     clock = clock or SystemClock()
     task_status = task_status or build_task_status(settings)
     if broker is None:  # a broker the caller passed is theirs to equip
         broker = build_broker(settings)
-        install(broker, TaskStatusMiddleware(task_status, clock))
+        install(broker, status_middleware(task_status, clock))
         carry_status_on_ack(broker)  # Redis: each succeeded record travels with its ack
         equip_drain_counter(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
@@ -398,8 +414,7 @@ def bootstrap(
         dead_letters=dead_letters or build_dead_letters(broker),
         aggregates=aggregates,
         uow=shared_unit_of_work(event_repo, aggregates),
-        api_keys=api_keys
-        or (build_key_store(settings) if settings.auth == "required" else None),
+        api_keys=api_keys or (build_key_store(settings) if settings.auth == "required" else None),
         rate_limiter=rate_limiter or build_rate_limiter(settings, broker),
         backlog=backlog or build_backlog(settings, broker),
         cache=cache if cache is not None else build_cache(settings, clock),

@@ -66,6 +66,6 @@ def test_a_forked_child_never_repeats_its_parent_s_ids():
     os.waitpid(pid, 0)
     parent = "".join(ids.random_hex(16) for _ in range(10))
     assert len(child) == len(parent) == 320
-    assert set(child[i : i + 32] for i in range(0, 320, 32)).isdisjoint(
+    assert {child[i : i + 32] for i in range(0, 320, 32)}.isdisjoint(
         parent[i : i + 32] for i in range(0, 320, 32)
     )

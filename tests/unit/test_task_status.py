@@ -45,6 +45,7 @@ def test_updates_in_any_order_end_in_the_outcome(order: list[tasks.TaskUpdate]) 
     assert status is not None
     assert (status.status, status.attempts, status.result) == ("succeeded", 2, {"stored": 3})
     assert status.actor == "a" and status.enqueued_at == T
+    assert status.started_at == T  # a running record written late still gives its start
 
 
 def test_a_late_queued_never_hides_running() -> None:

@@ -66,6 +66,24 @@ class RedisTaskStatusStore:
         except redis.RedisError as exc:
             raise StorageUnavailable(f"task status store: {exc}") from exc
 
+    def apply_many(self, updates: list[TaskUpdate]) -> None:
+        """Apply ``updates`` in order, in one round trip (a pipeline of the script)."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for update in updates:
+                self.apply_in(pipe, update)
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                raise StorageUnavailable(f"task status store: {exc}") from exc
+            errors = [r for r in results if isinstance(r, Exception)]
+            if not errors:
+                return
+            if attempt == 1 and all(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+                self.load_script()  # a restarted Redis forgot it; updates are idempotent
+                continue
+            raise StorageUnavailable(f"task status store: {errors[0]}")
+
     def apply_in(self, pipe: redis.client.Pipeline, update: TaskUpdate) -> None:
         """Queue the update on ``pipe`` (a pipeline to the same Redis): it is applied in the
         caller's round trip. A plain EVALSHA: a ``Script`` on a pipeline would cost a

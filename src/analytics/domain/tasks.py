@@ -97,12 +97,18 @@ def running(
     enqueued_at: datetime,
     generation: int = 0,
 ) -> TaskUpdate:
-    """A worker started attempt ``retries + 1``."""
+    """A worker started attempt ``retries + 1``.
+
+    ``started_at`` is also a ``first`` field: a worker may write this record after the
+    attempt's outcome (it is written in the background, see
+    ``task_status_middleware.DeferredUpdates``); the outcome's higher rank keeps its
+    status, and the start time still fills in where none is recorded.
+    """
     return TaskUpdate(
         task_id,
         _rank(retries, _RUNNING, generation),
         {"status": "running", "attempts": retries + 1, "started_at": at, "finished_at": None},
-        {"actor": actor, "queue": queue, "enqueued_at": enqueued_at},
+        {"actor": actor, "queue": queue, "enqueued_at": enqueued_at, "started_at": at},
     )
 
 

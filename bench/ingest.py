@@ -106,9 +106,41 @@ def env_for(redis: RedisServerProcess, data_dir: Path, namespace: str, **extra: 
     return env
 
 
-def start(cmd: list[str], env: dict[str, str], url: str, log: Path) -> subprocess.Popen[bytes]:
+# A gunicorn config file every server of this script loads: each worker process marks
+# itself ready once its app is built. ``/health`` answers as soon as ONE worker is up, and
+# a load generator that connects then may open all its keep-alive connections to that one
+# worker, leaving the other idle for the whole phase (seen here: half the throughput in
+# the first seconds of a freshly started API, at random).
+READY_HOOK = """import os
+def post_worker_init(worker):
+    open(os.path.join(os.environ["BENCH_READY_DIR"], str(os.getpid())), "w").close()
+"""
+
+
+def ready_marker(tmp: Path, name: str) -> tuple[dict[str, str], Path]:
+    """Env (``ANALYTICS_GUNICORN_CONFIG``, ``BENCH_READY_DIR``) for one server, and the
+    directory its workers mark themselves ready in."""
+    hook = tmp / "ready_hook.py"
+    if not hook.exists():
+        hook.write_text(READY_HOOK)
+    ready = tmp / f"ready-{name}-{uuid.uuid4().hex[:6]}"
+    ready.mkdir()
+    return {"ANALYTICS_GUNICORN_CONFIG": str(hook), "BENCH_READY_DIR": str(ready)}, ready
+
+
+def start(cmd: list[str], env: dict[str, str], url: str, log: Path,
+          ready: tuple[Path, int] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start a server; return once ``url`` answers and, with ``ready`` (the directory of
+    :func:`ready_marker` and the worker count), once every worker has built its app."""
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)  # noqa: S603
     wait_http(url, timeout=60, proc=proc)
+    if ready is not None:
+        folder, workers = ready
+        deadline = time.monotonic() + 60
+        while len(list(folder.iterdir())) < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[:3]}: {workers} workers not ready; see {log}")
+            time.sleep(0.02)
     return proc
 
 
@@ -162,21 +194,29 @@ def main() -> int:
     only = args.drain_only
     try:
         port = free_port()
+        workers = int(args.web_workers)
+        hook, ready = ready_marker(tmp, "base")
         env = env_for(redis, tmp / "base", "bench-base", **gun)
         baseline = start([sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),
                           f"BASELINE_BROKER_URL=redis://127.0.0.1:{redis.port}/2",
-                          *[f"{k}={v}" for k, v in gun.items()]], env,
-                         f"http://127.0.0.1:{port}/ingest", log)  # fmt: skip
+                          f"ANALYTICS_GUNICORN_CONFIG={hook['ANALYTICS_GUNICORN_CONFIG']}",
+                          *[f"{k}={v}" for k, v in gun.items()]],
+                         {**env, "BENCH_READY_DIR": hook["BENCH_READY_DIR"]},
+                         f"http://127.0.0.1:{port}/ingest", log, (ready, workers))  # fmt: skip
         base_url = f"http://127.0.0.1:{port}/ingest"
         send_url = f"http://127.0.0.1:{port}/send"
 
         # The seed's stack shape: Flask + pydantic + one Celery send_task per request.
         port = free_port()
+        hook, ready = ready_marker(tmp, "seed")
         seed_cmd = [sys.executable, str(ROOT / "bench" / "seed_stack.py"), str(port),
-                    f"redis://127.0.0.1:{redis.port}/1", *[f"{k}={v}" for k, v in gun.items()]]
+                    f"redis://127.0.0.1:{redis.port}/1",
+                    f"ANALYTICS_GUNICORN_CONFIG={hook['ANALYTICS_GUNICORN_CONFIG']}",
+                    *[f"{k}={v}" for k, v in gun.items()]]  # fmt: skip
         seed = None
         if not only:
-            seed_app = start(seed_cmd, env, f"http://127.0.0.1:{port}/health", log)  # fmt: skip
+            seed_app = start(seed_cmd, {**env, "BENCH_READY_DIR": hook["BENCH_READY_DIR"]},
+                             f"http://127.0.0.1:{port}/health", log, (ready, workers))  # fmt: skip
             seed = run(f"http://127.0.0.1:{port}/api/v1/analytics/events", single_body, **load)
             stop(seed_app)
             redis.client().flushall()  # our private server: drop the Celery backlog
@@ -185,9 +225,10 @@ def main() -> int:
         modes = (("group commit", {}), ("one send() per request", {"ANALYTICS_GROUP_COMMIT": "false"}))
         for mode, extra in modes[:1] if only else modes:
             port, ns = free_port(), f"bench-{uuid.uuid4().hex[:6]}"
+            hook, ready = ready_marker(tmp, ns)
             apis[mode] = start([sys.executable, "-m", "analytics", "api", "--port", str(port)],
-                               env_for(redis, tmp / ns, ns, **gun, **extra),
-                               f"http://127.0.0.1:{port}/health", log), \
+                               env_for(redis, tmp / ns, ns, **gun, **extra, **hook),
+                               f"http://127.0.0.1:{port}/health", log, (ready, workers)), \
                 f"http://127.0.0.1:{port}/api/v1/analytics/events"  # fmt: skip
 
         # Rounds: the ceiling and each phase back to back, so every ratio compares two runs
@@ -255,9 +296,10 @@ def main() -> int:
         settle_aof(redis.client())
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         port = free_port()
-        env = env_for(redis, tmp / ns, ns, **gun)
+        hook, ready = ready_marker(tmp, ns)
+        env = env_for(redis, tmp / ns, ns, **gun, **hook)
         api = start([sys.executable, "-m", "analytics", "api", "--port", str(port)], env,
-                    f"http://127.0.0.1:{port}/health", log)  # fmt: skip
+                    f"http://127.0.0.1:{port}/health", log, (ready, workers))  # fmt: skip
         n = args.drain_events
         per = n // (args.processes * args.threads)
         from bench.loadgen import run as _run  # noqa: PLC0415

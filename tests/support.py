@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from email.message import Message
 from pathlib import Path
@@ -62,6 +62,23 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message:
             return
         time.sleep(interval)
     raise TimeoutError(message or f"condition not met within {timeout}s")
+
+
+def in_forked_child(work: Callable[[], str]) -> str:
+    """Fork; run ``work`` in the child and return what it returned, read in the parent
+    through a pipe (the child leaves with ``os._exit``, skipping the parent's cleanups)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, work().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
 
 
 def analytics_cmd(*args: str) -> list[str]:

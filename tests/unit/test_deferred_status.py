@@ -13,6 +13,7 @@ import structlog.testing
 from analytics.adapters.memory import InMemoryTaskStatusStore
 from analytics.adapters.task_status_middleware import DeferredUpdates
 from analytics.domain import tasks
+from tests.support import in_forked_child
 
 pytestmark = pytest.mark.unit
 
@@ -102,21 +103,15 @@ def test_a_forked_child_writes_its_own_updates_not_its_parent_s():
     deferred.submit(running("parent-1"))
     assert rec.entered.wait(5)
     deferred.submit(running("parent-2"))  # queued behind the held write
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            rec.batches.clear()
-            rec.gate.set()
-            deferred.submit(running("child"))
-            ok = deferred.flush(5)
-            os.write(write, f"{ok}:{rec.batches}".encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        child = f.read()
-    os.waitpid(pid, 0)
+
+    def in_child() -> str:
+        rec.batches.clear()
+        rec.gate.set()
+        deferred.submit(running("child"))
+        ok = deferred.flush(5)
+        return f"{ok}:{rec.batches}"
+
+    child = in_forked_child(in_child)
     rec.gate.set()
     assert deferred.flush(5)
     assert child == "True:[['child']]"

@@ -10,6 +10,7 @@ import pytest
 
 from analytics.domain import ids
 from analytics.domain.clock import uuid4
+from tests.support import in_forked_child
 
 pytestmark = pytest.mark.unit
 
@@ -53,17 +54,7 @@ def test_a_forked_child_never_repeats_its_parent_s_ids():
     """The parent holds a half-used block at fork; the child must not serve the rest of
     it (the parent will). Without the at-fork reset both would return the same ids."""
     ids.random_hex(16)  # a block is loaded, most of it unread
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its next ids, then leave at once
-        try:
-            os.write(write, "".join(ids.random_hex(16) for _ in range(10)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        child = f.read()
-    os.waitpid(pid, 0)
+    child = in_forked_child(lambda: "".join(ids.random_hex(16) for _ in range(10)))
     parent = "".join(ids.random_hex(16) for _ in range(10))
     assert len(child) == len(parent) == 320
     assert {child[i : i + 32] for i in range(0, 320, 32)}.isdisjoint(

@@ -227,8 +227,13 @@ def test_cors_allowed_origin_preflight_and_vary() -> None:
 
 
 def test_no_cors_headers_without_configured_origins() -> None:
-    r = ApiHarness().client.simulate_get("/health", headers={"Origin": "https://app.example"})
+    h = ApiHarness()
+    r = h.client.simulate_get("/health", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in r.headers
+    assert "vary" not in r.headers  # nothing depends on Origin
+    pre = h.client.simulate_options(EVENTS, headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})  # fmt: skip
+    assert "access-control-allow-origin" not in pre.headers
 
 
 def test_metrics_can_be_protected() -> None:

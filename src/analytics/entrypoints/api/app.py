@@ -34,11 +34,15 @@ def add_contract_routes(app: falcon.App, max_batch_events: int) -> None:
 
 def create_app(container: Container) -> falcon.App:
     s = container.settings
+    # CORS only when origins are configured: without them no answer depends on Origin
+    # (no Access-Control-* header is ever sent), so there is nothing to vary on, and
+    # every request (ingest included) is spared the two hooks and the Vary header.
+    cors = [CORSMiddleware(s.cors_origin_list)] if s.cors_origin_list else []
     app = falcon.App(
         middleware=[
             CorrelationMiddleware(),
             SecurityHeadersMiddleware(hsts_seconds=s.hsts_seconds),
-            CORSMiddleware(s.cors_origin_list),
+            *cors,
             AuthMiddleware(s, container.api_keys, container.rate_limiter, container.backlog),
             AccessLogMiddleware(),
         ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,8 @@ class StatusAckRedisBroker(RedisBroker):
     for the record and one for the ack. Everything else is ``RedisBroker``'s."""
 
     status_store: RedisTaskStatusStore | None = None
+    #: Seconds between two looks for orphans in a consumer's ack set (_StatusAckConsumer).
+    orphan_sweep_s: float = 10.0
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -114,11 +117,61 @@ class _StatusAckConsumer(_RedisConsumer):
     script with the arguments ``RedisBroker._dispatch`` passes, dramatiq 2.x). A status
     failure is logged and never fails the ack (status is best effort, as in the
     middleware); a connection error raises ConnectionClosed like the base class, and
-    dramatiq then retries the ack, record included (the record's update is idempotent)."""
+    dramatiq then retries the ack, record included (the record's update is idempotent).
+
+    Orphans: dramatiq's fetch moves messages into this worker's ack set and returns them.
+    When Redis dies after running (and fsyncing) a fetch but before its reply arrives,
+    redis-py retries the call on the restarted server and the first fetch's messages stay
+    in the ack set, never delivered; nothing requeues them while this worker heartbeats
+    (seen in the redis-restart fault test: one message of five events held until the
+    worker stopped). The same holds for what a consumer had prefetched when dramatiq
+    restarts it after a connection error. So, every ``orphan_sweep_s`` and only when its
+    cache is empty (everything it fetched is then delivered), the consumer compares the
+    ack set with the messages it delivered and has not acknowledged; one missing from
+    them in two sweeps in a row is requeued (dramatiq's requeue moves it back only if it
+    is still in the ack set, atomically). A message a previous consumer of this process
+    delivered and a worker thread still runs after two sweeps is then delivered twice:
+    processing is idempotent.
+    """
 
     broker: StatusAckRedisBroker
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivered: set[str] = set()  # Redis ids handed out, not yet acked or nacked
+        self._suspects: set[str] = set()
+        self._next_sweep = time.monotonic() + self.broker.orphan_sweep_s
+
+    def __next__(self) -> Any:
+        if not self.message_cache and time.monotonic() >= self._next_sweep:
+            self._sweep_orphans()
+        message = super().__next__()
+        if message is not None:
+            self._delivered.add(message.options["redis_message_id"])
+        return message
+
+    def _sweep_orphans(self) -> None:
+        self._next_sweep = time.monotonic() + self.broker.orphan_sweep_s
+        b = self.broker
+        key = f"{b.namespace}:__acks__.{b.broker_id}.{self.queue_name}"
+        try:
+            held = {m.decode() for m in b.client.smembers(key)}
+            orphans = held - set(self._delivered)  # a copy: worker threads discard acks
+            confirmed, self._suspects = orphans & self._suspects, orphans - self._suspects
+            if confirmed:
+                b.do_requeue(self.queue_name, *confirmed)
+        except redis.RedisError:
+            return  # the next sweep looks again
+        if confirmed:
+            import structlog  # noqa: PLC0415
+
+            structlog.get_logger("analytics.broker").warning(
+                "requeued messages fetched but never delivered",
+                queue=self.queue_name, count=len(confirmed),
+            )  # fmt: skip
+
     def ack(self, message: Any) -> None:
+        self._delivered.discard(message.options.get("redis_message_id"))
         update = getattr(message, STATUS_ON_ACK, None)
         store = self.broker.status_store
         if update is None or store is None:
@@ -132,6 +185,7 @@ class _StatusAckConsumer(_RedisConsumer):
         return None
 
     def nack(self, message: Any) -> None:
+        self._delivered.discard(message.options.get("redis_message_id"))
         update = getattr(message, STATUS_ON_ACK, None)  # not expected: failed after success
         if update is not None and self.broker.status_store is not None:
             _apply_quietly(self.broker.status_store, update)

@@ -26,7 +26,14 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 import psutil  # noqa: E402
 
 from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
-from bench.ingest import batch_body_factory, env_for, single_body, start, stop  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    batch_body_factory,
+    env_for,
+    ready_marker,
+    single_body,
+    start,
+    stop,
+)
 from bench.loadgen import run  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
@@ -73,15 +80,21 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     try:
         port = free_port()
-        env = env_for(redis, tmp / "data", "bench-cpu", **gun)
+        # Every worker must be up before its CPU is read: the process list below is taken
+        # once, and gunicorn forks its workers up to 0.1 s apart, so a light app (the
+        # ceiling) answered before its second worker existed and half its CPU went uncounted.
+        hook, ready = ready_marker(tmp, args.mode)
+        env = env_for(redis, tmp / "data", "bench-cpu", **gun, **hook)
+        workers = (ready, int(args.web_workers))
         if args.mode == "ceiling":  # same gunicorn settings, same load, no service behind
             cmd = [sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),
+                   f"ANALYTICS_GUNICORN_CONFIG={hook['ANALYTICS_GUNICORN_CONFIG']}",
                    *[f"{k}={v}" for k, v in gun.items()]]  # fmt: skip
             url = f"http://127.0.0.1:{port}/ingest"
-            api = start(cmd, env, url, tmp / "bench.log")
+            api = start(cmd, env, url, tmp / "bench.log", workers)
         else:
             api = start([sys.executable, "-m", "analytics", "api", "--port", str(port)], env,
-                        f"http://127.0.0.1:{port}/health", tmp / "bench.log")  # fmt: skip
+                        f"http://127.0.0.1:{port}/health", tmp / "bench.log", workers)  # fmt: skip
             url = f"http://127.0.0.1:{port}/api/v1/analytics/events{'/batch' if batch else ''}"
         api_procs = [psutil.Process(api.pid), *psutil.Process(api.pid).children(recursive=True)]
         redis_procs = [psutil.Process(redis.proc.pid)]  # type: ignore[union-attr]

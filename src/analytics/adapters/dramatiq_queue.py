@@ -171,25 +171,27 @@ class _StatusAckConsumer(_RedisConsumer):
             )  # fmt: skip
 
     def ack(self, message: Any) -> None:
-        self._delivered.discard(message.options.get("redis_message_id"))
         update = getattr(message, STATUS_ON_ACK, None)
         store = self.broker.status_store
         if update is None or store is None:
-            return super().ack(message)  # type: ignore[no-any-return]
-        try:
-            self._ack_with_status(message, update, store)
-        except redis.ConnectionError as e:
-            raise dramatiq.errors.ConnectionClosed(e) from None
-        finally:
-            self.queued_message_ids.discard(message.message_id)
-        return None
+            super().ack(message)
+        else:
+            try:
+                self._ack_with_status(message, update, store)
+            except redis.ConnectionError as e:
+                raise dramatiq.errors.ConnectionClosed(e) from None
+            finally:
+                self.queued_message_ids.discard(message.message_id)
+        # Only once acknowledged: while dramatiq retries a failed ack the message is still
+        # in the ack set, and the orphan sweep must not take it for one.
+        self._delivered.discard(message.options.get("redis_message_id"))
 
     def nack(self, message: Any) -> None:
-        self._delivered.discard(message.options.get("redis_message_id"))
         update = getattr(message, STATUS_ON_ACK, None)  # not expected: failed after success
         if update is not None and self.broker.status_store is not None:
             _apply_quietly(self.broker.status_store, update)
-        return super().nack(message)  # type: ignore[no-any-return]
+        super().nack(message)
+        self._delivered.discard(message.options.get("redis_message_id"))  # as in ack
 
     def _ack_with_status(self, message: Any, update: Any, store: RedisTaskStatusStore) -> None:
         b = self.broker

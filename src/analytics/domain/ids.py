@@ -40,7 +40,8 @@ os.register_at_fork(after_in_child=_forget_blocks)
 
 
 def random_bytes(n: int) -> bytes:
-    """``n`` bytes (at most :data:`BLOCK`) of ``os.urandom`` output, never handed out twice."""
+    """``n`` bytes of ``os.urandom`` output, never handed out twice (more than
+    :data:`BLOCK` at once costs a kernel call of its own)."""
     blocks = _local
     pos = blocks.pos
     end = pos + n

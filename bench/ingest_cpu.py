@@ -6,7 +6,9 @@ Events/s on a shared 2-core machine say as much about the neighbours as about th
 the CPU each process spends per accepted event does not depend (much) on who else runs.
 Starts a private Redis and ``analytics api`` with the benchmark's gunicorn settings, drives
 it with ``bench/loadgen.py`` (batch bodies from ``bench/ingest.py``), and reads the
-processes' user+system CPU times before and after each run. ``projected`` is what the
+processes' user+system CPU times before and after each run, and the API threads' voluntary
+context switches (sleeps: each ends in a wake-up that costs tens of microseconds of CPU on
+these VMs, see README "Performance"). ``projected`` is what the
 whole stack (API + Redis + client) would do with both cores to itself: 2 s of CPU per
 second over the CPU per event.
 """
@@ -42,6 +44,18 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
+def switches(procs: list[psutil.Process]) -> int:
+    """Voluntary context switches of every thread: each is a sleep, and the wake-up that
+    ends it (a futex or a GIL hand-over) costs tens of microseconds on these VMs."""
+    total = 0
+    for p in procs:  # /proc/<pid>/status counts the main thread only
+        for status in Path(f"/proc/{p.pid}/task").glob("*/status"):
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator's processes
     return usage.ru_utime + usage.ru_stime
@@ -62,6 +76,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=16, help="connections per process")
     ap.add_argument("--web-workers", default="2")
     ap.add_argument("--web-threads", default="16")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the API, e.g. ANALYTICS_GROUP_COMMIT=false")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-cpu-"))
@@ -75,16 +91,18 @@ def main() -> int:
           f"x {args.threads} connections, {args.seconds:g}s per run; gunicorn gthread "
           f"{args.web_workers} workers x {args.web_threads} threads; {os.cpu_count()} CPUs\n")  # fmt: skip
     print(
-        "| run | events/s | API us/event | Redis us/event | client us/event | total | projected |"
+        "| run | events/s | API us/event | API switches/event | Redis us/event | client us/event "
+        "| total | projected |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     try:
         port = free_port()
         # Every worker must be up before its CPU is read: the process list below is taken
         # once, and gunicorn forks its workers up to 0.1 s apart, so a light app (the
         # ceiling) answered before its second worker existed and half its CPU went uncounted.
         hook, ready = ready_marker(tmp, args.mode)
-        env = env_for(redis, tmp / "data", "bench-cpu", **gun, **hook)
+        extra = dict(kv.split("=", 1) for kv in args.env)
+        env = env_for(redis, tmp / "data", "bench-cpu", **gun, **hook, **extra)
         workers = (ready, int(args.web_workers))
         if args.mode == "ceiling":  # same gunicorn settings, same load, no service behind
             cmd = [sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),
@@ -101,15 +119,17 @@ def main() -> int:
         run(url, body, seconds=1, **load)  # warm-up: imports, connections, caches
         for i in range(args.repeat):
             a0, r0, c0 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()
+            s0 = switches(api_procs)
             result = run(url, body, seconds=args.seconds, **load)
             a1, r1, c1 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()
+            s1 = switches(api_procs)
             n = result.ok * per_request
             if not n:
                 print(f"| {i + 1} | no 2xx answers: {dict(result.statuses)} |")
                 continue
             us = [(a1 - a0) / n * 1e6, (r1 - r0) / n * 1e6, (c1 - c0) / n * 1e6]
             errors = {s: k for s, k in result.statuses.items() if not 200 <= s < 300}
-            print(f"| {i + 1} | {result.rate():,.0f} | {us[0]:.1f} | {us[1]:.1f} | {us[2]:.1f} | "
+            print(f"| {i + 1} | {result.rate():,.0f} | {us[0]:.1f} | {(s1 - s0) / n:.2f} | {us[1]:.1f} | {us[2]:.1f} | "
                   f"{sum(us):.1f} | {2e6 / sum(us):,.0f} events/s |{f' non-2xx {errors}' if errors else ''}")  # fmt: skip
         stop(api)
     finally:

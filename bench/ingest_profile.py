@@ -1,6 +1,7 @@
-"""The batch ingest path in one process, without HTTP: CPU per event, and where it goes.
+"""The ingest path in one process, without HTTP: CPU per event, and where it goes.
 
     .venv/bin/python bench/ingest_profile.py [--requests 2000] [--batch-size 100] [--profile]
+    .venv/bin/python bench/ingest_profile.py --single [--env ANALYTICS_BROKER=stub]
 
 Builds the API exactly as a gunicorn worker does (``build_wsgi_app`` with the benchmark's
 settings, a private Redis, the prometheus multiprocess directory) and calls the WSGI app
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
-from bench.ingest import batch_body_factory, env_for  # noqa: E402
+from bench.ingest import batch_body_factory, env_for, single_body  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 
@@ -33,15 +34,18 @@ def main() -> int:
     )
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--single", action="store_true", help="POST one event per request")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile one more run")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra settings, e.g. ANALYTICS_BROKER=stub (no Redis round trip)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-profile-"))
     redis = RedisServerProcess(tmp / "redis", port=free_port()).start()
     try:
-        env = env_for(redis, tmp / "data", "bench-profile")
+        env = env_for(redis, tmp / "data", "bench-profile", **dict(kv.split("=", 1) for kv in args.env))
         os.environ.clear()
         os.environ.update(env)
         from analytics.entrypoints.metrics_dir import prepare_multiproc_dir  # noqa: PLC0415
@@ -52,7 +56,9 @@ def main() -> int:
         mp_dir = prepare_multiproc_dir(tmp / "metrics")
         settings = settings.model_copy(update={"prometheus_multiproc_dir": mp_dir})
         app = build_wsgi_app(settings)
-        body = batch_body_factory(args.batch_size)
+        body = single_body if args.single else batch_body_factory(args.batch_size)
+        path = "/api/v1/analytics/events" if args.single else "/api/v1/analytics/events/batch"
+        per_request = 1 if args.single else args.batch_size
         statuses: dict[str, int] = {}
 
         def start_response(status: str, headers: list[tuple[str, str]]) -> None:
@@ -62,7 +68,7 @@ def main() -> int:
             data = body(i)
             environ = {
                 "REQUEST_METHOD": "POST",
-                "PATH_INFO": "/api/v1/analytics/events/batch",
+                "PATH_INFO": path,
                 "QUERY_STRING": "",
                 "SERVER_NAME": "127.0.0.1",
                 "SERVER_PORT": "8083",
@@ -92,7 +98,7 @@ def main() -> int:
                 call(n)
                 n += 1
             t1, c1 = time.perf_counter(), time.process_time()
-            events = args.requests * args.batch_size
+            events = args.requests * per_request
             print(f"run {r + 1}: {(c1 - c0) / events * 1e6:.2f} us CPU/event, "
                   f"{(t1 - t0) / events * 1e6:.2f} us wall/event, {statuses}")  # fmt: skip
         if args.profile:

@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository  # noqa: E402
+from analytics.settings import Settings  # noqa: E402
 from bench.loadgen import Result, run  # noqa: E402
 from tests.support import free_port, wait_http  # noqa: E402
 
@@ -173,7 +174,8 @@ def main() -> int:
     ap.add_argument("--web-threads", default="16")
     ap.add_argument("--drain-events", type=int, default=10_000)
     ap.add_argument("--worker-processes", type=int, default=2)
-    ap.add_argument("--worker-threads", type=int, default=8)
+    ap.add_argument("--worker-threads", type=int, default=Settings.model_fields["worker_threads"].default,
+                    help="default: the service's own (ANALYTICS_WORKER_THREADS)")
     ap.add_argument("--drain-only", action="store_true",
                     help="only the single-event phase (group commit) and the worker phase")
     args = ap.parse_args()

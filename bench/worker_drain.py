@@ -5,7 +5,7 @@
 Starts a private Redis, queues ``--messages`` ``process_events`` messages of ``--group``
 events each through the API's own enqueue path (``bootstrap(...).task_queue``: dramatiq's
 dispatch script and the ``queued`` task-status record), then spawns ``analytics worker
---queues high_priority`` (2 processes x 8 threads by default, as ``bench/ingest.py``) and
+--queues high_priority`` (2 processes, the service's default threads, as ``bench/ingest.py``) and
 times it from the spawn to the first event in the SQLite store (start-up) and to the last
 one (drain). The Redis server's command statistics (``INFO commandstats``, reset before
 the spawn; nothing else uses this server; ``total_reads_processed`` counts requests, a
@@ -106,7 +106,8 @@ def main() -> int:
     ap.add_argument("--group", type=int, default=8, help="events per message")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--worker-processes", type=int, default=2)
-    ap.add_argument("--worker-threads", type=int, default=8)
+    ap.add_argument("--worker-threads", type=int, default=Settings.model_fields["worker_threads"].default,
+                    help="default: the service's own (ANALYTICS_WORKER_THREADS)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-drain-"))
     redis = RedisServerProcess(tmp / "redis", port=free_port()).start()

@@ -194,29 +194,53 @@ class _StatusAckConsumer(_RedisConsumer):
         self._delivered.discard(message.options.get("redis_message_id"))  # as in ack
 
     def _ack_with_status(self, message: Any, update: Any, store: RedisTaskStatusStore) -> None:
-        b = self.broker
-        dispatch = b.scripts["dispatch"]
-        for attempt in (1, 2):
-            pipe = b.client.pipeline(transaction=False)
-            store.apply_in(pipe, update)
-            pipe.evalsha(
-                dispatch.sha, 1, b.namespace,
-                "ack", current_millis(), self.queue_name, b.broker_id, b.heartbeat_timeout,
-                b.dead_message_ttl, b._should_do_maintenance("ack"), b._max_unpack_size(),  # noqa: SLF001
-                message.options["redis_message_id"],
-            )  # fmt: skip
-            recorded, acked = pipe.execute(raise_on_error=False)
-            if isinstance(acked, redis.exceptions.NoScriptError) and attempt == 1:
-                b.client.script_load(dispatch.script)  # a restarted Redis: load, redo both
-                store.load_script()
-                continue
-            break
-        if isinstance(acked, Exception):
-            raise acked
-        if isinstance(recorded, Exception):  # acked; the record the usual way, best effort
-            if isinstance(recorded, redis.exceptions.NoScriptError):
-                store.load_script()
+        missed = dispatch_with_status(
+            self.broker, store, update, "ack", self.queue_name, message.options["redis_message_id"]
+        )
+        if missed is not None:  # acked; the record the usual way, best effort
             _apply_quietly(store, update)
+
+
+def dispatch_with_status(
+    broker: RedisBroker,
+    store: RedisTaskStatusStore,
+    update: Any,
+    command: str,
+    queue_name: str,
+    *args: object,
+) -> Exception | None:
+    """Dramatiq's dispatch script ``command`` (``enqueue``, ``ack``) and a task-status
+    ``update`` in one pipelined round trip, the record first.
+
+    The script gets the same arguments as ``RedisBroker._dispatch`` (dramatiq 2.x) and then
+    ``args``. A restarted Redis has forgotten both scripts: on ``NoScriptError`` from the
+    dispatch both are loaded and the pipeline runs again (once; the dispatch did not run,
+    the record is idempotent). The dispatch's error is raised; the record's is returned
+    (None: recorded), for the caller's fallback, which finds the script loaded again.
+    """
+    b, dispatch = broker, broker.scripts["dispatch"]
+    for attempt in (1, 2):
+        pipe = b.client.pipeline(transaction=False)
+        store.apply_in(pipe, update)
+        pipe.evalsha(
+            dispatch.sha, 1, b.namespace,
+            command, current_millis(), queue_name, b.broker_id, b.heartbeat_timeout,
+            b.dead_message_ttl, b._should_do_maintenance(command), b._max_unpack_size(),  # noqa: SLF001
+            *args,
+        )  # fmt: skip
+        recorded, dispatched = pipe.execute(raise_on_error=False)
+        if isinstance(dispatched, redis.exceptions.NoScriptError) and attempt == 1:
+            b.client.script_load(dispatch.script)
+            store.load_script()
+            continue
+        break
+    if isinstance(dispatched, Exception):
+        raise dispatched
+    if not isinstance(recorded, Exception):
+        return None
+    if isinstance(recorded, redis.exceptions.NoScriptError):
+        store.load_script()
+    return recorded
 
 
 def _apply_quietly(store: RedisTaskStatusStore, update: Any) -> None:
@@ -499,36 +523,17 @@ class RedisEnqueuer:
         self.broker = broker
         self.status = status
         self.store: RedisTaskStatusStore = status.store  # type: ignore[assignment]
-        self.dispatch = broker.scripts["dispatch"]
 
     def __call__(self, message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
         b = self.broker
         message = message.copy(options={"redis_message_id": ids.uuid4_str()})
         b.emit_before("enqueue", message, None)
         update = self.status.queued_update(message)
-        encoded = message.encode()
-        for attempt in (1, 2):
-            pipe = b.client.pipeline(transaction=False)
-            self.store.apply_in(pipe, update)
-            pipe.evalsha(
-                self.dispatch.sha, 1, b.namespace,
-                "enqueue", current_millis(), message.queue_name, b.broker_id,
-                b.heartbeat_timeout, b.dead_message_ttl, b._should_do_maintenance("enqueue"),  # noqa: SLF001
-                b._max_unpack_size(),  # noqa: SLF001
-                message.options["redis_message_id"], encoded,
-            )  # fmt: skip
-            recorded, sent = pipe.execute(raise_on_error=False)
-            if isinstance(sent, redis.exceptions.NoScriptError) and attempt == 1:
-                # A restarted Redis forgot the scripts; the dispatch did not run: load, redo.
-                b.client.script_load(self.dispatch.script)
-                self.store.load_script()
-                continue
-            break
-        if isinstance(sent, Exception):
-            raise sent
-        if isinstance(recorded, Exception):  # the message is queued; its record is not
-            if isinstance(recorded, redis.exceptions.NoScriptError):
-                self.store.load_script()
+        missed = dispatch_with_status(
+            b, self.store, update, "enqueue", message.queue_name,
+            message.options["redis_message_id"], message.encode(),
+        )  # fmt: skip
+        if missed is not None:  # the message is queued; its record is not
             b.emit_after("enqueue", message, None)  # the middleware writes it the usual way
         else:
             b.emit_after("enqueue", message.copy(options={STATUS_RECORDED: True}), None)

@@ -116,6 +116,12 @@ def test_health_is_liveness_only(client) -> None:  # type: ignore[no-untyped-def
     assert client.simulate_get("/health").json == {"status": "ok"}
 
 
+def test_health_answers_head_for_load_balancers(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.simulate_head("/health")
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["Content-Type"] == "application/json" and r.headers["X-Correlation-ID"]
+
+
 def test_gzip_body_without_support_is_not_a_500(client) -> None:  # type: ignore[no-untyped-def]
     r = client.simulate_post(
         "/api/v1/analytics/events",

@@ -99,6 +99,9 @@ def test_a_cursor_for_another_query_or_altered_is_400(client, events) -> None:  
         ("user_id=a&user_id=b", "user_id"),
         ("user_id=", "user_id"),
         ("cursor=%00%ff", "cursor"),
+        # Valid RFC 3339, but outside what UTC can hold once converted: a 400, not a 500.
+        ("start=0001-01-01T00:00:00%2B01:00", "start"),
+        ("end=9999-12-31T23:59:59-01:00", "end"),
     ],
 )
 def test_bad_input_is_400_naming_the_parameter(client, query: str, parameter: str) -> None:  # type: ignore[no-untyped-def]

@@ -229,6 +229,20 @@ def test_secrets_are_never_logged(tmp_path, monkeypatch):
     assert "[redacted]" in out
 
 
+def test_an_authenticated_requests_log_lines_name_its_key_id(monkeypatch):
+    from tests.support import ApiHarness  # noqa: PLC0415
+
+    buf = capture_logs(monkeypatch)
+    h = ApiHarness()  # auth required
+    headers = h.headers()
+    secret = headers["Authorization"].removeprefix("Bearer ")
+    key_id = h.keys.list()[0].key_id
+    assert h.client.simulate_post(EVENTS, json=purchase(), headers=headers).status_code == 202
+    access = [x for x in lines(buf) if x.get("event") == "request"]
+    assert access and access[-1]["api_key_id"] == key_id  # who sent it: readable
+    assert secret not in buf.getvalue()  # the key itself: never
+
+
 def test_profiling_is_not_installed_when_off(tmp_path):
     settings = Settings(auth="disabled", broker="stub", storage="memory", data_dir=tmp_path)
     assert settings.profile_slow_ms == 0

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from analytics.domain.errors import BadQuery
@@ -153,3 +153,27 @@ def test_bad_parameters_are_named(params: dict[str, list[str]], parameter: str) 
 
 def test_the_limit_maximum_is_accepted() -> None:
     assert parse_search({"limit": [str(MAX_LIMIT)]}, secret=SECRET).limit == MAX_LIMIT
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+    st.sampled_from(["start", "end"]),
+)
+@example(datetime(1, 1, 1), 60, "start")  # before datetime.min once in UTC
+@example(datetime(9999, 12, 31, 23, 59, 59), -60, "end")  # after datetime.max
+def test_any_rfc3339_time_is_accepted_or_a_bad_query(
+    naive: datetime, offset_min: int, name: str
+) -> None:
+    """Whatever the year and offset, ``start``/``end`` parse or raise BadQuery naming the
+    parameter, never another exception (OverflowError at the edges of the calendar was a
+    500)."""
+    sign, minutes = ("+" if offset_min >= 0 else "-"), abs(offset_min)
+    text = f"{naive.isoformat(timespec='seconds')}{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+    try:
+        query = parse_search({name: [text]}, secret=SECRET).query
+    except BadQuery as exc:
+        assert exc.parameter == name
+    else:
+        parsed = getattr(query, name)
+        assert parsed is not None and parsed.utcoffset() == timedelta(0)

@@ -114,7 +114,10 @@ def parse_time(parameter: str, value: str) -> datetime:
         raise BadQuery(parameter, f"{value!r} is not an RFC 3339 timestamp") from None
     if dt.tzinfo is None:
         raise BadQuery(parameter, f"{value!r} has no UTC offset (add Z or +hh:mm)")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        raise BadQuery(parameter, f"{value!r} is out of range in UTC") from None
 
 
 def _single(params: Mapping[str, Sequence[str]], name: str) -> str | None:

@@ -19,9 +19,13 @@ _SECRET_KEYS = ("authorization", "x-api-key", "api_key", "password", "secret", "
 @functools.lru_cache(maxsize=4096)
 def _is_secret(key: str) -> bool:
     """Whether a key names a secret; keys come from code, so the set is small and the
-    answer is kept (the scan ran for every key of every line: a tenth of a request)."""
+    answer is kept (the scan ran for every key of every line: a tenth of a request).
+
+    A name ending in ``_id`` is an identifier, never the secret: ``api_key_id`` (which
+    key made the request, in every line of an authenticated request) must stay readable.
+    """
     lowered = key.lower()
-    return any(s in lowered for s in _SECRET_KEYS)
+    return not lowered.endswith("_id") and any(s in lowered for s in _SECRET_KEYS)
 
 
 def _redact(_: object, __: str, event_dict: dict[str, object]) -> dict[str, object]:

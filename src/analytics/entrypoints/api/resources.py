@@ -74,3 +74,5 @@ class HealthResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = JSON
         resp.data = b'{"status":"ok"}'
+
+    on_head = on_get  # load balancers probe with HEAD; Falcon sends the headers only

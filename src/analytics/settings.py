@@ -380,6 +380,13 @@ class Settings(BaseModel):
         return self.data_dir / "cursor_secret"
 
     @property
+    def ops_redis(self) -> bool:
+        """Is there a Redis for the operations records (scheduler lease and ledger, worker
+        heartbeats, the actor registry)? The broker's own, or one configured with
+        ``REDIS_HOST``/``REDIS_SOCKET`` beside another broker (RabbitMQ)."""
+        return self.broker == "redis" or self.redis_host is not None or bool(self.redis_socket)
+
+    @property
     def redis_embedded(self) -> bool:
         return self.redis_host is None and self.redis_socket is not None
 
@@ -399,8 +406,19 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         names = {f.alias or _env_name(n) for n, f in cls.model_fields.items()}
         data = {k: v for k, v in environ.items() if k in names and v != ""}
+        if environ.get("REDIS_URL"):  # the seed's old form, still understood
+            both = sorted({"REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_SOCKET"} & set(data))
+            if both:
+                raise SettingsError(
+                    f"invalid configuration:\n  REDIS_URL and {', '.join(both)} are both set:"
+                    " keep one form (REDIS_HOST, REDIS_PORT and REDIS_DB are the current one)"
+                )
+            url_fields = _redis_url_fields(environ["REDIS_URL"])
+            if "REDIS_PASSWORD" in data:
+                url_fields.pop("REDIS_PASSWORD", None)
+            data.update(url_fields)
         try:
-            return cls.model_validate(data)
+            settings = cls.model_validate(data)
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -410,6 +428,16 @@ class Settings(BaseModel):
                     got = ""
                 lines.append(f"{loc}: {err['msg']}{got}")
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        if settings.broker == "rabbitmq":
+            try:
+                import pika  # noqa: F401, PLC0415 - an optional extra
+            except ImportError:
+                raise SettingsError(
+                    "ANALYTICS_BROKER=rabbitmq needs the AMQP client, an optional extra:"
+                    " pip install 'analytics-service[rabbitmq]' (from a checkout:"
+                    " pip install -e '.[rabbitmq]')"
+                ) from None
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -419,3 +447,24 @@ class Settings(BaseModel):
             if value is not None:
                 out[field.alias or _env_name(name)] = str(value)
         return out
+
+
+def _redis_url_fields(url: str) -> dict[str, str]:
+    """The seed's old ``REDIS_URL`` (``redis://[:password@]host[:port][/db]``) as the
+    granular variables that replaced it, so a configuration written for the old version
+    keeps its Redis instead of silently falling back to the default one."""
+    from urllib.parse import unquote, urlsplit  # noqa: PLC0415
+
+    bad = f"invalid configuration:\n  REDIS_URL: {url!r} is not redis://[:password@]host[:port][/db]"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(bad) from None
+    db = parts.path.strip("/")
+    if parts.scheme != "redis" or not parts.hostname or (db and not db.isdigit()):
+        raise SettingsError(bad + " (use REDIS_HOST, REDIS_PORT and REDIS_DB for anything else)")
+    fields = {"REDIS_HOST": parts.hostname, "REDIS_PORT": str(port or 6379), "REDIS_DB": db or "0"}
+    if parts.password:
+        fields["REDIS_PASSWORD"] = unquote(parts.password)
+    return fields

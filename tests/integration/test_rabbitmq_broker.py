@@ -74,3 +74,49 @@ def test_group_commit_over_rabbitmq_stores_every_event_once(container: Container
     # Notifications are at least once: the client's retry, processed while the original
     # group was still being stored, may announce a purchase again (README, "SNS").
     assert {e.event_id for e in notifier.published} == purchases
+
+
+def test_beside_rabbitmq_workers_report_to_the_redis_the_scheduler_reads(
+    rabbitmq_url: str, redis_server: Any, namespace: str
+) -> None:
+    """With RabbitMQ as the broker and REDIS_HOST set (the scheduler's lease needs it),
+    a worker records its actors (else the scheduler skips every job: "no worker declares
+    this actor") and its heartbeats (else ``analytics check worker`` and
+    ``/health/detailed`` never see a live worker)."""
+    from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
+    from analytics.adapters.worker_registry import ActorRegistry, actors_key  # noqa: PLC0415
+    from analytics.entrypoints.health_check import check_worker  # noqa: PLC0415
+    from analytics.entrypoints.telemetry import install  # noqa: PLC0415
+
+    settings = Settings.from_env({
+        **redis_server.env(namespace), "ANALYTICS_BROKER": "rabbitmq",
+        "ANALYTICS_RABBITMQ_URL": rabbitmq_url, "ANALYTICS_STORAGE": "memory",
+        "ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S": "0.2",
+    })  # fmt: skip
+    assert settings.ops_redis
+    c = bootstrap(settings, event_repo=InMemoryEventRepository())
+    install(c.broker, settings, worker=True)
+    c.broker.add_middleware(ActorRegistry.for_broker(c.broker, settings))
+    register_actors(c)
+    probe = RedisProbe.from_kwargs(settings.redis_kwargs(), namespace)
+    worker = Worker(c.broker, queues={"high_priority"}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        wait_until(
+            lambda: probe.heartbeats(["high_priority"])["high_priority"] is not None,
+            timeout=10, message="no heartbeat for high_priority",
+        )  # fmt: skip
+        assert "fresh" in check_worker(probe, ["high_priority"], max_age_s=30)
+        assert probe.client.sismember(actors_key(namespace), "process_events")
+    finally:
+        worker.stop()
+        c.broker.close()
+
+
+def test_without_a_redis_beside_rabbitmq_nothing_is_reported() -> None:
+    settings = Settings(broker="rabbitmq", storage="memory")
+    assert not settings.ops_redis
+    broker = type("NoClient", (), {})()
+    from analytics.adapters.worker_registry import ActorRegistry  # noqa: PLC0415
+
+    assert ActorRegistry.for_broker(broker, settings).client is None  # type: ignore[arg-type]

@@ -48,7 +48,9 @@ def serve(settings: Settings) -> int:
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
-    env = {**os.environ, **settings.to_env()}
+    # The children get the settings in their granular form; the old REDIS_URL beside it
+    # would be a conflict (Settings.from_env), so it is not passed on.
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, **settings.to_env()}
     specs = {
         "worker": ["worker", "--queues", ",".join(QUEUES)],
         "api": ["api"],

@@ -153,7 +153,7 @@ class WorkerHeartbeat(Middleware):
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        if self.settings.broker != "redis":
+        if not self.settings.ops_redis:  # e.g. RabbitMQ without REDIS_HOST: nobody reads them
             return
         from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
 

@@ -46,5 +46,5 @@ if settings.worker_max_rss_mb:
         )
     )
 # Record the declared actors for the scheduler (adapters/worker_registry.py).
-broker.add_middleware(ActorRegistry(getattr(broker, "client", None), settings.namespace))
+broker.add_middleware(ActorRegistry.for_broker(broker, settings))
 actors = register_actors(container)

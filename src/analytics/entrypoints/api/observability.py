@@ -428,7 +428,7 @@ class ProfilingMiddleware:
 
 # --- wiring -------------------------------------------------------------------------------
 def build_probe(settings: Settings) -> RedisProbe | None:
-    if settings.broker != "redis" and settings.redis_host is None and settings.redis_socket is None:
+    if not settings.ops_redis:
         return None
     return RedisProbe.from_kwargs(settings.redis_kwargs(), settings.namespace, timeout_s=1.0)
 

@@ -1,0 +1,62 @@
+"""Settings from the environment: the seed's old REDIS_URL, and the RabbitMQ extra."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from analytics.settings import Settings, SettingsError
+
+
+def test_the_seeds_old_redis_url_is_understood() -> None:
+    s = Settings.from_env({"REDIS_URL": "redis://redis:6380/2"})
+    assert (s.redis_host, s.redis_port, s.redis_db, s.redis_password) == ("redis", 6380, 2, None)
+    s = Settings.from_env({"REDIS_URL": "redis://:p%40ss@cache.internal"})
+    assert (s.redis_host, s.redis_port, s.redis_db) == ("cache.internal", 6379, 0)
+    assert s.redis_password == "p@ss"
+    # As written in the seed's migration guide:
+    assert Settings.from_env({"REDIS_URL": "redis://redis:6379"}).redis_kwargs()["host"] == "redis"
+
+
+def test_an_explicit_redis_password_wins_over_the_urls() -> None:
+    s = Settings.from_env({"REDIS_URL": "redis://:old@r:6379/0", "REDIS_PASSWORD": "new"})
+    assert s.redis_password == "new"
+
+
+@pytest.mark.parametrize("other", ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_SOCKET"])
+def test_both_forms_at_once_is_refused_naming_them(other: str) -> None:
+    value = {"REDIS_HOST": "h", "REDIS_PORT": "6379", "REDIS_DB": "1", "REDIS_SOCKET": "/s"}
+    with pytest.raises(SettingsError, match=f"REDIS_URL and {other}"):
+        Settings.from_env({"REDIS_URL": "redis://r:6379/0", other: value[other]})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["rediss://r:6379/0", "unix:///tmp/r.sock", "redis://:6379/0", "redis://r:99999/0",
+     "redis://r:6379/x", "not a url"],
+)  # fmt: skip
+def test_a_redis_url_we_cannot_map_is_a_clear_error(url: str) -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        Settings.from_env({"REDIS_URL": url})
+
+
+def test_rabbitmq_without_its_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pika", None)  # as if not installed
+    with pytest.raises(SettingsError, match=r"pip install -e '\.\[rabbitmq\]'"):
+        Settings.from_env({"ANALYTICS_BROKER": "rabbitmq"})
+    monkeypatch.delitem(sys.modules, "pika")
+    assert Settings.from_env({"ANALYTICS_BROKER": "rabbitmq"}).broker == "rabbitmq"
+
+
+def test_the_cli_says_so_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from analytics.entrypoints.cli import main  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "pika", None)
+    monkeypatch.setenv("ANALYTICS_BROKER", "rabbitmq")
+    assert main(["worker", "--queues", "high_priority"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("analytics worker: ANALYTICS_BROKER=rabbitmq needs the AMQP client")
+    assert "Traceback" not in err

@@ -104,6 +104,21 @@ def test_batch_receipts_and_413_above_the_event_limit(client, queue) -> None:  #
     assert len(queue.events) == 1
 
 
+def test_a_batch_with_every_event_rejected_is_a_problem_carrying_the_receipt(client) -> None:  # type: ignore[no-untyped-def]
+    bad = [{"event_type": "purchase", "user_id": "u1"}, {"event_type": "x", "price": "1"}]
+    r = post(client, "/api/v1/analytics/events/batch", {"events": bad})
+    assert r.status_code == 422
+    assert r.headers["Content-Type"] == "application/problem+json"  # like every error
+    body = r.json
+    assert body["type"] == "urn:problem:analytics:batch-rejected" and body["status"] == 422
+    assert body["correlation_id"] == r.headers["X-Correlation-ID"]
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (0, 0, 2)
+    assert body["background_task_id"] is None
+    fields = [{e["field"] for e in item["errors"]} for item in body["results"]]
+    assert [item["status"] for item in body["results"]] == ["rejected", "rejected"]
+    assert "product_id" in fields[0] and "currency" in fields[1]  # every failing field, per event
+
+
 def test_security_headers_on_every_response(client) -> None:  # type: ignore[no-untyped-def]
     for r in (client.simulate_get("/health"), client.simulate_get("/nope")):
         assert r.headers["X-Content-Type-Options"] == "nosniff"

@@ -266,12 +266,18 @@ def carry_status_on_ack(broker: dramatiq.Broker) -> bool:
     return True
 
 
+def use_msgspec_encoder() -> None:
+    """Dramatiq's encoder is process-wide; ours writes the same JSON bytes and also the
+    group messages' raw event rows (``msgspec.Raw``), which the stock one cannot."""
+    if not isinstance(dramatiq.get_encoder(), MsgspecJSONEncoder):
+        dramatiq.set_encoder(MsgspecJSONEncoder())
+
+
 def build_broker(
     settings: Settings, middleware: list[dramatiq.Middleware] | None = None
 ) -> dramatiq.Broker:
     """The broker chosen by settings. Redis is the default; ``stub`` is for unit tests."""
-    if not isinstance(dramatiq.get_encoder(), MsgspecJSONEncoder):
-        dramatiq.set_encoder(MsgspecJSONEncoder())  # process-wide in dramatiq: same JSON bytes
+    use_msgspec_encoder()
     broker: dramatiq.Broker
     if settings.broker == "redis":
         broker = StatusAckRedisBroker(
@@ -422,6 +428,7 @@ class GroupCommitQueue:
         timeout_s: float = 5.0,
         send: Callable[[dramatiq.Message[Any]], dramatiq.Message[Any]] | None = None,
     ) -> None:
+        use_msgspec_encoder()  # its messages carry msgspec.Raw rows, whatever the broker
         self.broker = broker
         self.send = send or broker.enqueue
         self.max_events = max_events

@@ -125,8 +125,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ev.BatchReceipt,
         body=ev.BatchIn,
         errors=INGEST_ERRORS,
-        description="Each event is validated on its own. 422 with a BatchReceipt when every "
-        "event was rejected. Rate limits count every event of the batch.",
+        description="Each event is validated on its own. When every event was rejected: 422, "
+        "a problem document that also carries the BatchReceipt members (each event's "
+        "errors in `results`). Rate limits count every event of the batch.",
     ),
     ("POST", "/analytics/events"): Op(
         "Send one event (legacy route)",
@@ -307,6 +308,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         extra_ok={503: (dict[str, Any], "Down: events cannot be accepted right now.")},
     ),
     ("GET", "/health"): Op("Liveness", ("operations",), 200, Health, errors=(429,)),
+    ("HEAD", "/health"): Op(
+        "Liveness, headers only", ("operations",), 200, errors=(429,),
+        description="GET /health without its body, for load balancers that probe with HEAD.",
+    ),
     ("GET", "/api/v1/openapi.json"): Op(
         "This document", ("contract",), 200, dict[str, Any], errors=(429,)
     ),
@@ -487,7 +492,13 @@ def _operation(method: str, template: str, op: Op | None) -> dict[str, Any]:
         for status in sorted(errors):
             out["responses"][str(status)] = _error(status)
         if method == "POST" and template == "/api/v1/analytics/events/batch":
-            out["responses"]["422"]["content"][JSON] = {"schema": _SCHEMA_OF(ev.BatchReceipt)}
+            # Every event rejected: a problem whose members include the batch receipt.
+            out["responses"]["422"]["content"][PROBLEM] = {
+                "schema": {"allOf": [copy.deepcopy(_PROBLEM_REF), _SCHEMA_OF(ev.BatchReceipt)]}
+            }
+            out["responses"]["422"]["description"] = (
+                "Every event was rejected; each one's failing fields are in `results[].errors`."
+            )
     if access in ("open", "metrics"):
         out["security"] = (
             [{}, {"bearerAuth": []}, {"apiKeyHeader": []}] if access == "metrics" else []

@@ -7,6 +7,7 @@ import msgspec
 
 from analytics.application.ingest import IngestDeps, accept_batch, accept_event
 from analytics.entrypoints.api.body import read_json_body
+from analytics.entrypoints.api.problems import Problem
 from analytics.entrypoints.api.security import spend
 
 encode = msgspec.json.Encoder().encode
@@ -43,8 +44,15 @@ class BatchResource:
             admit=lambda n: spend(req, resp, n - 1),  # the request itself already cost 1
         )
         req.context.batch_receipt = receipt  # for the business metrics
-        # 202 when anything was queued; 422 when every event was rejected.
-        resp.status = falcon.HTTP_202 if receipt.accepted or receipt.duplicates else falcon.HTTP_422
+        if not (receipt.accepted or receipt.duplicates):
+            # Nothing queued: an error, so problem+json like every other, and the receipt's
+            # members beside its own, each event's failing fields in ``results``.
+            raise Problem(
+                422, slug="batch-rejected", title="Every event was rejected",
+                detail=f"{receipt.rejected} event(s), none valid; see each result's errors",
+                **msgspec.structs.asdict(receipt),
+            )  # fmt: skip
+        resp.status = falcon.HTTP_202
         resp.content_type = JSON
         resp.data = encode(receipt)
 

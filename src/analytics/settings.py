@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class SettingsError(ValueError):
@@ -229,6 +236,11 @@ class Settings(BaseModel):
     retry_max_retries: int | None = Field(None, ge=0, le=100)
     retry_min_backoff_ms: int | None = Field(None, ge=1, le=3_600_000)
     retry_max_backoff_ms: int | None = Field(None, ge=1, le=86_400_000)
+    time_limits_ms: str = Field(
+        "",
+        description="Per-actor task time limits over the table, 'actor=ms,actor=ms'"
+        " (e.g. generate_aggregations=3600000); each above the client timeouts.",
+    )
     dead_message_ttl_s: int = Field(
         7 * 86400, ge=60, le=90 * 86400, description="Redis broker: how long dead letters stay."
     )
@@ -337,6 +349,31 @@ class Settings(BaseModel):
         if 0 < value < 16:
             raise ValueError("must be 0 (no limit) or at least 16 MiB (a Python worker needs more)")
         return value
+
+    @field_validator("time_limits_ms")
+    @classmethod
+    def _check_time_limits(cls, value: str) -> str:
+        parse_time_limits(value)  # raises ValueError naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _time_limits_above_client_timeouts(self) -> Settings:
+        # Dramatiq's time limit is an asynchronous exception that cannot interrupt a
+        # blocking socket call: the clients' own timeouts must fire first
+        # (entrypoints/policies.py).
+        floor_s = max(self.redis_timeout_s, self.sqlite_busy_timeout_s,
+                      self.aws_connect_timeout_s + self.aws_read_timeout_s)  # fmt: skip
+        for actor, ms in self.time_limit_overrides.items():
+            if ms <= floor_s * 1000:
+                raise ValueError(
+                    f"time_limits_ms: {actor}={ms} must be above the longest client timeout"
+                    f" a task can block on ({floor_s:g} s: Redis, SQLite busy, AWS connect+read)"
+                )
+        return self
+
+    @property
+    def time_limit_overrides(self) -> dict[str, int]:
+        return parse_time_limits(self.time_limits_ms)
 
     @property
     def sqlite_path(self) -> Path:
@@ -468,3 +505,23 @@ def _redis_url_fields(url: str) -> dict[str, str]:
     if parts.password:
         fields["REDIS_PASSWORD"] = unquote(parts.password)
     return fields
+
+
+def parse_time_limits(value: str) -> dict[str, int]:
+    """``"actor=ms,actor=ms"`` -> ``{actor: ms}``; actors of the policy table only."""
+    from analytics.entrypoints.policies import POLICIES  # noqa: PLC0415 - names only
+
+    out: dict[str, int] = {}
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        actor, sep, ms = entry.partition("=")
+        actor, ms = actor.strip(), ms.strip()
+        if not sep or not ms.isdigit():
+            raise ValueError(f"{entry!r} is not actor=milliseconds")
+        if actor not in POLICIES:
+            raise ValueError(f"unknown actor {actor!r} (known: {', '.join(POLICIES)})")
+        if not 1_000 <= int(ms) <= 86_400_000:
+            raise ValueError(f"{entry!r}: between 1000 ms and 24 h")
+        out[actor] = int(ms)
+    return out

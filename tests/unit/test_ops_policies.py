@@ -63,6 +63,37 @@ def test_settings_override_the_table_for_tests_and_operators() -> None:
     assert policy_for("unknown_actor").queue == "maintenance"
 
 
+def test_time_limits_are_configurable_per_actor() -> None:
+    """The seed's 'configurable task timeouts': ANALYTICS_TIME_LIMITS_MS over the table,
+    down to the option dramatiq's TimeLimit middleware reads on the registered actor."""
+    s = Settings.from_env({
+        "ANALYTICS_BROKER": "stub", "ANALYTICS_STORAGE": "memory",
+        "ANALYTICS_TIME_LIMITS_MS": "generate_aggregations=3600000, process_events=45000",
+    })  # fmt: skip
+    assert policy_for("generate_aggregations", s).time_limit_ms == 3_600_000
+    assert policy_for("warm_dashboard_cache", s).time_limit_ms == POLICIES["warm_dashboard_cache"].time_limit_ms
+    actors = register_actors(bootstrap(s))
+    assert actors["process_events"].options["time_limit"] == 45_000
+    assert actors["generate_aggregations"].options["time_limit"] == 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("process_event=60000", "unknown actor 'process_event'"),
+        ("process_events", "is not actor=milliseconds"),
+        ("process_events=1m", "is not actor=milliseconds"),
+        ("process_events=500", "between 1000 ms and 24 h"),
+        ("process_events=20000", "above the longest client timeout"),  # SQLite busy: 30 s
+    ],
+)
+def test_a_bad_time_limit_is_refused_at_start_saying_why(value: str, says: str) -> None:
+    from analytics.settings import SettingsError  # noqa: PLC0415
+
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        Settings.from_env({"ANALYTICS_TIME_LIMITS_MS": value})
+
+
 def test_readme_retry_table_matches_the_code() -> None:
     text = README.read_text()
     assert policy_table_markdown() in text, "regenerate the README table from policies.py"

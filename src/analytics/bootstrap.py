@@ -7,7 +7,7 @@ not pass is built from settings. Importing this module has no effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
@@ -198,17 +198,29 @@ def equip_drain_counter(settings: Settings, broker: dramatiq.Broker) -> None:
     """Workers count processed high_priority messages: the drain rate overload uses."""
     from analytics.adapters.backlog import DrainCounter  # noqa: PLC0415
 
-    client = getattr(broker, "client", None)
+    client = getattr(broker, "client", None) or _ops_redis_beside(settings, broker)
     if client is not None and not any(isinstance(m, DrainCounter) for m in broker.middleware):
         broker.add_middleware(DrainCounter(client, settings.namespace))
 
 
+def _ops_redis_beside(settings: Settings, broker: dramatiq.Broker) -> Any:
+    """Beside RabbitMQ: a client of the Redis the settings name (scheduler, heartbeats),
+    if any; None otherwise."""
+    if type(broker).__name__ != "RabbitmqBroker" or not settings.ops_redis:
+        return None
+    import redis  # noqa: PLC0415
+
+    return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+
+
 def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None:
-    from analytics.adapters.backlog import RedisBacklog, StubBacklog  # noqa: PLC0415
+    from analytics.adapters.backlog import RabbitBacklog, RedisBacklog, StubBacklog  # noqa: PLC0415
 
     client = getattr(broker, "client", None)
     if client is not None:
         return RedisBacklog(client, settings.namespace)
+    if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
+        return RabbitBacklog(broker, _ops_redis_beside(settings, broker), settings.namespace)
     from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
 
     if isinstance(broker, StubBroker):

@@ -120,3 +120,39 @@ def test_without_a_redis_beside_rabbitmq_nothing_is_reported() -> None:
     from analytics.adapters.worker_registry import ActorRegistry  # noqa: PLC0415
 
     assert ActorRegistry.for_broker(broker, settings).client is None  # type: ignore[arg-type]
+
+
+def test_overload_protection_reads_the_rabbitmq_queue(
+    rabbitmq_url: str, redis_server: Any, namespace: str
+) -> None:
+    """Ingest answers 503 with Retry-After once high_priority holds more ready messages
+    than ANALYTICS_OVERLOAD_QUEUE_DEPTH, on RabbitMQ as on Redis; workers count what they
+    drain in the Redis beside it."""
+    import falcon.testing  # noqa: PLC0415
+
+    from analytics.adapters.backlog import DrainCounter, RabbitBacklog  # noqa: PLC0415
+    from analytics.entrypoints.api.app import create_app  # noqa: PLC0415
+
+    settings = Settings.from_env({
+        **redis_server.env(namespace), "ANALYTICS_BROKER": "rabbitmq", "ANALYTICS_AUTH": "disabled",
+        "ANALYTICS_RABBITMQ_URL": rabbitmq_url, "ANALYTICS_STORAGE": "memory",
+        "ANALYTICS_OVERLOAD_QUEUE_DEPTH": "3", "ANALYTICS_RATE_LIMIT": "disabled",
+    })  # fmt: skip
+    c = bootstrap(settings, event_repo=InMemoryEventRepository())
+    try:
+        assert isinstance(c.backlog, RabbitBacklog)
+        assert any(isinstance(m, DrainCounter) for m in c.broker.middleware)
+        c.broker.flush("high_priority")  # what earlier tests of this vhost left
+        client = falcon.testing.TestClient(create_app(c))
+        url = "/api/v1/analytics/events"
+        for n in range(4):  # no worker: each is one message, ready in the queue
+            event = {"event_type": "page_view", "user_id": f"u{n}", "session_id": "s1"}
+            assert client.simulate_post(url, json=event).status_code == 202
+        wait_until(lambda: c.backlog.depth() >= 4, timeout=5, message="depth not seen")  # type: ignore[union-attr]
+        r = client.simulate_post(url, json={"event_type": "page_view", "user_id": "u9"})
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert r.headers["Content-Type"] == "application/problem+json"
+    finally:
+        c.broker.flush("high_priority")
+        c.broker.close()

@@ -1,7 +1,8 @@
 """Backlog probes: how deep the high_priority queue is and how fast workers drain it.
 
-Depth is ``HLEN <ns>:high_priority.msgs``: Dramatiq's Redis broker keeps each message
-there from enqueue until ack, so it counts queued and in-flight messages. The drain rate
+Depth on Redis is ``HLEN <ns>:high_priority.msgs``: Dramatiq's Redis broker keeps each
+message there from enqueue until ack, so it counts queued and in-flight messages. On
+RabbitMQ it is the queue's ready messages (a passive declare). The drain rate
 comes from a counter of processed messages the workers keep (:class:`DrainCounter`), sampled by the API over a sliding window: real throughput, not a
 guess, so ``Retry-After`` = backlog above the threshold / drain rate.
 """
@@ -82,39 +83,37 @@ class DrainCounter(dramatiq.Middleware):
         self._count(message)
 
 
-class RedisBacklog:
-    """API side: depth (cached ``cache_s``) and drain rate over the last ``window_s``."""
+class _SampledBacklog:
+    """API side: depth (cached ``cache_s``) and drain rate over the last ``window_s``, from
+    samples of ``(depth, drained)`` that :meth:`_read` takes. A failed read skips the
+    probe for 5 s (fail open: ingest meets a broken broker on its own, and 503s then)."""
 
-    def __init__(self, client: redis.Redis, namespace: str, queue: str = QUEUE, *,
-                 cache_s: float = 0.5, window_s: float = 30.0) -> None:  # fmt: skip
-        self.client = client
-        self.msgs_key = f"{namespace}:{queue}.msgs"
-        self.drained_key = drained_key(namespace, queue)
+    def __init__(self, *, cache_s: float = 0.5, window_s: float = 30.0) -> None:
         self.cache_s, self.window_s = cache_s, window_s
         self._samples: deque[tuple[float, int, int]] = deque()  # (t, depth, drained)
         self._lock = threading.Lock()
         self._last_warn = 0.0
         self._skip_until = 0.0
 
+    def _read(self) -> tuple[int, int]:
+        raise NotImplementedError
+
     def _sample(self) -> tuple[float, int, int] | None:
         now = time.monotonic()
         if now < self._skip_until:
-            return None  # Redis failed a moment ago: ingest will meet it (and 503) on its own
+            return None  # the broker failed a moment ago: ingest will meet it on its own
         with self._lock:
             if self._samples and now - self._samples[-1][0] < self.cache_s:
                 return self._samples[-1]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hlen(self.msgs_key)
-            pipe.get(self.drained_key)
-            depth, drained = pipe.execute()
-        except redis.RedisError as exc:
+            depth, drained = self._read()
+        except Exception as exc:  # noqa: BLE001 - a probe: never fail a request over it
             if now - self._last_warn > 10:
                 self._last_warn = now
                 log.warning("backlog probe unavailable", error=str(exc))
             self._skip_until = now + 5.0
             return None
-        sample = (now, int(depth), int(drained or 0))
+        sample = (now, depth, drained)
         with self._lock:
             self._samples.append(sample)
             while len(self._samples) > 2 and now - self._samples[0][0] > self.window_s:
@@ -134,6 +133,42 @@ class RedisBacklog:
         if t1 <= t0 or d1 <= d0:
             return None
         return (d1 - d0) / (t1 - t0)
+
+
+class RedisBacklog(_SampledBacklog):
+    """Depth and the workers' drain counter, both from the Redis broker, in one round trip."""
+
+    def __init__(self, client: redis.Redis, namespace: str, queue: str = QUEUE, *,
+                 cache_s: float = 0.5, window_s: float = 30.0) -> None:  # fmt: skip
+        super().__init__(cache_s=cache_s, window_s=window_s)
+        self.client = client
+        self.msgs_key = f"{namespace}:{queue}.msgs"
+        self.drained_key = drained_key(namespace, queue)
+
+    def _read(self) -> tuple[int, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(self.msgs_key)
+        pipe.get(self.drained_key)
+        depth, drained = pipe.execute()
+        return int(depth), int(drained or 0)
+
+
+class RabbitBacklog(_SampledBacklog):
+    """Depth from RabbitMQ (messages ready in the queue: unlike the Redis figure, not
+    those a worker holds unacknowledged), the drain counter from the Redis beside it when
+    there is one (workers keep it there, :class:`DrainCounter`); without it no rate, so
+    ``Retry-After`` is the configured maximum."""
+
+    def __init__(self, broker: Any, client: redis.Redis | None, namespace: str,
+                 queue: str = QUEUE, *, cache_s: float = 0.5, window_s: float = 30.0) -> None:  # fmt: skip
+        super().__init__(cache_s=cache_s, window_s=window_s)
+        self.broker, self.client, self.queue = broker, client, queue
+        self.drained_key = drained_key(namespace, queue)
+
+    def _read(self) -> tuple[int, int]:
+        ready = self.broker.get_queue_message_counts(self.queue)[0]
+        drained = int(self.client.get(self.drained_key) or 0) if self.client is not None else 0
+        return int(ready), drained
 
 
 class StubBacklog:

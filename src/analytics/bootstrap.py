@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+from dramatiq.brokers.stub import StubBroker
 
 from analytics.domain.clock import SystemClock, uuid4
 from analytics.domain.ports import (
@@ -198,16 +199,18 @@ def equip_drain_counter(settings: Settings, broker: dramatiq.Broker) -> None:
     """Workers count processed high_priority messages: the drain rate overload uses."""
     from analytics.adapters.backlog import DrainCounter  # noqa: PLC0415
 
-    client = getattr(broker, "client", None) or _ops_redis_beside(settings, broker)
+    client = ops_redis_client(settings, broker)
     if client is not None and not any(isinstance(m, DrainCounter) for m in broker.middleware):
         broker.add_middleware(DrainCounter(client, settings.namespace))
 
 
-def _ops_redis_beside(settings: Settings, broker: dramatiq.Broker) -> Any:
-    """Beside RabbitMQ: a client of the Redis the settings name (scheduler, heartbeats),
-    if any; None otherwise."""
-    if type(broker).__name__ != "RabbitmqBroker" or not settings.ops_redis:
-        return None
+def ops_redis_client(settings: Settings, broker: dramatiq.Broker) -> Any:
+    """The Redis for the operations records (drain counter, actor registry): the Redis
+    broker's own client, beside another broker the Redis the settings name
+    (``Settings.ops_redis``), else None (a stub broker, or RabbitMQ alone)."""
+    client = getattr(broker, "client", None)
+    if client is not None or not settings.ops_redis or isinstance(broker, StubBroker):
+        return client
     import redis  # noqa: PLC0415
 
     return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
@@ -220,9 +223,7 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
     if client is not None:
         return RedisBacklog(client, settings.namespace)
     if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
-        return RabbitBacklog(broker, _ops_redis_beside(settings, broker), settings.namespace)
-    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
-
+        return RabbitBacklog(broker, ops_redis_client(settings, broker), settings.namespace)
     if isinstance(broker, StubBroker):
         return StubBacklog(broker)
     return None

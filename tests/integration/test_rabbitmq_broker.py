@@ -85,6 +85,7 @@ def test_beside_rabbitmq_workers_report_to_the_redis_the_scheduler_reads(
     ``/health/detailed`` never see a live worker)."""
     from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
     from analytics.adapters.worker_registry import ActorRegistry, actors_key  # noqa: PLC0415
+    from analytics.bootstrap import ops_redis_client  # noqa: PLC0415
     from analytics.entrypoints.health_check import check_worker  # noqa: PLC0415
     from analytics.entrypoints.telemetry import install  # noqa: PLC0415
 
@@ -96,7 +97,7 @@ def test_beside_rabbitmq_workers_report_to_the_redis_the_scheduler_reads(
     assert settings.ops_redis
     c = bootstrap(settings, event_repo=InMemoryEventRepository())
     install(c.broker, settings, worker=True)
-    c.broker.add_middleware(ActorRegistry.for_broker(c.broker, settings))
+    c.broker.add_middleware(ActorRegistry(ops_redis_client(settings, c.broker), namespace))
     register_actors(c)
     probe = RedisProbe.from_kwargs(settings.redis_kwargs(), namespace)
     worker = Worker(c.broker, queues={"high_priority"}, worker_threads=1, worker_timeout=100)
@@ -113,13 +114,16 @@ def test_beside_rabbitmq_workers_report_to_the_redis_the_scheduler_reads(
         c.broker.close()
 
 
-def test_without_a_redis_beside_rabbitmq_nothing_is_reported() -> None:
-    settings = Settings(broker="rabbitmq", storage="memory")
-    assert not settings.ops_redis
-    broker = type("NoClient", (), {})()
-    from analytics.adapters.worker_registry import ActorRegistry  # noqa: PLC0415
+def test_without_a_redis_beside_rabbitmq_nothing_is_reported(rabbitmq_url: str) -> None:
+    from analytics.bootstrap import ops_redis_client  # noqa: PLC0415
 
-    assert ActorRegistry.for_broker(broker, settings).client is None  # type: ignore[arg-type]
+    settings = Settings(broker="rabbitmq", storage="memory", rabbitmq_url=rabbitmq_url)
+    assert not settings.ops_redis
+    c = bootstrap(settings, event_repo=InMemoryEventRepository())
+    try:
+        assert ops_redis_client(settings, c.broker) is None  # nobody would read it
+    finally:
+        c.broker.close()
 
 
 def test_overload_protection_reads_the_rabbitmq_queue(

@@ -8,13 +8,10 @@ dead letters; its periods stay owed and are caught up once a worker declares it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dramatiq
 import structlog
-
-if TYPE_CHECKING:
-    from analytics.settings import Settings
 
 log = structlog.get_logger("analytics.worker")
 
@@ -27,18 +24,6 @@ class ActorRegistry(dramatiq.Middleware):
     def __init__(self, client: Any, namespace: str) -> None:
         self.client = client
         self.key = actors_key(namespace)
-
-    @classmethod
-    def for_broker(cls, broker: dramatiq.Broker, settings: Settings) -> ActorRegistry:
-        """Recording where the scheduler reads: the Redis broker's own client, or beside
-        another broker (RabbitMQ) the Redis the settings name; none without one (nothing
-        would read it: the scheduler needs that Redis for its lease)."""
-        client = getattr(broker, "client", None)
-        if client is None and settings.ops_redis:
-            import redis  # noqa: PLC0415
-
-            client = redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
-        return cls(client, settings.namespace)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         names = sorted(broker.actors)

@@ -12,7 +12,7 @@ import dramatiq
 
 from analytics.adapters.recycler import WorkerRecycler
 from analytics.adapters.worker_registry import ActorRegistry
-from analytics.bootstrap import bootstrap
+from analytics.bootstrap import bootstrap, ops_redis_client
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.logs import configure_logging
 from analytics.entrypoints.telemetry import install as install_telemetry
@@ -46,5 +46,5 @@ if settings.worker_max_rss_mb:
         )
     )
 # Record the declared actors for the scheduler (adapters/worker_registry.py).
-broker.add_middleware(ActorRegistry.for_broker(broker, settings))
+broker.add_middleware(ActorRegistry(ops_redis_client(settings, broker), settings.namespace))
 actors = register_actors(container)

@@ -112,12 +112,18 @@ def test_a_failed_send_fails_its_group_only_and_the_relay_goes_on() -> None:
 
 
 def test_a_caller_that_gives_up_leaves_nothing_behind_and_the_relay_goes_on() -> None:
-    release = threading.Event()
-    send = Recorder(lambda n: release.wait(10) if n == 1 else None)
+    release, inside = threading.Event(), threading.Event()
+
+    def stuck_first(n: int) -> None:
+        if n == 1:
+            inside.set()
+            release.wait(10)
+
+    send = Recorder(stuck_first)
     q = queue(send, timeout_s=0.2)
     leader = threading.Thread(target=q.enqueue_events, args=([make_event(0)],))
     leader.start()
-    time.sleep(0.05)  # the leader is inside its (stuck) send
+    assert inside.wait(10)  # the leader is inside its (stuck) send, whatever the load
     with pytest.raises(QueueUnavailable, match="did not confirm in time"):
         q.enqueue_events([make_event(1)])  # waited behind it, then gave up: never sent
     release.set()

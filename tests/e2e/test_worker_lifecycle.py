@@ -159,3 +159,64 @@ def test_sigkill_mid_task_is_redelivered_after_heartbeat_timeout(rig_factory) ->
     last = epoch_minute(max(e.timestamp for e in events)) + 1
     (summary,) = SQLiteAggregateStore(rig.repo.db).summarize([cover(first, last)], None)
     assert summary.count == 20 and summary.unique_users == 1
+
+
+class _PrivateRedis:
+    """A private redis-server in the shape Rig takes: this test pauses every client."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def env(self, namespace: str) -> dict[str, str]:
+        return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(self.server.port),
+                "REDIS_DB": "0", "ANALYTICS_NAMESPACE": namespace}  # fmt: skip
+
+    def client(self) -> Any:
+        return self.server.client()
+
+
+def test_sigkill_after_the_store_and_before_the_ack_stores_and_counts_once(
+    own_redis: Any, data_dir: Path
+) -> None:
+    """The redelivery that matters for double counting: the killed worker had already
+    COMMITTED the events and their counts, and died before its ack reached Redis. Its
+    message comes back and is processed again; the store and the aggregates must ignore
+    it (applied markers commit with the counts). Redis is held with ``CLIENT PAUSE
+    WRITE`` between the commit and the ack, so the kill lands exactly there."""
+    rig = Rig(_PrivateRedis(own_redis), "ackless", data_dir, ANALYTICS_WORKER_MAX_TASKS="0",
+              ANALYTICS_REDIS_TIMEOUT_S="1")  # fmt: skip
+    try:
+        proc = rig.start_worker("--processes", "1", "--threads", "1")
+        wait_until(lambda: rig.stats().get("boots") == 1, timeout=30, message="worker not up")
+        lock = sqlite3.connect(rig.settings.sqlite_path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # hold the worker before its store
+        ids = rig.send(1, 20)
+        acks = f"{rig.ns}:__acks__.*"
+        wait_until(lambda: any(rig.client.scard(k) for k in rig.client.scan_iter(match=acks)),
+                   timeout=30, message="message never fetched")  # fmt: skip
+        rig.client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")  # no ack gets through
+        lock.execute("ROLLBACK")
+        lock.close()
+        wait_until(lambda: rig.repo.count() == 20, timeout=30, message="not stored")
+        child = psutil.Process(proc.pid).children()[0]
+        child.send_signal(signal.SIGKILL)  # stored and counted, not acknowledged
+        proc.wait(30)
+        rig.client.execute_command("CLIENT", "UNPAUSE")
+        msgs = f"{rig.ns}:high_priority.msgs"  # a message stays here until it is acked
+        assert rig.client.hlen(msgs) == 1, "the message was acked before the kill"
+        rig.start_worker("--processes", "1", "--threads", "1")
+        wait_until(lambda: rig.client.hlen(msgs) == 0, timeout=60,
+                   message="the killed worker's message was not redelivered and acked")  # fmt: skip
+    finally:
+        rig.close()
+    assert rig.repo.count() == 20 and set(rig.repo.get_many(ids)) == ids
+    from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore  # noqa: PLC0415
+    from analytics.domain.buckets import cover, epoch_minute  # noqa: PLC0415
+
+    events = rig.repo.get_many(ids).values()
+    first = epoch_minute(min(e.timestamp for e in events))
+    last = epoch_minute(max(e.timestamp for e in events)) + 1
+    (summary,) = SQLiteAggregateStore(rig.repo.db).summarize([cover(first, last)], None)
+    assert summary.count == 20  # counted once, though processed twice
+    markers = rig.repo.db.connect().execute("SELECT COUNT(*) FROM agg_applied").fetchone()[0]
+    assert markers == 20

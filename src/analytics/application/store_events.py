@@ -6,7 +6,10 @@ only if its applied-marker is absent (marker and increments commit together). Ev
 of the message is offered to the aggregates, not only the new ones: an event stored by an
 attempt that died before counting is counted by the redelivery. Contributions come from
 the STORED version of each event, so a client retry that reuses an ``event_id`` with
-different content can never make the counts disagree with the stored event.
+different content cannot make the counts disagree with the stored event, provided the
+repository's first write wins (SQLite). DynamoDB's unconditional batch writes leave a
+window where two such deliveries processed at once disagree until a reconcile run
+(README, "DynamoDB table design").
 """
 
 from __future__ import annotations

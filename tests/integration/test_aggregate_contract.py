@@ -19,6 +19,9 @@ from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepositor
 from analytics.domain.aggregation import (
     ALL_TYPES,
     COUNT,
+    PRODUCT_REVENUE,
+    PURCHASE,
+    REVENUE,
     USER,
     USER_ALL,
     CounterKey,
@@ -164,3 +167,22 @@ def test_repository_iter_range_is_ordered_and_half_open(
     assert len(got) == 8  # 0, 9, 10 x5, 30; 60 is the exclusive end
     tied = [e.event_id for e in got if e.timestamp == T0 + timedelta(minutes=10)]
     assert [str(i) for i in tied] == sorted(str(i) for i in ids)
+
+
+def test_revenue_sums_stay_exact_past_64_bits(stores: tuple[EventRepository, AggregateStore]) -> None:
+    """A window whose revenue passes 2^63 micros (9.2 * 10^12 EUR) though each counter
+    stays below it: SQLite's SUM raised 'integer overflow' there, a 500, and enough of
+    them opened the storage breaker for every read. Every store answers exactly."""
+    _, agg = stores
+    big = 5 * 10**18  # each below 2^63 - 1 = 9,223,372,036,854,775,807
+    agg.correct({
+        CounterKey(REVENUE, MINUTE, M0, PURCHASE, "EUR"): big,
+        CounterKey(REVENUE, MINUTE, M0 + 1, PURCHASE, "EUR"): big,
+        CounterKey(PRODUCT_REVENUE, MINUTE, M0, PURCHASE, "p1", "EUR"): big,
+        CounterKey(PRODUCT_REVENUE, MINUTE, M0 + 1, PURCHASE, "p1", "EUR"): big,
+    })  # fmt: skip
+    two_minutes = window(T0, T0 + timedelta(minutes=2))
+    [s] = agg.summarize([two_minutes], None)
+    assert s.revenue_micros == {"EUR": 2 * big}
+    b = agg.breakdown(two_minutes, top=3)
+    assert [(p.product_id, p.revenue_micros) for p in b.top_by_revenue] == [("p1", {"EUR": 2 * big})]

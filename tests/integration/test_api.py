@@ -144,3 +144,37 @@ def test_gzip_body_without_support_is_not_a_500(client) -> None:  # type: ignore
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert r.status_code < 500
+
+
+def test_a_total_beyond_what_exact_counters_can_hold_is_422_naming_it(client, queue) -> None:  # type: ignore[no-untyped-def]
+    """price x quantity is at most 10^9, like the price: a worker's round then always fits
+    SQLite's 64-bit counters (an event of 5 * 10^12 made the worker fail on every try)."""
+    big = {**EVENT, "event_type": "purchase", "product_id": "p1", "price": "5000000",
+           "currency": "EUR", "quantity": 1_000_000}  # fmt: skip
+    r = post(client, "/api/v1/analytics/events", big)
+    assert r.status_code == 422
+    assert [(e["field"], e["rule"]) for e in r.json["errors"]] == [("total_value", "range")]
+    at_bound = {**big, "price": "1000"}  # x 1,000,000 = 10^9
+    assert post(client, "/api/v1/analytics/events", at_bound).status_code == 202
+    r = post(client, "/api/v1/analytics/events/batch", {"events": [big, at_bound]})
+    assert r.status_code == 202
+    assert [x["status"] for x in r.json["results"]] == ["rejected", "accepted"]
+
+
+def test_metadata_nested_near_the_decoders_limit_is_never_a_500() -> None:
+    """Nesting just under what the decoder refuses (400) used to pass it and then exhaust
+    the stack in the metadata size check: a 500 in a band of a few levels. Every depth
+    around the limit is now a 4xx problem (422 too deep, or 400 past the decoder)."""
+    from tests.support import ApiHarness  # noqa: PLC0415
+
+    client = ApiHarness(auth="disabled").client  # the default body limit (1 MiB)
+    statuses = set()
+    for depth in range(850, 1150, 3):
+        nested = '{"a":' * depth + "1" + "}" * depth
+        body = '{"event_type":"x","user_id":"u","session_id":"s","metadata":{"m":%s}}' % nested
+        for path, raw in (("/api/v1/analytics/events", body),
+                          ("/api/v1/analytics/events/batch", '{"events":[%s]}' % body)):  # fmt: skip
+            r = client.simulate_post(path, body=raw, headers={"Content-Type": "application/json"})
+            assert r.status_code in (400, 422), (depth, path, r.status_code, r.text[:200])
+            statuses.add(r.status_code)
+    assert {400, 422} <= statuses  # both sides of the decoder's limit were covered

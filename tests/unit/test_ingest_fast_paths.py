@@ -144,6 +144,14 @@ def outcome_of(value: Event | ValidationFailed) -> tuple[str, object]:
 )  # fmt: skip
 @example(docs=[{**GOOD, "metadata": {"a": "{"}}, {**GOOD, "metadata": {"b": [1]}}],
          legacy=[False] * 8, lim=Limits(metadata_max_depth=1), now=NOW)  # fmt: skip
+@example(  # price x quantity at, just over and far over the bound (10^9)
+    docs=[{**GOOD, "price": "1000", "currency": "EUR", "quantity": 1_000_000},
+          {**GOOD, "price": "1000.000001", "currency": "EUR", "quantity": 1_000_000},
+          {**GOOD, "price": "5000000", "currency": "EUR", "quantity": 1_000_000},
+          {**GOOD, "price": "999999999", "currency": "EUR", "quantity": 1},
+          {**GOOD, "price": "500000000", "currency": "EUR", "quantity": 3}],
+    legacy=[False, False, True, False] + [False] * 4, lim=Limits(), now=NOW,
+)  # fmt: skip
 def test_batch_builder_builds_what_the_rules_build_event_by_event(
     docs: list[dict[str, Any]], legacy: list[bool], lim: Limits, now: datetime
 ) -> None:

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS agg_applied (
 CREATE INDEX IF NOT EXISTS agg_applied_by_minute ON agg_applied (minute);
 """
 
+_SUM = "SUM(c.value)"
 _UPSERT = (
     "INSERT INTO agg_counters (kind, grain, bucket, event_type, dim, dim2, value)"
     " VALUES (?,?,?,?,?,?,?) ON CONFLICT(kind, grain, bucket, event_type, dim, dim2)"
@@ -160,12 +161,27 @@ class SQLiteAggregateStore:
         self, windows: Sequence[Sequence[Piece]], select: str, kind: str, where: str = "",
         params: Iterable[object] = (), group: str = "w.i",
     ) -> list[tuple[object, ...]]:  # fmt: skip
-        sql = (
-            _windows_cte(windows) + f"SELECT w.i, {select} FROM w CROSS JOIN agg_counters c"
+        base = (
+            " FROM w CROSS JOIN agg_counters c"
             " ON c.kind=? AND c.grain=w.g AND c.bucket>=w.s AND c.bucket<w.e"
-            f" WHERE c.value > 0 {where} GROUP BY {group}"
+            f" WHERE c.value > 0 {where}"
         )
-        return list(self.db.read().execute(sql, (kind, *params)))
+        sql = _windows_cte(windows) + f"SELECT w.i, {select}{base} GROUP BY {group}"
+        try:
+            return list(self.db.read().execute(sql, (kind, *params)))
+        except sqlite3.OperationalError as exc:
+            if "integer overflow" not in str(exc) or not select.endswith(_SUM):
+                raise
+        # SQLite's SUM stops at 2^63 (micros: 9.2e12 currency units in one window); Python's
+        # integers do not. The rows, summed here, by the same key as the GROUP BY.
+        cols = select[: -len(_SUM)]
+        rows = self.db.read().execute(
+            _windows_cte(windows) + f"SELECT w.i, {cols}c.value{base}", (kind, *params)
+        )
+        sums: dict[tuple[object, ...], int] = defaultdict(int)
+        for *key, value in rows:
+            sums[tuple(key)] += int(value)
+        return [(*key, total) for key, total in sums.items()]
 
     @contextmanager
     def _reading(self) -> Iterator[None]:

@@ -257,6 +257,14 @@ def currency_is_iso4217(f: Any, legacy: bool) -> FieldError | None:
 
 
 MAX_PRICE = Decimal(1_000_000_000)
+MAX_QUANTITY = 1_000_000  # events.Quantity
+#: price x quantity of one event, the same bound as the price: 10^15 revenue micros
+#: (aggregation.to_micros), so a worker's round (at most 5,000 events, SharedCommit) adds
+#: at most 5 * 10^18 to one counter, which binds as the signed 64-bit integer SQLite's
+#: counters are. (Reads sum past 2^63 exactly: sqlite_aggregates.)
+MAX_TOTAL = MAX_PRICE
+#: A price at most this can never make price x quantity pass MAX_TOTAL.
+_ALWAYS_WITHIN_TOTAL = MAX_TOTAL / MAX_QUANTITY
 
 
 def price_range(f: Any, legacy: bool) -> FieldError | None:
@@ -279,12 +287,28 @@ def price_precision(f: Any, legacy: bool) -> FieldError | None:
     return None
 
 
+def total_within_bound(f: Any, legacy: bool) -> FieldError | None:
+    price, quantity = getattr(f, "price", None), getattr(f, "quantity", None) or 1
+    if (
+        isinstance(price, Decimal)
+        and price.is_finite()
+        and 0 <= price <= MAX_PRICE  # out of range is price_range's error
+        and isinstance(quantity, int)
+        and price * quantity > MAX_TOTAL
+    ):
+        return FieldError(
+            "total_value", "range", f"price x quantity must be at most {MAX_TOTAL}"
+        )
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     purchase_requires_product,
     price_requires_currency,
     currency_is_iso4217,
     price_range,
     price_precision,
+    total_within_bound,
 )
 
 
@@ -296,11 +320,13 @@ def cross_field_errors(fields: Any, legacy: bool = False) -> list[FieldError]:
 def metadata_errors(meta: dict[str, Any], limits: Limits) -> list[FieldError]:
     if not meta:
         return []
-    errors = []
     if _depth(meta) > limits.metadata_max_depth:
-        errors.append(
+        # Not encoded for its size: a deep enough object exhausts the stack of the
+        # (recursive) encoder, which was a 500 a few levels under the decoder's own limit.
+        return [
             FieldError("metadata", "max_depth", f"nested deeper than {limits.metadata_max_depth}")
-        )
+        ]
+    errors = []
     size = len(_encoder.encode(meta))
     if size > limits.metadata_max_bytes:
         errors.append(
@@ -419,6 +445,8 @@ class EventBuilder:
                     and price.is_finite()  # price_range
                     and 0 <= price <= MAX_PRICE
                     and price == round(price, MAX_PRICE_DECIMALS)  # price_precision
+                    and (price <= _ALWAYS_WITHIN_TOTAL  # total_within_bound
+                         or price * (ein.quantity or 1) <= MAX_TOTAL)  # fmt: skip
                 )
             )
             and (legacy or ein.product_id or ein.event_type != "purchase")  # purchase_...
@@ -616,7 +644,9 @@ _PRICE_MEMO_SIZE = 4096
 
 def _bad_price_texts(texts: set[str]) -> set[str]:
     """Of the ``str()`` of a batch's prices ("None" for no price), those a price rule
-    rejects; the others are remembered (up to a bound)."""
+    rejects, or that could break total_within_bound with some quantity (above
+    ``_ALWAYS_WITHIN_TOTAL``: their events are checked one by one); the others are
+    remembered (up to a bound)."""
     texts.discard("None")  # no Decimal has this text
     texts = texts.difference(_GOOD_PRICE_TEXTS)  # walks texts, not the memo (see failing)
     bad = set()
@@ -624,7 +654,7 @@ def _bad_price_texts(texts: set[str]) -> set[str]:
         price = Decimal(text)
         if (
             price.is_finite()  # price_range (first: NaN does not compare)
-            and 0 <= price <= MAX_PRICE
+            and 0 <= price <= _ALWAYS_WITHIN_TOTAL  # price_range, total_within_bound
             and price == round(price, MAX_PRICE_DECIMALS)  # price_precision
         ):
             if len(_GOOD_PRICE_TEXTS) < _PRICE_MEMO_SIZE:
@@ -647,7 +677,10 @@ def _metadata_all_within(metas: list[dict[str, Any]], limits: Limits) -> bool:
         return True
     if limits.metadata_max_depth < 1:
         return False
-    whole = _encoder.encode(metas)
+    try:
+        whole = _encoder.encode(metas)
+    except RecursionError:  # far too deep: each is checked (depth first) on its own
+        return False
     limit = limits.metadata_max_bytes
     if len(whole) - 2 > limit and max(map(len, map(_encoder.encode, metas))) > limit:
         return False  # the array is over the limit ("[...]"), and so is one of its objects

@@ -186,3 +186,24 @@ def test_revenue_sums_stay_exact_past_64_bits(stores: tuple[EventRepository, Agg
     assert s.revenue_micros == {"EUR": 2 * big}
     b = agg.breakdown(two_minutes, top=3)
     assert [(p.product_id, p.revenue_micros) for p in b.top_by_revenue] == [("p1", {"EUR": 2 * big})]
+
+
+def test_a_failing_sqlite_read_is_storage_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """A read that SQLite refuses (disk I/O error, a corrupt page...) becomes
+    StorageUnavailable, which the API answers 503 with Retry-After, as for a write."""
+    import sqlite3  # noqa: PLC0415
+
+    from analytics.domain.errors import StorageUnavailable  # noqa: PLC0415
+
+    db = SQLiteDatabase(tmp_path / "events.sqlite3")
+    agg = SQLiteAggregateStore(db)
+
+    class Failing:
+        def execute(self, *_: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    db.read = lambda: Failing()  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(StorageUnavailable, match="disk I/O error"):
+        agg.summarize([window(T0, T0 + timedelta(hours=1))], None)
+    with pytest.raises(StorageUnavailable):
+        agg.breakdown(window(T0, T0 + timedelta(hours=1)), top=3)

@@ -187,11 +187,14 @@ class SQLiteAggregateStore:
     def _reading(self) -> Iterator[None]:
         """One read transaction: the numbers of one answer agree with each other."""
         conn = self.db.read()
-        conn.execute("BEGIN")
         try:
-            yield
-        finally:
-            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:  # locked, I/O, corrupt: 503, not 500
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
 
     def summarize(
         self, windows: Sequence[Sequence[Piece]], event_type: str | None

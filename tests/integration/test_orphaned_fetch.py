@@ -16,6 +16,7 @@ import pytest
 import redis
 from dramatiq import Worker
 
+from analytics.adapters import dramatiq_queue
 from analytics.adapters.dramatiq_queue import MsgspecJSONEncoder, StatusAckRedisBroker
 from analytics.adapters.embedded_redis import RedisServerProcess
 from tests.support import wait_until
@@ -24,8 +25,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_fetch_whose_reply_was_lost_is_requeued_and_in_flight_work_is_not(
-    private_redis: RedisServerProcess,
+    private_redis: RedisServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sweeps: list[float] = []
+    sweep = dramatiq_queue._StatusAckConsumer._sweep_orphans  # noqa: SLF001
+
+    def counted(self: object) -> None:
+        sweeps.append(1)
+        sweep(self)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dramatiq_queue._StatusAckConsumer, "_sweep_orphans", counted)  # noqa: SLF001
     dramatiq.set_encoder(MsgspecJSONEncoder())
     broker = StatusAckRedisBroker(
         client=redis.Redis(host="127.0.0.1", port=private_redis.port),
@@ -56,7 +65,8 @@ def test_a_fetch_whose_reply_was_lost_is_requeued_and_in_flight_work_is_not(
         assert slow_started.wait(10)
         wait_until(lambda: {"lost-1", "lost-2", "fine"} <= set(got), timeout=15,
                    message="the orphaned messages were not requeued")  # fmt: skip
-        threading.Event().wait(1.0)  # five more sweeps while "slow" still runs
+        seen = len(sweeps)  # five more sweeps while "slow" still runs: it stays put
+        wait_until(lambda: len(sweeps) >= seen + 5, timeout=30, message="no five sweeps")
         release.set()
         wait_until(lambda: "slow" in got, timeout=10)
         broker.join("orphans", timeout=10_000)

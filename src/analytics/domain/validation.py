@@ -573,9 +573,15 @@ class EventBuilder:
             return None  # the legacy rules differ (no batch route takes legacy events)
         suspects: set[int] = set()
         prices = list(map(_get_price, eins))
-        bad_prices = _bad_price_texts(set(map(str, prices)))  # price_range, price_precision
-        if bad_prices:
-            suspects.update(i for i, p in enumerate(prices) if str(p) in bad_prices)
+        # price_range, price_precision; total_within_bound for the large prices only
+        bad_prices, large_prices = _price_verdicts(set(map(str, prices)))
+        if bad_prices or large_prices:
+            for i, p in enumerate(prices):
+                text = str(p)
+                if text in bad_prices or (
+                    text in large_prices and p * (eins[i].quantity or 1) > MAX_TOTAL
+                ):
+                    suspects.add(i)
         currencies = list(map(_get_currency, eins))
         currency_set = set(currencies)
         bad_currencies = currency_set - _ISO_4217_OR_NONE
@@ -635,33 +641,40 @@ _get_currency = operator.attrgetter("currency")
 _get_event_type = operator.attrgetter("event_type")
 _get_metadata = operator.attrgetter("metadata")
 _ISO_4217_OR_NONE = frozenset(ISO_4217) | {None}
-#: Prices known to pass price_range and price_precision, by ``str(price)``: a Decimal's
+#: Prices known to pass price_range and price_precision and to be at most
+#: _ALWAYS_WITHIN_TOTAL (so no quantity breaks total_within_bound), by ``str(price)``: a Decimal's
 #: text gives back its exact sign, digits and exponent, so equal texts get equal verdicts.
 #: (Hashing a fresh Decimal costs ~750 ns, its text and a set lookup ~80 ns.)
 _GOOD_PRICE_TEXTS: set[str] = set()
+#: Valid prices above _ALWAYS_WITHIN_TOTAL (their quantity decides total_within_bound).
+_LARGE_PRICE_TEXTS: set[str] = set()
 _PRICE_MEMO_SIZE = 4096
 
 
-def _bad_price_texts(texts: set[str]) -> set[str]:
-    """Of the ``str()`` of a batch's prices ("None" for no price), those a price rule
-    rejects, or that could break total_within_bound with some quantity (above
-    ``_ALWAYS_WITHIN_TOTAL``: their events are checked one by one); the others are
+def _price_verdicts(texts: set[str]) -> tuple[set[str], set[str]]:
+    """Of the ``str()`` of a batch's prices ("None" for no price): those a price rule
+    rejects, and the valid ones above ``_ALWAYS_WITHIN_TOTAL``, whose events must have
+    price x quantity checked (total_within_bound). Both kinds of valid price are
     remembered (up to a bound)."""
     texts.discard("None")  # no Decimal has this text
-    texts = texts.difference(_GOOD_PRICE_TEXTS)  # walks texts, not the memo (see failing)
+    large = texts & _LARGE_PRICE_TEXTS
+    texts = texts.difference(_GOOD_PRICE_TEXTS).difference(large)  # walks texts, not the memos
     bad = set()
     for text in texts:
         price = Decimal(text)
-        if (
+        if not (
             price.is_finite()  # price_range (first: NaN does not compare)
-            and 0 <= price <= _ALWAYS_WITHIN_TOTAL  # price_range, total_within_bound
+            and 0 <= price <= MAX_PRICE
             and price == round(price, MAX_PRICE_DECIMALS)  # price_precision
         ):
-            if len(_GOOD_PRICE_TEXTS) < _PRICE_MEMO_SIZE:
-                _GOOD_PRICE_TEXTS.add(text)  # a set is safe to share between threads (GIL)
-        else:
             bad.add(text)
-    return bad
+            continue
+        memo = _GOOD_PRICE_TEXTS if price <= _ALWAYS_WITHIN_TOTAL else _LARGE_PRICE_TEXTS
+        if memo is _LARGE_PRICE_TEXTS:
+            large.add(text)
+        if len(memo) < _PRICE_MEMO_SIZE:
+            memo.add(text)  # a set is safe to share between threads (GIL)
+    return bad, large
 
 
 def _metadata_all_within(metas: list[dict[str, Any]], limits: Limits) -> bool:

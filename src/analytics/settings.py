@@ -492,7 +492,8 @@ def _redis_url_fields(url: str) -> dict[str, str]:
     keeps its Redis instead of silently falling back to the default one."""
     from urllib.parse import unquote, urlsplit  # noqa: PLC0415
 
-    bad = f"invalid configuration:\n  REDIS_URL: {url!r} is not redis://[:password@]host[:port][/db]"
+    # The value is not echoed: it may hold the password.
+    bad = "invalid configuration:\n  REDIS_URL: not redis://[:password@]host[:port][/db]"
     try:
         parts = urlsplit(url)
         port = parts.port

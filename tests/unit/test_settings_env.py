@@ -41,6 +41,12 @@ def test_a_redis_url_we_cannot_map_is_a_clear_error(url: str) -> None:
         Settings.from_env({"REDIS_URL": url})
 
 
+def test_the_error_never_echoes_the_url_and_its_password() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"REDIS_URL": "rediss://:s3cr3t-pw@cache:6380/0"})
+    assert "s3cr3t-pw" not in str(info.value)
+
+
 def test_rabbitmq_without_its_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pika", None)  # as if not installed
     with pytest.raises(SettingsError, match=r"pip install -e '\.\[rabbitmq\]'"):

@@ -19,7 +19,9 @@ import psutil
 import pytest
 
 from analytics.adapters.dramatiq_queue import build_broker, events_message
+from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
+from analytics.domain.buckets import cover, epoch_minute
 from analytics.settings import Settings
 from tests.ops_support import make_events
 from tests.support import AnalyticsProcess, child_env, stop_all, wait_until
@@ -65,6 +67,15 @@ class Rig:
     def stats(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.ns}:ops:workers")
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    def summary_of(self, ids: set[Any]) -> Any:
+        """The aggregates' summary over the minutes these stored events fall in (the
+        counters live in the same SQLite database as the events)."""
+        events = self.repo.get_many(ids).values()
+        first = epoch_minute(min(e.timestamp for e in events))
+        last = epoch_minute(max(e.timestamp for e in events)) + 1
+        (summary,) = SQLiteAggregateStore(self.repo.db).summarize([cover(first, last)], None)
+        return summary
 
     def pending(self) -> int:
         return int(self.client.llen(f"{self.ns}:high_priority"))
@@ -151,13 +162,7 @@ def test_sigkill_mid_task_is_redelivered_after_heartbeat_timeout(rig_factory) ->
     time.sleep(0.5)
     assert rig.repo.count() == 20  # stored exactly once
     # ... and counted exactly once in the aggregates (same SQLite database).
-    from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore
-    from analytics.domain.buckets import cover, epoch_minute
-
-    events = rig.repo.get_many(ids).values()
-    first = epoch_minute(min(e.timestamp for e in events))
-    last = epoch_minute(max(e.timestamp for e in events)) + 1
-    (summary,) = SQLiteAggregateStore(rig.repo.db).summarize([cover(first, last)], None)
+    summary = rig.summary_of(ids)
     assert summary.count == 20 and summary.unique_users == 1
 
 
@@ -210,13 +215,6 @@ def test_sigkill_after_the_store_and_before_the_ack_stores_and_counts_once(
     finally:
         rig.close()
     assert rig.repo.count() == 20 and set(rig.repo.get_many(ids)) == ids
-    from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore  # noqa: PLC0415
-    from analytics.domain.buckets import cover, epoch_minute  # noqa: PLC0415
-
-    events = rig.repo.get_many(ids).values()
-    first = epoch_minute(min(e.timestamp for e in events))
-    last = epoch_minute(max(e.timestamp for e in events)) + 1
-    (summary,) = SQLiteAggregateStore(rig.repo.db).summarize([cover(first, last)], None)
-    assert summary.count == 20  # counted once, though processed twice
+    assert rig.summary_of(ids).count == 20  # counted once, though processed twice
     markers = rig.repo.db.connect().execute("SELECT COUNT(*) FROM agg_applied").fetchone()[0]
     assert markers == 20

@@ -669,8 +669,10 @@ def _price_verdicts(texts: set[str]) -> tuple[set[str], set[str]]:
         ):
             bad.add(text)
             continue
-        memo = _GOOD_PRICE_TEXTS if price <= _ALWAYS_WITHIN_TOTAL else _LARGE_PRICE_TEXTS
-        if memo is _LARGE_PRICE_TEXTS:
+        if price <= _ALWAYS_WITHIN_TOTAL:
+            memo = _GOOD_PRICE_TEXTS
+        else:
+            memo = _LARGE_PRICE_TEXTS
             large.add(text)
         if len(memo) < _PRICE_MEMO_SIZE:
             memo.add(text)  # a set is safe to share between threads (GIL)

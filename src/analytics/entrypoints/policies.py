@@ -91,8 +91,9 @@ def policy_for(name: str, settings: Settings | None = None) -> ActorPolicy:
         policy = replace(policy, min_backoff_ms=settings.retry_min_backoff_ms)
     if settings.retry_max_backoff_ms is not None:
         policy = replace(policy, max_backoff_ms=settings.retry_max_backoff_ms)
-    if name in settings.time_limit_overrides:
-        policy = replace(policy, time_limit_ms=settings.time_limit_overrides[name])
+    time_limit = settings.time_limit_overrides.get(name)
+    if time_limit is not None:
+        policy = replace(policy, time_limit_ms=time_limit)
     return policy
 
 

@@ -112,6 +112,8 @@ def main() -> int:
                 n += 1
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+            if os.environ.get("BENCH_CALLERS"):
+                pstats.Stats(prof).print_callers(os.environ["BENCH_CALLERS"])
     finally:
         redis.stop()
     return 0

@@ -245,7 +245,7 @@ class ApiHarness:
             InMemoryTaskQueue,
         )
         from analytics.bootstrap import bootstrap  # noqa: PLC0415
-        from analytics.entrypoints.api.app import create_app  # noqa: PLC0415
+        from analytics.entrypoints.api.app import create_wsgi_app  # noqa: PLC0415
         from analytics.settings import Settings  # noqa: PLC0415
 
         parts = {k: v for k, v in kwargs.items() if k in self.BOOTSTRAP_PARTS}
@@ -258,8 +258,9 @@ class ApiHarness:
         parts.setdefault("task_queue", InMemoryTaskQueue())
         parts.setdefault("event_repo", InMemoryEventRepository())
         self.container = bootstrap(self.settings, **parts)  # type: ignore[arg-type]
-        self.app = create_app(self.container)
-        self.client = TestClient(self.app)
+        wsgi = create_wsgi_app(self.container)  # what gunicorn serves: the ingest lane too
+        self.app = getattr(wsgi, "app", wsgi)  # the Falcon app, for its routes
+        self.client = TestClient(wsgi)
         self._admin: str | None = None
 
     def key(self, *scopes: str, **limits: int) -> str:

@@ -121,6 +121,11 @@ class Settings(BaseModel):
         True, description="Share one broker round trip between concurrent requests."
     )
     group_commit_max_events: int = Field(2000, ge=1, le=50_000)
+    ingest_lane: bool = Field(
+        True,
+        description="Serve the common single-event POST without Falcon's per-request"
+        " machinery (same contract; anything unusual or failing still goes through Falcon).",
+    )
     worker_group_commit: bool = Field(
         True, description="A worker process's threads share one store transaction per round."
     )

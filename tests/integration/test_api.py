@@ -11,7 +11,7 @@ import pytest
 
 from analytics.adapters.memory import InMemoryEventRepository, InMemoryTaskQueue
 from analytics.bootstrap import bootstrap
-from analytics.entrypoints.api.app import create_app
+from analytics.entrypoints.api.app import create_wsgi_app
 from analytics.settings import Settings
 
 EVENT = {"event_type": "page_view", "user_id": "user123", "session_id": "sess_456"}
@@ -31,7 +31,7 @@ def client(queue: InMemoryTaskQueue) -> Iterator[falcon.testing.TestClient]:
     settings = Settings(broker="stub", storage="memory", max_body_bytes=4096, max_batch_events=5,
                         auth="disabled")  # auth is not the subject here (see test_auth_matrix)
     container = bootstrap(settings, task_queue=queue, event_repo=InMemoryEventRepository())
-    yield falcon.testing.TestClient(create_app(container))
+    yield falcon.testing.TestClient(create_wsgi_app(container))
 
 
 def post(client: falcon.testing.TestClient, path: str, body: object, **headers: str):  # type: ignore[no-untyped-def]

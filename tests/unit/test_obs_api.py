@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from analytics.bootstrap import bootstrap
 from analytics.domain.events import Event
 from analytics.entrypoints.api import observability
-from analytics.entrypoints.api.app import create_app
+from analytics.entrypoints.api.app import create_wsgi_app
 from analytics.entrypoints.logs import configure_logging
 from analytics.settings import Settings
 
@@ -54,7 +54,7 @@ def make_client(tmp_path: Path, **overrides: object) -> tuple[falcon.testing.Tes
     )
     queue = SlowQueue(float(overrides.pop("_delay", 0.0)) if "_delay" in overrides else 0.0)
     container = bootstrap(settings, task_queue=queue)
-    return falcon.testing.TestClient(create_app(container)), queue
+    return falcon.testing.TestClient(create_wsgi_app(container)), queue
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ def test_slow_critical_requests_are_profiled_to_the_profile_dir(tmp_path):
         profile_dir=profiles,
     )
     slow = SlowQueue(delay_s=0.05)
-    client = falcon.testing.TestClient(create_app(bootstrap(settings, task_queue=slow)))
+    client = falcon.testing.TestClient(create_wsgi_app(bootstrap(settings, task_queue=slow)))
     resp = client.simulate_post(EVENTS, json=purchase(), headers={"X-Correlation-ID": "slow-1"})
     assert resp.status_code == 202
     html = list(profiles.glob("*.html"))
@@ -323,7 +323,7 @@ def test_queue_depths_come_from_the_broker_in_use(tmp_path):
     for _ in range(2):
         broker.enqueue(dramatiq.Message("maintenance", "obs_x", (), {}, {}))
     broker.enqueue(dramatiq.Message("maintenance", "obs_x", (), {}, {}), delay=60_000)
-    client = falcon.testing.TestClient(create_app(container))
+    client = falcon.testing.TestClient(create_wsgi_app(container))
     text = client.simulate_get("/metrics").text
     assert 'analytics_queue_depth{queue="maintenance"} 2.0' in text
     assert 'analytics_queue_depth{queue="maintenance.DQ"} 1.0' in text
@@ -338,7 +338,7 @@ def test_the_dashboard_cache_hits_and_misses_reach_metrics(tmp_path):
     )
     container = bootstrap(settings, task_queue=SlowQueue())
     assert container.cache is not None
-    client = falcon.testing.TestClient(create_app(container))
+    client = falcon.testing.TestClient(create_wsgi_app(container))
     hit = sample("analytics_cache_requests_total", kind="aggregates", result="hit")
     miss = sample("analytics_cache_requests_total", kind="aggregates", result="miss")
     window = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T06:00:00Z"}
@@ -372,7 +372,7 @@ def test_detailed_health_checks_sns_through_the_notifiers_client(tmp_path):
     container = bootstrap(settings, task_queue=SlowQueue())
     sns = FakeSns()
     container.extras["notifier"] = Notifier(sns)
-    client = falcon.testing.TestClient(create_app(container))
+    client = falcon.testing.TestClient(create_wsgi_app(container))
     body = client.simulate_get("/health/detailed").json
     assert body["checks"]["sns"]["status"] == "ok"
     assert sns.calls == ["arn:aws:sns:eu-central-1:123456789012:analytics"]

@@ -52,14 +52,28 @@ def accept_event(
     raw: bytes, *, correlation_id: str, deps: IngestDeps, legacy: bool = False
 ) -> Receipt:
     """Validate one event body and queue it. Raises MalformedInput / ValidationFailed."""
+    event = validate_event(raw, correlation_id=correlation_id, deps=deps, legacy=legacy)
+    return queue_event(event, deps=deps)
+
+
+def validate_event(
+    raw: bytes, *, correlation_id: str, deps: IngestDeps, legacy: bool = False
+) -> Event:
+    """The event one body stands for, nothing queued yet (no side effect at all).
+    Raises MalformedInput / ValidationFailed."""
     ein = decode_event(raw, LegacyEventIn if legacy else EventIn)
-    event = build_event(
+    return build_event(
         ein,
         received_at=deps.clock.now(),
         correlation_id=correlation_id,
         new_id=deps.new_id,
         limits=deps.limits,
     )
+
+
+def queue_event(event: Event, *, deps: IngestDeps) -> Receipt:
+    """Queue one validated event; the receipt once the queue holds it durably."""
+    correlation_id = event.correlation_id
     task_id = deps.queue.enqueue_events((event,))
     return Receipt(
         status="accepted",

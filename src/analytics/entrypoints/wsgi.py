@@ -5,18 +5,18 @@ from __future__ import annotations
 import gc
 import runpy
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import falcon
 from gunicorn.app.base import BaseApplication
 
 from analytics.settings import Settings
 
 
-def build_wsgi_app(settings: Settings) -> falcon.App:
+def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
     from analytics.bootstrap import bootstrap  # noqa: PLC0415
     from analytics.entrypoints.actors import register_actors  # noqa: PLC0415
-    from analytics.entrypoints.api.app import create_app  # noqa: PLC0415
+    from analytics.entrypoints.api.app import create_wsgi_app  # noqa: PLC0415
     from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_format)
@@ -25,7 +25,7 @@ def build_wsgi_app(settings: Settings) -> falcon.App:
 
     install(container.broker, settings, worker=False)
     register_actors(container)
-    app = create_app(container)
+    app = create_wsgi_app(container)
     # Everything built so far lives as long as the worker: move it out of the collector's
     # generations, so a full collection walks only what requests allocate since.
     gc.freeze()
@@ -82,7 +82,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings and key not in explicit:
                 self.cfg.set(key, value)
 
-    def load(self) -> falcon.App:
+    def load(self) -> Callable[..., Iterable[bytes]]:
         return build_wsgi_app(self.settings)
 
 

@@ -8,6 +8,7 @@ from analytics.application.ingest import IngestDeps
 from analytics.bootstrap import Container
 from analytics.entrypoints.api import observability, resources
 from analytics.entrypoints.api.http_cache import HttpCacheMiddleware
+from analytics.entrypoints.api.ingest_lane import IngestLane, WSGIApp
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
@@ -32,6 +33,35 @@ def add_contract_routes(app: falcon.App, max_batch_events: int) -> None:
     app.add_route("/docs/static/{name}", docs.DocsStaticResource())
 
 
+def create_wsgi_app(container: Container) -> WSGIApp:
+    """What gunicorn serves: the Falcon app, with the single-event ingest lane in front of
+    it (``ANALYTICS_INGEST_LANE``, on by default; off while slow requests are profiled,
+    which only Falcon's middleware sees)."""
+    app = create_app(container)
+    s = container.settings
+    if not s.ingest_lane or s.profile_slow_ms > 0:
+        return app
+    return IngestLane(
+        app,
+        _ingest_deps(container),
+        auth=AuthMiddleware(s, container.api_keys, container.rate_limiter, container.backlog),
+        security_headers=SecurityHeadersMiddleware(hsts_seconds=s.hsts_seconds).headers,
+        metrics=observability.RequestMetricsMiddleware(),
+        access_log=AccessLogMiddleware(),
+        max_body_bytes=s.max_body_bytes,
+        cors=bool(s.cors_origin_list),
+    )
+
+
+def _ingest_deps(container: Container) -> IngestDeps:
+    return IngestDeps(
+        queue=observability.MeteredTaskQueue(container.task_queue),
+        clock=container.clock,
+        new_id=container.new_id,
+        limits=container.limits,
+    )
+
+
 def create_app(container: Container) -> falcon.App:
     s = container.settings
     # CORS only when origins are configured: without them no answer depends on Origin
@@ -50,12 +80,7 @@ def create_app(container: Container) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     app.add_middleware(HttpCacheMiddleware(s))  # ETag, Cache-Control, 304 (README, "Resilience")
     install_error_handlers(app)
-    deps = IngestDeps(
-        queue=observability.MeteredTaskQueue(container.task_queue),
-        clock=container.clock,
-        new_id=container.new_id,
-        limits=container.limits,
-    )
+    deps = _ingest_deps(container)
     app.add_route("/api/v1/analytics/events", resources.EventsResource(deps, s.max_body_bytes))
     app.add_route(
         "/api/v1/analytics/events/batch",

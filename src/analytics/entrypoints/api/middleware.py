@@ -20,17 +20,22 @@ SECURITY_HEADERS = {
 }
 
 
+def begin_request(given: str | None) -> str:
+    """The request's correlation id (``given`` when well-formed, else a new one), bound
+    to every log line of this request and nothing of an earlier one."""
+    structlog.contextvars.clear_contextvars()
+    # A new id is 128 random bits in hex, like ``uuid4().hex`` without building a UUID.
+    cid = given if given and _VALID_CORRELATION_ID.fullmatch(given) else random_hex(16)
+    structlog.contextvars.bind_contextvars(correlation_id=cid)
+    return cid
+
+
 class CorrelationMiddleware:
     """Take ``X-Correlation-ID`` when it is well-formed, else make one; echo it always."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        structlog.contextvars.clear_contextvars()
-        given = req.get_header("X-Correlation-ID")
-        # A new id is 128 random bits in hex, like ``uuid4().hex`` without building a UUID.
-        cid = given if given and _VALID_CORRELATION_ID.fullmatch(given) else random_hex(16)
-        req.context.correlation_id = cid
+        req.context.correlation_id = begin_request(req.get_header("X-Correlation-ID"))
         req.context.started = time.perf_counter()
-        structlog.contextvars.bind_contextvars(correlation_id=cid)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -70,14 +75,17 @@ class AccessLogMiddleware:
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
+        self.record(
+            req.method,
+            req.uri_template or "unmatched",
+            resp.status_code if hasattr(resp, "status_code") else resp.status,
+            getattr(req.context, "started", None),
+        )
+
+    def record(self, method: str, route: str, status: object, started: float | None) -> None:
         if not self.log.is_enabled_for(logging.INFO):  # e.g. ANALYTICS_LOG_LEVEL=WARNING
             return
-        started = getattr(req.context, "started", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 3) if started else None
         self.log.info(
-            "request",
-            method=req.method,
-            route=req.uri_template or "unmatched",
-            status=resp.status_code if hasattr(resp, "status_code") else resp.status,
-            duration_ms=duration_ms,
+            "request", method=method, route=route, status=status, duration_ms=duration_ms
         )

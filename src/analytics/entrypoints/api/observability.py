@@ -65,8 +65,7 @@ class RequestMetricsMiddleware:
         )
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.metrics_started = time.perf_counter()
-        m.HTTP_IN_PROGRESS.inc()
+        req.context.metrics_started = self.start()
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -74,14 +73,26 @@ class RequestMetricsMiddleware:
         started = getattr(req.context, "metrics_started", None)
         if started is None:
             return
-        m.HTTP_IN_PROGRESS.dec()
         route = req.uri_template or "unmatched"
-        status = str(resp.status_code)
-        requests, duration = self._children(route, req.method, status)
-        requests.inc()
-        duration.observe(time.perf_counter() - started)
+        self.finish(route, req.method, str(resp.status_code), started)
         if route in INGEST_ROUTES and req.method == "POST":
             _count_ingest_outcome(req)
+
+    @staticmethod
+    def start() -> float:
+        m.HTTP_IN_PROGRESS.inc()
+        return time.perf_counter()
+
+    @staticmethod
+    def abandon() -> None:
+        """A request started here that another handler will count."""
+        m.HTTP_IN_PROGRESS.dec()
+
+    def finish(self, route: str, method: str, status: str, started: float) -> None:
+        m.HTTP_IN_PROGRESS.dec()
+        requests, duration = self._children(route, method, status)
+        requests.inc()
+        duration.observe(time.perf_counter() - started)
 
 
 def _count_ingest_outcome(req: falcon.Request) -> None:

@@ -45,6 +45,11 @@ class Problem(falcon.HTTPError):
 
 def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     """Falcon error serializer: every error body is problem+json with the correlation id."""
+    resp.data = problem_document(exc, req.path, getattr(req.context, "correlation_id", None))
+    resp.content_type = PROBLEM_JSON
+
+
+def problem_document(exc: falcon.HTTPError, instance: str, correlation_id: str | None) -> bytes:
     body: dict[str, Any] = {
         "type": f"urn:problem:analytics:{getattr(exc, 'slug', _slug(exc))}",
         "title": exc.title or exc.status,
@@ -52,11 +57,28 @@ def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
     }
     if exc.description:
         body["detail"] = exc.description
-    body["instance"] = req.path
-    body["correlation_id"] = getattr(req.context, "correlation_id", None)
+    body["instance"] = instance
+    body["correlation_id"] = correlation_id
     body.update(getattr(exc, "extensions", {}))
-    resp.data = _encode(body)
-    resp.content_type = PROBLEM_JSON
+    return _encode(body)
+
+
+def unavailable_problem(ex: AdapterError) -> Problem:
+    """503 for a dependency that failed, with the wait it knows (an open breaker's cool-down)."""
+    retry = ex.retry_after if isinstance(ex, QueueUnavailable) else 5
+    retry = getattr(ex, "retry_after", retry)
+    return Problem(
+        503, slug="unavailable", title="Service unavailable", detail=str(ex),
+        headers={"Retry-After": str(retry)},
+    )  # fmt: skip
+
+
+def internal_problem(ex: BaseException, path: str) -> Problem:
+    """500 for what no handler knows; the traceback goes to the log, not to the client."""
+    import structlog  # noqa: PLC0415
+
+    structlog.get_logger("analytics.api").exception("unhandled error", path=path, exc_info=ex)
+    return Problem(500, slug="internal", title="Internal error", detail="see server logs")
 
 
 def _slug(exc: falcon.HTTPError) -> str:
@@ -95,20 +117,12 @@ def install_error_handlers(app: falcon.App) -> None:
         raise Problem(404, slug="not-found", title="Not found", detail=str(ex))
 
     def unavailable(req: falcon.Request, resp: falcon.Response, ex: AdapterError, params: Any) -> None:
-        retry = ex.retry_after if isinstance(ex, QueueUnavailable) else 5
-        retry = getattr(ex, "retry_after", retry)  # an open circuit breaker knows its cool-down
-        raise Problem(
-            503, slug="unavailable", title="Service unavailable", detail=str(ex),
-            headers={"Retry-After": str(retry)},
-        )  # fmt: skip
+        raise unavailable_problem(ex)
 
     def unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
         if isinstance(ex, falcon.HTTPError):
             raise ex
-        import structlog  # noqa: PLC0415
-
-        structlog.get_logger("analytics.api").exception("unhandled error", path=req.path)
-        raise Problem(500, slug="internal", title="Internal error", detail="see server logs")
+        raise internal_problem(ex, req.path)
 
     def unauthenticated(req: falcon.Request, resp: falcon.Response, ex: Unauthenticated, params: Any) -> None:
         raise Problem(

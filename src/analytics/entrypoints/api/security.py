@@ -68,13 +68,17 @@ def access_for(method: str, template: str) -> tuple[Access, bool]:
 
 def presented_key(req: falcon.Request) -> str | None:
     """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
-    auth = req.get_header("Authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
+    return token_from(req.get_header("Authorization"), req.get_header("X-API-Key"))
+
+
+def token_from(authorization: str | None, api_key: str | None) -> str | None:
+    """The key from the two headers' values (``Authorization`` first)."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return auth  # present but not Bearer: fails as a malformed key
-    return req.get_header("X-API-Key")
+        return authorization  # present but not Bearer: fails as a malformed key
+    return api_key
 
 
 def client_address(req: falcon.Request, trust_forwarded: bool) -> str:
@@ -131,7 +135,7 @@ class AuthMiddleware:
         if key is not None:
             req.context.api_key = key
             structlog.contextvars.bind_contextvars(api_key_id=key.key_id)  # who, in every log line
-            req.context.rate_bucket = ("key:" + key.key_id, self._quota_of(key))
+            req.context.rate_bucket = ("key:" + key.key_id, self.quota_of(key))
         elif self.limiter is None:
             pass  # rate limits off: no bucket to charge, so no client address to work out
         elif not self.enabled:
@@ -151,7 +155,7 @@ class AuthMiddleware:
                 max_retry_s=self.settings.overload_retry_after_max_s,
             )
 
-    def _quota_of(self, key: ApiKey) -> Quota:
+    def quota_of(self, key: ApiKey) -> Quota:
         rate = key.rate_per_minute or self.key_quota.rate_per_minute
         return Quota(rate, key.burst or self.key_quota.burst)
 
@@ -165,10 +169,20 @@ class AuthMiddleware:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         last: RateDecision | None = getattr(req.context, "rate_decision", None)
-        if last is not None and last.limit:
-            for name, value in last.headers().items():
-                if name != "Retry-After" or not resp.get_header("Retry-After"):
-                    resp.set_header(name, value)
+        for name, value in rate_headers(last, has_retry_after=bool(resp.get_header("Retry-After"))):
+            resp.set_header(name, value)
+
+
+def rate_headers(decision: RateDecision | None, *, has_retry_after: bool) -> list[tuple[str, str]]:
+    """The ``RateLimit-*`` headers of the request's last charge (none when unlimited); its
+    ``Retry-After`` only when the answer has none of its own (a 503 says how long)."""
+    if decision is None or not decision.limit:
+        return []
+    return [
+        (name, value)
+        for name, value in decision.headers().items()
+        if name != "Retry-After" or not has_retry_after
+    ]
 
 
 def spend(req: falcon.Request, resp: falcon.Response, cost: int) -> None:

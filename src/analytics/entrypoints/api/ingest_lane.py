@@ -1,0 +1,181 @@
+"""The single-event ingest route without Falcon's per-request machinery, same contract.
+
+``POST /api/v1/analytics/events`` is the one route clients call once per event, so its
+fixed cost per request is the service's ingest ceiling. Through Falcon that request builds
+a Request and a Response, routes, and runs eleven middleware hooks; measured end to end
+under gunicorn (README "Performance") that machinery was a fifth of the API's CPU per
+event. :class:`IngestLane` sits in front of the Falcon app as a WSGI callable and serves
+the *common* request of that route itself, with the same parts the middleware uses
+(correlation id, API key and scope, rate limit, overload check, request metrics, access
+log, security headers) and the same use case (``validate_event`` + ``queue_event``).
+
+Everything else goes to Falcon, unchanged: other routes and methods, a body that is not
+plain ``application/json`` with a ``Content-Length`` within the limit, gzip, CORS
+requests (``Origin``), and every request that would fail. A failure found before
+anything happened (bad JSON, invalid event, missing or wrong key, missing scope, overload,
+the rate limit refusing) is *replayed* through Falcon with the body already read, so the
+answer is Falcon's own, byte for byte; none of those steps changed anything (a refused
+rate-limit charge consumes nothing, GCRA). Only a failure after the charge (the queue
+refusing) is answered here, with the same problem document Falcon would render.
+``tests/integration/test_ingest_lane.py`` sends the same requests through both and
+compares status, headers and body.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import falcon
+import msgspec
+import structlog
+
+from analytics.application.api_keys import authenticate, authorize
+from analytics.application.ingest import IngestDeps, queue_event, validate_event
+from analytics.application.overload import check_backlog
+from analytics.domain.errors import AdapterError
+from analytics.domain.ratelimit import RateDecision
+from analytics.entrypoints.api.middleware import AccessLogMiddleware, begin_request
+from analytics.entrypoints.api.observability import RequestMetricsMiddleware
+from analytics.entrypoints.api.problems import (
+    PROBLEM_JSON,
+    Problem,
+    internal_problem,
+    problem_document,
+    unavailable_problem,
+)
+from analytics.entrypoints.api.resources import NEW_ROUTE
+from analytics.entrypoints.api.security import AuthMiddleware, access_for, rate_headers, token_from
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_encode = msgspec.json.Encoder().encode
+
+
+class _Replay(Exception):  # noqa: N818 - control flow, never leaves this module
+    """Hand the request to Falcon: it fails, and Falcon says how."""
+
+
+class IngestLane:
+    def __init__(
+        self,
+        app: WSGIApp,
+        deps: IngestDeps,
+        *,
+        auth: AuthMiddleware,
+        security_headers: dict[str, str],
+        metrics: RequestMetricsMiddleware,
+        access_log: AccessLogMiddleware,
+        max_body_bytes: int,
+        cors: bool,
+    ) -> None:
+        if access_for("POST", NEW_ROUTE)[0] != "ingest":  # the policy table still rules
+            raise ValueError(f"POST {NEW_ROUTE} no longer needs the ingest scope")
+        self.app = app
+        self.deps = deps
+        self.auth = auth
+        self.metrics = metrics
+        self.access_log = access_log
+        self.max_body_bytes = max_body_bytes
+        self.cors = cors
+        self.headers = list(security_headers.items())
+        if cors:  # CORSMiddleware varies every answer on Origin, one without it included
+            self.headers.append(("Vary", "Origin"))
+        s = auth.settings
+        # An address bucket behind a trusted proxy needs Falcon's Forwarded parsing.
+        self.address_bucket = auth.limiter is not None and not auth.enabled
+        self.defer_all = self.address_bucket and s.trust_forwarded_for
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = self._length_if_mine(environ)
+        if length is None:
+            return self.app(environ, start_response)
+        started = self.metrics.start()
+        try:
+            status, headers, body = self._serve(environ, length, started)
+        except _Replay:
+            self.metrics.abandon()
+            return self.app(environ, start_response)
+        self.metrics.finish(NEW_ROUTE, "POST", status[:3], started)
+        self.access_log.record("POST", NEW_ROUTE, int(status[:3]), started)
+        start_response(status, headers)
+        return [body]
+
+    def _length_if_mine(self, environ: dict[str, Any]) -> int | None:
+        """The body's length when this request is the lane's kind, else None (Falcon's)."""
+        if (
+            environ.get("PATH_INFO") != NEW_ROUTE
+            or environ.get("REQUEST_METHOD") != "POST"
+            or self.defer_all
+            or (self.cors and "HTTP_ORIGIN" in environ)
+            or environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower() != "identity"
+            or "HTTP_TRANSFER_ENCODING" in environ
+            or environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != "application/json"
+        ):
+            return None
+        given = environ.get("CONTENT_LENGTH", "")
+        if not given.isdigit() or int(given) > self.max_body_bytes:
+            return None
+        return int(given)
+
+    def _serve(self, environ: dict[str, Any], length: int, started: float) -> tuple[str, list[tuple[str, str]], bytes]:
+        raw = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(raw)  # for Falcon, should it take over
+        cid = begin_request(environ.get("HTTP_X_CORRELATION_ID"))
+        try:
+            event = validate_event(raw, correlation_id=cid, deps=self.deps)
+            bucket = self._bucket(environ)
+            backlog = self.auth.backlog
+            if backlog is not None:
+                s = self.auth.settings
+                check_backlog(
+                    backlog,
+                    threshold=s.overload_queue_depth,
+                    max_retry_s=s.overload_retry_after_max_s,
+                )
+            decision = self._charge(bucket)
+        except Exception:  # noqa: BLE001 - nothing has happened yet: Falcon answers it
+            # (bad JSON, invalid event, key, scope, overload, a refused charge, or a key
+            # store that is down), exactly as it would have without the lane.
+            raise _Replay from None
+        headers = [("X-Correlation-ID", cid), *self.headers]
+        try:
+            receipt = queue_event(event, deps=self.deps)
+        except AdapterError as exc:
+            return self._problem(unavailable_problem(exc), cid, decision, headers)
+        except Exception as exc:  # noqa: BLE001 - the 500 Falcon's last handler gives
+            return self._problem(internal_problem(exc, NEW_ROUTE), cid, decision, headers)
+        body = _encode(receipt)
+        headers += rate_headers(decision, has_retry_after=False)
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        return "202 Accepted", headers, body
+
+    def _bucket(self, environ: dict[str, Any]) -> tuple[str, Any] | None:
+        """Authenticate and authorize as AuthMiddleware does; the rate-limit bucket."""
+        auth = self.auth
+        if auth.enabled:
+            token = token_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
+            key = authenticate(token, store=auth.store)  # type: ignore[arg-type]
+            authorize(key, "ingest")
+            structlog.contextvars.bind_contextvars(api_key_id=key.key_id)
+            return ("key:" + key.key_id, auth.quota_of(key)) if auth.limiter else None
+        if self.address_bucket:
+            return ("addr:" + environ.get("REMOTE_ADDR", "127.0.0.1"), auth.key_quota)
+        return None
+
+    def _charge(self, bucket: tuple[str, Any] | None) -> RateDecision | None:
+        if bucket is None or self.auth.limiter is None:
+            return None
+        decision = self.auth.limiter.hit(bucket[0], 1, bucket[1])
+        if not decision.allowed:  # a refused charge consumed nothing: Falcon charges again
+            raise _Replay
+        return decision
+
+    def _problem(
+        self, problem: Problem, cid: str, decision: RateDecision | None, headers: list[tuple[str, str]]
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        body = problem_document(problem, NEW_ROUTE, cid)
+        own = list((problem.headers or {}).items())
+        headers = own + headers + rate_headers(decision, has_retry_after="Retry-After" in dict(own))
+        headers += [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))]
+        return falcon.code_to_http_status(problem.status_code), headers, body

@@ -1,0 +1,267 @@
+"""The ingest lane answers exactly as Falcon does, and serves only what it may.
+
+Every case is sent twice, to two services built alike (same settings, same clock, same
+keys, their own stores and rate limiters): one is the Falcon app alone
+(``create_app``), the other what gunicorn serves (``create_wsgi_app``: the lane in front).
+Status, headers and body must match, apart from the ids each side makes up. The lane's
+Falcon app is wrapped to record whether the lane served a request or handed it over, so a
+lane that handed everything to Falcon (and so trivially matched) would fail too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import falcon.testing
+import pytest
+
+from analytics.adapters.memory import (
+    InMemoryApiKeyStore,
+    InMemoryEventRepository,
+    InMemoryTaskQueue,
+)
+from analytics.application.api_keys import create_key
+from analytics.bootstrap import bootstrap
+from analytics.domain.auth import ApiKey
+from analytics.domain.clock import FixedClock
+from analytics.domain.errors import QueueUnavailable
+from analytics.entrypoints.api.app import create_app, create_wsgi_app
+from analytics.entrypoints.api.ingest_lane import IngestLane
+from analytics.settings import Settings
+
+ROUTE = "/api/v1/analytics/events"
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+EVENT = {
+    "event_id": "0b8f6a9e-64a4-4b7e-9a51-3c0c7d7f6d10", "event_type": "purchase",
+    "user_id": "user123", "session_id": "sess_456", "product_id": "prod_789",
+    "price": "19.99", "currency": "EUR", "quantity": 2,
+}  # fmt: skip
+
+
+class Backlog:
+    def __init__(self) -> None:
+        self.waiting = 0
+
+    def depth(self) -> int:
+        return self.waiting
+
+    def drain_rate(self) -> float | None:
+        return 100.0
+
+
+class Queue(InMemoryTaskQueue):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: BaseException | None = None
+
+    def enqueue_events(self, events: Any) -> str:
+        if self.fail is not None:
+            raise self.fail
+        return super().enqueue_events(events)
+
+
+class Recorder:
+    """The lane's Falcon app, counting what it was handed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.calls += 1
+        return self.app(environ, start_response)
+
+
+@dataclass
+class Side:
+    client: falcon.testing.TestClient
+    queue: Queue
+    backlog: Backlog
+    falcon_calls: Recorder | None = None
+
+
+@dataclass
+class Pair:
+    plain: Side
+    lane: Side
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def send(
+        self, body: bytes | object, *, served: bool, path: str = ROUTE, **headers: str
+    ) -> tuple[Any, Any]:
+        """The answers of both sides; ``served``: the lane answered itself."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **headers}
+        recorder = self.lane.falcon_calls
+        assert recorder is not None
+        before = recorder.calls
+        a = self.plain.client.simulate_post(path, body=raw, headers=headers)
+        b = self.lane.client.simulate_post(path, body=raw, headers=headers)
+        assert (recorder.calls == before) is served, "served by the lane" if served else "by Falcon"
+        assert_same(a, b)
+        return a, b
+
+    def fail_queues(self, exc: BaseException | None) -> None:
+        self.plain.queue.fail = self.lane.queue.fail = exc
+
+    def set_backlog(self, depth: int) -> None:
+        self.plain.backlog.waiting = self.lane.backlog.waiting = depth
+
+
+def assert_same(a: Any, b: Any) -> None:
+    assert a.status == b.status
+    ha, hb = dict(a.headers), dict(b.headers)
+    ja, jb = json.loads(a.text), json.loads(b.text)
+    for doc, hdr in ((ja, ha), (jb, hb)):
+        # Made up by each side: the task id (a queue's), and a correlation id not given.
+        doc.pop("background_task_id", None)
+        assert hdr["x-correlation-id"] == doc["correlation_id"]
+        doc["correlation_id"] = hdr["x-correlation-id"] = "<cid>" if not doc[
+            "correlation_id"
+        ].startswith("given-") else doc["correlation_id"]
+        if hdr.get("content-length"):
+            hdr["content-length"] = "<len>"  # the correlation id's length may differ
+    assert ha == hb
+    assert ja == jb
+
+
+def make_side(settings: Settings, stored_keys: list[ApiKey], lane: bool) -> Side:
+    store = InMemoryApiKeyStore()
+    for key in stored_keys:
+        store.add(key)
+    queue, backlog = Queue(), Backlog()
+    ids = (uuid.UUID(int=n) for n in itertools.count(1))  # the same server-made ids
+    container = bootstrap(
+        settings, clock=FixedClock(NOW), new_id=lambda: next(ids), task_queue=queue,
+        backlog=backlog, event_repo=InMemoryEventRepository(), api_keys=store,
+    )  # fmt: skip
+    if not lane:
+        return Side(falcon.testing.TestClient(create_app(container)), queue, backlog)
+    app = create_wsgi_app(container)
+    assert isinstance(app, IngestLane)
+    app.app = recorder = Recorder(app.app)
+    return Side(falcon.testing.TestClient(app), queue, backlog, recorder)
+
+
+def make_pair(**overrides: Any) -> Pair:
+    fields: dict[str, Any] = dict(
+        broker="stub", storage="memory", key_store="memory", rate_limit="memory",
+        max_body_bytes=4096, hsts_seconds=31_536_000, overload_queue_depth=1000,
+    )  # fmt: skip
+    fields.update(overrides)
+    settings = Settings(**fields)
+    scratch = InMemoryApiKeyStore()
+    secrets = {
+        "ingest": create_key("i", ("ingest",), store=scratch, clock=FixedClock(NOW)).secret,
+        "read": create_key("r", ("read",), store=scratch, clock=FixedClock(NOW)).secret,
+        "tight": create_key(
+            "t", ("ingest",), store=scratch, clock=FixedClock(NOW), rate_per_minute=1, burst=2
+        ).secret,
+    }
+    stored = scratch.list()
+    return Pair(make_side(settings, stored, False), make_side(settings, stored, True), secrets)
+
+
+@pytest.fixture
+def pair() -> Pair:
+    return make_pair()
+
+
+def bearer(secret: str) -> str:
+    return f"Bearer {secret}"
+
+
+def test_accepted_events_are_answered_alike_and_queued_once(pair: Pair) -> None:
+    key = bearer(pair.keys["ingest"])
+    a, b = pair.send(EVENT, served=True, Authorization=key, **{"X-Correlation-ID": "given-1"})
+    assert a.status_code == 202 and b.json["event_id"] == EVENT["event_id"]
+    pair.send(EVENT, served=True, **{"X-API-Key": pair.keys["ingest"]})  # the other header
+    pair.send(EVENT, served=True, Authorization=key, **{"X-Correlation-ID": "not valid!"})
+    pair.send(
+        EVENT, served=True, Authorization=key, **{"Content-Type": "application/json; charset=utf-8"}
+    )
+    legacy_shape = {k: v for k, v in EVENT.items() if k != "event_id"}
+    pair.send(legacy_shape, served=True, Authorization=key)  # the server makes the id
+    assert len(pair.lane.queue.events) == len(pair.plain.queue.events) == 5
+    assert [e.correlation_id for e in pair.lane.queue.events][:1] == ["given-1"]
+    assert pair.lane.queue.events[0] == pair.plain.queue.events[0]
+
+
+def test_every_failure_is_falcons_own_answer(pair: Pair) -> None:
+    key = bearer(pair.keys["ingest"])
+    assert pair.send(EVENT, served=False)[0].status_code == 401  # no key
+    assert pair.send(EVENT, served=False, Authorization="Bearer ak_nope.x")[0].status_code == 401
+    assert pair.send(EVENT, served=False, Authorization=bearer(pair.keys["read"]))[0].status_code == 403
+    assert pair.send(b"{not json", served=False, Authorization=key)[0].status_code == 400
+    no_product = {k: v for k, v in EVENT.items() if k != "product_id"}
+    a, _ = pair.send({**no_product, "colour": "red"}, served=False, Authorization=key)
+    assert a.status_code == 422 and len(a.json["errors"]) == 2
+    pair.set_backlog(5000)
+    a, _ = pair.send(EVENT, served=False, Authorization=key)
+    assert a.status_code == 503 and a.json["type"].endswith(":overloaded")
+    pair.set_backlog(0)
+    assert not pair.lane.queue.events and not pair.plain.queue.events
+
+
+def test_what_is_not_the_common_request_goes_to_falcon(pair: Pair) -> None:
+    key = bearer(pair.keys["ingest"])
+    assert pair.send(EVENT, served=False, Authorization=key, **{"Content-Type": "text/plain"})[0].status_code == 415
+    assert pair.send(b"x" * 5000, served=False, Authorization=key)[0].status_code == 413
+    zipped = gzip.compress(json.dumps(EVENT).encode())
+    a, _ = pair.send(zipped, served=False, Authorization=key, **{"Content-Encoding": "gzip"})
+    assert a.status_code == 202
+    a, _ = pair.send({"events": [EVENT]}, served=False, path=ROUTE + "/batch", Authorization=key)
+    assert a.status_code == 202
+    assert len(pair.lane.queue.events) == len(pair.plain.queue.events) == 2
+
+
+def test_the_rate_limit_refuses_alike_and_charges_once(pair: Pair) -> None:
+    key = bearer(pair.keys["tight"])  # burst 2, one more per minute
+    for _ in range(2):
+        a, b = pair.send(EVENT, served=True, Authorization=key)
+        assert a.status_code == 202 and b.headers["RateLimit-Limit"] == "2"
+    a, b = pair.send(EVENT, served=False, Authorization=key)  # refused: Falcon's 429
+    assert a.status_code == 429 and b.headers["Retry-After"]
+    # Had the lane's refused charge counted, the answers above would already differ
+    # (RateLimit-Remaining, Retry-After); the queue holds only the two accepted.
+    assert len(pair.lane.queue.events) == 2
+
+
+def test_a_queue_failure_after_the_charge_is_answered_by_the_lane_alike(pair: Pair) -> None:
+    key = bearer(pair.keys["ingest"])
+    pair.fail_queues(QueueUnavailable("the broker did not confirm in time", retry_after=5))
+    a, b = pair.send(EVENT, served=True, Authorization=key, **{"X-Correlation-ID": "given-2"})
+    assert a.status_code == 503 and b.headers["Retry-After"] == "5"
+    assert b.json["correlation_id"] == "given-2" and b.json["instance"] == ROUTE
+    pair.fail_queues(RuntimeError("a bug"))
+    a, _ = pair.send(EVENT, served=True, Authorization=key)
+    assert a.status_code == 500 and a.json["type"].endswith(":internal")
+    pair.fail_queues(None)
+    assert pair.send(EVENT, served=True, Authorization=key)[0].status_code == 202
+
+
+def test_without_keys_the_lane_charges_the_address_as_falcon_does() -> None:
+    pair = make_pair(auth="disabled", rate_limit_per_minute=1, rate_limit_burst=2)
+    assert pair.send(EVENT, served=True)[1].headers["RateLimit-Remaining"] == "1"
+    pair.send(EVENT, served=True)
+    assert pair.send(EVENT, served=False)[0].status_code == 429
+
+
+def test_cors_requests_and_a_trusted_proxy_stay_with_falcon() -> None:
+    pair = make_pair(auth="disabled", cors_origins="https://shop.example")
+    pair.send(EVENT, served=True)
+    a, _ = pair.send(EVENT, served=False, Origin="https://shop.example")
+    assert a.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    pair = make_pair(auth="disabled", trust_forwarded_for=True)
+    pair.send(EVENT, served=False, **{"X-Forwarded-For": "203.0.113.9"})
+
+
+def test_the_lane_can_be_switched_off() -> None:
+    settings = Settings(broker="stub", storage="memory", auth="disabled", ingest_lane=False)
+    assert not isinstance(create_wsgi_app(bootstrap(settings)), IngestLane)

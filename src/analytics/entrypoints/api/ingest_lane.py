@@ -2,7 +2,7 @@
 
 ``POST /api/v1/analytics/events`` is the one route clients call once per event, so its
 fixed cost per request is the service's ingest ceiling. Through Falcon that request builds
-a Request and a Response, routes, and runs eleven middleware hooks; measured end to end
+a Request and a Response, routes, and runs ten middleware hooks; measured end to end
 under gunicorn (README "Performance") that machinery was a fifth of the API's CPU per
 event. :class:`IngestLane` sits in front of the Falcon app as a WSGI callable and serves
 the *common* request of that route itself, with the same parts the middleware uses
@@ -91,10 +91,12 @@ class IngestLane:
         if length is None:
             return self.app(environ, start_response)
         started = self.metrics.start()
+        raw = environ["wsgi.input"].read(length)
         try:
-            status, headers, body = self._serve(environ, length, started)
+            status, headers, body = self._serve(environ, raw)
         except _Replay:
             self.metrics.abandon()
+            environ["wsgi.input"] = io.BytesIO(raw)  # Falcon reads the body again
             return self.app(environ, start_response)
         self.metrics.finish(NEW_ROUTE, "POST", status[:3], started)
         self.access_log.record("POST", NEW_ROUTE, int(status[:3]), started)
@@ -118,9 +120,7 @@ class IngestLane:
             return None
         return int(given)
 
-    def _serve(self, environ: dict[str, Any], length: int, started: float) -> tuple[str, list[tuple[str, str]], bytes]:
-        raw = environ["wsgi.input"].read(length)
-        environ["wsgi.input"] = io.BytesIO(raw)  # for Falcon, should it take over
+    def _serve(self, environ: dict[str, Any], raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         cid = begin_request(environ.get("HTTP_X_CORRELATION_ID"))
         try:
             event = validate_event(raw, correlation_id=cid, deps=self.deps)

@@ -262,6 +262,7 @@ def test_cors_requests_and_a_trusted_proxy_stay_with_falcon() -> None:
     pair.send(EVENT, served=False, **{"X-Forwarded-For": "203.0.113.9"})
 
 
-def test_the_lane_can_be_switched_off() -> None:
-    settings = Settings(broker="stub", storage="memory", auth="disabled", ingest_lane=False)
+@pytest.mark.parametrize("setting", [{"ingest_lane": False}, {"profile_slow_ms": 100}])
+def test_the_lane_is_off_when_switched_off_or_while_profiling(setting: dict[str, Any]) -> None:
+    settings = Settings(broker="stub", storage="memory", auth="disabled", **setting)
     assert not isinstance(create_wsgi_app(bootstrap(settings)), IngestLane)

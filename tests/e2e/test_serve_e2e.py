@@ -3,6 +3,8 @@ over HTTP end up stored exactly once."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -58,3 +60,36 @@ def test_embedded_redis_keeps_an_append_only_file(service) -> None:  # type: ign
     _, data_dir, _ = service
     redis_dir = data_dir / "redis"
     assert any(p.name.startswith("appendonly") for p in redis_dir.iterdir()), os.listdir(redis_dir)
+
+
+def test_one_keep_alive_connection_mixes_served_and_replayed_requests(service) -> None:  # type: ignore[no-untyped-def]
+    """Under gunicorn, the ingest lane serves the plain request and hands the failing one
+    to Falcon with its body already read: the connection stays in step either way."""
+    base, data_dir, _ = service
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    good = [str(uuid.uuid4()) for _ in range(3)]
+    bodies = [
+        (b'{"event_type": "page_view", "user_id": "u1", "session_id": "s1", "event_id": "%s"}'
+         % good[0].encode(), 202),
+        (b'{"event_type": "purchase", "user_id": "u1", "session_id": "s1"}', 422),  # no product
+        (b'{"event_type": "page_view", "user_id": "u1", "session_id": "s1", "event_id": "%s"}'
+         % good[1].encode(), 202),
+        (b"{not json", 400),
+        (b'{"event_type": "click", "user_id": "u1", "session_id": "s1", "event_id": "%s"}'
+         % good[2].encode(), 202),
+    ]
+    try:
+        for body, expected in bodies:
+            conn.request("POST", "/api/v1/analytics/events", body=body,
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+            resp = conn.getresponse()
+            payload = json.loads(resp.read())
+            assert resp.status == expected, payload
+            if expected != 202:
+                assert resp.getheader("Content-Type") == "application/problem+json"
+    finally:
+        conn.close()
+    repo = SQLiteEventRepository(SQLiteDatabase(data_dir / "events.sqlite3"))
+    wait_until(lambda: len(repo.get_many(uuid.UUID(i) for i in good)) == 3, timeout=30,
+               message="the three accepted events stored")  # fmt: skip

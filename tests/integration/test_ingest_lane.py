@@ -150,10 +150,10 @@ def make_side(settings: Settings, stored_keys: list[ApiKey], lane: bool) -> Side
 
 
 def make_pair(**overrides: Any) -> Pair:
-    fields: dict[str, Any] = dict(
-        broker="stub", storage="memory", key_store="memory", rate_limit="memory",
-        max_body_bytes=4096, hsts_seconds=31_536_000, overload_queue_depth=1000,
-    )  # fmt: skip
+    fields: dict[str, Any] = {
+        "broker": "stub", "storage": "memory", "key_store": "memory", "rate_limit": "memory",
+        "max_body_bytes": 4096, "hsts_seconds": 31_536_000, "overload_queue_depth": 1000,
+    }  # fmt: skip
     fields.update(overrides)
     settings = Settings(**fields)
     scratch = InMemoryApiKeyStore()

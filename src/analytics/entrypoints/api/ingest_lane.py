@@ -52,11 +52,13 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _encode = msgspec.json.Encoder().encode
 
 
-class _Replay(Exception):  # noqa: N818 - control flow, never leaves this module
+class _Replay(Exception):
     """Hand the request to Falcon: it fails, and Falcon says how."""
 
 
 class IngestLane:
+    """A WSGI callable: the plain single-event POST served here, the rest by ``app``."""
+
     def __init__(
         self,
         app: WSGIApp,

@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile one more run")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--callers", metavar="REGEX",
+                    help="with --profile: who calls the functions matching REGEX")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra settings, e.g. ANALYTICS_BROKER=stub (no Redis round trip)")
     args = ap.parse_args()
@@ -112,8 +114,8 @@ def main() -> int:
                 n += 1
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
-            if os.environ.get("BENCH_CALLERS"):
-                pstats.Stats(prof).print_callers(os.environ["BENCH_CALLERS"])
+            if args.callers:
+                pstats.Stats(prof).print_callers(args.callers)
     finally:
         redis.stop()
     return 0

@@ -73,12 +73,11 @@ def validate_event(
 
 def queue_event(event: Event, *, deps: IngestDeps) -> Receipt:
     """Queue one validated event; the receipt once the queue holds it durably."""
-    correlation_id = event.correlation_id
     task_id = deps.queue.enqueue_events((event,))
     return Receipt(
         status="accepted",
         event_id=event.event_id,
-        correlation_id=correlation_id,
+        correlation_id=event.correlation_id,
         background_task_id=task_id,
         computed_fields=computed_fields(event),
     )

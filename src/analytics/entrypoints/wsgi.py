@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 import runpy
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication

@@ -85,8 +85,8 @@ class IngestLane:
             self.headers.append(("Vary", "Origin"))
         s = auth.settings
         # An address bucket behind a trusted proxy needs Falcon's Forwarded parsing.
-        self.address_bucket = auth.limiter is not None and not auth.enabled
-        self.defer_all = self.address_bucket and s.trust_forwarded_for
+        self.defer_all = auth.limiter is not None and not auth.enabled and s.trust_forwarded_for
+        self.overload = (s.overload_queue_depth, s.overload_retry_after_max_s)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         length = self._length_if_mine(environ)
@@ -100,8 +100,9 @@ class IngestLane:
             self.metrics.abandon()
             environ["wsgi.input"] = io.BytesIO(raw)  # Falcon reads the body again
             return self.app(environ, start_response)
-        self.metrics.finish(NEW_ROUTE, "POST", status[:3], started)
-        self.access_log.record("POST", NEW_ROUTE, int(status[:3]), started)
+        code = status[:3]
+        self.metrics.finish(NEW_ROUTE, "POST", code, started)
+        self.access_log.record("POST", NEW_ROUTE, int(code), started)
         start_response(status, headers)
         return [body]
 
@@ -118,23 +119,17 @@ class IngestLane:
         ):
             return None
         given = environ.get("CONTENT_LENGTH", "")
-        if not given.isdigit() or int(given) > self.max_body_bytes:
-            return None
-        return int(given)
+        length = int(given) if given.isdigit() else None
+        return length if length is not None and length <= self.max_body_bytes else None
 
     def _serve(self, environ: dict[str, Any], raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         cid = begin_request(environ.get("HTTP_X_CORRELATION_ID"))
         try:
             event = validate_event(raw, correlation_id=cid, deps=self.deps)
             bucket = self._bucket(environ)
-            backlog = self.auth.backlog
-            if backlog is not None:
-                s = self.auth.settings
-                check_backlog(
-                    backlog,
-                    threshold=s.overload_queue_depth,
-                    max_retry_s=s.overload_retry_after_max_s,
-                )
+            if self.auth.backlog is not None:
+                threshold, max_retry_s = self.overload
+                check_backlog(self.auth.backlog, threshold=threshold, max_retry_s=max_retry_s)
             decision = self._charge(bucket)
         except Exception:  # noqa: BLE001 - nothing has happened yet: Falcon answers it
             # (bad JSON, invalid event, key, scope, overload, a refused charge, or a key
@@ -154,21 +149,20 @@ class IngestLane:
 
     def _bucket(self, environ: dict[str, Any]) -> tuple[str, Any] | None:
         """Authenticate and authorize as AuthMiddleware does; the rate-limit bucket."""
-        auth = self.auth
+        auth, key = self.auth, None
         if auth.enabled:
             token = token_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
             key = authenticate(token, store=auth.store)  # type: ignore[arg-type]
             authorize(key, "ingest")
             structlog.contextvars.bind_contextvars(api_key_id=key.key_id)
-            return ("key:" + key.key_id, auth.quota_of(key)) if auth.limiter else None
-        if self.address_bucket:
-            return ("addr:" + environ.get("REMOTE_ADDR", "127.0.0.1"), auth.key_quota)
-        return None
+        # Falcon's remote_addr: REMOTE_ADDR, or 127.0.0.1 when the server gives none.
+        return auth.rate_bucket(key, lambda: environ.get("REMOTE_ADDR", "127.0.0.1"), NEW_ROUTE)
 
     def _charge(self, bucket: tuple[str, Any] | None) -> RateDecision | None:
-        if bucket is None or self.auth.limiter is None:
+        limiter = self.auth.limiter
+        if bucket is None or limiter is None:
             return None
-        decision = self.auth.limiter.hit(bucket[0], 1, bucket[1])
+        decision = limiter.hit(bucket[0], 1, bucket[1])
         if not decision.allowed:  # a refused charge consumed nothing: Falcon charges again
             raise _Replay
         return decision

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,15 +136,9 @@ class AuthMiddleware:
         if key is not None:
             req.context.api_key = key
             structlog.contextvars.bind_contextvars(api_key_id=key.key_id)  # who, in every log line
-            req.context.rate_bucket = ("key:" + key.key_id, self.quota_of(key))
-        elif self.limiter is None:
-            pass  # rate limits off: no bucket to charge, so no client address to work out
-        elif not self.enabled:
-            addr = client_address(req, self.settings.trust_forwarded_for)
-            req.context.rate_bucket = ("addr:" + addr, self.key_quota)
-        elif not EXEMPT_FROM_ANON_LIMIT.match(req.path):
-            addr = client_address(req, self.settings.trust_forwarded_for)
-            req.context.rate_bucket = ("anon:" + addr, self.anon_quota)
+        req.context.rate_bucket = self.rate_bucket(
+            key, lambda: client_address(req, self.settings.trust_forwarded_for), req.path
+        )
         if self.enabled and access != "open":
             assert key is not None
             authorize(key, access)  # type: ignore[arg-type]
@@ -154,6 +149,22 @@ class AuthMiddleware:
                 threshold=self.settings.overload_queue_depth,
                 max_retry_s=self.settings.overload_retry_after_max_s,
             )
+
+    def rate_bucket(
+        self, key: ApiKey | None, address: Callable[[], str], path: str
+    ) -> tuple[str, Quota] | None:
+        """The bucket a request is charged to: its key's, else its address's (keys off),
+        else the anonymous one (keys on, no valid key); None when nothing is charged.
+        ``address`` is called only when needed (behind a proxy it parses headers)."""
+        if self.limiter is None:
+            return None  # rate limits off: no bucket, so no client address to work out
+        if key is not None:
+            return ("key:" + key.key_id, self.quota_of(key))
+        if not self.enabled:
+            return ("addr:" + address(), self.key_quota)
+        if not EXEMPT_FROM_ANON_LIMIT.match(path):
+            return ("anon:" + address(), self.anon_quota)
+        return None
 
     def quota_of(self, key: ApiKey) -> Quota:
         rate = key.rate_per_minute or self.key_quota.rate_per_minute

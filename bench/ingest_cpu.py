@@ -91,10 +91,10 @@ def main() -> int:
           f"x {args.threads} connections, {args.seconds:g}s per run; gunicorn gthread "
           f"{args.web_workers} workers x {args.web_threads} threads; {os.cpu_count()} CPUs\n")  # fmt: skip
     print(
-        "| run | events/s | API us/event | API switches/event | Redis us/event | client us/event "
-        "| total | projected |"
+        "| run | events/s | API us/event | API switches/event | events/message | Redis us/event "
+        "| client us/event | total | projected |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     try:
         port = free_port()
         # Every worker must be up before its CPU is read: the process list below is taken
@@ -116,20 +116,24 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}/api/v1/analytics/events{'/batch' if batch else ''}"
         api_procs = [psutil.Process(api.pid), *psutil.Process(api.pid).children(recursive=True)]
         redis_procs = [psutil.Process(redis.proc.pid)]  # type: ignore[union-attr]
+        client = redis.client()
+        # Messages the API enqueued (no worker runs): events per message is the group size.
+        messages = f"{env['ANALYTICS_NAMESPACE']}:high_priority.msgs"
         run(url, body, seconds=1, **load)  # warm-up: imports, connections, caches
         for i in range(args.repeat):
             a0, r0, c0 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()
-            s0 = switches(api_procs)
+            s0, m0 = switches(api_procs), client.hlen(messages)
             result = run(url, body, seconds=args.seconds, **load)
             a1, r1, c1 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()
-            s1 = switches(api_procs)
+            s1, m1 = switches(api_procs), client.hlen(messages)
             n = result.ok * per_request
             if not n:
                 print(f"| {i + 1} | no 2xx answers: {dict(result.statuses)} |")
                 continue
+            per_message = f"{n / (m1 - m0):.1f}" if m1 > m0 else "n/a"  # n/a: the ceiling
             us = [(a1 - a0) / n * 1e6, (r1 - r0) / n * 1e6, (c1 - c0) / n * 1e6]
             errors = {s: k for s, k in result.statuses.items() if not 200 <= s < 300}
-            print(f"| {i + 1} | {result.rate():,.0f} | {us[0]:.1f} | {(s1 - s0) / n:.2f} | {us[1]:.1f} | {us[2]:.1f} | "
+            print(f"| {i + 1} | {result.rate():,.0f} | {us[0]:.1f} | {(s1 - s0) / n:.2f} | {per_message} | {us[1]:.1f} | {us[2]:.1f} | "
                   f"{sum(us):.1f} | {2e6 / sum(us):,.0f} events/s |{f' non-2xx {errors}' if errors else ''}")  # fmt: skip
         stop(api)
     finally:

@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/ingest_profile.py [--requests 2000] [--batch-size 100] [--profile]
     .venv/bin/python bench/ingest_profile.py --single [--env ANALYTICS_BROKER=stub]
+    .venv/bin/python bench/ingest_profile.py --single --threads 16   # group commit's groups
 
 Builds the API exactly as a gunicorn worker does (``build_wsgi_app`` with the benchmark's
 settings, a private Redis, the prometheus multiprocess directory) and calls the WSGI app
-directly with ``bench/ingest.py``'s batch bodies, one request after another. No socket,
-no gunicorn, no client in the figure: what is left is the app's own CPU per event, stable
-enough to compare two builds (``--profile`` adds a cProfile listing by total time).
+directly with ``bench/ingest.py``'s batch bodies (built before timing), one request after
+another, or from ``--threads`` callers at once (then concurrent single events share
+group-commit messages: events/message is the group size). No socket, no gunicorn, no
+client in the figure: what is left is the app's own CPU per event, stable enough to
+compare two builds (``--profile`` adds a cProfile listing by total time).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import io
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +41,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--single", action="store_true", help="POST one event per request")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="callers at once (as gunicorn's threads): group commit's own cost")
     ap.add_argument("--profile", action="store_true", help="cProfile one more run")
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--callers", metavar="REGEX",
@@ -66,8 +73,11 @@ def main() -> int:
         def start_response(status: str, headers: list[tuple[str, str]]) -> None:
             statuses[status] = statuses.get(status, 0) + 1
 
+        total = 200 + args.requests * (args.repeat + (1 if args.profile else 0))
+        bodies = [body(i) for i in range(total)]  # before timing: the client is not measured
+
         def call(i: int) -> None:
-            data = body(i)
+            data = bodies[i]
             environ = {
                 "REQUEST_METHOD": "POST",
                 "PATH_INFO": path,
@@ -94,15 +104,19 @@ def main() -> int:
         for i in range(200):  # warm-up
             call(n)
             n += 1
+        client = redis.client()
+        messages = f"{env['ANALYTICS_NAMESPACE']}:high_priority.msgs"
         for r in range(args.repeat):
+            m0 = client.hlen(messages)
             t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(args.requests):
-                call(n)
-                n += 1
+            run_calls(call, range(n, n + args.requests), args.threads)
+            n += args.requests
             t1, c1 = time.perf_counter(), time.process_time()
             events = args.requests * per_request
+            groups = client.hlen(messages) - m0
             print(f"run {r + 1}: {(c1 - c0) / events * 1e6:.2f} us CPU/event, "
-                  f"{(t1 - t0) / events * 1e6:.2f} us wall/event, {statuses}")  # fmt: skip
+                  f"{(t1 - t0) / events * 1e6:.2f} us wall/event, "
+                  f"{events / groups if groups else float('nan'):.1f} events/message, {statuses}")  # fmt: skip
         if args.profile:
             import cProfile  # noqa: PLC0415
             import pstats  # noqa: PLC0415
@@ -119,6 +133,20 @@ def main() -> int:
     finally:
         redis.stop()
     return 0
+
+
+def run_calls(call: Callable[[int], None], numbers: range, threads: int) -> None:
+    """``call`` for each number, from ``threads`` threads at once (each a share)."""
+    if threads <= 1:
+        for i in numbers:
+            call(i)
+        return
+    shares = [numbers[k::threads] for k in range(threads)]
+    workers = [threading.Thread(target=lambda s=s: [call(i) for i in s]) for s in shares]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
 
 
 if __name__ == "__main__":

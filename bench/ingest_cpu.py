@@ -76,12 +76,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=16, help="connections per process")
     ap.add_argument("--web-workers", default="2")
     ap.add_argument("--web-threads", default="16")
+    ap.add_argument("--appendfsync", choices=("everysec", "always"), default="everysec",
+                    help="the private Redis's fsync policy (always: the service's embedded default)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the API, e.g. ANALYTICS_GROUP_COMMIT=false")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-cpu-"))
-    redis = RedisServerProcess(tmp / "redis", port=free_port()).start()
+    redis = RedisServerProcess(tmp / "redis", port=free_port(), appendfsync=args.appendfsync).start()
     gun = {"ANALYTICS_WEB_WORKERS": args.web_workers, "ANALYTICS_WEB_THREADS": args.web_threads}
     batch = args.mode == "batch"
     per_request = args.batch_size if batch else 1

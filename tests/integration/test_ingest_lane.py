@@ -1,6 +1,6 @@
 """The ingest lane answers exactly as Falcon does, and serves only what it may.
 
-Every case is sent twice, to two services built alike (same settings, same clock, same
+Every case is sent twice, to two services built alike (same settings, same clocks, same
 keys, their own stores and rate limiters): one is the Falcon app alone
 (``create_app``), the other what gunicorn serves (``create_wsgi_app``: the lane in front).
 Status, headers and body must match, apart from the ids each side makes up. The lane's
@@ -24,6 +24,7 @@ import pytest
 from analytics.adapters.memory import (
     InMemoryApiKeyStore,
     InMemoryEventRepository,
+    InMemoryRateLimiter,
     InMemoryTaskQueue,
 )
 from analytics.application.api_keys import create_key
@@ -137,9 +138,15 @@ def make_side(settings: Settings, stored_keys: list[ApiKey], lane: bool) -> Side
         store.add(key)
     queue, backlog = Queue(), Backlog()
     ids = (uuid.UUID(int=n) for n in itertools.count(1))  # the same server-made ids
+    # The rate limiter's time stands still on both sides: on the monotonic clock a bucket
+    # refilled between one side's requests and not the other's whenever they were further
+    # apart than one emission interval (12 ms at 5,000 a minute), and RateLimit-Remaining
+    # differed by one (seen on a fast host in CI).
+    limiter = InMemoryRateLimiter(now_ms=lambda: 5_000_000.0)
     container = bootstrap(
         settings, clock=FixedClock(NOW), new_id=lambda: next(ids), task_queue=queue,
         backlog=backlog, event_repo=InMemoryEventRepository(), api_keys=store,
+        rate_limiter=limiter,
     )  # fmt: skip
     if not lane:
         return Side(falcon.testing.TestClient(create_app(container)), queue, backlog)

@@ -140,7 +140,7 @@ def make_side(settings: Settings, stored_keys: list[ApiKey], lane: bool) -> Side
     ids = (uuid.UUID(int=n) for n in itertools.count(1))  # the same server-made ids
     # The rate limiter's time stands still on both sides: on the monotonic clock a bucket
     # refilled between one side's requests and not the other's whenever they were further
-    # apart than one emission interval (12 ms at 5,000 a minute), and RateLimit-Remaining
+    # apart than one emission interval (1 ms at 60,000 a minute), and RateLimit-Remaining
     # differed by one (seen on a fast host in CI).
     limiter = InMemoryRateLimiter(now_ms=lambda: 5_000_000.0)
     container = bootstrap(

@@ -102,6 +102,13 @@ def settle_aof(client: redis.Redis, timeout: float = 60) -> None:
     settled()
 
 
+def messages_key(namespace: str) -> str:
+    """The Redis hash holding every message queued on ``high_priority`` and not yet acked
+    (dramatiq's Redis broker layout): with no worker running, its size is the number of
+    messages the API sent, so events over it is group commit's group size."""
+    return f"{namespace}:high_priority.msgs"
+
+
 def env_for(redis: RedisServerProcess, data_dir: Path, namespace: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANALYTICS_", "REDIS_"))}
     env.update(
@@ -341,7 +348,7 @@ def main() -> int:
         t_ingest = time.perf_counter() - t0
         stop(api)
         queued = ingest.ok
-        messages = redis.client().hlen(f"{ns}:high_priority.msgs")
+        messages = redis.client().hlen(messages_key(ns))
         repo = SQLiteEventRepository(SQLiteDatabase(tmp / ns / "events.sqlite3"))
         t0 = time.perf_counter()  # from the spawn: the worker's start-up is part of the figure
         worker = subprocess.Popen([sys.executable, "-m", "analytics", "worker", "--queues", "high_priority",

@@ -31,6 +31,7 @@ from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
 from bench.ingest import (  # noqa: E402
     batch_body_factory,
     env_for,
+    messages_key,
     ready_marker,
     single_body,
     start,
@@ -119,8 +120,7 @@ def main() -> int:
         api_procs = [psutil.Process(api.pid), *psutil.Process(api.pid).children(recursive=True)]
         redis_procs = [psutil.Process(redis.proc.pid)]  # type: ignore[union-attr]
         client = redis.client()
-        # Messages the API enqueued (no worker runs): events per message is the group size.
-        messages = f"{env['ANALYTICS_NAMESPACE']}:high_priority.msgs"
+        messages = messages_key(env["ANALYTICS_NAMESPACE"])  # no worker: what the API sent
         run(url, body, seconds=1, **load)  # warm-up: imports, connections, caches
         for i in range(args.repeat):
             a0, r0, c0 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from analytics.adapters.embedded_redis import RedisServerProcess  # noqa: E402
-from bench.ingest import batch_body_factory, env_for, single_body  # noqa: E402
+from bench.ingest import batch_body_factory, env_for, messages_key, single_body  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def main() -> int:
             call(n)
             n += 1
         client = redis.client()
-        messages = f"{env['ANALYTICS_NAMESPACE']}:high_priority.msgs"
+        messages = messages_key(env["ANALYTICS_NAMESPACE"])
         for r in range(args.repeat):
             m0 = client.hlen(messages)
             t0, c0 = time.perf_counter(), time.process_time()

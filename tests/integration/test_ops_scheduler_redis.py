@@ -128,3 +128,31 @@ def test_a_job_whose_actor_no_worker_declares_waits_and_then_catches_up(
     # First run enqueues the last closed hour only (no watermark yet), then keeps up.
     client.sadd(f"{namespace}:ops:actors", "generate_aggregations")
     assert len(service.run_job(hourly)) == 1
+
+
+def test_a_deferred_job_runs_within_seconds_of_a_worker_declaring_its_actor(
+    redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
+    """``analytics serve`` starts the scheduler beside its workers, so the start-up run
+    finds no worker yet: the job looks again every ``actor_wait_s`` instead of waiting
+    for its next period (an hour here, a day for the daily rollup and retention)."""
+    from tests.support import wait_until  # noqa: PLC0415
+
+    client = redis_server.client()
+    settings = Settings.from_env(
+        {**redis_server.env(namespace), "ANALYTICS_SCHEDULER_JOBS": "rollup_hourly"}
+    )
+    service = SchedulerService(settings, actor_wait_s=0.2)
+    assert service.lease.acquire()
+    service._start_jobs()  # noqa: SLF001 - what winning the election does
+    try:
+        wait_until(lambda: "generate_aggregations" in service._missing, timeout=10)  # noqa: SLF001
+        assert _hourly(client, namespace) == []  # deferred: nothing enqueued
+        client.sadd(f"{namespace}:ops:actors", "generate_aggregations")  # a worker boots
+        wait_until(lambda: len(_hourly(client, namespace)) == 1, timeout=10,
+                   message="the owed hour was not enqueued after the worker appeared")  # fmt: skip
+        assert not service._missing  # noqa: SLF001
+        scheduled = {job.id for job in service._scheduler.get_jobs()}  # noqa: SLF001
+        assert "rollup_hourly:deferred" not in scheduled  # no more retries once it ran
+    finally:
+        service._stop_jobs(wait=True)  # noqa: SLF001

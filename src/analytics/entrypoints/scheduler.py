@@ -35,6 +35,7 @@ from analytics.settings import Settings
 
 log = structlog.get_logger("analytics.scheduler")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ACTOR_WAIT_S = 5.0  # how often a job whose actor no worker declares yet looks again
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class SchedulerService:
         *,
         broker: dramatiq.Broker | None = None,
         clock: Clock | None = None,
+        actor_wait_s: float = ACTOR_WAIT_S,
     ) -> None:
         import redis  # noqa: PLC0415
 
@@ -126,6 +128,7 @@ class SchedulerService:
         self.stop_event = threading.Event()
         self._scheduler: Any = None
         self._missing: set[str] = set()
+        self.actor_wait_s = actor_wait_s
 
     # --- one job run ---------------------------------------------------------------------
     def run_job(self, job: Job) -> list[int]:
@@ -173,12 +176,16 @@ class SchedulerService:
         from analytics.adapters.worker_registry import actors_key  # noqa: PLC0415
 
         if self.client.sismember(actors_key(self.settings.namespace), job.actor):
-            self._missing.discard(job.actor)
+            if job.actor in self._missing:
+                self._missing.discard(job.actor)
+                log.info("a worker declares this actor now; job runs", job=job.name,
+                         actor=job.actor, queue=job.queue)  # fmt: skip
             return True
         if job.actor not in self._missing:
             self._missing.add(job.actor)
-            log.warning("no worker declares this actor yet; job skipped", job=job.name,
-                        actor=job.actor, queue=job.queue)  # fmt: skip
+            log.warning("no worker declares this actor yet; job deferred", job=job.name,
+                        actor=job.actor, queue=job.queue,
+                        retry_every_s=self.actor_wait_s)  # fmt: skip
         return False
 
     def _safe_run(self, job: Job) -> None:
@@ -187,7 +194,23 @@ class SchedulerService:
         except Exception:  # noqa: BLE001 - a failing job must not kill the scheduler
             log.exception("job failed", job=job.name)
             return
+        if job.actor in self._missing:
+            self._retry_soon(job)
         self._record_run()
+
+    def _retry_soon(self, job: Job) -> None:
+        """Run a deferred job again in ``actor_wait_s``, not at its next period: the
+        periods it owes are enqueued within seconds of a worker declaring its actor (the
+        workers of ``analytics serve`` start beside the scheduler; a daily job would
+        otherwise wait a day)."""
+        scheduler = self._scheduler
+        if scheduler is None:  # standing by, or stopping: the next leader runs it
+            return
+        scheduler.add_job(
+            self._safe_run, "date", run_date=datetime.now(UTC) + timedelta(seconds=self.actor_wait_s),
+            args=(job,), id=f"{job.name}:deferred", name=f"{job.name} (deferred: no worker yet)",
+            replace_existing=True, misfire_grace_time=None,
+        )  # fmt: skip
 
     def _record_run(self) -> None:
         """``<ns>:scheduler:last_run`` for /health/detailed (README, "Observability")."""

@@ -93,3 +93,34 @@ def test_one_keep_alive_connection_mixes_served_and_replayed_requests(service) -
     repo = SQLiteEventRepository(SQLiteDatabase(data_dir / "events.sqlite3"))
     wait_until(lambda: len(repo.get_many(uuid.UUID(i) for i in good)) == 3, timeout=30,
                message="the three accepted events stored")  # fmt: skip
+
+
+def test_every_line_the_service_writes_is_json_but_the_banner(service) -> None:  # type: ignore[no-untyped-def]
+    """gunicorn's master and workers, dramatiq's master and its processes, the scheduler:
+    one JSON object per line, for a log shipper to parse; only ``serve``'s own banner for
+    the person at the terminal is text. The scheduler's start-up run, which finds the
+    workers still booting, is deferred and then enqueues the last closed hour."""
+    _, _, (log,) = service
+
+    def lines() -> list[str]:
+        return [line for line in Path(log).read_text().splitlines() if line.strip()]
+
+    def enqueued(job: str) -> bool:
+        return any('"job enqueued"' in line and f'"{job}"' in line for line in lines())
+
+    wait_until(lambda: enqueued("rollup_hourly"), timeout=30,
+               message="the start-up rollup was never enqueued")  # fmt: skip
+    texts = [line for line in lines() if not line.startswith(("analytics:", "  "))]
+    not_json = [line for line in texts if not _json_object(line)]
+    assert not not_json, not_json[:5]
+    loggers = {_json_object(line).get("logger") for line in texts}
+    assert {"gunicorn.error", "dramatiq.MainProcess", "dramatiq.WorkerProcess(0)"} <= loggers
+    assert "apscheduler.scheduler" not in loggers  # its per-run INFO chatter is quiet
+
+
+def _json_object(line: str) -> dict[str, object]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -7,6 +7,7 @@ holds afterwards. Heartbeat timeout and broker maintenance are shortened by sett
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -50,9 +51,9 @@ class Rig:
     def procs(self) -> list[subprocess.Popen[bytes]]:
         return [w.proc for w in self.workers]
 
-    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         worker = AnalyticsProcess("worker", "--queues", "high_priority", *args,
-                                  env=child_env(**self.env)).start()  # fmt: skip
+                                  env=child_env(**self.env), log=log).start()  # fmt: skip
         self.workers.append(worker)
         return worker.proc
 
@@ -99,10 +100,11 @@ def rig_factory(redis_server: Any, namespace: str, data_dir: Path) -> Iterator[A
         rig.close()
 
 
-def test_recycles_after_n_tasks_and_loses_nothing(rig_factory) -> None:  # type: ignore[no-untyped-def]
-    rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="5")
+def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="5", ANALYTICS_LOG_FORMAT="json")
     ids = rig.send(10, 2)
-    rig.start_worker("--processes", "1", "--threads", "1")
+    log = tmp_path / "worker.log"
+    rig.start_worker("--processes", "1", "--threads", "1", log=log)
     wait_until(lambda: rig.repo.count() == 20, timeout=90, message="not all events stored")
     # 10 tasks, 5 per process, one worker thread: 2 recycles, and a 3rd process now running.
     wait_until(lambda: rig.stats().get("recycles") == 2 and rig.stats().get("boots") == 3,
@@ -113,6 +115,24 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory) -> None:  # type:
     assert rig.procs[0].poll() is None  # the master keeps running across reloads
     declared = {m.decode() for m in rig.client.smembers(f"{rig.ns}:ops:actors")}
     assert {"process_events", "purge_events_before", "check_dead_letters"} <= declared
+    # The reload re-executed the master through this service's CLI, not "python -m
+    # dramatiq": its own lines and the reloaded processes' stay JSON, like the first ones.
+    cmdline = psutil.Process(rig.procs[0].pid).cmdline()
+    assert cmdline[1:4] == ["-m", "analytics", "dramatiq"], cmdline
+    def boots_logged() -> int:  # the master's line can follow its worker's first record
+        return log.read_text().count("is booting up.")
+
+    wait_until(lambda: boots_logged() == 3, timeout=10, message=f"{boots_logged()} boots logged")
+    lines = log.read_text().splitlines()
+    not_json = [line for line in lines if not _is_json_object(line)]
+    assert not not_json, not_json[:5]
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def test_sigterm_under_load_loses_nothing_and_exits_cleanly(rig_factory) -> None:  # type: ignore[no-untyped-def]

@@ -56,6 +56,7 @@ def test_preloading_imports_no_boto3_and_builds_nothing() -> None:
     [
         (["/venv/bin/python", "-m", "analytics", "worker", "--queues", "high_priority"], True),
         (["/venv/bin/python", "/venv/bin/analytics", "worker"], True),
+        (["/venv/bin/python", "-m", "analytics", "dramatiq", "analytics.entrypoints.worker_app"], True),
         (["/venv/bin/python", "-m", "analytics", "api"], False),
         (["/venv/bin/python", "-m", "analytics", "serve"], False),
         (["/venv/bin/python", "-m", "pytest", "worker"], False),

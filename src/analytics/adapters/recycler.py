@@ -25,8 +25,9 @@ log = structlog.get_logger("analytics.worker")
 
 def parent_is_dramatiq_master() -> bool:
     """Only a worker process under the dramatiq CLI may signal its parent (never pytest):
-    ``dramatiq ...``, ``python -m dramatiq ...`` (also after a reload), or ``analytics
-    worker``, which runs dramatiq's CLI in its own process (``cli.run_dramatiq``)."""
+    ``dramatiq ...``, ``python -m dramatiq ...``, or ``analytics worker``, which runs
+    dramatiq's CLI in its own process (``cli.run_dramatiq``) and after a reload is
+    ``python -m analytics dramatiq ...``."""
     try:
         import psutil  # noqa: PLC0415
 
@@ -41,12 +42,13 @@ def parent_is_dramatiq_master() -> bool:
 
 
 def _is_analytics_worker(cmdline: list[str]) -> bool:
-    """``python -m analytics worker ...`` or the ``analytics worker ...`` script."""
+    """``python -m analytics worker|dramatiq ...`` or the ``analytics worker|dramatiq ...``
+    script (``dramatiq``: what a reload of ``analytics worker`` re-executes)."""
     for i, part in enumerate(cmdline[:-1]):
         runs_analytics = (part == "analytics" and i > 0 and cmdline[i - 1] == "-m") or (
             os.path.basename(part) == "analytics"
         )
-        if runs_analytics and cmdline[i + 1] == "worker":
+        if runs_analytics and cmdline[i + 1] in ("worker", "dramatiq"):
             return True
     return False
 

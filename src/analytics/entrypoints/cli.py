@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", type=_queues, default=list(QUEUES))
     worker.add_argument("--processes", type=_positive)
     worker.add_argument("--threads", type=_positive)
+    master = sub.add_parser(
+        "dramatiq",
+        help="dramatiq's own CLI with this service's JSON logging (what a worker reload runs)",
+    )
+    master.add_argument("dramatiq_args", nargs=argparse.REMAINDER)
     sub.add_parser(
         "init", help="create the DynamoDB tables, indexes, TTL and SNS topic that are missing"
     )
@@ -263,10 +268,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--queues", *args.queues,
     ]  # fmt: skip
     argv += ["--worker-shutdown-timeout", str(int(settings.worker_shutdown_timeout_s * 1000))]
-    # dramatiq's reload (SIGHUP) re-executes "python -m dramatiq" by name: make that name
-    # resolve to this interpreter (a venv that is not on PATH would lose its packages).
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     return run_dramatiq(argv, settings)
+
+
+def cmd_dramatiq(args: argparse.Namespace) -> int:
+    return run_dramatiq(list(args.dramatiq_args), load_settings(dict(os.environ)))
 
 
 def run_dramatiq(argv: list[str], settings: Settings) -> int:
@@ -277,15 +283,23 @@ def run_dramatiq(argv: list[str], settings: Settings) -> int:
     ``bootstrap.adapter_modules``; nothing is built, connected or started), so every
     process starts with them loaded instead of importing them all over again, side by side
     on the same cores: about half of the worker's start-up. Signals reach dramatiq's own
-    handlers (this is its master process), and a reload (SIGHUP) re-executes
-    ``python -m dramatiq <argv>`` exactly as before.
+    handlers (this is its master process).
+
+    Logging is configured first, so the master's own lines (and those of the processes it
+    forks, until the worker module configures them again) are JSON: dramatiq's
+    ``basicConfig`` then finds a handler and adds none of its text format. A reload
+    (SIGHUP, the recycler's) re-executes ``sys.argv``, which is set to
+    ``python -m analytics dramatiq <argv>``: the same start as this one, where
+    ``python -m dramatiq`` would come back with dramatiq's text lines and no preloading.
     """
-    import dramatiq.__main__  # noqa: PLC0415
     from dramatiq import cli as dramatiq_cli  # noqa: PLC0415
 
+    from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(settings.log_level, settings.log_format)
     preload_worker_modules(settings)
     args = dramatiq_cli.make_argument_parser().parse_args(argv)
-    sys.argv = [str(dramatiq.__main__.__file__), *argv]  # what a reload re-executes
+    sys.argv = [sys.executable, "-m", "analytics", "dramatiq", *argv]  # what a reload runs
     return int(dramatiq_cli.main(args) or 0)
 
 
@@ -361,6 +375,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "api": cmd_api,
     "worker": cmd_worker,
+    "dramatiq": cmd_dramatiq,
     "dlq": cmd_dlq,
     "scheduler": cmd_scheduler,
     "keys": cmd_keys,

@@ -15,6 +15,7 @@ the next run catches up), ``max_instances=1``, and every job runs once at start-
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -311,6 +312,11 @@ def run_scheduler(settings: Settings) -> int:
     from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.log_level != "DEBUG":
+        # APScheduler says at INFO that it added, ran and finished each job (four lines a
+        # minute, ten at start); "job enqueued" above says what a run did. Its warnings
+        # (a missed run time, a job that raised) still come through.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     service = SchedulerService(settings)
 
     def stop(signum: int, frame: object) -> None:

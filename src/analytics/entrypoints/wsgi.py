@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from analytics.settings import Settings
@@ -32,10 +33,32 @@ def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
     return app
 
 
+class StructlogGunicornLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own lines (the master's start, worker boots and exits, timeouts, errors
+    with their tracebacks) through the root handler that ``configure_logging`` installs,
+    so they are JSON like every other line, instead of gunicorn's text format.
+
+    Only when they go to stderr (``errorlog = "-"``, the default here) and no logging
+    config of gunicorn's own is given: a config file that sends them elsewhere wins.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        if cfg.errorlog != "-" or cfg.logconfig_dict or cfg.logconfig_json or cfg.logconfig:
+            return
+        for handler in list(self.error_log.handlers):
+            if getattr(handler, "_gunicorn", False):
+                self.error_log.removeHandler(handler)
+        self.error_log.propagate = True  # at gunicorn's own ``loglevel``, as before
+
+
 class GunicornServer(BaseApplication):  # type: ignore[misc]
     """gunicorn with options from settings; the app is built in each worker after fork."""
 
     def __init__(self, settings: Settings, options: dict[str, Any] | None = None) -> None:
+        from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
+
+        configure_logging(settings.log_level, settings.log_format)  # the master's lines too
         self.settings = settings
         self.caller_options = dict(options or {})
         self.options = {
@@ -49,6 +72,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "max_requests": 0,
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": StructlogGunicornLogger,
             **(options or {}),
         }
         if settings.prometheus_multiproc_dir is not None and "child_exit" not in self.options:

@@ -153,6 +153,38 @@ def test_a_deferred_job_runs_within_seconds_of_a_worker_declaring_its_actor(
                    message="the owed hour was not enqueued after the worker appeared")  # fmt: skip
         assert not service._missing  # noqa: SLF001
         scheduled = {job.id for job in service._scheduler.get_jobs()}  # noqa: SLF001
-        assert "rollup_hourly:deferred" not in scheduled  # no more retries once it ran
+        assert "rollup_hourly:again" not in scheduled  # no more retries once it ran
+    finally:
+        service._stop_jobs(wait=True)  # noqa: SLF001
+
+
+def test_a_failed_run_is_tried_again_soon_not_at_the_next_period(
+    redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
+    """A daily job whose run fails (Redis restarting as it fires, say) would otherwise
+    wait a whole day; it runs again after ``failure_retry_s`` and enqueues what it owes."""
+    from tests.support import wait_until  # noqa: PLC0415
+
+    client = redis_server.client()
+    client.sadd(f"{namespace}:ops:actors", "generate_aggregations")
+    settings = Settings.from_env(
+        {**redis_server.env(namespace), "ANALYTICS_SCHEDULER_JOBS": "rollup_hourly"}
+    )
+    service = SchedulerService(settings, failure_retry_s=0.2)
+    run_job, calls = service.run_job, []
+
+    def failing_once(job):  # type: ignore[no-untyped-def]
+        calls.append(job.name)
+        if len(calls) == 1:
+            raise ConnectionError("Redis is restarting")
+        return run_job(job)
+
+    service.run_job = failing_once  # type: ignore[method-assign]
+    assert service.lease.acquire()
+    service._start_jobs()  # noqa: SLF001 - what winning the election does
+    try:
+        wait_until(lambda: len(_hourly(client, namespace)) == 1, timeout=10,
+                   message="the failed start-up run was not tried again")  # fmt: skip
+        assert len(calls) >= 2  # the failed run and its retry
     finally:
         service._stop_jobs(wait=True)  # noqa: SLF001

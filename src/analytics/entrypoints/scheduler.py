@@ -37,6 +37,7 @@ from analytics.settings import Settings
 log = structlog.get_logger("analytics.scheduler")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACTOR_WAIT_S = 5.0  # how often a job whose actor no worker declares yet looks again
+FAILURE_RETRY_S = 30.0  # when a failed run (Redis unreachable, say) is tried again
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class SchedulerService:
         broker: dramatiq.Broker | None = None,
         clock: Clock | None = None,
         actor_wait_s: float = ACTOR_WAIT_S,
+        failure_retry_s: float = FAILURE_RETRY_S,
     ) -> None:
         import redis  # noqa: PLC0415
 
@@ -130,6 +132,7 @@ class SchedulerService:
         self._scheduler: Any = None
         self._missing: set[str] = set()
         self.actor_wait_s = actor_wait_s
+        self.failure_retry_s = failure_retry_s
 
     # --- one job run ---------------------------------------------------------------------
     def run_job(self, job: Job) -> list[int]:
@@ -193,23 +196,26 @@ class SchedulerService:
         try:
             self.run_job(job)
         except Exception:  # noqa: BLE001 - a failing job must not kill the scheduler
-            log.exception("job failed", job=job.name)
+            # (Redis restarting as the daily job fires, say): again soon, not in a day.
+            log.exception("job failed", job=job.name, retry_in_s=self.failure_retry_s)
+            self._run_again(job, self.failure_retry_s, "after a failure")
             return
         if job.actor in self._missing:
-            self._retry_soon(job)
+            self._run_again(job, self.actor_wait_s, "deferred: no worker yet")
         self._record_run()
 
-    def _retry_soon(self, job: Job) -> None:
-        """Run a deferred job again in ``actor_wait_s``, not at its next period: the
-        periods it owes are enqueued within seconds of a worker declaring its actor (the
-        workers of ``analytics serve`` start beside the scheduler; a daily job would
-        otherwise wait a day)."""
+    def _run_again(self, job: Job, delay_s: float, why: str) -> None:
+        """Run ``job`` once more in ``delay_s``, not only at its next period (an hour, or a
+        day for the daily rollup and retention): a job whose actor no worker declares yet
+        (``analytics serve`` starts its workers beside the scheduler) enqueues what it owes
+        within seconds of one declaring it, and a failed run is tried again. One such run
+        per job at a time; the periods it owes come from its watermark, as always."""
         scheduler = self._scheduler
         if scheduler is None:  # standing by, or stopping: the next leader runs it
             return
         scheduler.add_job(
-            self._safe_run, "date", run_date=datetime.now(UTC) + timedelta(seconds=self.actor_wait_s),
-            args=(job,), id=f"{job.name}:deferred", name=f"{job.name} (deferred: no worker yet)",
+            self._safe_run, "date", run_date=datetime.now(UTC) + timedelta(seconds=delay_s),
+            args=(job,), id=f"{job.name}:again", name=f"{job.name} ({why})",
             replace_existing=True, misfire_grace_time=None,
         )  # fmt: skip
 

@@ -253,8 +253,9 @@ class SchedulerService:
                 name=f"{job.name} (start-up catch-up)", replace_existing=True,
                 misfire_grace_time=None,
             )  # fmt: skip
-        scheduler.start()
+        # Known before it starts: a start-up run may already want to schedule its next try.
         self._scheduler = scheduler
+        scheduler.start()
 
     def _stop_jobs(self, wait: bool) -> None:
         if self._scheduler is not None:

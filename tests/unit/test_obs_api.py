@@ -402,3 +402,20 @@ def test_every_line_is_json_whatever_the_values(monkeypatch):
     assert first["thing"] == repr(marker) and first["error"] == "ValueError('boom')"
     assert first["ids"] == [7] and first["text"] == "ünïcode \"quoted\"\n"
     assert got[2]["nested"] == {"(1, 2)": "tuple key"} and got[3]["level"] == "warning"
+
+
+def test_python_warnings_are_json_lines_too(monkeypatch):
+    """A library's warning goes through logging (``py.warnings``), not as text to stderr."""
+    import warnings  # noqa: PLC0415
+
+    # An earlier test's configure_logging captured them already, and pytest has put its
+    # own warnings.showwarning back since: start from logging's "not captured" state.
+    logging.captureWarnings(False)
+    buf = capture_logs(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a library is unhappy", UserWarning, stacklevel=1)
+    (line,) = [g for g in lines(buf) if g.get("logger") == "py.warnings"]
+    assert "UserWarning: a library is unhappy" in str(line["event"])
+    assert line["level"] == "warning"
+    assert all(text.startswith("{") for text in buf.getvalue().splitlines() if text.strip())

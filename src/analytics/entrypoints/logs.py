@@ -103,3 +103,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings (a library's UserWarning, say) as records of "py.warnings": JSON
+    # lines too, instead of two lines of text on stderr.
+    logging.captureWarnings(True)

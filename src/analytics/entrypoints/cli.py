@@ -1,4 +1,4 @@
-"""The ``analytics`` command: serve (all-in-one), api, worker. Later: scheduler, dlq, init, keys.
+"""The ``analytics`` command: serve (all-in-one), api, worker, scheduler; dlq, keys, init, check.
 
 Bad arguments get a one-line message and exit code 2, never a traceback.
 """
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=_positive)
     master = sub.add_parser(
         "dramatiq",
-        help="dramatiq's own CLI with this service's JSON logging (what a worker reload runs)",
+        help="internal: dramatiq's CLI with this service's logging, what a reload of "
+        "`analytics worker` re-executes (start workers with `analytics worker`)",
     )
     master.add_argument("dramatiq_args", nargs=argparse.REMAINDER)
     sub.add_parser(

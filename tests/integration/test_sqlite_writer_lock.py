@@ -128,3 +128,39 @@ def test_checkpoints_run_every_few_commits_and_outside_the_writer_lock(
     assert held == [False]  # one checkpoint, with the writer lock released
     assert db.path.stat().st_size > size  # the pages reached the database file
     assert repo.count() == sqlite_store.CHECKPOINT_EVERY
+
+
+def _open_at_once(kind: str, path: str, go: object, results: object) -> None:
+    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
+
+    go.wait(10)  # type: ignore[attr-defined]
+    try:
+        if kind == "events":
+            SQLiteEventRepository(SQLiteDatabase(Path(path)))
+        else:
+            SQLiteApiKeyStore(Path(path))
+        results.put("ok")  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        results.put(repr(exc))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["events", "keys"])
+def test_processes_opening_a_new_database_at_once_all_get_it(kind: str, tmp_path: Path) -> None:
+    """``analytics serve`` starts the API's and the worker's processes together, and each
+    opens the new database and switches it to WAL; SQLite refused the ones that came
+    during another's switch at once ("database is locked"), and a worker process died at
+    boot. Eight processes, released together, twenty times: every one opens it."""
+    failures = []
+    for trial in range(20):
+        go, results = ctx.Event(), ctx.Queue()
+        path = tmp_path / f"{trial}" / f"{kind}.sqlite3"
+        procs = [ctx.Process(target=_open_at_once, args=(kind, str(path), go, results))
+                 for _ in range(8)]  # fmt: skip
+        for p in procs:
+            p.start()
+        time.sleep(0.05)
+        go.set()
+        failures += [r for r in (results.get(timeout=60) for _ in procs) if r != "ok"]
+        for p in procs:
+            p.join(10)
+    assert failures == []

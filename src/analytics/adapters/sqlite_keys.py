@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from analytics.adapters.sqlite_store import use_wal
 from analytics.domain.auth import ApiKey
 from analytics.domain.errors import StorageUnavailable
 
@@ -42,7 +43,7 @@ class SQLiteApiKeyStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn, 30)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 

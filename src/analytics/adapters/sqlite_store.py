@@ -135,6 +135,28 @@ def _write_lock(path: Path) -> _WriterLock:
         return lock
 
 
+def use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """``journal_mode=WAL``, waiting out another process that is doing the same.
+
+    Switching a new database to WAL takes an exclusive lock, and SQLite answers "database
+    is locked" at once, without its busy handler, to a connection that tries meanwhile:
+    ``analytics serve`` opens the file from the API's and the worker's processes at the
+    same moment, and a worker process died at boot of it. Tried again until ``timeout_s``
+    (the busy timeout), like any other lock.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class SQLiteDatabase:
     """Thread-local connections to one database file, with the schema applied once."""
 
@@ -153,7 +175,7 @@ class SQLiteDatabase:
                 self.path, timeout=self.busy_timeout_s, isolation_level=None,
                 check_same_thread=False,
             )  # fmt: skip
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn, self.busy_timeout_s)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # ours, outside the writer lock
             self._local.conn = conn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,19 @@ def test_the_cli_says_so_and_exits_2(
     err = capsys.readouterr().err
     assert err.startswith("analytics worker: ANALYTICS_BROKER=rabbitmq needs the AMQP client")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["worker", "--queues", "high_priority"], ["api"], ["serve"]])
+def test_a_data_directory_that_cannot_be_made_is_one_line_and_exit_2(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    from analytics.entrypoints.cli import main  # noqa: PLC0415
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("ANALYTICS_DATA_DIR", str(blocker / "data"))
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"analytics {command[0]}: the data directory")
+    assert "cannot be created: Not a directory" in err and "Traceback" not in err

@@ -225,10 +225,22 @@ def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
     return Settings.from_env(env)
 
 
+def writable_dir(path: Path, what: str) -> Path:
+    """``path``, created if missing; one clear line when it cannot be made or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{what} {str(path)!r} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CliError(f"{what} {str(path)!r} is not writable by this user")
+    return path
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from analytics.entrypoints.serve import serve  # noqa: PLC0415
 
     settings = load_settings(dict(os.environ), host=args.host, port=args.port, data_dir=args.data_dir)
+    writable_dir(Path(settings.data_dir), "the data directory (--data-dir, ANALYTICS_DATA_DIR)")
     return serve(settings)
 
 
@@ -250,11 +262,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def _with_metrics_dir(settings: Settings, component: str) -> Settings:
     """Own a fresh prometheus multiprocess directory (set before prometheus_client loads)."""
-    from pathlib import Path  # noqa: PLC0415
-
     from analytics.entrypoints.metrics_dir import prepare_multiproc_dir  # noqa: PLC0415
 
-    path = prepare_multiproc_dir(Path(settings.metrics_base) / component)
+    writable_dir(Path(settings.data_dir), "the data directory (ANALYTICS_DATA_DIR)")
+    base = writable_dir(Path(settings.metrics_base), "the metrics directory")
+    path = prepare_multiproc_dir(base / component)
     return settings.model_copy(update={"prometheus_multiproc_dir": path})
 
 

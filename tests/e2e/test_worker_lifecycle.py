@@ -238,3 +238,26 @@ def test_sigkill_after_the_store_and_before_the_ack_stores_and_counts_once(
     assert rig.summary_of(ids).count == 20  # counted once, though processed twice
     markers = rig.repo.db.connect().execute("SELECT COUNT(*) FROM agg_applied").fetchone()[0]
     assert markers == 20
+
+
+def test_a_worker_process_that_cannot_start_says_why_in_one_json_line(
+    redis_server, namespace, data_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """Its storage unusable (here the events file is not a database): the worker process
+    logs the reason with its traceback as one JSON line and exits 1 (uncaught, the
+    traceback came as text, a line at a time); the master reports it and stops."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "events.sqlite3").write_bytes(b"this is not a database" * 100)
+    env = child_env(**redis_server.env(namespace), ANALYTICS_DATA_DIR=str(data_dir),
+                    ANALYTICS_LOG_FORMAT="json")  # fmt: skip
+    log = data_dir.parent / "worker-start.log"
+    worker = AnalyticsProcess("worker", "--queues", "high_priority", "--processes", "1",
+                              env=env, log=log).start()  # fmt: skip
+    try:
+        assert worker.proc.wait(60) != 0
+    finally:
+        stop_all([worker])
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines and all(_is_json_object(line) for line in lines), lines[:5]
+    (failed,) = [json.loads(x) for x in lines if "worker process could not start" in x]
+    assert "file is not a database" in failed["exception"]

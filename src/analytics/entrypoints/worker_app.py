@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import dramatiq
+import structlog
 
 from analytics.adapters.recycler import WorkerRecycler
 from analytics.adapters.worker_registry import ActorRegistry
@@ -20,7 +21,13 @@ from analytics.settings import Settings
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
-container = bootstrap(settings)
+try:
+    container = bootstrap(settings)
+except Exception:  # storage or Redis unusable: one JSON line with the traceback, exit 1
+    # (uncaught, multiprocessing would print the traceback as text; dramatiq's master
+    # still reports the exit and shuts down, and `analytics serve` restarts it).
+    structlog.get_logger("analytics.worker").exception("worker process could not start")
+    raise SystemExit(1) from None
 broker = container.broker
 install_telemetry(broker, settings, worker=True, container=container)
 dramatiq.set_broker(broker)

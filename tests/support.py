@@ -205,11 +205,13 @@ class ServeProcess(AnalyticsProcess):
     Entering it waits for ``/health``: the block sees a service that answers at ``url``.
     """
 
-    def __init__(self, data_dir: Path, env: dict[str, str], log: Path | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], log: Path | None = None, **popen: Any
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("serve", "--data-dir", str(data_dir), "--port", str(self.port),
-                         env=env, log=log, stop_timeout=40)  # fmt: skip
+                         env=env, log=log, stop_timeout=40, **popen)  # fmt: skip
 
     def __enter__(self) -> Self:
         self.start()

@@ -124,3 +124,31 @@ def _json_object(line: str) -> dict[str, object]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def test_ctrl_c_in_a_terminal_stops_everything_in_order(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group. It reached
+    gunicorn (a quick exit, requests in flight cut), dramatiq's worker processes (then
+    their master's SIGTERM too: "Killing worker process", tasks cut) and Redis at once.
+    The children now live in sessions of their own: ``serve`` alone gets it and stops
+    the API, the workers and Redis one after the other, each gracefully."""
+    import signal  # noqa: PLC0415
+
+    env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
+                    ANALYTICS_AUTH="disabled")  # fmt: skip
+    log = tmp_path / "serve.log"
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    # Its own process group, as a shell gives a foreground job: the signal goes to it all.
+    with ServeProcess(tmp_path / "data", env, log=log, start_new_session=True) as serve:
+        for event_id in ids:
+            status, _, _ = http_json("POST", f"{serve.url}/api/v1/analytics/events", {
+                "event_type": "page_view", "user_id": "u", "session_id": "s",
+                "event_id": event_id})  # fmt: skip
+            assert status == 202
+        repo = SQLiteEventRepository(SQLiteDatabase(tmp_path / "data" / "events.sqlite3"))
+        wait_until(lambda: len(repo.get_many(uuid.UUID(i) for i in ids)) == 5, timeout=30)
+        os.killpg(serve.proc.pid, signal.SIGINT)
+        assert serve.proc.wait(60) == 0
+    text = log.read_text()
+    assert "Handling signal: term" in text and "Handling signal: int" not in text  # gunicorn
+    assert "Stopping worker process" in text and "Killing worker process" not in text

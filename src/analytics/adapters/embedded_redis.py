@@ -41,11 +41,15 @@ class RedisServerProcess:
         port: int = 0,
         unix_socket: Path | None = None,
         appendfsync: str = "everysec",
+        own_session: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.unix_socket = unix_socket
         self.appendfsync = appendfsync
+        # In a session of its own, a terminal's Ctrl-C reaches only the process that
+        # started it, which stops it last (``analytics serve``), not at the same moment.
+        self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -74,7 +78,8 @@ class RedisServerProcess:
     def start(self, timeout: float = 15.0) -> RedisServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -2,7 +2,13 @@
 
 Starts a private Redis (append-only) under the data directory unless ``REDIS_HOST`` is
 set, then the workers for every queue and the API, and supervises them: a child that dies
-is restarted; SIGINT/SIGTERM stops everything in order (API, workers, Redis).
+is restarted; SIGINT/SIGTERM/SIGHUP stops everything in order (API, workers, Redis).
+
+The children run in sessions of their own: Ctrl-C in a terminal sends SIGINT to the whole
+foreground process group, which reached gunicorn's workers (a quick exit, cutting the
+requests in flight), dramatiq's worker processes (stopping, then killed by their master's
+SIGTERM right after: tasks cut) and Redis (gone while the workers still had acks to send)
+all at once. Now only ``serve`` gets it, and stops them one after the other, gracefully.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from analytics.settings import Settings
 
 
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "analytics", *args], env=env)  # noqa: S603
+    return subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "analytics", *args], env=env, start_new_session=True
+    )
 
 
 def first_start_key(settings: Settings) -> str | None:
@@ -43,7 +51,8 @@ def serve(settings: Settings) -> int:
     if settings.broker == "redis" and settings.redis_host is None:
         sock = data_dir / "redis.sock"
         redis_server = RedisServerProcess(
-            data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync
+            data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
+            own_session=True,
         ).start()
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})
@@ -84,8 +93,8 @@ def serve(settings: Settings) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(signum, stop)
     try:
         while not stopping:
             for name, proc in list(children.items()):

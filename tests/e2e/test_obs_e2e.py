@@ -63,6 +63,10 @@ def metric(text: str, line_start: str) -> float:
     return total
 
 
+def _processes(text: str, component: str) -> float:
+    return metric(text, f'analytics_processes{{component="{component}"}}')
+
+
 def event(event_type: str = "page_view", **extra: object) -> dict[str, object]:
     return {"event_type": event_type, "user_id": "u1", "session_id": "s1", **extra}
 
@@ -96,6 +100,14 @@ def service(redis_server, module_namespace, tmp_path_factory) -> Iterator[Servic
         url = f"http://127.0.0.1:{api_port}"
         api.wait_http(url + "/health", timeout=60)
         worker.wait_http(f"http://127.0.0.1:{worker_port}/metrics", timeout=60)
+        # /health answers once one gunicorn worker is up; the tests count both of them
+        # (and both worker processes), whichever test this xdist worker runs first.
+        for target, component in ((url + "/metrics", "api"),
+                                  (f"http://127.0.0.1:{worker_port}/metrics", "worker")):  # fmt: skip
+            wait_until(
+                lambda t=target, c=component: _processes(get(t)[1], c) == 2, timeout=60,
+                message=f"not every {component} process reports metrics",
+            )
         yield Service(
             url, f"http://127.0.0.1:{worker_port}/metrics", ns, data_dir, api_log, worker_log,
             api_port, worker_port, api.proc.pid,

@@ -228,3 +228,15 @@ def pytest_terminal_summary(
     if any(rows):
         terminalreporter.write_sep("-", "fault suite (bench/faults.py)")
         terminalreporter.write_line("\n".join([HEADER, *filter(None, rows)]))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _working_directory_of_their_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests run in a working directory of their own: some build ``Settings()`` with its
+    defaults, whose data directory is ``./data``, which must not be the checkout's."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -8,7 +8,8 @@ The children run in sessions of their own: Ctrl-C in a terminal sends SIGINT to 
 foreground process group, which reached gunicorn's workers (a quick exit, cutting the
 requests in flight), dramatiq's worker processes (stopping, then killed by their master's
 SIGTERM right after: tasks cut) and Redis (gone while the workers still had acks to send)
-all at once. Now only ``serve`` gets it, and stops them one after the other, gracefully.
+all at once. Now only ``serve`` gets it: it stops the API, the workers and the scheduler
+gracefully (SIGTERM, then waits for them), and Redis after them.
 """
 
 from __future__ import annotations

@@ -123,6 +123,30 @@ def test_serve_first_start_key(tmp_path: Path) -> None:
     assert first_start_key(settings.model_copy(update={"auth": "disabled"})) is None
 
 
+def test_serve_names_its_data_directory_in_the_key_commands_it_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a later start serve shows how to make a key; run as shown, the key lands in the
+    store that serve reads (without ``--data-dir`` it went to ``./data``: 401)."""
+    import re
+    import shlex
+
+    from analytics.entrypoints.cli import main
+    from analytics.entrypoints.serve import banner
+    from analytics.settings import Settings
+
+    data_dir = tmp_path / "my data"  # a space: the command must still be one to paste
+    settings = Settings(data_dir=data_dir)
+    first = banner(settings, dev_key="ak_example_secret")
+    assert "shown only this once" in first and f"--data-dir {shlex.quote(str(data_dir))}" in first
+    text = banner(settings, dev_key=None)
+    (command,) = re.findall(r"<your key: (analytics keys create .*)>", text)
+    assert main(shlex.split(command)[1:]) == 0
+    (secret,) = re.findall(r"ak_\w+_[\w-]+", capsys.readouterr().out)
+    store = SQLiteApiKeyStore(data_dir / "keys.sqlite3")
+    assert store.get(parse_key(secret)[0]) is not None
+
+
 def test_keys_from_configuration(tmp_path: Path) -> None:
     from analytics.bootstrap import build_key_store
     from analytics.settings import Settings, SettingsError

@@ -15,6 +15,7 @@ gracefully (SIGTERM, then waits for them), and Redis after them.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -45,6 +46,34 @@ def first_start_key(settings: Settings) -> str | None:
     return new.secret if new else None
 
 
+def banner(settings: Settings, dev_key: str | None) -> str:
+    """What ``serve`` prints at start: the URL, a curl line for a first event, and the
+    development key on the first start. Keys live in this data directory, so the key
+    commands it shows name it (a key made in another one would answer 401)."""
+    url = f"http://{settings.host}:{settings.port}"
+    data_dir = shlex.quote(str(settings.data_dir))
+    keys = f"analytics keys create --name me --scopes ingest,read --data-dir {data_dir}"
+    auth_header = ""
+    if settings.auth == "required":
+        shown = dev_key or f"<your key: {keys}>"
+        auth_header = f"    -H 'Authorization: Bearer {shown}' \\\n"
+    text = (
+        f"analytics: serving on {url} (data in {settings.data_dir})\n"
+        f"  first event:\n"
+        f"  curl -s -X POST {url}/api/v1/analytics/events -H 'Content-Type: application/json' \\\n"
+        f"{auth_header}"
+        f"    -d '{{\"event_type\":\"page_view\",\"user_id\":\"user123\",\"session_id\":\"sess_456\"}}'"
+    )
+    if dev_key:
+        text += (
+            f"\nanalytics: first start: created a development API key with every scope\n"
+            f"  {dev_key}\n"
+            f"  send it as -H 'Authorization: Bearer {dev_key}' (shown only this once;\n"
+            f"  more with `{keys}`)"
+        )
+    return text
+
+
 def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -67,27 +96,7 @@ def serve(settings: Settings) -> int:
         "scheduler": ["scheduler"],  # ops: periodic jobs (one active, Redis lease)
     }
     children = {name: _child(args, env) for name, args in specs.items()}
-    url = f"http://{settings.host}:{settings.port}"
-    auth_header = ""
-    if settings.auth == "required":
-        shown = dev_key or "<your key: analytics keys create --name me --scopes ingest,read>"
-        auth_header = f"    -H 'Authorization: Bearer {shown}' \\\n"
-    print(
-        f"analytics: serving on {url} (data in {data_dir})\n"
-        f"  first event:\n"
-        f"  curl -s -X POST {url}/api/v1/analytics/events -H 'Content-Type: application/json' \\\n"
-        f"{auth_header}"
-        f"    -d '{{\"event_type\":\"page_view\",\"user_id\":\"user123\",\"session_id\":\"sess_456\"}}'",
-        flush=True,
-    )
-    if dev_key:
-        print(
-            f"analytics: first start: created a development API key with every scope\n"
-            f"  {dev_key}\n"
-            f"  send it as -H 'Authorization: Bearer {dev_key}' (shown only this once;\n"
-            f"  manage keys with `analytics keys list|create|revoke`)",
-            flush=True,
-        )
+    print(banner(settings, dev_key), flush=True)
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

@@ -152,3 +152,44 @@ def test_ctrl_c_in_a_terminal_stops_everything_in_order(tmp_path: Path) -> None:
     text = log.read_text()
     assert "Handling signal: term" in text and "Handling signal: int" not in text  # gunicorn
     assert "Stopping worker process" in text and "Killing worker process" not in text
+
+
+def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore[no-untyped-def]
+    """With no Redis configured, ``analytics dlq --data-dir D`` talks to the Redis that
+    ``serve`` runs for D (its Unix socket), not to whatever answers on 127.0.0.1:6379 (on
+    these machines a Redis does, and the command said "No dead letters")."""
+    import subprocess  # noqa: PLC0415
+
+    import dramatiq  # noqa: PLC0415
+
+    from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
+    from analytics.settings import Settings  # noqa: PLC0415
+    from tests.support import analytics_cmd  # noqa: PLC0415
+
+    _, data_dir, _ = service
+    broker = build_broker(Settings(redis_socket=str(data_dir / "redis.sock")))
+    try:
+        poison = broker.enqueue(dramatiq.Message(
+            queue_name="high_priority", actor_name="process_events", args=("{not json",),
+            kwargs={}, options={},
+        ))  # fmt: skip
+    finally:
+        broker.close()
+
+    def dlq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("dlq", *args, "--data-dir", str(data_dir)), env=child_env(),
+            capture_output=True, text=True, timeout=60, cwd=data_dir.parent,
+        )  # fmt: skip
+
+    def listed() -> list[str]:
+        out = dlq("list", "--json")
+        assert out.returncode == 0, out.stderr
+        return [item["id"] for item in json.loads(out.stdout)["items"]]
+
+    wait_until(lambda: poison.message_id in listed(), timeout=30,
+               message="the poison message never showed in serve's dead letters")  # fmt: skip
+    shown = dlq("show", "--id", poison.message_id[:8])
+    assert shown.returncode == 0 and "PermanentError" in shown.stdout
+    assert dlq("purge", "--id", poison.message_id).returncode == 0
+    assert poison.message_id not in listed()

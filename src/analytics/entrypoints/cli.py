@@ -96,6 +96,8 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         p.add_argument("--actor")
         p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--data-dir", help="with no Redis configured: the Redis that "
+                       "`analytics serve` runs for this data directory (default ./data)")
         if name in ("replay", "purge"):
             p.add_argument("--all", action="store_true", help="every dead letter of every queue")
     sub.add_parser("scheduler", help="run the periodic scheduler (one active; Redis lease)")
@@ -375,7 +377,20 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from analytics.entrypoints.ops_cli import run_dlq  # noqa: PLC0415
 
-    return run_dlq(args, load_settings(dict(os.environ)))
+    settings = load_settings(dict(os.environ), data_dir=args.data_dir)
+    return run_dlq(args, embedded_redis_of(settings))
+
+
+def embedded_redis_of(settings: Settings) -> Settings:
+    """With no Redis configured (the embedded default), the Redis that ``analytics serve``
+    runs for this data directory, by its Unix socket, when there is one: an operator's
+    command then sees the service's dead letters, not whatever answers on 127.0.0.1:6379."""
+    if settings.broker != "redis" or settings.redis_host is not None or settings.redis_socket:
+        return settings
+    sock = Path(settings.data_dir) / "redis.sock"
+    if not sock.is_socket():
+        return settings
+    return settings.model_copy(update={"redis_socket": str(sock)})
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

@@ -193,3 +193,22 @@ def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore
     assert shown.returncode == 0 and "PermanentError" in shown.stdout
     assert dlq("purge", "--id", poison.message_id).returncode == 0
     assert poison.message_id not in listed()
+
+
+def test_a_serve_killed_outright_takes_its_children_with_it(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, say) gives ``serve`` no chance to stop anything: its
+    children, in sessions of their own, would keep the port and the Redis socket. They
+    get SIGTERM when it dies (PR_SET_PDEATHSIG) and stop."""
+    import signal  # noqa: PLC0415
+
+    import psutil  # noqa: PLC0415
+
+    env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
+                    ANALYTICS_AUTH="disabled")  # fmt: skip
+    with ServeProcess(tmp_path / "data", env, log=tmp_path / "serve.log") as serve:
+        children = psutil.Process(serve.proc.pid).children(recursive=True)
+        assert len(children) >= 4  # Redis, the API, the worker, the scheduler and theirs
+        serve.proc.send_signal(signal.SIGKILL)
+        serve.proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, [p.cmdline()[:4] for p in alive]

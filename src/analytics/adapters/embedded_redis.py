@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -42,6 +43,7 @@ class RedisServerProcess:
         unix_socket: Path | None = None,
         appendfsync: str = "everysec",
         own_session: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
@@ -50,6 +52,7 @@ class RedisServerProcess:
         # In a session of its own, a terminal's Ctrl-C reaches only the process that
         # started it, which stops it last (``analytics serve``), not at the same moment.
         self.own_session = own_session
+        self.preexec_fn = preexec_fn  # run in the child before redis-server (serve's)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -79,7 +82,7 @@ class RedisServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=self.own_session,
+            start_new_session=self.own_session, preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

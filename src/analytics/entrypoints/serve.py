@@ -29,8 +29,23 @@ from analytics.settings import Settings
 
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "analytics", *args], env=env, start_new_session=True
-    )
+        [sys.executable, "-m", "analytics", *args], env=env, start_new_session=True,
+        preexec_fn=stop_with_parent,
+    )  # fmt: skip
+
+
+def stop_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when ``serve`` dies (Linux ``prctl``
+    ``PR_SET_PDEATHSIG``). In sessions of their own the children no longer share the
+    terminal's signals, so a ``serve`` killed outright (SIGKILL, the OOM killer) would
+    leave them running, holding the port and the Redis socket; this way they stop, each
+    gracefully. Elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def first_start_key(settings: Settings) -> str | None:
@@ -82,7 +97,7 @@ def serve(settings: Settings) -> int:
         sock = data_dir / "redis.sock"
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
-            own_session=True,
+            own_session=True, preexec_fn=stop_with_parent,
         ).start()
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})

@@ -212,3 +212,29 @@ def test_a_serve_killed_outright_takes_its_children_with_it(tmp_path: Path) -> N
         serve.proc.wait(10)
         _, alive = psutil.wait_procs(children, timeout=60)
         assert not alive, [p.cmdline()[:4] for p in alive]
+
+
+def test_a_second_serve_on_the_same_data_or_port_refuses_in_one_line(service, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A second ``serve`` on the same data directory started a second Redis on the same
+    socket and append-only file (accepted events could be stranded in the first one's
+    memory); on a busy port its API was restarted forever. Both now stop at once."""
+    import subprocess  # noqa: PLC0415
+
+    from tests.support import analytics_cmd, free_port  # noqa: PLC0415
+
+    base, data_dir, _ = service
+    port = base.rsplit(":", 1)[1]
+
+    def second(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("serve", *args), env=child_env(ANALYTICS_AUTH="disabled"),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    same_dir = second("--data-dir", str(data_dir), "--port", str(free_port()))
+    assert same_dir.returncode == 2 and "another analytics serve (pid" in same_dir.stderr
+    same_port = second("--data-dir", str(tmp_path / "other"), "--port", port)
+    assert same_port.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in same_port.stderr
+    assert "Traceback" not in same_dir.stderr + same_port.stderr
+    assert http_json("GET", f"{base}/health")[0] == 200  # the first one is untouched

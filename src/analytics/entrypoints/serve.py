@@ -14,9 +14,11 @@ gracefully (SIGTERM, then waits for them), and Redis after them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,9 +91,50 @@ def banner(settings: Settings, dev_key: str | None) -> str:
     return text
 
 
+def claim_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on ``<data_dir>/serve.lock`` for as long as this process lives
+    (the returned descriptor stays open), or CliError naming the holder.
+
+    A second ``serve`` on the same directory started a second Redis on the same socket
+    and append-only file, and workers that read from whichever Redis answered: accepted
+    events could be stranded in the first one's memory."""
+    from analytics.entrypoints.cli import CliError  # noqa: PLC0415
+
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CliError(
+            f"another analytics serve (pid {holder}) is running with the data directory "
+            f"{str(data_dir)!r}; stop it first, or choose another with --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def check_port_free(host: str, port: int) -> None:
+    """CliError when something already listens on the API's address (gunicorn would
+    retry and exit, and ``serve`` restart it, forever)."""
+    from analytics.entrypoints.cli import CliError  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port}: {exc.strerror} (choose another with --port)"
+            ) from None
+
+
 def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    claim_data_dir(data_dir)  # held until this process exits
+    check_port_free(settings.host, settings.port)
     redis_server = None
     if settings.broker == "redis" and settings.redis_host is None:
         sock = data_dir / "redis.sock"

@@ -82,7 +82,8 @@ class RedisServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=self.own_session, preexec_fn=self.preexec_fn,
+            start_new_session=self.own_session,
+            preexec_fn=self.preexec_fn,  # noqa: PLW1509 - serve's, which has no other thread
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ from analytics.settings import Settings
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own CLI
         [sys.executable, "-m", "analytics", *args], env=env, start_new_session=True,
-        preexec_fn=stop_with_parent,
+        preexec_fn=stop_with_parent,  # noqa: PLW1509 - serve has no other thread
     )  # fmt: skip
 
 

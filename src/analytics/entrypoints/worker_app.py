@@ -23,7 +23,7 @@ settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
 try:
     container = bootstrap(settings)
-except Exception:  # storage or Redis unusable: one JSON line with the traceback, exit 1
+except Exception:  # noqa: BLE001 - storage or Redis unusable: one JSON line, exit 1
     # (uncaught, multiprocessing would print the traceback as text; dramatiq's master
     # still reports the exit and shuts down, and `analytics serve` restarts it).
     structlog.get_logger("analytics.worker").exception("worker process could not start")

@@ -238,3 +238,40 @@ def test_a_second_serve_on_the_same_data_or_port_refuses_in_one_line(service, tm
     assert f"cannot listen on 127.0.0.1:{port}" in same_port.stderr
     assert "Traceback" not in same_dir.stderr + same_port.stderr
     assert http_json("GET", f"{base}/health")[0] == 200  # the first one is untouched
+
+
+def test_serve_restarts_its_redis_and_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    """The embedded Redis killed outright: ``serve`` starts it again from its append-only
+    file (fsynced before every answer), ingest answers 202 again, and every event that
+    got a 202, before the crash or after, is stored. Before, it stayed down: 503 forever."""
+    import psutil  # noqa: PLC0415
+
+    env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
+                    ANALYTICS_AUTH="disabled")  # fmt: skip
+    log = tmp_path / "serve.log"
+    accepted: list[str] = []
+
+    def send() -> int:
+        event_id = str(uuid.uuid4())
+        try:
+            status, _, _ = http_json("POST", f"{serve.url}/api/v1/analytics/events", {
+                "event_type": "click", "user_id": "u", "session_id": "s",
+                "event_id": event_id})  # fmt: skip
+        except OSError:
+            return 0
+        if status == 202:
+            accepted.append(event_id)
+        return status
+
+    with ServeProcess(tmp_path / "data", env, log=log) as serve:
+        assert all(send() == 202 for _ in range(5))
+        (redis_proc,) = [p for p in psutil.Process(serve.proc.pid).children()
+                         if p.name() == "redis-server"]  # fmt: skip
+        redis_proc.kill()  # serve, its parent, reaps it
+        wait_until(lambda: send() == 202, timeout=60, interval=0.5,
+                   message="ingest never answered 202 again")  # fmt: skip
+        assert all(send() == 202 for _ in range(5))
+        repo = SQLiteEventRepository(SQLiteDatabase(tmp_path / "data" / "events.sqlite3"))
+        wait_until(lambda: len(repo.get_many(uuid.UUID(i) for i in accepted)) == len(accepted),
+                   timeout=60, message="not every accepted event was stored")  # fmt: skip
+    assert "analytics: redis exited with" in log.read_text()

@@ -165,6 +165,16 @@ def serve(settings: Settings) -> int:
         signal.signal(signum, stop)
     try:
         while not stopping:
+            if redis_server is not None and redis_server.proc.poll() is not None:
+                # Its append-only file holds every message it acknowledged: started again,
+                # it has them all, and the children's clients reconnect.
+                code = redis_server.proc.returncode
+                print(f"analytics: redis exited with {code}; restarting", flush=True)
+                time.sleep(1)
+                try:
+                    redis_server.start()
+                except RuntimeError as exc:  # it died again at once: say why, try again
+                    print(f"analytics: redis did not start: {exc}", flush=True)
             for name, proc in list(children.items()):
                 if proc.poll() is not None and not stopping:
                     print(f"analytics: {name} exited with {proc.returncode}; restarting", flush=True)

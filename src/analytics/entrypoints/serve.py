@@ -2,7 +2,8 @@
 
 Starts a private Redis (append-only) under the data directory unless ``REDIS_HOST`` is
 set, then the workers for every queue and the API, and supervises them: a child that dies
-is restarted; SIGINT/SIGTERM/SIGHUP stops everything in order (API, workers, Redis).
+is restarted (the embedded Redis too, from its append-only file); SIGINT/SIGTERM/SIGHUP
+stops everything in order (API, workers and scheduler, then Redis).
 
 The children run in sessions of their own: Ctrl-C in a terminal sends SIGINT to the whole
 foreground process group, which reached gunicorn's workers (a quick exit, cutting the
@@ -15,6 +16,7 @@ gracefully (SIGTERM, then waits for them), and Redis after them.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shlex
 import signal
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from analytics.adapters.dramatiq_queue import QUEUES
@@ -32,11 +35,16 @@ from analytics.settings import Settings
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own CLI
         [sys.executable, "-m", "analytics", *args], env=env, start_new_session=True,
-        preexec_fn=stop_with_parent,  # noqa: PLW1509 - serve has no other thread
+        preexec_fn=stop_with_parent(),  # noqa: PLW1509 - serve has no other thread
     )  # fmt: skip
 
 
-def stop_with_parent() -> None:
+def stop_with_parent() -> Callable[[], None]:
+    """What a child of this process runs before its program: see ``_stop_with``."""
+    return functools.partial(_stop_with, os.getpid())
+
+
+def _stop_with(parent: int) -> None:
     """In the child, before it runs: SIGTERM when ``serve`` dies (Linux ``prctl``
     ``PR_SET_PDEATHSIG``). In sessions of their own the children no longer share the
     terminal's signals, so a ``serve`` killed outright (SIGKILL, the OOM killer) would
@@ -48,6 +56,8 @@ def stop_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl: nobody will send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def first_start_key(settings: Settings) -> str | None:
@@ -140,7 +150,7 @@ def serve(settings: Settings) -> int:
         sock = data_dir / "redis.sock"
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
-            own_session=True, preexec_fn=stop_with_parent,
+            own_session=True, preexec_fn=stop_with_parent(),
         ).start()
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})

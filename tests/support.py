@@ -35,6 +35,15 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def json_object(line: str) -> dict[str, object] | None:
+    """The JSON object a log line is, or None (text, or JSON that is not an object)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None

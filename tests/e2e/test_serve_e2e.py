@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
-from tests.support import ServeProcess, child_env, http_json, wait_until
+from tests.support import ServeProcess, child_env, http_json, json_object, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -111,19 +111,12 @@ def test_every_line_the_service_writes_is_json_but_the_banner(service) -> None: 
     wait_until(lambda: enqueued("rollup_hourly"), timeout=30,
                message="the start-up rollup was never enqueued")  # fmt: skip
     texts = [line for line in lines() if not line.startswith(("analytics:", "  "))]
-    not_json = [line for line in texts if not _json_object(line)]
+    not_json = [line for line in texts if json_object(line) is None]
     assert not not_json, not_json[:5]
-    loggers = {_json_object(line).get("logger") for line in texts}
+    loggers = {(json_object(line) or {}).get("logger") for line in texts}
     assert {"gunicorn.error", "dramatiq.MainProcess", "dramatiq.WorkerProcess(0)"} <= loggers
     assert "apscheduler.scheduler" not in loggers  # its per-run INFO chatter is quiet
 
-
-def _json_object(line: str) -> dict[str, object]:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def test_ctrl_c_in_a_terminal_stops_everything_in_order(tmp_path: Path) -> None:

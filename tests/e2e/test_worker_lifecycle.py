@@ -25,7 +25,7 @@ from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepositor
 from analytics.domain.buckets import cover, epoch_minute
 from analytics.settings import Settings
 from tests.ops_support import make_events
-from tests.support import AnalyticsProcess, child_env, stop_all, wait_until
+from tests.support import AnalyticsProcess, child_env, json_object, stop_all, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -124,15 +124,9 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None
 
     wait_until(lambda: boots_logged() == 3, timeout=10, message=f"{boots_logged()} boots logged")
     lines = log.read_text().splitlines()
-    not_json = [line for line in lines if not _is_json_object(line)]
+    not_json = [line for line in lines if json_object(line) is None]
     assert not not_json, not_json[:5]
 
-
-def _is_json_object(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
 
 
 def test_sigterm_under_load_loses_nothing_and_exits_cleanly(rig_factory) -> None:  # type: ignore[no-untyped-def]
@@ -258,6 +252,6 @@ def test_a_worker_process_that_cannot_start_says_why_in_one_json_line(
     finally:
         stop_all([worker])
     lines = [line for line in log.read_text().splitlines() if line.strip()]
-    assert lines and all(_is_json_object(line) for line in lines), lines[:5]
+    assert lines and all(json_object(line) is not None for line in lines), lines[:5]
     (failed,) = [json.loads(x) for x in lines if "worker process could not start" in x]
     assert "file is not a database" in failed["exception"]

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 _encode = msgspec.json.Encoder().encode
+_BUSY_TIMEOUT_S = 30.0  # SQLite's lock wait, and the WAL switch's
 _decode = msgspec.json.Decoder(ApiKey).decode
 
 
@@ -42,8 +43,8 @@ class SQLiteApiKeyStore:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            use_wal(conn, 30)
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
+            use_wal(conn, _BUSY_TIMEOUT_S)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 

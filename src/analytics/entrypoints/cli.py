@@ -376,21 +376,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from analytics.entrypoints.ops_cli import run_dlq  # noqa: PLC0415
+    from analytics.entrypoints.serve import with_running_serves_redis  # noqa: PLC0415
 
     settings = load_settings(dict(os.environ), data_dir=args.data_dir)
-    return run_dlq(args, embedded_redis_of(settings))
-
-
-def embedded_redis_of(settings: Settings) -> Settings:
-    """With no Redis configured (the embedded default), the Redis that ``analytics serve``
-    runs for this data directory, by its Unix socket, when there is one: an operator's
-    command then sees the service's dead letters, not whatever answers on 127.0.0.1:6379."""
-    if settings.broker != "redis" or settings.redis_host is not None or settings.redis_socket:
-        return settings
-    sock = Path(settings.data_dir) / "redis.sock"
-    if not sock.is_socket():
-        return settings
-    return settings.model_copy(update={"redis_socket": str(sock)})
+    return run_dlq(args, with_running_serves_redis(settings))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

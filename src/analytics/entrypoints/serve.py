@@ -101,6 +101,23 @@ def banner(settings: Settings, dev_key: str | None) -> str:
     return text
 
 
+def embedded_redis_socket(data_dir: Path) -> Path:
+    """Where the Redis that ``serve`` runs for ``data_dir`` listens (a Unix socket)."""
+    return Path(data_dir) / "redis.sock"
+
+
+def with_running_serves_redis(settings: Settings) -> Settings:
+    """With no Redis configured (the embedded default), the Redis that ``analytics serve``
+    runs for this data directory, when it runs: an operator's command (``analytics dlq``)
+    then sees the service's dead letters, not whatever answers on 127.0.0.1:6379."""
+    if settings.broker != "redis" or settings.redis_host is not None or settings.redis_socket:
+        return settings
+    sock = embedded_redis_socket(settings.data_dir)
+    if not sock.is_socket():
+        return settings
+    return settings.model_copy(update={"redis_socket": str(sock)})
+
+
 def claim_data_dir(data_dir: Path) -> int:
     """An exclusive lock on ``<data_dir>/serve.lock`` for as long as this process lives
     (the returned descriptor stays open), or CliError naming the holder.
@@ -147,7 +164,7 @@ def serve(settings: Settings) -> int:
     check_port_free(settings.host, settings.port)
     redis_server = None
     if settings.broker == "redis" and settings.redis_host is None:
-        sock = data_dir / "redis.sock"
+        sock = embedded_redis_socket(data_dir)
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
             own_session=True, preexec_fn=stop_with_parent(),

@@ -118,13 +118,12 @@ def test_every_line_the_service_writes_is_json_but_the_banner(service) -> None: 
     assert "apscheduler.scheduler" not in loggers  # its per-run INFO chatter is quiet
 
 
-
 def test_ctrl_c_in_a_terminal_stops_everything_in_order(tmp_path: Path) -> None:
     """A terminal's Ctrl-C is SIGINT to the whole foreground process group. It reached
     gunicorn (a quick exit, requests in flight cut), dramatiq's worker processes (then
     their master's SIGTERM too: "Killing worker process", tasks cut) and Redis at once.
     The children now live in sessions of their own: ``serve`` alone gets it and stops
-    the API, the workers and Redis one after the other, each gracefully."""
+    the API, the workers and the scheduler gracefully, and Redis after them."""
     import signal  # noqa: PLC0415
 
     env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
@@ -156,11 +155,12 @@ def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore
     import dramatiq  # noqa: PLC0415
 
     from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
+    from analytics.entrypoints.serve import embedded_redis_socket  # noqa: PLC0415
     from analytics.settings import Settings  # noqa: PLC0415
     from tests.support import analytics_cmd  # noqa: PLC0415
 
     _, data_dir, _ = service
-    broker = build_broker(Settings(redis_socket=str(data_dir / "redis.sock")))
+    broker = build_broker(Settings(redis_socket=str(embedded_redis_socket(data_dir))))
     try:
         poison = broker.enqueue(dramatiq.Message(
             queue_name="high_priority", actor_name="process_events", args=("{not json",),

@@ -13,6 +13,7 @@ from analytics.adapters.scheduling import LeaseLost, RedisLease
 from analytics.domain.clock import FixedClock
 from analytics.entrypoints.scheduler import SchedulerService
 from analytics.settings import Settings
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 10, 7, tzinfo=UTC)
@@ -136,8 +137,6 @@ def test_a_deferred_job_runs_within_seconds_of_a_worker_declaring_its_actor(
     """``analytics serve`` starts the scheduler beside its workers, so the start-up run
     finds no worker yet: the job looks again every ``actor_wait_s`` instead of waiting
     for its next period (an hour here, a day for the daily rollup and retention)."""
-    from tests.support import wait_until  # noqa: PLC0415
-
     client = redis_server.client()
     settings = Settings.from_env(
         {**redis_server.env(namespace), "ANALYTICS_SCHEDULER_JOBS": "rollup_hourly"}
@@ -170,8 +169,6 @@ def test_a_failed_run_is_tried_again_soon_not_at_the_next_period(
     import time  # noqa: PLC0415
 
     from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
-
-    from tests.support import wait_until  # noqa: PLC0415
 
     start = BackgroundScheduler.start
 

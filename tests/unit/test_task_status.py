@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import pytest
@@ -114,6 +114,36 @@ def test_success(env) -> None:  # type: ignore[no-untyped-def]
     s = status(store, message.message_id)
     assert (s.status, s.attempts, s.result, s.error) == ("succeeded", 1, {"done": 1}, None)
     assert s.actor == "ok" and s.queue == "default" and s.started_at == s.finished_at == T
+
+
+def test_a_wall_clock_stepped_back_mid_task_never_finishes_it_before_it_started() -> None:
+    """The host's clock stepped back while the task ran (NTP, a VM resumed; it happened
+    in a CI run: finished_at 0.2 ms before started_at): the record ends when it began."""
+    broker = StubBroker()
+    broker.declare_queue("default")
+    store, clock = InMemoryTaskStatusStore(), FixedClock(T)
+    install(broker, TaskStatusMiddleware(store, clock))
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    gate = threading.Event()
+
+    @dramatiq.actor(broker=broker, actor_name="slow")
+    def slow() -> None:
+        gate.wait(5)
+
+    try:
+        message = slow.send()
+        worker.start()
+        wait_until(lambda: status(store, message.message_id).status == "running", timeout=5)
+        clock.at = T - timedelta(milliseconds=5)  # the step back, mid-task
+        gate.set()
+        broker.join("default")
+        worker.join()
+        s = status(store, message.message_id)
+        assert s.status == "succeeded" and s.started_at == T
+        assert s.finished_at is not None and s.finished_at >= s.started_at
+    finally:
+        worker.stop()
+        broker.close()
 
 
 def test_failed_only_when_retries_are_exhausted(env) -> None:  # type: ignore[no-untyped-def]

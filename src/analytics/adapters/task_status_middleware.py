@@ -110,7 +110,8 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         self.clock = clock
         # Set: ``running`` records go through it (written in the background, batched).
         self.deferred = deferred
-        self._attempts: dict[str, int] = {}  # message id -> attempt being processed
+        # message id -> (attempt being processed, when it started)
+        self._attempts: dict[str, tuple[int, datetime]] = {}
         self._lock = threading.Lock()
         # True when the broker's consumer writes a message's ``succeeded`` record in the
         # same round trip as its ack, first the record, then the ack (set by
@@ -142,15 +143,16 @@ class TaskStatusMiddleware(dramatiq.Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         retries = int(message.options.get("retries", 0))
+        started = self.clock.now()
         with self._lock:
-            self._attempts[message.message_id] = retries + 1
+            self._attempts[message.message_id] = (retries + 1, started)
         (self.deferred.submit if self.deferred is not None else self._apply)(
             tasks.running(
                 message.message_id,
                 generation=_generation(message),
                 actor=message.actor_name,
                 queue=q_name(message.queue_name),
-                at=self.clock.now(),
+                at=started,
                 retries=retries,
                 enqueued_at=datetime.fromtimestamp(message.message_timestamp / 1000, UTC),
             )
@@ -160,10 +162,16 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         if self.deferred is not None:
             self.deferred.flush()
 
-    def _attempt(self, message: Any) -> int:
+    def _attempt(self, message: Any) -> tuple[int, datetime]:
+        """The attempt that ends now, and when it ends: never before it started, so a
+        wall clock stepped back meanwhile (NTP, a VM resumed) cannot record a task that
+        finished before it began."""
+        now = self.clock.now()
         with self._lock:
-            attempt = self._attempts.pop(message.message_id, None)
-        return attempt if attempt is not None else int(message.options.get("retries", 0)) + 1
+            begun = self._attempts.pop(message.message_id, None)
+        if begun is None:
+            return int(message.options.get("retries", 0)) + 1, now
+        return begun[0], max(now, begun[1])
 
     def after_process_message(
         self,
@@ -173,8 +181,7 @@ class TaskStatusMiddleware(dramatiq.Middleware):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        attempt = self._attempt(message)
-        now = self.clock.now()
+        attempt, now = self._attempt(message)
         if message.failed:
             error: BaseException | str = exception or "the message failed before it ran"
             self._apply(
@@ -220,8 +227,7 @@ class TaskStatusMiddleware(dramatiq.Middleware):
             )
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        attempt = self._attempt(message)
-        now = self.clock.now()
+        attempt, now = self._attempt(message)
         if message.failed:
             self._apply(
                 tasks.failed(

@@ -152,30 +152,24 @@ def _build_base_key_store(settings: Settings) -> ApiKeyStore:
 
         return InMemoryApiKeyStore()
     if kind == "redis":
-        import redis  # noqa: PLC0415
-        from redis.backoff import NoBackoff  # noqa: PLC0415
-        from redis.retry import Retry  # noqa: PLC0415
-
+        from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
         from analytics.adapters.redis_keys import RedisApiKeyStore  # noqa: PLC0415
 
-        # One immediate retry (a stale pooled connection), no backoff: with Redis down a
-        # request should hear 503 in milliseconds, not after seconds of retries.
-        client = redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1))  # type: ignore[arg-type]
-        return RedisApiKeyStore(client, settings.namespace)
+        return RedisApiKeyStore(redis_client(settings), settings.namespace)
     from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
 
     return SQLiteApiKeyStore(settings.keys_path)
 
 
-def _redis_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
-    client = getattr(broker, "client", None)
-    if client is not None:
-        return client
-    if settings.redis_host or settings.redis_socket:
-        import redis  # noqa: PLC0415
+def _side_call_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
+    """A client with a short timeout for the calls a request makes beside its real work
+    (``redis_clients.SIDE_CALL_TIMEOUT_S``), on the Redis broker's server or the one the
+    settings name; None without a Redis."""
+    if getattr(broker, "client", None) is None and not (settings.redis_host or settings.redis_socket):
+        return None
+    from analytics.adapters.redis_clients import side_call_client  # noqa: PLC0415
 
-        return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
-    return None
+    return side_call_client(settings)
 
 
 def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimiter | None:
@@ -183,7 +177,7 @@ def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimit
     backend = settings.rate_limit
     if backend == "disabled":
         return None
-    client = _redis_client(settings, broker) if backend in ("auto", "redis") else None
+    client = _side_call_client(settings, broker) if backend in ("auto", "redis") else None
     if client is not None:
         from analytics.adapters.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
 
@@ -211,17 +205,16 @@ def ops_redis_client(settings: Settings, broker: dramatiq.Broker) -> Any:
     client = getattr(broker, "client", None)
     if client is not None or not settings.ops_redis or isinstance(broker, StubBroker):
         return client
-    import redis  # noqa: PLC0415
+    from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
 
-    return redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+    return redis_client(settings)
 
 
 def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None:
     from analytics.adapters.backlog import RabbitBacklog, RedisBacklog, StubBacklog  # noqa: PLC0415
 
-    client = getattr(broker, "client", None)
-    if client is not None:
-        return RedisBacklog(client, settings.namespace)
+    if getattr(broker, "client", None) is not None:  # a probe: fails open, so a short timeout
+        return RedisBacklog(_side_call_client(settings, broker), settings.namespace)  # type: ignore[arg-type]
     if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
         return RabbitBacklog(broker, ops_redis_client(settings, broker), settings.namespace)
     if isinstance(broker, StubBroker):
@@ -265,18 +258,15 @@ def build_cache(settings: Settings, clock: Clock) -> Cache | None:
         from analytics.adapters.memory import InMemoryCache  # noqa: PLC0415
 
         return InMemoryCache(clock)
-    import redis  # noqa: PLC0415
-    from redis.backoff import NoBackoff  # noqa: PLC0415
-    from redis.retry import Retry  # noqa: PLC0415
-
     from analytics.adapters.redis_cache import RedisCache  # noqa: PLC0415
+    from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
 
-    # One immediate retry (a pooled connection gone stale after a Redis restart), no
-    # backoff: a cache that is down must cost a query milliseconds, not seconds.
+    # One immediate retry on a connection error, none on a timeout (redis_clients): a
+    # cache that is down must cost a query milliseconds, not seconds.
     return with_local_level(
         settings,
         RedisCache(
-            redis.Redis(**settings.redis_kwargs(), retry=Retry(NoBackoff(), 1)),  # type: ignore[arg-type]
+            redis_client(settings),
             namespace=settings.namespace,
             # With breakers on, the cache breaker decides when Redis is skipped (after a
             # configurable run of failures, with a half-open trial); the adapter's own
@@ -306,12 +296,11 @@ def build_task_status(settings: Settings) -> TaskStatusStore:
         from analytics.adapters.memory import InMemoryTaskStatusStore  # noqa: PLC0415
 
         return InMemoryTaskStatusStore()
-    import redis  # noqa: PLC0415
-
+    from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
     from analytics.adapters.redis_task_status import RedisTaskStatusStore  # noqa: PLC0415
 
     return RedisTaskStatusStore(
-        redis.Redis(**settings.redis_kwargs()),  # type: ignore[arg-type]
+        redis_client(settings),
         namespace=settings.namespace,
         ttl_s=settings.task_status_ttl_s,
     )

@@ -24,6 +24,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
 from analytics.adapters import codec
+from analytics.adapters.redis_clients import redis_client
 from analytics.adapters.redis_packing import use_large_value_packer
 from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import (
@@ -282,7 +283,7 @@ def build_broker(
     if settings.broker == "redis":
         broker = StatusAckRedisBroker(
             # Group messages are large: sent as they are, not copied by hiredis' packer.
-            client=use_large_value_packer(redis.Redis(**settings.redis_kwargs())),  # type: ignore[arg-type]
+            client=use_large_value_packer(redis_client(settings)),
             namespace=settings.namespace,
             heartbeat_timeout=int(settings.heartbeat_timeout_s * 1000),
             maintenance_chance=settings.broker_maintenance_chance,

@@ -111,13 +111,12 @@ class SchedulerService:
         actor_wait_s: float = ACTOR_WAIT_S,
         failure_retry_s: float = FAILURE_RETRY_S,
     ) -> None:
-        import redis  # noqa: PLC0415
-
+        from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
         from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
 
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.client = redis.Redis(**settings.redis_kwargs())  # type: ignore[arg-type]
+        self.client = redis_client(settings)
         self.broker = broker or _equipped_broker(settings, self.clock)
         owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.lease = RedisLease(

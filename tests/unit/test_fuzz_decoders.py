@@ -133,3 +133,19 @@ def test_extreme_timestamps_are_422_material(timestamp: str, sent_at: str | None
         doc["sent_at"] = sent_at
     with pytest.raises(DomainError):
         accept_event(json.dumps(doc).encode(), correlation_id="c", deps=DEPS)
+
+
+@FAST
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=4), st.binary(max_size=8))
+def test_gunzip_inflates_every_member_and_refuses_trailing_bytes(parts: list[bytes], tail: bytes) -> None:
+    import gzip  # noqa: PLC0415
+
+    body = b"".join(gzip.compress(p) for p in parts)
+    assert gunzip_capped(body, 1200) == b"".join(parts)
+    if tail and not tail.startswith(b"\x1f\x8b"):
+        try:
+            gunzip_capped(body + tail, 1200)
+        except Problem as exc:
+            assert exc.status_code == 400
+        else:
+            raise AssertionError("trailing bytes after the last member were accepted")

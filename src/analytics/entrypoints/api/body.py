@@ -35,7 +35,10 @@ def read_json_body(
     length = req.content_length
     if length is not None and length > max_bytes:
         raise _too_large(length, max_bytes)
-    data = req.bounded_stream.read(max_bytes + 1)
+    # A chunked body has no Content-Length, and Falcon's bounded stream reads nothing
+    # then; the server's own stream ends where the chunks end (gunicorn decodes them).
+    chunked = length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    data = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
     if len(data) > max_bytes:
         raise _too_large(None, max_bytes)
     if encoding != "identity":
@@ -47,25 +50,37 @@ def read_json_body(
 
 
 def gunzip_capped(data: bytes, cap: int) -> bytes:
-    """Decompress incrementally, never holding more than ``cap + 1`` bytes: stops gzip bombs."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    """Decompress incrementally, never holding more than ``cap + 1`` bytes: stops gzip bombs.
+
+    Every member of a multi-member stream (RFC 1952 2.2: ``cat a.gz b.gz``, what a client
+    that compresses in pieces sends) is inflated, the cap counting them all; anything
+    after the last member that is not one is malformed, never silently dropped.
+    """
+    out = bytearray()
+    rest = data
     try:
-        out = inflater.decompress(data, cap + 1)
-        if len(out) > cap or inflater.unconsumed_tail:
-            raise Problem(
-                413,
-                slug="decompressed-too-large",
-                title="Decompressed body too large",
-                detail=f"the gzip body inflates past {cap} bytes",
-                limit=cap,
-            )
-        if not inflater.eof:
-            raise zlib.error("truncated gzip stream")
+        while True:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            out += inflater.decompress(rest, cap + 1 - len(out))
+            if len(out) > cap or inflater.unconsumed_tail:
+                raise Problem(
+                    413,
+                    slug="decompressed-too-large",
+                    title="Decompressed body too large",
+                    detail=f"the gzip body inflates past {cap} bytes",
+                    limit=cap,
+                )
+            if not inflater.eof:
+                raise zlib.error("truncated gzip stream")
+            rest = inflater.unused_data
+            if not rest:
+                return bytes(out)
+            if not rest.startswith(b"\x1f\x8b"):
+                raise zlib.error(f"{len(rest)} bytes after the last gzip member")
     except zlib.error as exc:
         raise Problem(
             400, slug="malformed", title="Malformed body", detail=f"bad gzip data: {exc}"
         ) from None
-    return out
 
 
 def _too_large(length: int | None, max_bytes: int) -> Problem:

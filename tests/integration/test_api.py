@@ -178,3 +178,27 @@ def test_metadata_nested_near_the_decoders_limit_is_never_a_500() -> None:
             assert r.status_code in (400, 422), (depth, path, r.status_code, r.text[:200])
             statuses.add(r.status_code)
     assert {400, 422} <= statuses  # both sides of the decoder's limit were covered
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"foo": 1, "bar": 2}, [("events", "required"), ("foo", "unknown_field"), ("bar", "unknown_field")]),
+    ({"events": [EVENT], "foo": 1}, [("foo", "unknown_field")]),
+    (EVENT, [("events", "required"), ("event_type", "unknown_field"), ("user_id", "unknown_field"),
+             ("session_id", "unknown_field")]),
+    ({"events": 5}, [("events", "type")]),
+    ([EVENT], [("$", "type")]),
+])  # fmt: skip
+def test_a_batch_wrapper_names_every_failure(client, body, expected) -> None:  # type: ignore[no-untyped-def]
+    """A bare event posted to the batch route, or a batch with stray keys: 422 naming each
+    stray key and the missing ``events`` (it named one key, under ``events``)."""
+    r = post(client, "/api/v1/analytics/events/batch", body)
+    assert r.status_code == 422, r.text
+    assert [(e["field"], e["rule"]) for e in r.json["errors"]] == expected
+
+
+def test_not_found_and_method_not_allowed_say_what_to_do(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.simulate_get("/nope")
+    assert r.status_code == 404 and "openapi.json" in r.json["detail"]
+    r = client.simulate_put("/api/v1/analytics/events")
+    assert r.status_code == 405 and r.json["detail"] == f"this route answers {r.headers['Allow']}"
+    assert r.headers["Content-Type"] == "application/problem+json"

@@ -166,6 +166,49 @@ def test_total_value_is_price_times_quantity_exactly(price: Decimal, quantity: i
     assert isinstance(e.total_value, Decimal)
 
 
+PLAIN = r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"
+
+
+@given(price=prices, quantity=quantities, zeros=st.integers(0, 30), shift=st.integers(-3, 9),
+       form=st.sampled_from(["string", "number"]))  # fmt: skip
+def test_any_spelling_of_a_valid_price_is_stored_plainly(
+    price: Decimal, quantity: int, zeros: int, shift: int, form: str
+) -> None:
+    """``1e9``, ``"1E+2"``, ``"-0.0"``, ``"1.000000000000"``: accepted (the value is
+    valid) and answered without an exponent, a minus on zero or zeros past the sixth
+    decimal; a plain spelling is kept as sent (``"10.00"``)."""
+    import re  # noqa: PLC0415
+
+    spelled = f"{price:f}" + ("." if "." not in f"{price:f}" and zeros else "") + "0" * zeros
+    if shift:  # the same value with an exponent: 12.5 -> 0.0125E+3
+        spelled = f"{price.scaleb(-shift):f}E+{shift}" if shift > 0 else f"{price.scaleb(-shift)}E{shift}"
+    if price == 0 and shift == 0:
+        spelled = "-" + spelled
+    raw = json.dumps({**SEED_NEW, "quantity": quantity, "currency": "USD"})[:-1]
+    raw += f', "price": {spelled if form == "number" else json.dumps(spelled)}}}'
+    e = build_event(decode_event(raw.encode(), EventIn), received_at=NOW, correlation_id="c1",
+                    new_id=lambda: FIXED_ID)  # fmt: skip
+    assert e.price == price and e.total_value == price * quantity
+    for value in (e.price, e.total_value):
+        text = msgspec.json.decode(msgspec.json.encode(value))
+        assert re.match(PLAIN, text), (spelled, text)
+    if re.match(PLAIN, spelled):
+        assert msgspec.json.decode(msgspec.json.encode(e.price)) == spelled
+
+
+@pytest.mark.parametrize(("sent", "stored"), [
+    ("1e9", "1000000000"), ('"1E+2"', "100"), ('"-0.0"', "0.0"), ('"0E+5"', "0"),
+    ('"0e-999999999"', "0"), ('"1.0000000000000000000000000"', "1"),
+    ("1000000000.00000000000000000000000000000000000000", "1000000000"),
+    ('"19.99"', "19.99"), ("10.00", "10.00"), ("2.5E-1", "0.25"),
+])  # fmt: skip
+def test_prices_found_answered_with_exponents_are_plain(sent: str, stored: str) -> None:
+    raw = json.dumps({**SEED_NEW, "currency": "EUR"})[:-1] + f', "price": {sent}}}'
+    e = build_event(decode_event(raw.encode(), EventIn), received_at=NOW, correlation_id="c1",
+                    new_id=lambda: FIXED_ID)  # fmt: skip
+    assert msgspec.json.encode(e.price) == msgspec.json.encode(e.total_value) == f'"{stored}"'.encode()
+
+
 @given(offset_s=st.integers(min_value=-29 * 86400, max_value=299), skew_s=st.integers(-86400, 86400))
 def test_corrected_timestamp_and_computed_fields_agree(offset_s: int, skew_s: int) -> None:
     happened = NOW + timedelta(seconds=offset_s)
@@ -198,3 +241,14 @@ def test_arbitrary_objects_only_ever_raise_validation_failed(doc: dict) -> None:
         build(doc)
     except ValidationFailed as exc:
         assert exc.errors
+
+
+def test_a_field_that_fails_its_shape_is_not_blamed_again_by_a_rule() -> None:
+    """``"currency": "eur"`` is one error (its shape), not also "a price needs a
+    currency"; messages quote our patterns as written, without internal lookaheads."""
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "price": "1", "currency": "eur", "event_type": "Purchase"})
+    assert sorted(rules_of(exc)) == [("currency", "invalid"), ("event_type", "invalid")]
+    messages = [e.message for e in exc.value.errors]
+    assert all("(?!" not in m and "\\\\" not in m for m in messages), messages
+    assert "'^[A-Z]{3}$'" in " ".join(messages)

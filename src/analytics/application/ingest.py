@@ -183,14 +183,36 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         return items
     try:
         batch = _batch_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([FieldError("events", "invalid", str(exc))]) from None
+    except msgspec.ValidationError:
+        try:  # the body as any JSON, for every way its wrapper fails
+            doc = msgspec.json.decode(raw)
+        except JSON_DECODE_ERRORS as exc:  # e.g. trailing bytes after a wrongly typed value
+            raise MalformedInput(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedInput(TOO_DEEP) from None
+        raise ValidationFailed(_wrapper_errors(doc)) from None
     except JSON_DECODE_ERRORS as exc:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
     _check_count(len(batch.events), max_events)
     return [_decode_one(item) for item in batch.events]
+
+
+def _wrapper_errors(doc: object) -> list[FieldError]:
+    """Every way a batch body (valid JSON) fails ``{"events": [...]}``, at once."""
+    if not isinstance(doc, dict):
+        kinds = {list: "an array", str: "a string", int: "a number", float: "a number",
+                 bool: "a boolean"}  # fmt: skip
+        kind = kinds.get(type(doc), "null")
+        return [FieldError("$", "type", f'a batch is a JSON object {{"events": [...]}}, not {kind}')]
+    errors = [FieldError(name, "unknown_field", 'unknown field; a batch has only "events"')
+              for name in doc if name != "events"]  # fmt: skip
+    if "events" not in doc:
+        errors.insert(0, FieldError("events", "required", "field is required"))
+    elif not isinstance(doc["events"], list):
+        errors.insert(0, FieldError("events", "type", "must be an array of event objects"))
+    return errors
 
 
 def _decode_one(item: msgspec.Raw) -> EventIn | ValidationFailed:

@@ -216,13 +216,20 @@ def collect_field_errors(doc: Any, model: type[AnyEventIn] = EventIn) -> list[Fi
             converted[name] = msgspec.convert(value, type=hints[name], strict=True)
         except msgspec.ValidationError as exc:
             errors.append(FieldError(name, "invalid", _clean(str(exc))))
-    errors.extend(cross_field_errors(SimpleNamespace(**converted), legacy=model is LegacyEventIn))
+    # A rule over a field that already failed says nothing new ("eur" is not a currency;
+    # "a price needs a currency" would be a second, wrong, error for the same field).
+    failed = {e.field for e in errors}
+    cross = cross_field_errors(SimpleNamespace(**converted), legacy=model is LegacyEventIn)
+    errors.extend(e for e in cross if e.field not in failed)
     return errors
 
 
 def _clean(msg: str) -> str:
-    # msgspec says "Expected `int`, got `str`" - with a `$` path suffix we do not need.
-    return msg.split(" - at `$")[0]
+    # msgspec says "Expected `int`, got `str`" - with a `$` path suffix we do not need, and
+    # names a pattern with the lookahead that keeps `$` from matching before a final
+    # newline (events._END), which is ours, not the client's.
+    # msgspec quotes the pattern as a repr (backslashes doubled): shown as written.
+    return msg.split(" - at `$")[0].replace("\\\\", "\\").replace("(?!\\n)", "")
 
 
 def _jtype(value: Any) -> str:
@@ -375,6 +382,27 @@ def correct_timestamp(
     return ts
 
 
+_ONE = Decimal(1)
+
+
+def canonical_price(price: Decimal) -> Decimal:
+    """A valid price written plainly: as sent when it already is (``"19.99"`` stays
+    ``"19.99"``, ``"10.00"`` stays ``"10.00"``), else the same value without an exponent,
+    without zeros past the sixth decimal and without a minus on zero (``1e9`` ->
+    ``1000000000``, ``"1.000000000000"`` -> ``1``, ``"0E-999999999"`` -> ``0``,
+    ``"-0.0"`` -> ``0.0``). Stored and answered like this, and ``total_value`` with it."""
+    exponent = price.as_tuple().exponent
+    if -MAX_PRICE_DECIMALS <= exponent <= 0 and not price.is_signed():  # type: ignore[operator]
+        return price
+    if price.is_zero() and exponent <= 0:  # type: ignore[operator]
+        price = price.copy_abs()
+        if exponent >= -MAX_PRICE_DECIMALS:  # type: ignore[operator]
+            return price
+    if exponent < -MAX_PRICE_DECIMALS:  # type: ignore[operator]
+        price = price.normalize()  # drops the zeros the precision rule allowed
+    return price.quantize(_ONE) if price.as_tuple().exponent > 0 else price  # type: ignore[operator]
+
+
 def total_value(price: Decimal | None, quantity: int) -> Decimal | None:
     return None if price is None else price * quantity
 
@@ -469,6 +497,8 @@ class EventBuilder:
                 return self._checked(ein)
             day, hour, skew_ms = ts.date().isoformat(), ts.hour, _skew_ms(sent_at, received_at)
         quantity = ein.quantity or 1
+        if price is not None:
+            price = canonical_price(price)
         # Positional: a keyword call of a 17-field struct costs ~8x more (Event's field order).
         return Event(
             ein.event_id or self.new_id(),
@@ -530,6 +560,8 @@ class EventBuilder:
                 day, hour = ts.date().isoformat(), ts.hour
                 skew_ms = _skew_ms(sent_at, received_at)
             price, quantity = ein.price, ein.quantity or 1
+            if price is not None:
+                price = canonical_price(price)
             # Positional, in Event's field order (see __call__).
             append(
                 Event(
@@ -730,19 +762,20 @@ def _build_checked(
             FieldError(
                 "timestamp",
                 "max_future",
-                f"{ts.isoformat()} is more than {limits.max_future} in the future "
+                f"{ts.isoformat()} is more than {_span(limits.max_future)} in the future "
                 "(after clock-skew correction)",
             )
         )
     elif ts < received_at - limits.max_past:
         errors.append(
             FieldError(
-                "timestamp", "max_past", f"{ts.isoformat()} is older than {limits.max_past}"
+                "timestamp", "max_past", f"{ts.isoformat()} is older than {_span(limits.max_past)}"
             )
         )
     if errors:
         raise ValidationFailed(errors)
     quantity = ein.quantity or 1
+    price = None if ein.price is None else canonical_price(ein.price)
     return Event(
         event_id=ein.event_id or new_id(),
         event_type=ein.event_type,
@@ -754,14 +787,25 @@ def _build_checked(
         received_at=received_at,
         event_day=ts.date().isoformat(),
         event_hour=ts.hour,
-        price=ein.price,
+        price=price,
         quantity=quantity,
         currency=ein.currency,
-        total_value=total_value(ein.price, quantity),
+        total_value=total_value(price, quantity),
         clock_skew_ms=_skew_ms(sent_at, received_at) if ein.timestamp is not None else 0,
         correlation_id=correlation_id,
         legacy=legacy,
     )
+
+
+def _span(span: timedelta) -> str:
+    """``30 days``, ``5 minutes``, ``90 seconds``: a bound as a person writes it (a
+    timedelta's own text is ``30 days, 0:00:00``)."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
 def computed_fields(event: Event) -> ComputedFields:

@@ -401,6 +401,15 @@ def build_openapi(
     batch = components["BatchIn"]["properties"]["events"]
     batch.update({"items": {"$ref": REF.format(name="EventIn")}, "minItems": 1,
                   "maxItems": max_batch_events})  # fmt: skip
+    # A price is a JSON number or a decimal string (msgspec decodes both exactly); its
+    # schema for Decimal names the string only, which would make generated clients and
+    # validators refuse ``"price": 19.99``.
+    for name in ("EventIn", "LegacyEventIn"):
+        price = components.get(name, {}).get("properties", {}).get("price")
+        if price is not None:
+            string = next(s for s in price["anyOf"] if s.get("type") == "string")
+            number = {"type": "number", "minimum": 0, "maximum": 1_000_000_000}
+            price["anyOf"] = [string, number, {"type": "null"}]
     components["Problem"]["properties"]["errors"] = {
         "type": "array", "items": {"$ref": REF.format(name="FieldErrorOut")},
         "description": "Every failing field (validation problems only).",

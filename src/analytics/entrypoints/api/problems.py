@@ -55,12 +55,23 @@ def problem_document(exc: falcon.HTTPError, instance: str, correlation_id: str |
         "title": exc.title or exc.status,
         "status": exc.status_code,
     }
-    if exc.description:
-        body["detail"] = exc.description
+    detail = exc.description or _default_detail(exc)
+    if detail:
+        body["detail"] = detail
     body["instance"] = instance
     body["correlation_id"] = correlation_id
     body.update(getattr(exc, "extensions", {}))
     return _encode(body)
+
+
+def _default_detail(exc: falcon.HTTPError) -> str | None:
+    """Falcon's own 404 and 405 carry no description; every problem says what to do."""
+    if exc.status_code == 404:
+        return "no such route; every route is listed in /api/v1/openapi.json"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow")
+        return f"this route answers {allowed}" if allowed else "method not allowed on this route"
+    return None
 
 
 def unavailable_problem(ex: AdapterError) -> Problem:

@@ -74,3 +74,18 @@ def test_dlq_without_a_reachable_redis_is_a_clear_message() -> None:
     )
     assert proc.returncode == 1
     assert "cannot reach the broker's Redis" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dlq_for_a_data_directory_without_a_running_serve_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No Redis configured and no ``serve`` for the directory (stopped, or a mistyped
+    ``--data-dir``): it read the Redis on 127.0.0.1:6379, another deployment's dead
+    letters, and ``purge --all`` would have emptied them. Now one line, nothing touched."""
+    env = {k: v for k, v in child_env().items() if not k.startswith("REDIS_")}
+    for args in (("list",), ("purge", "--all")):
+        proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("dlq", *args, "--data-dir", str(tmp_path / "nowhere")), env=env,
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "no analytics serve is running for the data directory" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -108,13 +108,22 @@ def embedded_redis_socket(data_dir: Path) -> Path:
 
 def with_running_serves_redis(settings: Settings) -> Settings:
     """With no Redis configured (the embedded default), the Redis that ``analytics serve``
-    runs for this data directory, when it runs: an operator's command (``analytics dlq``)
-    then sees the service's dead letters, not whatever answers on 127.0.0.1:6379."""
+    runs for this data directory: an operator's command (``analytics dlq``) then sees the
+    service's dead letters, not whatever answers on 127.0.0.1:6379; CliError when that
+    ``serve`` is not running."""
     if settings.broker != "redis" or settings.redis_host is not None or settings.redis_socket:
         return settings
     sock = embedded_redis_socket(settings.data_dir)
     if not sock.is_socket():
-        return settings
+        # Falling back to 127.0.0.1:6379 read (and could replay or purge) some other
+        # deployment's dead letters, for a mistyped --data-dir or a stopped serve.
+        from analytics.entrypoints.cli import CliError  # noqa: PLC0415
+
+        raise CliError(
+            f"no analytics serve is running for the data directory {str(settings.data_dir)!r}"
+            " (its Redis keeps the dead letters): start it, pass its --data-dir, or set"
+            " REDIS_HOST for a Redis of your own"
+        )
     return settings.model_copy(update={"redis_socket": str(sock)})
 
 

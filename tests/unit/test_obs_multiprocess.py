@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics.entrypoints.metrics_dir import prepare_multiproc_dir
+from analytics.entrypoints.metrics_dir import MULTIPROC_ENV, prepare_multiproc_dir
 from tests.support import child_env, free_port
 
 pytestmark = pytest.mark.unit
@@ -117,3 +117,36 @@ def test_values_written_after_a_fork_go_to_the_child_s_own_file(tmp_path: Path):
                               capture_output=True, text=True).stdout  # fmt: skip
     assert value(rendered, 'analytics_events_accepted_total{event_type="click"}') == 8
     assert value(rendered, 'analytics_events_accepted_total{event_type="purchase"}') == 1
+
+
+def test_a_second_owner_never_empties_a_running_ones_directory(tmp_path: Path) -> None:
+    """A second ``analytics api`` (or worker group of the same queues) on one host emptied
+    the running one's directory: its /metrics lost every counter. The running one holds
+    the directory's lock; the second takes the next one; once the first is gone, the next
+    start takes (and empties) the first directory again."""
+    base = tmp_path / "metrics" / "api"
+    holder = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c",
+         "import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
+         "p = prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {});"
+         "(p / 'counter_1.db').write_bytes(b'x'); print(p, flush=True); sys.stdin.read()",
+         str(base)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert Path(holder.stdout.readline().strip()) == base.resolve()
+        env: dict[str, str] = {}
+        second = prepare_multiproc_dir(base, env)
+        assert second == base.resolve().with_name("api.2") and env[MULTIPROC_ENV] == str(second)
+        assert (base / "counter_1.db").exists()  # the running owner's file is untouched
+    finally:
+        holder.communicate("")  # stdin closed: the holder exits, its lock with it
+    again = subprocess.run(  # noqa: S603
+        [sys.executable, "-c",
+         "import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
+         "print(prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {}))", str(base)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert Path(again.stdout.strip()) == base.resolve()
+    assert not (base / "counter_1.db").exists()

@@ -7,6 +7,7 @@ multiprocess mode.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -15,17 +16,41 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> Path:
-    """Empty (or create) ``path`` and export it as ``PROMETHEUS_MULTIPROC_DIR``.
+    """Own ``path`` (or ``path.2``, ``path.3``... when a running process owns it), empty
+    it, and export it as ``PROMETHEUS_MULTIPROC_DIR``.
 
     Called by the process that owns the directory (``analytics api``: the gunicorn master;
     ``analytics worker``: the dramatiq master) at its start, before prometheus_client is
     imported in it or its children: files left by an earlier run would otherwise be added
-    to this run's counters.
+    to this run's counters. Ownership is an ``flock`` on ``<dir>.lock``, held by a
+    descriptor this process and every process it forks or execs keeps open: a second
+    ``api`` or worker group started beside a running one (a busy port, a second group of
+    the same queues) emptied the running one's directory, and its ``/metrics`` lost every
+    counter until it restarted. Now it takes the next free directory, and the lock is
+    released only when the last process of the owner is gone.
     """
-    path = Path(path).resolve()
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    target = os.environ if environ is None else environ
-    target[MULTIPROC_ENV] = str(path)
-    return path
+    base = Path(path).resolve()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}.{n}")
+        if candidate not in _HELD:  # already ours (prepared again in this process): reuse
+            lock = candidate.with_name(candidate.name + ".lock")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.set_inheritable(fd, True)  # dramatiq's reload re-executes the master
+            _HELD[candidate] = fd
+        if candidate.exists():
+            shutil.rmtree(candidate)
+        candidate.mkdir(parents=True, exist_ok=True)
+        target = os.environ if environ is None else environ
+        target[MULTIPROC_ENV] = str(candidate)
+        return candidate
+    raise RuntimeError(f"every metrics directory next to {base} is in use")
+
+
+#: The directories this process owns, with their lock descriptors: open until it exits.
+_HELD: dict[Path, int] = {}

@@ -129,6 +129,39 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None
 
 
 
+def test_a_master_killed_outright_takes_the_processes_it_forked_with_it(rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of the worker's master (the OOM killer, ``kill -9``): its worker processes
+    and its metrics exporter kept running as orphans, consuming, and a supervisor's restart
+    then ran a second group beside them with the exporter's port taken. They get SIGTERM
+    when the master dies (PR_SET_PDEATHSIG, set in every fork) and stop; what they held
+    goes back to the queue as for any stopped worker."""
+    from tests.support import free_port  # noqa: PLC0415
+
+    rig = rig_factory(ANALYTICS_WORKER_METRICS_PORT=str(free_port()))
+    ids = rig.send(2, 3)
+    master = psutil.Process(rig.start_worker("--processes", "2", "--threads", "2").pid)
+    wait_until(lambda: rig.repo.count() == 6, timeout=60, message="the worker never stored")
+    wait_until(lambda: len(master.children()) == 3, timeout=30,
+               message="two worker processes and the exporter")  # fmt: skip
+    forked = master.children()
+    master.kill()
+
+    def gone(p: psutil.Process) -> bool:
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    try:
+        wait_until(lambda: all(gone(p) for p in forked), timeout=30,
+                   message="the master's forks outlived it")  # fmt: skip
+    finally:
+        for p in forked:  # never leave orphans behind, even when the test fails
+            if not gone(p):
+                p.kill()
+    assert set(rig.repo.get_many(ids)) == ids
+
+
 def test_sigterm_under_load_loses_nothing_and_exits_cleanly(rig_factory) -> None:  # type: ignore[no-untyped-def]
     rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="0")
     # Enough work that the stop comes mid-way: a worker process notices SIGTERM within a

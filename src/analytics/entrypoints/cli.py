@@ -307,11 +307,18 @@ def run_dramatiq(argv: list[str], settings: Settings) -> int:
     ``python -m analytics dramatiq <argv>``: the same start as this one, where
     ``python -m dramatiq`` would come back with dramatiq's text lines and no preloading.
     """
+    import functools  # noqa: PLC0415
+
     from dramatiq import cli as dramatiq_cli  # noqa: PLC0415
 
     from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
+    from analytics.entrypoints.serve import stop_with  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_format)
+    # Every process the master forks (worker processes, the metrics exporter) stops when
+    # the master is killed outright: they kept consuming as orphans, and the supervisor's
+    # restart then ran a second group beside them (and found the exporter's port taken).
+    os.register_at_fork(after_in_child=functools.partial(stop_with, os.getpid()))
     preload_worker_modules(settings)
     args = dramatiq_cli.make_argument_parser().parse_args(argv)
     sys.argv = [sys.executable, "-m", "analytics", "dramatiq", *argv]  # what a reload runs

@@ -40,16 +40,17 @@ def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def stop_with_parent() -> Callable[[], None]:
-    """What a child of this process runs before its program: see ``_stop_with``."""
-    return functools.partial(_stop_with, os.getpid())
+    """What a child of this process runs before its program: see ``stop_with``."""
+    return functools.partial(stop_with, os.getpid())
 
 
-def _stop_with(parent: int) -> None:
-    """In the child, before it runs: SIGTERM when ``serve`` dies (Linux ``prctl``
+def stop_with(parent: int) -> None:
+    """In a child, before it runs: SIGTERM when its parent dies (Linux ``prctl``
     ``PR_SET_PDEATHSIG``). In sessions of their own the children no longer share the
     terminal's signals, so a ``serve`` killed outright (SIGKILL, the OOM killer) would
     leave them running, holding the port and the Redis socket; this way they stop, each
-    gracefully. Elsewhere it does nothing."""
+    gracefully. The worker's master uses it for the processes it forks. Elsewhere (not
+    Linux) it does nothing."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes  # noqa: PLC0415

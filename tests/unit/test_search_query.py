@@ -143,6 +143,8 @@ def test_parse_opens_a_cursor_of_the_same_query() -> None:
         ({"limit": ["-1"]}, "limit"),
         ({"limit": ["ten"]}, "limit"),
         ({"limit": ["1e3"]}, "limit"),
+        ({"limit": ["\uff11"]}, "limit"),  # a full-width 1
+        ({"limit": [" 1"]}, "limit"),
         ({"cursor": ["not-a-cursor"]}, "cursor"),
         ({"cursor": [""]}, "cursor"),
     ],
@@ -177,3 +179,23 @@ def test_any_rfc3339_time_is_accepted_or_a_bad_query(
     else:
         parsed = getattr(query, name)
         assert parsed is not None and parsed.utcoffset() == timedelta(0)
+
+
+@given(
+    moment=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2099, 1, 1)),
+    extra=st.text(alphabet="0123456789", min_size=0, max_size=3),
+    offset=st.sampled_from(["Z", "+00:00", "+05:30", "-03:00"]),
+)
+def test_a_time_bound_is_the_instant_ingest_makes_of_the_same_text(moment, extra, offset) -> None:  # type: ignore[no-untyped-def]
+    """Ingest (msgspec) rounds digits past the microsecond; the search and aggregation
+    bounds truncated them: ``start=...04:59:59.9999999Z`` then matched an event sent with
+    that very timestamp (stored as 05:00:00) one microsecond too early."""
+    import msgspec  # noqa: PLC0415
+
+    from analytics.application.queries import parse_instant  # noqa: PLC0415
+    from analytics.domain.search import parse_time  # noqa: PLC0415
+
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + extra + offset
+    ingested = msgspec.json.decode(f'"{text}"'.encode(), type=datetime).astimezone(UTC)
+    assert parse_time("start", text) == ingested
+    assert parse_instant("start", text.replace("Z", "+00:00"), UTC) == ingested

@@ -33,6 +33,7 @@ from analytics.domain.buckets import (
     period_buckets,
 )
 from analytics.domain.errors import BadQuery
+from analytics.domain.search import round_to_micros
 from analytics.domain.ports import AggregateStore, Cache, Clock
 
 UNIQUES = "exact"
@@ -90,7 +91,7 @@ def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
             d = date.fromisoformat(value)
             dt = datetime(d.year, d.month, d.day, tzinfo=tz)
         else:
-            dt = datetime.fromisoformat(value)
+            dt = round_to_micros(datetime.fromisoformat(value), value)
     except ValueError:
         raise BadQuery(name, f"{value!r} is not an RFC 3339 timestamp or YYYY-MM-DD date") from None
     if dt.tzinfo is None:

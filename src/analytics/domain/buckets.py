@@ -44,9 +44,20 @@ def parse_period(value: str) -> Period:
         ) from None
 
 
+#: Files of a zoneinfo database that are not zones: ``localtime`` answered in the host's
+#: own zone (and echoed that name), ``Factory`` in a zone named "-00".
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
+
 def parse_tz(value: str) -> ZoneInfo:
     """An IANA zone name (``Europe/Berlin``, ``UTC``); anything else is a bad ``tz``."""
-    if not value or len(value) > 64 or value.startswith(("/", ".")) or ".." in value:
+    if (
+        not value
+        or len(value) > 64
+        or value.startswith(("/", ".", "posix/", "right/"))
+        or ".." in value
+        or value in _NOT_ZONES
+    ):
         raise BadQuery("tz", f"unknown time zone {value!r}; use an IANA name like Europe/Berlin")
     try:
         return ZoneInfo(value)

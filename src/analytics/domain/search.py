@@ -106,10 +106,12 @@ def parse_time(parameter: str, value: str) -> datetime:
     text = value.strip()
     if not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}", text):
         raise BadQuery(parameter, f"{value!r} is not an RFC 3339 timestamp")
+    if len(text) > 16 and text[-6] == " " and text[-3] == ":":
+        text = text[:-6] + "+" + text[-5:]  # an unencoded '+' in a URL arrives as ' '
     if text[-1] in "zZ":
         text = text[:-1] + "+00:00"
     try:
-        dt = datetime.fromisoformat(text)
+        dt = round_to_micros(datetime.fromisoformat(text), text)
     except ValueError:
         raise BadQuery(parameter, f"{value!r} is not an RFC 3339 timestamp") from None
     if dt.tzinfo is None:
@@ -118,6 +120,18 @@ def parse_time(parameter: str, value: str) -> datetime:
         return dt.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
         raise BadQuery(parameter, f"{value!r} is out of range in UTC") from None
+
+
+_EXCESS_FRACTION = re.compile(r"[.,]\d{6}(\d)")
+
+
+def round_to_micros(dt: datetime, text: str) -> datetime:
+    """``dt`` parsed from ``text`` by ``datetime.fromisoformat``, which drops digits past
+    the microsecond, rounded half up as msgspec rounds an event's timestamp at ingest: a
+    bound of ``04:59:59.9999999Z`` is the same instant as an event sent with it (05:00:00),
+    not a microsecond earlier."""
+    excess = _EXCESS_FRACTION.search(text)
+    return dt + timedelta(microseconds=1) if excess and excess.group(1) >= "5" else dt
 
 
 def _single(params: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -154,7 +168,7 @@ def parse_search(
     raw_limit = _single(params, "limit")
     limit = min(DEFAULT_LIMIT, max_limit)
     if raw_limit is not None:
-        if not re.fullmatch(r"\d{1,7}", raw_limit.strip()):
+        if not re.fullmatch(r"[0-9]{1,7}", raw_limit):  # \d takes any script's digits
             raise BadQuery("limit", f"{raw_limit!r} is not a whole number")
         limit = int(raw_limit)
         if not 1 <= limit <= max_limit:

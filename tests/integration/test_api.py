@@ -202,3 +202,18 @@ def test_not_found_and_method_not_allowed_say_what_to_do(client) -> None:  # typ
     r = client.simulate_put("/api/v1/analytics/events")
     assert r.status_code == 405 and r.json["detail"] == f"this route answers {r.headers['Allow']}"
     assert r.headers["Content-Type"] == "application/problem+json"
+
+
+def test_head_answers_on_every_get_route_without_a_body(client) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9110: HEAD wherever GET is served (it was 405 but on /health)."""
+    query = "start=2026-11-20&end=2026-11-22"
+    for path in ("/api/v1/analytics/aggregations/day", "/api/v1/openapi.json", "/health"):
+        got = client.simulate_get(path, query_string=query)
+        head = client.simulate_head(path, query_string=query)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers["Content-Length"] == str(len(got.content))
+        assert head.headers.get("ETag") == got.headers.get("ETag")
+    head = client.simulate_head("/api/v1/analytics/dashboard/metrics")  # "now": its own tag
+    assert (head.status_code, head.content) == (200, b"") and head.headers["ETag"]
+    assert client.simulate_head("/nope").content == b""
+    assert client.simulate_head("/api/v1/analytics/events").status_code == 405  # POST only

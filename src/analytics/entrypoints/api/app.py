@@ -12,6 +12,7 @@ from analytics.entrypoints.api.ingest_lane import IngestLane, WSGIApp
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
+    HeadAsGetMiddleware,
     SecurityHeadersMiddleware,
 )
 from analytics.entrypoints.api.problems import install_error_handlers
@@ -70,6 +71,7 @@ def create_app(container: Container) -> falcon.App:
     cors = [CORSMiddleware(s.cors_origin_list)] if s.cors_origin_list else []
     app = falcon.App(
         middleware=[
+            HeadAsGetMiddleware(),
             CorrelationMiddleware(),
             SecurityHeadersMiddleware(hsts_seconds=s.hsts_seconds),
             *cors,

@@ -30,6 +30,32 @@ def begin_request(given: str | None) -> str:
     return cid
 
 
+class HeadAsGetMiddleware:
+    """``HEAD`` on every ``GET`` route (RFC 9110 9.3.2: a server MUST support HEAD where
+    it supports GET): routed as ``GET``, answered without the body, with the headers and
+    ``Content-Length`` the ``GET`` would have. Falcon answers 405 for a resource without
+    ``on_head``. The method is ``HEAD`` again before any other middleware's resource and
+    response hooks and the responder run, so the access policy (its ``GET HEAD`` rules),
+    the access log and Falcon's body suppression all see the request as it came."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.method == "HEAD":
+            req.context.head_as_get = True
+            req.method = "GET"  # routing only
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, object]
+    ) -> None:
+        if getattr(req.context, "head_as_get", False):
+            req.method = "HEAD"
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        if getattr(req.context, "head_as_get", False):  # a 404 or 405 never reached a resource
+            req.method = "HEAD"
+
+
 class CorrelationMiddleware:
     """Take ``X-Correlation-ID`` when it is well-formed, else make one; echo it always."""
 

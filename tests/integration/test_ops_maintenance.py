@@ -89,3 +89,22 @@ def test_dlq_for_a_data_directory_without_a_running_serve_refuses(tmp_path) -> N
         assert proc.returncode == 2, proc.stderr
         assert "no analytics serve is running for the data directory" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_api_on_a_busy_port_says_so_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """gunicorn retried the bind for five seconds, a dozen log lines, before giving up."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = child_env(ANALYTICS_DATA_DIR=str(tmp_path), ANALYTICS_AUTH="disabled",
+                        ANALYTICS_BROKER="stub")  # fmt: skip
+        proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("api", "--host", "127.0.0.1", "--port", str(port)), env=env,
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr

@@ -257,6 +257,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"gunicorn_config": Path(args.config)})
     if settings.gunicorn_config is not None and not settings.gunicorn_config.is_file():
         raise CliError(f"gunicorn config file {str(settings.gunicorn_config)!r} does not exist")
+    if not os.environ.get("LISTEN_FDS"):  # systemd hands gunicorn a socket it already holds
+        from analytics.entrypoints.serve import check_port_free  # noqa: PLC0415
+
+        check_port_free(settings.host, settings.port)  # not a dozen lines of bind retries
     settings = _with_metrics_dir(settings, "api")
     GunicornServer(settings).run()
     return 0

@@ -140,6 +140,34 @@ def test_chunked_and_multi_member_gzip_bodies_are_read_whole(service) -> None:  
                message="the four accepted events stored")  # fmt: skip
 
 
+def test_requests_gunicorn_refuses_get_problem_json_too(service) -> None:  # type: ignore[no-untyped-def]
+    """A malformed Content-Length or an oversized header never reaches the app: gunicorn
+    answered with its HTML page, without a correlation id or the security headers."""
+    import socket  # noqa: PLC0415
+
+    base, _, _ = service
+    host, port = base.removeprefix("http://").split(":")
+    cases = [
+        (b"Content-Length: abc\r\n", 400),
+        (b"X-Correlation-ID: " + b"x" * 10_000 + b"\r\n", 431),
+    ]
+    for header, status in cases:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /api/v1/analytics/events HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n" + header + b"\r\n{}")  # fmt: skip
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        assert lines[0].startswith(f"HTTP/1.1 {status} "), lines[0]
+        assert headers["Content-Type"] == "application/problem+json"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        problem = json.loads(body)
+        assert problem["status"] == status and problem["correlation_id"] == headers["X-Correlation-ID"]
+
+
 def test_every_line_the_service_writes_is_json_but_the_banner(service) -> None:  # type: ignore[no-untyped-def]
     """gunicorn's master and workers, dramatiq's master and its processes, the scheduler:
     one JSON object per line, for a log shipper to parse; only ``serve``'s own banner for

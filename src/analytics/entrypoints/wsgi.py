@@ -15,6 +15,7 @@ from analytics.settings import Settings
 
 
 def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
+    answer_protocol_errors_as_problems()
     from analytics.bootstrap import bootstrap  # noqa: PLC0415
     from analytics.entrypoints.actors import register_actors  # noqa: PLC0415
     from analytics.entrypoints.api.app import create_wsgi_app  # noqa: PLC0415
@@ -31,6 +32,43 @@ def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
     # generations, so a full collection walks only what requests allocate since.
     gc.freeze()
     return app
+
+
+def answer_protocol_errors_as_problems() -> None:
+    """Requests gunicorn refuses before the app sees them (a malformed ``Content-Length``,
+    a header line over ``limit_request_field_size``, a bad request line) get a problem+json
+    answer with a correlation id and the security headers, like every other error, instead
+    of gunicorn's HTML page. gunicorn writes that page through ``gunicorn.util.write_error``
+    and offers no hook for it; this replaces that function in the worker process (the
+    status, reason and message stay gunicorn's).
+    """
+    from gunicorn import util  # noqa: PLC0415
+
+    if getattr(util.write_error, "_problem_json", False):
+        return
+    import msgspec  # noqa: PLC0415
+
+    from analytics.domain.ids import random_hex  # noqa: PLC0415
+    from analytics.entrypoints.api.middleware import SECURITY_HEADERS  # noqa: PLC0415
+
+    headers = "".join(f"{k}: {v}\r\n" for k, v in SECURITY_HEADERS.items())
+
+    def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        correlation_id = random_hex(16)
+        body = msgspec.json.encode({
+            "type": "urn:problem:analytics:" + "-".join(reason.lower().split()),
+            "title": reason, "status": status_int, "detail": mesg or reason,
+            "correlation_id": correlation_id,
+        })  # fmt: skip
+        head = (
+            f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Correlation-ID: {correlation_id}\r\n{headers}\r\n"
+        )
+        util.write_nonblock(sock, head.encode("latin-1") + body)
+
+    write_problem._problem_json = True  # type: ignore[attr-defined]
+    util.write_error = write_problem
 
 
 class StructlogGunicornLogger(glogging.Logger):  # type: ignore[misc]

@@ -371,9 +371,18 @@ class Settings(BaseModel):
         for actor, ms in self.time_limit_overrides.items():
             if ms <= floor_s * 1000:
                 raise ValueError(
-                    f"time_limits_ms: {actor}={ms} must be above the longest client timeout"
+                    f"ANALYTICS_TIME_LIMITS_MS: {actor}={ms} must be above the longest client timeout"
                     f" a task can block on ({floor_s:g} s: Redis, SQLite busy, AWS connect+read)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> Settings:
+        low, high = self.retry_min_backoff_ms, self.retry_max_backoff_ms
+        if low is not None and high is not None and low > high:
+            raise ValueError(
+                f"ANALYTICS_RETRY_MIN_BACKOFF_MS ({low}) is above ANALYTICS_RETRY_MAX_BACKOFF_MS ({high})"
+            )
         return self
 
     @property
@@ -464,7 +473,10 @@ class Settings(BaseModel):
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"]) or "settings"
+                loc = ".".join(str(p) for p in err["loc"])
+                if not loc:  # a rule over several settings: its message names them
+                    lines.append(err["msg"].removeprefix("Value error, "))
+                    continue
                 got = f" (got {err['input']!r})" if isinstance(err.get("input"), str) else ""
                 if loc in _secret_names(cls):  # never echo a secret into logs
                     got = ""

@@ -108,3 +108,17 @@ def test_api_on_a_busy_port_says_so_in_one_line(tmp_path) -> None:  # type: igno
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("dlq", "replay", "--actor", "proces_events"), "unknown actor 'proces_events'"),
+    (("keys", "create", "--name", " ", "--scopes", "read"), "a key needs a name"),
+])  # fmt: skip
+def test_a_typo_in_an_operator_argument_is_refused_before_anything_runs(tmp_path, args, says) -> None:  # type: ignore[no-untyped-def]
+    """``--actor`` with a typo filtered every dead letter out and said "replayed 0"; a
+    blank key name was stored."""
+    proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+        analytics_cmd(*args, "--data-dir", str(tmp_path)), env=child_env(),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr

@@ -90,8 +90,17 @@ def test_time_limits_are_configurable_per_actor() -> None:
 def test_a_bad_time_limit_is_refused_at_start_saying_why(value: str, says: str) -> None:
     from analytics.settings import SettingsError  # noqa: PLC0415
 
-    with pytest.raises(SettingsError, match=re.escape(says)):
+    with pytest.raises(SettingsError, match=re.escape(says)) as err:
         Settings.from_env({"ANALYTICS_TIME_LIMITS_MS": value})
+    assert "settings:" not in str(err.value)  # the line names the variable, not "settings"
+
+
+def test_a_retry_backoff_range_upside_down_is_refused() -> None:
+    from analytics.settings import SettingsError  # noqa: PLC0415
+
+    with pytest.raises(SettingsError, match="ANALYTICS_RETRY_MIN_BACKOFF_MS \\(5000\\) is above"):
+        Settings.from_env({"ANALYTICS_RETRY_MIN_BACKOFF_MS": "5000",
+                           "ANALYTICS_RETRY_MAX_BACKOFF_MS": "10"})  # fmt: skip
 
 
 def test_readme_retry_table_matches_the_code() -> None:

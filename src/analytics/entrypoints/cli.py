@@ -29,6 +29,22 @@ def _queues(value: str) -> list[str]:
     return names
 
 
+def _actor(value: str) -> str:
+    from analytics.entrypoints.policies import POLICIES  # noqa: PLC0415
+
+    if value not in POLICIES:  # a typo filtered everything out and said "replayed 0"
+        raise argparse.ArgumentTypeError(
+            f"unknown actor {value!r}; choose from {', '.join(sorted(POLICIES))}"
+        )
+    return value
+
+
+def _name(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a key needs a name (who or what uses it)")
+    return value.strip()
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -93,7 +109,7 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ):
         p = dsub.add_parser(name, help=text)
         p.add_argument("--queue", type=_queue)
-        p.add_argument("--actor")
+        p.add_argument("--actor", type=_actor)
         p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--data-dir", help="with no Redis configured: the Redis that "
@@ -107,7 +123,7 @@ def add_keys_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     keys = sub.add_parser("keys", help="manage API keys (stored hashed in the data dir)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a key and print its secret once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", type=_name, required=True)
     create.add_argument("--scopes", type=_scopes, required=True, help="e.g. ingest,read")
     create.add_argument("--rate-per-minute", type=_limit, help="default: the setting")
     create.add_argument("--burst", type=_limit, help="default: the setting")

@@ -60,21 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run everything on the embedded default")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir")
+    serve.add_argument("--host", help="address to listen on (default ANALYTICS_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="API port (default ANALYTICS_PORT, 8083)")
+    serve.add_argument("--data-dir", help="all state: events, Redis, keys (default ./data)")
 
     api = sub.add_parser("api", help="run the HTTP API under gunicorn")
-    api.add_argument("--host")
-    api.add_argument("--port", type=int)
-    api.add_argument("--workers", type=_positive)
-    api.add_argument("--threads", type=_positive)
+    api.add_argument("--host", help="address to listen on (default ANALYTICS_HOST)")
+    api.add_argument("--port", type=int, help="port (default ANALYTICS_PORT, 8083)")
+    api.add_argument("--workers", type=_positive,
+                     help="gunicorn worker processes (default ANALYTICS_WEB_WORKERS)")
+    api.add_argument("--threads", type=_positive,
+                     help="threads per worker process (default ANALYTICS_WEB_THREADS)")
     api.add_argument("--config", help="gunicorn settings file, e.g. config/gunicorn.conf.py")
 
     worker = sub.add_parser("worker", help="run Dramatiq workers for some queues")
-    worker.add_argument("--queues", type=_queues, default=list(QUEUES))
-    worker.add_argument("--processes", type=_positive)
-    worker.add_argument("--threads", type=_positive)
+    worker.add_argument("--queues", type=_queues, default=list(QUEUES),
+                        help=f"comma-separated, from {','.join(QUEUES)} (default: all)")
+    worker.add_argument("--processes", type=_positive,
+                        help="worker processes (default ANALYTICS_WORKER_PROCESSES)")
+    worker.add_argument("--threads", type=_positive,
+                        help="threads per process (default ANALYTICS_WORKER_THREADS)")
     master = sub.add_parser(
         "dramatiq",
         help="internal: dramatiq's CLI with this service's logging, what a reload of "
@@ -108,9 +113,10 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("purge", "delete dead letters for good"),
     ):
         p = dsub.add_parser(name, help=text)
-        p.add_argument("--queue", type=_queue)
-        p.add_argument("--actor", type=_actor)
-        p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
+        p.add_argument("--queue", type=_queue, help=f"only this queue: {', '.join(QUEUES)}")
+        p.add_argument("--actor", type=_actor, help="only this actor, e.g. process_events")
+        p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID",
+                       help="a message id or a unique prefix of 6+ characters; repeatable")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--data-dir", help="with no Redis configured: the Redis that "
                        "`analytics serve` runs for this data directory (default ./data)")

@@ -54,8 +54,10 @@ def test_storage_and_sns_breakers_on_a_stopped_moto_server(
     settings = aws_settings(
         own_moto, aws_names,
         ANALYTICS_BROKER="stub", ANALYTICS_DATA_DIR=str(data_dir), ANALYTICS_AUTH="disabled",
-        ANALYTICS_AWS_MAX_ATTEMPTS="1", ANALYTICS_AWS_CONNECT_TIMEOUT_S="0.5",
-        ANALYTICS_AWS_READ_TIMEOUT_S="1", ANALYTICS_BREAKER_FAILURE_THRESHOLD="2",
+        # A stopped server refuses connections at once: the timeouts only bound calls to
+        # a live moto, which on a loaded machine took over a second (CI flake at 1 s).
+        ANALYTICS_AWS_MAX_ATTEMPTS="1", ANALYTICS_AWS_CONNECT_TIMEOUT_S="2",
+        ANALYTICS_AWS_READ_TIMEOUT_S="15", ANALYTICS_BREAKER_FAILURE_THRESHOLD="2",
         ANALYTICS_BREAKER_RESET_TIMEOUT_S="0.3",
     )  # fmt: skip
     ensure_resources(settings)

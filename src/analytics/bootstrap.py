@@ -457,6 +457,20 @@ def build_task_queue(settings: Settings, broker: dramatiq.Broker) -> TaskQueue:
     )
 
 
+def _log_breaker_transition(breaker: Any, old: str, new: str) -> None:
+    """One line per state change: WARNING when a breaker opens (a dependency failed
+    ``ANALYTICS_BREAKER_FAILURE_THRESHOLD`` times in a row: answers are 503 or deferred
+    until it closes), INFO for the trial and the recovery."""
+    import structlog  # noqa: PLC0415
+
+    level = "warning" if new == "open" else "info"
+    getattr(structlog.get_logger("analytics.breakers"), level)(
+        "circuit breaker " + ("opened" if new == "open" else new.replace("_", "-")),
+        breaker=breaker.name, previous=str(old), state=str(new),
+        retry_after_s=breaker.reset_timeout_s if new == "open" else None,
+    )  # fmt: skip
+
+
 def install_breakers(container: Container) -> Container:
     """Wrap every outbound dependency in a circuit breaker (README, "Resilience").
 
@@ -487,14 +501,14 @@ def install_breakers(container: Container) -> Container:
     registry = BreakerRegistry()
 
     def breaker(name: str, on_open: type[CircuitOpen]) -> CircuitBreaker:
-        return registry.add(
-            CircuitBreaker(
-                name,
-                failure_threshold=s.breaker_failure_threshold,
-                reset_timeout_s=s.breaker_reset_timeout_s,
-                on_open=on_open,
-            )
+        cb = CircuitBreaker(
+            name,
+            failure_threshold=s.breaker_failure_threshold,
+            reset_timeout_s=s.breaker_reset_timeout_s,
+            on_open=on_open,
         )
+        cb.add_listener(_log_breaker_transition)
+        return registry.add(cb)
 
     storage = breaker("storage", StorageCircuitOpen)
     container.event_repo = GuardedProxy(container.event_repo, storage)  # type: ignore[assignment]

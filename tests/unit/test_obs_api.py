@@ -208,6 +208,32 @@ def test_no_access_line_below_its_level(tmp_path, monkeypatch):
     assert [x["event"] for x in lines(buf)] == ["still written"]
 
 
+def test_a_server_failure_is_logged_at_warning_and_a_breaker_opening_too(tmp_path, monkeypatch):
+    """At the WARNING level the access log is silent, but a 5xx is the service's failure
+    (it was an INFO line like any 202); the breaker opening on it said nothing at all."""
+    from analytics.domain.errors import QueueUnavailable  # noqa: PLC0415
+
+    class DownQueue:
+        def enqueue_events(self, events: Sequence[Event]) -> str:
+            raise QueueUnavailable("the broker did not confirm the enqueue (test)")
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    configure_logging("WARNING", "json")
+    settings = Settings(auth="disabled", broker="stub", storage="memory", data_dir=tmp_path,
+                        breaker_failure_threshold=2)  # fmt: skip
+    client = falcon.testing.TestClient(
+        create_wsgi_app(bootstrap(settings, task_queue=DownQueue()))  # type: ignore[arg-type]
+    )
+    statuses = [client.simulate_post(EVENTS, json=purchase()).status_code for _ in range(3)]
+    assert statuses == [503, 503, 503]
+    logged = lines(buf)
+    access = [x for x in logged if x.get("event") == "request"]
+    assert [(a["status"], a["level"]) for a in access] == [(503, "warning")] * 3
+    opened = [x for x in logged if x.get("event") == "circuit breaker opened"]
+    assert [(x["breaker"], x["level"]) for x in opened] == [("broker", "warning")]
+
+
 def test_secrets_are_never_logged(tmp_path, monkeypatch):
     buf = capture_logs(monkeypatch)
     client = make_client(tmp_path)[0]

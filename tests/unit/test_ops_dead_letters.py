@@ -145,3 +145,26 @@ def test_recycler_never_signals_outside_the_dramatiq_cli() -> None:
     assert recycler.count == 5 and not recycler.signalled and not recycler.enabled
     assert repo.count() == 5
 
+
+
+def test_a_dead_lettered_message_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dramatiq only says "Aborting message" at INFO: nothing a log alert would see."""
+    import structlog  # noqa: PLC0415
+    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
+
+    from analytics.adapters import dead_letter_recorder  # noqa: PLC0415
+
+    captured = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(dead_letter_recorder, "log", captured)
+    message = dramatiq.Message(queue_name="high_priority", actor_name="process_events",
+                               args=(), kwargs={}, options={"retries": 3})  # fmt: skip
+    proxy = dramatiq.MessageProxy(message)
+    proxy.fail()
+    recorder = dead_letter_recorder.DeadLetterRecorder()
+    recorder.after_process_message(StubBroker(), proxy, exception=StorageUnavailable("down"))
+    (call,) = captured.calls
+    assert call.method_name == "error" and call.args == ("message dead-lettered",)
+    assert call.kwargs["message_id"] == message.message_id
+    assert (call.kwargs["error_type"], call.kwargs["attempts"]) == ("StorageUnavailable", 3)
+    recorder.after_process_message(StubBroker(), dramatiq.MessageProxy(message), result=1)
+    assert len(captured.calls) == 1  # a success logs nothing here

@@ -16,9 +16,11 @@ import traceback
 from typing import Any
 
 import dramatiq
+import structlog
 from dramatiq.brokers.redis import RedisBroker
 
 _MAX_ERROR = 2000
+log = structlog.get_logger("analytics.dead_letters")
 
 
 class DeadLetterRecorder(dramatiq.Middleware):
@@ -48,6 +50,14 @@ class DeadLetterRecorder(dramatiq.Middleware):
             "permanent": permanent,
             "failed_at_ms": int(time.time() * 1000),
         }
+        # dramatiq says only "Aborting message" at INFO: one ERROR line an operator (or a
+        # log-based alert) sees, with what ``analytics dlq show`` needs.
+        log.error(
+            "message dead-lettered", message_id=message.message_id, queue=message.queue_name,
+            actor=message.actor_name, error_type=type(exception).__name__,
+            error=str(exception)[:200], attempts=message.options["failure"]["attempts"],
+            permanent=permanent,
+        )  # fmt: skip
         if isinstance(broker, RedisBroker) and "redis_message_id" in message.options:
             # The nack that follows moves this hash entry to the .XQ: update it first.
             broker.client.hset(

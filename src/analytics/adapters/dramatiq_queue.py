@@ -458,7 +458,7 @@ class GroupCommitQueue:
             if slot.state == _LEAD:
                 self._lead(slot)
         if slot.error is not None:
-            raise QueueUnavailable(f"the broker is unavailable: {slot.error}") from slot.error
+            raise QueueUnavailable(_unconfirmed(slot.error)) from slot.error
         assert slot.task_id is not None
         return slot.task_id
 
@@ -513,6 +513,15 @@ class GroupCommitQueue:
             return
         for slot in group:
             slot.finish(message.message_id)
+
+
+def _unconfirmed(exc: BaseException) -> str:
+    """A failed send's 503 detail: its outcome is unknown once the command may have left
+    (a stalled Redis runs it when it wakes), so the client is told how to retry safely."""
+    return (
+        f"the broker did not confirm the enqueue ({exc}); send the event again with the "
+        "same event_id: it is stored once"
+    )
 
 
 class RedisEnqueuer:
@@ -581,4 +590,4 @@ class DirectQueue:
         try:
             return self.broker.enqueue(events_message(events)).message_id
         except Exception as exc:  # noqa: BLE001
-            raise QueueUnavailable(f"the broker is unavailable: {exc}") from exc
+            raise QueueUnavailable(_unconfirmed(exc)) from exc

@@ -109,9 +109,12 @@ class AccessLogMiddleware:
         )
 
     def record(self, method: str, route: str, status: object, started: float | None) -> None:
-        if not self.log.is_enabled_for(logging.INFO):  # e.g. ANALYTICS_LOG_LEVEL=WARNING
+        # A 5xx is the service's failure, not the client's: WARNING, so it shows at the
+        # WARNING level too and a log alert can tell it from ordinary traffic.
+        failed = type(status) is int and status >= 500
+        if not failed and not self.log.is_enabled_for(logging.INFO):  # e.g. level WARNING
             return
         duration_ms = round((time.perf_counter() - started) * 1000, 3) if started else None
-        self.log.info(
+        (self.log.warning if failed else self.log.info)(
             "request", method=method, route=route, status=status, duration_ms=duration_ms
         )

@@ -219,6 +219,24 @@ def test_ctrl_c_in_a_terminal_stops_everything_in_order(tmp_path: Path) -> None:
     assert "Stopping worker process" in text and "Killing worker process" not in text
 
 
+def test_check_beside_a_running_serve_asks_its_redis(service) -> None:  # type: ignore[no-untyped-def]
+    """With no Redis configured, ``analytics check worker`` asked 127.0.0.1:6379 (another
+    deployment's Redis on these machines) for serve's heartbeats, and said unhealthy."""
+    import subprocess  # noqa: PLC0415
+
+    from tests.support import analytics_cmd  # noqa: PLC0415
+
+    _, data_dir, _ = service
+    env = {k: v for k, v in child_env(ANALYTICS_DATA_DIR=str(data_dir)).items()
+           if not k.startswith("REDIS_")}  # fmt: skip
+    proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+        analytics_cmd("check", "worker", "--queues", "high_priority"), env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("healthy: worker heartbeats fresh for high_priority")
+
+
 def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore[no-untyped-def]
     """With no Redis configured, ``analytics dlq --data-dir D`` talks to the Redis that
     ``serve`` runs for D (its Unix socket), not to whatever answers on 127.0.0.1:6379 (on

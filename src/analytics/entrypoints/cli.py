@@ -417,8 +417,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from analytics.entrypoints.scheduler import run_scheduler  # noqa: PLC0415
+    from analytics.entrypoints.serve import with_running_serves_redis  # noqa: PLC0415
 
-    return run_scheduler(load_settings(dict(os.environ)))
+    # Beside a running serve (no Redis configured), its Redis: a standby of serve's own
+    # scheduler, not one of whatever deployment answers on 127.0.0.1:6379.
+    settings = with_running_serves_redis(load_settings(dict(os.environ)), required=False)
+    return run_scheduler(settings)
 
 
 COMMANDS = {
@@ -435,8 +439,10 @@ COMMANDS = {
 
 def cmd_check(args: argparse.Namespace) -> int:
     from analytics.entrypoints.health_check import run_check  # noqa: PLC0415
+    from analytics.entrypoints.serve import with_running_serves_redis  # noqa: PLC0415
 
-    return run_check(args, load_settings(dict(os.environ)))
+    settings = with_running_serves_redis(load_settings(dict(os.environ)), required=False)
+    return run_check(args, settings)
 
 
 COMMANDS["check"] = cmd_check

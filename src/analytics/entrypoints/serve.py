@@ -107,14 +107,17 @@ def embedded_redis_socket(data_dir: Path) -> Path:
     return Path(data_dir) / "redis.sock"
 
 
-def with_running_serves_redis(settings: Settings) -> Settings:
+def with_running_serves_redis(settings: Settings, *, required: bool = True) -> Settings:
     """With no Redis configured (the embedded default), the Redis that ``analytics serve``
     runs for this data directory: an operator's command (``analytics dlq``) then sees the
-    service's dead letters, not whatever answers on 127.0.0.1:6379; CliError when that
-    ``serve`` is not running."""
+    service's dead letters, not whatever answers on 127.0.0.1:6379. When that ``serve`` is
+    not running: CliError, or (``required=False``: ``check``, ``scheduler``) the settings
+    as they are."""
     if settings.broker != "redis" or settings.redis_host is not None or settings.redis_socket:
         return settings
     sock = embedded_redis_socket(settings.data_dir)
+    if not sock.is_socket() and not required:
+        return settings  # the default Redis, as `analytics worker` and `api` use
     if not sock.is_socket():
         # Falling back to 127.0.0.1:6379 read (and could replay or purge) some other
         # deployment's dead letters, for a mistyped --data-dir or a stopped serve.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,7 @@ def env_for(redis: RedisServerProcess, data_dir: Path, namespace: str, **extra: 
         REDIS_PORT=str(redis.port), ANALYTICS_NAMESPACE=namespace, ANALYTICS_DATA_DIR=str(data_dir),
         ANALYTICS_AUTH="disabled", ANALYTICS_LOG_LEVEL="WARNING", ANALYTICS_RATE_LIMIT="disabled",
         ANALYTICS_RATE_LIMIT_BACKEND="disabled", ANALYTICS_OVERLOAD_QUEUE_DEPTH="100000000",
+        ANALYTICS_WORKER_METRICS_PORT="0",  # no exporter: 9191 may be taken on this host
     )  # fmt: skip
     env.update(extra)
     return env
@@ -148,6 +150,7 @@ def start(cmd: list[str], env: dict[str, str], url: str, log: Path,
     """Start a server; return once ``url`` answers and, with ``ready`` (the directory of
     :func:`ready_marker` and the worker count), once every worker has built its app."""
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)  # noqa: S603
+    STARTED.append(proc)
     wait_http(url, timeout=60, proc=proc)
     if ready is not None:
         folder, workers = ready
@@ -157,6 +160,10 @@ def start(cmd: list[str], env: dict[str, str], url: str, log: Path,
                 raise RuntimeError(f"{cmd[:3]}: {workers} workers not ready; see {log}")
             time.sleep(0.02)
     return proc
+
+
+#: Every server and worker this run started: stopped at the end, whatever happened.
+STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -354,6 +361,7 @@ def main() -> int:
         worker = subprocess.Popen([sys.executable, "-m", "analytics", "worker", "--queues", "high_priority",
                                    "--processes", str(args.worker_processes), "--threads", str(args.worker_threads)], env=env,
                                   stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+        STARTED.append(worker)
         t_first = None  # the worker's first stored event: its start-up is over
         while (count := repo.count()) < queued:
             if t_first is None and count:
@@ -382,10 +390,17 @@ def main() -> int:
             f"{t_first + args.drain_events / max((queued - first) / max(t_drain - t_first, 1e-9), 1e-9):.2f}s "
             f"to store, start-up included",
         ]
+    except BaseException:
+        print(f"bench failed; its servers' output is in {log}", file=sys.stderr)
+        raise
     finally:
+        for proc in STARTED:  # a failed phase left its servers running before
+            if proc.poll() is None:
+                stop(proc)
         redis.stop()
         if fsynced is not None:
             fsynced.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept, with its log, only when the run failed
     print("\n".join(lines))
     return 0
 

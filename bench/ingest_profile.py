@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -132,6 +133,7 @@ def main() -> int:
                 pstats.Stats(prof).print_callers(args.callers)
     finally:
         redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

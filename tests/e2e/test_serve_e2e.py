@@ -135,6 +135,16 @@ def test_chunked_and_multi_member_gzip_bodies_are_read_whole(service) -> None:  
     assert status == 400 and "after the last gzip member" in str(problem["detail"]), problem
     status, problem = send("/api/v1/analytics/events/batch", b" " * (1024 * 1024 + 1))
     assert status == 413, problem
+    import socket  # noqa: PLC0415
+
+    for framing in (b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX"):  # bad size; no terminator
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /api/v1/analytics/events HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                         b"\r\n" + framing)  # fmt: skip
+            sock.shutdown(socket.SHUT_WR)
+            answer = sock.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]  # it was a 500
     repo = SQLiteEventRepository(SQLiteDatabase(data_dir / "events.sqlite3"))
     wait_until(lambda: len(repo.get_many(uuid.UUID(i) for i in ids)) == 4, timeout=30,
                message="the four accepted events stored")  # fmt: skip

@@ -72,9 +72,68 @@ def test_a_batch_counts_its_events() -> None:
 def test_a_batch_larger_than_the_budget_is_refused_before_queueing() -> None:
     h = frozen()
     key = {"X-API-Key": h.key("ingest", rate_per_minute=600, burst=100)}
-    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 101}, headers=key)
-    assert_problem(r, 429)
+    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 60}, headers=key)
+    assert r.status_code == 202
+    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 60}, headers=key)
+    assert_problem(r, 429)  # fits the burst, not what is left of it: wait and retry
+    assert len(h.container.task_queue.events) == 60  # type: ignore[attr-defined]
+
+
+def test_a_batch_larger_than_the_burst_is_413_not_a_429_that_never_clears() -> None:
+    """A batch of more events than the key's burst can never be admitted: it got 429 with
+    a Retry-After after which it failed again, forever."""
+    h = frozen()
+    key = {"X-API-Key": h.key("ingest", rate_per_minute=600, burst=100)}
+    for size in (101, 150):
+        r = h.client.simulate_post(BATCH, json={"events": [EVENT] * size}, headers=key)
+        body = assert_problem(r, 413)
+        assert (body["count"], body["limit"]) == (size, 100) and "at most 100" in body["detail"]
     assert h.container.task_queue.events == []  # type: ignore[attr-defined]
+    fresh = {"X-API-Key": h.key("ingest", rate_per_minute=600, burst=100)}
+    r = h.client.simulate_post(BATCH, json={"events": [EVENT] * 100}, headers=fresh)
+    assert r.status_code == 202  # the burst itself fits (each refused request cost 1)
+
+
+def test_behind_a_trusted_proxy_the_address_is_the_one_the_proxy_appended() -> None:
+    """The first X-Forwarded-For entry (or a Forwarded header) is whatever the client
+    wrote: each request was a new anonymous bucket, and the limit never bit."""
+    h = frozen(anon_rate_limit_burst=3, trust_forwarded_for=True)
+    statuses = [
+        h.client.simulate_post(EVENTS, json=EVENT, remote_addr="10.0.0.9", headers={
+            "X-Forwarded-For": f"198.51.100.{i}, 203.0.113.7",
+            "Forwarded": f"for=198.51.100.{i}"}).status_code
+        for i in range(4)
+    ]  # fmt: skip
+    assert statuses == [401] * 3 + [429]
+    other = {"X-Forwarded-For": "198.51.100.1, 203.0.113.8"}  # another real client
+    assert h.client.simulate_post(EVENTS, json=EVENT, headers=other).status_code == 401
+
+
+def test_probes_ignore_a_presented_key_and_raw_keys_need_bearer() -> None:
+    """/health is open and exempt from the anonymous limit, but a stale key on the probe
+    was checked and charged: 429 once the address's bucket was empty. And a key sent as
+    ``Authorization: <key>`` without ``Bearer`` was accepted, though documented as not."""
+    h = frozen(anon_rate_limit_burst=2)
+    stale = {"Authorization": "Bearer ak_000000000000_stale"}
+    assert [h.client.simulate_get("/health", headers=stale).status_code
+            for _ in range(5)] == [200] * 5  # fmt: skip
+    key = h.key("ingest")
+    r = h.client.simulate_post(EVENTS, json=EVENT, headers={"Authorization": key})
+    assert_problem(r, 401)
+    assert h.client.simulate_post(EVENTS, json=EVENT, headers={"Authorization": f"Bearer {key}"}).status_code == 202
+
+
+def test_made_up_methods_share_one_metrics_label() -> None:
+    from analytics.entrypoints.api.observability import RequestMetricsMiddleware  # noqa: PLC0415
+    from analytics.entrypoints import metrics as m  # noqa: PLC0415
+
+    h = frozen()
+    for i in range(5):
+        h.client.simulate_request(f"M{i:05d}", "/x")
+    methods = {s.labels["method"] for metric in m.HTTP_REQUESTS.collect() for s in metric.samples}
+    assert not any(name.startswith("M0") for name in methods), methods
+    assert "other" in methods
+    assert RequestMetricsMiddleware  # the middleware that labels them
 
 
 def test_unauthenticated_requests_are_limited_per_address() -> None:

@@ -109,6 +109,18 @@ class RateLimited(DomainError):
         super().__init__(message)
 
 
+class BatchOverBurst(DomainError):
+    """A batch of more events than its rate-limit bucket can ever hold (its burst): no
+    wait makes room, so it is refused as too large (413), not rate limited (429)."""
+
+    def __init__(self, events: int, burst: int) -> None:
+        self.events, self.burst = events, burst
+        super().__init__(
+            f"a batch of {events} events is more than this key's rate-limit burst of {burst}:"
+            f" send at most {burst} events per request"
+        )
+
+
 class Overloaded(AdapterError):
     """The processing backlog is too deep to accept more events now (503, not a timeout)."""
 

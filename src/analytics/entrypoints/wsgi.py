@@ -46,6 +46,8 @@ def answer_protocol_errors_as_problems() -> None:
 
     if getattr(util.write_error, "_problem_json", False):
         return
+    from http import HTTPStatus  # noqa: PLC0415
+
     import msgspec  # noqa: PLC0415
 
     from analytics.domain.ids import random_hex  # noqa: PLC0415
@@ -54,6 +56,7 @@ def answer_protocol_errors_as_problems() -> None:
     headers = "".join(f"{k}: {v}\r\n" for k, v in SECURITY_HEADERS.items())
 
     def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        reason = HTTPStatus(status_int).phrase  # gunicorn's 501 said "Bad Request"
         correlation_id = random_hex(16)
         body = msgspec.json.encode({
             "type": "urn:problem:analytics:" + "-".join(reason.lower().split()),
@@ -63,6 +66,7 @@ def answer_protocol_errors_as_problems() -> None:
         head = (
             f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
             f"X-Correlation-ID: {correlation_id}\r\n{headers}\r\n"
         )
         util.write_nonblock(sock, head.encode("latin-1") + body)

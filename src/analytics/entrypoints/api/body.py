@@ -38,7 +38,14 @@ def read_json_body(
     # A chunked body has no Content-Length, and Falcon's bounded stream reads nothing
     # then; the server's own stream ends where the chunks end (gunicorn decodes them).
     chunked = length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
-    data = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
+    try:
+        data = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
+    except Exception as exc:  # noqa: BLE001 - the server's framing errors (a bad chunk size,
+        # a missing terminator, the client gone): the body is unreadable, never a 500
+        raise Problem(
+            400, slug="malformed", title="Malformed body",
+            detail=f"the request body could not be read: {type(exc).__name__} {exc}".strip(),
+        ) from None
     if len(data) > max_bytes:
         raise _too_large(None, max_bytes)
     if encoding != "identity":

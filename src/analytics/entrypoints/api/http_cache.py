@@ -113,6 +113,8 @@ class HttpCacheMiddleware:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         if req.method not in ("GET", "HEAD"):
+            if resp.status_code >= 400 and not resp.get_header("Cache-Control"):
+                resp.set_header("Cache-Control", "no-store")  # an error of any method
             return
         if not req_succeeded or resp.status_code != 200:
             if not resp.get_header("Cache-Control"):

@@ -173,5 +173,6 @@ class IngestLane:
         body = problem_document(problem, NEW_ROUTE, cid)
         own = list((problem.headers or {}).items())
         headers = own + headers + rate_headers(decision, has_retry_after="Retry-After" in dict(own))
-        headers += [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))]
+        headers += [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body))),
+                    ("Cache-Control", "no-store")]  # fmt: skip
         return falcon.code_to_http_status(problem.status_code), headers, body

@@ -112,9 +112,11 @@ class AccessLogMiddleware:
         # A 5xx is the service's failure, not the client's: WARNING, so it shows at the
         # WARNING level too and a log alert can tell it from ordinary traffic.
         failed = type(status) is int and status >= 500
-        if not failed and not self.log.is_enabled_for(logging.INFO):  # e.g. level WARNING
-            return
-        duration_ms = round((time.perf_counter() - started) * 1000, 3) if started else None
-        (self.log.warning if failed else self.log.info)(
-            "request", method=method, route=route, status=status, duration_ms=duration_ms
-        )
+        if failed or self.log.is_enabled_for(logging.INFO):  # e.g. silent at WARNING
+            duration_ms = round((time.perf_counter() - started) * 1000, 3) if started else None
+            (self.log.warning if failed else self.log.info)(
+                "request", method=method, route=route, status=status, duration_ms=duration_ms
+            )
+        # The request is over: gunicorn's own lines on this thread until the next one (a
+        # request it refuses before the app) carried this one's correlation id and key.
+        structlog.contextvars.clear_contextvars()

@@ -90,9 +90,16 @@ class RequestMetricsMiddleware:
 
     def finish(self, route: str, method: str, status: str, started: float) -> None:
         m.HTTP_IN_PROGRESS.dec()
+        if method not in _METHODS:  # any token is a method to HTTP: one label, not one each
+            method = "other"
         requests, duration = self._children(route, method, status)
         requests.inc()
         duration.observe(time.perf_counter() - started)
+
+
+#: The ``method`` label's values; any other method token (a client may send 150 made-up
+#: ones, each a new time series on /metrics) counts as ``other``.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _count_ingest_outcome(req: falcon.Request) -> None:

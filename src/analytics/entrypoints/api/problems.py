@@ -10,6 +10,7 @@ import msgspec
 from analytics.application.ingest import BatchTooLarge
 from analytics.domain.errors import (
     AdapterError,
+    BatchOverBurst,
     BadQuery,
     Forbidden,
     MalformedInput,
@@ -167,4 +168,12 @@ def install_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(Unauthenticated, unauthenticated)
     app.add_error_handler(Forbidden, forbidden)
     app.add_error_handler(RateLimited, rate_limited)
+
+    def over_burst(req: falcon.Request, resp: falcon.Response, ex: BatchOverBurst, params: Any) -> None:
+        raise Problem(
+            413, slug="batch-over-burst", title="Batch larger than the rate-limit burst",
+            detail=str(ex), limit=ex.burst, count=ex.events,
+        )  # fmt: skip
+
+    app.add_error_handler(BatchOverBurst, over_burst)
     app.add_error_handler(Overloaded, overloaded)

@@ -41,7 +41,7 @@ class BatchResource:
             correlation_id=req.context.correlation_id,
             deps=self.deps,
             max_events=self.max_events,
-            admit=lambda n: spend(req, resp, n - 1),  # the request itself already cost 1
+            admit=lambda n: spend(req, resp, n - 1, total=n),  # the request already cost 1
         )
         req.context.batch_receipt = receipt  # for the business metrics
         if not (receipt.accepted or receipt.duplicates):

@@ -19,7 +19,7 @@ import structlog
 from analytics.application.api_keys import authenticate, authorize
 from analytics.application.overload import check_backlog
 from analytics.domain.auth import ApiKey, Scope
-from analytics.domain.errors import RateLimited, Unauthenticated
+from analytics.domain.errors import BatchOverBurst, RateLimited, Unauthenticated
 from analytics.domain.ports import ApiKeyStore, Backlog, RateLimiter
 from analytics.domain.ratelimit import Quota, RateDecision
 from analytics.settings import Settings
@@ -78,13 +78,20 @@ def token_from(authorization: str | None, api_key: str | None) -> str | None:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return authorization  # present but not Bearer: fails as a malformed key
+        return "malformed:" + authorization  # not Bearer: never a key, even a valid one
     return api_key
 
 
 def client_address(req: falcon.Request, trust_forwarded: bool) -> str:
-    if trust_forwarded and req.access_route:
-        return str(req.access_route[0])
+    """The peer, or behind a trusted proxy (``ANALYTICS_TRUST_FORWARDED_FOR``) the last
+    ``X-Forwarded-For`` entry: the one that proxy appended for whoever connected to it.
+    Entries before it, and a ``Forwarded`` header, are whatever the client sent (the
+    first entry made every request a new bucket: the anonymous limit never bit)."""
+    if trust_forwarded:
+        forwarded = req.get_header("X-Forwarded-For")
+        last = forwarded.rsplit(",", 1)[-1].strip() if forwarded else ""
+        if last:
+            return last
     return str(req.remote_addr or "unknown")
 
 
@@ -125,6 +132,8 @@ class AuthMiddleware:
         if access == "metrics":
             access = "read" if self.settings.metrics_auth == "required" else "open"
         token = presented_key(req)
+        if access == "open" and EXEMPT_FROM_ANON_LIMIT.match(req.path):
+            token = None  # a probe's key is ignored: a stale one made /health answer 429
         key: ApiKey | None = None
         if self.enabled and (access != "open" or token):
             try:
@@ -196,13 +205,17 @@ def rate_headers(decision: RateDecision | None, *, has_retry_after: bool) -> lis
     ]
 
 
-def spend(req: falcon.Request, resp: falcon.Response, cost: int) -> None:
-    """Charge ``cost`` units (requests, or events on ingest) to this request's bucket; 429."""
+def spend(req: falcon.Request, resp: falcon.Response, cost: int, *, total: int | None = None) -> None:
+    """Charge ``cost`` units (requests, or events on ingest) to this request's bucket; 429.
+    ``total``: what the whole request costs (a batch: its events), when part of it was
+    charged before; more than the bucket's burst is refused at once (413)."""
     limiter: RateLimiter | None = getattr(req.context, "rate_limiter", None)
     bucket = getattr(req.context, "rate_bucket", None)
     if limiter is None or bucket is None or cost <= 0:
         return
     name, quota = bucket
+    if (total or cost) > quota.burst:  # no wait would ever make room: not 429 forever
+        raise BatchOverBurst(total or cost, quota.burst)
     decision = limiter.hit(name, cost, quota)
     req.context.rate_decision = decision
     if not decision.allowed:

@@ -193,3 +193,29 @@ def test_cli_bad_input(env) -> None:  # type: ignore[no-untyped-def]
         proc = _dlq_cli(env, *args)
         assert proc.returncode == code, (args, proc.stderr)
         assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_message_whose_envelope_does_not_decode_is_dead_lettered_once(system, env) -> None:  # type: ignore[no-untyped-def]
+    """Bytes that are not a message at all (another producer wrote them into the queue):
+    dramatiq's consumer raised on them, restarted, and the orphan sweep put them back, a
+    critical line every few seconds, forever. Now they go to the dead letters, where the
+    CLI lists and purges them, and the queue goes on."""
+    container, repo, _ = system
+    broker, dlq = container.broker, container.dead_letters
+    ns = broker.namespace
+    broker.client.hset(f"{ns}:high_priority.msgs", "garbage-1", b"\xff\x00 not json")
+    broker.client.rpush(f"{ns}:high_priority", "garbage-1")
+    good = make_events(3, user="after-garbage")
+    broker.enqueue(events_message(good))
+    wait_until(lambda: len(dlq.list()) == 1, timeout=30, message="the garbage never dead-lettered")
+    (letter,) = dlq.list(queue="high_priority")
+    assert (letter.letter_id, letter.error_type, letter.permanent) == ("garbage-1", "DecodeError", True)
+    wait_until(lambda: {e.event_id for e in repo.all()} >= {e.event_id for e in good}, timeout=30,
+               message="the queue stopped behind the garbage")  # fmt: skip
+    assert dlq.replay(["garbage-1"]) == []  # nothing to replay
+    listing = _dlq_cli(env, "list", "--json")
+    assert listing.returncode == 0 and "garbage-1" in listing.stdout, listing.stderr
+    purged = _dlq_cli(env, "purge", "--id", "garbage-1")
+    assert purged.returncode == 0, purged.stderr
+    assert dlq.list() == []
+    assert broker.client.llen(f"{ns}:high_priority") == 0

@@ -68,6 +68,23 @@ def replay_copy(message: dramatiq.Message[Any], queue: str) -> dramatiq.Message[
     )
 
 
+#: The actor name of a dead letter whose envelope does not decode (shown and purged by
+#: its Redis id, never replayed: there is nothing to replay).
+UNDECODABLE = "(undecodable)"
+
+
+def _decoded_or_placeholder(data: bytes, rid: str, queue: str) -> dramatiq.Message[Any]:
+    try:
+        return dramatiq.Message.decode(data)
+    except dramatiq.DecodeError:
+        return dramatiq.Message(
+            queue_name=queue, actor_name=UNDECODABLE, args=(repr(data[:300]),), kwargs={},
+            options={"failure": {"error_type": "DecodeError", "attempts": 1, "permanent": True,
+                                 "error": "the message envelope does not decode"}},
+            message_id=rid, message_timestamp=0,
+        )  # fmt: skip
+
+
 class RedisDeadLetters:
     """DeadLetters port over a :class:`RedisBroker`'s ``.XQ`` keys."""
 
@@ -94,7 +111,7 @@ class RedisDeadLetters:
             if data is None:  # expired between the two reads
                 continue
             rid_s = rid.decode() if isinstance(rid, bytes) else str(rid)
-            out.append((rid_s, float(score), dramatiq.Message.decode(data)))
+            out.append((rid_s, float(score), _decoded_or_placeholder(data, rid_s, queue)))
         return out
 
     def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
@@ -124,6 +141,8 @@ class RedisDeadLetters:
     def replay(self, letter_ids: Sequence[str]) -> list[str]:
         done = []
         for queue, rid, message in self._locate(letter_ids):
+            if message.actor_name == UNDECODABLE:
+                continue  # nothing to replay: purge it
             # Enqueue first, then remove: a crash in between replays twice, which the
             # idempotent actors absorb; the other order could lose the message.
             self.broker.enqueue(replay_copy(message, queue))

@@ -146,10 +146,43 @@ class _StatusAckConsumer(_RedisConsumer):
     def __next__(self) -> Any:
         if not self.message_cache and time.monotonic() >= self._next_sweep:
             self._sweep_orphans()
-        message = super().__next__()
+        try:
+            message = super().__next__()
+        except dramatiq.DecodeError as exc:
+            # dramatiq's consumer does not catch it: the consumer restarted, the sweep put
+            # the message back, and it failed again every few seconds, forever.
+            self._dead_letter_undecodable(exc.data)
+            return None
         if message is not None:
             self._delivered.add(message.options["redis_message_id"])
         return message
+
+    def _dead_letter_undecodable(self, data: bytes) -> None:
+        """Move a fetched message whose envelope does not decode (not JSON, not a message:
+        a producer other than this service wrote it) to the dead letters, where
+        ``analytics dlq`` shows and purges it. Fetched means in this consumer's ack set:
+        found there by its bytes, it is nacked (dramatiq's nack script: to ``.XQ``)."""
+        import structlog  # noqa: PLC0415
+
+        b = self.broker
+        acks = f"{b.namespace}:__acks__.{b.broker_id}.{self.queue_name}"
+        msgs = f"{b.namespace}:{self.queue_name}.msgs"
+        log = structlog.get_logger("analytics.dead_letters")
+        try:
+            for raw in b.client.smembers(acks):
+                rid = raw.decode()
+                if rid not in self._delivered and b.client.hget(msgs, rid) == data:
+                    b.do_nack(self.queue_name, rid)
+                    log.error(
+                        "message dead-lettered", queue=self.queue_name, message_id=rid,
+                        error_type="DecodeError", error=f"not a message: {data[:120]!r}",
+                        attempts=1, permanent=True,
+                    )  # fmt: skip
+                    return
+        except redis.RedisError as exc:  # the sweep or the next fetch meets it again
+            log.warning("undecodable message not dead-lettered yet", error=str(exc))
+            return
+        log.warning("undecodable message not found in the ack set", data=repr(data[:120]))
 
     def _sweep_orphans(self) -> None:
         self._next_sweep = time.monotonic() + self.broker.orphan_sweep_s

@@ -124,8 +124,8 @@ def test_probes_ignore_a_presented_key_and_raw_keys_need_bearer() -> None:
 
 
 def test_made_up_methods_share_one_metrics_label() -> None:
-    from analytics.entrypoints.api.observability import RequestMetricsMiddleware  # noqa: PLC0415
     from analytics.entrypoints import metrics as m  # noqa: PLC0415
+    from analytics.entrypoints.api.observability import RequestMetricsMiddleware  # noqa: PLC0415
 
     h = frozen()
     for i in range(5):

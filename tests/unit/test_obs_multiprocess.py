@@ -127,9 +127,9 @@ def test_a_second_owner_never_empties_a_running_ones_directory(tmp_path: Path) -
     base = tmp_path / "metrics" / "api"
     holder = subprocess.Popen(  # noqa: S603 - our own interpreter
         [sys.executable, "-c",
-         "import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
-         "p = prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {});"
-         "(p / 'counter_1.db').write_bytes(b'x'); print(p, flush=True); sys.stdin.read()",
+         ("import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
+          "p = prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {});"
+          "(p / 'counter_1.db').write_bytes(b'x'); print(p, flush=True); sys.stdin.read()"),
          str(base)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -144,8 +144,8 @@ def test_a_second_owner_never_empties_a_running_ones_directory(tmp_path: Path) -
         holder.communicate("")  # stdin closed: the holder exits, its lock with it
     again = subprocess.run(  # noqa: S603
         [sys.executable, "-c",
-         "import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
-         "print(prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {}))", str(base)],
+         ("import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
+          "print(prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {}))"), str(base)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert Path(again.stdout.strip()) == base.resolve()

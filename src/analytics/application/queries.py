@@ -33,8 +33,8 @@ from analytics.domain.buckets import (
     period_buckets,
 )
 from analytics.domain.errors import BadQuery
-from analytics.domain.search import round_to_micros
 from analytics.domain.ports import AggregateStore, Cache, Clock
+from analytics.domain.search import round_to_micros
 
 UNIQUES = "exact"
 _MIN_DATE = datetime(2000, 1, 1, tzinfo=UTC)

@@ -10,8 +10,8 @@ import msgspec
 from analytics.application.ingest import BatchTooLarge
 from analytics.domain.errors import (
     AdapterError,
-    BatchOverBurst,
     BadQuery,
+    BatchOverBurst,
     Forbidden,
     MalformedInput,
     NotFound,

@@ -133,7 +133,26 @@ def test_reconcile_reports_but_keeps_counts_whose_raw_events_expired() -> None:
     repo._events.clear()  # retention removed the raw event
     report = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg)
     assert report.missing_raw == 1 and not report.repaired
+    assert report.drifted_counters == 0 and report.examples == []  # not drift: unverifiable
+    assert report.unverifiable_counters >= 1
     assert totals(agg)[0] == 1
+
+
+def test_real_drift_is_reported_and_repaired_beside_a_purged_chunk() -> None:
+    """A purged chunk's counters filled the report's drift count and its 20 examples, so
+    the counter really repaired elsewhere in the range did not show."""
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    old = [make_event(T0 + timedelta(minutes=i), user=f"o{i}") for i in range(5)]
+    new = [make_event(T0 + timedelta(hours=7, minutes=i), user=f"n{i}") for i in range(3)]
+    store_events(old + new, repo=repo, aggregates=agg)
+    for ev in old:
+        repo._events.pop(ev.event_id)  # retention
+    later = epoch_minute(T0 + timedelta(hours=7))  # another 6-hour chunk, a quarter's start
+    agg.correct({CounterKey(COUNT, QUARTER, later, "page_view"): 100})  # real drift
+    report = reconcile(T0, T0 + timedelta(hours=8), repo=repo, aggregates=agg)
+    assert (report.missing_raw, report.drifted_counters, report.repaired) == (5, 1, True)
+    assert [x["delta"] for x in report.examples] == [-100]
+    assert report.unverifiable_counters >= 1
 
 
 def test_reconcile_never_zeroes_counters_that_have_no_markers() -> None:

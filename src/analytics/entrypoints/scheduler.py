@@ -141,14 +141,26 @@ class SchedulerService:
         if not self._actor_deployed(job):
             return []
         now = self.clock.now()
+        watermark = self.ledger.watermark(job.name)
         periods = due_periods(
             now,
             period_s=job.period_s,
             delay_s=job.delay_s,
-            watermark=self.ledger.watermark(job.name),
+            watermark=watermark,
             max_catch_up=self.settings.schedule_catch_up_max,
             catch_up=job.catch_up,
         )
+        first_owed = None if watermark is None else watermark + job.period_s
+        if job.catch_up and periods and first_owed is not None and periods[0] > first_owed:
+            # Past ANALYTICS_SCHEDULE_CATCH_UP_MAX: say which periods nobody will run, so
+            # an operator can regenerate them (they were dropped without a word).
+            log.warning(
+                "periods skipped by the catch-up limit", job=job.name,
+                count=(periods[0] - first_owed) // job.period_s,
+                first=period_bounds(first_owed, job.period_s)[0].isoformat(),
+                end=period_bounds(periods[0], job.period_s)[0].isoformat(),
+                catch_up_max=self.settings.schedule_catch_up_max,
+            )  # fmt: skip
         done_ttl_ms = max(60, job.period_s * (self.settings.schedule_catch_up_max + 2)) * 1000
         sent = []
         for start in periods:

@@ -98,6 +98,38 @@ class RequeuePrefetched(dramatiq.Middleware):
                 pass
 
 
+#: Set on a message whose retry could not be enqueued: its consumer leaves it unacknowledged.
+KEEP_UNACKED = "_analytics_keep_unacked"
+
+
+class DurableRetries(dramatiq.middleware.Retries):
+    """dramatiq's Retries, for a retry that cannot be enqueued.
+
+    Retries enqueues the retry (a delayed copy) in ``after_process_message``; when that
+    enqueue fails (Redis stalled or down at that moment), dramatiq logs the error and the
+    worker then acknowledges the original: the message was gone, neither retried nor
+    dead-lettered (a QA chaos pass lost 16 events that had their 202 this way). Here the
+    failure marks the message, and :class:`_StatusAckConsumer` leaves it in the ack set
+    instead of acknowledging it: its orphan sweep (or, if the worker dies, the heartbeat
+    reclaim) puts it back on the queue once Redis answers. If the failed enqueue did land
+    after all (a stalled Redis runs what it had received), the event is processed twice,
+    which the idempotent store absorbs.
+    """
+
+    @classmethod
+    def like(cls, other: dramatiq.middleware.Retries) -> DurableRetries:
+        return cls(max_retries=other.max_retries, min_backoff=other.min_backoff,
+                   max_backoff=other.max_backoff, retry_when=other.retry_when)  # fmt: skip
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
+                              exception: BaseException | None = None) -> None:  # fmt: skip
+        try:
+            super().after_process_message(broker, message, result=result, exception=exception)
+        except Exception:
+            setattr(message, KEEP_UNACKED, True)
+            raise  # dramatiq logs it; the consumer sees the mark
+
+
 class StatusAckRedisBroker(RedisBroker):
     """Dramatiq's Redis broker; its consumer writes a processed message's ``succeeded``
     record in the same round trip as the ack (once :func:`carry_status_on_ack` has
@@ -205,6 +237,9 @@ class _StatusAckConsumer(_RedisConsumer):
             )  # fmt: skip
 
     def ack(self, message: Any) -> None:
+        if getattr(message, KEEP_UNACKED, False):  # its retry was never enqueued
+            self._keep_unacked(message)
+            return
         update = getattr(message, STATUS_ON_ACK, None)
         store = self.broker.status_store
         if update is None or store is None:
@@ -219,6 +254,18 @@ class _StatusAckConsumer(_RedisConsumer):
         # Only once acknowledged: while dramatiq retries a failed ack the message is still
         # in the ack set, and the orphan sweep must not take it for one.
         self._delivered.discard(message.options.get("redis_message_id"))
+
+    def _keep_unacked(self, message: Any) -> None:
+        """Leave ``message`` in the ack set, no longer counted as delivered: two sweeps on,
+        the orphan sweep requeues it (dramatiq's requeue script: only if still there)."""
+        import structlog  # noqa: PLC0415
+
+        self.queued_message_ids.discard(message.message_id)
+        self._delivered.discard(message.options.get("redis_message_id"))
+        structlog.get_logger("analytics.broker").warning(
+            "retry not enqueued; the message stays unacknowledged and will be requeued",
+            message_id=message.message_id, queue=self.queue_name,
+        )  # fmt: skip
 
     def nack(self, message: Any) -> None:
         update = getattr(message, STATUS_ON_ACK, None)  # not expected: failed after success
@@ -335,6 +382,10 @@ def build_broker(
 
     if isinstance(broker, RedisBroker):
         broker.add_middleware(RequeuePrefetched())
+        broker.middleware[:] = [
+            DurableRetries.like(m) if type(m) is dramatiq.middleware.Retries else m
+            for m in broker.middleware
+        ]
     # ``after_*`` hooks run in reverse order: placed before Retries, it sees Retries' verdict.
     broker.add_middleware(DeadLetterRecorder(), before=dramatiq.middleware.Retries)
     for queue in QUEUES:

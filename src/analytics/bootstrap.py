@@ -116,7 +116,7 @@ def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
         from analytics.adapters.dead_letters import RedisDeadLetters  # noqa: PLC0415
 
         return RedisDeadLetters(broker)
-    if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
+    if _is_rabbitmq(broker):
         from analytics.adapters.dead_letters import RabbitDeadLetters  # noqa: PLC0415
 
         return RabbitDeadLetters(broker)
@@ -159,6 +159,11 @@ def _build_base_key_store(settings: Settings) -> ApiKeyStore:
     from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
 
     return SQLiteApiKeyStore(settings.keys_path)
+
+
+def _is_rabbitmq(broker: dramatiq.Broker) -> bool:
+    """dramatiq's RabbitmqBroker or ours (pika is optional: no import here)."""
+    return any(c.__name__ == "RabbitmqBroker" for c in type(broker).__mro__)
 
 
 def _side_call_client(settings: Settings, broker: dramatiq.Broker) -> object | None:
@@ -215,7 +220,7 @@ def build_backlog(settings: Settings, broker: dramatiq.Broker) -> Backlog | None
 
     if getattr(broker, "client", None) is not None:  # a probe: fails open, so a short timeout
         return RedisBacklog(_side_call_client(settings, broker), settings.namespace)  # type: ignore[arg-type]
-    if type(broker).__name__ == "RabbitmqBroker":  # pika is optional: no import here
+    if _is_rabbitmq(broker):
         return RabbitBacklog(broker, ops_redis_client(settings, broker), settings.namespace)
     if isinstance(broker, StubBroker):
         return StubBacklog(broker)

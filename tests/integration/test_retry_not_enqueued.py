@@ -26,13 +26,20 @@ from tests.support import wait_until
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_settings(request: pytest.FixtureRequest) -> Settings:
+    if request.param == "rabbitmq":
+        return Settings(broker="rabbitmq", rabbitmq_url=request.getfixturevalue("rabbitmq_url"))
+    redis_server: RedisServerProcess = request.getfixturevalue("private_redis")
+    return Settings(redis_host="127.0.0.1", redis_port=redis_server.port,
+                    namespace=f"retry-{uuid.uuid4().hex[:8]}")  # fmt: skip
+
+
 def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
-    private_redis: RedisServerProcess, monkeypatch: pytest.MonkeyPatch
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(redis_host="127.0.0.1", redis_port=private_redis.port,
-                        namespace=f"retry-{uuid.uuid4().hex[:8]}")  # fmt: skip
-    broker = build_broker(settings)
-    broker.orphan_sweep_s = 0.2  # type: ignore[attr-defined]
+    broker = build_broker(broker_settings)
+    broker.orphan_sweep_s = 0.2  # type: ignore[attr-defined] - Redis: the sweep that requeues
     attempts: list[int] = []
 
     @dramatiq.actor(broker=broker, queue_name="high_priority", max_retries=3,
@@ -48,7 +55,7 @@ def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
     def stalled_for_retries(message: Any, *, delay: int | None = None) -> Any:
         if delay is not None:  # Retries' delayed copy: Redis "does not answer" right now
             refused.append(message.message_id)
-            raise redis.TimeoutError("Timeout reading from socket")
+            raise redis.TimeoutError("Timeout reading from socket")  # (RabbitMQ: any error)
         return enqueue(message, delay=delay)
 
     monkeypatch.setattr(broker, "enqueue", stalled_for_retries)

@@ -111,7 +111,8 @@ class DurableRetries(dramatiq.middleware.Retries):
     dead-lettered (a QA chaos pass lost 16 events that had their 202 this way). Here the
     failure marks the message, and :class:`_StatusAckConsumer` leaves it in the ack set
     instead of acknowledging it: its orphan sweep (or, if the worker dies, the heartbeat
-    reclaim) puts it back on the queue once Redis answers. If the failed enqueue did land
+    reclaim) puts it back on the queue once Redis answers. On RabbitMQ the consumer of
+    ``rabbitmq_broker`` gives it back instead (``basic_nack`` with requeue). If the failed enqueue did land
     after all (a stalled Redis runs what it had received), the event is processed twice,
     which the idempotent store absorbs.
     """
@@ -371,9 +372,9 @@ def build_broker(
             middleware=middleware,
         )
     elif settings.broker == "rabbitmq":
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: PLC0415 - optional dep
+        from analytics.adapters.rabbitmq_broker import KeepingRabbitmqBroker  # noqa: PLC0415
 
-        broker = RabbitmqBroker(
+        broker = KeepingRabbitmqBroker(
             url=settings.rabbitmq_url, confirm_delivery=True, middleware=middleware
         )
     else:
@@ -382,6 +383,7 @@ def build_broker(
 
     if isinstance(broker, RedisBroker):
         broker.add_middleware(RequeuePrefetched())
+    if not isinstance(broker, StubBroker):  # both consumers honour KEEP_UNACKED
         broker.middleware[:] = [
             DurableRetries.like(m) if type(m) is dramatiq.middleware.Retries else m
             for m in broker.middleware

@@ -367,6 +367,8 @@ def adapter_modules(settings: Settings) -> list[str]:
         mods += ["analytics.adapters.redis_task_status", "analytics.adapters.dead_letters"]
     else:
         mods += ["analytics.adapters.memory"]
+    if settings.broker == "rabbitmq":
+        mods += ["analytics.adapters.rabbitmq_broker"]  # and pika with it
     if settings.cache_backend in ("redis", "auto") and settings.broker == "redis":
         mods += ["analytics.adapters.redis_cache", "analytics.adapters.tiered_cache"]
     if settings.rate_limit in ("auto", "redis"):

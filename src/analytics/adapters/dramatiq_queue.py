@@ -202,9 +202,11 @@ class _StatusAckConsumer(_RedisConsumer):
         msgs = f"{b.namespace}:{self.queue_name}.msgs"
         log = structlog.get_logger("analytics.dead_letters")
         try:
-            for raw in b.client.smembers(acks):
-                rid = raw.decode()
-                if rid not in self._delivered and b.client.hget(msgs, rid) == data:
+            held = [m.decode() for m in b.client.smembers(acks)]
+            held = [rid for rid in held if rid not in self._delivered]
+            bodies = b.client.hmget(msgs, held) if held else []  # one round trip, not one each
+            for rid, body in zip(held, bodies, strict=True):
+                if body == data:
                     b.do_nack(self.queue_name, rid)
                     log.error(
                         "message dead-lettered", queue=self.queue_name, message_id=rid,

@@ -97,6 +97,19 @@ def test_fall_back_day_in_new_york_has_25_hours_and_empty_buckets_are_zeros(env:
                     "count": 0, "unique_users": 0, "unique_sessions": 0, "revenue": {}}  # fmt: skip
 
 
+def test_hour_buckets_in_lord_howe_split_at_the_half_hour_shift(env: Env) -> None:
+    # 2026-10-04 02:00+10:30 -> 02:30+11:00: local hour 01 is [01:00+10:30, 02:30+11:00),
+    # hour 02 is half an hour long. Events at 01:15+10:30, 01:45+10:30 and 02:45+11:00.
+    env.ingest(*(make_event(datetime(2026, 10, 3, h, m, tzinfo=UTC), user=u)
+                 for h, m, u in ((14, 45, "a"), (15, 15, "b"), (15, 45, "c"))))  # fmt: skip
+    body = env.get(f"{AGG}/hour", start="2026-10-03T14:30:00Z", end="2026-10-03T16:00:00Z",
+                   tz="Australia/Lord_Howe")  # fmt: skip
+    assert [(b["start"], b["end"], b["count"]) for b in body["buckets"]] == [
+        ("2026-10-04T01:00:00+10:30", "2026-10-04T02:30:00+11:00", 2),
+        ("2026-10-04T02:30:00+11:00", "2026-10-04T03:00:00+11:00", 1),
+    ]
+
+
 def test_hour_week_month_and_event_type_filter(env: Env) -> None:
     t = datetime(2026, 3, 18, 10, 5, tzinfo=UTC)  # a Wednesday
     env.ingest(

@@ -91,8 +91,9 @@ def test_period_buckets_tile_the_range_at_local_boundaries(
         assert b.start < b.end
         assert b.start_minute % QUARTER == 0 and b.end_minute % QUARTER == 0
         local = b.start.astimezone(tz)
-        if period is Period.HOUR:
-            assert local.minute == 0 or zone == "Australia/Lord_Howe"
+        if period is Period.HOUR:  # a local hour start, or where the offset changed
+            before = b.start - timedelta(microseconds=1)
+            assert local.minute == 0 or before.astimezone(tz).utcoffset() != local.utcoffset()
             assert b.end - b.start <= timedelta(hours=1)
         else:
             # local midnight, or the first instant of a day whose midnight was skipped
@@ -104,6 +105,60 @@ def test_period_buckets_tile_the_range_at_local_boundaries(
                 assert local.weekday() == 0
             if period is Period.MONTH:
                 assert local.day == 1
+
+
+def _offset_changes(tz: ZoneInfo, year: int) -> list[datetime]:
+    """The instants (to the minute) at which ``tz`` changes its UTC offset in ``year``."""
+    out, day = [], datetime(year, 1, 1, tzinfo=UTC)
+    while day.year == year:
+        lo, hi = day, day + timedelta(days=1)
+        if lo.astimezone(tz).utcoffset() != hi.astimezone(tz).utcoffset():
+            while hi - lo > timedelta(minutes=1):
+                mid = lo + (hi - lo) // timedelta(minutes=2) * timedelta(minutes=1)
+                same = mid.astimezone(tz).utcoffset() == lo.astimezone(tz).utcoffset()
+                lo, hi = (mid, hi) if same else (lo, mid)
+            out.append(hi)
+        day += timedelta(days=1)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("zone", "year"),
+    [("Australia/Lord_Howe", 2026), ("Pacific/Chatham", 2026), ("America/New_York", 2026),
+     ("Europe/Berlin", 2026), ("Asia/Pyongyang", 2015), ("America/Sao_Paulo", 2018)],
+)  # fmt: skip
+def test_hour_buckets_are_runs_of_one_local_hour_under_one_offset(zone: str, year: int) -> None:
+    """Around every offset change: each hour bucket is every instant that shows one local
+    hour under one offset, and no more (Lord Howe's 30-minute shift, Chatham's at 2:45)."""
+    tz = ZoneInfo(zone)
+
+    def shown(t: datetime) -> tuple[object, ...]:
+        local = t.astimezone(tz)
+        return local.date(), local.hour, local.utcoffset()
+
+    changes = _offset_changes(tz, year)
+    assert changes, f"{zone} changed its offset in {year}"
+    for change in changes:
+        start = change - timedelta(hours=3)
+        buckets = period_buckets(start, change + timedelta(hours=3), Period.HOUR, tz, max_buckets=20)
+        for b in buckets:
+            minutes = (b.end - b.start) // timedelta(minutes=1)
+            assert {shown(b.start + timedelta(minutes=m)) for m in range(minutes)} == {shown(b.start)}
+            assert shown(b.end) != shown(b.end - timedelta(minutes=1)), b  # nothing left out
+        assert change in {b.start for b in buckets}
+
+
+def test_lord_howe_spring_forward_hour_two_lasts_half_an_hour() -> None:
+    tz = ZoneInfo("Australia/Lord_Howe")  # 2026-10-04 02:00+10:30 -> 02:30+11:00
+    start = datetime(2026, 10, 3, 14, 30, tzinfo=UTC)
+    buckets = period_buckets(start, start + timedelta(minutes=90), Period.HOUR, tz, max_buckets=5)
+    assert [(b.start.astimezone(tz).isoformat(), b.end - b.start) for b in buckets] == [
+        ("2026-10-04T01:00:00+10:30", timedelta(hours=1)),
+        ("2026-10-04T02:30:00+11:00", timedelta(minutes=30)),
+    ]
+    assert floor_period(datetime(2026, 10, 3, 15, 45, tzinfo=UTC), Period.HOUR, tz) == datetime(
+        2026, 10, 3, 15, 30, tzinfo=UTC
+    )
 
 
 @given(st.integers(0, 10**8), st.integers(0, 5000))

@@ -121,14 +121,41 @@ def _local_midnight(d: date, tz: tzinfo) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=tz).astimezone(UTC)
 
 
+def _offset_change(lo: datetime, hi: datetime, tz: tzinfo) -> datetime | None:
+    """The instant in (lo, hi] from which ``tz`` has ``hi``'s UTC offset, when ``lo``'s
+    differs (one transition assumed: they are months apart); None when the offsets agree."""
+    after = hi.astimezone(tz).utcoffset()
+    if lo.astimezone(tz).utcoffset() == after:
+        return None
+    # Whole seconds since the epoch (transitions fall on them): a <= lo < change <= b.
+    a, b = (lo - _EPOCH) // _SECOND, -((_EPOCH - hi) // _SECOND)
+    while b - a > 1:
+        mid = (a + b) // 2
+        if (_EPOCH + mid * _SECOND).astimezone(tz).utcoffset() == after:
+            b = mid
+        else:
+            a = mid
+    return _EPOCH + b * _SECOND
+
+
+_SECOND = timedelta(seconds=1)
+
+
 def floor_period(dt: datetime, period: Period, tz: tzinfo) -> datetime:
-    """Start (UTC) of the period bucket that contains instant ``dt``."""
+    """Start (UTC) of the period bucket that contains instant ``dt``.
+
+    An hour bucket is a run of instants that show the same local hour under one UTC
+    offset: it starts at the local hour's start or, when the offset changed since then,
+    at the change. That matters where a shift is not a whole hour (Lord Howe Island's 30
+    minutes, Chatham's change at 2:45): 02:30+11:00 right after 02:00+10:30 starts hour
+    02, half an hour long."""
     utc = dt.astimezone(UTC)
     if period is Period.HOUR:
         local = utc.astimezone(tz)
-        return utc - timedelta(
+        start = utc - timedelta(
             minutes=local.minute, seconds=local.second, microseconds=local.microsecond
         )
+        return _offset_change(start, utc, tz) or start
     local_day = utc.astimezone(tz).date()
     if period is Period.WEEK:
         local_day -= timedelta(days=local_day.weekday())
@@ -144,7 +171,10 @@ def next_period(start: datetime, period: Period, tz: tzinfo) -> datetime:
     """Start (UTC) of the period bucket after the one starting at ``start``."""
     if period is Period.HOUR:
         nxt = floor_period(start + timedelta(hours=1), period, tz)
-        return nxt if nxt > start else start + timedelta(hours=1)
+        if nxt <= start:
+            nxt = start + timedelta(hours=1)
+        # An offset change before that starts a bucket of its own (Chatham: 03:45+13:45).
+        return _offset_change(start, nxt - timedelta(microseconds=1), tz) or nxt
     local_day = start.astimezone(tz).date()
     if period is Period.DAY:
         nd = local_day + timedelta(days=1)

@@ -233,6 +233,18 @@ def test_dashboard_metrics_for_the_last_hour(env: Env) -> None:
     assert explicit["total_events"] == 3 and len(explicit["series"]) == 1
 
 
+def test_a_free_purchase_shows_its_currency_with_zero_revenue(env: Env) -> None:
+    t = NOW - timedelta(minutes=10)
+    env.ingest(purchase(t, user="a", product="p1", price="0", currency="CHF"),
+               purchase(t, user="b", product="p1", price="4", currency="EUR"))  # fmt: skip
+    d = env.get(DASH, last="1h")
+    assert d["orders"] == {"CHF": 1, "EUR": 1}
+    assert d["revenue"] == {"CHF": "0.00", "EUR": "4.00"}
+    assert d["average_order_value"] == {"CHF": "0.00", "EUR": "4.00"}
+    [bucket] = env.get(f"{AGG}/day", start="2026-03-31", end="2026-04-01")["buckets"]
+    assert bucket["revenue"] == {"CHF": "0.00", "EUR": "4.00"}
+
+
 def test_dashboard_reads_aggregates_only(tmp_path: Path) -> None:
     class NoReads(InMemoryEventRepository):
         def get_many(self, ids: object) -> dict[uuid.UUID, Event]:

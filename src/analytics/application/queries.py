@@ -171,7 +171,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _revenue(s: Summary) -> dict[str, str]:
-    return {c: micros_to_str(m) for c, m in sorted(s.revenue_micros.items())}
+    """Revenue per currency, "0.00" for a currency with orders at price 0 (a zero counter
+    is no row, but the orders name the currency)."""
+    micros = s.revenue_micros
+    return {c: micros_to_str(micros.get(c, 0)) for c in sorted(micros.keys() | s.orders.keys())}
 
 
 def _days(start: datetime, end: datetime) -> list[str]:
@@ -369,9 +372,7 @@ def query_dashboard(q: DashboardQuery, *, deps: QueryDeps) -> bytes:
         revenue=_revenue(total),
         orders=dict(sorted(total.orders.items())),
         average_order_value={
-            c: _aov(m, total.orders[c])
-            for c, m in sorted(total.revenue_micros.items())
-            if total.orders.get(c)
+            c: _aov(total.revenue_micros.get(c, 0), n) for c, n in sorted(total.orders.items()) if n
         },
         converted_sessions=bd.converted_sessions,
         conversion_rate=round(bd.converted_sessions / total.unique_sessions, 6)

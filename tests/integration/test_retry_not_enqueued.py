@@ -10,6 +10,7 @@ exactly that moment.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ import dramatiq
 import pytest
 import redis
 from dramatiq import Worker
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from analytics.adapters.dramatiq_queue import build_broker
 from analytics.adapters.embedded_redis import RedisServerProcess
@@ -70,3 +72,48 @@ def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
         worker.stop()
         broker.close()
     assert refused and attempts == [7, 7]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_message_whose_failure_handling_was_cut_short_is_requeued_not_lost(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actor's time limit fires while the worker logs the failure (a QA chaos pass: the
+    log pipe blocked for minutes, then ``TimeLimitExceeded`` was raised inside the log
+    call). The exception escapes dramatiq's failure handling before Retries runs, and the
+    worker's ``finally`` acknowledged the message: 8 and 58 events lost. It must come back."""
+    broker = build_broker(broker_settings)
+    broker.orphan_sweep_s = 0.2  # type: ignore[attr-defined] - Redis: the sweep that requeues
+    attempts: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="high_priority", max_retries=3,
+                    min_backoff=10, max_backoff=20)  # fmt: skip
+    def flaky(n: int) -> None:
+        attempts.append(n)
+        if len(attempts) == 1:
+            raise RuntimeError("storage locked for the first attempt")
+
+    worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
+    log_error = worker_log.error
+    cut: list[str] = []
+
+    def time_limit_fires(msg: object, *args: object, **kwargs: object) -> None:
+        if not cut and isinstance(msg, str) and msg.startswith("Failed to process message"):
+            cut.append(msg)
+            raise TimeLimitExceeded  # as dramatiq's TimeLimit raises it in the worker thread
+        log_error(msg, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker_log, "error", time_limit_fires)
+    flaky.send(7)
+    # The escaping exception ends its worker thread (dramatiq's loop does not catch it):
+    # the requeued message is run by the other one.
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        wait_until(lambda: len(attempts) == 2, timeout=30,
+                   message="the message was acknowledged without its outcome and lost")  # fmt: skip
+        broker.join("high_priority", timeout=10_000)
+    finally:
+        worker.stop()
+        broker.close()
+    assert cut and attempts == [7, 7]

@@ -102,6 +102,46 @@ class RequeuePrefetched(dramatiq.Middleware):
 KEEP_UNACKED = "_analytics_keep_unacked"
 
 
+#: Set while a message is processed, cleared once every ``after_*`` hook has run.
+UNSETTLED = "_analytics_unsettled"
+
+
+class SettleGuard(dramatiq.Middleware):
+    """Keeps a message whose processing ended before its outcome was recorded.
+
+    dramatiq's worker acknowledges a message in a ``finally`` block, whatever happened
+    before. A ``BaseException`` that escapes the worker's failure handling, such as the
+    actor's time limit (``TimeLimitExceeded``, raised asynchronously in the worker thread)
+    firing inside the failure's log line or inside an ``after_process_message`` hook,
+    skips the hooks that were still to run, Retries' among them: the failed message was
+    then acknowledged, neither retried nor dead-lettered (a QA chaos pass lost 8 and 58
+    events with their 202 this way, the worker's log pipe blocked for minutes). First in
+    the middleware list, this guard's ``before`` hook runs first and its ``after`` hooks
+    last (dramatiq runs them in reverse), so a message without its mark cleared did not
+    finish them, and the consumers keep it (:func:`kept_because`) like a message whose
+    retry could not be enqueued.
+    """
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        setattr(message, UNSETTLED, True)
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
+                              exception: BaseException | None = None) -> None:  # fmt: skip
+        setattr(message, UNSETTLED, False)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        setattr(message, UNSETTLED, False)
+
+
+def kept_because(message: Any) -> str | None:
+    """Why a processed message must not be acknowledged (None: it may be)."""
+    if getattr(message, KEEP_UNACKED, False):
+        return "retry not enqueued"
+    if getattr(message, UNSETTLED, False):
+        return "processing ended before its outcome was recorded"
+    return None
+
+
 class DurableRetries(dramatiq.middleware.Retries):
     """dramatiq's Retries, for a retry that cannot be enqueued.
 
@@ -240,8 +280,9 @@ class _StatusAckConsumer(_RedisConsumer):
             )  # fmt: skip
 
     def ack(self, message: Any) -> None:
-        if getattr(message, KEEP_UNACKED, False):  # its retry was never enqueued
-            self._keep_unacked(message)
+        reason = kept_because(message)
+        if reason is not None:  # its retry was never enqueued, or its hooks never ran
+            self._keep_unacked(message, reason)
             return
         update = getattr(message, STATUS_ON_ACK, None)
         store = self.broker.status_store
@@ -258,7 +299,7 @@ class _StatusAckConsumer(_RedisConsumer):
         # in the ack set, and the orphan sweep must not take it for one.
         self._delivered.discard(message.options.get("redis_message_id"))
 
-    def _keep_unacked(self, message: Any) -> None:
+    def _keep_unacked(self, message: Any, reason: str) -> None:
         """Leave ``message`` in the ack set, no longer counted as delivered: two sweeps on,
         the orphan sweep requeues it (dramatiq's requeue script: only if still there)."""
         import structlog  # noqa: PLC0415
@@ -266,7 +307,7 @@ class _StatusAckConsumer(_RedisConsumer):
         self.queued_message_ids.discard(message.message_id)
         self._delivered.discard(message.options.get("redis_message_id"))
         structlog.get_logger("analytics.broker").warning(
-            "retry not enqueued; the message stays unacknowledged and will be requeued",
+            f"{reason}; the message stays unacknowledged and will be requeued",
             message_id=message.message_id, queue=self.queue_name,
         )  # fmt: skip
 
@@ -385,11 +426,12 @@ def build_broker(
 
     if isinstance(broker, RedisBroker):
         broker.add_middleware(RequeuePrefetched())
-    if not isinstance(broker, StubBroker):  # both consumers honour KEEP_UNACKED
+    if not isinstance(broker, StubBroker):  # both consumers honour ``kept_because``
         broker.middleware[:] = [
             DurableRetries.like(m) if type(m) is dramatiq.middleware.Retries else m
             for m in broker.middleware
         ]
+        broker.add_middleware(SettleGuard(), before=type(broker.middleware[0]))
     # ``after_*`` hooks run in reverse order: placed before Retries, it sees Retries' verdict.
     broker.add_middleware(DeadLetterRecorder(), before=dramatiq.middleware.Retries)
     for queue in QUEUES:

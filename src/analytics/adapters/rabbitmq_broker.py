@@ -1,6 +1,6 @@
 """dramatiq's RabbitMQ broker, with a consumer that gives back a message whose retry could
-not be enqueued (:data:`~analytics.adapters.dramatiq_queue.KEEP_UNACKED`) instead of
-acknowledging it: ``basic_nack`` with ``requeue=True``, so RabbitMQ delivers it again.
+not be enqueued, or whose processing ended before its outcome was recorded
+(:func:`~analytics.adapters.dramatiq_queue.kept_because`), instead of acknowledging it: ``basic_nack`` with ``requeue=True``, so RabbitMQ delivers it again.
 dramatiq's consumer would acknowledge it, and the message would be gone (see
 ``dramatiq_queue.DurableRetries``). Imported only with ``ANALYTICS_BROKER=rabbitmq``
 (pika is an optional dependency).
@@ -14,14 +14,15 @@ from typing import Any
 import structlog
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 
-from analytics.adapters.dramatiq_queue import KEEP_UNACKED
+from analytics.adapters.dramatiq_queue import kept_because
 
 log = structlog.get_logger("analytics.broker")
 
 
 class _KeepingConsumer(_RabbitmqConsumer):  # type: ignore[misc]
     def ack(self, message: Any) -> None:
-        if not getattr(message, KEEP_UNACKED, False):
+        reason = kept_because(message)
+        if reason is None:
             super().ack(message)
             return
         try:
@@ -32,7 +33,7 @@ class _KeepingConsumer(_RabbitmqConsumer):  # type: ignore[misc]
             partial(self.channel.basic_nack, message._tag, requeue=True)
         )
         log.warning(
-            "retry not enqueued; the message goes back to its queue",
+            f"{reason}; the message goes back to its queue",
             message_id=message.message_id, queue=message.queue_name,
         )  # fmt: skip
 

@@ -163,3 +163,23 @@ def test_the_results_middleware_warning_is_not_logged_but_other_warnings_are(log
     assert "something else" in out
     assert "returned a value" not in out
     assert seen == ["something else"]  # dropped before a record was made (its cost)
+
+
+def test_a_failed_message_is_logged_by_actor_and_id_not_with_its_events(broker, logs):
+    """A group message's text is every event it carries (hundreds of KB, user ids
+    included); each failure logged it whole. A short one stays as it is."""
+
+    @dramatiq.actor(broker=broker, queue_name="default", actor_name="obs_fails", max_retries=0)
+    def obs_fails(rows: list[str]) -> None:
+        raise RuntimeError("storage down")
+
+    big = obs_fails.send([f"user-{i}" for i in range(5_000)])
+    small = obs_fails.send(["one"])
+    run(broker)
+    lines = [json.loads(x) for x in logs.getvalue().splitlines() if x.startswith("{")]
+    failed = [line["event"] for line in lines if "Failed to process message" in line["event"]]
+    assert len(failed) == 2, failed
+    assert f"obs_fails(...) id={big.message_id} " in " ".join(failed)
+    assert "user-4999" not in logs.getvalue()
+    assert any("obs_fails(['one'])" in f for f in failed)
+    assert all(len(f) < 500 for f in failed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import threading
+from typing import Any, TextIO
 
 import msgspec
 import structlog
@@ -70,6 +72,68 @@ def quiet_result_warning(logger: logging.Logger) -> None:
     logger.warning = filtered  # type: ignore[method-assign]
 
 
+class SerialStream:
+    """A text stream whose writes are serialized by one lock, whoever writes.
+
+    structlog's writer and the logging handler each hold a lock of their own, and both
+    write to ``sys.stderr``. In a dramatiq worker process that is a ``StreamablePipe``,
+    which sends every write as one length-prefixed frame to the master (two ``write``
+    calls above 16 KiB); two threads writing at once interleaved their frames, the
+    master's log reader then waited for a frame of gigabytes, the pipe filled, and every
+    thread that logged blocked (a QA chaos pass: a worker hung for minutes, and a time
+    limit firing in it lost messages). One lock for every writer of the process keeps a
+    line one frame.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return self.stream.write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
+def serial_stderr() -> SerialStream:
+    """``sys.stderr`` made a :class:`SerialStream` (once), and ``sys.stdout`` with it when
+    both are the same stream (dramatiq's worker processes: one pipe for both)."""
+    current = sys.stderr
+    if isinstance(current, SerialStream):
+        return current
+    serial = SerialStream(current)
+    if sys.stdout is current:
+        sys.stdout = serial  # type: ignore[assignment]
+    sys.stderr = serial  # type: ignore[assignment]
+    return serial
+
+
+_LONG_ARG = 300  # characters of a message's text in a log line
+
+
+def _short_messages(record: logging.LogRecord) -> bool:
+    """A dramatiq message in a log line (``Failed to process message %s``, retries,
+    dead letters) as its actor and id: its text repeats the arguments, a whole group of
+    events (up to hundreds of KB, user ids included), on every failure."""
+    args = record.args
+    if isinstance(args, tuple) and any(hasattr(a, "message_id") for a in args):
+        record.args = tuple(_message_label(a) if hasattr(a, "message_id") else a for a in args)
+    return True
+
+
+def _message_label(message: Any) -> str:
+    text = str(message)
+    if len(text) <= _LONG_ARG:
+        return text
+    return f"{message.actor_name}(...) id={message.message_id}"
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -82,13 +146,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    stream = serial_stderr()  # every writer of this process, one line at a time
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_short_messages)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

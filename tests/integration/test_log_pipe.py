@@ -1,0 +1,86 @@
+"""Log lines from many threads of a dramatiq worker process reach the master whole.
+
+dramatiq's worker processes write their output to a ``StreamablePipe``: each ``write`` is
+one length-prefixed frame on a multiprocessing connection, two ``write`` calls for a frame
+above 16 KiB. structlog's writer and the logging handler each had a lock of their own, so
+two threads could interleave their frames; the master's reader then read a length out of
+a line's bytes, waited for gigabytes, the pipe filled and every thread that logged blocked
+(a QA chaos pass: a worker hung for minutes; a time limit firing in it lost messages). The
+child here is set up as dramatiq sets up a worker process, then logs large failure lines
+through logging, structlog lines and plain writes to stderr from several threads at once; the
+parent reads the frames as dramatiq's ``watch_logs`` does. Every frame must be whole JSON
+lines, and a frame's length must be one that was written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import sys
+import threading
+from multiprocessing.connection import Connection
+
+import pytest
+import structlog
+from dramatiq.compat import StreamablePipe
+
+from analytics.entrypoints.logs import configure_logging
+
+pytestmark = pytest.mark.integration
+
+LINES_PER_THREAD = 60
+BIG = "x" * 60_000  # a failure line with a whole group of events in it: above 16 KiB
+
+
+def _child(pipe: Connection) -> None:
+    stream = StreamablePipe(pipe)
+    sys.stdout = sys.stderr = stream  # as dramatiq's setup_worker_logging does
+    logging.basicConfig(level=logging.INFO, stream=stream)
+    configure_logging("INFO", "json")
+    std, log = logging.getLogger("dramatiq.worker.WorkerThread"), structlog.get_logger("t")
+
+    def failures() -> None:
+        for i in range(LINES_PER_THREAD):
+            std.error("Failed to process message %s with unhandled exception.", f"{i}{BIG}")
+
+    def events(n: int) -> None:
+        for i in range(LINES_PER_THREAD):
+            log.info("stored", thread=n, i=i, pad=BIG[: 5_000 * (i % 5)])
+
+    def writes() -> None:  # as a traceback or a warning reaches stderr: plain writes
+        for i in range(LINES_PER_THREAD):
+            sys.stderr.write(json.dumps({"event": "write", "i": i, "pad": BIG[:20_000]}) + "\n")
+
+    threads = [threading.Thread(target=failures), threading.Thread(target=writes),
+               *(threading.Thread(target=events, args=(n,)) for n in range(3))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pipe.close()
+
+
+def test_log_lines_from_many_threads_arrive_as_whole_frames() -> None:
+    ctx = multiprocessing.get_context("fork")
+    read, write = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(write,))
+    child.start()
+    write.close()
+    frames, lines = 0, 0
+    try:
+        while read.poll(60):  # a deadline against a hang, not a timing assertion
+            try:
+                data = read.recv_bytes(maxlength=1_000_000)  # a corrupt length is larger
+            except EOFError:
+                break
+            frames += 1
+            for line in data.decode().splitlines():
+                json.loads(line)  # raises on a line cut or spliced by another frame
+                lines += 1
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert lines == 5 * LINES_PER_THREAD, f"{lines} whole lines in {frames} frames"

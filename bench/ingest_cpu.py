@@ -6,7 +6,8 @@ Events/s on a shared 2-core machine say as much about the neighbours as about th
 the CPU each process spends per accepted event does not depend (much) on who else runs.
 Starts a private Redis and ``analytics api`` with the benchmark's gunicorn settings, drives
 it with ``bench/loadgen.py`` (batch bodies from ``bench/ingest.py``), and reads the
-processes' user+system CPU times before and after each run, and the API threads' voluntary
+processes' user+system CPU times before and after each run (for the API also its kernel
+part alone), and the API threads' voluntary
 context switches (sleeps: each ends in a wake-up that costs tens of microseconds of CPU on
 these VMs, see README "Performance"). ``projected`` is what the
 whole stack (API + Redis + client) would do with both cores to itself: 2 s of CPU per
@@ -43,6 +44,11 @@ from tests.support import free_port  # noqa: E402
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def kernel_seconds(procs: list[psutil.Process]) -> float:
+    """The system (kernel) part of :func:`cpu_seconds`: syscalls, wake-ups, page faults."""
+    return sum(p.cpu_times().system for p in procs)
 
 
 def switches(procs: list[psutil.Process]) -> int:
@@ -94,10 +100,10 @@ def main() -> int:
           f"x {args.threads} connections, {args.seconds:g}s per run; gunicorn gthread "
           f"{args.web_workers} workers x {args.web_threads} threads; {os.cpu_count()} CPUs\n")  # fmt: skip
     print(
-        "| run | events/s | API us/event | API switches/event | events/message | Redis us/event "
-        "| client us/event | total | projected |"
+        "| run | events/s | API us/event | of which kernel | API switches/event | events/message "
+        "| Redis us/event | client us/event | total | projected |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     try:
         port = free_port()
         # Every worker must be up before its CPU is read: the process list below is taken
@@ -124,9 +130,11 @@ def main() -> int:
         run(url, body, seconds=1, **load)  # warm-up: imports, connections, caches
         for i in range(args.repeat):
             a0, r0, c0 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()
+            k0 = kernel_seconds(api_procs)
             s0, m0 = switches(api_procs), client.hlen(messages)
             result = run(url, body, seconds=args.seconds, **load)
             a1, r1, c1 = cpu_seconds(api_procs), cpu_seconds(redis_procs), children_cpu()
+            k1 = kernel_seconds(api_procs)
             s1, m1 = switches(api_procs), client.hlen(messages)
             n = result.ok * per_request
             if not n:
@@ -135,7 +143,7 @@ def main() -> int:
             per_message = f"{n / (m1 - m0):.1f}" if m1 > m0 else "n/a"  # n/a: the ceiling
             us = [(a1 - a0) / n * 1e6, (r1 - r0) / n * 1e6, (c1 - c0) / n * 1e6]
             errors = {s: k for s, k in result.statuses.items() if not 200 <= s < 300}
-            print(f"| {i + 1} | {result.rate():,.0f} | {us[0]:.1f} | {(s1 - s0) / n:.2f} | {per_message} | {us[1]:.1f} | {us[2]:.1f} | "
+            print(f"| {i + 1} | {result.rate():,.0f} | {us[0]:.1f} | {(k1 - k0) / n * 1e6:.1f} | {(s1 - s0) / n:.2f} | {per_message} | {us[1]:.1f} | {us[2]:.1f} | "
                   f"{sum(us):.1f} | {2e6 / sum(us):,.0f} events/s |{f' non-2xx {errors}' if errors else ''}")  # fmt: skip
         stop(api)
     finally:

@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import signal
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 
 import pytest
@@ -84,3 +87,28 @@ def test_log_lines_from_many_threads_arrive_as_whole_frames() -> None:
             child.kill()
     assert child.exitcode == 0
     assert lines == 5 * LINES_PER_THREAD, f"{lines} whole lines in {frames} frames"
+
+
+def test_a_child_forked_while_a_thread_writes_can_write() -> None:
+    """The lock that serializes a process's stderr is made anew in a forked child: a
+    thread of the parent that was writing at the fork would hold the copied one for
+    ever, and the child's first log line would hang (gunicorn forks with ``os.fork``)."""
+    configure_logging("INFO", "json")
+    serial = sys.stderr
+    serial._lock.acquire()  # type: ignore[attr-defined] - as a writer caught by the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: one line, then out, whatever happens
+            try:
+                structlog.get_logger("t").info("from the child")
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 30  # against the hang, not a timing assertion
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    finally:
+        serial._lock.release()  # type: ignore[attr-defined]
+    assert done[0] == pid, "the child's log line hung on the lock it inherited"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import threading
+import weakref
 from typing import Any, TextIO
 
 import msgspec
@@ -88,6 +90,12 @@ class SerialStream:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._lock = threading.Lock()
+        _SERIAL_STREAMS.add(self)
+
+    def _after_fork(self) -> None:
+        """A fresh lock in a forked child: a thread of the parent that was writing when
+        the process forked holds the copied one for ever (as logging's handlers do)."""
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -99,6 +107,10 @@ class SerialStream:
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
         return getattr(self.stream, name)
+
+
+_SERIAL_STREAMS: weakref.WeakSet[SerialStream] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [s._after_fork() for s in _SERIAL_STREAMS])
 
 
 def serial_stderr() -> SerialStream:

@@ -152,3 +152,25 @@ def test_a_scheduler_job_run_shows_in_detailed_health(redis_server, namespace, t
     assert scheduler["status"] == "ok"
     assert scheduler["key"] == f"{namespace}:scheduler:last_run"
     assert scheduler["leader"] == service.lease.owner
+
+
+def test_hung_storage_checks_do_not_make_a_healthy_redis_look_down(own_redis, tmp_path):
+    """A hung storage call holds its check's thread past the check's timeout; a few probes
+    of a hung DynamoDB filled the check pool and the Redis check, waiting behind them,
+    answered "no answer", so a healthy API said 503 down."""
+    import threading  # noqa: PLC0415
+
+    settings = settings_for(own_redis.port, tmp_path)
+    container = bootstrap(settings)
+    release = threading.Event()
+    container.extras["health_checks"] = {"storage": lambda: release.wait(60) and {}}
+    client = falcon.testing.TestClient(create_app(container))
+    try:
+        for _ in range(5):  # each probe leaves one more hung storage check behind
+            body = client.simulate_get("/health/detailed").json
+            assert body["checks"]["storage"]["status"] == "down"
+            assert body["checks"]["redis"]["status"] == "ok", body["checks"]
+            assert body["checks"]["broker"]["status"] == "ok", body["checks"]
+            assert body["status"] != "down"
+    finally:
+        release.set()

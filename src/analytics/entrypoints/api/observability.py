@@ -170,12 +170,20 @@ class MetricsResource:
 
 # --- health -------------------------------------------------------------------------------
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
+# Redis and the broker decide ``down`` (503): their checks get threads of their own. A
+# hung storage or SNS call holds its pool thread past the check's timeout (until the
+# client's own timeout, tens of seconds with botocore's retries); three probes of a hung
+# DynamoDB filled the shared pool, the Redis check then waited behind them and a healthy
+# API answered 503 "down" (a QA pass: 5 of 10 probes).
+_critical_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-critical")
 
 
-def _run(check: Callable[[], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+def _run(
+    check: Callable[[], dict[str, Any]], timeout_s: float, pool: ThreadPoolExecutor = _pool
+) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        result = _pool.submit(check).result(timeout=timeout_s)
+        result = pool.submit(check).result(timeout=timeout_s)
     except FutureTimeout:
         result = {"status": "down", "error": f"no answer within {timeout_s}s"}
     except Exception as exc:  # noqa: BLE001 - a failing dependency is a result, not an error
@@ -316,7 +324,10 @@ class DetailedHealthResource:
         return out
 
     def report(self) -> dict[str, Any]:
-        checks = {name: _run(fn, self.timeout_s) for name, fn in self.checks().items()}
+        checks = {
+            name: _run(fn, self.timeout_s, _critical_pool if name in self.CRITICAL else _pool)
+            for name, fn in self.checks().items()
+        }
         body: dict[str, Any] = {"checks": checks}
         redis_ok = checks.get("redis", {}).get("status", "ok") == "ok"
         body.update(self._queues_and_workers(redis_ok))

@@ -37,10 +37,10 @@ def broker_settings(request: pytest.FixtureRequest) -> Settings:
                     namespace=f"retry-{uuid.uuid4().hex[:8]}")  # fmt: skip
 
 
-def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
-    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    broker = build_broker(broker_settings)
+def _flaky_broker(settings: Settings) -> tuple[Any, Any, list[int]]:
+    """A broker (orphan sweep every 0.2 s on Redis) with an actor that fails its first
+    attempt only, and the list of the attempts' arguments."""
+    broker = build_broker(settings)
     broker.orphan_sweep_s = 0.2  # type: ignore[attr-defined] - Redis: the sweep that requeues
     attempts: list[int] = []
 
@@ -51,6 +51,24 @@ def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
         if len(attempts) == 1:
             raise RuntimeError("storage down for the first attempt")
 
+    return broker, flaky, attempts
+
+
+def _run_until_second_attempt(broker: Any, attempts: list[int], threads: int, lost: str) -> None:
+    worker = Worker(broker, worker_threads=threads, worker_timeout=50)
+    worker.start()
+    try:
+        wait_until(lambda: len(attempts) == 2, timeout=30, message=lost)
+        broker.join("high_priority", timeout=10_000)
+    finally:
+        worker.stop()
+        broker.close()
+
+
+def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker, flaky, attempts = _flaky_broker(broker_settings)
     enqueue = broker.enqueue
     refused: list[str] = []
 
@@ -62,15 +80,7 @@ def test_a_message_whose_retry_was_not_enqueued_is_requeued_not_lost(
 
     monkeypatch.setattr(broker, "enqueue", stalled_for_retries)
     flaky.send(7)
-    worker = Worker(broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    try:
-        wait_until(lambda: len(attempts) == 2, timeout=30,
-                   message="the failed message was acknowledged and lost")  # fmt: skip
-        broker.join("high_priority", timeout=10_000)
-    finally:
-        worker.stop()
-        broker.close()
+    _run_until_second_attempt(broker, attempts, 1, "the failed message was acknowledged and lost")
     assert refused and attempts == [7, 7]
 
 
@@ -82,17 +92,7 @@ def test_a_message_whose_failure_handling_was_cut_short_is_requeued_not_lost(
     log pipe blocked for minutes, then ``TimeLimitExceeded`` was raised inside the log
     call). The exception escapes dramatiq's failure handling before Retries runs, and the
     worker's ``finally`` acknowledged the message: 8 and 58 events lost. It must come back."""
-    broker = build_broker(broker_settings)
-    broker.orphan_sweep_s = 0.2  # type: ignore[attr-defined] - Redis: the sweep that requeues
-    attempts: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name="high_priority", max_retries=3,
-                    min_backoff=10, max_backoff=20)  # fmt: skip
-    def flaky(n: int) -> None:
-        attempts.append(n)
-        if len(attempts) == 1:
-            raise RuntimeError("storage locked for the first attempt")
-
+    broker, flaky, attempts = _flaky_broker(broker_settings)
     worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
     log_error = worker_log.error
     cut: list[str] = []
@@ -107,13 +107,6 @@ def test_a_message_whose_failure_handling_was_cut_short_is_requeued_not_lost(
     flaky.send(7)
     # The escaping exception ends its worker thread (dramatiq's loop does not catch it):
     # the requeued message is run by the other one.
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
-        wait_until(lambda: len(attempts) == 2, timeout=30,
-                   message="the message was acknowledged without its outcome and lost")  # fmt: skip
-        broker.join("high_priority", timeout=10_000)
-    finally:
-        worker.stop()
-        broker.close()
+    _run_until_second_attempt(broker, attempts, 2,
+                              "the message was acknowledged without its outcome and lost")  # fmt: skip
     assert cut and attempts == [7, 7]

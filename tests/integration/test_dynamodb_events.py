@@ -111,3 +111,61 @@ def test_ten_thousand_events_take_ceil_n_over_25_batch_writes(
     assert counter.calls["BatchGetItem"] == math.ceil(10_000 / 100)
     assert counter.calls["Scan"] == 0
     assert counter.calls["PutItem"] == 2  # the day directory: one day, one event type
+
+
+def _recreate_tables(settings: Any) -> None:
+    """What an operator's restore looks like to a running worker: same names, new tables."""
+    ddb = dynamodb_client(settings)
+    for name in (settings.events_table, settings.aggregates_table):
+        ddb.delete_table(TableName=name)
+    ensure_resources(settings)
+
+
+def _searched(repo: DynamoDBEventRepository, **filters: Any) -> set[Any]:
+    from analytics.domain.search import EventQuery  # noqa: PLC0415
+
+    return {e.event_id for e in repo.search(EventQuery(**filters), after=None, limit=100)}
+
+
+@pytest.mark.parametrize("write_between", [True, False], ids=["write-meets-gap", "quiet-gap"])
+def test_day_directory_is_written_again_after_the_tables_came_back(
+    settings: Any, clock: FixedClock, write_between: bool
+) -> None:
+    ensure_resources(settings)
+    now = [0.0]
+    repo = DynamoDBEventRepository(
+        dynamodb_client(settings), settings.events_table, clock=clock,
+        directory_table=settings.aggregates_table, shards=settings.dynamodb_shards,
+        backoff=Backoff(sleep=lambda s: None), directory_refresh_s=60, monotonic=lambda: now[0],
+    )  # fmt: skip
+    repo.add_many([make_event(0)])
+    if write_between:
+        ddb = dynamodb_client(settings)
+        ddb.delete_table(TableName=settings.events_table)
+        with pytest.raises(ResourceMissing, match=settings.events_table):
+            repo.add_many([make_event(1)])  # the worker meets the gap: the message retries
+        ddb.delete_table(TableName=settings.aggregates_table)
+        ensure_resources(settings)
+    else:
+        _recreate_tables(settings)
+        now[0] += 61  # nobody wrote while the tables were gone: the cache just ages out
+    later = make_event(2, event_type="click")
+    repo.add_many([later])
+    assert _searched(repo) == {later.event_id}  # the time index, through the directory
+    assert _searched(repo, event_type="click") == {later.event_id}  # the type index
+    assert _searched(repo, user_id=later.user_id) == {later.event_id}
+
+
+def test_day_directory_is_not_rewritten_while_fresh(
+    repo: DynamoDBEventRepository,
+) -> None:
+    counter = CallCounter(repo.client)
+    repo.add_many([make_event(0)])
+    repo.add_many([make_event(1)])
+    assert counter.calls["PutItem"] == 2  # one day, one type: cached for the second batch
+
+
+def test_a_missing_directory_table_is_named(settings: Any, repo: DynamoDBEventRepository) -> None:
+    dynamodb_client(settings).delete_table(TableName=settings.aggregates_table)
+    with pytest.raises(ResourceMissing, match=settings.aggregates_table):
+        repo.add_many([make_event(0)])

@@ -15,6 +15,7 @@ jitter). See README, "DynamoDB table design".
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import threading
 import time
@@ -138,12 +139,17 @@ class DynamoDBEventRepository:
         shards: int = 8,
         retention_days: int = 395,
         backoff: Backoff | None = None,
+        directory_refresh_s: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.table = table
         self.directory_table = directory_table
-        self._marked: set[tuple[str, str]] = set()  # directory entries this process wrote
+        # directory entries this process wrote, with when (monotonic): see _mark_days
+        self._marked: dict[tuple[str, str], float] = {}
         self._marked_lock = threading.Lock()
+        self.directory_refresh_s = directory_refresh_s
+        self._monotonic = monotonic
         self.clock = clock
         self.shards = shards
         self.retention = timedelta(days=retention_days)
@@ -189,15 +195,25 @@ class DynamoDBEventRepository:
 
         The time and type indexes are partitioned by day, so an open-ended search must know
         which days exist instead of querying every day of the retention window. Entries
-        are idempotent puts, written once per process per day (cached), so the directory
-        partition sees a handful of writes a day, however many events arrive.
-        """
+        are idempotent puts, cached per process, so the directory partition sees a few
+        writes a minute, however many events arrive.
+
+        The cache must not outlive the table it describes: a table deleted and created
+        again (or restored from a backup) under a running worker has lost entries the
+        cache still holds, and a search by time or type would then skip the events of
+        those days. So a cached entry is written again once it is ``directory_refresh_s``
+        old, and the whole cache is dropped when a call finds a table missing. What is
+        left: when no write met the gap, events written within ``directory_refresh_s``
+        of the cached entry, on a day that receives no event after it, stay out of
+        searches by time or type (by user, session or product they are found)."""
         if self.directory_table is None:
             return
         wanted = {("DIR#days", e.event_day) for e in events}
         wanted |= {(f"DIR#type#{e.event_type}", e.event_day) for e in events}
+        now = self._monotonic()
+        fresh_after = now - self.directory_refresh_s
         with self._marked_lock:
-            missing = sorted(wanted - self._marked)
+            missing = sorted(k for k in wanted if self._marked.get(k, -math.inf) <= fresh_after)
         for pk, day in missing:
             expires = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp())
             expires += int((self.retention + timedelta(days=2)).total_seconds())
@@ -207,7 +223,7 @@ class DynamoDBEventRepository:
                 Item={"pk": {"S": pk}, "sk": {"S": day}, TTL_ATTRIBUTE: {"N": str(expires)}},
             )
             with self._marked_lock:
-                self._marked.add((pk, day))
+                self._marked[(pk, day)] = now
 
     def _days(self, pk: str, lo_day: str | None, hi_day: str | None) -> list[str]:
         """Days in the directory between lo_day and hi_day (inclusive), ascending."""
@@ -457,13 +473,21 @@ class DynamoDBEventRepository:
         yield from heapq.merge(*streams, key=lambda it: it[SORT_KEY]["S"], reverse=descending)
 
     # --- plumbing --------------------------------------------------------------------
+    def _table_of(self, kwargs: dict[str, Any]) -> str:
+        """The table a call named (a batch call: its first), for the error message."""
+        return str(
+            kwargs.get("TableName") or next(iter(kwargs.get("RequestItems") or {}), self.table)
+        )
+
     def _call(self, operation: str, **kwargs: Any) -> Any:
         try:
             return getattr(self.client, operation)(**kwargs)
         except Exception as exc:
             code = error_code(exc)
             if code == "ResourceNotFoundException":
-                raise ResourceMissing("DynamoDB table", self.table) from exc
+                with self._marked_lock:
+                    self._marked.clear()  # the directory came back empty, or will
+                raise ResourceMissing("DynamoDB table", self._table_of(kwargs)) from exc
             if code in ("ValidationException", "SerializationException"):
                 raise
             raise StorageUnavailable(f"dynamodb {operation}: {code or exc}") from exc

@@ -85,6 +85,12 @@ class Settings(BaseModel):
     aws_retry_mode: Literal["standard", "adaptive"] = "adaptive"
     aws_connect_timeout_s: float = Field(3.0, gt=0, le=60)
     aws_read_timeout_s: float = Field(10.0, gt=0, le=120)
+    aws_api_max_attempts: int = Field(
+        2, ge=1, le=30,
+        description="botocore tries per call in the API process: a reader waits at most this"
+        " many connect + read timeouts for a 503, not the workers' budget.",
+    )  # fmt: skip
+    aws_api_read_timeout_s: float = Field(5.0, gt=0, le=120)
     batch_write_max_attempts: int = Field(
         8, ge=1, le=30, description="Tries for BatchWriteItem UnprocessedItems before failing."
     )
@@ -181,7 +187,10 @@ class Settings(BaseModel):
         False, description="Take the client address from X-Forwarded-For (behind a proxy)."
     )
     overload_queue_depth: int = Field(
-        20_000, ge=1, le=100_000_000, description="high_priority messages above which ingest is 503."
+        20_000,
+        ge=1,
+        le=100_000_000,
+        description="high_priority messages above which ingest is 503.",
     )
     overload_retry_after_max_s: int = Field(300, ge=1, le=3600)
     max_decompressed_bytes: int = Field(
@@ -452,6 +461,18 @@ class Settings(BaseModel):
         if self.redis_host is None and self.redis_socket:
             return {"unix_socket_path": self.redis_socket, **common}
         return {"host": self.redis_host or "127.0.0.1", "port": self.redis_port, **common}
+
+    def for_api(self) -> Settings:
+        """These settings as the API process uses them: its AWS calls answer a waiting
+        client, so they get the API's budget (``aws_api_*``). A worker's call may ride out
+        ten tries, a request held that long is a hung page (a hung DynamoDB held reads for
+        65-106 s before the 503)."""
+        return self.model_copy(
+            update={
+                "aws_max_attempts": self.aws_api_max_attempts,
+                "aws_read_timeout_s": self.aws_api_read_timeout_s,
+            }
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

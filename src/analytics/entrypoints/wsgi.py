@@ -22,7 +22,7 @@ def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
     from analytics.entrypoints.logs import configure_logging  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_format)
-    container = bootstrap(settings)
+    container = bootstrap(settings.for_api())
     from analytics.entrypoints.telemetry import install  # noqa: PLC0415
 
     install(container.broker, settings, worker=False)

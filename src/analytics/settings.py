@@ -187,10 +187,7 @@ class Settings(BaseModel):
         False, description="Take the client address from X-Forwarded-For (behind a proxy)."
     )
     overload_queue_depth: int = Field(
-        20_000,
-        ge=1,
-        le=100_000_000,
-        description="high_priority messages above which ingest is 503.",
+        20_000, ge=1, le=100_000_000, description="high_priority messages above which ingest is 503."
     )
     overload_retry_after_max_s: int = Field(300, ge=1, le=3600)
     max_decompressed_bytes: int = Field(

@@ -70,6 +70,11 @@ def stack(
     assert refused.returncode == 2, refused.stderr
     message = refused.stderr.decode()
     assert settings.events_table in message and "analytics init" in message, message
+    # serve too: one line and exit 2, where it restarted its api and worker every ~2 s.
+    refused = subprocess.run(analytics_cmd("serve", "--port", str(port)), env=env,
+                             capture_output=True, timeout=60, check=False)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert settings.events_table in refused.stderr.decode(), refused.stderr
 
     first = subprocess.run(analytics_cmd("init"), env=env, capture_output=True, timeout=120,
                            check=True)  # fmt: skip

@@ -265,6 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(dict(os.environ), host=args.host, port=args.port, data_dir=args.data_dir)
     writable_dir(Path(settings.data_dir), "the data directory (--data-dir, ANALYTICS_DATA_DIR)")
+    preflight(settings)  # what the api and the worker would each refuse to start without
     return serve(settings)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import math
 import os
 import shlex
 import signal
@@ -170,6 +171,31 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+class RestartPolicy:
+    """When ``serve`` starts a child again: at once (after a second) when it had run for a
+    while, later each time it exits soon after its start (1, 2, 4, 8, then every 10 s),
+    as systemd's and Kubernetes' back-off do. A child that cannot start (a table deleted
+    under a running service, a port taken) was restarted every two seconds forever, each
+    time with its start-up lines and a traceback; now the log says when the next try is.
+    """
+
+    def __init__(self, *, settled_s: float = 30.0, first_s: float = 1.0, max_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.settled_s, self.first_s, self.max_s, self.clock = settled_s, first_s, max_s, clock
+        self._started: dict[str, float] = {}
+        self._quick: dict[str, int] = {}
+
+    def started(self, name: str) -> None:
+        self._started[name] = self.clock()
+
+    def exited(self, name: str) -> float:
+        """The child ``name`` exited: seconds to wait before starting it again."""
+        ran = self.clock() - self._started.get(name, -math.inf)
+        quick = self._quick.get(name, 0) + 1 if ran < self.settled_s else 0
+        self._quick[name] = quick
+        return min(self.max_s, self.first_s * 2 ** max(quick - 1, 0))
+
+
 def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +219,12 @@ def serve(settings: Settings) -> int:
         "api": ["api"],
         "scheduler": ["scheduler"],  # ops: periodic jobs (one active, Redis lease)
     }
-    children = {name: _child(args, env) for name, args in specs.items()}
+    policy = RestartPolicy()
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for name, args in specs.items():
+        children[name] = _child(args, env)
+        policy.started(name)
+    due: dict[str, float] = {}  # children waiting for their restart: when
     print(banner(settings, dev_key), flush=True)
     stopping = False
 
@@ -216,10 +247,17 @@ def serve(settings: Settings) -> int:
                 except RuntimeError as exc:  # it died again at once: say why, try again
                     print(f"analytics: redis did not start: {exc}", flush=True)
             for name, proc in list(children.items()):
-                if proc.poll() is not None and not stopping:
-                    print(f"analytics: {name} exited with {proc.returncode}; restarting", flush=True)
-                    time.sleep(1)
+                if stopping or name in due or proc.poll() is None:
+                    continue
+                wait = policy.exited(name)
+                print(f"analytics: {name} exited with {proc.returncode}; restarting in"
+                      f" {wait:g} s", flush=True)  # fmt: skip
+                due[name] = time.monotonic() + wait
+            for name, at in list(due.items()):
+                if not stopping and time.monotonic() >= at:
+                    del due[name]
                     children[name] = _child(specs[name], env)
+                    policy.started(name)
             time.sleep(0.2)
     finally:
         for name in ("api", "worker", "scheduler"):

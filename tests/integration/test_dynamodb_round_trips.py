@@ -27,7 +27,7 @@ from analytics.bootstrap import bootstrap
 from analytics.domain.clock import FixedClock
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.api.app import create_app
-from tests.aws_support import CallCounter, aws_settings
+from tests.aws_support import CallCounter, aws_settings, dynamodb_stores, make_event
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +100,65 @@ def test_a_batch_of_1000_events_takes_a_bounded_number_of_round_trips(
     total = 1 + 1 + sum(ddb.calls.values()) + sum(fake.calls.values())
     print(f"\n1000 events: {dict(ddb.calls)} + {dict(fake.calls)}; "
           f"events per transaction {1000 / transactions:.1f}; total round trips {total}")  # fmt: skip
+
+
+class InFlight:
+    """A client that counts how many Query calls overlap (each held 5 ms more, so that
+    reads made together are seen to; reads made one after the other never overlap)."""
+
+    def __init__(self, client: Any) -> None:
+        import threading  # noqa: PLC0415
+
+        self.client, self.now, self.most, self.calls = client, 0, 0, 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def query(self, **kwargs: Any) -> Any:
+        import time  # noqa: PLC0415
+
+        with self._lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.005)
+            return self.client.query(**kwargs)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+def test_a_long_window_reads_its_partitions_in_parallel_with_the_same_result(
+    moto_server: Any,
+) -> None:
+    from analytics.domain.aggregation import contribution  # noqa: PLC0415
+    from analytics.domain.buckets import cover, epoch_minute  # noqa: PLC0415
+
+    repo, store = dynamodb_stores(moto_server)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    events = [make_event(n, at=start + timedelta(days=n % 10, minutes=n)) for n in range(30)]
+    repo.add_many(events)
+    store.apply([contribution(e) for e in events])
+    window = cover(epoch_minute(start), epoch_minute(start + timedelta(days=10)))
+
+    counted = InFlight(store.client)
+    store.client = counted
+    store.read_parallelism = 1
+    one_by_one = store.summarize([window], None)
+    assert counted.most == 1
+    calls, counted.calls = counted.calls, 0
+    store.read_parallelism = 8
+    together = store.summarize([window], None)
+    assert together == one_by_one and together[0].count == 30 and together[0].unique_users == 7
+    assert counted.calls == calls  # the same reads: 10 days x 4 shards, per grain
+    assert 1 < counted.most <= 8
+    store.read_parallelism = 1
+    snap_one = store.snapshot(*_span(window))
+    store.read_parallelism = 8
+    assert store.snapshot(*_span(window)) == snap_one and len(snap_one.applied) == 30
+
+
+def _span(window: Any) -> tuple[int, int]:
+    return min(p.start for p in window), max(p.end for p in window)

@@ -37,7 +37,8 @@ def botocore_config(settings: Settings) -> Config:
         retries={"mode": settings.aws_retry_mode, "total_max_attempts": settings.aws_max_attempts},
         connect_timeout=settings.aws_connect_timeout_s,
         read_timeout=settings.aws_read_timeout_s,
-        max_pool_connections=max(10, settings.worker_threads * 2, settings.web_threads),
+        # An aggregation reads up to 8 partitions at once (DynamoDBAggregateStore).
+        max_pool_connections=max(32, settings.worker_threads * 2, settings.web_threads * 2),
         tcp_keepalive=True,
     )
 

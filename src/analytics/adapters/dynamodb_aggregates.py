@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -73,12 +74,14 @@ class DynamoDBAggregateStore:
     """AggregateStore port on the aggregates table (design in the module docstring)."""
 
     def __init__(
-        self, client: Any, table: str, *, shards: int = 4, backoff: Backoff | None = None
-    ) -> None:
+        self, client: Any, table: str, *, shards: int = 4, backoff: Backoff | None = None,
+        read_parallelism: int = 8,
+    ) -> None:  # fmt: skip
         self.client = client
         self.table = table
         self.shards = shards
         self.backoff = backoff or Backoff(max_attempts=10)
+        self.read_parallelism = read_parallelism
 
     # --- writes -----------------------------------------------------------------------
     def apply(self, contributions: Sequence[Contribution]) -> list[uuid.UUID]:
@@ -233,17 +236,39 @@ class DynamoDBAggregateStore:
                 return
             request["ExclusiveStartKey"] = last
 
+    def _query_many(
+        self, ranges: Sequence[tuple[str, str, str]]
+    ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """(pk, items) for each (pk, lo, hi), read ``read_parallelism`` partitions at a time.
+
+        A window's reads are one Query per (grain, day, shard): a year of quarter hours
+        is 1,460 of them, and one after the other they took as many round trips of
+        latency (minutes on a moto server, tens of seconds on DynamoDB). Each call gets
+        a pool of its own, so one long window does not queue the next request's reads."""
+        if len(ranges) <= 1 or self.read_parallelism <= 1:
+            for pk, lo, hi in ranges:
+                yield pk, list(self._query(pk, lo, hi))
+            return
+        workers = min(self.read_parallelism, len(ranges))
+        with ThreadPoolExecutor(workers, thread_name_prefix="ddb-read") as pool:
+            pages = pool.map(lambda r: (r[0], list(self._query(*r))), ranges)
+            yield from pages
+
     def _counters(self, pieces: Sequence[Piece]) -> dict[CounterKey, int]:
         """Counters (summed over shards) with bucket starts inside any of the pieces."""
         seen: dict[tuple[str, str], tuple[CounterKey, int]] = {}  # pieces may overlap
+        ranges: list[tuple[str, str, str]] = []
+        grain_of: dict[str, int] = {}
         for grain, start, end in _merge_spans(pieces):
             for day_start, day_end in _days(start, end):
                 for shard in range(self.shards):
                     pk = counter_pk(grain, day_start, shard)
-                    lo, hi = f"{day_start:010d}", f"{day_end - 1:010d}{_SEP}\U0010ffff"
-                    for item in self._query(pk, lo, hi):
-                        sk = item["sk"]["S"]
-                        seen[(pk, sk)] = (parse_counter(grain, sk), int(item["v"]["N"]))
+                    grain_of[pk] = grain
+                    ranges.append((pk, f"{day_start:010d}", f"{day_end - 1:010d}{_SEP}\U0010ffff"))
+        for pk, items in self._query_many(ranges):
+            for item in items:
+                sk = item["sk"]["S"]
+                seen[(pk, sk)] = (parse_counter(grain_of[pk], sk), int(item["v"]["N"]))
         totals: dict[CounterKey, int] = defaultdict(int)
         for key, value in seen.values():
             totals[key] += value  # the same counter in several shards adds up
@@ -253,11 +278,13 @@ class DynamoDBAggregateStore:
         snap = AggregateSnapshot()
         pieces = [Piece(g, start, end) for g in GRAINS]
         snap.counters = {k: v for k, v in self._counters(pieces).items() if v}
-        for day_start, day_end in _days(start, end):
-            for shard in range(self.shards):
-                pk = f"M#{_day(day_start)}#{shard}"
-                for item in self._query(pk, f"{day_start:010d}", f"{day_end - 1:010d}#~"):
-                    snap.applied.add(uuid.UUID(item["sk"]["S"].split("#", 1)[1]))
+        ranges = [
+            (f"M#{_day(day_start)}#{shard}", f"{day_start:010d}", f"{day_end - 1:010d}#~")
+            for day_start, day_end in _days(start, end)
+            for shard in range(self.shards)
+        ]
+        for _, items in self._query_many(ranges):
+            snap.applied.update(uuid.UUID(item["sk"]["S"].split("#", 1)[1]) for item in items)
         return snap
 
     def summarize(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -124,3 +125,55 @@ class WorkerRecycler(dramatiq.Middleware):
             thread.pause()
         os.kill(os.getppid(), signal.SIGHUP)
         return True
+
+
+class ThreadWatch(dramatiq.Middleware):
+    """Recycle a worker process that lost one of its worker or consumer threads.
+
+    dramatiq's worker thread catches everything an actor raises, but an exception that
+    escapes its after-hooks (a ``BaseException`` such as the time limit's interrupt landing
+    in one) ends the thread, and nothing starts it again: the process keeps its heartbeat
+    and its prefetched messages while fewer threads, at last none, work on them. A
+    watcher checks the threads every ``interval_s`` and, once one is gone, logs it and
+    recycles the process like after N tasks (``WorkerRecycler.recycle``): the master
+    starts a fresh one and the held messages are requeued. Counted as
+    ``recycles_thread_died`` (``<ns>:ops:workers``) and
+    ``analytics_worker_recycles_total{reason="thread_died"}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        recycle: Callable[[str], bool],
+        interval_s: float = 5.0,
+        on_recycle: Callable[[], None] | None = None,
+    ) -> None:
+        self.recycle = recycle
+        self.interval_s = interval_s
+        self.on_recycle = on_recycle
+        self._stop = threading.Event()
+        self.worker: Any = None
+        self.recycled = False
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.worker = worker
+        threading.Thread(target=self._watch, name="thread-watch", daemon=True).start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._stop.set()
+
+    def dead_threads(self) -> list[str]:
+        worker = self.worker
+        threads = [*getattr(worker, "workers", ()), *getattr(worker, "consumers", {}).values()]
+        return [t.name for t in threads if not t.is_alive()]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            dead = self.dead_threads()
+            if dead and not self._stop.is_set():
+                log.error("worker thread died: recycling the process", pid=os.getpid(),
+                          threads=dead)  # fmt: skip
+                self.recycled = self.recycle("thread_died")
+                if self.recycled and self.on_recycle is not None:
+                    self.on_recycle()
+                return

@@ -183,7 +183,8 @@ CACHE_HIT_RATIO = Gauge(
 )  # fmt: skip
 WORKER_RECYCLES = Counter(
     "analytics_worker_recycles",
-    "Worker processes recycled, by reason (tasks: after N tasks; memory: RSS over the limit).",
+    "Worker processes recycled, by reason (tasks: after N tasks; memory: RSS over the limit;"
+    " thread_died: a worker or consumer thread ended).",
     ["reason"],
 )
 

@@ -11,9 +11,10 @@ import os
 import dramatiq
 import structlog
 
-from analytics.adapters.recycler import WorkerRecycler
+from analytics.adapters.recycler import ThreadWatch, WorkerRecycler
 from analytics.adapters.worker_registry import ActorRegistry
 from analytics.bootstrap import bootstrap, ops_redis_client
+from analytics.entrypoints import metrics as _metrics
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.logs import configure_logging
 from analytics.entrypoints.telemetry import install as install_telemetry
@@ -39,11 +40,17 @@ broker.add_middleware(
         namespace=settings.namespace,
     )
 )
+# Recycle a process that lost a worker or consumer thread (adapters/recycler.py).
+broker.add_middleware(
+    ThreadWatch(
+        recycle=next(m for m in broker.middleware if isinstance(m, WorkerRecycler)).recycle,
+        on_recycle=lambda: _metrics.WORKER_RECYCLES.labels("thread_died").inc(),
+    )
+)
 # Recycle a process whose RSS passes ANALYTICS_WORKER_MAX_RSS_MB, the same way (README,
 # "Resilience"; adapters/memory_limit.py).
 if settings.worker_max_rss_mb:
     from analytics.adapters.memory_limit import MemoryLimit  # noqa: E402
-    from analytics.entrypoints import metrics as _metrics  # noqa: E402
 
     broker.add_middleware(
         MemoryLimit(

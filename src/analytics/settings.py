@@ -391,6 +391,19 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _topic_in_the_clients_region(self) -> Settings:
+        # The SNS client works in aws_region; a topic ARN of another region made `init`
+        # create the tables and a stray topic there, and only then say the topic was missing.
+        if self.sns_topic_arn:
+            region = self.sns_topic_arn.split(":")[3]
+            if region != self.aws_region:
+                raise ValueError(
+                    f"ANALYTICS_SNS_TOPIC_ARN is in region {region}, ANALYTICS_AWS_REGION is"
+                    f" {self.aws_region}: the clients work in one region; make them agree"
+                )
+        return self
+
     @property
     def time_limit_overrides(self) -> dict[str, int]:
         return parse_time_limits(self.time_limits_ms)

@@ -12,6 +12,7 @@ from analytics.adapters.aws import ResourceMissing, dynamodb_client, sns_client
 from analytics.adapters.dynamodb_events import Backoff, DynamoDBEventRepository
 from analytics.adapters.dynamodb_schema import check_resources, ensure_resources
 from analytics.domain.clock import FixedClock
+from analytics.settings import Settings
 from tests.aws_support import CallCounter, aws_settings, make_event
 
 pytestmark = pytest.mark.integration
@@ -169,3 +170,22 @@ def test_a_missing_directory_table_is_named(settings: Any, repo: DynamoDBEventRe
     dynamodb_client(settings).delete_table(TableName=settings.aggregates_table)
     with pytest.raises(ResourceMissing, match=settings.aggregates_table):
         repo.add_many([make_event(0)])
+
+
+def test_init_with_a_topic_of_another_region_is_refused_before_creating_anything(
+    moto_server: Any, aws_names: dict[str, str]
+) -> None:
+    import subprocess  # noqa: PLC0415
+
+    from tests.support import analytics_cmd, child_env  # noqa: PLC0415
+
+    env = child_env(**{**moto_server.env(), **aws_names, "ANALYTICS_STORAGE": "dynamodb",
+                       "ANALYTICS_AWS_REGION": "eu-west-1"})  # the topic ARN: us-east-1  # fmt: skip
+    done = subprocess.run(analytics_cmd("init"), env=env, capture_output=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 2, done
+    assert "ANALYTICS_SNS_TOPIC_ARN is in region us-east-1" in done.stderr.decode()
+    settings = Settings.from_env({**moto_server.env(), **aws_names})
+    for region in ("eu-west-1", "us-east-1"):
+        ddb = dynamodb_client(settings.model_copy(update={"aws_region": region}))
+        assert settings.events_table not in ddb.list_tables()["TableNames"]

@@ -100,3 +100,40 @@ def test_ingest_answers_503_while_redis_is_stalled_and_a_retry_counts_once(
     (bucket,) = [b for b in answer.json["buckets"] if b["count"]]
     assert bucket["count"] == 2
     assert bucket["revenue"] == {"EUR": "20.00"}
+
+
+def test_a_query_meets_a_stalled_cache_with_a_side_calls_timeout(
+    own_redis: RedisServerProcess, data_dir: Path
+) -> None:
+    """The dashboard's cache lookups and stores against a stalled Redis: each gives up
+    after the side-call timeout and the answer comes from storage. With the broker's own
+    socket timeout (30 s here, 5 s by default) the lookup would wait out the whole stall,
+    then succeed: no cache error, which is what fails this test."""
+    settings = Settings.from_env({
+        "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(own_redis.port),
+        "ANALYTICS_NAMESPACE": f"t-{uuid.uuid4().hex[:8]}",
+        "ANALYTICS_DATA_DIR": str(data_dir), "ANALYTICS_STORAGE": "sqlite",
+        "ANALYTICS_REDIS_TIMEOUT_S": "30", "ANALYTICS_AUTH": "disabled",
+        "ANALYTICS_RATE_LIMIT": "disabled", "ANALYTICS_LOCAL_CACHE_ENTRIES": "0",
+    })  # fmt: skip
+    c = bootstrap(settings)
+    try:
+        client = falcon.testing.TestClient(create_wsgi_app(c))
+        assert client.simulate_get("/api/v1/analytics/dashboard/metrics").status_code == 200
+        errors = c.cache.errors
+        assert own_redis.proc is not None
+        pid = own_redis.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        safety = threading.Timer(RESUME_AFTER_S, os.kill, (pid, signal.SIGCONT))
+        safety.start()
+        try:
+            answer = client.simulate_get("/api/v1/analytics/dashboard/metrics",
+                                         params={"last": "24h"})  # fmt: skip
+            stalled_errors = c.cache.errors - errors
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            safety.cancel()
+        assert answer.status_code == 200, answer.text
+        assert stalled_errors >= 1  # the lookup timed out instead of waiting out the stall
+    finally:
+        c.broker.close()

@@ -217,3 +217,18 @@ def test_head_answers_on_every_get_route_without_a_body(client) -> None:  # type
     assert (head.status_code, head.content) == (200, b"") and head.headers["ETag"]
     assert client.simulate_head("/nope").content == b""
     assert client.simulate_head("/api/v1/analytics/events").status_code == 405  # POST only
+
+
+def test_a_422_names_the_bounds_beside_a_bad_field(client) -> None:  # type: ignore[no-untyped-def]
+    """QA: a bad user_id hid a timestamp from 2099 (a second round trip to learn of it)."""
+    bad = {**EVENT, "user_id": "", "timestamp": "2099-01-01T00:00:00Z"}
+    r = client.simulate_post("/api/v1/analytics/events", json=bad)
+    assert r.status_code == 422
+    assert {(e["field"], e["rule"]) for e in r.json["errors"]} == {
+        ("user_id", "invalid"), ("timestamp", "max_future")}  # fmt: skip
+    r = client.simulate_post("/api/v1/analytics/events/batch", json={"events": [EVENT, bad]})
+    assert r.status_code == 202
+    accepted, rejected = r.json["results"]
+    assert accepted["status"] == "accepted" and rejected["status"] == "rejected"
+    assert {(e["field"], e["rule"]) for e in rejected["errors"]} == {
+        ("user_id", "invalid"), ("timestamp", "max_future")}  # fmt: skip

@@ -252,3 +252,45 @@ def test_a_field_that_fails_its_shape_is_not_blamed_again_by_a_rule() -> None:
     messages = [e.message for e in exc.value.errors]
     assert all("(?!" not in m and "\\\\" not in m for m in messages), messages
     assert "'^[A-Z]{3}$'" in " ".join(messages)
+
+
+def _deep(levels: int) -> dict:
+    deep: dict = {}
+    cursor = deep
+    for _ in range(levels - 1):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    cursor["a"] = 1
+    return deep
+
+
+@pytest.mark.parametrize("breakage", [{"user_id": ""}, {"quantity": 0}, {"zz": 1}],
+                         ids=["pattern", "bound", "unknown"])  # fmt: skip
+@pytest.mark.parametrize(("patch", "bound"), [
+    ({"timestamp": "2099-01-01T00:00:00Z"}, ("timestamp", "max_future")),
+    ({"timestamp": "2000-01-01T00:00:00Z"}, ("timestamp", "max_past")),
+    ({"metadata": _deep(6)}, ("metadata", "max_depth")),
+    ({"metadata": {"k": "x" * 9000}}, ("metadata", "max_bytes")),
+], ids=["future", "past", "depth", "size"])  # fmt: skip
+def test_a_shape_failure_does_not_hide_a_bound(patch: dict, bound: tuple, breakage: dict) -> None:
+    """QA: any type, pattern or unknown-field failure used to skip the bounds, so a client
+    needed a second round trip to learn its timestamp was from 2099."""
+    raw = json.dumps({**SEED_NEW, **patch, **breakage}).encode()
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(raw, EventIn, received_at=NOW)
+    broken = next(iter(breakage))
+    assert bound in rules_of(exc) and broken in {f for f, _ in rules_of(exc)}
+    alone = json.dumps({**SEED_NEW, **patch}).encode()
+    with pytest.raises(ValidationFailed) as same:  # the same bound error as on its own
+        build_event(decode_event(alone, EventIn, received_at=NOW), received_at=NOW,
+                    correlation_id="c1", new_id=lambda: FIXED_ID)  # fmt: skip
+    assert [e for e in exc.value.errors if e.field == bound[0]] == same.value.errors
+
+
+def test_a_broken_sent_at_leaves_the_timestamp_window_unjudged() -> None:
+    """Without a valid sent_at the skew cannot be corrected: a timestamp that skew would
+    bring into the window is not called future."""
+    doc = {**SEED_NEW, "timestamp": "2026-11-27T14:30:15Z", "sent_at": "yesterday"}
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(json.dumps(doc).encode(), EventIn, received_at=NOW)
+    assert rules_of(exc) == {("sent_at", "invalid")}

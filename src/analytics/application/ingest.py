@@ -9,6 +9,7 @@ import itertools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 
@@ -61,10 +62,12 @@ def validate_event(
 ) -> Event:
     """The event one body stands for, nothing queued yet (no side effect at all).
     Raises MalformedInput / ValidationFailed."""
-    ein = decode_event(raw, LegacyEventIn if legacy else EventIn)
+    received_at = deps.clock.now()
+    model = LegacyEventIn if legacy else EventIn
+    ein = decode_event(raw, model, received_at=received_at, limits=deps.limits)
     return build_event(
         ein,
-        received_at=deps.clock.now(),
+        received_at=received_at,
         correlation_id=correlation_id,
         new_id=deps.new_id,
         limits=deps.limits,
@@ -97,11 +100,12 @@ def accept_batch(
     rate limiter: it raises to refuse). A rejected event never costs the accepted ones;
     an ``event_id`` repeated inside the batch is reported as ``duplicate`` and queued once.
     """
-    items = _decode_batch(raw, max_events)
+    received_at = deps.clock.now()
+    items = _decode_batch(raw, max_events, received_at=received_at, limits=deps.limits)
     if admit is not None:
         admit(len(items))  # rate limits count events, not requests
     build = EventBuilder(
-        received_at=deps.clock.now(),
+        received_at=received_at,
         correlation_id=correlation_id,
         new_id=deps.new_id,
         limits=deps.limits,
@@ -159,7 +163,9 @@ def _receipt(
     )
 
 
-def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFailed]:
+def _decode_batch(
+    raw: bytes, max_events: int, *, received_at: datetime, limits: Limits
+) -> list[EventIn | ValidationFailed]:
     """One decode for the whole batch when every event is well-typed (the common case);
     otherwise each event on its own, so one bad event costs only itself.
 
@@ -179,7 +185,7 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
         if failing:
             raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
             for index in failing:
-                items[index] = _decode_one(raws[index])
+                items[index] = _decode_one(raws[index], received_at, limits)
         return items
     try:
         batch = _batch_decoder.decode(raw)
@@ -196,7 +202,7 @@ def _decode_batch(raw: bytes, max_events: int) -> list[EventIn | ValidationFaile
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
     _check_count(len(batch.events), max_events)
-    return [_decode_one(item) for item in batch.events]
+    return [_decode_one(item, received_at, limits) for item in batch.events]
 
 
 def _wrapper_errors(doc: object) -> list[FieldError]:
@@ -215,9 +221,11 @@ def _wrapper_errors(doc: object) -> list[FieldError]:
     return errors
 
 
-def _decode_one(item: msgspec.Raw) -> EventIn | ValidationFailed:
+def _decode_one(
+    item: msgspec.Raw, received_at: datetime, limits: Limits
+) -> EventIn | ValidationFailed:
     try:
-        return decode_event(item, EventIn)  # type: ignore[arg-type,return-value]
+        return decode_event(item, EventIn, received_at=received_at, limits=limits)  # type: ignore[arg-type,return-value]
     except ValidationFailed as exc:
         return exc
     except MalformedInput as exc:

@@ -55,8 +55,18 @@ AnyEventIn = EventIn | LegacyEventIn
 JSON_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
 
 
-def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
-    """Decode one event body; raise MalformedInput (not JSON) or ValidationFailed (all errors)."""
+def decode_event(
+    raw: bytes,
+    model: type[AnyEventIn] = EventIn,
+    *,
+    received_at: datetime | None = None,
+    limits: Limits | None = None,
+) -> AnyEventIn:
+    """Decode one event body; raise MalformedInput (not JSON) or ValidationFailed (all errors).
+
+    With ``received_at``, a body that fails also has the bounds of the fields that did
+    decode checked (metadata size and depth, the timestamp window), so its error list is
+    complete: a bad ``user_id`` no longer hides a timestamp from 2099."""
     try:
         return _decoders[model].decode(raw)
     except msgspec.ValidationError:
@@ -71,7 +81,7 @@ def decode_event(raw: bytes, model: type[AnyEventIn] = EventIn) -> AnyEventIn:
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
-    raise ValidationFailed(collect_field_errors(doc, model))
+    raise ValidationFailed(collect_field_errors(doc, model, received_at=received_at, limits=limits))
 
 
 TOO_DEEP = "body is nested too deeply (see the README's limits table)"
@@ -199,8 +209,15 @@ def _without_patterns(tp: Any) -> tuple[Any, list[str]]:
     return tp, []
 
 
-def collect_field_errors(doc: Any, model: type[AnyEventIn] = EventIn) -> list[FieldError]:
-    """Check every field of ``doc`` against ``model`` and return all failures."""
+def collect_field_errors(
+    doc: Any,
+    model: type[AnyEventIn] = EventIn,
+    *,
+    received_at: datetime | None = None,
+    limits: Limits | None = None,
+) -> list[FieldError]:
+    """Check every field of ``doc`` against ``model`` and return all failures (with
+    ``received_at``, the bounds too: see :func:`decode_event`)."""
     if not isinstance(doc, dict):
         return [FieldError("$", "type", f"an event must be a JSON object, not {_jtype(doc)}")]
     hints = _HINTS[model]
@@ -219,7 +236,15 @@ def collect_field_errors(doc: Any, model: type[AnyEventIn] = EventIn) -> list[Fi
     # A rule over a field that already failed says nothing new ("eur" is not a currency;
     # "a price needs a currency" would be a second, wrong, error for the same field).
     failed = {e.field for e in errors}
-    cross = cross_field_errors(SimpleNamespace(**converted), legacy=model is LegacyEventIn)
+    legacy = model is LegacyEventIn
+    fields = SimpleNamespace(**converted)
+    cross = cross_field_errors(fields, legacy=legacy)
+    if received_at is not None:
+        # The timestamp window needs both times as sent: a sent_at that failed would
+        # leave the skew uncorrected and the window check wrong.
+        timed = not {"timestamp", "sent_at"} & failed
+        cross += bound_errors(fields, received_at=received_at, limits=limits or DEFAULT_LIMITS,
+                              legacy=legacy, timed=timed)  # fmt: skip
     errors.extend(e for e in cross if e.field not in failed)
     return errors
 
@@ -749,31 +774,10 @@ def _build_checked(
     legacy = isinstance(ein, LegacyEventIn)
     sent_at = None if legacy else ein.sent_at  # type: ignore[union-attr]
     errors = cross_field_errors(ein, legacy)
-    errors.extend(metadata_errors(ein.metadata, limits))
-    try:
-        ts = correct_timestamp(ein.timestamp, sent_at, received_at)
-    except OverflowError:  # e.g. year 9999 with a negative offset, or a huge skew
-        errors.append(
-            FieldError("timestamp", "out_of_range", "timestamp or sent_at is out of range")
-        )
-        raise ValidationFailed(errors) from None
-    if ts > received_at + limits.max_future:
-        errors.append(
-            FieldError(
-                "timestamp",
-                "max_future",
-                f"{ts.isoformat()} is more than {_span(limits.max_future)} in the future "
-                "(after clock-skew correction)",
-            )
-        )
-    elif ts < received_at - limits.max_past:
-        errors.append(
-            FieldError(
-                "timestamp", "max_past", f"{ts.isoformat()} is older than {_span(limits.max_past)}"
-            )
-        )
+    errors += bound_errors(ein, received_at=received_at, limits=limits, legacy=legacy)
     if errors:
         raise ValidationFailed(errors)
+    ts = correct_timestamp(ein.timestamp, sent_at, received_at)  # in range: checked above
     quantity = ein.quantity or 1
     price = None if ein.price is None else canonical_price(ein.price)
     return Event(
@@ -795,6 +799,40 @@ def _build_checked(
         correlation_id=correlation_id,
         legacy=legacy,
     )
+
+
+def bound_errors(
+    f: Any, *, received_at: datetime, limits: Limits, legacy: bool, timed: bool = True
+) -> list[FieldError]:
+    """The bounds of an event's fields: metadata size and depth, and (``timed``) the
+    timestamp window after clock-skew correction. Reads attributes, missing ones None."""
+    errors = metadata_errors(getattr(f, "metadata", None) or {}, limits)
+    if not timed:
+        return errors
+    sent_at = None if legacy else getattr(f, "sent_at", None)
+    try:
+        ts = correct_timestamp(getattr(f, "timestamp", None), sent_at, received_at)
+    except OverflowError:  # e.g. year 9999 with a negative offset, or a huge skew
+        errors.append(
+            FieldError("timestamp", "out_of_range", "timestamp or sent_at is out of range")
+        )
+        return errors
+    if ts > received_at + limits.max_future:
+        errors.append(
+            FieldError(
+                "timestamp",
+                "max_future",
+                f"{ts.isoformat()} is more than {_span(limits.max_future)} in the future "
+                "(after clock-skew correction)",
+            )
+        )
+    elif ts < received_at - limits.max_past:
+        errors.append(
+            FieldError(
+                "timestamp", "max_past", f"{ts.isoformat()} is older than {_span(limits.max_past)}"
+            )
+        )
+    return errors
 
 
 def _span(span: timedelta) -> str:

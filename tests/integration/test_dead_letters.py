@@ -172,6 +172,17 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
     assert bad_queue.status_code == 400
     empty = client.simulate_post("/api/v1/admin/dlq/replay", json={}, headers=ADMIN)
     assert empty.status_code == 400  # no selection: refuse rather than replay everything
+    unknown = client.simulate_get("/api/v1/admin/dlq", params={"foo": "1"}, headers=ADMIN)
+    assert unknown.status_code == 400 and unknown.json["parameter"] == "foo"
+    for body, expected in [  # a body that breaks its schema is a 422 naming each field
+        ({"all": True, "x": 1}, [("x", "unknown_field")]),
+        ({"ids": "abc"}, [("ids", "invalid")]),
+        ({"queue": "nope"}, [("queue", "invalid")]),
+    ]:
+        bad = client.simulate_post("/api/v1/admin/dlq/replay", json=body, headers=ADMIN)
+        assert bad.status_code == 422, (body, bad.text)
+        assert [(e["field"], e["rule"]) for e in bad.json["errors"]] == expected, bad.json
+    assert len(dlq.list()) == 1  # none of them replayed anything
 
     repo.broken = False
     done = client.simulate_post(

@@ -111,6 +111,13 @@ def test_unknown_task_is_404_problem(env: Env) -> None:
     assert r.json["status"] == 404 and "correlation_id" in r.json
 
 
+def test_an_unknown_parameter_is_400_naming_it(env: Env) -> None:
+    r = env.client.simulate_get(f"/api/v1/analytics/tasks/{uuid.uuid4()}/status",
+                                params={"verbose": "1"})  # fmt: skip
+    assert r.status_code == 400 and r.json["parameter"] == "verbose", r.json
+    assert "takes none" in r.json["detail"]
+
+
 def test_queued_until_a_worker_takes_it(env: Env) -> None:
     message = env.actors["parked"].send(1)
     s = env.status(message.message_id)

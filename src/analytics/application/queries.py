@@ -74,7 +74,8 @@ def check_params(params: Mapping[str, object], allowed: Sequence[str]) -> dict[s
     out: dict[str, str] = {}
     for name, value in params.items():
         if name not in allowed:
-            raise BadQuery(name, f"unknown parameter; allowed: {', '.join(allowed)}")
+            known = f"allowed: {', '.join(allowed)}" if allowed else "this route takes none"
+            raise BadQuery(name, f"unknown parameter; {known}")
         if not isinstance(value, str):
             raise BadQuery(name, "given more than once")
         out[name] = value

@@ -15,7 +15,8 @@ from analytics.application.dead_letters import (
     purge_dead_letters,
     replay_dead_letters,
 )
-from analytics.domain.errors import BadQuery, MalformedInput
+from analytics.application.queries import check_params
+from analytics.domain.errors import BadQuery, FieldError, MalformedInput, ValidationFailed
 from analytics.domain.ports import DeadLetters
 from analytics.domain.validation import JSON_DECODE_ERRORS
 from analytics.entrypoints.api.body import read_json_body
@@ -37,7 +38,20 @@ class SelectionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _decode_selection = msgspec.json.Decoder(SelectionBody).decode
 
 
+def _selection_errors(exc: msgspec.ValidationError) -> list[FieldError]:
+    """msgspec's message as a field error: ``... - at `$.ids``` names the field, an unknown
+    one is named in the message itself."""
+    text = str(exc)
+    message, _, path = text.partition(" - at `$")
+    field = path.rstrip("`").lstrip(".").split("[")[0].split(".")[0] or "$"
+    if message.startswith("Object contains unknown field `"):
+        name = message.removeprefix("Object contains unknown field `").rstrip("`")
+        return [FieldError(name, "unknown_field", "unknown field; allowed: ids, queue, actor, all")]
+    return [FieldError(field, "invalid", message)]
+
+
 def _queue_param(req: falcon.Request) -> str | None:
+    check_params(req.params, ("queue", "actor"))
     queue = req.get_param("queue")
     if queue is not None and queue not in QUEUE_NAMES:
         raise BadQuery("queue", f"unknown queue {queue!r}; choose from {', '.join(QUEUE_NAMES)}")
@@ -84,11 +98,13 @@ class DeadLetterActionResource:
         try:
             body = _decode_selection(raw or b"{}")
         except msgspec.ValidationError as exc:
-            raise BadQuery("body", str(exc)) from None
+            raise ValidationFailed(_selection_errors(exc)) from None
         except JSON_DECODE_ERRORS as exc:
             raise MalformedInput(f"body is not JSON: {exc}") from None
         if body.queue is not None and body.queue not in QUEUE_NAMES:
-            raise BadQuery("queue", f"unknown queue {body.queue!r}")
+            raise ValidationFailed([FieldError(
+                "queue", "invalid", f"unknown queue {body.queue!r}; choose from {', '.join(QUEUE_NAMES)}"
+            )])  # fmt: skip
         selection = Selection(ids=tuple(body.ids), queue=body.queue, actor=body.actor, all=body.all)
         if self.action == "replay":
             done = replay_dead_letters(selection, dlq=self.dlq)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 import msgspec
 
+from analytics.application.queries import check_params
 from analytics.application.task_status import get_task_status
 from analytics.domain.ports import TaskStatusStore
 
@@ -16,6 +17,7 @@ class TaskStatusResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        check_params(req.params, ())  # like search and aggregations: no silent no-op
         status = get_task_status(task_id, store=self.store)
         resp.content_type = "application/json"
         resp.cache_control = ["no-store"]

@@ -197,6 +197,7 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
 def test_cli_bad_input(env) -> None:  # type: ignore[no-untyped-def]
     for args, code, text in [
         (("show", "--id", "does-not-exist"), 1, "no dead letter"),
+        (("show", "--id", "abc"), 1, "a prefix needs 6 characters or more"),
         (("list", "--queue", "nope"), 2, "unknown queue"),
         (("replay",), 2, "give message ids"),
         (("purge",), 2, "give message ids"),
@@ -224,6 +225,9 @@ def test_a_message_whose_envelope_does_not_decode_is_dead_lettered_once(system, 
     wait_until(lambda: {e.event_id for e in repo.all()} >= {e.event_id for e in good}, timeout=30,
                message="the queue stopped behind the garbage")  # fmt: skip
     assert dlq.replay(["garbage-1"]) == []  # nothing to replay
+    replayed = _dlq_cli(env, "replay", "--id", "garbage-1")  # said "replayed 0", exit 0
+    assert replayed.returncode == 1 and "not replayed" in replayed.stderr, replayed
+    assert "dlq purge --id" in replayed.stderr and len(dlq.list()) == 1
     listing = _dlq_cli(env, "list", "--json")
     assert listing.returncode == 0 and "garbage-1" in listing.stdout, listing.stderr
     purged = _dlq_cli(env, "purge", "--id", "garbage-1")

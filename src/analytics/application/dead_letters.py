@@ -58,7 +58,8 @@ def find_dead_letter(letter_id: str, *, dlq: DeadLetters) -> DeadLetter:
             return matches[0]
         if len(matches) > 1:
             raise BadQuery("id", f"{letter_id!r} matches {len(matches)} dead letters; give more")
-    raise DeadLetterNotFound(f"no dead letter with id {letter_id!r}")
+    short = f" (a prefix needs {MIN_PREFIX} characters or more)" if len(letter_id) < MIN_PREFIX else ""
+    raise DeadLetterNotFound(f"no dead letter with id {letter_id!r}{short}")
 
 
 def select(selection: Selection, *, dlq: DeadLetters) -> list[DeadLetter]:

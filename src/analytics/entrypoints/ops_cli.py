@@ -15,6 +15,7 @@ from analytics.application.dead_letters import (
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letters,
+    select,
 )
 from analytics.domain.errors import AdapterError, BadQuery, NotFound
 from analytics.domain.ports import DeadLetters
@@ -101,16 +102,25 @@ def _run(args: argparse.Namespace, dlq: DeadLetters) -> int:
     selection = Selection(
         ids=tuple(args.ids), queue=args.queue, actor=args.actor, all=bool(args.all)
     )
+    skipped: list[str] = []
     if cmd == "replay":
+        chosen = select(selection, dlq=dlq)
         done = replay_dead_letters(selection, dlq=dlq)
+        # What replay leaves: letters whose envelope does not decode (nothing to run).
+        skipped = [d.letter_id for d in chosen if d.letter_id not in done]
         verb = "replayed"
     else:
         done = purge_dead_letters(selection, dlq=dlq)
         verb = "purged"
     if args.json:
-        print(json.dumps({verb: done}))
+        print(json.dumps({verb: done, "skipped": skipped} if skipped else {verb: done}))
     else:
         print(f"{verb} {len(done)} message(s)")
         for i in done:
             print(f"  {i}")
+    if skipped:
+        print(f"analytics dlq: {len(skipped)} dead letter(s) not replayed: their envelope does not"
+              " decode, so there is nothing to run; inspect with `dlq show --id`, remove with"
+              f" `dlq purge --id`: {', '.join(skipped)}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0

@@ -122,3 +122,22 @@ def test_a_typo_in_an_operator_argument_is_refused_before_anything_runs(tmp_path
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+
+
+def test_keys_in_a_data_directory_without_a_key_store_say_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """QA: run from another directory, ``keys create`` silently made ./data/keys.sqlite3,
+    and the key it printed got 401 from the running service."""
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("keys", *args, "--data-dir", str(tmp_path / "elsewhere")),
+            env=child_env(), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    listed = keys("list")
+    assert listed.returncode == 2 and "no key store at" in listed.stderr, listed
+    assert not (tmp_path / "elsewhere" / "keys.sqlite3").exists()
+    created = keys("create", "--name", "ci", "--scopes", "read")
+    assert created.returncode == 0 and "started a new key store at" in created.stderr, created
+    again = keys("create", "--name", "ci2", "--scopes", "read")
+    assert again.returncode == 0 and "new key store" not in again.stderr, again
+    assert "ci2" in keys("list").stdout

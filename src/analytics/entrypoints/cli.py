@@ -179,8 +179,19 @@ def _keys_command(args: argparse.Namespace) -> int:
     settings = load_settings(dict(os.environ), data_dir=args.data_dir)
     if key_store_kind(settings) == "memory":
         raise CliError("ANALYTICS_KEY_STORE=memory keeps no keys between processes")
+    kind = key_store_kind(settings)
+    if kind == "sqlite" and args.keys_command != "create" and not Path(settings.keys_path).exists():
+        raise CliError(  # list/revoke would create an empty store and report nothing
+            f"no key store at {str(settings.keys_path)!r}: is the service's data directory"
+            " another one? Give it with --data-dir (or ANALYTICS_DATA_DIR)"
+        )
+    fresh = kind == "sqlite" and not Path(settings.keys_path).exists()
     store = build_key_store(settings)
     clock = SystemClock()
+    if fresh:
+        print(f"analytics keys: started a new key store at {str(settings.keys_path)!r}; a"
+              " service only accepts the key if it runs with this data directory"
+              " (--data-dir, ANALYTICS_DATA_DIR)", file=sys.stderr)  # fmt: skip
     if args.keys_command == "create":
         new = api_keys.create_key(
             args.name, args.scopes, store=store, clock=clock,

@@ -64,6 +64,20 @@ def test_legacy_route_accepts_old_example_and_is_marked_deprecated(client) -> No
     assert r.status_code == 202
     assert r.headers["Deprecation"] == "true"
     assert "/api/v1/analytics/events" in r.headers["Link"]
+    for refused in (client.simulate_get("/analytics/events"),  # 405
+                    client.simulate_post("/analytics/events", body=b"{",
+                                         headers={"Content-Type": "application/json"})):  # 400  # fmt: skip
+        assert refused.status_code in (400, 405)
+        assert refused.headers["Deprecation"] == "true", refused.status_code
+        assert 'rel="successor-version"' in refused.headers["Link"]
+
+
+def test_the_legacy_route_is_marked_deprecated_before_auth_too() -> None:
+    """QA: its 401 (no key) lacked the headers its 202 carries."""
+    from tests.support import ApiHarness  # noqa: PLC0415
+
+    r = ApiHarness().client.simulate_post("/analytics/events", json={"event_type": "x"})
+    assert r.status_code == 401 and r.headers["Deprecation"] == "true"
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,14 @@ class CorrelationMiddleware:
             resp.set_header("X-Correlation-ID", cid)
 
 
+LEGACY_ROUTE = "/analytics/events"
+#: The seed's old route is deprecated (RFC 9745) in favour of its successor (RFC 8288).
+LEGACY_HEADERS = {
+    "Deprecation": "true",
+    "Link": '</api/v1/analytics/events>; rel="successor-version"',
+}
+
+
 class SecurityHeadersMiddleware:
     """The security headers on every response, errors and 404s included.
 
@@ -87,6 +95,8 @@ class SecurityHeadersMiddleware:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         resp.set_headers(self.headers)
+        if req.path.rstrip("/") == LEGACY_ROUTE:  # every answer of it, 401 and 405 too
+            resp.set_headers(LEGACY_HEADERS)
         csp = resp.context.get("csp") if hasattr(resp.context, "get") else None
         if csp:
             resp.set_header("Content-Security-Policy", csp)

@@ -65,8 +65,7 @@ class LegacyEventsResource:
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.set_header("Deprecation", "true")
-        resp.set_header("Link", f'<{NEW_ROUTE}>; rel="successor-version"')
+        # Deprecation and Link: SecurityHeadersMiddleware, on every answer of this route.
         raw = read_json_body(req, self.max_body_bytes)
         receipt = accept_event(
             raw, correlation_id=req.context.correlation_id, deps=self.deps, legacy=True

@@ -305,7 +305,8 @@ def test_a_serve_killed_outright_takes_its_children_with_it(tmp_path: Path) -> N
         serve.proc.send_signal(signal.SIGKILL)
         serve.proc.wait(10)
         _, alive = psutil.wait_procs(children, timeout=60)
-        assert not alive, [p.cmdline()[:4] for p in alive]
+        log = (tmp_path / "serve.log").read_text(errors="replace")[-4000:]
+        assert not alive, ([p.cmdline()[:4] for p in alive], log)
 
 
 def test_a_second_serve_on_the_same_data_or_port_refuses_in_one_line(service, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -226,3 +226,33 @@ def test_a_failed_run_is_tried_again_soon_not_at_the_next_period(
         assert len(calls) >= 2  # the failed run and its retry
     finally:
         service._stop_jobs(wait=True)  # noqa: SLF001
+
+
+def test_a_stopping_scheduler_waits_for_a_hung_job_only_its_grace(settings) -> None:  # type: ignore[no-untyped-def]
+    """A job run stuck in a call (a Redis that went away as the scheduler was told to
+    stop) held the scheduler's exit for as long as it hung (CI: serve killed outright,
+    its scheduler still alive a minute later). The stop waits ``stop_grace_s``, releases
+    the lease and says the jobs were left."""
+    import threading  # noqa: PLC0415
+
+    service = SchedulerService(settings.model_copy(update={"scheduler_jobs": "rollup_hourly"}),
+                               stop_grace_s=0.2)  # fmt: skip
+    hung, release = threading.Event(), threading.Event()
+
+    def hanging(job):  # type: ignore[no-untyped-def]
+        hung.set()
+        release.wait(60)
+        return []
+
+    service.run_job = hanging  # type: ignore[method-assign]
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(service.run()), daemon=True)
+    runner.start()
+    try:
+        assert hung.wait(30), "the start-up run never started"
+        service.stop_event.set()
+        runner.join(30)
+        assert result == [3]  # JOBS_LEFT_RUNNING: stopped without waiting out the job
+        assert service.lease.acquire()  # the lease was released on the way out
+    finally:
+        release.set()

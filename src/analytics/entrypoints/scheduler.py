@@ -38,6 +38,8 @@ log = structlog.get_logger("analytics.scheduler")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACTOR_WAIT_S = 5.0  # how often a job whose actor no worker declares yet looks again
 FAILURE_RETRY_S = 30.0  # when a failed run (Redis unreachable, say) is tried again
+STOP_GRACE_S = 10.0  # how long a stopping scheduler waits for job runs in progress
+JOBS_LEFT_RUNNING = 3  # run(): stopped, but some job run did not finish within the grace
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class SchedulerService:
         clock: Clock | None = None,
         actor_wait_s: float = ACTOR_WAIT_S,
         failure_retry_s: float = FAILURE_RETRY_S,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
         from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
@@ -132,6 +135,7 @@ class SchedulerService:
         self._missing: set[str] = set()
         self.actor_wait_s = actor_wait_s
         self.failure_retry_s = failure_retry_s
+        self.stop_grace_s = stop_grace_s
 
     # --- one job run ---------------------------------------------------------------------
     def run_job(self, job: Job) -> list[int]:
@@ -298,18 +302,35 @@ class SchedulerService:
         interval = self.settings.scheduler_lease_s / 3
         log.info("scheduler standing by", owner=self.lease.owner,
                  lease_s=self.settings.scheduler_lease_s)  # fmt: skip
+        stopped = True
         try:
             while not self.stop_event.is_set():
                 self.step()
                 self.stop_event.wait(interval)
         finally:
-            self._stop_jobs(wait=True)
+            log.info("scheduler stopping", owner=self.lease.owner)
+            stopped = self._stop_jobs_within(self.stop_grace_s)
             try:
                 if self.lease.release():
                     log.info("scheduler lease released", owner=self.lease.owner)
             except Exception:  # noqa: BLE001 - the lease expires by itself
                 log.warning("scheduler lease not released; it expires by itself")
-        return 0
+        return 0 if stopped else JOBS_LEFT_RUNNING
+
+    def _stop_jobs_within(self, grace_s: float) -> bool:
+        """Stop the jobs, waiting at most ``grace_s`` for runs in progress; False when some
+        still run then. Cutting one is safe: every period it owes is claimed under the
+        lease and from its watermark, so the next leader enqueues what it did not."""
+        if self._scheduler is None:
+            return True
+        stopper = threading.Thread(target=self._stop_jobs, args=(True,), daemon=True)
+        stopper.start()
+        stopper.join(grace_s)
+        if stopper.is_alive():
+            log.warning("scheduler jobs still running; leaving them to the next leader",
+                        grace_s=grace_s)  # fmt: skip
+            return False
+        return True
 
 
 def _equipped_broker(settings: Settings, clock: Clock) -> dramatiq.Broker:
@@ -342,4 +363,11 @@ def run_scheduler(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return service.run()
+    code = service.run()
+    if code == JOBS_LEFT_RUNNING:
+        # APScheduler's pool threads are not daemons: the interpreter's exit would join
+        # them, however long they hang. Asked to stop, so exit now (status 0).
+        logging.shutdown()
+        os._exit(0)
+    log.info("scheduler stopped")
+    return code

@@ -189,6 +189,7 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
         "/api/v1/admin/dlq/replay", json={"ids": [msg.message_id]}, headers=ADMIN
     )
     assert done.status_code == 200 and done.json["ids"] == [msg.message_id]
+    assert done.json["skipped"] == []
     broker.join("high_priority", timeout=20_000)
     assert repo.count() == 4
     assert client.simulate_get("/api/v1/admin/dlq", headers=ADMIN).json["count"] == 0
@@ -228,6 +229,10 @@ def test_a_message_whose_envelope_does_not_decode_is_dead_lettered_once(system, 
     replayed = _dlq_cli(env, "replay", "--id", "garbage-1")  # said "replayed 0", exit 0
     assert replayed.returncode == 1 and "not replayed" in replayed.stderr, replayed
     assert "dlq purge --id" in replayed.stderr and len(dlq.list()) == 1
+    over_http = testing.TestClient(create_app(container)).simulate_post(
+        "/api/v1/admin/dlq/replay", json={"ids": ["garbage-1"]}, headers=ADMIN)  # fmt: skip
+    assert over_http.status_code == 200, over_http.text
+    assert over_http.json["count"] == 0 and over_http.json["skipped"] == ["garbage-1"]
     listing = _dlq_cli(env, "list", "--json")
     assert listing.returncode == 0 and "garbage-1" in listing.stdout, listing.stderr
     purged = _dlq_cli(env, "purge", "--id", "garbage-1")

@@ -14,6 +14,7 @@ from analytics.application.dead_letters import (
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letters,
+    select,
 )
 from analytics.application.queries import check_params
 from analytics.domain.errors import BadQuery, FieldError, MalformedInput, ValidationFailed
@@ -106,12 +107,17 @@ class DeadLetterActionResource:
                 "queue", "invalid", f"unknown queue {body.queue!r}; choose from {', '.join(QUEUE_NAMES)}"
             )])  # fmt: skip
         selection = Selection(ids=tuple(body.ids), queue=body.queue, actor=body.actor, all=body.all)
+        answer: dict[str, object] = {"action": self.action}
         if self.action == "replay":
+            chosen = select(selection, dlq=self.dlq)
             done = replay_dead_letters(selection, dlq=self.dlq)
+            # letters whose envelope does not decode: nothing to run (purge them)
+            answer["skipped"] = [d.letter_id for d in chosen if d.letter_id not in done]
         else:
             done = purge_dead_letters(selection, dlq=self.dlq)
+        answer |= {"count": len(done), "ids": done}
         resp.content_type = JSON
-        resp.data = encode({"action": self.action, "count": len(done), "ids": done})
+        resp.data = encode(answer)
 
 
 def add_admin_routes(app: falcon.App, dlq: DeadLetters, max_body_bytes: int) -> None:

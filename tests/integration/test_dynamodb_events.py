@@ -128,42 +128,63 @@ def _searched(repo: DynamoDBEventRepository, **filters: Any) -> set[Any]:
     return {e.event_id for e in repo.search(EventQuery(**filters), after=None, limit=100)}
 
 
-@pytest.mark.parametrize("write_between", [True, False], ids=["write-meets-gap", "quiet-gap"])
-def test_day_directory_is_written_again_after_the_tables_came_back(
-    settings: Any, clock: FixedClock, write_between: bool
-) -> None:
-    ensure_resources(settings)
-    now = [0.0]
-    repo = DynamoDBEventRepository(
+def _repo_with_clock(settings: Any, clock: FixedClock, now: list[float]) -> DynamoDBEventRepository:
+    return DynamoDBEventRepository(
         dynamodb_client(settings), settings.events_table, clock=clock,
         directory_table=settings.aggregates_table, shards=settings.dynamodb_shards,
         backoff=Backoff(sleep=lambda s: None), directory_refresh_s=60, monotonic=lambda: now[0],
     )  # fmt: skip
-    repo.add_many([make_event(0)])
+
+
+@pytest.mark.parametrize("write_between", [True, False], ids=["write-meets-gap", "quiet-gap"])
+def test_day_directory_is_written_again_after_the_tables_came_back(
+    settings: Any, clock: FixedClock, write_between: bool
+) -> None:
+    """QA (twice): tables deleted and created again under a running worker; the worker's
+    cache said the day's directory entries were written, so searches by time or type
+    (and reconcile's reads) skipped every event of those days written afterwards."""
+    ensure_resources(settings)
+    now = [0.0]
+    repo = _repo_with_clock(settings, clock, now)
+    day_before = make_event(0).timestamp - timedelta(days=1)
+    repo.add_many([make_event(0), make_event(1, at=day_before)])
     if write_between:
         ddb = dynamodb_client(settings)
         ddb.delete_table(TableName=settings.events_table)
         with pytest.raises(ResourceMissing, match=settings.events_table):
-            repo.add_many([make_event(1)])  # the worker meets the gap: the message retries
+            repo.add_many([make_event(2)])  # the worker meets the gap: the message retries
         ddb.delete_table(TableName=settings.aggregates_table)
         ensure_resources(settings)
     else:
-        _recreate_tables(settings)
-        now[0] += 61  # nobody wrote while the tables were gone: the cache just ages out
-    later = make_event(2, event_type="click")
-    repo.add_many([later])
-    assert _searched(repo) == {later.event_id}  # the time index, through the directory
+        _recreate_tables(settings)  # nobody writes while the tables are gone
+    # Right after: the same days, still cached as written.
+    later = make_event(3, event_type="click")
+    backfill = make_event(4, event_type="signup", at=day_before + timedelta(minutes=5))
+    repo.add_many([later, backfill])
+    now[0] += 61  # the next write a minute on, of another day, checks the cache
+    other = make_event(5, at=make_event(0).timestamp + timedelta(days=1))
+    repo.add_many([other])
+    assert _searched(repo) == {later.event_id, backfill.event_id, other.event_id}  # by time
     assert _searched(repo, event_type="click") == {later.event_id}  # the type index
-    assert _searched(repo, user_id=later.user_id) == {later.event_id}
+    assert _searched(repo, event_type="signup") == {backfill.event_id}
+    assert _searched(repo, user_id=later.user_id) >= {later.event_id}
 
 
-def test_day_directory_is_not_rewritten_while_fresh(
-    repo: DynamoDBEventRepository,
+def test_day_directory_costs_a_check_a_minute_and_no_puts_while_intact(
+    settings: Any, clock: FixedClock
 ) -> None:
+    ensure_resources(settings)
+    now = [0.0]
+    repo = _repo_with_clock(settings, clock, now)
     counter = CallCounter(repo.client)
     repo.add_many([make_event(0)])
     repo.add_many([make_event(1)])
     assert counter.calls["PutItem"] == 2  # one day, one type: cached for the second batch
+    gets = counter.calls["BatchGetItem"]
+    now[0] += 61
+    repo.add_many([make_event(2)])
+    assert counter.calls["PutItem"] == 2  # the check found both entries
+    assert counter.calls["BatchGetItem"] == gets + 2  # the check, and "is it new?"
 
 
 def test_a_missing_directory_table_is_named(settings: Any, repo: DynamoDBEventRepository) -> None:
@@ -189,3 +210,21 @@ def test_init_with_a_topic_of_another_region_is_refused_before_creating_anything
     for region in ("eu-west-1", "us-east-1"):
         ddb = dynamodb_client(settings.model_copy(update={"aws_region": region}))
         assert settings.events_table not in ddb.list_tables()["TableNames"]
+
+
+def test_the_check_keeps_only_recent_days_cached(settings: Any, clock: FixedClock) -> None:
+    ensure_resources(settings)
+    now = [0.0]
+    repo = _repo_with_clock(settings, clock, now)
+    today = make_event(0).timestamp
+    repo.add_many([make_event(n, at=today - timedelta(days=n)) for n in range(5)])
+    assert len(repo._marked) == 10  # noqa: SLF001 - five days, one type each
+    now[0] += 61
+    repo.add_many([make_event(9)])
+    assert {day for _, day in repo._marked} == {  # noqa: SLF001
+        today.date().isoformat(), (today - timedelta(days=1)).date().isoformat()}  # fmt: skip
+    counter = CallCounter(repo.client)
+    late = make_event(10, at=today - timedelta(days=3, minutes=1))
+    repo.add_many([late])  # an old day again: its entries are put again (idempotent)
+    assert counter.calls["PutItem"] == 2
+    assert late.event_id in _searched(repo)

@@ -15,7 +15,6 @@ jitter). See README, "DynamoDB table design".
 from __future__ import annotations
 
 import heapq
-import math
 import random
 import threading
 import time
@@ -145,11 +144,11 @@ class DynamoDBEventRepository:
         self.client = client
         self.table = table
         self.directory_table = directory_table
-        # directory entries this process wrote, with when (monotonic): see _mark_days
-        self._marked: dict[tuple[str, str], float] = {}
+        self._marked: set[tuple[str, str]] = set()  # directory entries written: _mark_days
         self._marked_lock = threading.Lock()
         self.directory_refresh_s = directory_refresh_s
         self._monotonic = monotonic
+        self._verified_at = monotonic()  # when the cached entries were last read back
         self.clock = clock
         self.shards = shards
         self.retention = timedelta(days=retention_days)
@@ -196,24 +195,36 @@ class DynamoDBEventRepository:
         The time and type indexes are partitioned by day, so an open-ended search must know
         which days exist instead of querying every day of the retention window. Entries
         are idempotent puts, cached per process, so the directory partition sees a few
-        writes a minute, however many events arrive.
+        writes a day, however many events arrive.
 
         The cache must not outlive the table it describes: a table deleted and created
         again (or restored from a backup) under a running worker has lost entries the
-        cache still holds, and a search by time or type would then skip the events of
-        those days. So a cached entry is written again once it is ``directory_refresh_s``
-        old, and the whole cache is dropped when a call finds a table missing. What is
-        left: when no write met the gap, events written within ``directory_refresh_s``
-        of the cached entry, on a day that receives no event after it, stay out of
-        searches by time or type (by user, session or product they are found)."""
+        cache still holds, and a search by time or type (and reconcile's reads) would skip
+        the events of those days. So once every ``directory_refresh_s`` a write first reads
+        back every cached entry (consistent ``BatchGetItem``, 100 keys a call) and puts
+        again the ones that are gone, and a call that finds a table missing drops the
+        cache. Events written between a quiet re-creation and the next check are covered
+        by it: their days are cached, so they are among the entries it restores. After
+        each check only the entries of yesterday and later stay cached."""
         if self.directory_table is None:
             return
+        gone: list[tuple[str, str]] = []
+        now = self._monotonic()
+        if now - self._verified_at >= self.directory_refresh_s:
+            self._verified_at = now
+            with self._marked_lock:
+                cached = sorted(self._marked)
+            gone = self._missing_entries(cached) if cached else []
+            # Checked, the entries of older days leave the cache (a late event of one is
+            # rare, and puts its entry again): the check reads a few days' entries, not
+            # every day a process ever wrote.
+            recent = (self.clock.now() - timedelta(days=1)).date().isoformat()
+            with self._marked_lock:
+                self._marked = {k for k in self._marked if k[1] >= recent}
         wanted = {("DIR#days", e.event_day) for e in events}
         wanted |= {(f"DIR#type#{e.event_type}", e.event_day) for e in events}
-        now = self._monotonic()
-        fresh_after = now - self.directory_refresh_s
         with self._marked_lock:
-            missing = sorted(k for k in wanted if self._marked.get(k, -math.inf) <= fresh_after)
+            missing = sorted((wanted - self._marked) | set(gone))
         for pk, day in missing:
             expires = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp())
             expires += int((self.retention + timedelta(days=2)).total_seconds())
@@ -223,7 +234,29 @@ class DynamoDBEventRepository:
                 Item={"pk": {"S": pk}, "sk": {"S": day}, TTL_ATTRIBUTE: {"N": str(expires)}},
             )
             with self._marked_lock:
-                self._marked[(pk, day)] = now
+                self._marked.add((pk, day))
+
+    def _missing_entries(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Of these directory entries, those the directory table does not hold."""
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), BATCH_GET_MAX):
+            pending: dict[str, Any] = {self.directory_table: {  # type: ignore[dict-item]
+                "Keys": [{"pk": {"S": pk}, "sk": {"S": day}}
+                         for pk, day in keys[start : start + BATCH_GET_MAX]],
+                "ConsistentRead": True, "ProjectionExpression": "pk, sk",
+            }}  # fmt: skip
+            attempt = 0
+            while pending:
+                response = self._call("batch_get_item", RequestItems=pending)
+                for item in response.get("Responses", {}).get(self.directory_table, []):
+                    found.add((item["pk"]["S"], item["sk"]["S"]))
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    attempt += 1
+                    if attempt >= self.backoff.max_attempts:
+                        raise StorageUnavailable("dynamodb: day directory check unprocessed")
+                    self.backoff.sleep(self.backoff.delay(attempt))
+        return [k for k in keys if k not in found]
 
     def _days(self, pk: str, lo_day: str | None, hi_day: str | None) -> list[str]:
         """Days in the directory between lo_day and hi_day (inclusive), ascending."""

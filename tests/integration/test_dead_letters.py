@@ -215,6 +215,13 @@ def test_a_message_whose_envelope_does_not_decode_is_dead_lettered_once(system, 
     CLI lists and purges them, and the queue goes on."""
     container, repo, _ = system
     broker, dlq = container.broker, container.dead_letters
+    nacked: list[tuple[str, str]] = []
+
+    class NackWatch(dramatiq.Middleware):  # what the dead-letter counter hooks on
+        def after_nack(self, broker, message):  # type: ignore[no-untyped-def]
+            nacked.append((message.actor_name, message.queue_name))
+
+    broker.add_middleware(NackWatch())
     ns = broker.namespace
     broker.client.hset(f"{ns}:high_priority.msgs", "garbage-1", b"\xff\x00 not json")
     broker.client.rpush(f"{ns}:high_priority", "garbage-1")
@@ -223,6 +230,7 @@ def test_a_message_whose_envelope_does_not_decode_is_dead_lettered_once(system, 
     wait_until(lambda: len(dlq.list()) == 1, timeout=30, message="the garbage never dead-lettered")
     (letter,) = dlq.list(queue="high_priority")
     assert (letter.letter_id, letter.error_type, letter.permanent) == ("garbage-1", "DecodeError", True)
+    assert nacked == [("(undecodable)", "high_priority")]  # counted as dead-lettered, once
     wait_until(lambda: {e.event_id for e in repo.all()} >= {e.event_id for e in good}, timeout=30,
                message="the queue stopped behind the garbage")  # fmt: skip
     assert dlq.replay(["garbage-1"]) == []  # nothing to replay

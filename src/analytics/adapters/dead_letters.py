@@ -22,7 +22,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from analytics.adapters.dramatiq_queue import QUEUES
+from analytics.adapters.dramatiq_queue import QUEUES, UNDECODABLE_ACTOR
 from analytics.domain.errors import StorageUnavailable
 from analytics.domain.operations import DeadLetter
 
@@ -70,7 +70,7 @@ def replay_copy(message: dramatiq.Message[Any], queue: str) -> dramatiq.Message[
 
 #: The actor name of a dead letter whose envelope does not decode (shown and purged by
 #: its Redis id, never replayed: there is nothing to replay).
-UNDECODABLE = "(undecodable)"
+UNDECODABLE = UNDECODABLE_ACTOR
 
 
 def _decoded_or_placeholder(data: bytes, rid: str, queue: str) -> dramatiq.Message[Any]:

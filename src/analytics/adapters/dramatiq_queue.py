@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from analytics.settings import Settings
 
 QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
+#: The actor name a dead letter whose envelope does not decode is shown and counted under.
+UNDECODABLE_ACTOR = "(undecodable)"
 PROCESS_EVENTS = "process_events"
 PUBLISH_NOTIFICATIONS = "publish_notifications"  # its policy: entrypoints/policies.py
 
@@ -248,6 +250,12 @@ class _StatusAckConsumer(_RedisConsumer):
             for rid, body in zip(held, bodies, strict=True):
                 if body == data:
                     b.do_nack(self.queue_name, rid)
+                    # dramatiq's own nack hooks (the dead-letter counter) never see it:
+                    # there is no message to hand them, so they get a stand-in.
+                    b.emit_after("nack", dramatiq.Message(
+                        queue_name=self.queue_name, actor_name=UNDECODABLE_ACTOR, args=(),
+                        kwargs={}, options={}, message_id=rid, message_timestamp=0,
+                    ))  # fmt: skip
                     log.error(
                         "message dead-lettered", queue=self.queue_name, message_id=rid,
                         error_type="DecodeError", error=f"not a message: {data[:120]!r}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import os
 import uuid
 from collections.abc import Iterator
@@ -370,3 +371,56 @@ def test_serve_restarts_its_redis_and_loses_nothing_it_acknowledged(tmp_path: Pa
         wait_until(lambda: len(repo.get_many(uuid.UUID(i) for i in accepted)) == len(accepted),
                    timeout=60, message="not every accepted event was stored")  # fmt: skip
     assert "analytics: redis exited with" in log.read_text()
+
+
+def test_a_worker_started_beside_serve_joins_its_redis(service) -> None:  # type: ignore[no-untyped-def]
+    """``analytics worker`` with no Redis configured used 127.0.0.1:6379 (on these machines
+    another deployment's Redis, whose queues it then consumed) even with a serve running
+    for its data directory; now it joins that serve's Redis."""
+    import subprocess  # noqa: PLC0415
+
+    import redis  # noqa: PLC0415
+
+    from analytics.entrypoints.serve import embedded_redis_socket  # noqa: PLC0415
+    from tests.support import analytics_cmd, free_port  # noqa: PLC0415
+
+    _, data_dir, _ = service
+    client = redis.Redis(unix_socket_path=str(embedded_redis_socket(data_dir)))
+    boots = int(client.hget("analytics:ops:workers", "boots") or 0)
+    env = {k: v for k, v in child_env(ANALYTICS_DATA_DIR=str(data_dir),
+                                      ANALYTICS_WORKER_METRICS_PORT="0").items()
+           if not k.startswith("REDIS_")}  # fmt: skip
+    # Without serve's socket it would use 127.0.0.1:REDIS_PORT: here nothing listens (on
+    # these machines 6379 is another deployment's Redis, never to be consumed from).
+    env["REDIS_PORT"] = str(free_port())
+    worker = subprocess.Popen(  # noqa: S603
+        analytics_cmd("worker", "--queues", "maintenance", "--processes", "1", "--threads", "1"),
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: int(client.hget("analytics:ops:workers", "boots") or 0) > boots,
+                   timeout=60, message="the extra worker never booted on serve's Redis")  # fmt: skip
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=60)
+        client.close()
+    assert "using the Redis at 127.0.0.1" not in err, err
+
+
+def test_an_api_without_serve_or_redis_host_says_which_redis(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+
+    from tests.support import analytics_cmd, free_port  # noqa: PLC0415
+
+    with socket.socket() as taken:  # a busy port: the api stops right after saying it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {k: v for k, v in child_env(ANALYTICS_DATA_DIR=str(tmp_path)).items()
+               if not k.startswith("REDIS_")}  # fmt: skip
+        env["REDIS_PORT"] = str(free_port())  # nothing there, and not the shared Redis
+        proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("api", "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])),
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "no REDIS_HOST set and no analytics serve running for" in proc.stderr

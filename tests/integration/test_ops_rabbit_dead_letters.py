@@ -6,6 +6,8 @@ module: queue names are fixed); skips otherwise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 import pytest
 from dramatiq import Worker
@@ -21,11 +23,16 @@ from tests.support import wait_until
 pytestmark = pytest.mark.integration
 
 
-def test_rabbitmq_dead_letters_list_replay_purge(rabbitmq_url: str) -> None:
+def test_rabbitmq_dead_letters_list_replay_purge(
+    rabbitmq_url: str, redis_server: Any, namespace: str
+) -> None:
+    # The task-status records live in Redis: the test's own (it wrote them to
+    # 127.0.0.1:6379 under the default namespace, another deployment's Redis there).
     settings = Settings(
         broker="rabbitmq", rabbitmq_url=rabbitmq_url, storage="memory",
         cache_backend="none", retry_max_retries=1, retry_min_backoff_ms=10,
-        retry_max_backoff_ms=20,
+        retry_max_backoff_ms=20, redis_host=redis_server.host, redis_port=redis_server.port,
+        redis_db=redis_server.db, namespace=namespace,
     )  # fmt: skip
     repo = BreakableRepository()
     container = bootstrap(settings, event_repo=repo)

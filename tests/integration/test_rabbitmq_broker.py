@@ -22,9 +22,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def container(rabbitmq_url: str) -> Iterator[Container]:
+def container(rabbitmq_url: str, redis_server: Any, namespace: str) -> Iterator[Container]:
+    # Task-status records go to Redis: the test's own, under its own prefix (with the
+    # defaults they went to 127.0.0.1:6379 under "analytics", another deployment's there).
     settings = Settings(broker="rabbitmq", storage="memory", rabbitmq_url=rabbitmq_url,
-                        sns_notify_event_types="purchase")  # fmt: skip
+                        sns_notify_event_types="purchase", redis_host=redis_server.host,
+                        redis_port=redis_server.port, redis_db=redis_server.db,
+                        namespace=namespace)  # fmt: skip
     c = bootstrap(settings, event_repo=InMemoryEventRepository(), notifier=InMemoryNotifier())
     register_actors(c)
     yield c
@@ -114,10 +118,13 @@ def test_beside_rabbitmq_workers_report_to_the_redis_the_scheduler_reads(
         c.broker.close()
 
 
-def test_without_a_redis_beside_rabbitmq_nothing_is_reported(rabbitmq_url: str) -> None:
+def test_without_a_redis_beside_rabbitmq_nothing_is_reported(
+    rabbitmq_url: str, namespace: str
+) -> None:
     from analytics.bootstrap import ops_redis_client  # noqa: PLC0415
 
-    settings = Settings(broker="rabbitmq", storage="memory", rabbitmq_url=rabbitmq_url)
+    settings = Settings(broker="rabbitmq", storage="memory", rabbitmq_url=rabbitmq_url,
+                        namespace=namespace)  # never the default prefix on a shared Redis  # fmt: skip
     assert not settings.ops_redis
     c = bootstrap(settings, event_repo=InMemoryEventRepository())
     try:

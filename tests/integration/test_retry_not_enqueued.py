@@ -31,8 +31,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_settings(request: pytest.FixtureRequest) -> Settings:
     if request.param == "rabbitmq":
-        return Settings(broker="rabbitmq", rabbitmq_url=request.getfixturevalue("rabbitmq_url"))
-    redis_server: RedisServerProcess = request.getfixturevalue("private_redis")
+        redis_server: RedisServerProcess = request.getfixturevalue("private_redis")
+        return Settings(broker="rabbitmq", rabbitmq_url=request.getfixturevalue("rabbitmq_url"),
+                        redis_host="127.0.0.1", redis_port=redis_server.port,
+                        namespace=f"retry-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    redis_server = request.getfixturevalue("private_redis")
     return Settings(redis_host="127.0.0.1", redis_port=redis_server.port,
                     namespace=f"retry-{uuid.uuid4().hex[:8]}")  # fmt: skip
 

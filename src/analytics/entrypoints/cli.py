@@ -286,6 +286,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = load_settings(
         dict(os.environ), host=args.host, port=args.port, workers=args.workers, threads=args.threads
     )
+    settings = _redis_of_a_running_serve(settings, "api")
     preflight(settings)
     if args.config is not None:
         settings = settings.model_copy(update={"gunicorn_config": Path(args.config)})
@@ -310,8 +311,26 @@ def _with_metrics_dir(settings: Settings, component: str) -> Settings:
     return settings.model_copy(update={"prometheus_multiproc_dir": path})
 
 
+def _redis_of_a_running_serve(settings: Settings, command: str) -> Settings:
+    """With no Redis configured: the Redis of the ``analytics serve`` running for this data
+    directory (a worker or an API beside it joins it), else the default 127.0.0.1:6379,
+    said in one line: a worker started there consumed whatever deployment that Redis
+    holds under the same namespace, without a word (QA)."""
+    from analytics.entrypoints.serve import with_running_serves_redis  # noqa: PLC0415
+
+    writable_dir(Path(settings.data_dir), "the data directory (ANALYTICS_DATA_DIR)")
+    joined = with_running_serves_redis(settings, required=False)
+    if joined.redis_socket and not settings.redis_socket:
+        os.environ["REDIS_SOCKET"] = joined.redis_socket  # the worker module reads the env
+    elif joined.broker == "redis" and joined.redis_host is None and not joined.redis_socket:
+        print(f"analytics {command}: no REDIS_HOST set and no analytics serve running for"
+              f" {str(settings.data_dir)!r}: using the Redis at 127.0.0.1:{settings.redis_port}"
+              f" (namespace {settings.namespace!r})", file=sys.stderr)  # fmt: skip
+    return joined
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = load_settings(dict(os.environ))
+    settings = _redis_of_a_running_serve(load_settings(dict(os.environ)), "worker")
     preflight(settings)
     _with_metrics_dir(settings, "worker-" + "-".join(sorted(args.queues)))
     argv = [

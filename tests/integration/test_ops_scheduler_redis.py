@@ -256,3 +256,39 @@ def test_a_stopping_scheduler_waits_for_a_hung_job_only_its_grace(settings) -> N
         assert service.lease.acquire()  # the lease was released on the way out
     finally:
         release.set()
+
+
+def test_a_run_that_fails_as_the_scheduler_stops_does_not_hang_the_stop(settings) -> None:  # type: ignore[no-untyped-def]
+    """APScheduler's shutdown holds its job-store lock while it waits for running jobs; a
+    run that failed just then asked for a retry through ``add_job``, which waits for that
+    lock: the scheduler hung on SIGTERM for good (CI: alive 35 minutes after serve was
+    killed). The stop now finishes and reports every job done (0, not 3)."""
+    import threading  # noqa: PLC0415
+
+    from apscheduler.schedulers.base import STATE_STOPPED  # noqa: PLC0415
+
+    service = SchedulerService(settings.model_copy(update={"scheduler_jobs": "rollup_hourly"}),
+                               failure_retry_s=60, stop_grace_s=20)  # fmt: skip
+    began, stopping = threading.Event(), threading.Event()
+    holder: list[object] = []
+
+    def failing_at_the_stop(job):  # type: ignore[no-untyped-def]
+        holder.append(service._scheduler)  # noqa: SLF001
+        began.set()
+        stopping.wait(30)
+        scheduler = holder[0]
+        for _ in range(300):  # until the shutdown has begun (it then holds its lock)
+            if scheduler.state == STATE_STOPPED:  # type: ignore[attr-defined]
+                break
+            threading.Event().wait(0.01)
+        raise ConnectionError("Redis went away with serve")
+
+    service.run_job = failing_at_the_stop  # type: ignore[method-assign]
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(service.run()), daemon=True)
+    runner.start()
+    assert began.wait(30), "the start-up run never started"
+    service.stop_event.set()
+    stopping.set()
+    runner.join(60)
+    assert result == [0], result  # 3: the stop gave up on a hung job (the deadlock)

@@ -134,6 +134,32 @@ class SettleGuard(dramatiq.Middleware):
     def after_skip_message(self, broker: Any, message: Any) -> None:
         setattr(message, UNSETTLED, False)
 
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        broker.stopping = True  # read by the consumers: see ack_failed_while_stopping
+
+
+def ack_failed_while_stopping(broker: Any, message: Any, what: str) -> bool:
+    """An ack (or nack) that met a broker connection error: True when the worker is
+    stopping, after saying so; the caller then leaves the message unacknowledged.
+
+    dramatiq's worker thread retries a failed ack every 5 s until the broker answers, and
+    the worker's stop waits for its threads: with the broker gone for good (``serve``
+    killed outright takes its Redis with it), the worker lingered for its whole shutdown
+    timeout (10 minutes) retrying. While stopping, giving up is safe: an unacknowledged
+    message is delivered again (Redis: the dead consumer's ack set is requeued once its
+    heartbeat is stale; RabbitMQ: when the connection closes), and its processing is
+    idempotent."""
+    if not getattr(broker, "stopping", False):
+        return False
+    import structlog  # noqa: PLC0415
+
+    structlog.get_logger("analytics.broker").warning(
+        f"{what} not sent: the broker is unreachable and the worker is stopping; the"
+        " message stays unacknowledged and will be delivered again",
+        message_id=message.message_id, queue=message.queue_name,
+    )  # fmt: skip
+    return True
+
 
 def kept_because(message: Any) -> str | None:
     """Why a processed message must not be acknowledged (None: it may be)."""
@@ -288,6 +314,18 @@ class _StatusAckConsumer(_RedisConsumer):
             )  # fmt: skip
 
     def ack(self, message: Any) -> None:
+        try:
+            self._ack(message)
+        except dramatiq.errors.BrokerConnectionError:
+            if not ack_failed_while_stopping(self.broker, message, "ack"):
+                raise  # dramatiq tries again in 5 s
+            self._forget(message)
+
+    def _forget(self, message: Any) -> None:
+        self.queued_message_ids.discard(message.message_id)
+        self._delivered.discard(message.options.get("redis_message_id"))
+
+    def _ack(self, message: Any) -> None:
         reason = kept_because(message)
         if reason is not None:  # its retry was never enqueued, or its hooks never ran
             self._keep_unacked(message, reason)
@@ -323,7 +361,13 @@ class _StatusAckConsumer(_RedisConsumer):
         update = getattr(message, STATUS_ON_ACK, None)  # not expected: failed after success
         if update is not None and self.broker.status_store is not None:
             _apply_quietly(self.broker.status_store, update)
-        super().nack(message)
+        try:
+            super().nack(message)
+        except dramatiq.errors.BrokerConnectionError:
+            if not ack_failed_while_stopping(self.broker, message, "nack"):
+                raise
+            self._forget(message)
+            return
         self._delivered.discard(message.options.get("redis_message_id"))  # as in ack
 
     def _ack_with_status(self, message: Any, update: Any, store: RedisTaskStatusStore) -> None:

@@ -132,6 +132,7 @@ class SchedulerService:
         self.jobs = build_jobs(settings)
         self.stop_event = threading.Event()
         self._scheduler: Any = None
+        self._jobs_lock = threading.Lock()  # the scheduler's hand-over: see _run_again
         self._missing: set[str] = set()
         self.actor_wait_s = actor_wait_s
         self.failure_retry_s = failure_retry_s
@@ -225,14 +226,19 @@ class SchedulerService:
         (``analytics serve`` starts its workers beside the scheduler) enqueues what it owes
         within seconds of one declaring it, and a failed run is tried again. One such run
         per job at a time; the periods it owes come from its watermark, as always."""
-        scheduler = self._scheduler
-        if scheduler is None:  # standing by, or stopping: the next leader runs it
-            return
-        scheduler.add_job(
-            self._safe_run, "date", run_date=datetime.now(UTC) + timedelta(seconds=delay_s),
-            args=(job,), id=f"{job.name}:again", name=f"{job.name} ({why})",
-            replace_existing=True, misfire_grace_time=None,
-        )  # fmt: skip
+        # Under the lock _stop_jobs takes before APScheduler's shutdown: that shutdown
+        # holds APScheduler's job-store lock while it waits for the running jobs, and a
+        # run that failed as it began (Redis gone with a killed serve) then waited for
+        # that lock in add_job: the scheduler hung on its SIGTERM for good (CI).
+        with self._jobs_lock:
+            scheduler = self._scheduler
+            if scheduler is None:  # standing by, or stopping: the next leader runs it
+                return
+            scheduler.add_job(
+                self._safe_run, "date", run_date=datetime.now(UTC) + timedelta(seconds=delay_s),
+                args=(job,), id=f"{job.name}:again", name=f"{job.name} ({why})",
+                replace_existing=True, misfire_grace_time=None,
+            )  # fmt: skip
 
     def _record_run(self) -> None:
         """``<ns>:scheduler:last_run`` for /health/detailed (README, "Observability")."""
@@ -273,9 +279,10 @@ class SchedulerService:
         scheduler.start()
 
     def _stop_jobs(self, wait: bool) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=wait)
-            self._scheduler = None
+        with self._jobs_lock:  # from here on _run_again adds nothing (see there)
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait)
 
     @property
     def active(self) -> bool:

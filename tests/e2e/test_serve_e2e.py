@@ -284,6 +284,11 @@ def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore
 
     wait_until(lambda: poison.message_id in listed(), timeout=30,
                message="the poison message never showed in serve's dead letters")  # fmt: skip
+    # Piped into a reader that leaves (`| head -1`): no "cannot reach the broker's Redis".
+    cmd = " ".join(analytics_cmd("dlq", "list", "--data-dir", str(data_dir)))
+    piped = subprocess.run(["bash", "-c", f"{cmd} | true; echo \"${{PIPESTATUS[0]}}\""],  # noqa: S603, S607
+                           env=child_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert piped.stdout.strip() == "0" and "cannot reach" not in piped.stderr, piped
     shown = dlq("show", "--id", poison.message_id[:8])
     assert shown.returncode == 0 and "PermanentError" in shown.stdout
     assert dlq("purge", "--id", poison.message_id).returncode == 0

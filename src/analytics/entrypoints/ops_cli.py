@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from analytics.application.dead_letters import (
@@ -44,6 +45,9 @@ def run_dlq(args: argparse.Namespace, settings: Settings, dlq: DeadLetters | Non
     except BadQuery as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `dlq list | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (AdapterError, redis.RedisError, OSError) as exc:
         print(f"{name}: cannot reach the broker's Redis: {exc}", file=sys.stderr)
         return 1

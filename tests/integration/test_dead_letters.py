@@ -171,7 +171,8 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
     bad_queue = client.simulate_get("/api/v1/admin/dlq", params={"queue": "nope"}, headers=ADMIN)
     assert bad_queue.status_code == 400
     empty = client.simulate_post("/api/v1/admin/dlq/replay", json={}, headers=ADMIN)
-    assert empty.status_code == 400  # no selection: refuse rather than replay everything
+    assert empty.status_code == 422  # no selection: refuse rather than replay everything
+    assert [(e["field"], e["rule"]) for e in empty.json["errors"]] == [("$", "selection_required")]
     unknown = client.simulate_get("/api/v1/admin/dlq", params={"foo": "1"}, headers=ADMIN)
     assert unknown.status_code == 400 and unknown.json["parameter"] == "foo"
     for body, expected in [  # a body that breaks its schema is a 422 naming each field

@@ -106,6 +106,10 @@ class DeadLetterActionResource:
             raise ValidationFailed([FieldError(
                 "queue", "invalid", f"unknown queue {body.queue!r}; choose from {', '.join(QUEUE_NAMES)}"
             )])  # fmt: skip
+        if not (body.ids or body.queue or body.actor or body.all):  # never "everything"
+            raise ValidationFailed([FieldError(
+                "$", "selection_required", "give ids, a queue and/or actor, or all: true"
+            )])  # fmt: skip
         selection = Selection(ids=tuple(body.ids), queue=body.queue, actor=body.actor, all=body.all)
         answer: dict[str, object] = {"action": self.action}
         if self.action == "replay":

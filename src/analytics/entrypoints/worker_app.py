@@ -16,12 +16,13 @@ from analytics.adapters.worker_registry import ActorRegistry
 from analytics.bootstrap import bootstrap, ops_redis_client
 from analytics.entrypoints import metrics as _metrics
 from analytics.entrypoints.actors import register_actors
-from analytics.entrypoints.logs import configure_logging
+from analytics.entrypoints.logs import configure_logging, drain_log_pipe_when_orphaned
 from analytics.entrypoints.telemetry import install as install_telemetry
 from analytics.settings import Settings
 
 settings = Settings.from_env(os.environ)
 configure_logging(settings.log_level, settings.log_format)
+drain_log_pipe_when_orphaned()  # a killed master must not leave this process blocked
 try:
     container = bootstrap(settings)
 except Exception:  # noqa: BLE001 - storage or Redis unusable: one JSON line, exit 1

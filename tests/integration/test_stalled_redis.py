@@ -16,6 +16,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,6 +53,22 @@ def container(own_redis: RedisServerProcess, data_dir: Path) -> Iterator[Contain
     c.broker.close()
 
 
+@contextmanager
+def stalled_redis(server: RedisServerProcess) -> Iterator[None]:
+    """Redis stopped (SIGSTOP) for the block, and resumed at its end or after
+    RESUME_AFTER_S, whichever comes first."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    safety = threading.Timer(RESUME_AFTER_S, os.kill, (pid, signal.SIGCONT))
+    safety.start()
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        safety.cancel()
+
+
 def post(client: falcon.testing.TestClient, event_id: str) -> falcon.testing.Result:
     return client.simulate_post("/api/v1/analytics/events", json={
         "event_type": "purchase", "user_id": "u1", "session_id": "s1", "product_id": "p1",
@@ -64,16 +81,8 @@ def test_ingest_answers_503_while_redis_is_stalled_and_a_retry_counts_once(
     client = falcon.testing.TestClient(create_wsgi_app(container))  # the lane, as served
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     assert post(client, first).status_code == 202
-    assert own_redis.proc is not None
-    pid = own_redis.proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    safety = threading.Timer(RESUME_AFTER_S, os.kill, (pid, signal.SIGCONT))
-    safety.start()
-    try:
+    with stalled_redis(own_redis):
         stalled = post(client, second)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        safety.cancel()
     # Before the fix: held until Redis resumed, then 202.
     assert stalled.status_code == 503, stalled.text
     assert stalled.headers["Content-Type"] == "application/problem+json"
@@ -121,18 +130,10 @@ def test_a_query_meets_a_stalled_cache_with_a_side_calls_timeout(
         client = falcon.testing.TestClient(create_wsgi_app(c))
         assert client.simulate_get("/api/v1/analytics/dashboard/metrics").status_code == 200
         errors = c.cache.errors
-        assert own_redis.proc is not None
-        pid = own_redis.proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        safety = threading.Timer(RESUME_AFTER_S, os.kill, (pid, signal.SIGCONT))
-        safety.start()
-        try:
+        with stalled_redis(own_redis):
             answer = client.simulate_get("/api/v1/analytics/dashboard/metrics",
                                          params={"last": "24h"})  # fmt: skip
             stalled_errors = c.cache.errors - errors
-        finally:
-            os.kill(pid, signal.SIGCONT)
-            safety.cancel()
         assert answer.status_code == 200, answer.text
         assert stalled_errors >= 1  # the lookup timed out instead of waiting out the stall
     finally:

@@ -238,24 +238,11 @@ class DynamoDBEventRepository:
 
     def _missing_entries(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Of these directory entries, those the directory table does not hold."""
-        found: set[tuple[str, str]] = set()
-        for start in range(0, len(keys), BATCH_GET_MAX):
-            pending: dict[str, Any] = {self.directory_table: {  # type: ignore[dict-item]
-                "Keys": [{"pk": {"S": pk}, "sk": {"S": day}}
-                         for pk, day in keys[start : start + BATCH_GET_MAX]],
-                "ConsistentRead": True, "ProjectionExpression": "pk, sk",
-            }}  # fmt: skip
-            attempt = 0
-            while pending:
-                response = self._call("batch_get_item", RequestItems=pending)
-                for item in response.get("Responses", {}).get(self.directory_table, []):
-                    found.add((item["pk"]["S"], item["sk"]["S"]))
-                pending = response.get("UnprocessedKeys") or {}
-                if pending:
-                    attempt += 1
-                    if attempt >= self.backoff.max_attempts:
-                        raise StorageUnavailable("dynamodb: day directory check unprocessed")
-                    self.backoff.sleep(self.backoff.delay(attempt))
+        assert self.directory_table is not None  # noqa: S101 - _mark_days checked it
+        items = self._batch_get_keys(
+            self.directory_table, [{"pk": {"S": pk}, "sk": {"S": day}} for pk, day in keys], "pk, sk"
+        )
+        found = {(it["pk"]["S"], it["sk"]["S"]) for it in items}
         return [k for k in keys if k not in found]
 
     def _days(self, pk: str, lo_day: str | None, hi_day: str | None) -> list[str]:
@@ -363,18 +350,24 @@ class DynamoDBEventRepository:
     def _batch_get(
         self, event_ids: Sequence[str], projection: str | None
     ) -> Iterator[dict[str, Any]]:
-        for start in range(0, len(event_ids), BATCH_GET_MAX):
+        keys = [{"event_id": {"S": i}} for i in event_ids]
+        return self._batch_get_keys(self.table, keys, projection)
+
+    def _batch_get_keys(
+        self, table: str, keys: Sequence[dict[str, Any]], projection: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """Consistent ``BatchGetItem`` of ``keys`` in calls of 100, unprocessed keys retried."""
+        for start in range(0, len(keys), BATCH_GET_MAX):
             request: dict[str, Any] = {
-                "Keys": [{"event_id": {"S": i}} for i in event_ids[start : start + BATCH_GET_MAX]],
-                "ConsistentRead": True,
-            }
+                "Keys": list(keys[start : start + BATCH_GET_MAX]), "ConsistentRead": True,
+            }  # fmt: skip
             if projection:
                 request["ProjectionExpression"] = projection
-            pending: dict[str, Any] = {self.table: request}
+            pending: dict[str, Any] = {table: request}
             attempt = 0
             while pending:
                 response = self._call("batch_get_item", RequestItems=pending)
-                yield from response.get("Responses", {}).get(self.table, [])
+                yield from response.get("Responses", {}).get(table, [])
                 pending = response.get("UnprocessedKeys") or {}
                 if pending:
                     attempt += 1

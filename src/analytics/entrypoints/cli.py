@@ -177,15 +177,15 @@ def _keys_command(args: argparse.Namespace) -> int:
     from analytics.domain.errors import NotFound  # noqa: PLC0415
 
     settings = load_settings(dict(os.environ), data_dir=args.data_dir)
-    if key_store_kind(settings) == "memory":
-        raise CliError("ANALYTICS_KEY_STORE=memory keeps no keys between processes")
     kind = key_store_kind(settings)
-    if kind == "sqlite" and args.keys_command != "create" and not Path(settings.keys_path).exists():
+    if kind == "memory":
+        raise CliError("ANALYTICS_KEY_STORE=memory keeps no keys between processes")
+    fresh = kind == "sqlite" and not Path(settings.keys_path).exists()
+    if fresh and args.keys_command != "create":
         raise CliError(  # list/revoke would create an empty store and report nothing
             f"no key store at {str(settings.keys_path)!r}: is the service's data directory"
             " another one? Give it with --data-dir (or ANALYTICS_DATA_DIR)"
         )
-    fresh = kind == "sqlite" and not Path(settings.keys_path).exists()
     store = build_key_store(settings)
     clock = SystemClock()
     if fresh:

@@ -68,9 +68,6 @@ def replay_copy(message: dramatiq.Message[Any], queue: str) -> dramatiq.Message[
     )
 
 
-#: The actor name of a dead letter whose envelope does not decode (shown and purged by
-#: its Redis id, never replayed: there is nothing to replay).
-UNDECODABLE = UNDECODABLE_ACTOR
 
 
 def _decoded_or_placeholder(data: bytes, rid: str, queue: str) -> dramatiq.Message[Any]:
@@ -78,7 +75,7 @@ def _decoded_or_placeholder(data: bytes, rid: str, queue: str) -> dramatiq.Messa
         return dramatiq.Message.decode(data)
     except dramatiq.DecodeError:
         return dramatiq.Message(
-            queue_name=queue, actor_name=UNDECODABLE, args=(repr(data[:300]),), kwargs={},
+            queue_name=queue, actor_name=UNDECODABLE_ACTOR, args=(repr(data[:300]),), kwargs={},
             options={"failure": {"error_type": "DecodeError", "attempts": 1, "permanent": True,
                                  "error": "the message envelope does not decode"}},
             message_id=rid, message_timestamp=0,
@@ -141,7 +138,7 @@ class RedisDeadLetters:
     def replay(self, letter_ids: Sequence[str]) -> list[str]:
         done = []
         for queue, rid, message in self._locate(letter_ids):
-            if message.actor_name == UNDECODABLE:
+            if message.actor_name == UNDECODABLE_ACTOR:
                 continue  # nothing to replay: purge it
             # Enqueue first, then remove: a crash in between replays twice, which the
             # idempotent actors absorb; the other order could lose the message.

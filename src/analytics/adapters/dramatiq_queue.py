@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from analytics.settings import Settings
 
 QUEUES = ("high_priority", "aggregations", "notifications", "maintenance")
-#: The actor name a dead letter whose envelope does not decode is shown and counted under.
+#: The actor name a dead letter whose envelope does not decode is shown, counted and
+#: purged under (by its Redis id); it is never replayed: there is nothing to run.
 UNDECODABLE_ACTOR = "(undecodable)"
 PROCESS_EVENTS = "process_events"
 PUBLISH_NOTIFICATIONS = "publish_notifications"  # its policy: entrypoints/policies.py
@@ -139,16 +140,17 @@ class SettleGuard(dramatiq.Middleware):
 
 
 def ack_failed_while_stopping(broker: Any, message: Any, what: str) -> bool:
-    """An ack (or nack) that met a broker connection error: True when the worker is
+    """A Redis ack (or nack) that met a connection error: True when the worker is
     stopping, after saying so; the caller then leaves the message unacknowledged.
 
     dramatiq's worker thread retries a failed ack every 5 s until the broker answers, and
-    the worker's stop waits for its threads: with the broker gone for good (``serve``
-    killed outright takes its Redis with it), the worker lingered for its whole shutdown
-    timeout (10 minutes) retrying. While stopping, giving up is safe: an unacknowledged
-    message is delivered again (Redis: the dead consumer's ack set is requeued once its
-    heartbeat is stale; RabbitMQ: when the connection closes), and its processing is
-    idempotent."""
+    the worker's stop waits for its threads: with Redis gone for good (``serve`` killed
+    outright takes its Redis with it), the worker lingered for its whole shutdown timeout
+    (10 minutes) retrying. While stopping, giving up is safe: the message stays in the
+    dead consumer's ack set, which is requeued once its heartbeat is stale, and its
+    processing is idempotent. (RabbitMQ's consumer drops the delivery tag on the first
+    failure, so dramatiq's second try ends the loop; RabbitMQ redelivers what was not
+    acknowledged when the connection closes.)"""
     if not getattr(broker, "stopping", False):
         return False
     import structlog  # noqa: PLC0415
@@ -322,6 +324,7 @@ class _StatusAckConsumer(_RedisConsumer):
             self._forget(message)
 
     def _forget(self, message: Any) -> None:
+        """This consumer no longer counts ``message`` as its own; it stays in the ack set."""
         self.queued_message_ids.discard(message.message_id)
         self._delivered.discard(message.options.get("redis_message_id"))
 
@@ -350,8 +353,7 @@ class _StatusAckConsumer(_RedisConsumer):
         the orphan sweep requeues it (dramatiq's requeue script: only if still there)."""
         import structlog  # noqa: PLC0415
 
-        self.queued_message_ids.discard(message.message_id)
-        self._delivered.discard(message.options.get("redis_message_id"))
+        self._forget(message)
         structlog.get_logger("analytics.broker").warning(
             f"{reason}; the message stays unacknowledged and will be requeued",
             message_id=message.message_id, queue=self.queue_name,

@@ -73,9 +73,23 @@ def select(selection: Selection, *, dlq: DeadLetters) -> list[DeadLetter]:
     raise BadQuery("selection", "give message ids, a queue and/or actor filter, or all")
 
 
-def replay_dead_letters(selection: Selection, *, dlq: DeadLetters) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a replay did: the letters it requeued, and those it left (an envelope that
+    does not decode has nothing to run: it can only be inspected and purged)."""
+
+    replayed: list[str]
+    skipped: list[str]
+
+
+def replay_selection(selection: Selection, *, dlq: DeadLetters) -> Replay:
     letters = select(selection, dlq=dlq)
-    return dlq.replay([d.letter_id for d in letters]) if letters else []
+    done = dlq.replay([d.letter_id for d in letters]) if letters else []
+    return Replay(done, [d.letter_id for d in letters if d.letter_id not in done])
+
+
+def replay_dead_letters(selection: Selection, *, dlq: DeadLetters) -> list[str]:
+    return replay_selection(selection, dlq=dlq).replayed
 
 
 def purge_dead_letters(selection: Selection, *, dlq: DeadLetters) -> list[str]:

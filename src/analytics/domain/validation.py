@@ -60,7 +60,7 @@ def decode_event(
     model: type[AnyEventIn] = EventIn,
     *,
     received_at: datetime | None = None,
-    limits: Limits | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> AnyEventIn:
     """Decode one event body; raise MalformedInput (not JSON) or ValidationFailed (all errors).
 
@@ -214,7 +214,7 @@ def collect_field_errors(
     model: type[AnyEventIn] = EventIn,
     *,
     received_at: datetime | None = None,
-    limits: Limits | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[FieldError]:
     """Check every field of ``doc`` against ``model`` and return all failures (with
     ``received_at``, the bounds too: see :func:`decode_event`)."""
@@ -243,8 +243,8 @@ def collect_field_errors(
         # The timestamp window needs both times as sent: a sent_at that failed would
         # leave the skew uncorrected and the window check wrong.
         timed = not {"timestamp", "sent_at"} & failed
-        cross += bound_errors(fields, received_at=received_at, limits=limits or DEFAULT_LIMITS,
-                              legacy=legacy, timed=timed)  # fmt: skip
+        cross += bound_errors(fields, received_at=received_at, limits=limits, legacy=legacy,
+                              timed=timed)  # fmt: skip
     errors.extend(e for e in cross if e.field not in failed)
     return errors
 

@@ -15,8 +15,7 @@ from analytics.application.dead_letters import (
     find_dead_letter,
     list_dead_letters,
     purge_dead_letters,
-    replay_dead_letters,
-    select,
+    replay_selection,
 )
 from analytics.domain.errors import AdapterError, BadQuery, NotFound
 from analytics.domain.ports import DeadLetters
@@ -108,10 +107,8 @@ def _run(args: argparse.Namespace, dlq: DeadLetters) -> int:
     )
     skipped: list[str] = []
     if cmd == "replay":
-        chosen = select(selection, dlq=dlq)
-        done = replay_dead_letters(selection, dlq=dlq)
-        # What replay leaves: letters whose envelope does not decode (nothing to run).
-        skipped = [d.letter_id for d in chosen if d.letter_id not in done]
+        replay = replay_selection(selection, dlq=dlq)
+        done, skipped = replay.replayed, replay.skipped
         verb = "replayed"
     else:
         done = purge_dead_letters(selection, dlq=dlq)

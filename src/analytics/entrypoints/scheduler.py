@@ -309,7 +309,6 @@ class SchedulerService:
         interval = self.settings.scheduler_lease_s / 3
         log.info("scheduler standing by", owner=self.lease.owner,
                  lease_s=self.settings.scheduler_lease_s)  # fmt: skip
-        stopped = True
         try:
             while not self.stop_event.is_set():
                 self.step()

@@ -13,8 +13,7 @@ from analytics.application.dead_letters import (
     find_dead_letter,
     list_dead_letters,
     purge_dead_letters,
-    replay_dead_letters,
-    select,
+    replay_selection,
 )
 from analytics.application.queries import check_params
 from analytics.domain.errors import BadQuery, FieldError, MalformedInput, ValidationFailed
@@ -113,10 +112,8 @@ class DeadLetterActionResource:
         selection = Selection(ids=tuple(body.ids), queue=body.queue, actor=body.actor, all=body.all)
         answer: dict[str, object] = {"action": self.action}
         if self.action == "replay":
-            chosen = select(selection, dlq=self.dlq)
-            done = replay_dead_letters(selection, dlq=self.dlq)
-            # letters whose envelope does not decode: nothing to run (purge them)
-            answer["skipped"] = [d.letter_id for d in chosen if d.letter_id not in done]
+            replay = replay_selection(selection, dlq=self.dlq)
+            done, answer["skipped"] = replay.replayed, replay.skipped
         else:
             done = purge_dead_letters(selection, dlq=self.dlq)
         answer |= {"count": len(done), "ids": done}

@@ -248,3 +248,39 @@ def test_a_message_whose_envelope_does_not_decode_is_dead_lettered_once(system, 
     assert purged.returncode == 0, purged.stderr
     assert dlq.list() == []
     assert broker.client.llen(f"{ns}:high_priority") == 0
+
+
+def test_an_envelope_without_its_redis_id_is_dead_lettered_and_replays(system) -> None:  # type: ignore[no-untyped-def]
+    """A well-formed envelope another producer pushed without ``options.redis_message_id``
+    (dramatiq's enqueue always sets it): the consumer raised KeyError on it and the sweep
+    put it back every few seconds, forever (QA). Now it is a dead letter that says why,
+    counted once, and a replay gives it an id of its own and stores its events."""
+    container, repo, _ = system
+    broker, dlq = container.broker, container.dead_letters
+    nacked: list[tuple[str, str]] = []
+
+    class NackWatch(dramatiq.Middleware):
+        def after_nack(self, broker, message):  # type: ignore[no-untyped-def]
+            nacked.append((message.actor_name, message.queue_name))
+
+    broker.add_middleware(NackWatch())
+    ns = broker.namespace
+    theirs = make_events(2, user="no-redis-id")
+    foreign = events_message(theirs)
+    assert "redis_message_id" not in foreign.options
+    broker.client.hset(f"{ns}:high_priority.msgs", "foreign-1", foreign.encode())
+    broker.client.rpush(f"{ns}:high_priority", "foreign-1")
+    good = make_events(3, user="after-foreign")
+    broker.enqueue(events_message(good))
+    wait_until(lambda: len(dlq.list()) == 1, timeout=30, message="never dead-lettered")
+    (letter,) = dlq.list(queue="high_priority")
+    assert (letter.letter_id, letter.error_type, letter.permanent) == (
+        foreign.message_id, "MissingMessageId", True)  # fmt: skip
+    assert nacked == [(foreign.actor_name, "high_priority")]
+    wait_until(lambda: {e.event_id for e in repo.all()} >= {e.event_id for e in good}, timeout=30,
+               message="the queue stopped behind the foreign message")  # fmt: skip
+    assert dlq.replay([foreign.message_id]) == [foreign.message_id]
+    wanted = {e.event_id for e in good + theirs}
+    wait_until(lambda: {e.event_id for e in repo.all()} == wanted, timeout=30,
+               message="the replayed message was not stored")  # fmt: skip
+    assert dlq.list() == [] and nacked == [(foreign.actor_name, "high_priority")]

@@ -139,6 +139,14 @@ class SettleGuard(dramatiq.Middleware):
         broker.stopping = True  # read by the consumers: see ack_failed_while_stopping
 
 
+def _message_id_of(body: bytes) -> object:
+    """The ``message_id`` of an encoded envelope; None when it does not decode."""
+    try:
+        return dramatiq.Message.decode(body).message_id
+    except dramatiq.DecodeError:
+        return None
+
+
 def ack_failed_while_stopping(broker: Any, message: Any, what: str) -> bool:
     """A Redis ack (or nack) that met a connection error: True when the worker is
     stopping, after saying so; the caller then leaves the message unacknowledged.
@@ -254,46 +262,70 @@ class _StatusAckConsumer(_RedisConsumer):
         except dramatiq.DecodeError as exc:
             # dramatiq's consumer does not catch it: the consumer restarted, the sweep put
             # the message back, and it failed again every few seconds, forever.
-            self._dead_letter_undecodable(exc.data)
+            data = exc.data
+            self._dead_letter_unusable(
+                lambda body: body == data, None, f"not a message: {data[:120]!r}"
+            )
             return None
-        if message is not None:
-            self._delivered.add(message.options["redis_message_id"])
+        if message is None:
+            return None
+        rid = message.options.get("redis_message_id")
+        if not isinstance(rid, str):
+            # An envelope that decodes but lacks the id dramatiq's enqueue gives every
+            # message (another producer wrote it): neither ack nor nack can name it, so
+            # the consumer crashed on it and the sweep put it back, forever, like the above.
+            self.queued_message_ids.discard(message.message_id)
+            self._dead_letter_unusable(
+                lambda body: _message_id_of(body) == message.message_id,
+                message._message,
+                "the envelope has no options.redis_message_id (not enqueued by dramatiq)",
+            )
+            return None
+        self._delivered.add(rid)
         return message
 
-    def _dead_letter_undecodable(self, data: bytes) -> None:
-        """Move a fetched message whose envelope does not decode (not JSON, not a message:
-        a producer other than this service wrote it) to the dead letters, where
-        ``analytics dlq`` shows and purges it. Fetched means in this consumer's ack set:
-        found there by its bytes, it is nacked (dramatiq's nack script: to ``.XQ``)."""
+    def _dead_letter_unusable(
+        self, matches: Callable[[bytes], bool], message: dramatiq.Message[Any] | None, error: str
+    ) -> None:
+        """Move a fetched message no worker can run or settle (its envelope does not
+        decode, or lacks its Redis id: a producer other than this service wrote it) to the
+        dead letters, where ``analytics dlq`` shows it (and replays one that decodes, with
+        an id of its own, or purges it). Fetched means in this consumer's ack set: found
+        there by its bytes (``matches``), it is nacked (dramatiq's nack script: to ``.XQ``).
+        ``message`` is the decoded envelope, if any: its failure is written into it first,
+        so the dead letter says why."""
         import structlog  # noqa: PLC0415
 
         b = self.broker
         acks = f"{b.namespace}:__acks__.{b.broker_id}.{self.queue_name}"
         msgs = f"{b.namespace}:{self.queue_name}.msgs"
         log = structlog.get_logger("analytics.dead_letters")
+        error_type = "DecodeError" if message is None else "MissingMessageId"
         try:
             held = [m.decode() for m in b.client.smembers(acks)]
             held = [rid for rid in held if rid not in self._delivered]
             bodies = b.client.hmget(msgs, held) if held else []  # one round trip, not one each
             for rid, body in zip(held, bodies, strict=True):
-                if body == data:
-                    b.do_nack(self.queue_name, rid)
-                    # dramatiq's own nack hooks (the dead-letter counter) never see it:
-                    # there is no message to hand them, so they get a stand-in.
-                    b.emit_after("nack", dramatiq.Message(
-                        queue_name=self.queue_name, actor_name=UNDECODABLE_ACTOR, args=(),
-                        kwargs={}, options={}, message_id=rid, message_timestamp=0,
-                    ))  # fmt: skip
-                    log.error(
-                        "message dead-lettered", queue=self.queue_name, message_id=rid,
-                        error_type="DecodeError", error=f"not a message: {data[:120]!r}",
-                        attempts=1, permanent=True,
-                    )  # fmt: skip
-                    return
+                if body is None or not matches(body):
+                    continue
+                failure = {"error_type": error_type, "error": error, "attempts": 1,
+                           "permanent": True}  # fmt: skip
+                if message is not None:
+                    b.client.hset(msgs, rid, message.copy(options={"failure": failure}).encode())
+                b.do_nack(self.queue_name, rid)
+                # dramatiq's own nack hooks (the dead-letter counter) never saw it: they
+                # get the envelope, or a stand-in when there is none.
+                b.emit_after("nack", message or dramatiq.Message(
+                    queue_name=self.queue_name, actor_name=UNDECODABLE_ACTOR, args=(),
+                    kwargs={}, options={}, message_id=rid, message_timestamp=0,
+                ))  # fmt: skip
+                log.error("message dead-lettered", queue=self.queue_name, message_id=rid,
+                          **failure)  # fmt: skip
+                return
         except redis.RedisError as exc:  # the sweep or the next fetch meets it again
-            log.warning("undecodable message not dead-lettered yet", error=str(exc))
+            log.warning("unusable message not dead-lettered yet", error=str(exc))
             return
-        log.warning("undecodable message not found in the ack set", data=repr(data[:120]))
+        log.warning("unusable message not found in the ack set", error=error)
 
     def _sweep_orphans(self) -> None:
         self._next_sweep = time.monotonic() + self.broker.orphan_sweep_s

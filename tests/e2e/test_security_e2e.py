@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import shutil
 import subprocess
@@ -109,6 +111,37 @@ def test_rate_limit_is_shared_by_the_workers_and_counts_events(service: Service)
     assert statuses == [202, 202, 429]
     assert r.headers["RateLimit-Limit"] == "120" and int(r.headers["Retry-After"]) > 0
     assert r.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_refused_body_leaves_the_keep_alive_connection_usable(service: Service) -> None:
+    """Refused before its body was read (415, 401, 404), a request left the body on the
+    socket; gunicorn discarded 64 KiB of it and closed the connection it had just answered
+    as keep-alive, and a pooled client's next POST failed (QA). All on one connection."""
+    host, port = service.url.removeprefix("http://").split(":")
+    body = json.dumps({**EVENT, "metadata": {"x": "a" * 200_000}}).encode()  # > 64 KiB
+    auth = {"Authorization": f"Bearer {service.key}"}
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for path, headers, status in [
+            ("/api/v1/analytics/events", {**auth, "Content-Type": "text/plain"}, 415),
+            ("/api/v1/analytics/events/batch", {**auth, "Content-Type": "application/json",
+                                                "Content-Encoding": "br"}, 415),
+            ("/api/v1/analytics/events", {"Authorization": "Bearer ak_nope",
+                                          "Content-Type": "application/json"}, 401),
+            ("/api/v1/no-such-route", {**auth, "Content-Type": "application/json"}, 404),
+        ]:  # fmt: skip
+            conn.request("POST", path, body=body, headers=headers)
+            sock = conn.sock
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == status, (path, answer.status)
+            assert answer.getheader("Connection", "keep-alive").lower() == "keep-alive"
+            conn.request("GET", "/health")  # the same socket: not closed under the client
+            assert conn.sock is sock
+            health = conn.getresponse()
+            assert (health.status, json.loads(health.read())["status"]) == (200, "ok"), path
+    finally:
+        conn.close()
 
 
 def test_docs_in_headless_chromium_lists_every_route(service: Service, tmp_path: Path) -> None:

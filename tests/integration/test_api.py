@@ -246,3 +246,31 @@ def test_a_422_names_the_bounds_beside_a_bad_field(client) -> None:  # type: ign
     assert accepted["status"] == "accepted" and rejected["status"] == "rejected"
     assert {(e["field"], e["rule"]) for e in rejected["errors"]} == {
         ("user_id", "invalid"), ("timestamp", "max_future")}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "drained"),
+    [
+        ("/api/v1/analytics/events", {"Content-Type": "text/plain"}, 415, True),
+        ("/api/v1/analytics/events/batch", {"Content-Encoding": "br"}, 415, True),
+        ("/api/v1/nowhere", {}, 404, True),
+        ("/health", {}, 405, True),
+        ("/api/v1/analytics/events", {"Content-Type": "text/plain", "Transfer-Encoding": "chunked"},
+         415, True),  # fmt: skip
+        ("/api/v1/analytics/events", {"X-Pad": "x"}, 413, False),  # over the limit: not read
+    ],
+)
+def test_an_answer_reads_what_it_left_of_the_body(client, path, headers, status, drained) -> None:  # type: ignore[no-untyped-def]
+    """What the server does not read stays on the connection (gunicorn then closes it):
+    refused requests read the rest of a body within the limit (4096 here)."""
+    body = b"x" * (5000 if status == 413 else 3000)
+    env = falcon.testing.create_environ(
+        path, method="POST", body=body, headers={"Content-Type": "application/json", **headers}
+    )
+    if "Transfer-Encoding" in headers:
+        del env["CONTENT_LENGTH"]  # the server decodes the chunks; the app sees no length
+    stream = env["wsgi.input"]
+    result = falcon.testing.StartResponseMock()
+    b"".join(client.app(env, result))
+    assert result.status.startswith(str(status)), result.status
+    assert (stream.tell() == len(body)) is drained, stream.tell()

@@ -12,6 +12,7 @@ from analytics.entrypoints.api.ingest_lane import IngestLane, WSGIApp
 from analytics.entrypoints.api.middleware import (
     AccessLogMiddleware,
     CorrelationMiddleware,
+    DrainUnreadBodyMiddleware,
     HeadAsGetMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -71,6 +72,7 @@ def create_app(container: Container) -> falcon.App:
     cors = [CORSMiddleware(s.cors_origin_list)] if s.cors_origin_list else []
     app = falcon.App(
         middleware=[
+            DrainUnreadBodyMiddleware(s.max_body_bytes),  # its response hook runs last
             HeadAsGetMiddleware(),
             CorrelationMiddleware(),
             SecurityHeadersMiddleware(hsts_seconds=s.hsts_seconds),

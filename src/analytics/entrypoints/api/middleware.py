@@ -30,6 +30,36 @@ def begin_request(given: str | None) -> str:
     return cid
 
 
+class DrainUnreadBodyMiddleware:
+    """Reads what an answer left unread of the request body, up to ``max_bytes``.
+
+    A request refused before its body is read (401, 403, 415, 429, 404, 405...) leaves
+    the body on the socket. gunicorn then discards at most 64 KiB of it and closes a
+    connection it has just answered as keep-alive, so a client's next request on that
+    pooled connection fails (a POST is not retried). Reading the rest here keeps the
+    connection usable. A body declared larger than the limit is not read (413): gunicorn
+    closes that connection after the answer, as any server must that will not read it.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        try:
+            length = req.content_length
+            if length is not None:
+                if 0 < length <= self.max_bytes:
+                    req.bounded_stream.exhaust()
+            elif "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+                left = self.max_bytes + 1  # what body.py reads of a chunked body at most
+                while left > 0 and (chunk := req.stream.read(min(left, 64 * 1024))):
+                    left -= len(chunk)
+        except Exception:  # noqa: BLE001, S110 - a bad length or the client gone: the
+            pass  # answer stands, and gunicorn closes what it cannot reuse
+
+
 class HeadAsGetMiddleware:
     """``HEAD`` on every ``GET`` route (RFC 9110 9.3.2: a server MUST support HEAD where
     it supports GET): routed as ``GET``, answered without the body, with the headers and

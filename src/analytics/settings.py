@@ -6,6 +6,8 @@ names the variable, the value and what is expected.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -431,7 +433,7 @@ class Settings(BaseModel):
 
     @property
     def metrics_base(self) -> Path:
-        return self.metrics_dir or self.data_dir / "metrics"
+        return self.metrics_dir or default_metrics_base(self.data_dir)
 
     @property
     def profile_path(self) -> Path:
@@ -574,3 +576,20 @@ def parse_time_limits(value: str) -> dict[str, int]:
             raise ValueError(f"{entry!r}: between 1000 ms and 24 h")
         out[actor] = int(ms)
     return out
+
+
+#: A memory-backed filesystem, where the system has one.
+SHARED_MEMORY_DIR = Path("/dev/shm")  # noqa: S108 - a directory per data dir, owner-only
+
+
+def default_metrics_base(data_dir: Path, shm: Path = SHARED_MEMORY_DIR) -> Path:
+    """Where the prometheus multiprocess directories go unless ``ANALYTICS_METRICS_DIR``
+    says: in memory (``/dev/shm/analytics-metrics-<digest of the data dir>``), else
+    ``<data dir>/metrics``. prometheus-client memory-maps its files, and a write to a new
+    page of one on a full disk kills the process with SIGBUS: with the data disk full, every
+    gunicorn worker died at its first metric and was replaced, over and over, and clients
+    met reset connections instead of the 503 a full disk gets (QA)."""
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+        return shm / f"analytics-metrics-{digest}"
+    return Path(data_dir) / "metrics"

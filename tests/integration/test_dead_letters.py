@@ -170,6 +170,16 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
     assert missing.status_code == 404
     bad_queue = client.simulate_get("/api/v1/admin/dlq", params={"queue": "nope"}, headers=ADMIN)
     assert bad_queue.status_code == 400
+    # A parameter these routes do not take is refused, not ignored (QA: 200 for all three).
+    for method, path, qs in [
+        ("GET", f"/api/v1/admin/dlq/{msg.message_id}", "x=1"),
+        ("POST", "/api/v1/admin/dlq/replay", "x=1"),
+        ("POST", "/api/v1/admin/dlq/purge", "x=1&x=2"),
+    ]:
+        odd = client.simulate_request(method, path, query_string=qs, headers=ADMIN,
+                                      json={"ids": [msg.message_id]})  # fmt: skip
+        assert (odd.status_code, odd.json["parameter"]) == (400, "x"), (path, odd.text)
+    assert len(dlq.list()) == 1  # neither replayed nor purged
     empty = client.simulate_post("/api/v1/admin/dlq/replay", json={}, headers=ADMIN)
     assert empty.status_code == 422  # no selection: refuse rather than replay everything
     assert [(e["field"], e["rule"]) for e in empty.json["errors"]] == [("$", "selection_required")]

@@ -109,6 +109,8 @@ def test_queue_depths_count_ready_delayed_and_dead_letters(own_redis, tmp_path):
     assert 'analytics_queue_depth{queue="maintenance.XQ"} 1.0' in text
     body = client.simulate_get("/health/detailed").json
     assert body["queues"]["maintenance"] == {"ready": 3, "delayed": 1, "dead": 1}
+    odd = client.simulate_get("/health/detailed", query_string="a=1&a=2")  # was 200 (QA)
+    assert (odd.status_code, odd.json["parameter"]) == (400, "a"), odd.text
 
 
 def test_worker_heartbeat_middleware_writes_a_key_per_consumed_queue(own_redis, tmp_path):

@@ -161,6 +161,10 @@ def test_hour_week_month_and_event_type_filter(env: Env) -> None:
         (DASH, {"window": "1h"}, "window"),
         (f"{AGG}/week/generate", {"start": "2026-01-01"}, "end"),
         (f"{AGG}/decade/generate", {"start": "2026-01-01", "end": "2026-02-01"}, "period"),
+        # Generation recomputes every counter of the range: it took event_type, ignored
+        # it, and its own error listed it as allowed (QA).
+        (f"{AGG}/day/generate", {"start": "2026-01-01", "end": "2026-01-08",
+                                 "event_type": "purchase"}, "event_type"),  # fmt: skip
     ],
 )
 def test_bad_queries_are_400_naming_the_parameter(

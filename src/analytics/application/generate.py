@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from analytics.application.queries import parse_aggregation_query
+from analytics.application.queries import check_params, parse_aggregation_query
 from analytics.domain.ports import AggregationJobs
+
+GENERATE_PARAMS = ("start", "end", "tz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,9 @@ class GenerateAccepted:
 def request_generation(
     period: str, params: Mapping[str, object], *, jobs: AggregationJobs, max_buckets: int
 ) -> GenerateAccepted:
+    # Generation recomputes every counter of the range: an event type would narrow
+    # nothing, so it is refused like any other parameter this route does not take.
+    check_params(params, GENERATE_PARAMS)
     q = parse_aggregation_query(period, params, max_buckets=max_buckets)
     start, end = q.buckets[0].start, q.buckets[-1].end
     task_id = jobs.enqueue_generate(q.period.value, start, end, q.tz_name)

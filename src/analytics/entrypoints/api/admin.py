@@ -81,6 +81,7 @@ class DeadLetterResource:
         self.dlq = dlq
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, letter_id: str) -> None:
+        check_params(req.params, ())
         resp.content_type = JSON
         resp.data = encode(find_dead_letter(letter_id, dlq=self.dlq).detail())
 
@@ -94,6 +95,7 @@ class DeadLetterActionResource:
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        check_params(req.params, ())  # the selection is the body; a parameter is a mistake
         raw = read_json_body(req, self.max_body_bytes)
         try:
             body = _decode_selection(raw or b"{}")

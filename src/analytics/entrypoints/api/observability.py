@@ -25,6 +25,7 @@ import structlog
 
 from analytics.adapters.dramatiq_queue import QUEUES
 from analytics.adapters.redis_probe import RedisProbe
+from analytics.application.queries import check_params
 from analytics.bootstrap import Container
 from analytics.domain.events import Event
 from analytics.domain.ports import TaskQueue
@@ -356,6 +357,7 @@ class DetailedHealthResource:
         return {"status": status, "time": datetime.now(UTC).isoformat(), **body}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        check_params(req.params, ())  # a read route: no parameter is silently ignored
         report = self.report()
         resp.status = falcon.HTTP_503 if report["status"] == "down" else falcon.HTTP_200
         if report["status"] == "down":

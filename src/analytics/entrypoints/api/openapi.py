@@ -22,6 +22,7 @@ import msgspec
 from analytics.domain import events as ev
 from analytics.domain import search as search_domain
 from analytics.domain import tasks as tasks_domain
+from analytics.entrypoints.api.http_cache import ROUTE_KINDS
 from analytics.entrypoints.api.security import access_for
 
 PROBLEM = "application/problem+json"
@@ -354,7 +355,21 @@ def _response(type_: Any, media: str, description: str) -> dict[str, Any]:
 
 _COMMON_HEADERS = {
     "X-Correlation-ID": {"$ref": "#/components/headers/X-Correlation-ID"},
-}
+    # On every answer to a request the rate limiter saw (README "Rate limits").
+    **{name: {"$ref": f"#/components/headers/{name}"} for name in (
+        "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")},
+}  # fmt: skip
+#: Every GET's answer (README "HTTP caching"): revalidate with If-None-Match, get a 304.
+_CACHE_HEADERS = {
+    "ETag": {"description": "Strong entity tag of the body.", "schema": {"type": "string"}},
+    "Cache-Control": {"description": "How long the answer may be reused.",
+                      "schema": {"type": "string"}},
+}  # fmt: skip
+_DEPRECATION_HEADERS = {
+    "Deprecation": {"description": "This route is deprecated.", "schema": {"type": "string"}},
+    "Link": {"description": "The successor route (rel=successor-version).",
+             "schema": {"type": "string"}},
+}  # fmt: skip
 _PROBLEM_REF = {"$ref": REF.format(name="Problem")}
 
 
@@ -417,6 +432,12 @@ def build_openapi(
         "type": "array", "items": {"$ref": REF.format(name="FieldErrorOut")},
         "description": "Every failing field (validation problems only).",
     }  # fmt: skip
+    components["Problem"]["properties"]["parameter"] = {
+        "type": "string", "description": "The query parameter at fault (bad queries only).",
+    }  # fmt: skip
+    components["Problem"]["properties"]["limit"] = {
+        "type": "integer", "description": "The limit exceeded (413 problems).",
+    }  # fmt: skip
     components["Problem"]["additionalProperties"] = True
     paths: dict[str, dict[str, Any]] = {}
     for method, template, _resource in sorted(iter_routes(app), key=lambda r: (r[1], r[0])):
@@ -460,6 +481,7 @@ def build_openapi(
                 "RateLimit-Limit": {"schema": {"type": "integer"}},
                 "RateLimit-Remaining": {"schema": {"type": "integer"}},
                 "RateLimit-Reset": {"schema": {"type": "integer"}},
+                "RateLimit-Policy": {"schema": {"type": "string"}},
             },
         },
     }
@@ -503,6 +525,19 @@ def _operation(method: str, template: str, op: Op | None) -> dict[str, Any]:
             errors |= {401, 403, 429}
         for status in sorted(errors):
             out["responses"][str(status)] = _error(status)
+        if method == "GET":
+            ok = out["responses"][str(op.ok)]
+            if ROUTE_KINDS.get(template) in ("private", "no-store"):  # never an ETag
+                ok["headers"] = {**ok["headers"], "Cache-Control": _CACHE_HEADERS["Cache-Control"]}
+            else:
+                ok["headers"] = {**ok["headers"], **_CACHE_HEADERS}
+                out["responses"]["304"] = {
+                    "description": "Not Modified: If-None-Match names the current ETag.",
+                    "headers": {**_COMMON_HEADERS, **_CACHE_HEADERS},
+                }
+        if op.deprecated:
+            for answer in out["responses"].values():
+                answer["headers"] = {**answer.get("headers", {}), **_DEPRECATION_HEADERS}
         if method == "POST" and template == "/api/v1/analytics/events/batch":
             # Every event rejected: a problem whose members include the batch receipt.
             out["responses"]["422"]["content"][PROBLEM] = {

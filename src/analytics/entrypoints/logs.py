@@ -182,13 +182,14 @@ def _same_pipe(fd: int, inode: str) -> bool:
         return False
 
 
-_LONG_ARG = 300  # characters of a message's text in a log line
 
 
 def _short_messages(record: logging.LogRecord) -> bool:
     """A dramatiq message in a log line (``Failed to process message %s``, retries,
-    dead letters) as its actor and id: its text repeats the arguments, a whole group of
-    events (up to hundreds of KB, user ids included), on every failure."""
+    dead letters) as its actor and id: its text repeats the arguments, a group of events
+    (up to hundreds of KB) with their user and session ids and metadata, on every failure.
+    Short ones too: a log is no place for a user's events (QA); ``analytics dlq show``
+    and the task status name them by id."""
     args = record.args
     if isinstance(args, tuple) and any(hasattr(a, "message_id") for a in args):
         record.args = tuple(_message_label(a) if hasattr(a, "message_id") else a for a in args)
@@ -196,9 +197,6 @@ def _short_messages(record: logging.LogRecord) -> bool:
 
 
 def _message_label(message: Any) -> str:
-    text = str(message)
-    if len(text) <= _LONG_ARG:
-        return text
     return f"{message.actor_name}(...) id={message.message_id}"
 
 

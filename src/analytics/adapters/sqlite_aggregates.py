@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from analytics.adapters.sqlite_store import SQLiteDatabase
+from analytics.adapters.sqlite_store import SQLiteDatabase, translating_sqlite_errors
 from analytics.domain.aggregation import (
     COUNT,
     KINDS,
@@ -75,6 +75,7 @@ def _windows_cte(windows: Sequence[Sequence[Piece]]) -> str:
     return "WITH w(i, g, s, e) AS (VALUES " + ",".join(rows) + ") "
 
 
+@translating_sqlite_errors
 class SQLiteAggregateStore:
     def __init__(self, db: SQLiteDatabase) -> None:
         self.db = db

@@ -24,20 +24,25 @@ checkpoint once the lock is released (a checkpoint never changes what is committ
 from __future__ import annotations
 
 import fcntl
+import functools
+import inspect
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from analytics.adapters import codec
 from analytics.domain.errors import StorageUnavailable
 from analytics.domain.events import Event
 from analytics.domain.search import EventQuery, SearchKey
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -162,11 +167,18 @@ class SQLiteDatabase:
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
+        self.damaged: str | None = None  # what a damaged file said, once one was met
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._write_lock = _write_lock(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connect().executescript(SCHEMA)  # idempotent DDL; executescript commits itself
+        try:
+            self.connect().executescript(SCHEMA)  # idempotent DDL; commits itself
+        except sqlite3.DatabaseError as exc:  # a damaged file says so at start
+            translated = storage_error(exc, self)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     def connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -248,6 +260,72 @@ class SQLiteDatabase:
         return self.connect()
 
 
+#: SQLite's result codes for a database file that is not (any more) what it wrote.
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def storage_error(exc: sqlite3.DatabaseError, db: SQLiteDatabase | None) -> Exception:
+    """What a failed SQLite call means to a caller: unavailable (locked, I/O, full: a retry
+    may work, 503 meanwhile), damaged (the file is corrupt or truncated: unavailable until
+    an operator restores it, said as such, once in the log and in /health/detailed), or
+    the error itself (a constraint or programming error: a bug, not the store)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
+    if code in _DAMAGED or (type(exc) is sqlite3.DatabaseError and "malformed" in str(exc)):
+        detail = (f"sqlite: the database file is damaged ({exc}); stop the service and restore "
+                  "it from a backup (README 'Backups') or recover it with sqlite3's .recover")  # fmt: skip
+        if db is not None and db.damaged is None:
+            db.damaged = detail
+            import structlog  # noqa: PLC0415
+
+            structlog.get_logger("analytics.storage").critical(
+                "event store damaged", path=str(db.path), error=str(exc))  # fmt: skip
+        return StorageUnavailable(detail)
+    if isinstance(exc, sqlite3.OperationalError):
+        return StorageUnavailable(f"sqlite: {exc}")
+    return exc
+
+
+def translating_sqlite_errors(cls: type[T]) -> type[T]:
+    """Every public method of a SQLite adapter (``self.db``: its SQLiteDatabase) raises
+    :func:`storage_error`'s answer instead of sqlite3's own: a damaged file gave a 500
+    from search and a healthy /health/detailed (QA), while locked or I/O errors in some
+    methods were already 503s and in others 500s."""
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.isfunction(fn):
+            continue
+        setattr(cls, name, _translating(fn))
+    return cls
+
+
+def _translating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                translated = storage_error(exc, getattr(self, "db", None))
+                if translated is exc:
+                    raise
+                raise translated from exc
+
+        return gen
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            translated = storage_error(exc, getattr(self, "db", None))
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    return call
+
+
+@translating_sqlite_errors
 class SQLiteEventRepository:
     def __init__(self, db: SQLiteDatabase) -> None:
         self.db = db

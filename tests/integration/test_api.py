@@ -216,6 +216,10 @@ def test_not_found_and_method_not_allowed_say_what_to_do(client) -> None:  # typ
     r = client.simulate_put("/api/v1/analytics/events")
     assert r.status_code == 405 and r.json["detail"] == f"this route answers {r.headers['Allow']}"
     assert r.headers["Content-Type"] == "application/problem+json"
+    r = client.simulate_delete("/api/v1/analytics/events/search")  # HEAD works, so it is listed
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD, OPTIONS", r.headers
+    assert r.json["detail"] == "this route answers GET, HEAD, OPTIONS"
+    assert client.simulate_options("/api/v1/analytics/events/search").headers["Allow"] == "GET, HEAD"
 
 
 def test_head_answers_on_every_get_route_without_a_body(client) -> None:  # type: ignore[no-untyped-def]

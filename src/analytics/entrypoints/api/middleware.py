@@ -84,6 +84,17 @@ class HeadAsGetMiddleware:
     ) -> None:
         if getattr(req.context, "head_as_get", False):  # a 404 or 405 never reached a resource
             req.method = "HEAD"
+        allow = resp.get_header("Allow")  # an OPTIONS or 405 answer: HEAD is answered too
+        if allow:
+            resp.set_header("Allow", allow_with_head(allow))
+
+
+def allow_with_head(allow: str) -> str:
+    """Falcon's ``Allow`` list with ``HEAD`` after ``GET`` (this middleware answers it)."""
+    methods = [m.strip() for m in allow.split(",")]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")
+    return ", ".join(methods)
 
 
 class CorrelationMiddleware:

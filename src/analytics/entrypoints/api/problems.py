@@ -21,6 +21,7 @@ from analytics.domain.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from analytics.entrypoints.api.middleware import allow_with_head
 
 PROBLEM_JSON = "application/problem+json"
 _encode = msgspec.json.Encoder().encode
@@ -71,7 +72,9 @@ def _default_detail(exc: falcon.HTTPError) -> str | None:
         return "no such route; every route is listed in /api/v1/openapi.json"
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow")
-        return f"this route answers {allowed}" if allowed else "method not allowed on this route"
+        if not allowed:
+            return "method not allowed on this route"
+        return f"this route answers {allow_with_head(allowed)}"  # as its Allow header says
     return None
 
 

@@ -325,6 +325,10 @@ def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -
         worker.stop()
     day = env.get(f"{AGG}/day", start="2026-03-30", end="2026-03-31")
     assert day["buckets"][0]["count"] == 1
+    berlin = env.client.simulate_post(f"{AGG}/day/generate", params={
+        "start": "2026-03-29", "end": "2026-03-30", "tz": "Europe/Berlin"}).json  # fmt: skip
+    assert (berlin["start"], berlin["end"]) == (  # in the zone asked for, as aggregations are
+        "2026-03-29T00:00:00+01:00", "2026-03-30T00:00:00+02:00")  # fmt: skip
 
 
 def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) -> None:

@@ -108,3 +108,17 @@ def test_the_headers_and_statuses_the_service_sends_are_declared(harness: ApiHar
     assert found.status_code == 200 and "ETag" not in found.headers
     bad = harness.client.simulate_get(url, params={**params, "x": "1"}, headers=headers)
     assert bad.json["parameter"] == "x"
+
+
+def test_answers_whose_shape_was_a_bare_object_are_described(doc: dict) -> None:  # type: ignore[type-arg]
+    """QA: the admin answers were {"type": "object"}, bucket items {}, task status free text."""
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    ok = paths["/api/v1/admin/dlq"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/DeadLetterListOut"}
+    assert set(schemas["DeadLetterOut"]["required"]) >= {"id", "error_type", "traceback"}
+    assert "skipped" in schemas["SelectionDoneOut"]["properties"]
+    assert schemas["AggregationOut"]["properties"]["buckets"]["items"] == {
+        "$ref": "#/components/schemas/BucketOut"}  # fmt: skip
+    assert "unique_users" in schemas["BucketOut"]["properties"]
+    assert schemas["TaskStatus"]["properties"]["status"]["enum"] == [
+        "queued", "running", "retrying", "succeeded", "failed", "skipped"]  # fmt: skip

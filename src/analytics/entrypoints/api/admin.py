@@ -26,6 +26,53 @@ JSON = "application/json"
 QUEUE_NAMES = ("high_priority", "aggregations", "notifications", "maintenance")
 
 
+class DeadLetterSummaryOut(msgspec.Struct, kw_only=True):
+    """One dead letter in a listing (``DeadLetter.summary``)."""
+
+    id: str
+    queue: str
+    actor: str
+    failed_at: str
+    attempts: int
+    error_type: str
+    error: str
+    permanent: bool
+    replays: int
+
+
+class DeadLetterOut(DeadLetterSummaryOut, kw_only=True):
+    """One dead letter in detail (``DeadLetter.detail``)."""
+
+    traceback: str
+    args_preview: str
+    correlation_ids: list[str]
+
+
+class DeadLetterGroupOut(msgspec.Struct, kw_only=True):
+    queue: str
+    actor: str
+    error_type: str
+    count: int
+
+
+class DeadLetterListOut(msgspec.Struct, kw_only=True):
+    """``GET /api/v1/admin/dlq``: every letter, and the counts by queue, actor, error."""
+
+    count: int
+    groups: list[DeadLetterGroupOut]
+    items: list[DeadLetterSummaryOut]
+
+
+class SelectionDoneOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a replay or purge did: the letters it took (``ids``), and for a replay the
+    selected letters it could not replay (``skipped``: envelopes that do not decode)."""
+
+    action: str
+    count: int
+    ids: list[str]
+    skipped: list[str] | None = None
+
+
 class SelectionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Which dead letters: ``ids``, or ``queue`` and/or ``actor``, or ``all``."""
 
@@ -67,13 +114,12 @@ class DeadLettersResource:
             dlq=self.dlq, queue=_queue_param(req), actor=req.get_param("actor")
         )
         resp.content_type = JSON
-        resp.data = encode({
-            "count": len(listing.letters),
-            "groups": [
-                {"queue": q, "actor": a, "error_type": e, "count": n} for q, a, e, n in listing.groups
-            ],
-            "items": [d.summary() for d in listing.letters],
-        })  # fmt: skip
+        resp.data = encode(DeadLetterListOut(
+            count=len(listing.letters),
+            groups=[DeadLetterGroupOut(queue=q, actor=a, error_type=e, count=n)
+                    for q, a, e, n in listing.groups],
+            items=[DeadLetterSummaryOut(**d.summary()) for d in listing.letters],
+        ))  # fmt: skip
 
 
 class DeadLetterResource:
@@ -83,7 +129,7 @@ class DeadLetterResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, letter_id: str) -> None:
         check_params(req.params, ())
         resp.content_type = JSON
-        resp.data = encode(find_dead_letter(letter_id, dlq=self.dlq).detail())
+        resp.data = encode(DeadLetterOut(**find_dead_letter(letter_id, dlq=self.dlq).detail()))
 
 
 class DeadLetterActionResource:
@@ -112,15 +158,16 @@ class DeadLetterActionResource:
                 "$", "selection_required", "give ids, a queue and/or actor, or all: true"
             )])  # fmt: skip
         selection = Selection(ids=tuple(body.ids), queue=body.queue, actor=body.actor, all=body.all)
-        answer: dict[str, object] = {"action": self.action}
+        skipped = None
         if self.action == "replay":
             replay = replay_selection(selection, dlq=self.dlq)
-            done, answer["skipped"] = replay.replayed, replay.skipped
+            done, skipped = list(replay.replayed), list(replay.skipped)
         else:
-            done = purge_dead_letters(selection, dlq=self.dlq)
-        answer |= {"count": len(done), "ids": done}
+            done = list(purge_dead_letters(selection, dlq=self.dlq))
         resp.content_type = JSON
-        resp.data = encode(answer)
+        resp.data = encode(
+            SelectionDoneOut(action=self.action, count=len(done), ids=done, skipped=skipped)
+        )
 
 
 def add_admin_routes(app: falcon.App, dlq: DeadLetters, max_body_bytes: int) -> None:

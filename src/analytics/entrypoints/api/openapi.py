@@ -14,14 +14,16 @@ import dataclasses
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import falcon
 import msgspec
 
+from analytics.application.queries import BucketOut
 from analytics.domain import events as ev
 from analytics.domain import search as search_domain
 from analytics.domain import tasks as tasks_domain
+from analytics.domain.tasks import TaskState
 from analytics.entrypoints.api.http_cache import ROUTE_KINDS
 from analytics.entrypoints.api.security import access_for
 
@@ -258,7 +260,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "List dead letters",
         ("admin",),
         200,
-        dict[str, Any],
+        "analytics.entrypoints.api.admin:DeadLetterListOut",
         errors=READ_ERRORS,
         description="Grouped by queue, actor and error type, with every letter's summary.",
         params=(
@@ -270,7 +272,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "One dead letter in detail",
         ("admin",),
         200,
-        dict[str, Any],
+        "analytics.entrypoints.api.admin:DeadLetterOut",
         errors=(*READ_ERRORS, 404),
         params=(_path_param("letter_id", "Dead letter (message) id.", {"type": "string"}),),
     ),
@@ -278,7 +280,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Replay dead letters",
         ("admin",),
         200,
-        dict[str, Any],
+        "analytics.entrypoints.api.admin:SelectionDoneOut",
         body="analytics.entrypoints.api.admin:SelectionBody",
         errors=(*INGEST_ERRORS, 404),
         description="Requeue the selected letters (ids, or queue and/or actor, or all).",
@@ -287,7 +289,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Purge dead letters",
         ("admin",),
         200,
-        dict[str, Any],
+        "analytics.entrypoints.api.admin:SelectionDoneOut",
         body="analytics.entrypoints.api.admin:SelectionBody",
         errors=(*INGEST_ERRORS, 404),
         description="Delete the selected letters for good.",
@@ -400,7 +402,7 @@ def _SCHEMA_OF(type_: Any) -> dict[str, Any]:  # noqa: N802
 
 
 def _schema_types() -> list[Any]:
-    types: list[Any] = [Problem, FieldErrorOut]
+    types: list[Any] = [Problem, FieldErrorOut, BucketOut]
     for op in OPERATIONS.values():
         for t in (op.ok_type, op.body, *(t for t, _ in op.extra_ok.values())):
             t = _resolve(t)
@@ -439,6 +441,10 @@ def build_openapi(
         "type": "integer", "description": "The limit exceeded (413 problems).",
     }  # fmt: skip
     components["Problem"]["additionalProperties"] = True
+    # Raw in the struct (encoded once, cached), BucketOut on the wire.
+    components["AggregationOut"]["properties"]["buckets"]["items"] = {
+        "$ref": REF.format(name="BucketOut")}  # fmt: skip
+    components["TaskStatus"]["properties"]["status"]["enum"] = list(get_args(TaskState))
     paths: dict[str, dict[str, Any]] = {}
     for method, template, _resource in sorted(iter_routes(app), key=lambda r: (r[1], r[0])):
         op = OPERATIONS.get((method, template))

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from analytics.adapters import codec
 from analytics.domain.errors import StorageUnavailable
@@ -175,10 +175,7 @@ class SQLiteDatabase:
         try:
             self.connect().executescript(SCHEMA)  # idempotent DDL; commits itself
         except sqlite3.DatabaseError as exc:  # a damaged file says so at start
-            translated = storage_error(exc, self)
-            if translated is exc:
-                raise
-            raise translated from exc
+            raise_storage_error(exc, self)
 
     def connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -285,6 +282,14 @@ def storage_error(exc: sqlite3.DatabaseError, db: SQLiteDatabase | None) -> Exce
     return exc
 
 
+def raise_storage_error(exc: sqlite3.DatabaseError, db: SQLiteDatabase | None) -> NoReturn:
+    """Raise :func:`storage_error`'s answer for ``exc`` (``exc`` itself when it is a bug)."""
+    translated = storage_error(exc, db)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
 def translating_sqlite_errors(cls: type[T]) -> type[T]:
     """Every public method of a SQLite adapter (``self.db``: its SQLiteDatabase) raises
     :func:`storage_error`'s answer instead of sqlite3's own: a damaged file gave a 500
@@ -305,10 +310,7 @@ def _translating(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 yield from fn(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
-                translated = storage_error(exc, getattr(self, "db", None))
-                if translated is exc:
-                    raise
-                raise translated from exc
+                raise_storage_error(exc, getattr(self, "db", None))
 
         return gen
 
@@ -317,10 +319,7 @@ def _translating(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            translated = storage_error(exc, getattr(self, "db", None))
-            if translated is exc:
-                raise
-            raise translated from exc
+            raise_storage_error(exc, getattr(self, "db", None))
 
     return call
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +61,17 @@ def test_embedded_redis_keeps_an_append_only_file(service) -> None:  # type: ign
     _, data_dir, _ = service
     redis_dir = data_dir / "redis"
     assert any(p.name.startswith("appendonly") for p in redis_dir.iterdir()), os.listdir(redis_dir)
+
+
+def test_what_holds_events_is_readable_by_its_owner_only(service) -> None:  # type: ignore[no-untyped-def]
+    """The event store, its write-ahead log and Redis's append-only file were 0644 under
+    the usual umask (QA): every user of the host could read every user's events."""
+    _, data_dir, _ = service
+    wait_until(lambda: (data_dir / "events.sqlite3-wal").exists(), timeout=30)
+    held = [data_dir, data_dir / "events.sqlite3", data_dir / "events.sqlite3-wal",
+            *(data_dir / "redis").iterdir()]  # fmt: skip
+    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in held if p.stat().st_mode & 0o077}
+    assert not loose, loose
 
 
 def test_one_keep_alive_connection_mixes_served_and_replayed_requests(service) -> None:  # type: ignore[no-untyped-def]

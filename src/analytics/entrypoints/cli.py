@@ -481,11 +481,19 @@ COMMANDS["check"] = cmd_check
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    owner_only_files()
     try:
         return COMMANDS[args.command](args)
     except (SettingsError, CliError) as exc:
         print(f"analytics {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def owner_only_files() -> None:
+    """Files and directories this process (and its children) create are its user's only:
+    the event store, its log, Redis's append-only file hold users' events, and were
+    world-readable under the usual umask 022 (QA). A stricter umask stays as it is."""
+    os.umask(os.umask(0) | 0o077)
 
 
 if __name__ == "__main__":

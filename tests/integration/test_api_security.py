@@ -10,6 +10,7 @@ import pytest
 
 from analytics.adapters.memory import FixedBacklog, InMemoryRateLimiter
 from analytics.entrypoints.api.openapi import iter_routes
+from analytics.entrypoints.api.security import _address
 from tests.support import ApiHarness
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,15 @@ def test_behind_a_trusted_proxy_the_address_is_the_one_the_proxy_appended() -> N
     assert statuses == [401] * 3 + [429]
     other = {"X-Forwarded-For": "198.51.100.1, 203.0.113.8"}  # another real client
     assert h.client.simulate_post(EVENTS, json=EVENT, headers=other).status_code == 401
+    # A last entry that is no address is the peer's bucket, not a new one per value (QA:
+    # "1.2.3.4, garbage<i>" was never limited).
+    h = frozen(anon_rate_limit_burst=3, trust_forwarded_for=True)
+    statuses = [h.client.simulate_post(EVENTS, json=EVENT, remote_addr="10.0.0.9", headers={
+        "X-Forwarded-For": f"1.2.3.4, garbage{i}"}).status_code for i in range(4)]  # fmt: skip
+    assert statuses == [401] * 3 + [429]
+    for entry, same_as in [("203.0.113.7:51234", "203.0.113.7"),
+                           ("[2001:db8::1]:443", "2001:db8::1"), ("2001:db8::1", "2001:db8::1")]:
+        assert _address(entry) == same_as, entry  # fmt: skip
 
 
 def test_probes_ignore_a_presented_key_and_raw_keys_need_bearer() -> None:

@@ -8,6 +8,7 @@ every route of the app is named by a rule, so a new route cannot slip through un
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,10 +90,22 @@ def client_address(req: falcon.Request, trust_forwarded: bool) -> str:
     first entry made every request a new bucket: the anonymous limit never bit)."""
     if trust_forwarded:
         forwarded = req.get_header("X-Forwarded-For")
-        last = forwarded.rsplit(",", 1)[-1].strip() if forwarded else ""
+        last = _address(forwarded.rsplit(",", 1)[-1]) if forwarded else None
         if last:
             return last
     return str(req.remote_addr or "unknown")
+
+
+def _address(entry: str) -> str | None:
+    """An ``X-Forwarded-For`` entry as an IP address (a port some proxies add dropped),
+    or None: any other text chose a bucket of its own, a new one per request (QA)."""
+    entry = entry.strip()
+    host = entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry  # v4:port
+    host = host.removeprefix("[").split("]")[0]  # [v6] or [v6]:port
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 class AuthMiddleware:

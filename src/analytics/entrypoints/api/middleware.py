@@ -33,12 +33,14 @@ def begin_request(given: str | None) -> str:
 class DrainUnreadBodyMiddleware:
     """Reads what an answer left unread of the request body, up to ``max_bytes``.
 
-    A request refused before its body is read (401, 403, 415, 429, 404, 405...) leaves
-    the body on the socket. gunicorn then discards at most 64 KiB of it and closes a
-    connection it has just answered as keep-alive, so a client's next request on that
-    pooled connection fails (a POST is not retried). Reading the rest here keeps the
-    connection usable. A body declared larger than the limit is not read (413): gunicorn
-    closes that connection after the answer, as any server must that will not read it.
+    A request refused before its body is read (401, 403, 415, 429, 404, 405, a 413 for a
+    body over the limit...) leaves the body on the socket. gunicorn then discards at most
+    64 KiB of it and closes a connection it has just answered as keep-alive, so a client's
+    next request on that pooled connection fails (a POST is not retried), and a client
+    still sending meets a reset instead of the answer. Reading the rest here keeps the
+    connection usable. ``max_bytes`` is the largest body worth reading only to drop it
+    (the decompressed-size cap, 8 MiB by default): past it gunicorn closes the connection
+    after the answer, as any server must that will not read what it is sent.
     """
 
     def __init__(self, max_bytes: int) -> None:

@@ -6,9 +6,9 @@ import zlib
 
 import falcon
 
-DEFAULT_MAX_DECOMPRESSED = 8 * 1024 * 1024
-
 from analytics.entrypoints.api.problems import Problem
+
+DEFAULT_MAX_DECOMPRESSED = 8 * 1024 * 1024
 
 
 def read_json_body(

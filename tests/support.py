@@ -215,9 +215,10 @@ class ServeProcess(AnalyticsProcess):
     """
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str], log: Path | None = None, **popen: Any
-    ) -> None:
-        self.port = free_port()
+        self, data_dir: Path, env: dict[str, str], log: Path | None = None,
+        port: int | None = None, **popen: Any,
+    ) -> None:  # fmt: skip
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("serve", "--data-dir", str(data_dir), "--port", str(self.port),
                          env=env, log=log, stop_timeout=40, **popen)  # fmt: skip

@@ -352,6 +352,38 @@ def test_a_second_serve_on_the_same_data_or_port_refuses_in_one_line(service, tm
     assert http_json("GET", f"{base}/health")[0] == 200  # the first one is untouched
 
 
+def test_serve_started_again_at_once_after_a_kill_waits_for_the_port(tmp_path: Path) -> None:
+    """``serve`` killed outright (SIGKILL, an OOM kill) with a client connected: its API
+    finishes that client's requests (gunicorn's graceful stop) and holds the port for
+    seconds. A supervisor's immediate restart said "Address already in use", exited 2 and
+    left the service down (QA). It now waits for the earlier API of its data directory."""
+    import signal  # noqa: PLC0415
+
+    env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
+                    ANALYTICS_AUTH="disabled")  # fmt: skip
+    data_dir, log = tmp_path / "data", tmp_path / "serve.log"
+    with ServeProcess(data_dir, env, log=log) as first:
+        host, port = first.url.removeprefix("http://").split(":")
+        held = http.client.HTTPConnection(host, int(port), timeout=30)
+        held.request("GET", "/health")  # a keep-alive connection the API keeps answering
+        assert held.getresponse().read()
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        again = ServeProcess(data_dir, env, log=log, port=int(port))
+        again.start()  # /health may still be the old API's answer: wait for the new banner
+        try:
+            wait_until(lambda: log.read_text().count("analytics: serving on") == 2, timeout=60,
+                       message="the second serve never started")  # fmt: skip
+            again.wait_http(f"{again.url}/health", timeout=60)
+            status, _, body = http_json("POST", f"{again.url}/api/v1/analytics/events", {
+                "event_type": "click", "user_id": "u", "session_id": "s"})  # fmt: skip
+            assert status == 202, body
+        finally:
+            again.stop()
+        held.close()
+    assert "Address already in use" not in log.read_text()
+
+
 def test_serve_restarts_its_redis_and_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
     """The embedded Redis killed outright: ``serve`` starts it again from its append-only
     file (fsynced before every answer), ingest answers 202 again, and every event that

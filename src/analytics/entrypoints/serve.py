@@ -157,19 +157,55 @@ def claim_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(
+    host: str, port: int, *, data_dir: Path | None = None, wait_s: float = 25.0
+) -> None:
     """CliError when something already listens on the API's address (gunicorn would
-    retry and exit, and ``serve`` restart it, forever)."""
+    retry and exit, and ``serve`` restart it, forever). When what listens is the API of
+    an earlier ``serve`` of ``data_dir`` (killed outright: its gunicorn still answers the
+    requests in flight, up to its 20 s graceful timeout), wait for it, up to ``wait_s``:
+    a supervisor's immediate restart exited 2 and left the service down (QA)."""
     from analytics.entrypoints.cli import CliError  # noqa: PLC0415
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+    deadline = None
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as exc:
+                error = exc.strerror
+        holders = _earlier_api_of(data_dir, port) if data_dir is not None else []
+        if not holders or (deadline is not None and time.monotonic() > deadline):
+            raise CliError(f"cannot listen on {host}:{port}: {error} (choose another with --port)")
+        if deadline is None:
+            deadline = time.monotonic() + wait_s
+            print(f"analytics: {host}:{port} is still held by the API of the last serve of this"
+                  f" data directory (pid {min(holders)}), finishing its requests; waiting up to"
+                  f" {wait_s:g} s", flush=True)  # fmt: skip
+        time.sleep(0.25)
+
+
+def _earlier_api_of(data_dir: Path, port: int) -> list[int]:
+    """The pids of ``analytics`` processes of ``data_dir`` listening on ``port``."""
+    import psutil  # noqa: PLC0415
+
+    pids = []
+    try:
+        listening = [c for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]  # fmt: skip
+    except psutil.Error:
+        return []
+    for conn in listening:
         try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise CliError(
-                f"cannot listen on {host}:{port}: {exc.strerror} (choose another with --port)"
-            ) from None
+            proc = psutil.Process(conn.pid)
+            ours = "analytics" in " ".join(proc.cmdline())
+            if ours and proc.environ().get("ANALYTICS_DATA_DIR") == str(data_dir):
+                pids.append(proc.pid)
+        except (psutil.Error, TypeError):  # gone, another user's (pid None), unreadable
+            continue
+    return pids
 
 
 class RestartPolicy:
@@ -257,7 +293,7 @@ def serve(settings: Settings) -> int:
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     claim_data_dir(data_dir)  # held until this process exits
-    check_port_free(settings.host, settings.port)
+    check_port_free(settings.host, settings.port, data_dir=data_dir)
     redis_server = redis_log = None
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)

@@ -65,6 +65,23 @@ def test_rabbitmq_dead_letters_list_replay_purge(
         assert purge_dead_letters(Selection(all=True), dlq=dlq) == [bad]
         assert dlq.depths()["high_priority"] == 0
         assert repo.count() == 7
+
+        # Bytes another producer published: one such letter made every list, replay and
+        # purge raise DecodeError (CLI traceback, HTTP 500), the real letters stuck (QA).
+        import pika  # noqa: PLC0415
+
+        conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+        conn.channel().basic_publish("", "high_priority", b"not json at all",
+                                     pika.BasicProperties(delivery_mode=2, message_id="rpoison01"))  # fmt: skip
+        conn.close()
+        wait_until(lambda: dlq.depths()["high_priority"] == 1, timeout=30)
+        (poison,) = dlq.list()
+        assert (poison.letter_id, poison.actor, poison.error_type) == (
+            "rpoison01", "(undecodable)", "DecodeError")  # fmt: skip
+        assert replay_dead_letters(Selection(ids=("rpoison01",)), dlq=dlq) == []
+        wait_until(lambda: dlq.depths()["high_priority"] == 1, timeout=10)  # still there
+        assert purge_dead_letters(Selection(ids=("rpoison01",)), dlq=dlq) == ["rpoison01"]
+        assert dlq.depths()["high_priority"] == 0
     finally:
         worker.stop()
         broker.close()

@@ -15,6 +15,7 @@ when the message was retried at least once; the time of death from ``x-death``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -191,7 +192,10 @@ class RabbitDeadLetters:
                 method, props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
                 if method is None:
                     break
-                message = dramatiq.Message.decode(body)
+                # One that does not decode (bytes another producer published) is a letter
+                # too: it made every list, replay and purge raise (QA), all of them stuck.
+                rid = props.message_id or "undecodable-" + hashlib.sha256(body).hexdigest()[:12]
+                message = _decoded_or_placeholder(body, rid, queue)
                 if decide(message, time_of_death(props)):
                     channel.basic_ack(method.delivery_tag)
                     done.append(message.message_id)
@@ -217,8 +221,8 @@ class RabbitDeadLetters:
         for q in self.queues:
 
             def again(message: dramatiq.Message[Any], died: float, q: str = q) -> bool:
-                if message.message_id not in wanted:
-                    return False
+                if message.message_id not in wanted or message.actor_name == UNDECODABLE_ACTOR:
+                    return False  # nothing to replay in an undecodable one: purge it
                 self.broker.enqueue(replay_copy(message, q))  # published before the ack
                 return True
 

@@ -34,12 +34,11 @@ broker = container.broker
 install_telemetry(broker, settings, worker=True, container=container)
 dramatiq.set_broker(broker)
 # Recycle worker processes after N tasks (SIGHUP to the dramatiq master; adapters/recycler.py).
+# Boots and recycles are counted in the operations Redis: beside RabbitMQ too (QA: the
+# broker's own client, None there, left them uncounted though REDIS_HOST was set).
+ops_client = ops_redis_client(settings, broker)
 broker.add_middleware(
-    WorkerRecycler(
-        settings.worker_max_tasks,
-        client=getattr(broker, "client", None),
-        namespace=settings.namespace,
-    )
+    WorkerRecycler(settings.worker_max_tasks, client=ops_client, namespace=settings.namespace)
 )
 # Recycle a process that lost a worker or consumer thread (adapters/recycler.py).
 broker.add_middleware(
@@ -61,5 +60,5 @@ if settings.worker_max_rss_mb:
         )
     )
 # Record the declared actors for the scheduler (adapters/worker_registry.py).
-broker.add_middleware(ActorRegistry(ops_redis_client(settings, broker), settings.namespace))
+broker.add_middleware(ActorRegistry(ops_client, settings.namespace))
 actors = register_actors(container)

@@ -167,3 +167,24 @@ def test_overload_protection_reads_the_rabbitmq_queue(
     finally:
         c.broker.flush("high_priority")
         c.broker.close()
+
+
+def test_beside_rabbitmq_worker_boots_are_counted_in_the_ops_redis(
+    rabbitmq_url: str, redis_server: Any, namespace: str, tmp_path: Any
+) -> None:
+    """``analytics worker`` on RabbitMQ with REDIS_HOST set: its boots and recycles went
+    uncounted (the recycler was given the broker's client, None on RabbitMQ), though the
+    README says they are in ``<ns>:ops:workers`` (QA)."""
+    from tests.support import AnalyticsProcess, child_env  # noqa: PLC0415
+
+    env = child_env(
+        **redis_server.env(namespace), ANALYTICS_BROKER="rabbitmq", RABBITMQ_URL=rabbitmq_url,
+        ANALYTICS_STORAGE="memory", ANALYTICS_DATA_DIR=str(tmp_path),
+        ANALYTICS_WORKER_METRICS_PORT="0",
+    )  # fmt: skip
+    client = redis_server.client()
+    with AnalyticsProcess("worker", "--queues", "high_priority", "--processes", "1",
+                          "--threads", "1", env=env, log=tmp_path / "worker.log"):  # fmt: skip
+        wait_until(lambda: client.hget(f"{namespace}:ops:workers", "boots") is not None,
+                   timeout=60, message="the worker's boot was not counted")  # fmt: skip
+    assert int(client.hget(f"{namespace}:ops:workers", "boots")) >= 1

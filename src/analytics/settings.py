@@ -65,7 +65,9 @@ class Settings(BaseModel):
     )
 
     # --- RabbitMQ ----------------------------------------------------------------------
-    rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", alias="RABBITMQ_URL")
+    rabbitmq_url: str = Field(  # it carries a password: never echoed (repr=False)
+        "amqp://guest:guest@127.0.0.1:5672/%2F", alias="RABBITMQ_URL", repr=False
+    )
 
     # --- AWS: DynamoDB storage, SNS notifications (README "DynamoDB table design") --------
     aws_region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
@@ -361,6 +363,15 @@ class Settings(BaseModel):
     def _rss_floor(cls, value: int) -> int:
         if 0 < value < 16:
             raise ValueError("must be 0 (no limit) or at least 16 MiB (a Python worker needs more)")
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        # pika takes any URL and fails at every connect, a traceback every 3 s (QA).
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL (amqp://user:pass@host:5672/vhost)")
         return value
 
     @field_validator("time_limits_ms")

@@ -83,3 +83,15 @@ def test_a_data_directory_that_cannot_be_made_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith(f"analytics {command[0]}: the data directory")
     assert "cannot be created: Not a directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["http://x", "localhost:5672", "redis://127.0.0.1:6379/0"])
+def test_a_rabbitmq_url_that_is_not_amqp_stops_the_start(url: str) -> None:
+    """pika took any URL and failed at every connect: a worker logged a traceback every
+    3 s and `dlq` blamed Redis (QA)."""
+    with pytest.raises(SettingsError, match="RABBITMQ_URL"):
+        Settings.from_env({"RABBITMQ_URL": url})
+    assert Settings.from_env({"RABBITMQ_URL": "amqps://u:p@mq.example:5671/prod"}).rabbitmq_url
+    with pytest.raises(SettingsError) as info:  # and its password is never echoed
+        Settings.from_env({"RABBITMQ_URL": "htp://guest:s3cr3t-pw@mq:5672/"})
+    assert "s3cr3t-pw" not in str(info.value)

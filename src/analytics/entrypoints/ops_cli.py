@@ -48,7 +48,8 @@ def run_dlq(args: argparse.Namespace, settings: Settings, dlq: DeadLetters | Non
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except (AdapterError, redis.RedisError, OSError) as exc:
-        print(f"{name}: cannot reach the broker's Redis: {exc}", file=sys.stderr)
+        broker = "RabbitMQ" if settings.broker == "rabbitmq" else "the broker's Redis"
+        print(f"{name}: cannot reach {broker}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - e.g. pika's AMQP errors: one line, no traceback
         if type(exc).__module__.startswith("pika"):

@@ -288,6 +288,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     )
     settings = _redis_of_a_running_serve(settings, "api")
     preflight(settings)
+    say_if_redis_is_silent(settings, "api")
     if args.config is not None:
         settings = settings.model_copy(update={"gunicorn_config": Path(args.config)})
     if settings.gunicorn_config is not None and not settings.gunicorn_config.is_file():
@@ -405,6 +406,24 @@ def preload_worker_modules(settings: Settings) -> list[str]:
     for module in modules:
         importlib.import_module(module)
     return modules
+
+
+def say_if_redis_is_silent(settings: Settings, command: str) -> None:
+    """One line when the Redis the service needs does not answer at start. The service
+    starts anyway (Redis may come later; ingest answers 503 and /health/detailed says
+    down until then), but the API said nothing at all until the first 503 (QA)."""
+    if settings.broker != "redis" and not settings.ops_redis:
+        return
+    import redis  # noqa: PLC0415
+
+    from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
+
+    try:
+        redis_client(settings, timeout_s=1.0).ping()
+    except (redis.RedisError, OSError) as exc:
+        where = settings.redis_socket or f"{settings.redis_host or '127.0.0.1'}:{settings.redis_port}"
+        print(f"analytics {command}: the Redis at {where} does not answer ({exc}); starting"
+              " anyway: ingest answers 503 until it does", file=sys.stderr)  # fmt: skip
 
 
 def preflight(settings: Settings) -> None:

@@ -126,6 +126,12 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None
     lines = log.read_text().splitlines()
     not_json = [line for line in lines if json_object(line) is None]
     assert not not_json, not_json[:5]
+    # The reloaded master owns the metrics directory now: it is removed when it stops
+    # (it outlived a recycled worker in /dev/shm, QA).
+    mp_dir = Path(psutil.Process(rig.procs[0].pid).environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert mp_dir.is_dir()
+    rig.close()
+    assert not mp_dir.exists()
 
 
 

@@ -345,6 +345,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dramatiq(args: argparse.Namespace) -> int:
+    from analytics.entrypoints.metrics_dir import MULTIPROC_ENV, adopt_multiproc_dir  # noqa: PLC0415
+
+    if os.environ.get(MULTIPROC_ENV):  # a reload: this process is the owner now
+        adopt_multiproc_dir(Path(os.environ[MULTIPROC_ENV]))
     return run_dramatiq(list(args.dramatiq_args), load_settings(dict(os.environ)))
 
 

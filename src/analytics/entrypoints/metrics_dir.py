@@ -54,6 +54,13 @@ def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> 
     raise RuntimeError(f"every metrics directory next to {base} is in use")
 
 
+def adopt_multiproc_dir(path: Path) -> None:
+    """In a process that replaced the owner by ``exec`` (dramatiq's reload re-executes its
+    master): its exit hooks were gone with the old image, so the directory (in /dev/shm
+    by default) outlived the worker (QA). The lock's descriptor came along open."""
+    atexit.register(_remove_at_exit, Path(path), os.getpid())
+
+
 def _remove_at_exit(path: Path, owner: int) -> None:
     """The owner leaving (its processes gone): its files, its lock, and their parent once
     empty. They live in memory by default (``/dev/shm``), where nothing else frees them;

@@ -112,3 +112,39 @@ def test_a_child_forked_while_a_thread_writes_can_write() -> None:
     finally:
         serial._lock.release()  # type: ignore[attr-defined]
     assert done[0] == pid, "the child's log line hung on the lock it inherited"
+
+
+def test_a_signal_handler_logging_inside_a_write_neither_deadlocks_nor_cuts_the_frame() -> None:
+    """dramatiq's SIGTERM handler logs. Arriving while the main thread was inside a write
+    (a worker whose master was gone, its pipe full: the write waits for the drain thread),
+    it waited for the stream's lock its own thread held: the process hung for ever (found
+    orphaned after a test run). The handler's line now goes out after the interrupted one."""
+    from analytics.entrypoints.logs import SerialStream  # noqa: PLC0415
+
+    class Interrupted:
+        """A stream whose first write is interrupted by a "signal handler" that logs."""
+
+        def __init__(self) -> None:
+            self.frames: list[str] = []
+            self.serial: SerialStream | None = None
+
+        def write(self, text: str) -> int:
+            if not self.frames and self.serial is not None:
+                self.serial.write("from the handler\n")  # the handler runs mid-write
+                self.serial.flush()
+            self.frames.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    inner = Interrupted()
+    serial = SerialStream(inner)  # type: ignore[arg-type]
+    inner.serial = serial
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (serial.write("the line\n"), done.set()), daemon=True)
+    writer.start()
+    assert done.wait(5), "the write deadlocked on its own lock"
+    assert inner.frames == ["the line\n", "from the handler\n"]  # whole, in order
+    serial.write("next\n")
+    assert inner.frames[-1] == "next\n"

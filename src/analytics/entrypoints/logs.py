@@ -92,19 +92,38 @@ class SerialStream:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self._lock = threading.Lock()
+        self._after_fork()
         _SERIAL_STREAMS.add(self)
 
     def _after_fork(self) -> None:
         """A fresh lock in a forked child: a thread of the parent that was writing when
         the process forked holds the copied one for ever (as logging's handlers do)."""
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread inside a write
+        self._deferred: list[str] = []
 
     def write(self, text: str) -> int:
+        me = threading.get_ident()
+        if self._owner == me:
+            # A signal handler logging in the middle of this thread's own write (dramatiq's
+            # SIGTERM handler does): waiting for the lock deadlocked the process for ever
+            # (a worker whose master was gone, stuck in a full pipe, QA), and writing now
+            # would cut the frame being written in two. It goes out after that frame.
+            self._deferred.append(text)
+            return len(text)
         with self._lock:
-            return self.stream.write(text)
+            self._owner = me
+            try:
+                written = self.stream.write(text)
+                while self._deferred:
+                    self.stream.write(self._deferred.pop(0))
+                return written
+            finally:
+                self._owner = None
 
     def flush(self) -> None:
+        if self._owner == threading.get_ident():
+            return  # inside this thread's own write: it flushes nothing half-written
         with self._lock:
             self.stream.flush()
 

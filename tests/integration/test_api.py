@@ -279,3 +279,23 @@ def test_an_answer_reads_what_it_left_of_the_body(client, path, headers, status,
     b"".join(client.app(env, result))
     assert result.status.startswith(str(status)), result.status
     assert (stream.tell() == len(body)) is drained, stream.tell()
+
+
+def test_a_lone_surrogate_escape_is_u_fffd_and_costs_no_other_event(client, queue) -> None:  # type: ignore[no-untyped-def]
+    """``"\\ud800"`` (half an emoji, cut by a JavaScript client; Python's json.dumps writes
+    one as is) is valid JSON syntax that msgspec refuses: one in one event's metadata made
+    the whole batch a 400 "Input data was truncated" (QA). It becomes U+FFFD, as a browser's
+    UTF-8 encoding of the string would make it."""
+    good = '{"event_type":"page_view","user_id":"u1","session_id":"s1"}'
+    cut = '{"event_type":"page_view","user_id":"u2","session_id":"s1","metadata":{"t":"ab\\ud83d"}}'
+    r = post(client, "/api/v1/analytics/events/batch", f'{{"events":[{good},{cut}]}}'.encode())
+    assert r.status_code == 202 and r.json["accepted"] == 2, r.text
+    assert queue.events[-1].metadata == {"t": "ab\ufffd"}
+    r = post(client, "/api/v1/analytics/events", cut.encode())
+    assert r.status_code == 202, r.text
+    bad_id = '{"event_type":"page_view","user_id":"u\\udc00","session_id":"s1"}'
+    r = post(client, "/api/v1/analytics/events", bad_id.encode())  # the pattern says no
+    assert r.status_code == 422 and r.json["errors"][0]["field"] == "user_id", r.text
+    pair = '{"event_type":"page_view","user_id":"u3","session_id":"s1","metadata":{"t":"\\ud83d\\ude00"}}'
+    assert post(client, "/api/v1/analytics/events", pair.encode()).status_code == 202
+    assert queue.events[-1].metadata == {"t": "\U0001f600"}  # a pair stays the emoji

@@ -34,6 +34,7 @@ from analytics.domain.validation import (
     build_event,
     computed_fields,
     decode_event,
+    lone_surrogates_replaced,
 )
 
 _batch_decoder = msgspec.json.Decoder(BatchIn)
@@ -198,6 +199,9 @@ def _decode_batch(
             raise MalformedInput(TOO_DEEP) from None
         raise ValidationFailed(_wrapper_errors(doc)) from None
     except JSON_DECODE_ERRORS as exc:
+        fixed = lone_surrogates_replaced(raw)
+        if fixed is not None:  # one event's lone surrogate must not cost the whole batch
+            return _decode_batch(fixed, max_events, received_at=received_at, limits=limits)
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None

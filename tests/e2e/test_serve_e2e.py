@@ -360,7 +360,7 @@ def test_serve_started_again_at_once_after_a_kill_waits_for_the_port(tmp_path: P
     import signal  # noqa: PLC0415
 
     env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
-                    ANALYTICS_AUTH="disabled")  # fmt: skip
+                    ANALYTICS_AUTH="disabled", ANALYTICS_WORKER_METRICS_PORT="0")  # fmt: skip
     data_dir, log = tmp_path / "data", tmp_path / "serve.log"
     with ServeProcess(data_dir, env, log=log) as first:
         host, port = first.url.removeprefix("http://").split(":")
@@ -381,7 +381,7 @@ def test_serve_started_again_at_once_after_a_kill_waits_for_the_port(tmp_path: P
         finally:
             again.stop()
         held.close()
-    assert "Address already in use" not in log.read_text()
+    assert "cannot listen on" not in log.read_text()  # serve's refusal of a busy port
 
 
 def test_serve_restarts_its_redis_and_loses_nothing_it_acknowledged(tmp_path: Path) -> None:

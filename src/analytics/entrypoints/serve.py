@@ -198,12 +198,14 @@ def _earlier_api_of(data_dir: Path, port: int) -> list[int]:
     except psutil.Error:
         return []
     for conn in listening:
+        if conn.pid is None or conn.pid == os.getpid():  # Process(None) is this process
+            continue
         try:
             proc = psutil.Process(conn.pid)
             ours = "analytics" in " ".join(proc.cmdline())
             if ours and proc.environ().get("ANALYTICS_DATA_DIR") == str(data_dir):
                 pids.append(proc.pid)
-        except (psutil.Error, TypeError):  # gone, another user's (pid None), unreadable
+        except psutil.Error:  # gone, or unreadable
             continue
     return pids
 

@@ -372,8 +372,10 @@ def test_serve_started_again_at_once_after_a_kill_waits_for_the_port(tmp_path: P
         again = ServeProcess(data_dir, env, log=log, port=int(port))
         again.start()  # /health may still be the old API's answer: wait for the new banner
         try:
-            wait_until(lambda: log.read_text().count("analytics: serving on") == 2, timeout=60,
+            wait_until(lambda: log.read_text().count("analytics: serving on") == 2
+                       or again.proc.poll() is not None, timeout=60,
                        message="the second serve never started")  # fmt: skip
+            assert again.proc.poll() is None, f"the second serve exited: {again.proc.returncode}"
             again.wait_http(f"{again.url}/health", timeout=60)
             status, _, body = http_json("POST", f"{again.url}/api/v1/analytics/events", {
                 "event_type": "click", "user_id": "u", "session_id": "s"})  # fmt: skip

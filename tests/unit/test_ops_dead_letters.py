@@ -146,6 +146,25 @@ def test_recycler_never_signals_outside_the_dramatiq_cli() -> None:
     assert repo.count() == 5
 
 
+def test_an_orphaned_worker_never_signals_whoever_adopted_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its master gone, ``getppid()`` is init, a subreaper, or (pid reused) any process:
+    the recycler sent it SIGHUP. It now signals only the master it booted under."""
+    import os  # noqa: PLC0415
+
+    from analytics.adapters import recycler as rec  # noqa: PLC0415
+
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(rec.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    r = rec.WorkerRecycler(1)
+    r.master, r.can_signal, r.enabled = 4242, True, True  # booted under pid 4242
+    monkeypatch.setattr(rec.os, "getppid", lambda: 1)  # adopted by init since
+    assert r.recycle("memory") is True and sent == []
+    r2 = rec.WorkerRecycler(1)
+    r2.master, r2.can_signal = os.getppid(), True  # still its parent: signalled
+    monkeypatch.setattr(rec.os, "getppid", lambda: r2.master)
+    assert r2.recycle("memory") is True and sent == [(r2.master, rec.signal.SIGHUP)]
+
+
 
 def test_a_dead_lettered_message_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """dramatiq only says "Aborting message" at INFO: nothing a log alert would see."""

@@ -64,6 +64,7 @@ class WorkerRecycler(dramatiq.Middleware):
         self.enabled = False
         self.worker: Any = None
         self.can_signal = False
+        self.master = 0
         self._lock = threading.Lock()
 
     def _bump(self, field: str) -> None:
@@ -76,6 +77,7 @@ class WorkerRecycler(dramatiq.Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.enabled = self.max_tasks > 0 and parent_is_dramatiq_master()
         self.can_signal = parent_is_dramatiq_master()  # recycle() for other reasons (memory)
+        self.master = os.getppid()
         self.worker = worker
         self._bump("boots")
         log.info("worker process started", pid=os.getpid(), recycle_after=self.max_tasks)
@@ -108,7 +110,7 @@ class WorkerRecycler(dramatiq.Middleware):
             log.info("worker recycling", pid=os.getpid(), tasks=self.count)
             for thread in getattr(self.worker, "workers", ()):
                 thread.pause()  # sets a flag only: safe from inside a worker thread
-            os.kill(os.getppid(), signal.SIGHUP)
+            self._signal_master()
 
     def recycle(self, reason: str) -> bool:
         """Recycle this process now, the same way as after N tasks, once; for ``reason``
@@ -123,8 +125,18 @@ class WorkerRecycler(dramatiq.Middleware):
         log.info("worker recycling", pid=os.getpid(), tasks=self.count, reason=reason)
         for thread in getattr(self.worker, "workers", ()):
             thread.pause()
-        os.kill(os.getppid(), signal.SIGHUP)
+        self._signal_master()
         return True
+
+    def _signal_master(self) -> None:
+        """SIGHUP to the master this process booted under, if it is still its parent. Its
+        master gone, ``getppid()`` names whoever adopted the orphan (init, a subreaper)
+        or, its pid reused, any process: it must not get the SIGHUP (nobody would reload
+        this process anyway; it stops on the SIGTERM its master's death sent)."""
+        if os.getppid() != self.master:
+            log.warning("worker recycling skipped: its master is gone", pid=os.getpid())
+            return
+        os.kill(self.master, signal.SIGHUP)
 
 
 class ThreadWatch(dramatiq.Middleware):

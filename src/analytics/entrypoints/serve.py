@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from analytics.adapters.dramatiq_queue import QUEUES
 from analytics.adapters.embedded_redis import RedisServerProcess
@@ -168,23 +169,36 @@ def check_port_free(
     from analytics.entrypoints.cli import CliError  # noqa: PLC0415
 
     deadline = None
-    while True:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-            try:
-                probe.bind((host, port))
-                return
-            except OSError as exc:
-                error = exc.strerror
-        holders = _earlier_api_of(data_dir, port) if data_dir is not None else []
-        if not holders or (deadline is not None and time.monotonic() > deadline):
-            raise CliError(f"cannot listen on {host}:{port}: {error} (choose another with --port)")
-        if deadline is None:
-            deadline = time.monotonic() + wait_s
-            print(f"analytics: {host}:{port} is still held by the API of the last serve of this"
-                  f" data directory (pid {min(holders)}), finishing its requests; waiting up to"
-                  f" {wait_s:g} s", flush=True)  # fmt: skip
-        time.sleep(0.25)
+    previous: dict[int, Any] = {}
+
+    def stopped(signum: int, frame: object) -> None:  # said, not a silent death
+        raise CliError(f"stopped by {signal.Signals(signum).name} while waiting for {host}:{port}")
+
+    try:
+        while True:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+                try:
+                    probe.bind((host, port))
+                    return
+                except OSError as exc:
+                    error = exc.strerror
+            holders = _earlier_api_of(data_dir, port) if data_dir is not None else []
+            if not holders or (deadline is not None and time.monotonic() > deadline):
+                raise CliError(
+                    f"cannot listen on {host}:{port}: {error} (choose another with --port)"
+                )
+            if deadline is None:
+                deadline = time.monotonic() + wait_s
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    previous[signum] = signal.signal(signum, stopped)
+                print(f"analytics: {host}:{port} is still held by the API of the last serve of"
+                      f" this data directory (pid {min(holders)}), finishing its requests;"
+                      f" waiting up to {wait_s:g} s", flush=True)  # fmt: skip
+            time.sleep(0.25)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _earlier_api_of(data_dir: Path, port: int) -> list[int]:

@@ -55,6 +55,9 @@ def test_events_sent_over_http_are_stored_once(service) -> None:  # type: ignore
     repo = SQLiteEventRepository(SQLiteDatabase(data_dir / "events.sqlite3"))
     wait_until(lambda: repo.count() == 31, timeout=30, message=f"stored {repo.count()}")
     assert len(repo.get_many(uuid.UUID(i) for i in ids)) == 30
+    status, _, one = http_json("GET", f"{base}/api/v1/analytics/events/{ids[0]}")  # by its id
+    assert status == 200 and one["event_id"] == ids[0] and one["user_id"] == "u0"
+    assert http_json("GET", f"{base}/api/v1/analytics/events/{uuid.uuid4()}")[0] == 404
 
 
 def test_embedded_redis_keeps_an_append_only_file(service) -> None:  # type: ignore[no-untyped-def]

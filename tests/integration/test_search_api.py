@@ -125,3 +125,26 @@ def test_cursor_secret_is_kept_in_the_data_dir_and_shared(data_dir: Path, events
     )
     r = get(falcon.testing.TestClient(create_app(other)), f"limit=5&cursor={cursor}")
     assert r.status_code == 400
+
+
+def test_one_event_by_its_id(client, events) -> None:  # type: ignore[no-untyped-def]
+    """After a 503 (its events may have reached Redis) or for a support question, a client
+    had no way to ask whether one event was stored: search filters no event_id (QA)."""
+    purchase = events[0]
+    r = client.simulate_get(f"/api/v1/analytics/events/{purchase.event_id}")
+    assert r.status_code == 200, r.text
+    found = client.simulate_get(URL, query_string="event_type=purchase&limit=1").json["items"][0]
+    assert r.json == found  # the same shape as a search item
+    assert r.headers["Cache-Control"] == "private, no-store"  # a user's data
+    upper = client.simulate_get(f"/api/v1/analytics/events/{purchase.event_id.hex.upper()}")
+    assert upper.status_code == 200  # any form of the UUID
+    missing = client.simulate_get("/api/v1/analytics/events/00000000-0000-4000-8000-000000000000")
+    assert missing.status_code == 404 and "not stored yet" in missing.json["detail"]
+    bad = client.simulate_get("/api/v1/analytics/events/not-a-uuid")
+    assert (bad.status_code, bad.json["parameter"]) == (400, "event_id")
+    odd = client.simulate_get(f"/api/v1/analytics/events/{purchase.event_id}", query_string="x=1")
+    assert (odd.status_code, odd.json["parameter"]) == (400, "x")
+    assert client.simulate_head(f"/api/v1/analytics/events/{purchase.event_id}").status_code == 200
+    # The literal routes beside it stay theirs.
+    assert client.simulate_get(URL, query_string="limit=1").status_code == 200
+    assert client.simulate_get("/api/v1/analytics/events/batch").status_code == 405

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 
+from analytics.domain.errors import BadQuery, NotFound
+from analytics.domain.events import Event
 from analytics.domain.ports import EventRepository
 from analytics.domain.search import MAX_LIMIT, SearchKey, SearchPage, encode_cursor, parse_search
 
@@ -28,3 +31,20 @@ def search_events(
         last = items[-1]
         next_cursor = encode_cursor(SearchKey(last.timestamp, last.event_id), request.query, secret)
     return SearchPage(items=items, count=len(items), limit=request.limit, next_cursor=next_cursor)
+
+
+def find_event(event_id: str, *, repo: EventRepository) -> Event:
+    """One stored event by its ``event_id``. What a client that gave up after a 503 (whose
+    events Redis may have received) or a support request can ask: stored, or not (yet: a
+    worker stores an accepted event within seconds of its 202)."""
+    try:
+        wanted = uuid.UUID(event_id)
+    except ValueError:
+        raise BadQuery("event_id", f"{event_id[:64]!r} is not a UUID") from None
+    found = repo.get_many([wanted]).get(wanted)
+    if found is None:
+        raise NotFound(
+            f"no stored event {wanted}: not received, or not stored yet (a worker stores an"
+            " accepted event within seconds of its 202)"
+        )
+    return found

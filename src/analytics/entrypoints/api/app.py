@@ -17,7 +17,7 @@ from analytics.entrypoints.api.middleware import (
     SecurityHeadersMiddleware,
 )
 from analytics.entrypoints.api.problems import install_error_handlers
-from analytics.entrypoints.api.search import SearchResource
+from analytics.entrypoints.api.search import EventResource, SearchResource
 from analytics.entrypoints.api.security import AuthMiddleware, CORSMiddleware
 from analytics.entrypoints.api.tasks import TaskStatusResource
 
@@ -104,6 +104,8 @@ def create_app(container: Container) -> falcon.App:
         "/api/v1/analytics/events/search",
         SearchResource(container.event_repo, container.cursor_secret),
     )
+    # Literal segments win in Falcon's router: /events/search and /events/batch stay theirs.
+    app.add_route("/api/v1/analytics/events/{event_id}", EventResource(container.event_repo))
     if container.task_status is not None:
         app.add_route(
             "/api/v1/analytics/tasks/{task_id}/status", TaskStatusResource(container.task_status)

@@ -39,6 +39,7 @@ ROUTE_KINDS: dict[str, str] = {
     "/api/v1/analytics/aggregations/{period}": "open",
     "/api/v1/analytics/dashboard/metrics": "dashboard",
     "/api/v1/analytics/events/search": "private",
+    "/api/v1/analytics/events/{event_id}": "private",
     "/api/v1/analytics/tasks/{task_id}/status": "no-store",
     "/health": "no-store",
     "/health/detailed": "no-store",

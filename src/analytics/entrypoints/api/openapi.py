@@ -145,6 +145,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         deprecated=True,
         description="The old route of the seed's migration guide; use /api/v1/analytics/events.",
     ),
+    ("GET", "/api/v1/analytics/events/{event_id}"): Op(
+        "One stored event by its id",
+        ("read",),
+        200,
+        ev.Event,
+        errors=(*READ_ERRORS, 404),
+        description="The event as a search returns it; 404 while it is not stored (not "
+        "received, or a worker has not stored it yet: seconds after its 202).",
+        params=(_path_param("event_id", "The event's id (a UUID).", {"type": "string"}),),
+    ),
     ("GET", "/api/v1/analytics/events/search"): Op(
         "Search events",
         ("read",),

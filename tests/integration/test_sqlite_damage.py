@@ -63,6 +63,8 @@ def test_a_bug_is_not_dressed_as_an_outage(tmp_path: Path) -> None:
     assert isinstance(locked, StorageUnavailable) and db.damaged is None
     damaged = storage_error(sqlite3.DatabaseError("database disk image is malformed"), db)
     assert isinstance(damaged, StorageUnavailable) and db.damaged == str(damaged)
+    with pytest.raises(StorageUnavailable, match="damaged"):  # what the health check asks
+        SQLiteEventRepository(db).count()
     assert hasattr(SQLiteAggregateStore.apply, "__wrapped__")  # the aggregates too
 
 

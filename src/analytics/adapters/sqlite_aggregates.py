@@ -36,7 +36,6 @@ from analytics.domain.aggregation import (
     rank_products,
 )
 from analytics.domain.buckets import GRAINS, Piece
-from analytics.domain.errors import StorageUnavailable
 from analytics.domain.ports import AggregateSnapshot
 
 SCHEMA = """
@@ -87,51 +86,45 @@ class SQLiteAggregateStore:
             return []
         new: list[uuid.UUID] = []
         merged: dict[CounterKey, int] = defaultdict(int)
-        try:
-            with self.db.transaction() as conn:
-                # Inside BEGIN IMMEDIATE nobody else writes: read which markers exist,
-                # then insert the rest in one statement (no per-event round trip).
-                ids = list(dict.fromkeys(str(c.event_id) for c in contributions))
-                seen: set[str] = set()
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    seen.update(
-                        r[0]
-                        for r in conn.execute(
-                            f"SELECT event_id FROM agg_applied WHERE event_id IN ({marks})",
-                            chunk,
-                        )
+        with self.db.transaction() as conn:
+            # Inside BEGIN IMMEDIATE nobody else writes: read which markers exist,
+            # then insert the rest in one statement (no per-event round trip).
+            ids = list(dict.fromkeys(str(c.event_id) for c in contributions))
+            seen: set[str] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                seen.update(
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT event_id FROM agg_applied WHERE event_id IN ({marks})",
+                        chunk,
                     )
-                fresh: list[tuple[str, int]] = []
-                for c in contributions:
-                    key = str(c.event_id)
-                    if key in seen:
-                        continue  # already counted: redelivery, retry or repair
-                    seen.add(key)
-                    fresh.append((key, c.minute))
-                    new.append(c.event_id)
-                    for k, v in c.deltas.items():
-                        merged[k] += v
-                conn.executemany("INSERT INTO agg_applied (event_id, minute) VALUES (?, ?)", fresh)
-                conn.executemany(_UPSERT, [(*k, v) for k, v in merged.items()])
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite: {exc}") from exc
+                )
+            fresh: list[tuple[str, int]] = []
+            for c in contributions:
+                key = str(c.event_id)
+                if key in seen:
+                    continue  # already counted: redelivery, retry or repair
+                seen.add(key)
+                fresh.append((key, c.minute))
+                new.append(c.event_id)
+                for k, v in c.deltas.items():
+                    merged[k] += v
+            conn.executemany("INSERT INTO agg_applied (event_id, minute) VALUES (?, ?)", fresh)
+            conn.executemany(_UPSERT, [(*k, v) for k, v in merged.items()])
         return new
 
     def correct(self, deltas: Mapping[CounterKey, int]) -> None:
         if not deltas:
             return
-        try:
-            with self.db.transaction() as conn:
-                conn.executemany(_UPSERT, [(*k, v) for k, v in deltas.items() if v])
-                conn.executemany(
-                    "DELETE FROM agg_counters WHERE kind=? AND grain=? AND bucket=?"
-                    " AND event_type=? AND dim=? AND dim2=? AND value=0",
-                    list(deltas),
-                )
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        with self.db.transaction() as conn:
+            conn.executemany(_UPSERT, [(*k, v) for k, v in deltas.items() if v])
+            conn.executemany(
+                "DELETE FROM agg_counters WHERE kind=? AND grain=? AND bucket=?"
+                " AND event_type=? AND dim=? AND dim2=? AND value=0",
+                list(deltas),
+            )
 
     # --- reads ------------------------------------------------------------------------
     def snapshot(self, start: int, end: int) -> AggregateSnapshot:
@@ -188,14 +181,11 @@ class SQLiteAggregateStore:
     def _reading(self) -> Iterator[None]:
         """One read transaction: the numbers of one answer agree with each other."""
         conn = self.db.read()
+        conn.execute("BEGIN")
         try:
-            conn.execute("BEGIN")
-            try:
-                yield
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:  # locked, I/O, corrupt: 503, not 500
-            raise StorageUnavailable(f"sqlite: {exc}") from exc
+            yield
+        finally:
+            conn.execute("COMMIT")
 
     def summarize(
         self, windows: Sequence[Sequence[Piece]], event_type: str | None

@@ -293,8 +293,8 @@ def raise_storage_error(exc: sqlite3.DatabaseError, db: SQLiteDatabase | None) -
 def translating_sqlite_errors(cls: type[T]) -> type[T]:
     """Every public method of a SQLite adapter (``self.db``: its SQLiteDatabase) raises
     :func:`storage_error`'s answer instead of sqlite3's own: a damaged file gave a 500
-    from search and a healthy /health/detailed (QA), while locked or I/O errors in some
-    methods were already 503s and in others 500s."""
+    from search and a healthy /health/detailed (QA), and each method had its own
+    ``except`` for locked or I/O errors (some none: a 500)."""
     for name, fn in list(vars(cls).items()):
         if name.startswith("_") or not inspect.isfunction(fn):
             continue
@@ -337,20 +337,17 @@ class SQLiteEventRepository:
             "INSERT INTO events (event_id, ts_us, event_type, user_id, session_id, product_id,"
             " received_us, body) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING"
         )
-        try:
-            with self.db.transaction() as conn:
-                for e in events:
-                    cur = conn.execute(
-                        sql,
-                        (
-                            str(e.event_id), to_us(e.timestamp), e.event_type, e.user_id,
-                            e.session_id, e.product_id, to_us(e.received_at), codec.encode(e),
-                        ),
-                    )  # fmt: skip
-                    if cur.rowcount == 1:
-                        new.append(e.event_id)
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        with self.db.transaction() as conn:
+            for e in events:
+                cur = conn.execute(
+                    sql,
+                    (
+                        str(e.event_id), to_us(e.timestamp), e.event_type, e.user_id,
+                        e.session_id, e.product_id, to_us(e.received_at), codec.encode(e),
+                    ),
+                )  # fmt: skip
+                if cur.rowcount == 1:
+                    new.append(e.event_id)
         return new
 
     def get_many(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Event]:
@@ -369,6 +366,11 @@ class SQLiteEventRepository:
         return out
 
     def count(self) -> int:
+        """The number of stored events; what the storage health check asks, so a file met
+        damaged once (by any call of this process) answers as damaged here too, though a
+        count can still read the pages it needs."""
+        if self.db.damaged:
+            raise StorageUnavailable(self.db.damaged)
         return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def purge_before(self, cutoff: datetime, *, batch: int = 5000) -> int:
@@ -380,11 +382,8 @@ class SQLiteEventRepository:
             "(SELECT event_id FROM events WHERE ts_us < ? LIMIT ?)"
         )
         while True:
-            try:
-                with self.db.transaction() as conn:
-                    deleted = conn.execute(sql, (limit, batch)).rowcount
-            except sqlite3.OperationalError as exc:
-                raise StorageUnavailable(f"sqlite: {exc}") from exc
+            with self.db.transaction() as conn:
+                deleted = conn.execute(sql, (limit, batch)).rowcount
             total += deleted
             if deleted < batch:
                 return total
@@ -461,8 +460,5 @@ class SQLiteEventRepository:
 
     def search(self, query: EventQuery, *, after: SearchKey | None, limit: int) -> list[Event]:
         sql, args = self.search_sql(query, after=after, limit=limit)
-        try:
-            rows = self.db.read().execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        rows = self.db.read().execute(sql, args).fetchall()
         return [codec.decode_event(body) for (body,) in rows]

@@ -69,8 +69,6 @@ def replay_copy(message: dramatiq.Message[Any], queue: str) -> dramatiq.Message[
     )
 
 
-
-
 def _decoded_or_placeholder(data: bytes, rid: str, queue: str) -> dramatiq.Message[Any]:
     try:
         return dramatiq.Message.decode(data)

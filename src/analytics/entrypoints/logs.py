@@ -201,8 +201,6 @@ def _same_pipe(fd: int, inode: str) -> bool:
         return False
 
 
-
-
 def _short_messages(record: logging.LogRecord) -> bool:
     """A dramatiq message in a log line (``Failed to process message %s``, retries,
     dead letters) as its actor and id: its text repeats the arguments, a group of events

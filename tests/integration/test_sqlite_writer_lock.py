@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics.adapters.sqlite_keys import SQLiteApiKeyStore
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
 from analytics.domain.errors import StorageUnavailable
 from tests.integration.test_background_processing import make_event
@@ -131,8 +132,9 @@ def test_checkpoints_run_every_few_commits_and_outside_the_writer_lock(
 
 
 def _open_at_once(kind: str, path: str, go: object, results: object) -> None:
-    from analytics.adapters.sqlite_keys import SQLiteApiKeyStore  # noqa: PLC0415
-
+    # Nothing imported here: a child forked from this multi-threaded process (pytest-xdist's
+    # execnet threads) can hang on an import lock another thread held at the fork; a child
+    # that never reported made one CI run fail on the queue's timeout.
     go.wait(10)  # type: ignore[attr-defined]
     try:
         if kind == "events":

@@ -1,5 +1,13 @@
 """SQLite writers of every process queue on one flock (``<db>.writer``), not on SQLite's
-busy handler; a writer that dies drops it, and a lock held too long is StorageUnavailable."""
+busy handler; a writer that dies drops it, and a lock held too long is StorageUnavailable.
+
+The tests that fork run in a process of their own (:func:`in_clean_process`), started by
+a fork server: pytest-xdist's worker carries threads of earlier tests, and a child forked
+while one of them was inside SQLite (closing a connection: its VFS and allocator mutexes)
+inherits the mutex locked and hangs in its first ``sqlite3.connect``, for ever. Two CI
+runs failed on such a child. The service never forks a process that uses SQLite (gunicorn
+and dramatiq fork before the app is built; ``serve`` execs its children).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,10 @@ import queue
 import signal
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +30,34 @@ from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepositor
 from analytics.domain.errors import StorageUnavailable
 from tests.integration.test_background_processing import make_event
 
-ctx = mp.get_context("fork")
+ctx = mp.get_context("fork")  # only ever from a process in_clean_process started
+clean = mp.get_context("forkserver")
+clean.set_forkserver_preload([__name__])  # the server imports this module once
+
+
+def _report(fn: Callable[..., None], results: Any, args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+        results.put(None)
+    except BaseException:  # noqa: BLE001 - the whole failure goes to the test
+        results.put(traceback.format_exc())
+
+
+def in_clean_process(fn: Callable[..., None], *args: Any, timeout: float = 300) -> None:
+    """Run ``fn(*args)`` in a new single-threaded process; its failure fails the test."""
+    results = clean.Queue()
+    proc = clean.Process(target=_report, args=(fn, results, args))
+    proc.start()
+    try:
+        failure = results.get(timeout=timeout)  # against a hang, not a timing assertion
+    except queue.Empty:
+        failure = f"no answer in {timeout} s"
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
 
 
 def _hold(db: SQLiteDatabase, holding: object, release: object) -> None:
@@ -41,14 +79,14 @@ def _locked_by_someone(path: Path) -> bool:
     return False
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> SQLiteDatabase:
-    db = SQLiteDatabase(tmp_path / "e.sqlite3", busy_timeout_s=10)
+def _written_db(tmp: str) -> SQLiteDatabase:
+    db = SQLiteDatabase(Path(tmp) / "e.sqlite3", busy_timeout_s=10)
     SQLiteEventRepository(db).add_many([make_event(0)])  # the parent has written: fd open
     return db
 
 
-def test_a_transaction_in_another_process_holds_the_writer_lock(db: SQLiteDatabase) -> None:
+def _another_process_holds_the_writer_lock(tmp: str) -> None:
+    db = _written_db(tmp)
     holding, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold, args=(db, holding, release))
     child.start()
@@ -74,7 +112,12 @@ def test_a_transaction_in_another_process_holds_the_writer_lock(db: SQLiteDataba
     assert SQLiteEventRepository(db).count() == 2
 
 
-def test_the_lock_of_a_writer_killed_mid_transaction_is_released(db: SQLiteDatabase) -> None:
+def test_a_transaction_in_another_process_holds_the_writer_lock(tmp_path: Path) -> None:
+    in_clean_process(_another_process_holds_the_writer_lock, str(tmp_path))
+
+
+def _killed_writer_releases(tmp: str) -> None:
+    db = _written_db(tmp)
     holding, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold, args=(db, holding, release))
     child.start()
@@ -87,9 +130,12 @@ def test_the_lock_of_a_writer_killed_mid_transaction_is_released(db: SQLiteDatab
     assert SQLiteEventRepository(db).add_many([event]) == [event.event_id]
 
 
-def test_a_writer_lock_held_past_the_busy_timeout_is_storage_unavailable(
-    tmp_path: Path, db: SQLiteDatabase
-) -> None:
+def test_the_lock_of_a_writer_killed_mid_transaction_is_released(tmp_path: Path) -> None:
+    in_clean_process(_killed_writer_releases, str(tmp_path))
+
+
+def _held_past_the_busy_timeout(tmp: str) -> None:
+    db = _written_db(tmp)
     impatient = SQLiteDatabase(db.path, busy_timeout_s=0.2)
     holding, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold, args=(db, holding, release))
@@ -104,6 +150,10 @@ def test_a_writer_lock_held_past_the_busy_timeout_is_storage_unavailable(
         release.set()
         child.join(10)
     assert SQLiteEventRepository(impatient).add_many([make_event(1)])  # free again
+
+
+def test_a_writer_lock_held_past_the_busy_timeout_is_storage_unavailable(tmp_path: Path) -> None:
+    in_clean_process(_held_past_the_busy_timeout, str(tmp_path))
 
 
 def test_checkpoints_run_every_few_commits_and_outside_the_writer_lock(
@@ -133,9 +183,6 @@ def test_checkpoints_run_every_few_commits_and_outside_the_writer_lock(
 
 
 def _open_at_once(kind: str, path: str, go: object, results: object) -> None:
-    # Nothing imported here: a child forked from this multi-threaded process (pytest-xdist's
-    # execnet threads) can hang on an import lock another thread held at the fork; a child
-    # that never reported made one CI run fail on the queue's timeout.
     go.wait(10)  # type: ignore[attr-defined]
     try:
         if kind == "events":
@@ -147,31 +194,33 @@ def _open_at_once(kind: str, path: str, go: object, results: object) -> None:
         results.put(repr(exc))  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("kind", ["events", "keys"])
-def test_processes_opening_a_new_database_at_once_all_get_it(kind: str, tmp_path: Path) -> None:
-    """``analytics serve`` starts the API's and the worker's processes together, and each
-    opens the new database and switches it to WAL; SQLite refused the ones that came
-    during another's switch at once ("database is locked"), and a worker process died at
-    boot. Eight processes, released together, twenty times: every one opens it."""
+def _eight_open_at_once(kind: str, tmp: str) -> None:
     failures = []
     for trial in range(20):
         go, results = ctx.Event(), ctx.Queue()
-        path = tmp_path / f"{trial}" / f"{kind}.sqlite3"
+        path = Path(tmp) / f"{trial}" / f"{kind}.sqlite3"
         procs = [ctx.Process(target=_open_at_once, args=(kind, str(path), go, results))
                  for _ in range(8)]  # fmt: skip
         for p in procs:
             p.start()
         time.sleep(0.05)
         go.set()
-        # Each child may wait out SQLite's busy timeout (30 s) more than once while the
-        # others switch the file to WAL; beside the fault suite's fsyncs on the same disk a
-        # child took longer than 60 s in two CI runs (alone: under a second). A hang still
-        # fails, naming the children that never reported.
+        # Each child may wait out SQLite's busy timeout (30 s) while the others switch the
+        # file to WAL (alone: all done in under a second). A hang fails, naming the child.
         try:
-            failures += [r for r in (results.get(timeout=180) for _ in procs) if r != "ok"]
+            failures += [r for r in (results.get(timeout=120) for _ in procs) if r != "ok"]
         except queue.Empty:
             alive = [p.pid for p in procs if p.is_alive()]
             raise AssertionError(f"trial {trial}: children {alive} never reported") from None
         for p in procs:
             p.join(10)
     assert failures == []
+
+
+@pytest.mark.parametrize("kind", ["events", "keys"])
+def test_processes_opening_a_new_database_at_once_all_get_it(kind: str, tmp_path: Path) -> None:
+    """``analytics serve`` starts the API's and the worker's processes together, and each
+    opens the new database and switches it to WAL; SQLite refused the ones that came
+    during another's switch at once ("database is locked"), and a worker process died at
+    boot. Eight processes, released together, twenty times: every one opens it."""
+    in_clean_process(_eight_open_at_once, kind, str(tmp_path), timeout=600)

@@ -118,6 +118,20 @@ def test_batch_receipts_and_413_above_the_event_limit(client, queue) -> None:  #
     assert len(queue.events) == 1
 
 
+def test_the_nil_and_max_uuids_are_refused_as_event_ids_on_every_route(client, queue) -> None:  # type: ignore[no-untyped-def]
+    nil, big = "00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"
+    for path, event in (("/api/v1/analytics/events", {**EVENT, "event_id": nil}),
+                        ("/analytics/events", {**EVENT, "event_id": big})):  # fmt: skip
+        r = post(client, path, event)
+        assert r.status_code == 422, path
+        assert [(e["field"], e["rule"]) for e in r.json["errors"]] == [("event_id", "placeholder_uuid")]
+    r = post(client, "/api/v1/analytics/events/batch",
+             {"events": [{**EVENT, "event_id": nil}, EVENT, {**EVENT, "event_id": big}]})  # fmt: skip
+    assert [x["status"] for x in r.json["results"]] == ["rejected", "accepted", "rejected"]
+    assert r.json["results"][2]["errors"][0]["message"].startswith(big.lower() + " is the max UUID")
+    assert len(queue.events) == 1
+
+
 def test_a_batch_with_every_event_rejected_is_a_problem_carrying_the_receipt(client) -> None:  # type: ignore[no-untyped-def]
     bad = [{"event_type": "purchase", "user_id": "u1"}, {"event_type": "x", "price": "1"}]
     r = post(client, "/api/v1/analytics/events/batch", {"events": bad})

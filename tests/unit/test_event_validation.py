@@ -77,6 +77,8 @@ def test_every_failure_is_reported_at_once() -> None:
         ({"currency": "eur", "price": "1"}, ("currency", "invalid")),
         ({"timestamp": "2026-11-27T12:00:00"}, ("timestamp", "invalid")),  # no offset
         ({"event_id": "not-a-uuid"}, ("event_id", "invalid")),
+        ({"event_id": "00000000-0000-0000-0000-000000000000"}, ("event_id", "placeholder_uuid")),
+        ({"event_id": "ffffffff-ffff-ffff-ffff-ffffffffffff"}, ("event_id", "placeholder_uuid")),
         ({"metadata": [1, 2]}, ("metadata", "invalid")),
     ],
 )
@@ -84,6 +86,17 @@ def test_named_rules(patch: dict, expected: tuple[str, str]) -> None:
     with pytest.raises(ValidationFailed) as exc:
         build({**SEED_NEW, "event_type": "click", **patch})
     assert expected in rules_of(exc)
+
+
+def test_the_nil_uuid_is_no_event_id_on_either_route() -> None:
+    """A client that sends an unset UUID field with every event: without this rule each
+    was answered 202, and all but the first were then dropped as its duplicates."""
+    for legacy in (False, True):
+        with pytest.raises(ValidationFailed) as exc:
+            build({**SEED_NEW, "event_id": "00000000000000000000000000000000"}, legacy=legacy)
+        assert [(e.field, e.rule) for e in exc.value.errors] == [("event_id", "placeholder_uuid")]
+        assert "nil UUID" in exc.value.errors[0].message
+    assert build({**SEED_NEW, "event_id": str(uuid.UUID(int=1))}).event_id == uuid.UUID(int=1)
 
 
 def test_purchase_needs_a_product() -> None:

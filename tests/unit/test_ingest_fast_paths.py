@@ -71,6 +71,8 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=12,
 )  # fmt: skip
+PLACEHOLDER_IDS = ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+                   "00000000000000000000000000000000"]  # fmt: skip
 ODD_PRICES = ["NaN", "sNaN", "Infinity", "-Infinity", "1E+3", "1.000000000", "0.0000001",
               "1000000000", "1000000000.000001", "-0", "19.99"]  # fmt: skip
 price_texts = st.decimals(min_value=-5, max_value=2 * 10**9, places=8, allow_nan=False).map(
@@ -88,7 +90,7 @@ events = st.fixed_dictionaries(
         "sent_at": moments(NOW),
         "metadata": st.dictionaries(st.text(max_size=6), json_values, max_size=4)
         | st.just({"blob": "x" * 9000}),
-        "event_id": st.uuids().map(str),
+        "event_id": st.uuids().map(str) | st.sampled_from(PLACEHOLDER_IDS),
     },
 )  # fmt: skip
 limits = st.sampled_from(
@@ -140,6 +142,11 @@ def outcome_of(value: Event | ValidationFailed) -> tuple[str, object]:
 )
 @example(  # one bad price among good ones: only that event is rejected
     docs=[GOOD, {**GOOD, "price": "1.0000001", "currency": "EUR"}, {**GOOD, "price": "2"}],
+    legacy=[False] * 8, lim=Limits(), now=NOW,
+)  # fmt: skip
+@example(  # the nil and max UUIDs among ordinary ids: only those events are rejected
+    docs=[{**GOOD, "event_id": str(uuid.UUID(int=5))}, {**GOOD, "event_id": PLACEHOLDER_IDS[0]},
+          {**GOOD, "event_id": PLACEHOLDER_IDS[1]}, GOOD],
     legacy=[False] * 8, lim=Limits(), now=NOW,
 )  # fmt: skip
 @example(docs=[{**GOOD, "metadata": {"a": "{"}}, {**GOOD, "metadata": {"b": [1]}}],

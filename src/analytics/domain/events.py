@@ -48,7 +48,10 @@ EventType = Annotated[
 ]
 EventId = Annotated[
     uuid.UUID,
-    msgspec.Meta(description="Client-chosen UUID: the idempotency key. Generated if absent."),
+    msgspec.Meta(
+        description="Client-chosen UUID: the idempotency key. Generated if absent. Never"
+        " the nil or max UUID (00000000-... and ffffffff-...: an unset UUID field)."
+    ),
 ]
 CorrelationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._\-]{1,64}" + _END)]
 Currency = Annotated[

@@ -362,7 +362,26 @@ def total_within_bound(f: Any, legacy: bool) -> FieldError | None:
     return None
 
 
+#: RFC 9562's nil and max UUIDs (as integers): placeholders, not identifiers. A client whose
+#: code sends one for every event (an unset UUID field) would have all but the first
+#: stored as retries of it, each answered 202 and then dropped as a duplicate.
+PLACEHOLDER_UUIDS = frozenset({0, (1 << 128) - 1})
+
+
+def event_id_not_placeholder(f: Any, legacy: bool) -> FieldError | None:
+    event_id = getattr(f, "event_id", None)
+    if isinstance(event_id, uuid.UUID) and event_id.int in PLACEHOLDER_UUIDS:
+        which = "nil" if event_id.int == 0 else "max"
+        return FieldError(
+            "event_id", "placeholder_uuid",
+            f"{event_id} is the {which} UUID, not an id: send a unique UUID, or leave"
+            " event_id out to have one generated",
+        )  # fmt: skip
+    return None
+
+
 RULES: tuple[Rule, ...] = (
+    event_id_not_placeholder,
     purchase_requires_product,
     price_requires_currency,
     currency_is_iso4217,
@@ -516,7 +535,7 @@ class EventBuilder:
 
     def __call__(self, ein: AnyEventIn) -> Event:
         legacy = isinstance(ein, LegacyEventIn)
-        price, currency, meta = ein.price, ein.currency, ein.metadata
+        price, currency, meta, event_id = ein.price, ein.currency, ein.metadata, ein.event_id
         if not (
             (currency is None or currency in ISO_4217)  # currency_is_iso4217
             and (
@@ -532,6 +551,7 @@ class EventBuilder:
             )
             and (legacy or ein.product_id or ein.event_type != "purchase")  # purchase_...
             and (not meta or _metadata_within(meta, self.limits))
+            and (event_id is None or event_id.int not in PLACEHOLDER_UUIDS)  # event_id_...
         ):
             return self._checked(ein)
         received_at = self.received_at
@@ -554,7 +574,7 @@ class EventBuilder:
             price = canonical_price(price)
         # Positional: a keyword call of a 17-field struct costs ~8x more (Event's field order).
         return Event(
-            ein.event_id or self.new_id(),
+            event_id or self.new_id(),
             ein.event_type,
             ein.user_id,
             ein.session_id,
@@ -657,6 +677,9 @@ class EventBuilder:
         if any(issubclass(t, LegacyEventIn) for t in set(map(type, eins))):
             return None  # the legacy rules differ (no batch route takes legacy events)
         suspects: set[int] = set()
+        ids = list(map(_get_event_id, eins))
+        if not _PLACEHOLDERS.isdisjoint(ids):  # event_id_not_placeholder
+            suspects.update(i for i, e in enumerate(ids) if e in _PLACEHOLDERS)
         prices = list(map(_get_price, eins))
         # price_range, price_precision; total_within_bound for the large prices only
         bad_prices, large_prices = _price_verdicts(set(map(str, prices)))
@@ -720,6 +743,8 @@ def _metadata_within(meta: dict[str, Any], limits: Limits) -> bool:
 
 
 _get_price = operator.attrgetter("price")
+_get_event_id = operator.attrgetter("event_id")
+_PLACEHOLDERS = frozenset(uuid.UUID(int=i) for i in PLACEHOLDER_UUIDS)
 _get_product_id = operator.attrgetter("product_id")
 _is_purchase = "purchase".__eq__
 _get_currency = operator.attrgetter("currency")

@@ -112,6 +112,17 @@ def test_queue_depths_count_ready_delayed_and_dead_letters(own_redis, tmp_path):
     odd = client.simulate_get("/health/detailed", query_string="a=1&a=2")  # was 200 (QA)
     assert (odd.status_code, odd.json["parameter"]) == (400, "a"), odd.text
 
+    # Only high_priority has a live worker: maintenance's 4 waiting messages make it degraded
+    # (only high_priority was looked at: "ok" while they waited for ever); the idle queues
+    # without a worker do not.
+    probe.write_heartbeat(["high_priority"])
+    probe.record_scheduler_run(datetime.now(UTC))
+    body = client.simulate_get("/health/detailed").json
+    assert body["status"] == "degraded"
+    assert body["reasons"] == ["no live worker for maintenance (4 messages waiting)"]
+    probe.write_heartbeat(["maintenance"])
+    assert client.simulate_get("/health/detailed").json["status"] == "ok"
+
 
 def test_worker_heartbeat_middleware_writes_a_key_per_consumed_queue(own_redis, tmp_path):
     settings = settings_for(own_redis.port, tmp_path, worker_heartbeat_interval_s=0.1)

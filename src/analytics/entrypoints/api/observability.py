@@ -194,6 +194,26 @@ def _run(
     return result
 
 
+def _unserved_queues(workers: object, queues: dict[str, Any]) -> list[str]:
+    """``high_priority`` needs a live worker always (ingest's events wait there); another
+    queue when messages wait on it: a deployment may run no worker for a queue it never
+    uses, but aggregations queued with no worker alive would stay unapplied, unseen."""
+    if not isinstance(workers, dict):
+        return []
+    reasons = []
+    for queue, worker in workers.items():
+        if isinstance(worker, dict) and worker.get("status") == "ok":
+            continue
+        if queue == "high_priority":
+            reasons.append("no live worker for high_priority")
+            continue
+        depth = queues.get(queue)
+        waiting = depth.get("ready", 0) + depth.get("delayed", 0) if isinstance(depth, dict) else 0
+        if waiting:
+            reasons.append(f"no live worker for {queue} ({waiting} messages waiting)")
+    return reasons
+
+
 class DetailedHealthResource:
     """``GET /health/detailed``: readiness with each dependency, queues, workers, system.
 
@@ -345,9 +365,7 @@ class DetailedHealthResource:
                     and d.get("ready", 0) + d.get("delayed", 0) > self.settings.queue_depth_warn
                 ):
                     reasons.append(f"queue {q} backlog")
-            workers = body.get("workers")
-            if isinstance(workers, dict) and workers.get("high_priority", {}).get("status") != "ok":
-                reasons.append("no live worker for high_priority")
+            reasons += _unserved_queues(body.get("workers"), queues)
             scheduler = body.get("scheduler") or {}
             if scheduler.get("status") == "stale":
                 reasons.append("scheduler stale")

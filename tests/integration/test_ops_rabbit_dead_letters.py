@@ -16,9 +16,18 @@ from analytics.adapters.dramatiq_queue import events_message
 from analytics.application.dead_letters import Selection, purge_dead_letters, replay_dead_letters
 from analytics.bootstrap import bootstrap
 from analytics.entrypoints.actors import register_actors
+from analytics.entrypoints.telemetry import TaskMetrics
 from analytics.settings import Settings
 from tests.ops_support import BreakableRepository, make_events
 from tests.support import wait_until
+
+ACTORS = ("process_events", "(undecodable)")
+
+
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +47,9 @@ def test_rabbitmq_dead_letters_list_replay_purge(
     container = bootstrap(settings, event_repo=repo)
     register_actors(container)
     broker, dlq = container.broker, container.dead_letters
+    broker.add_middleware(TaskMetrics(settings))  # the dead-letter counter
+    dead = {actor: sample("analytics_tasks_dead_lettered_total", actor=actor,
+                          queue="high_priority") or 0 for actor in ACTORS}  # fmt: skip
     assert type(dlq).__name__ == "RabbitDeadLetters"
     worker = Worker(broker, worker_timeout=50, worker_threads=2)
     worker.start()
@@ -75,6 +87,9 @@ def test_rabbitmq_dead_letters_list_replay_purge(
                                      pika.BasicProperties(delivery_mode=2, message_id="rpoison01"))  # fmt: skip
         conn.close()
         wait_until(lambda: dlq.depths()["high_priority"] == 1, timeout=30)
+        # Counted like any dead letter (dramatiq's consumer nacked it without the hooks).
+        assert [sample("analytics_tasks_dead_lettered_total", actor=actor,
+                       queue="high_priority") - dead[actor] for actor in ACTORS] == [3, 1]  # fmt: skip
         (poison,) = dlq.list()
         assert (poison.letter_id, poison.actor, poison.error_type) == (
             "rpoison01", "(undecodable)", "DecodeError")  # fmt: skip

@@ -12,14 +12,39 @@ from functools import partial
 from typing import Any
 
 import structlog
+from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 
-from analytics.adapters.dramatiq_queue import kept_because
+from analytics.adapters.dramatiq_queue import UNDECODABLE_ACTOR, kept_because
 
 log = structlog.get_logger("analytics.broker")
 
 
 class _KeepingConsumer(_RabbitmqConsumer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._nacked: set[int] = set()  # tags in nack() now: its hooks run
+
+    def nack(self, message: Any) -> None:
+        self._nacked.add(message._tag)
+        try:
+            super().nack(message)
+        finally:
+            self._nacked.discard(message._tag)
+
+    def _nack(self, tag: int) -> None:
+        """Every nack ends here; one that did not come through :meth:`nack` is dramatiq's
+        own for a body that does not decode (another producer's bytes): dead-lettered
+        without the broker's nack hooks, so ``analytics_tasks_dead_lettered_total`` never
+        counted it. They run now, with a stand-in, as the Redis consumer does."""
+        super()._nack(tag)
+        if tag in self._nacked:
+            return
+        self.broker.emit_after("nack", Message(
+            queue_name=self.queue_name, actor_name=UNDECODABLE_ACTOR, args=(), kwargs={},
+            options={}, message_id=f"undecodable-{tag}", message_timestamp=0,
+        ))  # fmt: skip
+
     def ack(self, message: Any) -> None:
         reason = kept_because(message)
         if reason is None:

@@ -19,6 +19,11 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class CliFailure(Exception):
+    """The command could not do its work (its store unreachable, an id unknown): one line,
+    exit status 1, as ``dlq`` and ``check`` answer the same failures."""
+
+
 def _queues(value: str) -> list[str]:
     names = [q.strip() for q in value.split(",") if q.strip()]
     unknown = [q for q in names if q not in QUEUES]
@@ -167,7 +172,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     try:
         return _keys_command(args)
     except AdapterError as exc:
-        raise CliError(f"the key store is unavailable: {exc}") from None
+        raise CliFailure(f"the key store is unavailable: {exc}") from None
 
 
 def _keys_command(args: argparse.Namespace) -> int:
@@ -223,7 +228,7 @@ def _keys_command(args: argparse.Namespace) -> int:
     try:
         api_keys.revoke_key(key_id, store=store, clock=clock)
     except NotFound as exc:
-        raise CliError(str(exc)) from None
+        raise CliFailure(str(exc)) from None
     print(f"revoked key {key_id}")
     return 0
 
@@ -510,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, CliError) as exc:
         print(f"analytics {args.command}: {exc}", file=sys.stderr)
         return 2
+    except CliFailure as exc:
+        print(f"analytics {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def owner_only_files() -> None:

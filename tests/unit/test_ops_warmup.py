@@ -31,6 +31,17 @@ def test_second_run_is_served_from_the_cache() -> None:
     assert second.cache_misses == 0 and second.cache_hits == first.cache_misses
 
 
+@pytest.mark.parametrize("max_buckets", [1, 5, 47])
+def test_a_bucket_limit_under_the_warmed_ranges_shrinks_them(max_buckets: int) -> None:
+    """ANALYTICS_AGGREGATION_MAX_BUCKETS=5 (allowed: 1 and up): every run failed with
+    BadQuery, was retried and dead-lettered (README walkthrough QA)."""
+    clock = FixedClock(NOW)
+    container = bootstrap(Settings(broker="stub", storage="memory", cache_backend="memory",
+                                   aggregation_max_buckets=max_buckets), clock=clock)  # fmt: skip
+    actor = register_actors(container)["warm_dashboard_cache"]
+    assert actor.fn()["queries"] == 6
+
+
 def test_the_actor_is_registered_on_its_queue_and_runs() -> None:
     clock = FixedClock(NOW)
     container = bootstrap(Settings(broker="stub", storage="memory", cache_backend="memory"),

@@ -37,6 +37,11 @@ def _z(dt: datetime) -> str:
 
 
 def warm_caches(*, deps: QueryDeps, hours: int = 48, days: int = 31) -> WarmupResult:
+    """The ranges shrink to what a query may span (``ANALYTICS_AGGREGATION_MAX_BUCKETS``
+    below 48 made every run fail, retried and dead-lettered): the latest buckets, as the
+    dashboards that query under that limit ask for them."""
+    hours = min(hours, deps.limits.max_buckets)
+    days = min(days, deps.limits.max_buckets)
     now = deps.clock.now()
     hits0 = deps.cache.hits if deps.cache is not None else 0
     misses0 = deps.cache.misses if deps.cache is not None else 0

@@ -16,13 +16,17 @@ import pytest
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
 from tests.support import ServeProcess, child_env, http_json, json_object, wait_until
 
+NS = "serve-e2e"
+
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[str]]]:
     data_dir = tmp_path_factory.mktemp("serve") / "data"
     log = data_dir.parent / "serve.log"
+    # A namespace of its own: the commands that join it (dlq, check, worker) run without
+    # one and must take the serve's (they used the default and saw nothing, QA).
     env = child_env(ANALYTICS_WEB_WORKERS="1", ANALYTICS_WORKER_PROCESSES="1",
-                    ANALYTICS_AUTH="disabled")  # fmt: skip
+                    ANALYTICS_AUTH="disabled", ANALYTICS_NAMESPACE=NS)  # fmt: skip
     with ServeProcess(data_dir, env, log=log) as serve:
         yield serve.url, data_dir, [str(log)]
     assert serve.proc.returncode == 0, log.read_text()[-3000:]
@@ -276,7 +280,7 @@ def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore
     from tests.support import analytics_cmd  # noqa: PLC0415
 
     _, data_dir, _ = service
-    broker = build_broker(Settings(redis_socket=str(embedded_redis_socket(data_dir))))
+    broker = build_broker(Settings(redis_socket=str(embedded_redis_socket(data_dir)), namespace=NS))
     try:
         poison = broker.enqueue(dramatiq.Message(
             queue_name="high_priority", actor_name="process_events", args=("{not json",),
@@ -305,6 +309,11 @@ def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore
     assert piped.stdout.strip() == "0" and "cannot reach" not in piped.stderr, piped
     shown = dlq("show", "--id", poison.message_id[:8])
     assert shown.returncode == 0 and "PermanentError" in shown.stdout
+    other = subprocess.run(  # noqa: S603, PLW1510 - another namespace, given: a mistake
+        analytics_cmd("dlq", "list", "--data-dir", str(data_dir)),
+        env=child_env(ANALYTICS_NAMESPACE="other"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert other.returncode == 2 and f"ANALYTICS_NAMESPACE='{NS}'" in other.stderr, other
     assert dlq("purge", "--id", poison.message_id).returncode == 0
     assert poison.message_id not in listed()
 
@@ -439,7 +448,7 @@ def test_a_worker_started_beside_serve_joins_its_redis(service) -> None:  # type
 
     _, data_dir, _ = service
     client = redis.Redis(unix_socket_path=str(embedded_redis_socket(data_dir)))
-    boots = int(client.hget("analytics:ops:workers", "boots") or 0)
+    boots = int(client.hget(f"{NS}:ops:workers", "boots") or 0)
     env = {k: v for k, v in child_env(ANALYTICS_DATA_DIR=str(data_dir),
                                       ANALYTICS_WORKER_METRICS_PORT="0").items()
            if not k.startswith("REDIS_")}  # fmt: skip
@@ -451,7 +460,7 @@ def test_a_worker_started_beside_serve_joins_its_redis(service) -> None:  # type
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: int(client.hget("analytics:ops:workers", "boots") or 0) > boots,
+        wait_until(lambda: int(client.hget(f"{NS}:ops:workers", "boots") or 0) > boots,
                    timeout=60, message="the extra worker never booted on serve's Redis")  # fmt: skip
     finally:
         worker.terminate()

@@ -328,6 +328,7 @@ def _redis_of_a_running_serve(settings: Settings, command: str) -> Settings:
     joined = with_running_serves_redis(settings, required=False)
     if joined.redis_socket and not settings.redis_socket:
         os.environ["REDIS_SOCKET"] = joined.redis_socket  # the worker module reads the env
+        os.environ["ANALYTICS_NAMESPACE"] = joined.namespace  # the serve's (serve.json)
     elif joined.broker == "redis" and joined.redis_host is None and not joined.redis_socket:
         print(f"analytics {command}: no REDIS_HOST set and no analytics serve running for"
               f" {str(settings.data_dir)!r}: using the Redis at 127.0.0.1:{settings.redis_port}"

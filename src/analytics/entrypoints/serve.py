@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import math
 import os
 import shlex
@@ -121,17 +122,42 @@ def with_running_serves_redis(settings: Settings, *, required: bool = True) -> S
     sock = embedded_redis_socket(settings.data_dir)
     if not sock.is_socket() and not required:
         return settings  # the default Redis, as `analytics worker` and `api` use
+    from analytics.entrypoints.cli import CliError  # noqa: PLC0415
+
     if not sock.is_socket():
         # Falling back to 127.0.0.1:6379 read (and could replay or purge) some other
         # deployment's dead letters, for a mistyped --data-dir or a stopped serve.
-        from analytics.entrypoints.cli import CliError  # noqa: PLC0415
-
         raise CliError(
             f"no analytics serve is running for the data directory {str(settings.data_dir)!r}"
             " (its Redis keeps the dead letters): start it, pass its --data-dir, or set"
             " REDIS_HOST for a Redis of your own"
         )
-    return settings.model_copy(update={"redis_socket": str(sock)})
+    update: dict[str, object] = {"redis_socket": str(sock)}
+    theirs = serve_namespace(settings.data_dir)
+    if theirs is not None and theirs != settings.namespace:
+        # Under another namespace, `dlq list` said "no dead letters" beside the serve's
+        # and a joining worker consumed nothing (QA). Unset: the serve's; set: a mistake.
+        if "namespace" in settings.model_fields_set:
+            raise CliError(
+                f"the analytics serve of {str(settings.data_dir)!r} runs with"
+                f" ANALYTICS_NAMESPACE={theirs!r}, not {settings.namespace!r}: unset it, or"
+                " set the serve's"
+            )
+        update["namespace"] = theirs
+    return settings.model_copy(update=update)
+
+
+def serve_namespace(data_dir: Path) -> str | None:
+    """The namespace of the serve running for ``data_dir`` (``serve.json``), if it says."""
+    try:
+        value = json.loads((Path(data_dir) / SERVE_FILE).read_text()).get("namespace")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+#: What a running serve tells the commands that join its Redis (``dlq``, ``worker``, ...).
+SERVE_FILE = "serve.json"
 
 
 def claim_data_dir(data_dir: Path) -> int:
@@ -325,6 +351,7 @@ def serve(settings: Settings) -> int:
         ).start()
         redis_log.relay()  # e.g. its append-only file found cut short, and truncated
         settings = settings.model_copy(update={"redis_socket": str(sock)})
+        (data_dir / SERVE_FILE).write_text(json.dumps({"namespace": settings.namespace}))
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
     # The children get the settings in their granular form; the old REDIS_URL beside it

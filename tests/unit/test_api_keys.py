@@ -139,6 +139,7 @@ def test_serve_names_its_data_directory_in_the_key_commands_it_shows(
     settings = Settings(data_dir=data_dir)
     first = banner(settings, dev_key="ak_example_secret")
     assert "shown only this once" in first and f"--data-dir {shlex.quote(str(data_dir))}" in first
+    assert "\n  export ANALYTICS_KEY=ak_example_secret\n" in first  # as README "First event"
     text = banner(settings, dev_key=None)
     (command,) = re.findall(r"<your key: (analytics keys create .*)>", text)
     assert main(shlex.split(command)[1:]) == 0

@@ -99,9 +99,9 @@ def banner(settings: Settings, dev_key: str | None) -> str:
     if dev_key:
         text += (
             f"\nanalytics: first start: created a development API key with every scope\n"
-            f"  {dev_key}\n"
-            f"  send it as -H 'Authorization: Bearer {dev_key}' (shown only this once;\n"
-            f"  more with `{keys}`)"
+            f"  export ANALYTICS_KEY={dev_key}\n"
+            f"  send it as -H \"Authorization: Bearer $ANALYTICS_KEY\" (the README's examples"
+            f" do;\n  shown only this once; more with `{keys}`)"
         )
     return text
 

@@ -189,6 +189,11 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
         ({"all": True, "x": 1}, [("x", "unknown_field")]),
         ({"ids": "abc"}, [("ids", "invalid")]),
         ({"queue": "nope"}, [("queue", "invalid")]),
+        # Mixed kinds: the ids won and the rest was ignored (a purge "of ids in queue X"
+        # purged them in any queue; QA).
+        ({"all": True, "ids": ["x"]}, [("$", "selection_conflict")]),
+        ({"ids": [msg.message_id], "queue": "aggregations"}, [("$", "selection_conflict")]),
+        ({"all": True, "actor": "process_events"}, [("$", "selection_conflict")]),
     ]:
         bad = client.simulate_post("/api/v1/admin/dlq/replay", json=body, headers=ADMIN)
         assert bad.status_code == 422, (body, bad.text)

@@ -72,6 +72,10 @@ def test_an_empty_selection_is_refused(dlq: InMemoryDeadLetters) -> None:
         purge_dead_letters(Selection(), dlq=dlq)
     with pytest.raises(DeadLetterNotFound):
         purge_dead_letters(Selection(ids=("nope-nope",)), dlq=dlq)
+    for mixed in (Selection(ids=("aaaaaa-1",), queue="maintenance"),  # the CLI's too
+                  Selection(ids=("aaaaaa-1",), all=True), Selection(all=True, actor="x")):  # fmt: skip
+        with pytest.raises(BadQuery, match="without"):
+            purge_dead_letters(mixed, dlq=dlq)
     assert len(dlq.list()) == 4
 
 

@@ -62,8 +62,23 @@ def find_dead_letter(letter_id: str, *, dlq: DeadLetters) -> DeadLetter:
     raise DeadLetterNotFound(f"no dead letter with id {letter_id!r}{short}")
 
 
+def selection_conflict(selection: Selection) -> str | None:
+    """Why a selection mixes its kinds, if it does. Ids with a filter, or ``all`` with one,
+    resolved to the ids (or the filter) and ignored the rest: a purge by ids "in queue X"
+    purged the ids wherever they were (QA)."""
+    if selection.ids and (selection.queue or selection.actor or selection.all):
+        return "ids select by id: give them without a queue, actor or all"
+    if selection.all and (selection.queue or selection.actor):
+        return "all means every dead letter: give it without a queue or actor"
+    return None
+
+
 def select(selection: Selection, *, dlq: DeadLetters) -> list[DeadLetter]:
-    """Resolve a selection; refuse an empty one rather than guess "everything"."""
+    """Resolve a selection; refuse an empty one rather than guess "everything", and one
+    that mixes ids, a filter and ``all``."""
+    conflict = selection_conflict(selection)
+    if conflict:
+        raise BadQuery("selection", conflict)
     if selection.ids:
         return [find_dead_letter(i, dlq=dlq) for i in dict.fromkeys(selection.ids)]
     if selection.queue or selection.actor:

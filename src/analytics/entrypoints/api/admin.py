@@ -14,6 +14,7 @@ from analytics.application.dead_letters import (
     list_dead_letters,
     purge_dead_letters,
     replay_selection,
+    selection_conflict,
 )
 from analytics.application.queries import check_params
 from analytics.domain.errors import BadQuery, FieldError, MalformedInput, ValidationFailed
@@ -158,6 +159,9 @@ class DeadLetterActionResource:
                 "$", "selection_required", "give ids, a queue and/or actor, or all: true"
             )])  # fmt: skip
         selection = Selection(ids=tuple(body.ids), queue=body.queue, actor=body.actor, all=body.all)
+        conflict = selection_conflict(selection)
+        if conflict:
+            raise ValidationFailed([FieldError("$", "selection_conflict", conflict)])
         skipped = None
         if self.action == "replay":
             replay = replay_selection(selection, dlq=self.dlq)

@@ -344,6 +344,8 @@ def serve(settings: Settings) -> int:
     redis_server = redis_log = None
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)
+        # Before its socket exists: a command that finds the socket finds this namespace.
+        (data_dir / SERVE_FILE).write_text(json.dumps({"namespace": settings.namespace}))
         redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
@@ -351,7 +353,6 @@ def serve(settings: Settings) -> int:
         ).start()
         redis_log.relay()  # e.g. its append-only file found cut short, and truncated
         settings = settings.model_copy(update={"redis_socket": str(sock)})
-        (data_dir / SERVE_FILE).write_text(json.dumps({"namespace": settings.namespace}))
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
     # The children get the settings in their granular form; the old REDIS_URL beside it

@@ -28,6 +28,7 @@ from analytics.application.reconcile import reconcile
 from analytics.application.store_events import store_events
 from analytics.domain.aggregation import COUNT, Contribution, CounterKey, recompute
 from analytics.domain.buckets import QUARTER, cover, epoch_minute
+from analytics.domain.errors import CacheUnavailable
 from analytics.domain.events import Event
 from analytics.domain.ports import AggregateStore
 from tests.aggsupport import make_event, purchase
@@ -124,6 +125,37 @@ def test_reconcile_catches_up_uncounted_events_and_repairs_drift() -> None:
     # a redelivery after reconcile still changes nothing
     assert store_events(uncounted, repo=repo, aggregates=agg).counted == 0
     assert agg.snapshot(*HOUR).counters == recompute(counted + uncounted)
+
+
+class BlippingCache(InMemoryCache):
+    """A cache whose next bump fails, as Redis does for a moment."""
+
+    fail_bumps = 0
+
+    def bump(self, scopes: Sequence[str]) -> None:
+        if self.fail_bumps:
+            self.fail_bumps -= 1
+            raise CacheUnavailable("redis blip")
+        super().bump(scopes)
+
+
+def test_a_reconcile_retried_after_its_bump_failed_still_invalidates_what_it_repaired() -> None:
+    """The first try repairs (committed) and its bump fails; the actor's retry finds nothing
+    left to repair. It bumped only what it changed, so the repaired day stayed cached
+    stale for its TTL (a review: the count answered 6 where storage held 1)."""
+    repo, agg, cache = InMemoryEventRepository(), InMemoryAggregateStore(), BlippingCache()
+    store_events([make_event(T0)], repo=repo, aggregates=agg)
+    agg.correct({CounterKey(COUNT, QUARTER, HOUR[0], "page_view"): 5})  # drifted
+    cache.fail_bumps = 1
+    with pytest.raises(CacheUnavailable):
+        reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg, cache=cache)
+    assert cache.scope_versions.get("2026-03-10", 0) == 0  # repaired, not invalidated
+    retry = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg, cache=cache)
+    assert not retry.repaired and retry.drifted_counters == 0
+    assert cache.scope_versions["2026-03-10"] >= 1
+    # every UTC day of the range, a range over midnight included
+    reconcile(T0, T0 + timedelta(days=1), repo=repo, aggregates=agg, cache=cache)
+    assert {"2026-03-10", "2026-03-11"} <= set(cache.scope_versions)
 
 
 def test_reconcile_reports_but_keeps_counts_whose_raw_events_expired() -> None:

@@ -96,7 +96,6 @@ def reconcile(
     s, e = aligned_range(start, end)
     report = ReconcileReport(from_minute(s), from_minute(e))
     step = max(QUARTER, int(chunk / timedelta(minutes=1)) // QUARTER * QUARTER)
-    touched: set[str] = set()
     for cs in range(s, e, step):
         ce = min(cs + step, e)
         lo, hi = from_minute(cs), from_minute(ce)
@@ -104,8 +103,6 @@ def reconcile(
             report.events_scanned += len(events)
             caught = aggregates.apply([contribution(ev) for ev in events])
             report.caught_up += len(caught)
-            if caught:
-                touched.update(ev.timestamp.date().isoformat() for ev in events)
         snap = aggregates.snapshot(cs, ce)
         seen: set[object] = set()
         expected = recompute(_held(repo.iter_range(lo, hi, page_size=batch), snap.applied, seen))
@@ -128,8 +125,20 @@ def reconcile(
         if repair:
             aggregates.correct(deltas)
             report.repaired = True
-            touched.add(lo.date().isoformat())
-            touched.add((hi - timedelta(microseconds=1)).date().isoformat())
-    if cache is not None and touched:
-        cache.bump(sorted(touched))
+    if cache is not None:
+        # Every day of the range, changed in this run or not: a run whose bump failed
+        # (CacheUnavailable) has committed its corrections, and its retry finds nothing
+        # left to change; bumping only what it changed left the repaired buckets cached
+        # stale for a day (QA). store_events.invalidate does the same, for the same reason.
+        cache.bump(_utc_days(from_minute(s), from_minute(e)))
     return report
+
+
+def _utc_days(start: datetime, end: datetime) -> list[str]:
+    """The UTC days that [start, end) touches, as the cache's scopes name them."""
+    day, last = start.date(), (end - timedelta(microseconds=1)).date()
+    days = []
+    while day <= last:
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    return days

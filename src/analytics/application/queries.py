@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -82,12 +83,20 @@ def check_params(params: Mapping[str, object], allowed: Sequence[str]) -> dict[s
     return out
 
 
+_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}|$)")
+
+
 def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
     """RFC 3339 with an offset (``2026-03-29T00:00:00+01:00``, ``...Z``), or a date
     (``2026-03-29``) meaning local midnight in ``tz``."""
     if len(value) > 16 and value[-6] == " " and value[-3] == ":":
         value = value[:-6] + "+" + value[-5:]  # an unencoded '+' in a URL arrives as ' '
+    # Python's fromisoformat also takes ISO week dates (2026-W01-1) and basic forms
+    # (20260101): not what the README documents, so not accepted.
+    shape = _DATE_SHAPE.match(value)
     try:
+        if shape is None:
+            raise ValueError(value)
         if len(value) == 10:
             d = date.fromisoformat(value)
             dt = datetime(d.year, d.month, d.day, tzinfo=tz)
@@ -95,6 +104,8 @@ def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
             dt = round_to_micros(datetime.fromisoformat(value), value)
     except ValueError:
         raise BadQuery(name, f"{value!r} is not an RFC 3339 timestamp or YYYY-MM-DD date") from None
+    except OverflowError:  # 9999-12-31T23:59:59.9999999Z rounds past the last datetime
+        raise BadQuery(name, "must be between 2000-01-01 and 2100-01-01") from None
     if dt.tzinfo is None:
         raise BadQuery(name, f"{value!r} needs a UTC offset (e.g. Z or +01:00)")
     if not _MIN_DATE <= dt < _MAX_DATE:

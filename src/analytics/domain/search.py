@@ -114,6 +114,8 @@ def parse_time(parameter: str, value: str) -> datetime:
         dt = round_to_micros(datetime.fromisoformat(text), text)
     except ValueError:
         raise BadQuery(parameter, f"{value!r} is not an RFC 3339 timestamp") from None
+    except OverflowError:  # 9999-12-31T23:59:59.9999999Z rounds past the last datetime
+        raise BadQuery(parameter, f"{value!r} is out of range") from None
     if dt.tzinfo is None:
         raise BadQuery(parameter, f"{value!r} has no UTC offset (add Z or +hh:mm)")
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from analytics.adapters.memory import FixedBacklog, InMemoryRateLimiter
 from analytics.application.overload import check_backlog, retry_after_s
@@ -47,6 +49,24 @@ def test_cost_counts_units_and_buckets_are_separate() -> None:
     ms.t += 10_000  # 10 s at 10/s refills 100
     assert limiter.hit("a", 100, quota).allowed
     assert not limiter.hit("a", 1, quota).allowed
+
+
+@given(rate=st.integers(1, 1_000_000), burst=st.integers(2, 10_000),
+       now=st.floats(0, 4e12, allow_nan=False))  # fmt: skip
+def test_a_full_bucket_admits_exactly_its_burst_in_one_or_two_charges(
+    rate: int, burst: int, now: float
+) -> None:
+    """As the Redis script (tests/integration/test_rate_limit_redis.py): with float
+    milliseconds a charge of exactly the burst, at once or as 1 + the rest, was refused
+    for some quotas (rate 7, burst 3: a single charge)."""
+    quota = Quota(rate_per_minute=rate, burst=burst)
+    limiter = InMemoryRateLimiter(now_ms=lambda: now)
+    assert limiter.hit("one", burst, quota).allowed
+    assert limiter.hit("two", 1, quota).allowed
+    second = limiter.hit("two", burst - 1, quota)
+    assert second.allowed and second.remaining == 0
+    assert not limiter.hit("two", 1, quota).allowed
+    assert not limiter.hit("over", burst + 1, quota).allowed
 
 
 def test_retry_after_from_depth_and_drain_rate() -> None:

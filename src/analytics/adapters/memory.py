@@ -226,19 +226,19 @@ class InMemoryRateLimiter:
         self._now_ms = now_ms or (lambda: time.monotonic() * 1000)
 
     def hit(self, bucket: str, cost: int, quota: Quota) -> RateDecision:
-        interval = quota.emission_interval_ms
+        interval, slack = quota.emission_interval_ms, quota.slack_ms
         capacity = quota.burst * interval
         with self._lock:
             now = self._now_ms()
             tat = max(self._tat.get(bucket, now), now)
             new_tat = tat + cost * interval
             allow_at = new_tat - capacity
-            if allow_at > now:
-                remaining = int((capacity - (tat - now)) // interval)
+            if allow_at > now + slack:
+                remaining = int((capacity - (tat - now) + slack) // interval)
                 return decision(quota, False, remaining, math.ceil(tat - now),
                                 math.ceil(allow_at - now))  # fmt: skip
             self._tat[bucket] = new_tat
-            remaining = int((capacity - (new_tat - now)) // interval)
+            remaining = int((capacity - (new_tat - now) + slack) // interval)
             return decision(quota, True, remaining, math.ceil(new_tat - now), 0)
 
 

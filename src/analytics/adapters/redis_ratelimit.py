@@ -25,25 +25,27 @@ from analytics.domain.ratelimit import ALLOW_ALL, Quota, RateDecision, decision
 
 log = structlog.get_logger("analytics.ratelimit")
 
-# KEYS[1] bucket; ARGV: interval_ms, burst, cost. Returns {allowed, remaining, reset_ms, retry_ms}.
+# KEYS[1] bucket; ARGV: interval_ms, burst, cost, slack_ms (Quota.slack_ms).
+# Returns {allowed, remaining, reset_ms, retry_ms}.
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local slack = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local capacity = burst * interval
 local new_tat = tat + cost * interval
 local allow_at = new_tat - capacity
-if allow_at > now then
-  local remaining = math.floor((capacity - (tat - now)) / interval)
+if allow_at > now + slack then
+  local remaining = math.floor((capacity - (tat - now) + slack) / interval)
   if remaining < 0 then remaining = 0 end
   return {0, remaining, math.ceil(tat - now), math.ceil(allow_at - now)}
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
-local remaining = math.floor((capacity - (new_tat - now)) / interval)
+local remaining = math.floor((capacity - (new_tat - now) + slack) / interval)
 return {1, remaining, math.ceil(new_tat - now), 0}
 """
 
@@ -78,7 +80,7 @@ class RedisRateLimiter:
         try:
             allowed, remaining, reset_ms, retry_ms = self.script(
                 keys=[self.prefix + bucket],
-                args=[quota.emission_interval_ms, quota.burst, cost],
+                args=[quota.emission_interval_ms, quota.burst, cost, quota.slack_ms],
             )
         except redis.RedisError as exc:
             self._warn("rate limiter unavailable; failing open", error=str(exc))

@@ -21,6 +21,19 @@ class Quota(msgspec.Struct, frozen=True):
         """Milliseconds one unit 'costs' in the bucket."""
         return 60_000 / self.rate_per_minute
 
+    @property
+    def slack_ms(self) -> float:
+        """How far past ``now`` a request's admission time may lie and still be admitted:
+        the rounding of the limiters' float sums. ``TAT + n * interval - burst * interval``
+        of a full bucket charged 1 unit, then the rest (ingest's two steps), came out a
+        few ulps of a millisecond timestamp (~0.25 us each) over ``now`` and refused a
+        batch of exactly the burst (rate 12345/min, burst 60: 16 of 20 fresh buckets).
+        10 us, or half an interval at rates over 3 million a minute: never a whole unit."""
+        return min(SLACK_MS, self.emission_interval_ms / 2)
+
+
+SLACK_MS = 0.01
+
 
 class RateDecision(msgspec.Struct, frozen=True):
     """The limiter's answer, with what the ``RateLimit-*`` headers need."""

@@ -187,3 +187,39 @@ def test_the_owner_removes_its_directory_when_it_exits_and_its_children_do_not(
     )  # fmt: skip
     assert run.stdout.strip() == "['counter_1.db']", run  # the child left it alone
     assert not base.parent.exists()  # the owner took its files, lock and parent with it
+
+
+HOLD = ("import sys, pathlib; from analytics.entrypoints.metrics_dir import prepare_multiproc_dir;"
+        "p = prepare_multiproc_dir(pathlib.Path(sys.argv[1]), {});"
+        "(p / 'counter_1.db').write_bytes(b'x'); print(p, flush=True); sys.stdin.read()")
+
+
+def _holder(base: Path) -> tuple[subprocess.Popen[str], Path]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(base)], stdin=subprocess.PIPE,  # noqa: S603
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_a_directory_whose_owner_was_killed_is_removed_by_the_next_start(tmp_path: Path) -> None:
+    """A group started while the previous one still stopped takes ``api.2``; killed
+    outright it never removes it, and the next starts take ``api`` again: ``api.2`` stayed
+    in /dev/shm for good (soak QA). A start removes the siblings nobody owns, never one
+    a running group holds."""
+    base = tmp_path / "shm" / "analytics-metrics-x" / "api"
+    first, first_dir = _holder(base)
+    killed, killed_dir = _holder(base)
+    live, live_dir = _holder(base)
+    assert (first_dir.name, killed_dir.name, live_dir.name) == ("api", "api.2", "api.3")
+    killed.kill()  # no exit hooks: api.2 and its lock stay
+    killed.wait(30)
+    first.communicate("")  # api and its lock go; the parent stays (api.2, api.3 in it)
+    assert sorted(p.name for p in base.parent.iterdir()) == [
+        "api.2", "api.2.lock", "api.3", "api.3.lock"]  # fmt: skip
+    again = subprocess.run([sys.executable, "-c", HOLD.replace("sys.stdin.read()", "0"),  # noqa: S603
+                            str(base)], capture_output=True, text=True, check=True)  # fmt: skip
+    assert Path(again.stdout.strip()).name == "api"
+    assert sorted(p.name for p in base.parent.iterdir()) == ["api.3", "api.3.lock"]
+    assert (live_dir / "counter_1.db").exists()  # the running group's, untouched
+    live.communicate("")
+    assert not base.parent.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -35,12 +36,8 @@ def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> 
     for n in range(1, 1000):
         candidate = base if n == 1 else base.with_name(f"{base.name}.{n}")
         if candidate not in _HELD:  # already ours (prepared again in this process): reuse
-            lock = candidate.with_name(candidate.name + ".lock")
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = _lock(candidate.with_name(candidate.name + ".lock"))
+            if fd is None:
                 continue
             os.set_inheritable(fd, True)  # dramatiq's reload re-executes the master
             _HELD[candidate] = fd
@@ -48,10 +45,50 @@ def prepare_multiproc_dir(path: Path, environ: dict[str, str] | None = None) -> 
         if candidate.exists():
             shutil.rmtree(candidate)
         candidate.mkdir(parents=True, exist_ok=True)
+        _remove_unowned_siblings(base)
         target = os.environ if environ is None else environ
         target[MULTIPROC_ENV] = str(candidate)
         return candidate
     raise RuntimeError(f"every metrics directory next to {base} is in use")
+
+
+def _lock(lock: Path) -> int | None:
+    """A descriptor holding an ``flock`` on ``lock``, or None when another process holds
+    it. A lock file is unlinked by whoever holds it (an owner leaving, a sweep): a lock
+    taken on the unlinked file would be a second owner of the directory, so the file
+    must still be the one locked."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # unlinked while we locked it: try the file that is there now
+
+
+def _remove_unowned_siblings(base: Path) -> None:
+    """``<base>.2``, ``<base>.3``... whose owner is gone. One is taken while an earlier
+    group still stops (a restart); killed outright, it never removes it, and later starts
+    take ``<base>`` again: the ``.2`` stayed in memory (``/dev/shm``) for good (soak QA)."""
+    pattern = re.compile(re.escape(base.name) + r"\.\d+\.lock")
+    for lock in base.parent.iterdir():
+        candidate = lock.with_name(lock.name.removesuffix(".lock"))
+        if not pattern.fullmatch(lock.name) or candidate in _HELD:
+            continue
+        fd = _lock(lock)
+        if fd is None:
+            continue  # owned: a running group's
+        try:
+            shutil.rmtree(candidate, ignore_errors=True)
+            lock.unlink(missing_ok=True)  # before the lock is let go
+        finally:
+            os.close(fd)
 
 
 def adopt_multiproc_dir(path: Path) -> None:

@@ -44,6 +44,8 @@ def test_redis_warnings_are_relayed_once_without_the_routine_ones(tmp_path) -> N
         f.write(
             "9:C 29 Nov 2026 02:34:00.001 # oO0OoO0OoO0Oo Redis is starting oO0OoO0OoO0Oo\n"
             "9:M 29 Nov 2026 02:34:00.002 # WARNING Memory overcommit must be enabled! ...\n"
+            # the RDB preamble's count only: read as if keys were lost (soak QA)
+            "9:M 29 Nov 2026 02:34:00.003 # Done loading RDB, keys loaded: 19356, keys expired: 0.\n"
             "9:M 29 Nov 2026 02:34:00.003 * DB loaded from append only file: 0.010 seconds\n"
             "9:M 29 Nov 2026 02:34:00.004 # !!! Truncating the AOF at offset 202154 !!!\n"
             "9:M 29 Nov 2026 02:34:00.005 # AOF loaded anyway because aof-load-truncated is enabled\n"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from analytics.adapters.memory import InMemoryEventRepository
-from analytics.application.store_events import SharedCommit, StoreResult, store_events
+from analytics.application.store_events import SharedCommit, StoreResult, _Job, store_events
 from analytics.domain.errors import StorageUnavailable
 from analytics.domain.events import Event
 from tests.integration.test_background_processing import make_event
@@ -176,3 +176,82 @@ def test_a_failed_after_or_begin_fails_the_round_and_the_next_round_still_runs()
     fail["begin"] = False
     again = shared.submit([event, make_event(2)])
     assert (again.stored, again.duplicates) == (1, 1)  # the retry stores nothing twice
+
+
+def _raise_into(thread: threading.Thread, exc: type[BaseException]) -> None:
+    """What dramatiq's TimeLimit does to a worker thread past its limit."""
+    from dramatiq.middleware.threading import raise_thread_exception  # noqa: PLC0415
+
+    assert thread.ident is not None
+    raise_thread_exception(thread.ident, exc)
+
+
+def test_a_time_limit_raised_into_a_waiting_thread_leaves_the_others_a_leader() -> None:
+    """A slow round (a long SQLite lock wait, a DynamoDB stall); a waiting thread's time
+    limit fires. Its wait held the exception until the round ended and promoted it; it
+    then raised without leading, and every later message of the process waited for ever
+    (a review). Now the exception arrives within a slice of the wait, the thread leaves
+    the queue, and the round after the slow one runs for the others."""
+    from dramatiq.middleware.time_limit import TimeLimitExceeded  # noqa: PLC0415
+
+    gate, rounds = threading.Event(), []
+
+    def store(events: Sequence[Event]) -> StoreResult:
+        rounds.append([e.user_id for e in events])
+        if len(rounds) == 1:
+            gate.wait(30)  # the slow round
+        return StoreResult(received=len(events), stored=len(events), duplicates=0,
+                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
+
+    shared = SharedCommit(store)
+    shared.wake_s = 0.05
+    answers: dict[str, object] = {}
+
+    number = {"leader": 1, "timed-out": 2, "waiting": 3, "later": 4}
+
+    def run(name: str) -> None:
+        try:
+            answers[name] = shared.submit([make_event(number[name])]).stored
+        except BaseException as exc:  # noqa: BLE001 - the answer under test
+            answers[name] = type(exc).__name__
+
+    threads = {}
+    for name in ("leader", "timed-out", "waiting"):
+        threads[name] = threading.Thread(target=run, args=(name,), daemon=True)
+        threads[name].start()
+        time.sleep(0.1)
+    _raise_into(threads["timed-out"], TimeLimitExceeded)
+    threads["timed-out"].join(5)
+    assert answers.get("timed-out") == "TimeLimitExceeded"  # delivered during the wait
+    gate.set()
+    for name in ("leader", "waiting"):
+        threads[name].join(5)
+    later = threading.Thread(target=run, args=("later",), daemon=True)
+    later.start()
+    later.join(5)
+    assert answers == {"timed-out": "TimeLimitExceeded", "leader": 1, "waiting": 1, "later": 1}
+    assert rounds == [["u1"], ["u3"], ["u4"]]  # the timed-out one (u2) never stored
+
+
+def test_a_promoted_thread_whose_time_limit_fires_passes_the_lead_on() -> None:
+    """The same, when the exception lands after the promotion, before it leads."""
+
+    rounds: list[list[str]] = []
+
+    def store(events: Sequence[Event]) -> StoreResult:
+        rounds.append([e.user_id for e in events])
+        return StoreResult(received=len(events), stored=len(events), duplicates=0,
+                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
+
+    shared = SharedCommit(store)
+    promoted, other = _Job([make_event(1)]), _Job([make_event(2)])
+    with shared._cv:  # as the end of a round leaves them: busy, the first one promoted
+        shared._busy, promoted.lead = True, True
+        shared._pending += [promoted, other]
+        shared._abandon(promoted)  # what submit does when the exception lands now
+    assert other.lead and shared._pending == [other]
+    with shared._cv:
+        shared._abandon(other)  # nothing left: the lead is put down
+    assert shared._busy is False
+    assert shared.submit([make_event(3)]).stored == 1
+    assert rounds == [["u3"]]

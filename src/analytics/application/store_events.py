@@ -131,17 +131,41 @@ class SharedCommit:
 
     def submit(self, events: Sequence[Event]) -> StoreResult:
         job = _Job(events)
-        with self._cv:
-            self._pending.append(job)
-            if not self._busy:
-                self._busy = job.lead = True
-            self._cv.wait_for(lambda: job.lead or job.done)
-        if not job.done:
-            self._lead()
+        try:
+            with self._cv:
+                self._pending.append(job)
+                if not self._busy:
+                    self._busy = job.lead = True
+                # In slices: an exception raised into this thread (dramatiq's time limit)
+                # is only delivered once a wait returns; a wait without a timeout held it
+                # for as long as nobody notified.
+                while not (job.lead or job.done):
+                    self._cv.wait(self.wake_s)
+            if not job.done:
+                self._lead()
+        except BaseException:
+            with self._cv:
+                self._abandon(job)
+            raise
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
+
+    #: How often a waiting thread looks up (for an exception raised into it).
+    wake_s = 1.0
+
+    def _abandon(self, job: _Job) -> None:
+        """Under the lock: a thread leaving :meth:`submit` by an exception takes its job off
+        the queue, and passes the lead on if it was promoted and never led. A follower
+        whose time limit fired while it waited was promoted by the round's end, raised,
+        and never led: nobody led again, and every later message of the process waited
+        for ever (a review). A job a leader already took is left to it: its events are
+        stored with the round, and the message's retry finds them stored."""
+        if job in self._pending:
+            self._pending.remove(job)
+            if job.lead:
+                self._pass_lead()
 
     def _take(self) -> list[_Job]:
         with self._cv:
@@ -155,35 +179,45 @@ class SharedCommit:
         batch: list[_Job] = []
         combined: StoreResult | None = None
         error: BaseException | None = None
+        passed = False
         try:
-            with self._begin() if self._begin is not None else nullcontext():
-                batch = self._take()
-                combined = self._store([e for job in batch for e in job.events])
-        except BaseException as exc:  # noqa: BLE001 - every thread of the batch hears it
-            combined, error = None, exc
-            batch = batch or self._take()  # ``begin`` failed: the round fails as a whole
-        with self._cv:
-            self._pass_lead()  # the next round may start while this one ends
-        if combined is not None and self._after is not None:
             try:
-                self._after(combined)
-            except BaseException as exc:  # noqa: BLE001
+                with self._begin() if self._begin is not None else nullcontext():
+                    batch = self._take()
+                    combined = self._store([e for job in batch for e in job.events])
+            except BaseException as exc:  # noqa: BLE001 - every thread of the batch hears it
                 combined, error = None, exc
-        with self._cv:
-            claimed: set[uuid.UUID] = set()
-            new = set(combined.new_ids) if combined is not None else set()
-            for job in batch:
-                job.done = True
-                if combined is None:
-                    job.error = error
-                    continue
-                mine = {e.event_id for e in job.events if e.event_id in new} - claimed
-                claimed |= mine
-                job.result = StoreResult(
-                    received=len(job.events), stored=len(mine),
-                    duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
-                )  # fmt: skip
-            self._cv.notify_all()
+                batch = batch or self._take()  # ``begin`` failed: the round fails as a whole
+            with self._cv:
+                self._pass_lead()  # the next round may start while this one ends
+                passed = True
+            if combined is not None and self._after is not None:
+                try:
+                    self._after(combined)
+                except BaseException as exc:  # noqa: BLE001
+                    combined, error = None, exc
+        finally:
+            # Whatever raised in here (an exception raised into this thread included), the
+            # lead goes on and every thread of the round hears how it ended.
+            with self._cv:
+                if not passed:
+                    self._pass_lead()
+                if combined is None and error is None:
+                    error = RuntimeError("the round's leader stopped before it ended")
+                claimed: set[uuid.UUID] = set()
+                new = set(combined.new_ids) if combined is not None else set()
+                for job in batch:
+                    job.done = True
+                    if combined is None:
+                        job.error = error
+                        continue
+                    mine = {e.event_id for e in job.events if e.event_id in new} - claimed
+                    claimed |= mine
+                    job.result = StoreResult(
+                        received=len(job.events), stored=len(mine),
+                        duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
+                    )  # fmt: skip
+                self._cv.notify_all()
 
     def _pass_lead(self) -> None:
         """Under the condition's lock: promote the next leader, or put the lead down."""

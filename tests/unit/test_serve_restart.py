@@ -71,3 +71,37 @@ def test_the_disk_full_notice_only_when_the_disk_is_full(tmp_path) -> None:  # t
     assert disk_full_notice(tmp_path, threshold=1) is None
     notice = disk_full_notice(tmp_path, threshold=free * 2)
     assert notice is not None and "disk is full" in notice and str(tmp_path) in notice
+
+
+def test_serve_json_counts_only_while_its_serve_holds_the_data_dir(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """serve.json outlives its serve; a serve of an earlier version writes none and then
+    holds the directory (a rollback) under another namespace: commands took the stale
+    one and looked at the wrong queues (upgrade QA)."""
+    import json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    from analytics.entrypoints.cli import CliError  # noqa: PLC0415
+    from analytics.entrypoints.serve import (  # noqa: PLC0415
+        serve_namespace,
+        with_running_serves_redis,
+    )
+    from analytics.settings import Settings  # noqa: PLC0415
+
+    (tmp_path / "serve.json").write_text(json.dumps({"namespace": "qa1", "pid": 4242}))
+    assert serve_namespace(tmp_path) is None  # no serve.lock: nobody holds it
+    (tmp_path / "serve.lock").write_text("4242\n")
+    assert serve_namespace(tmp_path) == "qa1"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "redis.sock"))  # as the running serve's Redis
+    try:
+        joined = with_running_serves_redis(Settings(data_dir=tmp_path))
+        assert joined.namespace == "qa1" and joined.redis_socket == str(tmp_path / "redis.sock")
+        with pytest.raises(CliError, match="ANALYTICS_NAMESPACE='qa1', not 'other'"):
+            with_running_serves_redis(Settings(data_dir=tmp_path, namespace="other"))
+        (tmp_path / "serve.lock").write_text("5151\n")  # an earlier version's serve now
+        assert serve_namespace(tmp_path) is None
+        assert with_running_serves_redis(Settings(data_dir=tmp_path)).namespace == "analytics"
+        (tmp_path / "serve.json").write_text("{not json")
+        assert serve_namespace(tmp_path) is None
+    finally:
+        sock.close()

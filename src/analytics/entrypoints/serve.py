@@ -148,11 +148,19 @@ def with_running_serves_redis(settings: Settings, *, required: bool = True) -> S
 
 
 def serve_namespace(data_dir: Path) -> str | None:
-    """The namespace of the serve running for ``data_dir`` (``serve.json``), if it says."""
+    """The namespace of the serve running for ``data_dir`` (``serve.json``), if it says.
+
+    Only while that serve holds the data directory (``serve.lock`` names its pid): the
+    file outlives it, and a serve of an earlier version, which writes none, then ran
+    under another namespace (a rollback): commands took the stale one (upgrade QA)."""
     try:
-        value = json.loads((Path(data_dir) / SERVE_FILE).read_text()).get("namespace")
-    except (OSError, ValueError, AttributeError):
+        info = json.loads((Path(data_dir) / SERVE_FILE).read_text())
+        holder = int((Path(data_dir) / "serve.lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return None
+    if not isinstance(info, dict) or info.get("pid") != holder:
+        return None
+    value = info.get("namespace")
     return value if isinstance(value, str) and value else None
 
 
@@ -347,7 +355,9 @@ def serve(settings: Settings) -> int:
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)
         # Before its socket exists: a command that finds the socket finds this namespace.
-        (data_dir / SERVE_FILE).write_text(json.dumps({"namespace": settings.namespace}))
+        (data_dir / SERVE_FILE).write_text(
+            json.dumps({"namespace": settings.namespace, "pid": os.getpid()})
+        )
         redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,

@@ -258,12 +258,15 @@ def test_check_beside_a_running_serve_asks_its_redis(service) -> None:  # type: 
     _, data_dir, _ = service
     env = {k: v for k, v in child_env(ANALYTICS_DATA_DIR=str(data_dir)).items()
            if not k.startswith("REDIS_")}  # fmt: skip
-    proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
-        analytics_cmd("check", "worker", "--queues", "high_priority"), env=env,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("healthy: worker heartbeats fresh for high_priority")
+    for args, environ in (((), env),  # ANALYTICS_DATA_DIR, or --data-dir as dlq takes it
+                          (("--data-dir", str(data_dir)),
+                           {k: v for k, v in env.items() if k != "ANALYTICS_DATA_DIR"})):  # fmt: skip
+        proc = subprocess.run(  # noqa: S603, PLW1510 - the exit code is the assertion
+            analytics_cmd("check", "worker", "--queues", "high_priority", *args), env=environ,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.startswith("healthy: worker heartbeats fresh for high_priority")
 
 
 def test_the_dlq_command_sees_serves_own_redis(service) -> None:  # type: ignore[no-untyped-def]

@@ -253,6 +253,9 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     w.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
     s = csub.add_parser("scheduler", help="Redis answers and a scheduler holds the lease")
     s.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
+    for p in (w, s):  # as dlq and keys take it (it only had ANALYTICS_DATA_DIR)
+        p.add_argument("--data-dir", help="with no Redis configured: the Redis that "
+                       "`analytics serve` runs for this data directory (default ./data)")  # fmt: skip
 
 
 def load_settings(environ: dict[str, str], **overrides: object) -> Settings:
@@ -501,8 +504,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from analytics.entrypoints.health_check import run_check  # noqa: PLC0415
     from analytics.entrypoints.serve import with_running_serves_redis  # noqa: PLC0415
 
-    settings = with_running_serves_redis(load_settings(dict(os.environ)), required=False)
-    return run_check(args, settings)
+    settings = load_settings(dict(os.environ), data_dir=args.data_dir)
+    return run_check(args, with_running_serves_redis(settings, required=False))
 
 
 COMMANDS["check"] = cmd_check

@@ -150,6 +150,53 @@ def test_half_open_lets_one_trial_through_at_a_time() -> None:
     assert results == ["ok"] and b.state is State.CLOSED
 
 
+class Interrupted(BaseException):
+    """As dramatiq's time limit or shutdown interrupt: no verdict on the dependency."""
+
+
+def test_an_interrupted_call_from_before_the_opening_does_not_free_the_trial_slot() -> None:
+    """A call let in while closed, interrupted after the breaker opened and went
+    half-open, freed the running trial's slot: a second trial got in (a review)."""
+    b, clock, _ = make(threshold=1, reset=1)
+    stale_in, stale_go = threading.Event(), threading.Event()
+    trial_in, trial_go = threading.Event(), threading.Event()
+
+    def stale() -> None:
+        stale_in.set()
+        stale_go.wait(5)
+        raise Interrupted
+
+    def trial() -> str:
+        trial_in.set()
+        trial_go.wait(5)
+        return "ok"
+
+    outcomes: list[object] = []
+
+    def run(fn):  # type: ignore[no-untyped-def]
+        try:
+            outcomes.append(b.call(fn))
+        except BaseException as exc:  # noqa: BLE001 - the outcome under test
+            outcomes.append(type(exc).__name__)
+
+    old = threading.Thread(target=run, args=(stale,))
+    old.start()
+    assert stale_in.wait(5)  # admitted while closed
+    with pytest.raises(StorageCircuitOpen):
+        b.call(lambda: (_ for _ in ()).throw(RuntimeError("x")))  # opens it
+    clock.t += 1
+    first = threading.Thread(target=run, args=(trial,))
+    first.start()
+    assert trial_in.wait(5) and b.state is State.HALF_OPEN
+    stale_go.set()
+    old.join(5)
+    with pytest.raises(StorageCircuitOpen):  # still one trial at a time
+        b.call(lambda: "second trial")
+    trial_go.set()
+    first.join(5)
+    assert outcomes == ["Interrupted", "ok"] and b.state is State.CLOSED
+
+
 def test_guarded_proxy_keeps_the_port_and_the_adapter_type() -> None:
     repo = InMemoryEventRepository()
     b, _, _ = make(threshold=1)

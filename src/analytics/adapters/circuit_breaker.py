@@ -114,9 +114,10 @@ class CircuitBreaker:
         }
 
     # --- protocol -------------------------------------------------------------------
-    def before_call(self) -> None:
-        """Let the call pass, or raise the breaker's ``CircuitOpen`` error."""
-        changed = None
+    def before_call(self) -> bool:
+        """Let the call pass, or raise the breaker's ``CircuitOpen`` error. True when the
+        call is the half-open trial (its outcome then frees the trial slot)."""
+        changed, trial = None, False
         with self._lock:
             self.calls += 1
             if self._state is State.OPEN:
@@ -126,14 +127,15 @@ class CircuitBreaker:
                     raise self.on_open(self.name, left)
                 changed = (self._state, State.HALF_OPEN)
                 self._state = State.HALF_OPEN
-                self._trial = True
+                self._trial = trial = True
             elif self._state is State.HALF_OPEN:
                 if self._trial:  # one trial at a time; the others keep failing fast
                     self.rejected += 1
                     raise self.on_open(self.name, 0.0)
-                self._trial = True
+                self._trial = trial = True
         if changed:
             self._notify(*changed)
+        return trial
 
     def record_success(self) -> None:
         changed = None
@@ -165,18 +167,23 @@ class CircuitBreaker:
             self._notify(*changed)
         return changed is not None
 
-    def release(self) -> None:
-        """The call ended without a verdict (e.g. interrupted): free the trial slot."""
-        with self._lock:
-            self._trial = False
+    def release(self, trial: bool) -> None:
+        """The call ended without a verdict (e.g. interrupted): free the trial slot, if
+        the call was the trial. A call let in while the breaker was closed, interrupted
+        after it had opened and gone half-open, freed the running trial's slot, and a
+        second trial got in (a review)."""
+        if trial:
+            with self._lock:
+                self._trial = False
 
-    def record(self, exc: BaseException | None) -> bool:
-        """Record a call's outcome; True when this failure opened the breaker."""
+    def record(self, exc: BaseException | None, trial: bool = False) -> bool:
+        """Record a call's outcome; True when this failure opened the breaker. ``trial``:
+        what :meth:`before_call` returned for it."""
         if exc is None or not self.is_failure(exc):
             if exc is None or isinstance(exc, Exception):
                 self.record_success()  # the dependency answered (perhaps "bad request")
             else:
-                self.release()
+                self.release(trial)
             return False
         return self.record_failure()
 
@@ -191,13 +198,13 @@ class CircuitBreaker:
         if getattr(inside, "depth", 0):
             with self.guard():
                 return fn(*args, **kwargs)
-        self.before_call()
+        trial = self.before_call()
         inside.depth = 1
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             inside.depth = 0
-            self._raise_recorded(exc)
+            self._raise_recorded(exc, trial)
         inside.depth = 0
         self.record_success()
         return result
@@ -215,20 +222,20 @@ class CircuitBreaker:
             finally:
                 self._inside.depth = depth
             return
-        self.before_call()
+        trial = self.before_call()
         self._inside.depth = 1
         try:
             yield
         except BaseException as exc:
             self._inside.depth = 0
-            self._raise_recorded(exc)
+            self._raise_recorded(exc, trial)
         self._inside.depth = 0
         self.record_success()
 
-    def _raise_recorded(self, exc: BaseException) -> NoReturn:
+    def _raise_recorded(self, exc: BaseException, trial: bool) -> NoReturn:
         """Record ``exc`` as the outermost call's outcome and raise it, or the breaker's
         open error when it opened the breaker."""
-        if self.record(exc):
+        if self.record(exc, trial):
             raise self.on_open(self.name, self.reset_timeout_s) from exc
         raise exc
 

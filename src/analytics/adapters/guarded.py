@@ -172,12 +172,12 @@ class GuardedCache(_Transparent):
 
     def _run(self, fn: Callable[[], Any]) -> Any:
         b = self.breaker
-        b.before_call()
+        trial = b.before_call()
         before = self.inner.errors
         try:
             result = fn()
         except BaseException as exc:
-            if b.record(exc):
+            if b.record(exc, trial):
                 raise b.on_open(b.name, b.reset_timeout_s) from exc
             raise
         if self.inner.errors > before:

@@ -292,3 +292,33 @@ def test_a_run_that_fails_as_the_scheduler_stops_does_not_hang_the_stop(settings
     stopping.set()
     runner.join(60)
     assert result == [0], result  # 3: the stop gave up on a hung job (the deadlock)
+
+
+def test_a_period_whose_send_failed_on_another_broker_is_sent_by_the_retry(settings) -> None:  # type: ignore[no-untyped-def]
+    """RabbitMQ's path: the period is claimed in Redis, then sent. A failed send (a reset
+    connection, a confirm timeout) left it marked done with the watermark past it: the
+    retry and every later run skipped it, and that period's reconcile never ran (a
+    review). The claim is undone, so the retry sends it."""
+    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
+
+    class FlakyBroker(StubBroker):  # as RabbitmqBroker: not a RedisBroker
+        fails, sent = 1, []
+
+        def enqueue(self, message, *, delay=None):  # type: ignore[no-untyped-def]
+            if self.fails:
+                self.fails -= 1
+                raise ConnectionError("AMQP connection reset")
+            self.sent.append(message.kwargs["start"])
+            return message
+
+    broker = FlakyBroker()
+    service = SchedulerService(settings, broker=broker, clock=FixedClock(T0))
+    hourly = next(j for j in service.jobs if j.name == "rollup_hourly")
+    assert service.lease.acquire()
+    watermark = service.ledger.watermark(hourly.name)
+    with pytest.raises(ConnectionError):
+        service.run_job(hourly)
+    assert service.ledger.watermark(hourly.name) == watermark  # the claim undone
+    assert len(service.run_job(hourly)) == 1  # what the retry 30 s later does
+    assert broker.sent == ["2026-03-01T09:00:00+00:00"]
+    assert service.run_job(hourly) == []  # and once only

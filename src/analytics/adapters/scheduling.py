@@ -19,7 +19,10 @@ from uuid import uuid4
 
 import dramatiq
 import redis
+import structlog
 from dramatiq.brokers.redis import RedisBroker
+
+log = structlog.get_logger("analytics.scheduler")
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -37,22 +40,38 @@ return 0
 
 # KEYS: lease, done, watermark, queue list, queue msgs
 # ARGV: owner, period start, done ttl ms, broker message id, message data (empty: no push)
+# Returns {1 claimed, 0 already done, -1 lease lost; the watermark before the claim or ''}.
 _CLAIM = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
-  return -1
+  return {-1, ''}
 end
-local wm = tonumber(redis.call('get', KEYS[3]) or '-1e18')
-if tonumber(ARGV[2]) <= wm then
-  return 0
+local prev = redis.call('get', KEYS[3])
+if tonumber(ARGV[2]) <= tonumber(prev or '-1e18') then
+  return {0, ''}
 end
 if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then
-  return 0
+  return {0, ''}
 end
 if ARGV[5] ~= '' then
   redis.call('hset', KEYS[5], ARGV[4], ARGV[5])
   redis.call('rpush', KEYS[4], ARGV[4])
 end
 redis.call('set', KEYS[3], ARGV[2])
+return {1, prev or ''}
+"""
+
+# Undo a claim whose send failed (another broker than Redis), unless a later period was
+# claimed meanwhile. KEYS: done, watermark; ARGV: owner, period start, previous watermark.
+_UNCLAIM = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] or redis.call('get', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('del', KEYS[1])
+if ARGV[3] == '' then
+  redis.call('del', KEYS[2])
+else
+  redis.call('set', KEYS[2], ARGV[3])
+end
 return 1
 """
 
@@ -92,6 +111,7 @@ class PeriodLedger:
         self.client = client
         self.prefix = f"{namespace}:scheduler"
         self._claim = client.register_script(_CLAIM)
+        self._unclaim = client.register_script(_UNCLAIM)
 
     def watermark(self, job: str) -> int | None:
         value = self.client.get(f"{self.prefix}:wm:{job}")
@@ -117,19 +137,31 @@ class PeriodLedger:
             message = message.copy(options={"redis_message_id": rid})
             self.broker.emit_before("enqueue", message, None)
             queue = f"{self.broker.namespace}:{message.queue_name}"
-            result = self._claim(
+            result, _ = self._claim(
                 keys=[*keys, queue, queue + ".msgs"],
                 args=[lease.owner, period_start, done_ttl_ms, rid, message.encode()],
             )
             if result == 1:  # the broker's own after-enqueue hooks (task status, metrics)
                 self.broker.emit_after("enqueue", message, None)
-        else:  # another broker: claim atomically, then send (a crash in between skips it)
-            result = self._claim(
+        else:  # another broker: claim atomically, then send; a failed send undoes the claim
+            result, previous = self._claim(
                 keys=[*keys, "unused", "unused"],
                 args=[lease.owner, period_start, done_ttl_ms, "", ""],
             )
             if result == 1:
-                self.broker.enqueue(message)
+                try:
+                    self.broker.enqueue(message)
+                except BaseException:
+                    # The run is retried (30 s later, then every run): the period must
+                    # still be due. It was marked done and the watermark moved past it,
+                    # so every retry skipped it, and on RabbitMQ a reset connection or a
+                    # confirm timeout lost that period's task for good (a review). A
+                    # send that did reach the broker then runs twice: every scheduled
+                    # task is idempotent (reconcile, retention, warm-up, checks).
+                    if not self._unclaim(keys=keys[1:], args=[lease.owner, period_start, previous]):
+                        log.warning("scheduled period not sent and not claimable again: a later"
+                                    " period was claimed meanwhile", job=job, period=period_start)  # fmt: skip
+                    raise
         if result == -1:
             raise LeaseLost(f"lease {lease.key} is held by another scheduler")
         return result == 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
@@ -255,3 +256,55 @@ def test_a_promoted_thread_whose_time_limit_fires_passes_the_lead_on() -> None:
     assert shared._busy is False
     assert shared.submit([make_event(3)]).stored == 1
     assert rounds == [["u3"]]
+
+
+def test_a_round_interrupted_before_its_invalidation_answers_no_thread_success() -> None:
+    """An interrupt landing after the commit, before ``after`` (the cache bump), answered
+    the round's threads "stored" with their days still cached stale (a review): they fail
+    now, and their retries (idempotent) invalidate."""
+
+    class Interrupted(BaseException):
+        pass
+
+    class InterruptedOnce(SharedCommit):
+        hit = False
+
+        def _pass_lead(self) -> None:  # where dramatiq's time limit landed
+            if not self.hit:
+                self.hit = True
+                raise Interrupted
+            super()._pass_lead()
+
+    invalidated: list[object] = []
+    gate = threading.Event()
+
+    @contextmanager
+    def begin() -> Iterator[None]:  # the leader waits here; the follower joins its round
+        gate.wait(5)
+        yield
+
+    def store(events: Sequence[Event]) -> StoreResult:
+        return StoreResult(received=len(events), stored=len(events), duplicates=0,
+                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
+
+    shared = InterruptedOnce(store, after=invalidated.append, begin=begin)
+    answers: list[object] = []
+
+    def run(i: int) -> None:
+        try:
+            answers.append(shared.submit([make_event(i)]).stored)
+        except BaseException as exc:  # noqa: BLE001 - the answer under test
+            answers.append(type(exc).__name__)
+
+    leader = threading.Thread(target=run, args=(1,))
+    leader.start()
+    time.sleep(0.1)
+    follower = threading.Thread(target=run, args=(2,))
+    follower.start()
+    time.sleep(0.1)
+    gate.set()
+    leader.join(5)
+    follower.join(5)
+    assert sorted(answers) == ["Interrupted", "RuntimeError"] and invalidated == []
+    assert shared.submit([make_event(3)]).stored == 1  # the lead went on
+    assert len(invalidated) == 1

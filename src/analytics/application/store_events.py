@@ -179,7 +179,7 @@ class SharedCommit:
         batch: list[_Job] = []
         combined: StoreResult | None = None
         error: BaseException | None = None
-        passed = False
+        passed = after_done = False
         try:
             try:
                 with self._begin() if self._begin is not None else nullcontext():
@@ -196,13 +196,15 @@ class SharedCommit:
                     self._after(combined)
                 except BaseException as exc:  # noqa: BLE001
                     combined, error = None, exc
+            after_done = True
         finally:
             # Whatever raised in here (an exception raised into this thread included), the
             # lead goes on and every thread of the round hears how it ended.
             with self._cv:
                 if not passed:
                     self._pass_lead()
-                if combined is None and error is None:
+                if not after_done and error is None:  # committed, maybe, but not invalidated:
+                    combined = None  # a success would leave the round's days cached stale
                     error = RuntimeError("the round's leader stopped before it ended")
                 claimed: set[uuid.UUID] = set()
                 new = set(combined.new_ids) if combined is not None else set()

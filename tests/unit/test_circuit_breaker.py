@@ -197,6 +197,26 @@ def test_an_interrupted_call_from_before_the_opening_does_not_free_the_trial_slo
     assert outcomes == ["Interrupted", "ok"] and b.state is State.CLOSED
 
 
+def test_an_interrupt_in_the_half_open_listener_frees_the_trial_slot() -> None:
+    """The open -> half-open listener logs; an interrupt landing there left the trial
+    slot taken, and every later call failed fast until a restart (a review)."""
+    b, clock, _ = make(threshold=1, reset=1)
+    with pytest.raises(StorageCircuitOpen):
+        b.call(lambda: (_ for _ in ()).throw(RuntimeError("x")))
+    clock.t += 1
+    interrupt = [True]
+
+    def listener(br, old, new):  # type: ignore[no-untyped-def]
+        if interrupt and new is State.HALF_OPEN:
+            interrupt.clear()
+            raise Interrupted
+
+    b.add_listener(listener)
+    with pytest.raises(Interrupted):
+        b.call(lambda: "never runs")
+    assert b.call(lambda: "the trial") == "the trial" and b.state is State.CLOSED
+
+
 def test_guarded_proxy_keeps_the_port_and_the_adapter_type() -> None:
     repo = InMemoryEventRepository()
     b, _, _ = make(threshold=1)

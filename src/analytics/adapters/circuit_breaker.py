@@ -134,7 +134,11 @@ class CircuitBreaker:
                     raise self.on_open(self.name, 0.0)
                 self._trial = trial = True
         if changed:
-            self._notify(*changed)
+            try:
+                self._notify(*changed)  # a listener logs: an interrupt can land in there
+            except BaseException:
+                self.release(trial)  # the call never ran: its slot must not stay taken
+                raise
         return trial
 
     def record_success(self) -> None:

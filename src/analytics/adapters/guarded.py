@@ -172,8 +172,8 @@ class GuardedCache(_Transparent):
 
     def _run(self, fn: Callable[[], Any]) -> Any:
         b = self.breaker
-        trial = b.before_call()
         before = self.inner.errors
+        trial = b.before_call()  # nothing between it and the try: the slot is freed there
         try:
             result = fn()
         except BaseException as exc:

@@ -445,3 +445,17 @@ def test_python_warnings_are_json_lines_too(monkeypatch):
     assert "UserWarning: a library is unhappy" in str(line["event"])
     assert line["level"] == "warning"
     assert all(text.startswith("{") for text in buf.getvalue().splitlines() if text.strip())
+
+
+def test_unreadable_heartbeats_make_the_health_degraded() -> None:
+    """The per-queue worker rule read a failed heartbeat read as no queue at all: "ok"
+    where the rule before it said degraded (a review)."""
+    from analytics.entrypoints.api.observability import _unserved_queues  # noqa: PLC0415
+
+    unknown = {"status": "unknown", "error": "Timeout reading from socket"}
+    assert _unserved_queues(unknown, {}) == ["worker heartbeats unknown"]
+    assert _unserved_queues(None, {}) == []  # Redis down: the check says so already
+    idle = {"high_priority": {"status": "ok"}, "notifications": {"status": "missing"}}
+    assert _unserved_queues(idle, {"notifications": {"ready": 0, "delayed": 0}}) == []
+    assert _unserved_queues(idle, {"notifications": {"ready": 0, "delayed": 2}}) == [
+        "no live worker for notifications (2 messages waiting)"]  # fmt: skip

@@ -200,6 +200,8 @@ def _unserved_queues(workers: object, queues: dict[str, Any]) -> list[str]:
     uses, but aggregations queued with no worker alive would stay unapplied, unseen."""
     if not isinstance(workers, dict):
         return []
+    if workers.get("status") == "unknown":  # the heartbeats could not be read
+        return ["worker heartbeats unknown"]
     reasons = []
     for queue, worker in workers.items():
         if isinstance(worker, dict) and worker.get("status") == "ok":

@@ -76,8 +76,11 @@ def test_the_disk_full_notice_only_when_the_disk_is_full(tmp_path) -> None:  # t
 def test_serve_json_counts_only_while_its_serve_holds_the_data_dir(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """serve.json outlives its serve; a serve of an earlier version writes none and then
     holds the directory (a rollback) under another namespace: commands took the stale
-    one and looked at the wrong queues (upgrade QA)."""
+    one and looked at the wrong queues (upgrade QA). It counts only while serve.lock is
+    held, by the pid it names."""
+    import fcntl  # noqa: PLC0415
     import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
     import socket  # noqa: PLC0415
 
     from analytics.entrypoints.cli import CliError  # noqa: PLC0415
@@ -88,20 +91,24 @@ def test_serve_json_counts_only_while_its_serve_holds_the_data_dir(tmp_path) -> 
     from analytics.settings import Settings  # noqa: PLC0415
 
     (tmp_path / "serve.json").write_text(json.dumps({"namespace": "qa1", "pid": 4242}))
-    assert serve_namespace(tmp_path) is None  # no serve.lock: nobody holds it
+    assert serve_namespace(tmp_path) is None  # no serve.lock
     (tmp_path / "serve.lock").write_text("4242\n")
-    assert serve_namespace(tmp_path) == "qa1"
+    assert serve_namespace(tmp_path) is None  # names the pid, but nobody holds it
+    held = os.open(tmp_path / "serve.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the running serve holds it
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(tmp_path / "redis.sock"))  # as the running serve's Redis
     try:
+        assert serve_namespace(tmp_path) == "qa1"
         joined = with_running_serves_redis(Settings(data_dir=tmp_path))
         assert joined.namespace == "qa1" and joined.redis_socket == str(tmp_path / "redis.sock")
         with pytest.raises(CliError, match="ANALYTICS_NAMESPACE='qa1', not 'other'"):
             with_running_serves_redis(Settings(data_dir=tmp_path, namespace="other"))
-        (tmp_path / "serve.lock").write_text("5151\n")  # an earlier version's serve now
+        os.pwrite(held, b"5151\n", 0)  # an earlier version's serve holds it now
         assert serve_namespace(tmp_path) is None
         assert with_running_serves_redis(Settings(data_dir=tmp_path)).namespace == "analytics"
         (tmp_path / "serve.json").write_text("{not json")
         assert serve_namespace(tmp_path) is None
     finally:
         sock.close()
+        os.close(held)

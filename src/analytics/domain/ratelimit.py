@@ -28,7 +28,9 @@ class Quota(msgspec.Struct, frozen=True):
         of a full bucket charged 1 unit, then the rest (ingest's two steps), came out a
         few ulps of a millisecond timestamp (~0.25 us each) over ``now`` and refused a
         batch of exactly the burst (rate 12345/min, burst 60: 16 of 20 fresh buckets).
-        10 us, or half an interval at rates over 3 million a minute: never a whole unit."""
+        10 us, or half an interval at rates over 3 million a minute: never a whole unit
+        (above some 10 million a minute an interval is a few ulps of such a timestamp, and
+        admissions are that imprecise with or without the slack)."""
         return min(SLACK_MS, self.emission_interval_ms / 2)
 
 

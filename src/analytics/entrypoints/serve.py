@@ -155,10 +155,10 @@ def serve_namespace(data_dir: Path) -> str | None:
     under another namespace (a rollback): commands took the stale one (upgrade QA)."""
     try:
         info = json.loads((Path(data_dir) / SERVE_FILE).read_text())
-        holder = int((Path(data_dir) / "serve.lock").read_text().split()[0])
+        holder = _serve_lock_holder(Path(data_dir) / "serve.lock")
     except (OSError, ValueError, IndexError):
         return None
-    if not isinstance(info, dict) or info.get("pid") != holder:
+    if not isinstance(info, dict) or holder is None or info.get("pid") != holder:
         return None
     value = info.get("namespace")
     return value if isinstance(value, str) and value else None
@@ -166,6 +166,21 @@ def serve_namespace(data_dir: Path) -> str | None:
 
 #: What a running serve tells the commands that join its Redis (``dlq``, ``worker``, ...).
 SERVE_FILE = "serve.json"
+
+
+def _serve_lock_holder(path: Path) -> int | None:
+    """The pid ``serve.lock`` names while a serve holds its lock, else None (a lock we
+    could take ourselves is nobody's: the file only says who held it last)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return int(os.pread(fd, 32, 0).split()[0])
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def claim_data_dir(data_dir: Path) -> int:
@@ -355,9 +370,9 @@ def serve(settings: Settings) -> int:
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)
         # Before its socket exists: a command that finds the socket finds this namespace.
-        (data_dir / SERVE_FILE).write_text(
-            json.dumps({"namespace": settings.namespace, "pid": os.getpid()})
-        )
+        tmp = data_dir / (SERVE_FILE + ".tmp")  # whole or not at all for a reader
+        tmp.write_text(json.dumps({"namespace": settings.namespace, "pid": os.getpid()}))
+        tmp.replace(data_dir / SERVE_FILE)
         redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,

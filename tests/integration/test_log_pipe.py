@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ import structlog
 from dramatiq.compat import StreamablePipe
 
 from analytics.entrypoints.logs import configure_logging
+from tests.support import child_env
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +150,34 @@ def test_a_signal_handler_logging_inside_a_write_neither_deadlocks_nor_cuts_the_
     assert inner.frames == ["the line\n", "from the handler\n"]  # whole, in order
     serial.write("next\n")
     assert inner.frames[-1] == "next\n"
+
+
+def test_a_signal_handler_logging_inside_a_flush_or_between_writes_does_not_deadlock() -> None:
+    """logging's handler flushes after every line; a signal landing in the flush (or
+    between taking the lock and marking the write) ran a handler that logged, and it
+    waited for ever on the lock its own thread held (a review: dramatiq's SIGTERM
+    handler logs "Stopping worker process"). A real signal, in a child process."""
+    script = r"""
+import logging, os, signal, sys
+from analytics.entrypoints.logs import SerialStream
+
+class Stream:
+    def __init__(self): self.lines, self.arm = [], False
+    def write(self, text): self.lines.append(text); return len(text)
+    def flush(self):
+        if self.arm:
+            self.arm = False
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered inside this frame
+inner = Stream()
+serial = SerialStream(inner)
+log = logging.getLogger("t"); log.addHandler(logging.StreamHandler(serial)); log.setLevel("INFO")
+signal.signal(signal.SIGTERM, lambda *a: log.info("Stopping worker process..."))
+inner.arm = True
+log.info("a normal line")
+log.info("the next line")
+sys.__stdout__.write("|".join(inner.lines))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True,  # noqa: S603
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "a normal line\n|Stopping worker process...\n|the next line\n"

@@ -98,34 +98,36 @@ class SerialStream:
     def _after_fork(self) -> None:
         """A fresh lock in a forked child: a thread of the parent that was writing when
         the process forked holds the copied one for ever (as logging's handlers do)."""
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # the thread inside a write
+        # Re-entrant, and taken in one C call: a signal handler that logs (dramatiq's
+        # SIGTERM handler does) runs in the thread it interrupts, and with a plain lock
+        # it waited for ever on the lock its own thread held. Keeping an owner beside a
+        # plain lock left windows (inside flush(), and between taking the lock and
+        # noting the owner) where it still did (a review, reproduced with SIGALRM).
+        self._lock = threading.RLock()
+        self._writing = False  # a frame is being written (by the lock's holder)
         self._deferred: list[str] = []
 
     def write(self, text: str) -> int:
-        me = threading.get_ident()
-        if self._owner == me:
-            # A signal handler logging in the middle of this thread's own write (dramatiq's
-            # SIGTERM handler does): waiting for the lock deadlocked the process for ever
-            # (a worker whose master was gone, stuck in a full pipe, QA), and writing now
-            # would cut the frame being written in two. It goes out after that frame.
-            self._deferred.append(text)
-            return len(text)
         with self._lock:
-            self._owner = me
+            if self._writing:
+                # A signal handler logging in the middle of this thread's own write:
+                # writing now would cut the frame being written in two. It goes out
+                # right after that frame.
+                self._deferred.append(text)
+                return len(text)
+            self._writing = True
             try:
                 written = self.stream.write(text)
                 while self._deferred:
                     self.stream.write(self._deferred.pop(0))
                 return written
             finally:
-                self._owner = None
+                self._writing = False
 
     def flush(self) -> None:
-        if self._owner == threading.get_ident():
-            return  # inside this thread's own write: it flushes nothing half-written
         with self._lock:
-            self.stream.flush()
+            if not self._writing:  # inside this thread's own write: nothing half-written
+                self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
         return getattr(self.stream, name)

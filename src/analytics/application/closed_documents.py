@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import timedelta
 
 import msgspec
 
@@ -22,18 +21,14 @@ from analytics.application.queries import (
     parse_aggregation_query,
     query_aggregations,
 )
+from analytics.domain.buckets import utc_days
 from analytics.domain.ports import LocalDocuments
 
 _encode = msgspec.json.Encoder().encode
 
 
 def _days(q: AggregationQuery) -> list[str]:
-    d, last = q.buckets[0].start.date(), (q.buckets[-1].end - timedelta(microseconds=1)).date()
-    out = []
-    while d <= last:
-        out.append(d.isoformat())
-        d += timedelta(days=1)
-    return out
+    return utc_days(q.buckets[0].start, q.buckets[-1].end)
 
 
 @functools.lru_cache(maxsize=128)  # <= 128 x max_buckets bucket objects

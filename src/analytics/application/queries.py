@@ -32,6 +32,7 @@ from analytics.domain.buckets import (
     parse_period,
     parse_tz,
     period_buckets,
+    utc_days,
 )
 from analytics.domain.errors import BadQuery
 from analytics.domain.ports import AggregateStore, Cache, Clock
@@ -189,15 +190,6 @@ def _revenue(s: Summary) -> dict[str, str]:
     return {c: micros_to_str(micros.get(c, 0)) for c in sorted(micros.keys() | s.orders.keys())}
 
 
-def _days(start: datetime, end: datetime) -> list[str]:
-    d, last = start.date(), (end - timedelta(microseconds=1)).date()
-    out = []
-    while d <= last:
-        out.append(d.isoformat())
-        d += timedelta(days=1)
-    return out
-
-
 def _key(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
@@ -208,7 +200,7 @@ def _lookup(
     """Per span: its key under the current versions of the UTC days it covers, and the
     value cached there (one round trip)."""
     entries = [
-        (f"{kind}:{_key(extra, s.isoformat(), e.isoformat())}", _days(s, e)) for s, e in spans
+        (f"{kind}:{_key(extra, s.isoformat(), e.isoformat())}", utc_days(s, e)) for s, e in spans
     ]
     return cache.lookup(entries)
 
@@ -343,7 +335,7 @@ def _dashboard_entry(
     window: memoized, so a warm request does not rebuild them)."""
     start, end = from_minute(start_minute), from_minute(end_minute)
     base = f"dash:{_key((top, series), start.isoformat(), end.isoformat())}"
-    return base, tuple(_days(start, end))
+    return base, tuple(utc_days(start, end))
 
 
 def query_dashboard(q: DashboardQuery, *, deps: QueryDeps) -> bytes:

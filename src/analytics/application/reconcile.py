@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from analytics.domain.aggregation import contribution, drift, recompute
-from analytics.domain.buckets import QUARTER, epoch_minute, from_minute
+from analytics.domain.buckets import QUARTER, epoch_minute, from_minute, utc_days
 from analytics.domain.events import Event
 from analytics.domain.ports import AggregateStore, Cache, EventRepository
 
@@ -130,15 +130,6 @@ def reconcile(
         # (CacheUnavailable) has committed its corrections, and its retry finds nothing
         # left to change; bumping only what it changed left the repaired buckets cached
         # stale for a day (QA). store_events.invalidate does the same, for the same reason.
-        cache.bump(_utc_days(from_minute(s), from_minute(e)))
+        cache.bump(utc_days(from_minute(s), from_minute(e)))
     return report
 
-
-def _utc_days(start: datetime, end: datetime) -> list[str]:
-    """The UTC days that [start, end) touches, as the cache's scopes name them."""
-    day, last = start.date(), (end - timedelta(microseconds=1)).date()
-    days = []
-    while day <= last:
-        days.append(day.isoformat())
-        day += timedelta(days=1)
-    return days

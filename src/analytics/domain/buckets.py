@@ -76,6 +76,16 @@ def from_minute(minute: int) -> datetime:
     return _EPOCH + timedelta(minutes=minute)
 
 
+def utc_days(start: datetime, end: datetime) -> list[str]:
+    """The UTC days (``YYYY-MM-DD``) that [start, end) touches: the cache's version scopes."""
+    day, last = start.date(), (end - timedelta(microseconds=1)).date()
+    days = []
+    while day <= last:
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    return days
+
+
 def bucket_of(minute: int, grain: int) -> int:
     return minute - minute % grain
 

@@ -214,9 +214,10 @@ FAULT_SCENARIOS = ("worker-kill", "redis-restart", "storage-outage", "client-ret
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):  # the controller, or a run without xdist
+    cache = getattr(session.config, "cache", None)  # None under -p no:cacheprovider
+    if cache is not None and not hasattr(session.config, "workerinput"):  # the controller
         for name in FAULT_SCENARIOS:  # only this run's rows are shown
-            session.config.cache.set(f"faults/{name}", None)
+            cache.set(f"faults/{name}", None)
 
 
 def pytest_terminal_summary(
@@ -224,7 +225,8 @@ def pytest_terminal_summary(
 ) -> None:
     from bench.faults import HEADER  # noqa: PLC0415
 
-    rows = [config.cache.get(f"faults/{name}", None) for name in FAULT_SCENARIOS]
+    cache = getattr(config, "cache", None)  # without the cache provider: no table
+    rows = [cache.get(f"faults/{name}", None) for name in FAULT_SCENARIOS] if cache else []
     if any(rows):
         terminalreporter.write_sep("-", "fault suite (bench/faults.py)")
         terminalreporter.write_line("\n".join([HEADER, *filter(None, rows)]))

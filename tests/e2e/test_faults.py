@@ -24,7 +24,8 @@ def test_every_accepted_event_is_stored_and_counted_once(
 ) -> None:
     outage = 30.0  # storage-outage: SQLite write-locked for 30 s, as the issue asks
     out = scenario(name, tmp_path, seconds=4, outage=outage)
-    request.config.cache.set(f"faults/{name}", out.row())  # shared with the xdist controller
+    if (cache := getattr(request.config, "cache", None)) is not None:
+        cache.set(f"faults/{name}", out.row())  # shared with the xdist controller
     assert out.accepted > 0, out.row()
     assert out.lost == 0, out.row()
     assert out.held == 0, out.row()  # stored, not merely kept for a retry

@@ -50,3 +50,25 @@ def test_key_store_down_is_503_not_500() -> None:
                                json={"event_type": "a", "user_id": "u", "session_id": "s"})  # fmt: skip
     assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
     assert r.headers["retry-after"]
+
+
+def test_a_503_tells_the_client_what_is_down_not_where(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The key store is asked before the caller's key is known: its error (a socket path,
+    a host and port) must not reach an anonymous client; it goes to the log."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.support import ApiHarness
+
+    secret_path = str(tmp_path / "secret-data" / "redis.sock")
+    dead = redis.Redis(unix_socket_path=secret_path, retry=Retry(NoBackoff(), 0))
+    h = ApiHarness(api_keys=RedisApiKeyStore(dead, "x"), rate_limit="disabled")
+    made_up = "ak_000000000000_" + "A" * 43
+    r = h.client.simulate_get("/api/v1/analytics/events/search",
+                              headers={"Authorization": f"Bearer {made_up}"})  # fmt: skip
+    assert r.status_code == 503, r.text
+    assert r.json["detail"] == "storage is unavailable; retry later", r.json
+    assert "secret-data" not in r.text
+    logged = capsys.readouterr()
+    assert "secret-data" in logged.out + logged.err  # the operator still sees why

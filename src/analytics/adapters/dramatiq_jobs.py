@@ -27,4 +27,6 @@ class DramatiqAggregationJobs:
         try:
             return self.broker.enqueue(message).message_id
         except Exception as exc:
-            raise QueueUnavailable(f"the broker is unavailable: {exc}") from exc
+            raise QueueUnavailable(
+                f"the broker is unavailable: {exc}", public="the broker is unavailable; nothing was queued"
+            ) from exc

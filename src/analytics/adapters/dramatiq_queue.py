@@ -667,14 +667,14 @@ class GroupCommitQueue:
                 with self._lock:  # the signal may come right now: decide under the lock
                     if slot.state == _WAITING and slot in self._pending:
                         self._pending.remove(slot)  # never sent: safe to refuse
-                        raise QueueUnavailable("the broker did not confirm in time", retry_after=5)
+                        raise QueueUnavailable(NOT_SENT, retry_after=5, public=NOT_SENT)
                 # In flight (its send is bounded by the client's socket timeout), or woken
                 # between the timeout and the lock: wait for the signal, which is certain.
                 slot.wait()
             if slot.state == _LEAD:
                 self._lead(slot)
         if slot.error is not None:
-            raise QueueUnavailable(_unconfirmed(slot.error)) from slot.error
+            raise _unconfirmed(slot.error) from slot.error
         assert slot.task_id is not None
         return slot.task_id
 
@@ -731,13 +731,18 @@ class GroupCommitQueue:
             slot.finish(message.message_id)
 
 
-def _unconfirmed(exc: BaseException) -> str:
-    """A failed send's 503 detail: its outcome is unknown once the command may have left
-    (a stalled Redis runs it when it wakes), so the client is told how to retry safely."""
-    return (
-        f"the broker did not confirm the enqueue ({exc}); send the event again with the "
-        "same event_id: it is stored once"
-    )
+NOT_SENT = "the broker did not confirm in time; nothing was queued"
+UNCONFIRMED = (
+    "the broker did not confirm the enqueue; send the event again with the same event_id: "
+    "it is stored once"
+)
+
+
+def _unconfirmed(exc: BaseException) -> QueueUnavailable:
+    """A failed send: its outcome is unknown once the command may have left (a stalled
+    Redis runs it when it wakes), so the client is told how to retry safely; the
+    broker's own words (its address) go to the log only."""
+    return QueueUnavailable(f"the broker did not confirm the enqueue ({exc})", public=UNCONFIRMED)
 
 
 class RedisEnqueuer:
@@ -806,4 +811,4 @@ class DirectQueue:
         try:
             return self.broker.enqueue(events_message(events)).message_id
         except Exception as exc:  # noqa: BLE001
-            raise QueueUnavailable(_unconfirmed(exc)) from exc
+            raise _unconfirmed(exc) from exc

@@ -276,7 +276,7 @@ def storage_error(exc: sqlite3.DatabaseError, db: SQLiteDatabase | None) -> Exce
 
             structlog.get_logger("analytics.storage").critical(
                 "event store damaged", path=str(db.path), error=str(exc))  # fmt: skip
-        return StorageUnavailable(detail)
+        return StorageUnavailable(detail, public=detail)  # SQLite's words carry no path
     if isinstance(exc, sqlite3.OperationalError):
         return StorageUnavailable(f"sqlite: {exc}")
     return exc
@@ -370,7 +370,7 @@ class SQLiteEventRepository:
         damaged once (by any call of this process) answers as damaged here too, though a
         count can still read the pages it needs."""
         if self.db.damaged:
-            raise StorageUnavailable(self.db.damaged)
+            raise StorageUnavailable(self.db.damaged, public=self.db.damaged)
         return int(self.db.read().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def purge_before(self, cutoff: datetime, *, batch: int = 5000) -> int:

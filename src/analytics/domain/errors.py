@@ -65,7 +65,16 @@ class DeadLetterNotFound(NotFound):
 
 
 class AdapterError(AnalyticsError):
-    """Infrastructure failed (storage, broker, cache, notifier). Usually worth a retry."""
+    """Infrastructure failed (storage, broker, cache, notifier). Usually worth a retry.
+
+    The message is for the log: it may carry a library's own words (a host and port, a
+    socket path). ``public`` is what a client may read in a 503, written by us for it;
+    without one the API says only which kind of dependency failed.
+    """
+
+    def __init__(self, message: str = "", *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class StorageUnavailable(AdapterError):
@@ -79,9 +88,9 @@ class CacheUnavailable(AdapterError):
 class QueueUnavailable(AdapterError):
     """The broker cannot accept messages right now; ingest answers 503."""
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
+    def __init__(self, message: str, retry_after: int = 5, *, public: str | None = None) -> None:
         self.retry_after = retry_after
-        super().__init__(message)
+        super().__init__(message, public=public)
 
 
 class NotificationFailed(AdapterError):
@@ -126,7 +135,7 @@ class Overloaded(AdapterError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         self.retry_after = retry_after
-        super().__init__(message)
+        super().__init__(message, public=message)  # our own words: backlog and wait
 
 
 class CircuitOpen(AdapterError):
@@ -137,7 +146,8 @@ class CircuitOpen(AdapterError):
 
     def __init__(self, breaker: str, retry_after: float) -> None:
         seconds = max(1, int(-(-max(0.0, retry_after) // 1)))  # whole seconds, rounded up
-        super().__init__(f"circuit breaker {breaker!r} is open (retry in {seconds} s)")
+        message = f"circuit breaker {breaker!r} is open (retry in {seconds} s)"
+        super().__init__(message, public=message)
         self.breaker = breaker
         self.retry_after_s = max(0.0, retry_after)
         self.retry_after = seconds

@@ -12,12 +12,15 @@ from analytics.domain.errors import (
     AdapterError,
     BadQuery,
     BatchOverBurst,
+    CacheUnavailable,
     Forbidden,
     MalformedInput,
     NotFound,
+    NotificationFailed,
     Overloaded,
     QueueUnavailable,
     RateLimited,
+    StorageUnavailable,
     Unauthenticated,
     ValidationFailed,
 )
@@ -79,13 +82,36 @@ def _default_detail(exc: falcon.HTTPError) -> str | None:
 
 
 def unavailable_problem(ex: AdapterError) -> Problem:
-    """503 for a dependency that failed, with the wait it knows (an open breaker's cool-down)."""
-    retry = ex.retry_after if isinstance(ex, QueueUnavailable) else 5
-    retry = getattr(ex, "retry_after", retry)
+    """503 for a dependency that failed, with the wait it knows (an open breaker's cool-down).
+
+    The client reads the error's ``public`` words, or which kind of dependency failed; the
+    error itself (a library's words: addresses, socket paths) goes to the log, since a
+    key store that is down answers before the caller's key is known.
+    """
+    import structlog  # noqa: PLC0415
+
+    retry = getattr(ex, "retry_after", 5)
+    structlog.get_logger("analytics.api").warning(
+        "dependency unavailable", error_type=type(ex).__name__, error=str(ex))  # fmt: skip
     return Problem(
-        503, slug="unavailable", title="Service unavailable", detail=str(ex),
+        503, slug="unavailable", title="Service unavailable", detail=ex.public or _kind_down(ex),
         headers={"Retry-After": str(retry)},
     )  # fmt: skip
+
+
+def _kind_down(ex: AdapterError) -> str:
+    for kind, what in _KINDS:
+        if isinstance(ex, kind):
+            return f"{what} is unavailable; retry later"
+    return "a dependency is unavailable; retry later"
+
+
+_KINDS = (
+    (QueueUnavailable, "the broker"),
+    (StorageUnavailable, "storage"),
+    (CacheUnavailable, "the cache"),
+    (NotificationFailed, "the notifier"),
+)
 
 
 def internal_problem(ex: BaseException, path: str) -> Problem:

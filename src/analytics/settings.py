@@ -176,6 +176,11 @@ class Settings(BaseModel):
     metrics_auth: Literal["open", "required"] = Field(
         "open", description="'required': /metrics needs a key with the read scope."
     )
+    metrics_event_types: int = Field(
+        100, ge=0, le=10_000,
+        description="Distinct event types an API process labels in "
+        "analytics_events_accepted_total; later new ones count as event_type=\"_other\".",
+    )  # fmt: skip
     rate_limit: Literal["auto", "redis", "memory", "disabled"] = Field(
         "auto", description="auto: Redis when the broker is Redis, else per-process memory."
     )

@@ -323,7 +323,8 @@ def test_accepted_events_are_counted_once_per_type_and_currency() -> None:
     metrics.record_accepted(
         [event("fastpath_view", None, 1, None)] * 3
         + [event("fastpath_buy", "0.1", 3, "EUR"), event("fastpath_buy", "0.2", 1, "EUR"),
-           event("fastpath_buy", "5", 2, "JPY"), event("fastpath_view", "1", 1, None)]
+           event("fastpath_buy", "5", 2, "JPY"), event("fastpath_view", "1", 1, None)],
+        metrics.accepted_by_type(),
     )  # fmt: skip
     assert (
         value("analytics_events_accepted_total", event_type="fastpath_view") == before["view"] + 4
@@ -364,7 +365,7 @@ def test_accepted_counts_and_revenue_match_the_per_event_sums(
     labels = [("analytics_events_accepted_total", {"event_type": k}) for k in counts]
     labels += [("analytics_revenue_total", {"currency": c}) for c in ("KWD", "BHD")]
     before = [value(name, **lab) for name, lab in labels]
-    metrics.record_accepted(events)
+    metrics.record_accepted(events, metrics.accepted_by_type())
     after = [value(name, **lab) for name, lab in labels]
     expected = [counts["prop_a"], counts["prop_b"],
                 float(revenue.get("KWD", 0)), float(revenue.get("BHD", 0))]  # fmt: skip

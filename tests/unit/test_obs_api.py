@@ -69,6 +69,29 @@ def purchase(**extra: object) -> dict[str, object]:
     }  # fmt: skip
 
 
+def test_clients_cannot_add_event_type_series_without_end(tmp_path):
+    """Event types are the client's words: past ANALYTICS_METRICS_EVENT_TYPES distinct ones
+    a process counts new types as "_other" (QA: 24,000 types made /metrics 2.6 MB and a
+    scrape 0.7 s), and every accepted event is still counted once."""
+    client, _ = make_client(tmp_path, metrics_event_types=3)
+    prefix = f"cardinality_{tmp_path.name[-6:].lower()}_"
+    names = [f"{prefix}{i}" for i in range(6)]
+    other = sample("analytics_events_accepted_total", event_type="_other")
+    events = [{"event_type": n, "user_id": "u", "session_id": "s"} for n in names for _ in range(2)]
+    assert client.simulate_post(BATCH, json={"events": events}).status_code == 202
+    assert client.simulate_post(EVENTS, json=events[-1]).status_code == 202  # the lane too
+    text = client.simulate_get("/metrics").text
+    labelled = [n for n in names if f'event_type="{n}"' in text]
+    assert len(labelled) == 3, labelled  # the first three met
+    assert sum(sample("analytics_events_accepted_total", event_type=n) for n in labelled) == 6
+    assert sample("analytics_events_accepted_total", event_type="_other") == other + 7
+    # A fresh app (a new process in production) starts its own count.
+    fresh, _ = make_client(tmp_path / "b", metrics_event_types=3)
+    views = sample("analytics_events_accepted_total", event_type="page_view")
+    assert fresh.simulate_post(EVENTS, json={**events[-1], "event_type": "page_view"}).status_code == 202
+    assert sample("analytics_events_accepted_total", event_type="page_view") == views + 1
+
+
 def test_request_metrics_use_the_route_template_method_and_status(client):
     route = "/api/v1/analytics/events"
     before = sample("analytics_http_requests_total", route=route, method="POST", status="202")

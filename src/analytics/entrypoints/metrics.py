@@ -255,7 +255,46 @@ class LabelCache:
         return child
 
 
-def record_accepted(events: Sequence[Event]) -> None:
+class BoundedLabel:
+    """The children of a metric whose one label takes values a client chooses (event types).
+
+    Each value is a time series in every process's memory, in the multiprocess files and
+    in every scrape, so a client must not be able to add them without end: the first
+    ``limit`` distinct values a process meets get their own series, later new ones count
+    under ``OTHER`` (which no event type can be: types start with a letter). The exact
+    counts per type are the aggregations API's; this is for operations.
+    """
+
+    OTHER = "_other"
+
+    def __init__(self, make: Callable[[str], Any], limit: int) -> None:
+        self.make = make
+        self.limit = limit
+        self._children: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> Any:
+        child = self._children.get(value)
+        if child is None:
+            with self._lock:  # two threads meeting the last free slot take it once
+                child = self._children.get(value)
+                if child is None:
+                    named = len(self._children) - (self.OTHER in self._children)
+                    if named >= self.limit:
+                        value = self.OTHER
+                        child = self._children.get(value)
+                    if child is None:
+                        child = self._children[value] = self.make(value)
+        return child
+
+
+def accepted_by_type(limit: int = 100) -> BoundedLabel:
+    """``analytics_events_accepted_total``'s children, at most ``limit`` event types named
+    (``ANALYTICS_METRICS_EVENT_TYPES``); one per app, so each app starts counting afresh."""
+    return BoundedLabel(EVENTS_ACCEPTED.labels, limit)
+
+
+def record_accepted(events: Sequence[Event], by_type: BoundedLabel) -> None:
     """Count a group of accepted events: one increment per event type and per currency.
 
     Aggregated first because each prometheus-client increment costs a lock and an mmap
@@ -266,12 +305,12 @@ def record_accepted(events: Sequence[Event]) -> None:
     """
     if len(events) == 1:
         event = events[0]
-        _accepted(event.event_type).inc()
+        by_type(event.event_type).inc()
         if event.total_value is not None and event.currency:
             _revenue(event.currency).inc(float(event.total_value))
         return
     for event_type, count in Tally(map(_get_event_type, events)).items():
-        _accepted(event_type).inc(count)
+        by_type(event_type).inc(count)
     currencies = set(map(_get_currency, events))
     revenue: dict[str, Decimal] = {}
     if len(currencies) == 1:
@@ -287,7 +326,6 @@ def record_accepted(events: Sequence[Event]) -> None:
         _revenue(currency).inc(float(amount))
 
 
-_accepted = LabelCache(EVENTS_ACCEPTED.labels)
 _revenue = LabelCache(REVENUE.labels)
 _get_event_type = operator.attrgetter("event_type")
 _get_currency = operator.attrgetter("currency")

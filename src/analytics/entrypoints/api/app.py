@@ -39,13 +39,14 @@ def create_wsgi_app(container: Container) -> WSGIApp:
     """What gunicorn serves: the Falcon app, with the single-event ingest lane in front of
     it (``ANALYTICS_INGEST_LANE``, on by default; off while slow requests are profiled,
     which only Falcon's middleware sees)."""
-    app = create_app(container)
+    deps = _ingest_deps(container)  # one for both: one count of event-type series
+    app = create_app(container, ingest=deps)
     s = container.settings
     if not s.ingest_lane or s.profile_slow_ms > 0:
         return app
     return IngestLane(
         app,
-        _ingest_deps(container),
+        deps,
         auth=AuthMiddleware(s, container.api_keys, container.rate_limiter, container.backlog),
         security_headers=SecurityHeadersMiddleware(hsts_seconds=s.hsts_seconds).headers,
         metrics=observability.RequestMetricsMiddleware(),
@@ -57,14 +58,16 @@ def create_wsgi_app(container: Container) -> WSGIApp:
 
 def _ingest_deps(container: Container) -> IngestDeps:
     return IngestDeps(
-        queue=observability.MeteredTaskQueue(container.task_queue),
+        queue=observability.MeteredTaskQueue(
+            container.task_queue, event_types=container.settings.metrics_event_types
+        ),
         clock=container.clock,
         new_id=container.new_id,
         limits=container.limits,
     )
 
 
-def create_app(container: Container) -> falcon.App:
+def create_app(container: Container, *, ingest: IngestDeps | None = None) -> falcon.App:
     s = container.settings
     # CORS only when origins are configured: without them no answer depends on Origin
     # (no Access-Control-* header is ever sent), so there is nothing to vary on, and
@@ -86,7 +89,7 @@ def create_app(container: Container) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     app.add_middleware(HttpCacheMiddleware(s))  # ETag, Cache-Control, 304 (README, "Resilience")
     install_error_handlers(app)
-    deps = _ingest_deps(container)
+    deps = ingest or _ingest_deps(container)
     app.add_route("/api/v1/analytics/events", resources.EventsResource(deps, s.max_body_bytes))
     app.add_route(
         "/api/v1/analytics/events/batch",

@@ -41,12 +41,13 @@ INGEST_ROUTES = frozenset(
 class MeteredTaskQueue:
     """TaskQueue decorator: counts accepted events by type and their revenue once queued."""
 
-    def __init__(self, inner: TaskQueue) -> None:
+    def __init__(self, inner: TaskQueue, *, event_types: int = 100) -> None:
         self.inner = inner
+        self.by_type = m.accepted_by_type(event_types)
 
     def enqueue_events(self, events: Sequence[Event]) -> str:
         task_id = self.inner.enqueue_events(events)
-        m.record_accepted(events)
+        m.record_accepted(events, self.by_type)
         return task_id
 
     def __getattr__(self, name: str) -> Any:

@@ -51,6 +51,20 @@ def test_cost_counts_units_and_buckets_are_separate() -> None:
     assert not limiter.hit("a", 1, quota).allowed
 
 
+def test_full_buckets_are_forgotten_and_busy_ones_kept() -> None:
+    """Per-address buckets of clients rotating addresses (QA: 200,000 kept for good)."""
+    ms = FakeMs()
+    limiter = InMemoryRateLimiter(now_ms=ms)
+    quota = Quota(rate_per_minute=300, burst=60)  # one unit per 200 ms
+    assert limiter.hit("busy", 60, quota).allowed  # empty for 12 s
+    for i in range(200_000):
+        limiter.hit(f"anon:2001:db8::{i:x}", 1, quota)
+        ms.t += 0.05  # 10 s in all: the first addresses' buckets are full again
+    assert len(limiter._tat) < 10_000, len(limiter._tat)
+    assert not limiter.hit("busy", 60, quota).allowed  # 2 s from full: its state was kept
+    assert limiter.hit("anon:2001:db8::0", 60, quota).allowed  # forgotten = full
+
+
 @given(rate=st.integers(1, 1_000_000), burst=st.integers(2, 10_000),
        now=st.floats(0, 4e12, allow_nan=False))  # fmt: skip
 def test_a_full_bucket_admits_exactly_its_burst_in_one_or_two_charges(

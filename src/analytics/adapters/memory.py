@@ -218,12 +218,23 @@ class InMemoryApiKeyStore:
 
 
 class InMemoryRateLimiter:
-    """GCRA like the Redis script, per process; time from an injectable monotonic clock."""
+    """GCRA like the Redis script, per process; time from an injectable monotonic clock.
+
+    A bucket whose TAT has passed is full again, the same as one never seen, so it is
+    dropped (the Redis script's key expires then): clients rotating addresses must not
+    grow the process without end. The sweep runs when the table has doubled since the
+    last one, so it costs O(1) per hit on average.
+    """
 
     def __init__(self, now_ms: Callable[[], float] | None = None) -> None:
         self._tat: dict[str, float] = {}
         self._lock = threading.Lock()
         self._now_ms = now_ms or (lambda: time.monotonic() * 1000)
+        self._sweep_at = 1024  # table size that triggers the next sweep
+
+    def _sweep(self, now: float) -> None:
+        self._tat = {bucket: tat for bucket, tat in self._tat.items() if tat > now}
+        self._sweep_at = max(1024, 2 * len(self._tat))
 
     def hit(self, bucket: str, cost: int, quota: Quota) -> RateDecision:
         interval, slack = quota.emission_interval_ms, quota.slack_ms
@@ -238,6 +249,8 @@ class InMemoryRateLimiter:
                 return decision(quota, False, remaining, math.ceil(tat - now),
                                 math.ceil(allow_at - now))  # fmt: skip
             self._tat[bucket] = new_tat
+            if len(self._tat) >= self._sweep_at:
+                self._sweep(now)
             remaining = int((capacity - (new_tat - now) + slack) // interval)
             return decision(quota, True, remaining, math.ceil(new_tat - now), 0)
 

@@ -163,7 +163,9 @@ def test_keys_from_configuration(tmp_path: Path) -> None:
     stored = create_key("db", ("read",), store=store, clock=FixedClock())
     assert authenticate(stored.secret, store=store).name == "db"
     assert {k.name for k in store.list()} == {"ci", "ops", "db"}
-    for bad in ("ci:ingest", f"ci:root:{ci}", "ci:ingest:ak_123", f":ingest:{ci}"):
+    twin = f"ak_{parse_key(ci)[0]}_{'B' * 43}"  # the same id, another secret
+    for bad in ("ci:ingest", f"ci:root:{ci}", "ci:ingest:ak_123", f":ingest:{ci}",
+                f"ci:ingest:{ci},ci2:read:{twin}"):  # fmt: skip
         with pytest.raises(SettingsError, match="ANALYTICS_API_KEYS") as err:
             Settings.from_env({"ANALYTICS_API_KEYS": bad})
         assert ci not in str(err.value)  # a secret is never echoed

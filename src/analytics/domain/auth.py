@@ -105,13 +105,18 @@ def verify(record: ApiKey, secret: str) -> bool:
 def parse_static_keys(text: str) -> list[tuple[str, tuple[Scope, ...], str]]:
     """``name:scope+scope:ak_<id>_<secret>,...`` -> [(name, scopes, key)]; ValueError if bad."""
     out = []
+    entry_of: dict[str, int] = {}  # key id -> entry number
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
         parts = entry.split(":")
-        if len(parts) != 3 or not parts[0] or parse_key(parts[2]) is None:
+        parsed = parse_key(parts[2]) if len(parts) == 3 else None
+        if parsed is None or not parts[0]:
             raise ValueError(
                 f"entry {n + 1} is not 'name:scope+scope:ak_<id>_<secret>' "
                 "(make keys with `analytics keys create` or any 12-hex id and 43-char secret)"
             )
+        if parsed[0] in entry_of:  # one would silently replace the other
+            raise ValueError(f"entries {entry_of[parsed[0]]} and {n + 1} have the same key id")
+        entry_of[parsed[0]] = n + 1
         out.append((parts[0], parse_scopes(parts[1].replace("+", ",")), parts[2]))
     return out
 

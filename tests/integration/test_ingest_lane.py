@@ -273,3 +273,25 @@ def test_cors_requests_and_a_trusted_proxy_stay_with_falcon() -> None:
 def test_the_lane_is_off_when_switched_off_or_while_profiling(setting: dict[str, Any]) -> None:
     settings = Settings(broker="stub", storage="memory", auth="disabled", **setting)
     assert not isinstance(create_wsgi_app(bootstrap(settings)), IngestLane)
+
+
+def test_a_caller_without_a_valid_key_costs_no_decoding(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 1 MiB of JSON per request was decoded before the key was looked at (QA)."""
+    import analytics.entrypoints.api.ingest_lane as lane
+
+    decoded: list[bytes] = []
+
+    def spy(raw: bytes, **kwargs: Any) -> Any:
+        decoded.append(raw)
+        return validate(raw, **kwargs)
+
+    validate = lane.validate_event
+    monkeypatch.setattr(lane, "validate_event", spy)
+    a, _ = pair.send(EVENT, served=False)  # no key: Falcon's 401
+    assert a.status_code == 401
+    pair.send(EVENT, served=False, Authorization=bearer(pair.keys["read"]))  # 403
+    assert decoded == []
+    pair.send(EVENT, served=True, Authorization=bearer(pair.keys["ingest"]))
+    assert len(decoded) == 1

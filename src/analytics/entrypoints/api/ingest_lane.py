@@ -125,8 +125,8 @@ class IngestLane:
     def _serve(self, environ: dict[str, Any], raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         cid = begin_request(environ.get("HTTP_X_CORRELATION_ID"))
         try:
+            bucket = self._bucket(environ)  # first: no decoding for a caller without a key
             event = validate_event(raw, correlation_id=cid, deps=self.deps)
-            bucket = self._bucket(environ)
             if self.auth.backlog is not None:
                 threshold, max_retry_s = self.overload
                 check_backlog(self.auth.backlog, threshold=threshold, max_retry_s=max_retry_s)

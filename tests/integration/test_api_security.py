@@ -230,6 +230,7 @@ SECURITY = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
+    "x-xss-protection": "0",
 }
 
 

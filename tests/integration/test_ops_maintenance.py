@@ -64,6 +64,16 @@ def test_worker_bad_input_is_a_clear_message(args: tuple[str, ...], text: str) -
     assert text in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_seeds_celery_worker_line_is_understood() -> None:
+    """The seed: python celery_worker.py --concurrency 4 --queues high_priority,aggregations."""
+    from analytics.entrypoints.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["worker", "--concurrency", "4", "--queues", "high_priority,aggregations"]
+    )
+    assert args.processes == 4 and args.queues == ["high_priority", "aggregations"]
+
+
 def test_dlq_without_a_reachable_redis_is_a_clear_message() -> None:
     from tests.support import free_port
 

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Dramatiq workers for some queues")
     worker.add_argument("--queues", type=_queues, default=list(QUEUES),
                         help=f"comma-separated, from {','.join(QUEUES)} (default: all)")
-    worker.add_argument("--processes", type=_positive,
-                        help="worker processes (default ANALYTICS_WORKER_PROCESSES)")
+    worker.add_argument("--processes", "--concurrency", type=_positive,
+                        help="worker processes (default ANALYTICS_WORKER_PROCESSES); "
+                        "--concurrency is the seed's Celery spelling")
     worker.add_argument("--threads", type=_positive,
                         help="threads per process (default ANALYTICS_WORKER_THREADS)")
     master = sub.add_parser(

@@ -112,3 +112,48 @@ def test_serve_json_counts_only_while_its_serve_holds_the_data_dir(tmp_path) -> 
     finally:
         sock.close()
         os.close(held)
+
+
+def test_commands_beside_a_serve_on_the_operators_redis_are_told_which(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    """serve with REDIS_HOST keeps its keys in that Redis; the banner's `keys create`,
+    run without REDIS_HOST, made a keys.sqlite3 the serve never reads, and its key got
+    401 (seed audit). Every command joining that serve now names the Redis, or refuses."""
+    import fcntl  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from analytics.entrypoints.cli import CliError, build_parser, cmd_keys  # noqa: PLC0415
+    from analytics.entrypoints.serve import (  # noqa: PLC0415
+        banner,
+        with_running_serves_redis,
+        write_serve_file,
+    )
+    from analytics.settings import Settings  # noqa: PLC0415
+
+    for name in ("REDIS_HOST", "REDIS_URL", "REDIS_SOCKET", "ANALYTICS_KEY_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    served = Settings(data_dir=tmp_path, redis_host="10.0.0.5", redis_port=6380, redis_db=3)
+    assert "REDIS_HOST=10.0.0.5 REDIS_PORT=6380 REDIS_DB=3 analytics keys create" in banner(
+        served, None
+    )
+    write_serve_file(tmp_path, served)
+    (tmp_path / "serve.lock").write_text(f"{os.getpid()}\n")
+    held = os.open(tmp_path / "serve.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the running serve holds it
+    try:
+        args = build_parser().parse_args(
+            ["keys", "create", "--name", "me", "--scopes", "read", "--data-dir", str(tmp_path)]
+        )
+        with pytest.raises(CliError, match="REDIS_HOST=10.0.0.5 REDIS_PORT=6380 REDIS_DB=3"):
+            cmd_keys(args)
+        assert not (tmp_path / "keys.sqlite3").exists()
+        for required in (True, False):  # dlq; worker, api, scheduler, check
+            with pytest.raises(CliError, match="uses the Redis at 10.0.0.5:6380 db 3"):
+                with_running_serves_redis(Settings(data_dir=tmp_path), required=required)
+        given = Settings(data_dir=tmp_path, redis_host="10.0.0.5", redis_port=6380, redis_db=3)
+        assert with_running_serves_redis(given) is given  # told which: nothing to join
+    finally:
+        os.close(held)
+    # Once that serve is gone, serve.json no longer counts.
+    assert with_running_serves_redis(Settings(data_dir=tmp_path), required=False).redis_host is None

@@ -85,6 +85,10 @@ def banner(settings: Settings, dev_key: str | None) -> str:
     url = f"http://{settings.host}:{settings.port}"
     data_dir = shlex.quote(str(settings.data_dir))
     keys = f"analytics keys create --name me --scopes ingest,read --data-dir {data_dir}"
+    if settings.redis_host is not None:  # its keys live in that Redis: the command must too
+        password = " REDIS_PASSWORD=<its password>" if settings.redis_password else ""
+        keys = (f"REDIS_HOST={shlex.quote(settings.redis_host)} REDIS_PORT={settings.redis_port}"
+                f" REDIS_DB={settings.redis_db}{password} {keys}")  # fmt: skip
     auth_header = ""
     if settings.auth == "required":
         shown = dev_key or f"<your key: {keys}>"
@@ -120,9 +124,17 @@ def with_running_serves_redis(settings: Settings, *, required: bool = True) -> S
     if settings.broker != "redis" or settings.redis_host is not None or settings.redis_socket:
         return settings
     sock = embedded_redis_socket(settings.data_dir)
+    from analytics.entrypoints.cli import CliError  # noqa: PLC0415
+
+    if not sock.is_socket() and (theirs := serves_own_redis(settings.data_dir)) is not None:
+        pid, where, env = theirs  # not the embedded Redis, nor (unless it is) the default
+        if where != f"127.0.0.1:{settings.redis_port} db {settings.redis_db}":
+            raise CliError(
+                f"the analytics serve of {str(settings.data_dir)!r} (pid {pid}) uses the Redis"
+                f" at {where}: run this command with {env} (and REDIS_PASSWORD if it has one)"
+            )
     if not sock.is_socket() and not required:
         return settings  # the default Redis, as `analytics worker` and `api` use
-    from analytics.entrypoints.cli import CliError  # noqa: PLC0415
 
     if not sock.is_socket():
         # Falling back to 127.0.0.1:6379 read (and could replay or purge) some other
@@ -147,8 +159,10 @@ def with_running_serves_redis(settings: Settings, *, required: bool = True) -> S
     return settings.model_copy(update=update)
 
 
-def serve_namespace(data_dir: Path) -> str | None:
-    """The namespace of the serve running for ``data_dir`` (``serve.json``), if it says.
+def serve_info(data_dir: Path) -> dict[str, Any] | None:
+    """What the serve running for ``data_dir`` wrote to ``serve.json``: its namespace, pid,
+    where its API keys live (``key_store``) and, when it uses a Redis of the operator's,
+    that Redis (``redis``: host, port, db; never a password).
 
     Only while that serve holds the data directory (``serve.lock`` names its pid): the
     file outlives it, and a serve of an earlier version, which writes none, then ran
@@ -160,8 +174,40 @@ def serve_namespace(data_dir: Path) -> str | None:
         return None
     if not isinstance(info, dict) or holder is None or info.get("pid") != holder:
         return None
-    value = info.get("namespace")
+    return info
+
+
+def serve_namespace(data_dir: Path) -> str | None:
+    """The namespace of the serve running for ``data_dir``, if it says (:func:`serve_info`)."""
+    value = (serve_info(data_dir) or {}).get("namespace")
     return value if isinstance(value, str) and value else None
+
+
+def serves_own_redis(data_dir: Path) -> tuple[int, str, str] | None:
+    """(pid, "host:port db N", the environment that names it) when the serve running for
+    ``data_dir`` uses a Redis of the operator's (REDIS_HOST), else None."""
+    info = serve_info(data_dir) or {}
+    redis = info.get("redis")
+    if not isinstance(redis, dict):
+        return None
+    host, port, db = redis.get("host"), redis.get("port"), redis.get("db")
+    env = f"REDIS_HOST={shlex.quote(str(host))} REDIS_PORT={port} REDIS_DB={db}"
+    return int(info["pid"]), f"{host}:{port} db {db}", env
+
+
+def write_serve_file(data_dir: Path, settings: Settings) -> None:
+    """``serve.json`` for the commands that join this serve; whole or not at all for a
+    reader (written aside, then renamed)."""
+    from analytics.bootstrap import key_store_kind  # noqa: PLC0415
+
+    info: dict[str, Any] = {"namespace": settings.namespace, "pid": os.getpid(),
+                            "key_store": key_store_kind(settings)}  # fmt: skip
+    if settings.redis_host is not None:
+        info["redis"] = {"host": settings.redis_host, "port": settings.redis_port,
+                         "db": settings.redis_db}  # fmt: skip
+    tmp = data_dir / (SERVE_FILE + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(data_dir / SERVE_FILE)
 
 
 #: What a running serve tells the commands that join its Redis (``dlq``, ``worker``, ...).
@@ -370,9 +416,7 @@ def serve(settings: Settings) -> int:
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)
         # Before its socket exists: a command that finds the socket finds this namespace.
-        tmp = data_dir / (SERVE_FILE + ".tmp")  # whole or not at all for a reader
-        tmp.write_text(json.dumps({"namespace": settings.namespace, "pid": os.getpid()}))
-        tmp.replace(data_dir / SERVE_FILE)
+        write_serve_file(data_dir, settings)
         redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
@@ -380,6 +424,8 @@ def serve(settings: Settings) -> int:
         ).start()
         redis_log.relay()  # e.g. its append-only file found cut short, and truncated
         settings = settings.model_copy(update={"redis_socket": str(sock)})
+    else:  # the operator's Redis: commands without REDIS_HOST learn which one
+        write_serve_file(data_dir, settings)
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
     # The children get the settings in their granular form; the old REDIS_URL beside it

@@ -339,6 +339,12 @@ def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -
         "start": "2026-03-29", "end": "2026-03-30", "tz": "Europe/Berlin"}).json  # fmt: skip
     assert (berlin["start"], berlin["end"]) == (  # in the zone asked for, as aggregations are
         "2026-03-29T00:00:00+01:00", "2026-03-30T00:00:00+02:00")  # fmt: skip
+    # The range as a JSON body was ignored (400 "start is required"; with query
+    # parameters too, the body's other range silently lost): named as the mistake it is.
+    both = env.client.simulate_post(f"{AGG}/day/generate", params={
+        "start": "2026-03-29", "end": "2026-03-30"}, json={"start": "2026-01-01"})  # fmt: skip
+    assert both.status_code == 422 and both.json["errors"][0]["rule"] == "no_body", both.text
+    assert len(broker.queues["aggregations"].queue) == 1  # nothing more queued
 
 
 def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) -> None:

@@ -238,9 +238,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ("admin",),
         202,
         "analytics.application.generate:GenerateAccepted",
-        errors=READ_ERRORS,
+        errors=(*READ_ERRORS, 422),
         description="Queues a reconcile of [start, end) widened to whole buckets; follow the "
-        "returned task_id on /api/v1/analytics/tasks/{task_id}/status.",
+        "returned task_id on /api/v1/analytics/tasks/{task_id}/status. Takes no body (422).",
         params=(
             _PERIOD,
             _query("start", "From.", {"type": "string"}, required=True),

@@ -12,6 +12,7 @@ from analytics.application.queries import (
     parse_dashboard_query,
     query_dashboard,
 )
+from analytics.domain.errors import FieldError, ValidationFailed
 from analytics.domain.ports import AggregationJobs
 from analytics.entrypoints.api.http_cache import mark, strong_etag
 
@@ -40,6 +41,11 @@ class GenerateAggregationsResource:
         self.max_buckets = max_buckets
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, period: str) -> None:
+        if req.bounded_stream.read(4096).strip():  # a range sent as JSON was ignored (QA)
+            raise ValidationFailed([FieldError(
+                "$", "no_body", "generate takes no body: give the range as query parameters,"
+                " ?start=...&end=...[&tz=...]",
+            )])  # fmt: skip
         accepted = request_generation(
             period, req.params, jobs=self.jobs, max_buckets=self.max_buckets
         )

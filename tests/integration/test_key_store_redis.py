@@ -52,14 +52,18 @@ def test_key_store_down_is_503_not_500() -> None:
     assert r.headers["retry-after"]
 
 
-def test_a_503_tells_the_client_what_is_down_not_where(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_503_tells_the_client_what_is_down_not_where(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The key store is asked before the caller's key is known: its error (a socket path,
-    a host and port) must not reach an anonymous client; it goes to the log."""
+    a host and port) must not reach an anonymous client; it goes to the log, once per
+    10 s per kind of error (an outage makes every request a 503)."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from analytics.entrypoints.api import problems
     from tests.support import ApiHarness
+
+    monkeypatch.setattr(problems, "_OUTAGE_LOGGED", {})  # other tests' outages are not ours
 
     secret_path = str(tmp_path / "secret-data" / "redis.sock")
     dead = redis.Redis(unix_socket_path=secret_path, retry=Retry(NoBackoff(), 0))
@@ -72,3 +76,10 @@ def test_a_503_tells_the_client_what_is_down_not_where(tmp_path, capsys) -> None
     assert "secret-data" not in r.text
     logged = capsys.readouterr()
     assert "secret-data" in logged.out + logged.err  # the operator still sees why
+    for _ in range(3):
+        again = h.client.simulate_get("/api/v1/analytics/events/search",
+                                      headers={"Authorization": f"Bearer {made_up}"})  # fmt: skip
+        assert again.status_code == 503
+    logged = capsys.readouterr()
+    assert "dependency unavailable" not in logged.out + logged.err  # not 3 more lines
+    assert problems._OUTAGE_LOGGED["StorageUnavailable"][1] == 3  # counted for the next one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import falcon
@@ -88,15 +90,32 @@ def unavailable_problem(ex: AdapterError) -> Problem:
     error itself (a library's words: addresses, socket paths) goes to the log, since a
     key store that is down answers before the caller's key is known.
     """
-    import structlog  # noqa: PLC0415
-
     retry = getattr(ex, "retry_after", 5)
-    structlog.get_logger("analytics.api").warning(
-        "dependency unavailable", error_type=type(ex).__name__, error=str(ex))  # fmt: skip
+    _log_outage(ex)
     return Problem(
         503, slug="unavailable", title="Service unavailable", detail=ex.public or _kind_down(ex),
         headers={"Retry-After": str(retry)},
     )  # fmt: skip
+
+
+def _log_outage(ex: AdapterError, every_s: float = 10.0) -> None:
+    """``dependency unavailable`` with the error, at most once per ``every_s`` per kind of
+    error (an outage answers every request with a 503: thousands a second), saying how
+    many were not logged since (each request still has its access-log line)."""
+    import structlog  # noqa: PLC0415
+
+    kind = type(ex).__name__
+    now = time.monotonic()
+    last, quiet = _OUTAGE_LOGGED.get(kind, (-math.inf, 0))
+    if now - last < every_s:
+        _OUTAGE_LOGGED[kind] = (last, quiet + 1)  # a lost increment under a race is harmless
+        return
+    _OUTAGE_LOGGED[kind] = (now, 0)
+    structlog.get_logger("analytics.api").warning(
+        "dependency unavailable", error_type=kind, error=str(ex), not_logged_since=quiet)  # fmt: skip
+
+
+_OUTAGE_LOGGED: dict[str, tuple[float, int]] = {}
 
 
 def _kind_down(ex: AdapterError) -> str:

@@ -55,6 +55,39 @@ def test_seed_old_example_is_valid_on_the_legacy_route_only() -> None:
     assert rules_of(exc) == {("session_id", "required"), ("product_id", "purchase_requires_product")}
 
 
+# --- a member given twice: the last one counts (README "Errors") -------------------------
+BASE = b'"event_type":"page_view","session_id":"s"'
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize(
+    ("members", "field", "expected"),
+    [
+        (b'"user_id":"a","user_id":"b"', "user_id", "b"),
+        # An earlier value that broke a rule: 422 with an empty error list (fuzz QA).
+        (b'"user_id":5,"user_id":"u"', "user_id", "u"),
+        (b'"user_id":"bad id","user_id":"u"', "user_id", "u"),
+        (b'"user_id":"u","metadata":5,"metadata":{"x":0.1,"n":12345678901234567890}', "metadata",
+         {"x": 0.1, "n": 12345678901234567890}),  # numbers kept exact on the way
+        (b'"user_id":"u","timestamp":"x","timestamp":null', "timestamp", None),
+    ],
+)
+def test_a_member_given_twice_counts_as_its_last_value(
+    members: bytes, field: str, expected: object, legacy: bool
+) -> None:
+    raw = b"{" + BASE + b"," + members + b"}"
+    ein = decode_event(raw, LegacyEventIn if legacy else EventIn, received_at=NOW)
+    assert getattr(ein, field) == expected
+
+
+def test_a_member_whose_last_value_breaks_a_rule_is_named() -> None:
+    with pytest.raises(ValidationFailed) as once:
+        decode_event(b"{" + BASE + b',"user_id":5}', EventIn, received_at=NOW)
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(b"{" + BASE + b',"user_id":"u","user_id":5}', EventIn, received_at=NOW)
+    assert exc.value.errors == once.value.errors and rules_of(exc) == {("user_id", "invalid")}
+
+
 # --- field and cross-field rules ----------------------------------------------------------
 def test_every_failure_is_reported_at_once() -> None:
     doc = {"event_type": "Bad Type!", "user_id": "", "price": "abc", "extra": 1}

@@ -41,6 +41,20 @@ def test_invalid_event_is_not_queued(deps: IngestDeps, queue: InMemoryTaskQueue)
     assert queue.batches == []
 
 
+@pytest.mark.parametrize("first", [b"5", b'"bad id"'])
+def test_a_member_given_twice_counts_as_its_last_value_in_a_batch_and_alone(
+    deps: IngestDeps, queue: InMemoryTaskQueue, first: bytes
+) -> None:
+    """Bad value first, good value last: the single route answered 422 with no errors and
+    a batch rejected the event with none, or accepted it, depending on the rule (fuzz QA)."""
+    event = b'{"event_type":"page_view","user_id":' + first + b',"user_id":"u","session_id":"s"}'
+    alone = accept_event(event, correlation_id="c", deps=deps)
+    batch = accept_batch(b'{"events":[' + event + b"]}", correlation_id="c", deps=deps,
+                         max_events=10)  # fmt: skip
+    assert alone.status == "accepted" and batch.accepted == 1, batch
+    assert [e.user_id for e in queue.events] == ["u", "u"]
+
+
 def test_batch_is_partly_accepted(deps: IngestDeps, queue: InMemoryTaskQueue) -> None:
     dup = str(uuid.uuid4())
     body = {

@@ -109,9 +109,21 @@ def decode_event(
         raise MalformedInput(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedInput(TOO_DEEP) from None
-    raise ValidationFailed(collect_field_errors(doc, model, received_at=received_at, limits=limits))
+    errors = collect_field_errors(doc, model, received_at=received_at, limits=limits)
+    if errors:
+        raise ValidationFailed(errors)
+    # Every member is valid, yet the decoder refused: a member given twice whose earlier
+    # value broke a rule (the decoder checks each occurrence). The last one counts (README,
+    # as in JSON.parse), so the body is decoded as that: numbers kept exact on the way.
+    last_wins = _exact_encoder.encode(_exact_decoder.decode(raw))
+    try:
+        return _decoders[model].decode(last_wins)
+    except msgspec.ValidationError as exc:  # never an empty error list
+        raise ValidationFailed([FieldError("$", "invalid", str(exc))]) from None
 
 
+_exact_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_exact_encoder = msgspec.json.Encoder(decimal_format="number")
 TOO_DEEP = "body is nested too deeply (see the README's limits table)"
 
 

@@ -194,10 +194,18 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
         ({"all": True, "ids": ["x"]}, [("$", "selection_conflict")]),
         ({"ids": [msg.message_id], "queue": "aggregations"}, [("$", "selection_conflict")]),
         ({"all": True, "actor": "process_events"}, [("$", "selection_conflict")]),
+        # Every failure, not the first msgspec met (fuzz QA: one of four listed).
+        ({"ids": 5, "queue": 7, "extra": 1, "all": "yes"},
+         [("ids", "invalid"), ("queue", "invalid"), ("extra", "unknown_field"), ("all", "invalid")]),
+        ({"ids": [1, 2], "bogus": 1, "queue": "nope"},
+         [("ids", "invalid"), ("bogus", "unknown_field"), ("queue", "invalid")]),
     ]:
         bad = client.simulate_post("/api/v1/admin/dlq/replay", json=body, headers=ADMIN)
         assert bad.status_code == 422, (body, bad.text)
         assert [(e["field"], e["rule"]) for e in bad.json["errors"]] == expected, bad.json
+    broken = client.simulate_post("/api/v1/admin/dlq/replay", body=b'{"ids": 5, oops',
+                                  headers={**ADMIN, "Content-Type": "application/json"})  # fmt: skip
+    assert broken.status_code == 400, broken.text  # not JSON after all: 400, not 500
     assert len(dlq.list()) == 1  # none of them replayed anything
 
     repo.broken = False

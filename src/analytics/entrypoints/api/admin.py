@@ -86,16 +86,44 @@ class SelectionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _decode_selection = msgspec.json.Decoder(SelectionBody).decode
 
 
-def _selection_errors(exc: msgspec.ValidationError) -> list[FieldError]:
-    """msgspec's message as a field error: ``... - at `$.ids``` names the field, an unknown
-    one is named in the message itself."""
-    text = str(exc)
-    message, _, path = text.partition(" - at `$")
+def _selection_errors(raw: bytes, exc: msgspec.ValidationError) -> list[FieldError]:
+    """Every way a selection body fails, not only the first msgspec met: each member is
+    checked on its own (an unknown one named as such, a queue name against the queues)."""
+    try:  # the typed decode may have stopped before a syntax error further on
+        doc = msgspec.json.decode(raw)
+    except (*JSON_DECODE_ERRORS, RecursionError) as bad:
+        raise MalformedInput(f"body is not JSON: {bad}") from None
+    if not isinstance(doc, dict):
+        return [_field_error(exc)]
+    errors: list[FieldError] = []
+    for name, value in doc.items():
+        if name not in _SELECTION_FIELDS:
+            errors.append(FieldError(name, "unknown_field", "unknown field; allowed: ids, queue, actor, all"))
+            continue
+        try:
+            msgspec.convert({name: value}, SelectionBody)
+        except msgspec.ValidationError as one:
+            errors.append(_field_error(one))
+        else:
+            if name == "queue" and (bad := _unknown_queue(value)) is not None:
+                errors.append(bad)
+    return errors or [_field_error(exc)]
+
+
+def _field_error(exc: msgspec.ValidationError) -> FieldError:
+    """msgspec's message as a field error: ``... - at `$.ids``` names the field."""
+    message, _, path = str(exc).partition(" - at `$")
     field = path.rstrip("`").lstrip(".").split("[")[0].split(".")[0] or "$"
-    if message.startswith("Object contains unknown field `"):
-        name = message.removeprefix("Object contains unknown field `").rstrip("`")
-        return [FieldError(name, "unknown_field", "unknown field; allowed: ids, queue, actor, all")]
-    return [FieldError(field, "invalid", message)]
+    return FieldError(field, "invalid", message)
+
+
+def _unknown_queue(queue: str | None) -> FieldError | None:
+    if queue is None or queue in QUEUE_NAMES:
+        return None
+    return FieldError("queue", "invalid", f"unknown queue {queue!r}; choose from {', '.join(QUEUE_NAMES)}")
+
+
+_SELECTION_FIELDS = frozenset(SelectionBody.__struct_fields__)
 
 
 def _queue_param(req: falcon.Request) -> str | None:
@@ -147,13 +175,11 @@ class DeadLetterActionResource:
         try:
             body = _decode_selection(raw or b"{}")
         except msgspec.ValidationError as exc:
-            raise ValidationFailed(_selection_errors(exc)) from None
+            raise ValidationFailed(_selection_errors(raw or b"{}", exc)) from None
         except JSON_DECODE_ERRORS as exc:
             raise MalformedInput(f"body is not JSON: {exc}") from None
-        if body.queue is not None and body.queue not in QUEUE_NAMES:
-            raise ValidationFailed([FieldError(
-                "queue", "invalid", f"unknown queue {body.queue!r}; choose from {', '.join(QUEUE_NAMES)}"
-            )])  # fmt: skip
+        if (bad := _unknown_queue(body.queue)) is not None:
+            raise ValidationFailed([bad])
         if not (body.ids or body.queue or body.actor or body.all):  # never "everything"
             raise ValidationFailed([FieldError(
                 "$", "selection_required", "give ids, a queue and/or actor, or all: true"

@@ -163,6 +163,10 @@ def test_hour_week_month_and_event_type_filter(env: Env) -> None:
         (f"{AGG}/day", {"start": "2026-W01-1", "end": "2026-02-01"}, "start"),
         (f"{AGG}/day", {"start": "20260101", "end": "2026-02-01"}, "start"),
         (f"{AGG}/hour", {"start": "2026-01-01T00:00Z", "end": "2026-W01-2T00:00Z"}, "end"),
+        # RFC 3339 offsets are Z or +hh:mm; fromisoformat also took seconds and +hhmm (fuzz QA).
+        ("/api/v1/analytics/events/search", {"start": "2026-03-01T00:00:00+05:45:30"}, "start"),
+        ("/api/v1/analytics/events/search", {"start": "2026-03-01T00:00:00+0100"}, "start"),
+        (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01T00:00:00Zjunk"}, "end"),
         (DASH, {"last": "2h"}, "last"),
         (DASH, {"last": "1h", "start": "2026-03-31T00:00:00Z"}, "last"),
         (DASH, {"start": "2026-03-31T00:00:00Z"}, "end"),
@@ -198,6 +202,14 @@ def test_unencoded_plus_in_offset_is_understood(env: Env) -> None:
     assert resp.status_code == 200, resp.text
     assert resp.json["buckets"][0]["start"] == "2026-03-18T09:00:00+00:00"
     assert resp.json["buckets"][0]["count"] == 1
+
+
+def test_the_last_day_of_the_range_can_be_asked_for(env: Env) -> None:
+    """The bound is 2000-01-01 .. 2100-01-01; an end of 2100-01-01 (exclusive, as every
+    end) was refused, so 2099's last bucket could not be read (fuzz QA)."""
+    day = env.get(f"{AGG}/day", start="2099-12-31", end="2100-01-01T00:00:00Z")
+    assert [b["start"] for b in day["buckets"]] == ["2099-12-31T00:00:00+00:00"]
+    assert env.get(f"{AGG}/hour", start="2026-03-18T10:00:00.5Z", end="2026-03-18T11:00Z")
 
 
 def test_repeated_parameter_is_400(env: Env) -> None:

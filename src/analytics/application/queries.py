@@ -36,7 +36,7 @@ from analytics.domain.buckets import (
 )
 from analytics.domain.errors import BadQuery
 from analytics.domain.ports import AggregateStore, Cache, Clock
-from analytics.domain.search import round_to_micros
+from analytics.domain.search import RFC3339, round_to_micros
 
 UNIQUES = "exact"
 _MIN_DATE = datetime(2000, 1, 1, tzinfo=UTC)
@@ -84,7 +84,7 @@ def check_params(params: Mapping[str, object], allowed: Sequence[str]) -> dict[s
     return out
 
 
-_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}|$)")
+_DATE_SHAPE = re.compile(rf"\d{{4}}-\d{{2}}-\d{{2}}|{RFC3339.pattern}")
 
 
 def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
@@ -94,7 +94,7 @@ def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
         value = value[:-6] + "+" + value[-5:]  # an unencoded '+' in a URL arrives as ' '
     # Python's fromisoformat also takes ISO week dates (2026-W01-1) and basic forms
     # (20260101): not what the README documents, so not accepted.
-    shape = _DATE_SHAPE.match(value)
+    shape = _DATE_SHAPE.fullmatch(value)
     try:
         if shape is None:
             raise ValueError(value)
@@ -109,7 +109,7 @@ def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
         raise BadQuery(name, "must be between 2000-01-01 and 2100-01-01") from None
     if dt.tzinfo is None:
         raise BadQuery(name, f"{value!r} needs a UTC offset (e.g. Z or +01:00)")
-    if not _MIN_DATE <= dt < _MAX_DATE:
+    if not _MIN_DATE <= dt <= _MAX_DATE:  # 2100-01-01 itself: the end of 2099's last bucket
         raise BadQuery(name, "must be between 2000-01-01 and 2100-01-01")
     return dt.astimezone(UTC)
 

@@ -97,6 +97,34 @@ def test_summary_is_exact_over_minute_and_quarter_pieces(
     assert (buys.count, buys.unique_sessions, buys.revenue_micros["EUR"]) == (2, 1, 300_000)
 
 
+
+def test_revenue_and_orders_count_purchases_only(
+    stores: tuple[EventRepository, AggregateStore],
+) -> None:
+    """Mutation QA: a priced event of another type (a cart add with its price) keeps
+    revenue counters of its own type, but revenue and orders are purchases only, in every
+    store: summing all types reported the cart as sales (22 EUR and 2 orders for one
+    10 EUR purchase)."""
+    _, agg = stores
+    events = [
+        purchase(T0 + timedelta(minutes=1), user="a", session="s1", price="10"),
+        make_event(T0 + timedelta(minutes=2), event_type="add_to_cart", user="b", session="s2",
+                   product="p9", price="12", currency="EUR"),  # fmt: skip
+        make_event(T0 + timedelta(minutes=3), event_type="add_to_cart", user="b", session="s2",
+                   product="p9", price="4", currency="USD"),  # fmt: skip
+    ]
+    agg.apply([contribution(e) for e in events])
+    w = window(T0, T0 + timedelta(hours=1))
+    [s_all] = agg.summarize([w], None)
+    assert (s_all.count, s_all.revenue_micros, s_all.orders) == (3, {"EUR": 10_000_000},
+                                                                  {"EUR": 1})  # fmt: skip
+    [buys] = agg.summarize([w], PURCHASE)
+    assert (buys.revenue_micros, buys.orders) == ({"EUR": 10_000_000}, {"EUR": 1})
+    [carts] = agg.summarize([w], "add_to_cart")
+    assert (carts.count, carts.revenue_micros, carts.orders) == (2, {}, {})
+    assert agg.breakdown(w, top=3).top_by_revenue[0].revenue_micros == {"EUR": 10_000_000}
+
+
 def test_breakdown_types_conversion_and_top_products(
     stores: tuple[EventRepository, AggregateStore],
 ) -> None:

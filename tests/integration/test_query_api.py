@@ -271,6 +271,21 @@ def test_a_free_purchase_shows_its_currency_with_zero_revenue(env: Env) -> None:
     assert bucket["revenue"] == {"CHF": "0.00", "EUR": "4.00"}
 
 
+
+def test_money_stays_exact_to_the_micro(env: Env) -> None:
+    """Mutation QA: prices carry up to 6 decimals and revenue is exact; rounding the
+    display to cents showed 12.345 EUR as "12.34" and a one-micro sale as "0.00"."""
+    t = NOW - timedelta(minutes=10)
+    env.ingest(purchase(t, user="a", product="p1", price="12.345", currency="EUR"),
+               purchase(t, user="b", product="p2", price="0.000001", currency="USD"))  # fmt: skip
+    d = env.get(DASH, last="1h")
+    assert d["revenue"] == {"EUR": "12.345", "USD": "0.000001"}
+    assert d["average_order_value"] == {"EUR": "12.345", "USD": "0.000001"}
+    assert d["top_products_by_revenue"][0]["revenue"] == {"EUR": "12.345"}
+    [bucket] = env.get(f"{AGG}/day", start="2026-03-31", end="2026-04-01")["buckets"]
+    assert bucket["revenue"] == {"EUR": "12.345", "USD": "0.000001"}
+
+
 def test_dashboard_reads_aggregates_only(tmp_path: Path) -> None:
     class NoReads(InMemoryEventRepository):
         def get_many(self, ids: object) -> dict[uuid.UUID, Event]:
@@ -308,6 +323,36 @@ def test_cached_answers_are_invalidated_when_an_event_lands(env: Env) -> None:
     assert ttls == [5, 86_400]
     env.get(f"{AGG}/day", start="2026-03-31", end="2026-04-01")
     assert 10 in set(env.cache.ttls.values())
+
+
+
+def test_the_worker_invalidates_cached_answers_with_group_commit_on(env: Env) -> None:
+    """Mutation QA: with the worker's group commit on (the default), the process_events
+    actor stores with the cache left out and invalidates once the round has committed.
+    Without that invalidation, an event processed by the worker stayed invisible in the
+    cached aggregations and dashboard for their whole TTL (a day for a closed day)."""
+    assert env.container.settings.worker_group_commit
+    broker = env.container.broker
+    assert isinstance(broker, StubBroker)
+    register_actors(env.container)
+    closed = datetime(2026, 3, 20, 9, 0, tzinfo=UTC)
+    q = {"start": "2026-03-20", "end": "2026-03-21"}
+    assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 0  # cached: nothing yet
+    assert env.get(DASH, last="15m")["total_events"] == 0
+    hits = env.cache.hits
+    assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 0
+    assert env.cache.hits == hits + 1  # the answer is served from the cache
+    env.container.task_queue.enqueue_events([make_event(closed), make_event(NOW)])
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("high_priority")
+        worker.join()
+    finally:
+        worker.stop()
+    assert env.container.event_repo.count() == 2  # the worker stored them
+    assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 1
+    assert env.get(DASH, last="15m")["total_events"] == 1
 
 
 def test_queries_answer_when_the_cache_is_down(env: Env) -> None:

@@ -9,7 +9,7 @@ recomputation from the stored events.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -93,6 +93,25 @@ def test_worker_killed_between_write_and_count_is_counted_on_redelivery() -> Non
     assert totals(agg) == (2, 1, 1, {"EUR": 3_000_000})
 
 
+
+def test_a_retry_redelivered_after_a_crash_counts_the_stored_version_not_its_own() -> None:
+    """Mutation QA: the first delivery stored the event and died before counting; the
+    client then retried with the same event_id but another price and minute. The retry
+    must count the STORED version (10 EUR at T0), not the retry's content (99 EUR seven
+    minutes later): otherwise the counters disagree with the stored event for good, and
+    reconcile reports the difference as drift."""
+    repo, agg = InMemoryEventRepository(), CrashingAggregates()
+    eid = uuid.uuid4()
+    with pytest.raises(Crash):
+        store_events([purchase(T0, price="10", event_id=eid)], repo=repo, aggregates=agg)
+    agg.crash = False
+    retry = purchase(T0 + timedelta(minutes=7), price="99", event_id=eid)
+    result = store_events([retry], repo=repo, aggregates=agg)
+    assert (result.stored, result.counted) == (0, 1)
+    assert totals(agg) == (1, 1, 1, {"EUR": 10_000_000})
+    assert agg.snapshot(*HOUR).counters == recompute(repo.all())
+
+
 def test_worker_killed_with_sqlite_then_redelivered(tmp_path: Path) -> None:
     db = SQLiteDatabase(tmp_path / "events.sqlite3")
     repo, agg = SQLiteEventRepository(db), SQLiteAggregateStore(db)
@@ -125,6 +144,45 @@ def test_reconcile_catches_up_uncounted_events_and_repairs_drift() -> None:
     # a redelivery after reconcile still changes nothing
     assert store_events(uncounted, repo=repo, aggregates=agg).counted == 0
     assert agg.snapshot(*HOUR).counters == recompute(counted + uncounted)
+
+
+
+class RepeatingRepository(InMemoryEventRepository):
+    """A range read that returns each event twice: recompute promises each event_id once
+    "whatever the duplicates", so reconcile must not depend on the read being distinct."""
+
+    def iter_range(self, start: datetime, end: datetime, *, page_size: int = 1000) -> Iterator[Event]:
+        for e in super().iter_range(start, end, page_size=page_size):
+            yield e
+            yield e
+
+
+def test_recompute_counts_each_event_id_once_whatever_the_duplicates() -> None:
+    """Mutation QA: recompute is reconcile's reference; a duplicate in its input counted
+    twice made reconcile "repair" correct counters to double the real figures."""
+    a, b = make_event(T0, user="a"), purchase(T0 + timedelta(minutes=1), user="b", price="2")
+    assert recompute([a, b, a, b, b]) == recompute([a, b])
+    assert recompute([a, a])[CounterKey(COUNT, QUARTER, HOUR[0], "page_view")] == 1
+    repo, agg = RepeatingRepository(), InMemoryAggregateStore()
+    store_events([a, b], repo=repo, aggregates=agg)
+    report = reconcile(T0, T0 + timedelta(hours=1), repo=repo, aggregates=agg)
+    assert (report.drifted_counters, report.repaired) == (0, False)
+    assert totals(agg) == (2, 2, 1, {"EUR": 2_000_000})
+
+
+def test_reconcile_from_a_start_inside_a_quarter_never_double_counts() -> None:
+    """Mutation QA: a reconcile range starting at 10:07 must widen to 10:00. Started at
+    10:07, the 10:00 quarter counter of an event at 10:09 fell outside the snapshot but
+    inside the recomputation, so reconcile "repaired" it to 2 (the quarter-hour, hour and
+    day figures then doubled)."""
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    store_events([make_event(T0 + timedelta(minutes=9))], repo=repo, aggregates=agg)
+    report = reconcile(T0 + timedelta(minutes=7), T0 + timedelta(hours=1), repo=repo,
+                       aggregates=agg)  # fmt: skip
+    assert totals(agg)[0] == 1
+    assert agg.snapshot(*HOUR).counters == recompute(repo.all())
+    assert (report.drifted_counters, report.repaired, report.examples) == (0, False, [])
+    assert report.start == T0
 
 
 class BlippingCache(InMemoryCache):

@@ -15,11 +15,15 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq import Worker
+from dramatiq.brokers.redis import RedisBroker
 from falcon import testing
 
+from analytics.adapters.dead_letters import RedisDeadLetters
 from analytics.adapters.dramatiq_queue import events_message
 from analytics.bootstrap import Container, bootstrap
+from analytics.domain.errors import StorageUnavailable
 from analytics.entrypoints.actors import register_actors
 from analytics.entrypoints.api.app import create_app
 from analytics.settings import Settings
@@ -307,3 +311,71 @@ def test_an_envelope_without_its_redis_id_is_dead_lettered_and_replays(system) -
     wait_until(lambda: {e.event_id for e in repo.all()} == wanted, timeout=30,
                message="the replayed message was not stored")  # fmt: skip
     assert dlq.list() == [] and nacked == [(foreign.actor_name, "high_priority")]
+
+
+def test_a_replayed_message_gets_a_fresh_retry_budget(system) -> None:  # type: ignore[no-untyped-def]
+    """Mutation QA: a replay drops the dead message's ``retries`` count. Kept, the replayed
+    message had already spent its retries, and the first transient failure after the
+    repair (one more storage hiccup) sent it straight back to the dead letters instead of
+    being retried: the operator's replay silently did nothing."""
+    container, repo, _ = system
+    broker, dlq = container.broker, container.dead_letters
+    events = make_events(4, user="replayed")
+    repo.broken = True
+    msg = broker.enqueue(events_message(events))
+    wait_until(lambda: len(dlq.list()) == 1, timeout=30, message="never dead-lettered")
+    (letter,) = dlq.list()
+    assert letter.attempts == 3  # its budget spent: 1 run + max_retries 2
+
+    repo.broken = False
+    add_many, hiccups = repo.add_many, [1]
+
+    def one_more_hiccup(batch):  # type: ignore[no-untyped-def]
+        if hiccups[0]:
+            hiccups[0] -= 1
+            raise StorageUnavailable("one more hiccup after the repair (test)")
+        return add_many(batch)
+
+    repo.add_many = one_more_hiccup
+    assert dlq.replay([msg.message_id]) == [msg.message_id]
+    wanted = {e.event_id for e in events}
+    wait_until(lambda: {e.event_id for e in repo.all()} >= wanted or bool(dlq.list()),
+               timeout=30, message="the replayed message was neither stored nor dead-lettered")  # fmt: skip
+    assert hiccups == [0]  # the replay did meet the failure
+    assert dlq.list() == [], "the replayed message went back to the dead letters on its first failure"
+    assert {e.event_id for e in repo.all()} >= wanted
+
+
+def test_a_replay_whose_enqueue_fails_keeps_the_dead_letter(
+    redis_server: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutation QA: a replay enqueues the copy first and only then removes the letter. In
+    the other order an enqueue that fails (the connection reset as it is sent) left the
+    letter deleted and the message nowhere: the replay failed and there was nothing left
+    to replay again."""
+    broker = RedisBroker(client=redis_server.client(), namespace=namespace)
+    broker.declare_queue("high_priority")
+    dlq = RedisDeadLetters(broker)
+    try:
+        sent = broker.enqueue(events_message(make_events(2, user="kept")))
+        consumer = broker.consume("high_priority", timeout=1000)
+        fetched = next(consumer)
+        assert fetched is not None and fetched.message_id == sent.message_id
+        consumer.nack(fetched)  # dramatiq's way into the dead letters
+        consumer.close()
+        assert [d.letter_id for d in dlq.list()] == [sent.message_id]
+
+        def reset(message: dramatiq.Message[Any], *, delay: int | None = None) -> None:
+            raise redis.ConnectionError("Connection reset by peer (test)")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(broker, "enqueue", reset)
+            with pytest.raises(redis.ConnectionError):
+                dlq.replay([sent.message_id])
+
+        assert [d.letter_id for d in dlq.list()] == [sent.message_id], "the dead letter was lost"
+        assert broker.do_qsize("high_priority") == 0  # and nothing was queued
+        assert dlq.replay([sent.message_id]) == [sent.message_id]  # the retry of the replay
+        assert broker.do_qsize("high_priority") == 1 and dlq.list() == []
+    finally:
+        broker.close()

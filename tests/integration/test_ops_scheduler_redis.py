@@ -322,3 +322,25 @@ def test_a_period_whose_send_failed_on_another_broker_is_sent_by_the_retry(setti
     assert len(service.run_job(hourly)) == 1  # what the retry 30 s later does
     assert broker.sent == ["2026-03-01T09:00:00+00:00"]
     assert service.run_job(hourly) == []  # and once only
+
+
+def test_a_period_at_or_before_the_watermark_is_never_claimed_again(
+    settings, redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
+    """Mutation QA: a period's done key expires (``done_ttl_ms``), the watermark does not.
+    Only the watermark check in the claim script keeps an expired period (or any earlier
+    one) from being claimed again: without it a late or repeated run enqueued that hour's
+    rollup a second time and moved the watermark back, so every period after it was owed
+    (and enqueued) again."""
+    client = redis_server.client()
+    service = SchedulerService(settings, clock=FixedClock(T0))
+    assert service.lease.acquire()
+    ledger, lease = service.ledger, service.lease
+    hour = 3600
+    assert ledger.enqueue_once(lease, "rollup_hourly", 2 * hour, _msg(), done_ttl_ms=1)
+    done = f"{namespace}:scheduler:done:rollup_hourly:{2 * hour}"
+    wait_until(lambda: not client.exists(done), timeout=5, message="the done key never expired")
+    assert not ledger.enqueue_once(lease, "rollup_hourly", 2 * hour, _msg(), done_ttl_ms=60_000)
+    assert not ledger.enqueue_once(lease, "rollup_hourly", hour, _msg(), done_ttl_ms=60_000)
+    assert ledger.watermark("rollup_hourly") == 2 * hour  # never moved back
+    assert client.llen(f"{namespace}:aggregations") == 1  # enqueued once

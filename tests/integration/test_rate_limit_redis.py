@@ -114,3 +114,25 @@ def test_backlog_depth_and_measured_drain_rate(redis_server: RedisInfo, namespac
     assert int(client.get(drained)) == 30  # and nothing more at shutdown
     rate = backlog.drain_rate()
     assert rate is not None and rate > 0
+
+
+def test_a_bucket_whose_tat_lies_in_the_past_is_full_not_overfull(
+    redis_server: RedisInfo, namespace: str
+) -> None:
+    """Mutation QA: a bucket's key outlives its theoretical arrival time (TAT) by a second,
+    so an idle client's TAT is in the past when its next request comes. The script clamps
+    it to now: without that, the idle time past a full bucket counted as extra credit, and
+    a client admitted more than its burst at once (here a batch of burst + 1, and a
+    ``RateLimit-Remaining`` above the limit)."""
+    client = redis_server.client()
+    limiter = RedisRateLimiter(client, namespace)
+    quota = Quota(rate_per_minute=240, burst=2)  # one unit every 250 ms
+    seconds, micros = client.time()  # the script's clock: Redis TIME
+    now_ms = seconds * 1000 + micros // 1000
+    # Its TAT as the script leaves it, 990 ms after it passed (the key would expire 10 ms
+    # later: a longer TTL here, so the test does not race that expiry).
+    client.set(f"{namespace}:ratelimit:key:idle", now_ms - 990, px=60_000)
+    over = limiter.hit("key:idle", quota.burst + 1, quota)
+    assert not over.allowed  # more than the burst never fits, however long the idle time
+    full = limiter.hit("key:idle", 1, quota)
+    assert full.allowed and full.remaining == quota.burst - 1

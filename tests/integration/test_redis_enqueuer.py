@@ -30,6 +30,7 @@ from analytics.adapters.embedded_redis import RedisServerProcess
 from analytics.adapters.redis_task_status import RedisTaskStatusStore
 from analytics.adapters.task_status_middleware import TaskStatusMiddleware, install
 from analytics.domain.clock import SystemClock
+from analytics.domain.errors import QueueUnavailable
 from analytics.domain.events import Event
 from tests import aggsupport
 from tests.redis_broker_support import CountingConnection, counting_broker
@@ -170,3 +171,23 @@ def test_every_redis_broker_the_service_builds_requeues_its_prefetch(
         assert any(isinstance(m, RequeuePrefetched) for m in built.middleware)
     finally:
         built.close()
+
+
+def test_a_dispatch_that_redis_refuses_is_not_a_202(own_redis: RedisServerProcess) -> None:
+    """Mutation QA: the dispatch script's error reply (here OOM: a Redis full under
+    ``maxmemory`` with ``noeviction``; a READONLY replica answers alike) comes back as a
+    value in the pipeline's results, not as an exception. It must be raised: swallowed, the
+    caller got a task id (a 202) for a message that was never queued."""
+    b = counting_broker(own_redis, RedisBroker, "oom")
+    b.declare_queue("high_priority")
+    queue = GroupCommitQueue(b, send=RedisEnqueuer.for_broker(b))
+    try:
+        queue.enqueue_events([make_event(0)])  # scripts loaded, the pipeline path warm
+        b.client.config_set("maxmemory-policy", "noeviction")
+        b.client.config_set("maxmemory", 1)
+        with pytest.raises(QueueUnavailable, match="OOM"):
+            queue.enqueue_events([make_event(1)])
+        b.client.config_set("maxmemory", 0)
+        assert b.do_qsize("high_priority") == 1  # the first message only
+    finally:
+        b.close()

@@ -100,3 +100,45 @@ def test_rabbitmq_dead_letters_list_replay_purge(
     finally:
         worker.stop()
         broker.close()
+
+
+def test_a_replay_sends_each_letter_once_and_survives_a_closed_connection(
+    rabbitmq_url: str, redis_server: Any, namespace: str
+) -> None:
+    """QA, on a live RabbitMQ: (1) a replayed copy that failed again at once was
+    dead-lettered behind the letters still being read, met again and sent again: one
+    replay of one letter answered "replayed 15"; (2) once RabbitMQ closed the thread's
+    connection, every dead-letter call failed until that thread happened to enqueue."""
+    settings = Settings(
+        broker="rabbitmq", rabbitmq_url=rabbitmq_url, storage="memory", cache_backend="none",
+        retry_max_retries=0, redis_host=redis_server.host, redis_port=redis_server.port,
+        redis_db=redis_server.db, namespace=namespace,
+    )  # fmt: skip
+    container = bootstrap(settings, event_repo=BreakableRepository())
+    register_actors(container)
+    broker, dlq = container.broker, container.dead_letters
+    worker = Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        def undecodable() -> str:  # fails for good at once: back in .XQ within milliseconds
+            return broker.enqueue(dramatiq.Message(
+                queue_name="high_priority", actor_name="process_events", args=("{nope",),
+                kwargs={}, options={},
+            )).message_id  # fmt: skip
+
+        first = undecodable()
+        wait_until(lambda: dlq.depths()["high_priority"] == 1, timeout=30)
+        others = [undecodable() for _ in range(40)]  # read after it, one round trip each
+        wait_until(lambda: dlq.depths()["high_priority"] == 41, timeout=30)
+        assert replay_dead_letters(Selection(ids=(first,)), dlq=dlq) == [first]
+        # The copy failed again: 41 letters, the replayed one among them once.
+        wait_until(lambda: dlq.depths()["high_priority"] == 41, timeout=30)
+        assert sorted(d.letter_id for d in dlq.list()) == sorted([first, *others])
+
+        broker.connection.close()  # as RabbitMQ closing this thread's connection
+        assert len(dlq.list(queue="high_priority")) == 41
+        assert dlq.depths()["high_priority"] == 41
+        assert len(purge_dead_letters(Selection(all=True), dlq=dlq)) == 41
+    finally:
+        worker.stop()
+        broker.close()

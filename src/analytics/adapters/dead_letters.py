@@ -181,12 +181,31 @@ class RabbitDeadLetters:
         self.broker = broker
         self.queues = tuple(queues)
 
+    def _channel(self) -> Any:
+        """A channel on this thread's connection; a connection found closed (RabbitMQ
+        restarted, or closed it) is replaced once: dramatiq keeps one per thread and only
+        its ``enqueue`` replaces a dead one, so these routes answered 500 until that thread
+        happened to enqueue (QA)."""
+        import pika.exceptions  # noqa: PLC0415
+
+        try:
+            return self.broker.connection.channel()
+        except pika.exceptions.AMQPError:
+            del self.broker.connection
+            return self.broker.connection.channel()
+
     def _visit(self, queue: str, decide: Any) -> list[str]:
-        """Call ``decide(message, died_ms)`` on every letter; ack those it returns True for."""
-        channel = self.broker.connection.channel()
+        """Call ``decide(message, died_ms)`` on every letter there when the visit begins,
+        each once; ack those it returns True for.
+
+        Only as many as the queue held then: a replayed copy that fails again at once is
+        dead-lettered behind them, and reading until the queue was empty met it again and
+        sent it again, one replay of one letter counting 15 (QA)."""
+        channel = self._channel()
         done: list[str] = []
         try:
-            while True:
+            held = channel.queue_declare(f"{queue}.XQ", passive=True).method.message_count
+            for _ in range(held):
                 method, props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
                 if method is None:
                     break
@@ -216,16 +235,19 @@ class RabbitDeadLetters:
     def replay(self, letter_ids: Sequence[str]) -> list[str]:
         wanted = set(letter_ids)
         done: list[str] = []
+        sent: set[str] = set()
         for q in self.queues:
 
             def again(message: dramatiq.Message[Any], died: float, q: str = q) -> bool:
                 if message.message_id not in wanted or message.actor_name == UNDECODABLE_ACTOR:
                     return False  # nothing to replay in an undecodable one: purge it
-                self.broker.enqueue(replay_copy(message, q))  # published before the ack
+                if message.message_id not in sent:  # a letter held twice is sent once
+                    self.broker.enqueue(replay_copy(message, q))  # published before the ack
+                    sent.add(message.message_id)
                 return True
 
             done += self._visit(q, again)
-        return done
+        return list(dict.fromkeys(done))
 
     def purge(self, letter_ids: Sequence[str]) -> list[str]:
         wanted = set(letter_ids)
@@ -235,7 +257,7 @@ class RabbitDeadLetters:
         return done
 
     def depths(self) -> dict[str, int]:
-        channel = self.broker.connection.channel()
+        channel = self._channel()
         try:
             return {
                 q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)

@@ -42,6 +42,19 @@ def test_settings_choose_rabbitmq_with_delivery_confirmation(container: Containe
     assert set(QUEUES) <= broker.get_declared_queues()
 
 
+def test_reads_after_the_connection_was_closed_take_a_new_one(container: Container) -> None:
+    """dramatiq replaces a thread's dead connection only in enqueue: queue depths (the
+    overload check, /metrics, /health/detailed) failed until the thread enqueued (QA)."""
+    broker = container.broker
+    before = broker.get_queue_message_counts("high_priority")
+    broker.channel.close()  # as RabbitMQ closing the channel
+    assert broker.get_queue_message_counts("high_priority") == before
+    broker.connection.close()  # as RabbitMQ closing the connection
+    assert broker.get_queue_message_counts("high_priority") == before
+    broker.connection.close()
+    assert broker.live_connection().is_open  # what /health/detailed checks
+
+
 def test_group_commit_over_rabbitmq_stores_every_event_once(container: Container) -> None:
     queue = container.task_queue
     assert isinstance(queue, GroupCommitQueue)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import pika.exceptions
 import structlog
 from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
@@ -64,6 +65,24 @@ class _KeepingConsumer(_RabbitmqConsumer):  # type: ignore[misc]
 
 
 class KeepingRabbitmqBroker(RabbitmqBroker):  # type: ignore[misc]
+    """dramatiq keeps one connection per thread and replaces a dead one only in
+    ``enqueue``: once RabbitMQ closed it, every read on that thread (queue depths for the
+    overload check, ``/metrics``, ``/health/detailed``) failed until the thread happened
+    to enqueue (QA). Reads here take a fresh connection instead."""
+
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
         return _KeepingConsumer
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        try:
+            return super().get_queue_message_counts(queue_name)  # type: ignore[no-any-return]
+        except pika.exceptions.AMQPError:
+            del self.connection  # and its channel
+            return super().get_queue_message_counts(queue_name)  # type: ignore[no-any-return]
+
+    def live_connection(self) -> Any:
+        """This thread's connection, a new one if RabbitMQ closed the last."""
+        if not self.connection.is_open:
+            del self.connection
+        return self.connection

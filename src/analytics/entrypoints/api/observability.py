@@ -256,7 +256,7 @@ class DetailedHealthResource:
         if kind == "redis":
             broker.client.ping()  # type: ignore[attr-defined]
         elif kind == "rabbitmq":
-            conn = broker.connection  # type: ignore[attr-defined]
+            conn = broker.live_connection()  # type: ignore[attr-defined]
             if not conn.is_open:
                 raise ConnectionError("RabbitMQ connection is closed")
         return {"kind": kind, "queues": sorted(broker.get_declared_queues())}

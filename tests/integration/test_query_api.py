@@ -430,3 +430,54 @@ def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) ->
     done = client.simulate_get(status_url).json
     assert done["status"] == "succeeded", done
     assert done["result"]["caught_up"] == 1 and done["result"]["events_scanned"] == 1
+
+
+def test_dashboard_end_with_seconds_keeps_its_last_partial_minute(env: Env) -> None:
+    """Mutation QA: an explicit dashboard ``end`` is rounded up to the minute (README:
+    "start floored, end rounded up"), so an event in the minute the end falls in is
+    counted. Flooring the end dropped that last partial minute: an event at 11:31:10 was
+    missing from a window ending at 11:31:30, though it happened before the end."""
+    env.ingest(make_event(datetime(2026, 3, 31, 11, 30, 5, tzinfo=UTC), user="a"),
+               make_event(datetime(2026, 3, 31, 11, 31, 10, tzinfo=UTC), user="b"))  # fmt: skip
+    d = env.get(DASH, start="2026-03-31T11:30:00Z", end="2026-03-31T11:31:30Z")
+    assert (d["start"], d["end"]) == ("2026-03-31T11:30:00+00:00", "2026-03-31T11:32:00+00:00")
+    assert (d["total_events"], d["unique_users"]) == (2, 2)
+    assert [p["count"] for p in d["series"]] == [1, 1]
+    # an end on a whole minute is that minute (not one more)
+    whole = env.get(DASH, start="2026-03-31T11:30:00Z", end="2026-03-31T11:31:00Z")
+    assert whole["end"] == "2026-03-31T11:31:00+00:00" and whole["total_events"] == 1
+
+
+def test_average_order_value_is_rounded_half_even_to_the_micro(env: Env) -> None:
+    """Mutation QA: ``average_order_value`` is revenue / orders rounded half-even to
+    6 decimals (README: "rounded to the micro"). Three orders totalling 20.00 average
+    6.666667, not a truncated 6.666666; 7 micros over 2 orders is 3.5 -> 4 micros, and 5
+    over 2 is 2.5 -> 2 (half-even, not half-up)."""
+    t = NOW - timedelta(minutes=10)
+    env.ingest(
+        purchase(t, user="a", price="5.00"), purchase(t, user="b", price="7.00"),
+        purchase(t, user="c", price="8.00"),
+        purchase(t, user="a", price="0.000001", currency="CHF"),
+        purchase(t, user="b", price="0.000006", currency="CHF"),
+        purchase(t, user="a", price="0.000001", currency="GBP"),
+        purchase(t, user="b", price="0.000004", currency="GBP"),
+    )  # fmt: skip
+    d = env.get(DASH, last="1h")
+    assert d["orders"] == {"CHF": 2, "EUR": 3, "GBP": 2}
+    assert d["revenue"]["EUR"] == "20.00"
+    assert d["average_order_value"] == {"CHF": "0.000004", "EUR": "6.666667", "GBP": "0.000002"}
+
+
+def test_dashboard_window_of_exactly_the_maximum_is_allowed_one_minute_more_is_400(
+    env: Env,
+) -> None:
+    """Mutation QA: the dashboard's ``start``/``end`` may be at most 31 days apart
+    (README limits table). Exactly 31 days answers; 31 days and one minute is a 400 naming
+    ``end`` (a bound loosened by a day let a 32-day window through: a query over more
+    base buckets than the limit was set for)."""
+    ok = env.get(DASH, start="2026-03-01T00:00:00Z", end="2026-04-01T00:00:00Z")
+    assert (ok["start"], ok["end"]) == ("2026-03-01T00:00:00+00:00", "2026-04-01T00:00:00+00:00")
+    for end in ("2026-04-01T00:01:00Z", "2026-04-01T00:00:00.000001Z"):
+        resp = env.client.simulate_get(DASH, params={"start": "2026-03-01T00:00:00Z", "end": end})
+        assert resp.status_code == 400, (end, resp.text)
+        assert resp.json["parameter"] == "end" and "31 days" in resp.json["detail"]

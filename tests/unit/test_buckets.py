@@ -201,3 +201,65 @@ def test_too_many_buckets_is_a_bad_end() -> None:
     with pytest.raises(BadQuery) as err:
         period_buckets(start, start + timedelta(days=50), Period.HOUR, UTC, max_buckets=1000)
     assert err.value.parameter == "end"
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "start", "hours"),
+    [
+        # Clocks go from 00:00 to 01:00: the day starts at the gap, the instant that
+        # shows 01:00; the hour before it (23:00 under the new offset) never happened.
+        ("America/Santiago", "2026-09-06", "2026-09-06T04:00:00+00:00", 23),
+        ("America/Havana", "2026-03-08", "2026-03-08T05:00:00+00:00", 23),
+        ("Atlantic/Azores", "2026-03-29", "2026-03-29T01:00:00+00:00", 23),
+        ("Asia/Beirut", "2026-03-29", "2026-03-28T22:00:00+00:00", 23),
+        # Clocks go from 01:00 back to 00:00: midnight happens twice, the day starts at
+        # the first one and lasts 25 hours.
+        ("America/Havana", "2026-11-01", "2026-11-01T04:00:00+00:00", 25),
+        ("Atlantic/Azores", "2026-10-25", "2026-10-25T00:00:00+00:00", 25),
+    ],
+)  # fmt: skip
+def test_day_buckets_where_the_clock_changes_at_midnight(
+    zone: str, day: str, start: str, hours: int
+) -> None:
+    """Mutation QA: a day whose DST change is at local midnight starts at the first
+    instant that shows that date (the earlier of two midnights, or the end of a skipped
+    one). Taking the later midnight (fold=1) moved an hour of the day into the day before
+    (a fall-back day counted from its second midnight) or started the day an hour before
+    it began (a spring-forward day counted from 23:00 the evening before): events land
+    in the wrong day's bucket."""
+    tz = ZoneInfo(zone)
+    first = datetime.fromisoformat(start)
+    assert first.astimezone(tz).date().isoformat() == day  # the day's first instant...
+    assert (first - timedelta(microseconds=1)).astimezone(tz).date().isoformat() < day
+    buckets = period_buckets(first - timedelta(hours=1), first + timedelta(minutes=1),
+                             Period.DAY, tz, max_buckets=5)  # fmt: skip
+    assert [b.start for b in buckets][1:] == [first], buckets
+    assert buckets[0].end == first  # the day before ends where this one starts
+    assert buckets[1].end - buckets[1].start == timedelta(hours=hours)
+    for instant in (first, first + timedelta(minutes=59), first - timedelta(minutes=1)):
+        b = floor_period(instant, Period.DAY, tz)
+        assert b <= instant, (instant, b)
+        assert b.astimezone(tz).date() == instant.astimezone(tz).date(), (instant, b)
+
+
+def test_a_day_entered_inside_a_gap_past_midnight_keeps_its_first_instants() -> None:
+    """Mutation QA: Toronto, 1919-03-30 23:30 EST -> 1919-03-31 00:30 EDT. Local midnight
+    of the 31st falls inside the gap, and zoneinfo maps it (fold=0) to 05:00Z, half an
+    hour after the day's first instant (04:30Z, 00:30 EDT). Without the guard in
+    floor_period the bucket of an instant at 04:45Z starts after it: the instants before
+    05:00Z are in no bucket of a range starting there (lost from every answer). With the
+    guard they stay in the bucket of the day before: no bucket starts after an instant it
+    holds. (Which of the two days they belong to is not pinned here: the README's "a
+    skipped midnight starts the day at its first instant" would say the 31st.)"""
+    tz = ZoneInfo("America/Toronto")
+    gap = datetime(1919, 3, 31, 4, 30, tzinfo=UTC)
+    before, after = (gap - timedelta(seconds=1)).astimezone(tz), gap.astimezone(tz)
+    if (before.hour, before.minute, after.hour, after.minute) != (23, 29, 0, 30):
+        pytest.skip("this zoneinfo build lacks Toronto's 1919 history")
+    instant = gap + timedelta(minutes=15)  # 00:45 EDT on the 31st
+    start = floor_period(instant, Period.DAY, tz)
+    assert start <= instant, f"bucket starts at {start.isoformat()}, after {instant.isoformat()}"
+    [b] = period_buckets(instant, instant + timedelta(minutes=1), Period.DAY, tz, max_buckets=5)
+    assert b.start <= instant < b.end
+    # still a day's first instant: the minute before it shows an earlier date
+    assert (b.start - timedelta(minutes=1)).astimezone(tz).date() < b.start.astimezone(tz).date()

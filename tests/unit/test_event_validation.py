@@ -186,6 +186,27 @@ def test_future_and_past_bounds() -> None:
     assert ("timestamp", "max_past") in rules_of(exc)
 
 
+@pytest.mark.parametrize("late", [timedelta(seconds=1), timedelta(microseconds=1)])
+def test_the_future_bound_is_exactly_five_minutes_inclusive(late: timedelta) -> None:
+    """Mutation QA: README "a timestamp more than 5 minutes in the future ... is
+    rejected": +5 min is accepted (the bound is inclusive), +5 min and a second (or a
+    microsecond) is ``max_future``. A bound of 10 minutes let events from clocks minutes
+    ahead into the counters, in minutes that had not happened yet."""
+    bound = NOW + timedelta(minutes=5)
+    assert build({**SEED_NEW, "timestamp": bound.isoformat()}).timestamp == bound
+    with pytest.raises(ValidationFailed) as exc:
+        build({**SEED_NEW, "timestamp": (bound + late).isoformat()})
+    assert rules_of(exc) == {("timestamp", "max_future")}
+    raw = json.dumps({**SEED_NEW, "user_id": 5, "timestamp": (bound + late).isoformat()})
+    with pytest.raises(ValidationFailed) as exc:  # the slow path judges the same bound
+        decode_event(raw.encode(), EventIn, received_at=NOW)
+    assert ("timestamp", "max_future") in rules_of(exc)
+    ok = json.dumps({**SEED_NEW, "user_id": 5, "timestamp": bound.isoformat()})
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(ok.encode(), EventIn, received_at=NOW)
+    assert ("timestamp", "max_future") not in rules_of(exc)
+
+
 def test_metadata_size_and_depth_bounds() -> None:
     deep: dict = {}
     cursor = deep

@@ -85,12 +85,16 @@ def main() -> int:
     ap.add_argument("--web-threads", default="16")
     ap.add_argument("--appendfsync", choices=("everysec", "always"), default="everysec",
                     help="the private Redis's fsync policy (always: the service's embedded default)")
+    ap.add_argument("--unix-socket", action="store_true",
+                    help="the API reaches its Redis over a Unix socket, as `analytics serve`'s")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the API, e.g. ANALYTICS_GROUP_COMMIT=false")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="analytics-bench-cpu-"))
-    redis = RedisServerProcess(tmp / "redis", port=free_port(), appendfsync=args.appendfsync).start()
+    sock = tmp / "redis.sock" if args.unix_socket else None
+    redis = RedisServerProcess(tmp / "redis", port=free_port(), unix_socket=sock,
+                               appendfsync=args.appendfsync).start()  # fmt: skip
     gun = {"ANALYTICS_WEB_WORKERS": args.web_workers, "ANALYTICS_WEB_THREADS": args.web_threads}
     batch = args.mode == "batch"
     per_request = args.batch_size if batch else 1
@@ -112,6 +116,9 @@ def main() -> int:
         hook, ready = ready_marker(tmp, args.mode)
         extra = dict(kv.split("=", 1) for kv in args.env)
         env = env_for(redis, tmp / "data", "bench-cpu", **gun, **hook, **extra)
+        if sock is not None:
+            del env["REDIS_HOST"], env["REDIS_PORT"]
+            env["REDIS_SOCKET"] = str(sock)
         workers = (ready, int(args.web_workers))
         if args.mode == "ceiling":  # same gunicorn settings, same load, no service behind
             cmd = [sys.executable, str(ROOT / "bench" / "baseline_app.py"), str(port),

@@ -258,6 +258,32 @@ def test_a_stopping_scheduler_waits_for_a_hung_job_only_its_grace(settings) -> N
         release.set()
 
 
+def test_a_one_off_run_removed_after_the_stop_began_ends_no_thread() -> None:
+    """APScheduler's loop submits a one-off run, then removes it; a stop begun in between
+    made ``remove_job`` raise JobLookupError, which ended APScheduler's thread with a
+    traceback in the log (seen as PytestUnhandledThreadExceptionWarning in a busy run)."""
+    from apscheduler.jobstores.base import JobLookupError  # noqa: PLC0415
+    from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
+
+    from analytics.entrypoints.scheduler import _stoppable_scheduler  # noqa: PLC0415
+
+    plain, ours = BackgroundScheduler(), _stoppable_scheduler()
+    for scheduler in (plain, ours):
+        scheduler.start(paused=True)
+        scheduler.add_job(print, "date", id="rollup_hourly:startup")
+        scheduler.shutdown()  # stopped: its store emptied
+    with pytest.raises(JobLookupError):  # what APScheduler's thread died of
+        plain.remove_job("rollup_hourly:startup")
+    ours.remove_job("rollup_hourly:startup")  # the stop already removed it: nothing to do
+    running = _stoppable_scheduler()
+    running.start(paused=True)
+    try:
+        with pytest.raises(JobLookupError):  # while running, a wrong id is still an error
+            running.remove_job("no-such-job")
+    finally:
+        running.shutdown()
+
+
 def test_a_run_that_fails_as_the_scheduler_stops_does_not_hang_the_stop(settings) -> None:  # type: ignore[no-untyped-def]
     """APScheduler's shutdown holds its job-store lock while it waits for running jobs; a
     run that failed just then asked for a retry through ``add_job``, which waits for that

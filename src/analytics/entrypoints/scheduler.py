@@ -251,9 +251,7 @@ class SchedulerService:
 
     # --- leadership ----------------------------------------------------------------------
     def _start_jobs(self) -> None:
-        from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
-
-        scheduler = BackgroundScheduler(timezone=UTC)
+        scheduler = _stoppable_scheduler()
         now = datetime.now(UTC)
         for job in self.jobs:
             scheduler.add_job(
@@ -337,6 +335,29 @@ class SchedulerService:
                         grace_s=grace_s)  # fmt: skip
             return False
         return True
+
+
+def _stoppable_scheduler() -> Any:
+    """APScheduler's ``BackgroundScheduler`` (UTC), without its race at shutdown.
+
+    Its loop submits a one-off (``date``) job and then removes it; a shutdown begun in
+    between marks the scheduler stopped first, and ``remove_job`` of a stopped scheduler
+    looks only among jobs not yet added: ``JobLookupError`` ended APScheduler's thread
+    with a traceback in the log on an ordinary stop (its job store is emptied anyway).
+    """
+    from apscheduler.jobstores.base import JobLookupError  # noqa: PLC0415
+    from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
+    from apscheduler.schedulers.base import STATE_STOPPED  # noqa: PLC0415
+
+    class Scheduler(BackgroundScheduler):  # type: ignore[misc]
+        def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+            try:
+                super().remove_job(job_id, jobstore)
+            except JobLookupError:
+                if self.state != STATE_STOPPED:
+                    raise
+
+    return Scheduler(timezone=UTC)
 
 
 def _equipped_broker(settings: Settings, clock: Clock) -> dramatiq.Broker:

@@ -153,6 +153,12 @@ def test_commands_beside_a_serve_on_the_operators_redis_are_told_which(  # type:
                 with_running_serves_redis(Settings(data_dir=tmp_path), required=required)
         given = Settings(data_dir=tmp_path, redis_host="10.0.0.5", redis_port=6380, redis_db=3)
         assert with_running_serves_redis(given) is given  # told which: nothing to join
+        # Keys kept in the data directory beside that Redis (ANALYTICS_KEY_STORE=sqlite):
+        # the command without REDIS_HOST is the right one (review).
+        sqlite_keys = served.model_copy(update={"key_store": "sqlite"})
+        assert "REDIS_HOST" not in banner(sqlite_keys, None)
+        write_serve_file(tmp_path, sqlite_keys)
+        assert cmd_keys(args) == 0 and (tmp_path / "keys.sqlite3").exists()
     finally:
         os.close(held)
     # Once that serve is gone, serve.json no longer counts.

@@ -85,7 +85,9 @@ def banner(settings: Settings, dev_key: str | None) -> str:
     url = f"http://{settings.host}:{settings.port}"
     data_dir = shlex.quote(str(settings.data_dir))
     keys = f"analytics keys create --name me --scopes ingest,read --data-dir {data_dir}"
-    if settings.redis_host is not None:  # its keys live in that Redis: the command must too
+    from analytics.bootstrap import key_store_kind  # noqa: PLC0415
+
+    if key_store_kind(settings) == "redis" and settings.redis_host is not None:  # keys there
         password = " REDIS_PASSWORD=<its password>" if settings.redis_password else ""
         keys = (f"REDIS_HOST={shlex.quote(settings.redis_host)} REDIS_PORT={settings.redis_port}"
                 f" REDIS_DB={settings.redis_db}{password} {keys}")  # fmt: skip

@@ -291,7 +291,18 @@ def test_a_caller_without_a_valid_key_costs_no_decoding(
     monkeypatch.setattr(lane, "validate_event", spy)
     a, _ = pair.send(EVENT, served=False)  # no key: Falcon's 401
     assert a.status_code == 401
-    pair.send(EVENT, served=False, Authorization=bearer(pair.keys["read"]))  # 403
+    b, _ = pair.send(EVENT, served=False, Authorization="Bearer not-a-key")  # 401
+    assert b.status_code == 401
     assert decoded == []
     pair.send(EVENT, served=True, Authorization=bearer(pair.keys["ingest"]))
     assert len(decoded) == 1
+
+    # A well-formed key with a bad body: the store is asked once, by Falcon's replay
+    # (asking it before the decode too made two lookups of every rejected event; review).
+    looked_up: list[str] = []
+    real_get = InMemoryApiKeyStore.get
+    monkeypatch.setattr(InMemoryApiKeyStore, "get",
+                        lambda store, key_id: looked_up.append(key_id) or real_get(store, key_id))  # fmt: skip
+    bad = pair.lane.client.simulate_post(ROUTE, body=b'{"event_type": 5}', headers={
+        "Content-Type": "application/json", "Authorization": bearer(pair.keys["ingest"])})  # fmt: skip
+    assert bad.status_code == 422 and len(looked_up) == 1, looked_up

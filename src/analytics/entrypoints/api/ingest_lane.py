@@ -34,6 +34,7 @@ import structlog
 from analytics.application.api_keys import authenticate, authorize
 from analytics.application.ingest import IngestDeps, queue_event, validate_event
 from analytics.application.overload import check_backlog
+from analytics.domain.auth import parse_key
 from analytics.domain.errors import AdapterError
 from analytics.domain.ratelimit import RateDecision
 from analytics.entrypoints.api.middleware import AccessLogMiddleware, begin_request
@@ -125,8 +126,12 @@ class IngestLane:
     def _serve(self, environ: dict[str, Any], raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         cid = begin_request(environ.get("HTTP_X_CORRELATION_ID"))
         try:
-            bucket = self._bucket(environ)  # first: no decoding for a caller without a key
+            if self.auth.enabled and not self._key_shaped(environ):
+                raise _Replay  # no decoding for a caller without a key (Falcon: 401)
             event = validate_event(raw, correlation_id=cid, deps=self.deps)
+            # The store after the decode: an invalid body is replayed through Falcon,
+            # which looks the key up itself, so one lookup per request either way.
+            bucket = self._bucket(environ)
             if self.auth.backlog is not None:
                 threshold, max_retry_s = self.overload
                 check_backlog(self.auth.backlog, threshold=threshold, max_retry_s=max_retry_s)
@@ -146,6 +151,11 @@ class IngestLane:
         headers += rate_headers(decision, has_retry_after=False)
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         return "202 Accepted", headers, body
+
+    @staticmethod
+    def _key_shaped(environ: dict[str, Any]) -> bool:
+        token = token_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
+        return token is not None and parse_key(token) is not None
 
     def _bucket(self, environ: dict[str, Any]) -> tuple[str, Any] | None:
         """Authenticate and authorize as AuthMiddleware does; the rate-limit bucket."""

@@ -92,6 +92,33 @@ def test_clients_cannot_add_event_type_series_without_end(tmp_path):
     assert sample("analytics_events_accepted_total", event_type="page_view") == views + 1
 
 
+def test_the_event_type_limit_holds_across_the_workers_of_one_metrics_dir(tmp_path):
+    """Dead workers' counter files stay until the API restarts and gunicorn recycles its
+    workers, so a limit per process let every new worker name 100 more types (review).
+    The named types are shared through the metrics directory: a recycled worker gets the
+    types named before it, and nothing new once they are all taken."""
+    from analytics.entrypoints import metrics
+
+    made: list[str] = []
+    shared = metrics.SharedNames(tmp_path / "event_types.names", 3)
+
+    def worker() -> metrics.BoundedLabel:
+        return metrics.BoundedLabel(lambda v: made.append(v) or v, 3, shared)
+
+    first = worker()
+    assert [first(t) for t in ("a", "b", "a", "c", "d")] == ["a", "b", "a", "c", "_other"]
+    recycled = worker()  # a new gunicorn worker, same directory
+    assert [recycled(t) for t in ("e", "c", "f", "a")] == ["_other", "c", "_other", "a"]
+    assert set(made) == {"a", "b", "c", "_other"}  # never a fourth type's series
+    assert (tmp_path / "event_types.names").read_text().split() == ["a", "b", "c"]
+    alone = metrics.BoundedLabel(str, 0)  # ANALYTICS_METRICS_EVENT_TYPES=0: none named
+    assert alone("a") == "_other"
+    # The directory gone (or /dev/shm full): counted as _other, never an error after the
+    # event was queued.
+    gone = metrics.BoundedLabel(str, 3, metrics.SharedNames(tmp_path / "gone" / "x.names", 3))
+    assert gone("a") == "_other"
+
+
 def test_request_metrics_use_the_route_template_method_and_status(client):
     route = "/api/v1/analytics/events"
     before = sample("analytics_http_requests_total", route=route, method="POST", status="202")

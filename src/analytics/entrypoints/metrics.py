@@ -255,22 +255,56 @@ class LabelCache:
         return child
 
 
+class SharedNames:
+    """The label values named so far by every process of one multiprocess directory, at
+    most ``limit``: one per line in ``<dir>/<name>.names``, appended under ``flock``.
+
+    A dead process's counter files stay in the directory until the component restarts,
+    and gunicorn recycles its workers: a limit per process let each new worker add its
+    own values (review). The file lives and dies with the directory."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path, self.limit = path, limit
+
+    def admit(self, value: str) -> tuple[bool, frozenset[str] | None]:
+        """Whether ``value`` has its own series, and once no more can be added, every
+        value that has (they never change after that)."""
+        import fcntl  # noqa: PLC0415
+
+        with open(self.path, "a+", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            f.seek(0)
+            names = f.read().split()
+            named = value in names
+            if not named and len(names) < self.limit:
+                f.write(value + "\n")
+                f.flush()
+                names.append(value)
+                named = True
+            return named, frozenset(names) if len(names) >= self.limit else None
+
+
 class BoundedLabel:
     """The children of a metric whose one label takes values a client chooses (event types).
 
     Each value is a time series in every process's memory, in the multiprocess files and
     in every scrape, so a client must not be able to add them without end: the first
-    ``limit`` distinct values a process meets get their own series, later new ones count
-    under ``OTHER`` (which no event type can be: types start with a letter). The exact
-    counts per type are the aggregations API's; this is for operations.
+    ``limit`` distinct values get their own series (across the processes of the metrics
+    directory when ``shared`` is given, else in this process), later new ones count under
+    ``OTHER`` (which no event type can be: types start with a letter). The exact counts
+    per type are the aggregations API's; this is for operations.
     """
 
     OTHER = "_other"
 
-    def __init__(self, make: Callable[[str], Any], limit: int) -> None:
+    def __init__(self, make: Callable[[str], Any], limit: int, shared: SharedNames | None = None) -> None:
         self.make = make
         self.limit = limit
+        self.shared = shared
         self._children: dict[str, Any] = {}
+        # Once every slot is taken: the values that have one (a value not among them
+        # never will); None while slots are free.
+        self._final: frozenset[str] | None = frozenset() if limit <= 0 else None
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> Any:
@@ -279,19 +313,36 @@ class BoundedLabel:
             with self._lock:  # two threads meeting the last free slot take it once
                 child = self._children.get(value)
                 if child is None:
-                    named = len(self._children) - (self.OTHER in self._children)
-                    if named >= self.limit:
-                        value = self.OTHER
-                        child = self._children.get(value)
-                    if child is None:
+                    if self._admit(value):
                         child = self._children[value] = self.make(value)
+                    else:
+                        child = self._children.get(self.OTHER)
+                        if child is None:
+                            child = self._children[self.OTHER] = self.make(self.OTHER)
         return child
+
+    def _admit(self, value: str) -> bool:
+        if self._final is not None:
+            return value in self._final
+        if self.shared is not None:
+            try:
+                named, self._final = self.shared.admit(value)
+            except OSError:  # /dev/shm full or gone: counted, as _other, never a failure
+                return False
+            return named
+        named = [v for v in self._children if v != self.OTHER]
+        if len(named) + 1 >= self.limit:
+            self._final = frozenset([*named, value])
+        return True
 
 
 def accepted_by_type(limit: int = 100) -> BoundedLabel:
     """``analytics_events_accepted_total``'s children, at most ``limit`` event types named
-    (``ANALYTICS_METRICS_EVENT_TYPES``); one per app, so each app starts counting afresh."""
-    return BoundedLabel(EVENTS_ACCEPTED.labels, limit)
+    (``ANALYTICS_METRICS_EVENT_TYPES``) across the processes of the multiprocess directory
+    (every gunicorn worker, recycled ones included), or per app without one."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    shared = SharedNames(Path(directory) / "event_types.names", limit) if directory else None
+    return BoundedLabel(EVENTS_ACCEPTED.labels, limit, shared)
 
 
 def record_accepted(events: Sequence[Event], by_type: BoundedLabel) -> None:

@@ -207,6 +207,11 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
         bad = client.simulate_post("/api/v1/admin/dlq/replay", json=body, headers=ADMIN)
         assert bad.status_code == 422, (body, bad.text)
         assert [(e["field"], e["rule"]) for e in bad.json["errors"]] == expected, bad.json
+    # A member given twice: the last one counts, as for events (review).
+    twice = client.simulate_post("/api/v1/admin/dlq/purge",
+                                 body=b'{"queue": 5, "queue": "maintenance"}',
+                                 headers={**ADMIN, "Content-Type": "application/json"})  # fmt: skip
+    assert (twice.status_code, twice.json["count"]) == (200, 0), twice.text  # none there
     broken = client.simulate_post("/api/v1/admin/dlq/replay", body=b'{"ids": 5, oops',
                                   headers={**ADMIN, "Content-Type": "application/json"})  # fmt: skip
     assert broken.status_code == 400, broken.text  # not JSON after all: 400, not 500

@@ -101,8 +101,9 @@ def parse_instant(name: str, value: str, tz: tzinfo) -> datetime:
         if len(value) == 10:
             d = date.fromisoformat(value)
             dt = datetime(d.year, d.month, d.day, tzinfo=tz)
-        else:
-            dt = round_to_micros(datetime.fromisoformat(value), value)
+        else:  # RFC 3339 allows a lower-case z, fromisoformat does not
+            text = value[:-1] + "Z" if value[-1] == "z" else value
+            dt = round_to_micros(datetime.fromisoformat(text), text)
     except ValueError:
         raise BadQuery(name, f"{value!r} is not an RFC 3339 timestamp or YYYY-MM-DD date") from None
     except OverflowError:  # 9999-12-31T23:59:59.9999999Z rounds past the last datetime

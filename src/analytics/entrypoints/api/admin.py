@@ -86,13 +86,22 @@ class SelectionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _decode_selection = msgspec.json.Decoder(SelectionBody).decode
 
 
-def _selection_errors(raw: bytes, exc: msgspec.ValidationError) -> list[FieldError]:
-    """Every way a selection body fails, not only the first msgspec met: each member is
-    checked on its own (an unknown one named as such, a queue name against the queues)."""
+def _selection_last_wins(raw: bytes, exc: msgspec.ValidationError) -> SelectionBody:
+    """The body when only an earlier occurrence of a member given twice failed (the last
+    one counts, as for events); else ValidationFailed with every way it fails."""
     try:  # the typed decode may have stopped before a syntax error further on
         doc = msgspec.json.decode(raw)
     except (*JSON_DECODE_ERRORS, RecursionError) as bad:
         raise MalformedInput(f"body is not JSON: {bad}") from None
+    try:
+        return msgspec.convert(doc, SelectionBody)
+    except msgspec.ValidationError:
+        raise ValidationFailed(_selection_errors(doc, exc)) from None
+
+
+def _selection_errors(doc: object, exc: msgspec.ValidationError) -> list[FieldError]:
+    """Every way a selection body fails, not only the first msgspec met: each member is
+    checked on its own (an unknown one named as such, a queue name against the queues)."""
     if not isinstance(doc, dict):
         return [_field_error(exc)]
     errors: list[FieldError] = []
@@ -175,7 +184,7 @@ class DeadLetterActionResource:
         try:
             body = _decode_selection(raw or b"{}")
         except msgspec.ValidationError as exc:
-            raise ValidationFailed(_selection_errors(raw or b"{}", exc)) from None
+            body = _selection_last_wins(raw or b"{}", exc)
         except JSON_DECODE_ERRORS as exc:
             raise MalformedInput(f"body is not JSON: {exc}") from None
         if (bad := _unknown_queue(body.queue)) is not None:

@@ -25,7 +25,7 @@ from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepositor
 from analytics.domain.buckets import cover, epoch_minute
 from analytics.settings import Settings
 from tests.ops_support import make_events
-from tests.support import AnalyticsProcess, child_env, json_object, stop_all, wait_until
+from tests.support import AnalyticsProcess, child_env, free_port, json_object, stop_all, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,9 @@ def rig_factory(redis_server: Any, namespace: str, data_dir: Path) -> Iterator[A
 
 
 def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="5", ANALYTICS_LOG_FORMAT="json")
+    exporter = free_port()
+    rig = rig_factory(ANALYTICS_WORKER_MAX_TASKS="5", ANALYTICS_LOG_FORMAT="json",
+                      ANALYTICS_WORKER_METRICS_PORT=str(exporter))  # fmt: skip
     ids = rig.send(10, 2)
     log = tmp_path / "worker.log"
     rig.start_worker("--processes", "1", "--threads", "1", log=log)
@@ -119,6 +121,13 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None
     # dramatiq": its own lines and the reloaded processes' stay JSON, like the first ones.
     cmdline = psutil.Process(rig.procs[0].pid).cmdline()
     assert cmdline[1:4] == ["-m", "analytics", "dramatiq"], cmdline
+    # What the old master forked and dramatiq's reload does not wait for (the metrics
+    # exporter) is reaped by the new one: a zombie per reload piled up (RabbitMQ QA), and
+    # the new exporter found its port still taken.
+    master = psutil.Process(rig.procs[0].pid)
+    wait_until(lambda: not [c for c in master.children() if c.status() == psutil.STATUS_ZOMBIE],
+               timeout=15, message=f"zombies: {[(c.pid, c.status()) for c in master.children()]}")  # fmt: skip
+    wait_until(lambda: _answers(exporter), timeout=15, message="no exporter after the reloads")
     def boots_logged() -> int:  # the master's line can follow its worker's first record
         return log.read_text().count("is booting up.")
 
@@ -133,6 +142,16 @@ def test_recycles_after_n_tasks_and_loses_nothing(rig_factory, tmp_path) -> None
     rig.close()
     assert not mp_dir.exists()
 
+
+
+def _answers(port: int) -> bool:
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def test_a_master_killed_outright_takes_the_processes_it_forked_with_it(rig_factory) -> None:  # type: ignore[no-untyped-def]

@@ -371,7 +371,29 @@ def cmd_dramatiq(args: argparse.Namespace) -> int:
 
     if os.environ.get(MULTIPROC_ENV):  # a reload: this process is the owner now
         adopt_multiproc_dir(Path(os.environ[MULTIPROC_ENV]))
+        reap_the_last_images_children()
     return run_dramatiq(list(args.dramatiq_args), load_settings(dict(os.environ)))
+
+
+def reap_the_last_images_children(wait_s: float = 5.0) -> list[int]:
+    """Wait for what the master forked before its reload and dramatiq did not: it joins
+    its worker processes before re-executing, not its fork functions (the metrics
+    exporter), which got the same SIGHUP. Unreaped they stayed zombies, one per reload
+    (QA), and the new exporter could find its port still taken. One that does not stop
+    in ``wait_s`` is killed (it only served metrics). Returns the pids reaped."""
+    import psutil  # noqa: PLC0415
+
+    reaped = []
+    for child in psutil.Process().children():  # before this image forks anything
+        try:
+            child.wait(timeout=wait_s)
+        except psutil.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=wait_s)
+        except psutil.NoSuchProcess:
+            continue
+        reaped.append(child.pid)
+    return reaped
 
 
 def run_dramatiq(argv: list[str], settings: Settings) -> int:

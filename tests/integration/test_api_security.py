@@ -225,6 +225,80 @@ def test_size_type_count_and_depth_limits(h: ApiHarness) -> None:
     assert_problem(r, 422)
 
 
+
+def sized(doc: object, size: int) -> bytes:
+    """``doc`` as JSON of exactly ``size`` bytes (padded with trailing whitespace)."""
+    raw = json.dumps(doc).encode()
+    assert len(raw) <= size
+    return raw + b" " * (size - len(raw))
+
+
+def test_a_body_of_exactly_the_limit_is_accepted_one_byte_more_is_413(h: ApiHarness) -> None:
+    """Mutation QA: the size limit is inclusive. A client whose batch is exactly
+    ``max_body_bytes`` long (Content-Length given, read by Falcon: the lane never takes a
+    batch) had its events refused with a 413 when the check was ``>=``."""
+    assert post(h, BATCH, sized({"events": [EVENT]}, 4096)).status_code == 202
+    body = assert_problem(post(h, BATCH, sized({"events": [EVENT]}, 4097)), 413)
+    assert body["limit"] == 4096
+
+
+def test_a_body_without_content_type_is_415_and_not_queued() -> None:
+    """Mutation QA: a POST without Content-Type is refused (415) like any other type, not
+    parsed as JSON anyway: the contract is ``application/json`` only."""
+    h = ApiHarness()
+    r = h.client.simulate_post(EVENTS, body=json.dumps(EVENT).encode(), headers=h.headers())
+    body = assert_problem(r, 415)
+    assert body["type"].endswith(":unsupported-media-type") and "none" in body["detail"]
+    assert h.container.task_queue.events == []  # type: ignore[attr-defined]
+
+
+def test_x_gzip_is_gzip(h: ApiHarness) -> None:
+    """Mutation QA: ``Content-Encoding: x-gzip`` (RFC 9110 8.4.1.3: a recipient SHOULD
+    treat it as gzip; older clients still send it) is inflated, not refused with a 415."""
+    zipped = gzip.compress(json.dumps(EVENT).encode())
+    r = post(h, EVENTS, zipped, **{"Content-Encoding": "x-gzip"})
+    assert r.status_code == 202, r.text
+    r = post(h, EVENTS, zipped, **{"Content-Encoding": " X-GZIP "})
+    assert r.status_code == 202, r.text
+
+
+def test_the_decompressed_cap_is_inclusive_to_the_byte(h: ApiHarness) -> None:
+    """Mutation QA: a gzip body inflating to exactly ``max_decompressed_bytes`` is
+    accepted and one byte more is 413; a cap off by one let one byte past the limit in."""
+    cap = 64 * 1024
+    at_cap = gzip.compress(sized(EVENT, cap))
+    assert post(h, EVENTS, at_cap, **{"Content-Encoding": "gzip"}).status_code == 202
+    over = gzip.compress(sized(EVENT, cap + 1))
+    body = assert_problem(post(h, EVENTS, over, **{"Content-Encoding": "gzip"}), 413)
+    assert body["type"].endswith(":decompressed-too-large") and body["limit"] == cap
+
+
+def test_a_chunked_body_without_content_length_is_read_whole() -> None:
+    """Mutation QA: a chunked request has no Content-Length, and Falcon's bounded stream
+    reads nothing then: reading it that way turned every chunked event into a 400
+    ("malformed") and lost it. The server's own stream (gunicorn decodes the chunks) is
+    read instead, still bounded by the size limit."""
+    import falcon.testing  # noqa: PLC0415
+
+    h = ApiHarness(max_body_bytes=4096)
+
+    def call(raw: bytes) -> tuple[str, bytes]:
+        environ = falcon.testing.create_environ(
+            path=EVENTS, method="POST", body=raw,
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                     **h.headers()},
+        )  # fmt: skip
+        environ.pop("CONTENT_LENGTH", None)  # what a chunked request looks like
+        start = falcon.testing.StartResponseMock()
+        out = b"".join(h.client.app(environ, start))
+        return start.status, out
+
+    status, out = call(json.dumps(EVENT).encode())
+    assert status.startswith("202"), out
+    assert len(h.container.task_queue.events) == 1  # type: ignore[attr-defined]
+    status, out = call(sized(EVENT, 4097))
+    assert status.startswith("413"), out
+
 # --- headers -------------------------------------------------------------------------------
 SECURITY = {
     "x-content-type-options": "nosniff",

@@ -306,3 +306,19 @@ def test_a_caller_without_a_valid_key_costs_no_decoding(
     bad = pair.lane.client.simulate_post(ROUTE, body=b'{"event_type": 5}', headers={
         "Content-Type": "application/json", "Authorization": bearer(pair.keys["ingest"])})  # fmt: skip
     assert bad.status_code == 422 and len(looked_up) == 1, looked_up
+
+
+def test_the_lane_takes_a_body_up_to_the_limit_and_falcon_refuses_one_byte_more(
+    pair: Pair,
+) -> None:
+    """Mutation QA: a body one byte over ``max_body_bytes`` (4096 here) must reach Falcon,
+    which refuses it (413); a lane bound off by one read and accepted it, so the same
+    request was queued through gunicorn and refused without the lane."""
+    key = bearer(pair.keys["ingest"])
+    raw = json.dumps(EVENT).encode()
+    at_limit = raw + b" " * (4096 - len(raw))
+    a, _ = pair.send(at_limit, served=True, Authorization=key)
+    assert a.status_code == 202
+    a, _ = pair.send(at_limit + b" ", served=False, Authorization=key)
+    assert a.status_code == 413
+    assert len(pair.lane.queue.events) == len(pair.plain.queue.events) == 1

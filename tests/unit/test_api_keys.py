@@ -95,6 +95,35 @@ def test_authenticate_and_authorize(store) -> None:  # type: ignore[no-untyped-d
         revoke_key(new.key.key_id, store=store, clock=clock)
 
 
+
+def test_an_unknown_key_id_still_costs_one_hash_verification(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutation QA: a well-formed key whose id is unknown is verified against a dummy
+    record, so a caller cannot tell known key ids from unknown ones by how fast the 401
+    comes (key-id enumeration). Checked structurally (verify is called, once, on a
+    record that is not a stored key), not by timing."""
+    import analytics.application.api_keys as api_keys  # noqa: PLC0415
+
+    store = InMemoryApiKeyStore()
+    known = create_key("ci", ("ingest",), store=store, clock=FixedClock())
+    calls: list[str] = []
+
+    def spy(record, secret: str) -> bool:  # type: ignore[no-untyped-def]
+        calls.append(record.key_id)
+        return verify(record, secret)
+
+    monkeypatch.setattr(api_keys, "verify", spy)
+    _, secret = parse_key(known.secret)  # type: ignore[misc]
+    unknown_id = "0" * len(known.key.key_id)
+    unknown = f"ak_{unknown_id}_{secret}"  # the right secret, an id no store has
+    assert parse_key(unknown) == (unknown_id, secret)
+    with pytest.raises(Unauthenticated):
+        authenticate(unknown, store=store)
+    assert len(calls) == 1 and calls[0] not in (unknown_id, known.key.key_id)
+    assert authenticate(known.secret, store=store).key_id == known.key.key_id
+    assert calls[1:] == [known.key.key_id]  # the same one verification for a known id
+
 def test_dev_key_only_on_first_start(store) -> None:  # type: ignore[no-untyped-def]
     clock = FixedClock()
     first = ensure_dev_key(store=store, clock=clock)

@@ -61,3 +61,18 @@ def test_unreachable_redis_is_unhealthy_quickly(capsys: pytest.CaptureFixture[st
     assert check(["worker", "--timeout", "0.5"], s) == 1
     assert check(["scheduler", "--timeout", "0.5"], s) == 1
     assert "Redis unreachable" in capsys.readouterr().out
+
+
+def test_a_heartbeat_just_past_max_age_is_stale(
+    redis_server: RedisInfo, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mutation QA: ``--max-age 30`` means a worker silent for 45 s is unhealthy, and the
+    container is restarted when its worker hung; a check lenient up to twice the age (60 s
+    here) left a hung worker in service that much longer."""
+    s = settings_for(redis_server, namespace)
+    argv = ["worker", "--queues", "high_priority", "--max-age", "30"]
+    beat(redis_server, namespace, "high_priority", 45)
+    assert check(argv, s) == 1
+    assert "high_priority (45s old)" in capsys.readouterr().out
+    beat(redis_server, namespace, "high_priority", 20)
+    assert check(argv, s) == 0

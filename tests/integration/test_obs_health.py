@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dramatiq
@@ -187,3 +187,36 @@ def test_hung_storage_checks_do_not_make_a_healthy_redis_look_down(own_redis, tm
             assert body["status"] != "down"
     finally:
         release.set()
+
+
+def test_a_stale_scheduler_or_a_queue_backlog_degrades_the_health(redis_server, namespace, tmp_path):
+    """Mutation QA: /health/detailed says ``degraded`` (with the reason) when the scheduler
+    has not run for ``scheduler_stale_s`` (aggregations and retention silently stopped) or
+    a queue holds more than ``queue_depth_warn`` messages (workers falling behind). Only
+    each part's own status said so; the overall status, the one monitors alert on, was
+    "ok"."""
+    settings = Settings.from_env(
+        {**redis_server.env(namespace), "ANALYTICS_AUTH": "disabled",
+         "ANALYTICS_STORAGE": "memory", "ANALYTICS_DATA_DIR": str(tmp_path),
+         "ANALYTICS_QUEUE_DEPTH_WARN": "2"}
+    )  # fmt: skip
+    container = bootstrap(settings)
+    client = falcon.testing.TestClient(create_app(container))
+    probe = RedisProbe.from_kwargs(settings.redis_kwargs(), settings.namespace)
+    probe.write_heartbeat(["high_priority", "aggregations", "notifications", "maintenance"])
+    probe.record_scheduler_run(datetime.now(UTC) - timedelta(seconds=settings.scheduler_stale_s + 600))
+    body = client.simulate_get("/health/detailed").json
+    assert body["scheduler"]["status"] == "stale"
+    assert (body["status"], body.get("reasons")) == ("degraded", ["scheduler stale"])
+
+    probe.record_scheduler_run(datetime.now(UTC))
+    assert client.simulate_get("/health/detailed").json["status"] == "ok"
+
+    @dramatiq.actor(broker=container.broker, queue_name="maintenance", actor_name="obs_backlog")
+    def obs_backlog() -> None: ...
+
+    for _ in range(3):  # one over the warning depth
+        obs_backlog.send()
+    body = client.simulate_get("/health/detailed").json
+    assert body["queues"]["maintenance"]["ready"] == 3
+    assert (body["status"], body.get("reasons")) == ("degraded", ["queue maintenance backlog"])

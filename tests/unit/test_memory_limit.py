@@ -34,3 +34,13 @@ def test_hooks_check_after_every_message() -> None:
 
 def test_reads_this_process_rss() -> None:
     assert current_rss() > 10 * 2**20
+
+
+def test_a_worker_exactly_at_its_limit_is_not_recycled() -> None:
+    """Mutation QA: the limit is the most a worker may hold ("recycle a worker whose
+    resident memory passes this"). At exactly the limit it keeps working; recycling there
+    restarted a worker sized to its limit after every message."""
+    asked: list[str] = []
+    mw = MemoryLimit(256 * 2**20, recycle=lambda r: asked.append(r) or True, rss=lambda: 256 * 2**20)
+    assert mw.check() is False and asked == [] and mw.recycles == 0
+    assert mw.last_rss == 256 * 2**20

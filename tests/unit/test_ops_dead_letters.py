@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import dramatiq
 import pytest
@@ -167,6 +169,74 @@ def test_an_orphaned_worker_never_signals_whoever_adopted_it(monkeypatch: pytest
     r2.master, r2.can_signal = os.getppid(), True  # still its parent: signalled
     monkeypatch.setattr(rec.os, "getppid", lambda: r2.master)
     assert r2.recycle("memory") is True and sent == [(r2.master, rec.signal.SIGHUP)]
+
+
+
+class _CountingClient:
+    """``<ns>:ops:workers`` as the recycler bumps it."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, int] = {}
+
+    def hincrby(self, key: str, field: str, n: int) -> int:
+        self.fields[field] = self.fields.get(field, 0) + n
+        return self.fields[field]
+
+
+def _recycler_under_a_master(
+    monkeypatch: pytest.MonkeyPatch, max_tasks: int
+) -> tuple[Any, list[tuple[int, int]], _CountingClient]:
+    """A WorkerRecycler booted as under the dramatiq CLI (master pid 4242), SIGHUPs caught."""
+    from analytics.adapters import recycler as rec  # noqa: PLC0415
+
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(rec, "parent_is_dramatiq_master", lambda: True)
+    monkeypatch.setattr(rec.os, "getppid", lambda: 4242)
+    monkeypatch.setattr(rec.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    client = _CountingClient()
+    r = rec.WorkerRecycler(max_tasks, client=client)
+    threads = [SimpleNamespace(pause=lambda: None), SimpleNamespace(pause=lambda: None)]
+    r.after_worker_boot(None, SimpleNamespace(workers=threads))  # type: ignore[arg-type]
+    return r, sent, client
+
+
+def test_a_worker_recycles_after_exactly_max_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation QA: ``ANALYTICS_WORKER_MAX_TASKS=3`` recycles after the third message, not
+    the fourth (the documented N to N + threads - 1)."""
+    import signal  # noqa: PLC0415
+
+    r, sent, client = _recycler_under_a_master(monkeypatch, 3)
+    r.after_process_message(None, None)  # type: ignore[arg-type]
+    r.after_skip_message(None, None)  # type: ignore[arg-type]
+    assert sent == []
+    r.after_process_message(None, None)  # type: ignore[arg-type]
+    assert sent == [(4242, signal.SIGHUP)] and client.fields == {"boots": 1, "recycles": 1}
+
+
+def test_max_tasks_zero_never_recycles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation QA: 0 turns recycling after N tasks off (the default). Read as "after 0
+    tasks", every worker process restarted after its first message, for ever."""
+    r, sent, client = _recycler_under_a_master(monkeypatch, 0)
+    for _ in range(5):
+        r.after_process_message(None, None)  # type: ignore[arg-type]
+    assert sent == [] and not r.signalled and client.fields == {"boots": 1}
+    assert r.recycle("memory") is True  # other reasons still may recycle it
+
+
+def test_a_process_is_recycled_once_whatever_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation QA: the memory limit, a dead thread and N tasks can all ask for a recycle;
+    the first one does it. A second SIGHUP made the master reload all its workers again
+    (every process's in-flight work interrupted twice) and counted two recycles for one."""
+    import signal  # noqa: PLC0415
+
+    r, sent, client = _recycler_under_a_master(monkeypatch, 0)
+    assert r.recycle("memory") is True
+    assert r.recycle("thread_died") is False
+    assert sent == [(4242, signal.SIGHUP)]
+    assert client.fields == {"boots": 1, "recycles": 1, "recycles_memory": 1}
+    after_n, sent_n, _ = _recycler_under_a_master(monkeypatch, 1)
+    after_n.after_process_message(None, None)  # type: ignore[arg-type]
+    assert after_n.recycle("memory") is False and len(sent_n) == 1
 
 
 

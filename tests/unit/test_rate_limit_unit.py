@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from analytics.adapters import backlog as backlog_module
+from analytics.adapters.backlog import DrainCounter, _SampledBacklog
 from analytics.adapters.memory import FixedBacklog, InMemoryRateLimiter
 from analytics.application.overload import check_backlog, retry_after_s
 from analytics.domain.errors import Overloaded
@@ -100,3 +105,106 @@ def test_check_backlog() -> None:
     with pytest.raises(Overloaded) as err:
         check_backlog(FixedBacklog(1100, 10.0), threshold=1000, max_retry_s=60)
     assert err.value.retry_after == 11
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class ScriptedBacklog(_SampledBacklog):
+    """The sampling of the real probes over a scripted broker: each read pops the next
+    ``(depth, drained)``, or raises when it is an exception."""
+
+    def __init__(self, reads: list[tuple[int, int] | Exception], **kw: float) -> None:
+        super().__init__(**kw)
+        self.reads = reads
+        self.calls = 0
+
+    def _read(self) -> tuple[int, int]:
+        self.calls += 1
+        nxt = self.reads.pop(0)
+        if isinstance(nxt, Exception):
+            raise nxt
+        return nxt
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(backlog_module, "time", SimpleNamespace(monotonic=c))
+    return c
+
+
+def test_the_drain_rate_is_measured_over_the_window_only(clock: Clock) -> None:
+    """Mutation QA: samples older than ``window_s`` are dropped, so the drain rate (and with
+    it ``Retry-After``) is today's throughput. Kept for ever, a burst of work drained long
+    ago made the rate look high for the rest of the process's life: 429s told clients to
+    come back far too early (here 12.6/s instead of the 0.25/s drained now)."""
+    probe = ScriptedBacklog([(0, 0), (500, 1000), (500, 1010)], cache_s=0, window_s=30)
+    probe.depth()
+    clock.t += 40
+    probe.depth()  # 1000 drained in the first 40 s
+    clock.t += 40
+    assert probe.drain_rate() == pytest.approx(10 / 40)  # 10 drained in the last 40 s
+
+
+def test_a_failed_backlog_probe_admits_ingest(clock: Clock) -> None:
+    """Mutation QA: the probe fails open. A broker that cannot be read counts as an empty
+    queue, so ingest goes on (and meets the broker on its own); read as a huge depth, every
+    ingest request got a 503 "overloaded" while the probe was down."""
+    probe = ScriptedBacklog([ConnectionError("broker down")], cache_s=0)
+    assert probe.depth() == 0
+    check_backlog(probe, threshold=1000, max_retry_s=60)  # no Overloaded
+
+
+def test_a_failed_backlog_probe_is_not_retried_for_five_seconds(clock: Clock) -> None:
+    """Mutation QA: after a failed read the probe rests 5 s. Without that, every ingest
+    request paid a round trip to the broken broker (a connect timeout each) before its own
+    enqueue, and logged nothing more useful."""
+    probe = ScriptedBacklog([ConnectionError("broker down"), (7, 0)], cache_s=0)
+    assert probe.depth() == 0 and probe.calls == 1
+    clock.t += 4.9
+    assert probe.depth() == 0 and probe.drain_rate() is None
+    assert probe.calls == 1, "the broker was probed again within 5 s of a failure"
+    clock.t += 0.2
+    assert probe.depth() == 7 and probe.calls == 2
+
+
+class FlakyCounterClient:
+    """Redis as DrainCounter uses it: ``INCRBY``, failing while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.values: dict[str, int] = {}
+
+    def incrby(self, key: str, n: int) -> int:
+        if self.down:
+            raise redis.ConnectionError("redis down")
+        self.values[key] = self.values.get(key, 0) + n
+        return self.values[key]
+
+
+def test_the_drain_counter_counts_its_queue_only_and_keeps_counts_redis_refused() -> None:
+    """Mutation QA: the drain rate behind ``Retry-After`` is high_priority's throughput.
+    Messages of other queues (aggregations, maintenance) must not count, or the rate looks
+    higher than ingest's queue drains; and a flush Redis refused is kept for the next one,
+    not dropped (the rate then read too low, Retry-After too long)."""
+    client = FlakyCounterClient()
+    counter = DrainCounter(client, "t")  # type: ignore[arg-type]
+    ingest, other = SimpleNamespace(queue_name="high_priority"), SimpleNamespace(queue_name="aggregations")
+    counter.after_process_message(None, ingest)
+    counter.after_skip_message(None, ingest)
+    counter.after_process_message(None, other)
+    counter.after_skip_message(None, other)
+    client.down = True
+    counter.flush()  # refused: kept
+    client.down = False
+    counter.after_process_message(None, ingest)
+    counter.flush()
+    assert client.values == {"t:stats:high_priority:drained": 3}

@@ -95,3 +95,26 @@ def test_a_rabbitmq_url_that_is_not_amqp_stops_the_start(url: str) -> None:
     with pytest.raises(SettingsError) as info:  # and its password is never echoed
         Settings.from_env({"RABBITMQ_URL": "htp://guest:s3cr3t-pw@mq:5672/"})
     assert "s3cr3t-pw" not in str(info.value)
+
+
+def test_a_worker_memory_limit_below_16_mib_is_refused() -> None:
+    """Mutation QA: any Python worker holds more than 16 MiB, so a limit below it (a value
+    in bytes or GiB typed as MiB, e.g. 2) recycled every worker after each message, for
+    ever. 0 (off) and 16 are accepted; 15 stops the start naming the variable."""
+    with pytest.raises(SettingsError, match="ANALYTICS_WORKER_MAX_RSS_MB"):
+        Settings.from_env({"ANALYTICS_WORKER_MAX_RSS_MB": "15"})
+    with pytest.raises(SettingsError, match="ANALYTICS_WORKER_MAX_RSS_MB"):
+        Settings.from_env({"ANALYTICS_WORKER_MAX_RSS_MB": "2"})
+    assert Settings.from_env({"ANALYTICS_WORKER_MAX_RSS_MB": "16"}).worker_max_rss_mb == 16
+    assert Settings.from_env({"ANALYTICS_WORKER_MAX_RSS_MB": "0"}).worker_max_rss_mb == 0
+
+
+def test_an_sns_topic_in_another_region_than_the_clients_is_refused() -> None:
+    """Mutation QA: the SNS client works in ``ANALYTICS_AWS_REGION``; a topic ARN of another
+    region made ``init`` create the tables and a stray topic in the wrong region before it
+    said the topic was missing. The start stops with both regions named."""
+    arn = "arn:aws:sns:eu-central-1:123456789012:analytics"
+    with pytest.raises(SettingsError, match="region eu-central-1.*us-east-1"):
+        Settings.from_env({"ANALYTICS_SNS_TOPIC_ARN": arn, "ANALYTICS_AWS_REGION": "us-east-1"})
+    s = Settings.from_env({"ANALYTICS_SNS_TOPIC_ARN": arn, "ANALYTICS_AWS_REGION": "eu-central-1"})
+    assert (s.sns_topic_arn, s.aws_region) == (arn, "eu-central-1")

@@ -19,6 +19,7 @@ from dramatiq.brokers.stub import StubBroker
 from falcon import testing
 
 from analytics.adapters.memory import InMemoryCache, InMemoryEventRepository
+from analytics.adapters.tiered_cache import TieredCache
 from analytics.application.store_events import store_events
 from analytics.bootstrap import Container, bootstrap
 from analytics.domain.aggregation import contribution
@@ -483,3 +484,63 @@ def test_dashboard_window_of_exactly_the_maximum_is_allowed_one_minute_more_is_4
         resp = env.client.simulate_get(DASH, params={"start": "2026-03-01T00:00:00Z", "end": end})
         assert resp.status_code == 400, (end, resp.text)
         assert resp.json["parameter"] == "end" and "31 days" in resp.json["detail"]
+
+
+@pytest.fixture
+def tiered(tmp_path: Path) -> Iterator[Env]:
+    """The app over both cache levels: the in-process LRU (closed documents) in front of
+    the shared cache (an InMemoryCache standing in for Redis, ``env.cache``)."""
+    settings = Settings(
+        auth="disabled", storage="sqlite", data_dir=tmp_path, broker="stub", cache_backend="memory"
+    )
+    clock = FixedClock(NOW)
+    shared = InMemoryCache(clock)
+    container = bootstrap(settings, clock=clock, cache=TieredCache(shared), broker=StubBroker())
+    yield Env(testing.TestClient(create_app(container)), container, shared, clock)
+
+
+def test_a_range_whose_last_bucket_is_still_open_is_not_cached_as_closed(tiered: Env) -> None:
+    """Mutation QA: a range is closed only when its LAST bucket has ended. Judged by its
+    first bucket, today's hours (00:00 over, 12:00 still running) were sent with the
+    closed max-age (a day): browsers and proxies kept showing a live figure for a day."""
+    resp = tiered.client.simulate_get(
+        f"{AGG}/hour", params={"start": "2026-03-31", "end": "2026-04-01"}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Cache-Control"].endswith("max-age=10"), resp.headers["Cache-Control"]
+    closed = tiered.client.simulate_get(
+        f"{AGG}/hour", params={"start": "2026-03-30", "end": "2026-03-31"}
+    )
+    assert closed.headers["Cache-Control"].endswith("max-age=86400")
+
+
+def test_closed_documents_of_different_event_types_are_kept_apart(tiered: Env) -> None:
+    """Mutation QA: the in-process key of a closed period's document includes the
+    event_type filter. Without it, asking for purchases after the unfiltered figures (same
+    range and tz) returned the unfiltered document: every event counted as a purchase."""
+    day = datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
+    tiered.ingest(make_event(day), make_event(day), purchase(day + timedelta(hours=1)))
+    q = {"start": "2026-03-30", "end": "2026-03-31"}
+
+    def count(**extra: str) -> int:
+        return sum(b["count"] for b in tiered.get(f"{AGG}/hour", **q, **extra)["buckets"])
+
+    assert count() == 3
+    assert count(event_type="purchase") == 1
+    assert count(event_type="page_view") == 2
+    assert count() == 3
+
+
+def test_closed_documents_are_not_held_while_the_shared_cache_is_down(tiered: Env) -> None:
+    """Mutation QA: while the shared cache (Redis) is down, the versions of a closed
+    period's days cannot be read, so its document must not be served from the in-process
+    level. A late event counted meanwhile by another process (its invalidation could not
+    land) must show at once; a document held under 'no versions' hid it until expiry."""
+    day = datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
+    tiered.ingest(make_event(day))
+    tiered.cache.down = True
+    q = {"start": "2026-03-30", "end": "2026-03-31"}
+    assert tiered.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 1
+    c = tiered.container
+    store_events([make_event(day + timedelta(hours=5))], repo=c.event_repo, aggregates=c.aggregates)
+    assert tiered.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 2

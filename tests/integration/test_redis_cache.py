@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 from falcon import testing
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from analytics.adapters.embedded_redis import RedisServerProcess
 from analytics.adapters.redis_cache import RedisCache
@@ -207,3 +209,32 @@ def test_lookup_connection_survives_a_flushed_script_cache_and_a_killed_connecti
         t.join()
     assert results == [[(key, b"A")]] * 4
     assert cache.errors == 0
+
+
+def test_after_a_redis_error_the_cache_is_skipped_for_retry_after(
+    own_redis: RedisServerProcess, namespace: str
+) -> None:
+    """Mutation QA: one Redis error opens the cache's own short circuit: for
+    ``retry_after_s`` reads and writes skip Redis (misses, answered from storage) instead
+    of each waiting for a dead Redis (connect + timeout on every query of an outage).
+    ``bump`` is exempt: an invalidation is always tried."""
+    client = redis.Redis(host="127.0.0.1", port=own_redis.port, socket_timeout=0.5,
+                         retry=Retry(NoBackoff(), 0))  # fmt: skip
+    cache = RedisCache(client, namespace=namespace, retry_after_s=3600)
+    cache.set_many([("a", b"1", 60)])
+    assert cache.get_many(["a"]) == [b"1"] and cache.errors == 0
+    own_redis.stop()
+    assert cache.get_many(["a"]) == [None]
+    assert cache.errors == 1  # the circuit opens
+    assert cache.get_many(["a", "b"]) == [None, None]
+    assert cache.versions(["2026-03-31"]) is None
+    assert cache.lookup([("agg:x", ["2026-03-31"])]) is None
+    cache.set_many([("c", b"3", 60)])
+    assert cache.errors == 1  # none of them tried Redis
+    assert cache.misses == 1 + 2 + 1  # get_many, get_many, lookup
+    with pytest.raises(CacheUnavailable):
+        cache.bump(["2026-03-31"])  # tried even with the circuit open
+    assert cache.errors == 2
+    own_redis.start()
+    cache._down_until = 0.0  # retry_after_s has passed
+    assert cache.get_many(["a"]) == [b"1"] and cache.errors == 2

@@ -81,3 +81,36 @@ def test_failed_keeps_the_error_and_wins_over_late_updates(store: TaskStatusStor
     s = store.get(tid)
     assert s is not None and s.status == "failed" and s.actor == "a"  # first fields still fill
     assert s.error is not None and s.error.startswith("ValueError: xxx") and len(s.error) == 1000
+
+
+def test_first_fields_keep_the_first_value(store: TaskStatusStore) -> None:
+    """Mutation QA: ``first`` fields are set only where the record has none. A retry's
+    re-enqueue must not move ``enqueued_at`` (the task's own enqueue time, shown on the
+    status endpoint), and an attempt's start written late (deferred, out of order) must
+    not replace the start time of the attempt that came after it."""
+    tid = str(uuid.uuid4())
+    later = T + timedelta(minutes=5)
+    store.apply(tasks.queued(tid, actor="a", queue="q", at=T, retries=0))
+    store.apply(tasks.queued(tid, actor="b", queue="r", at=later, retries=1))
+    s = store.get(tid)
+    assert s is not None and s.status == "retrying"
+    assert (s.enqueued_at, s.actor, s.queue) == (T, "a", "q")
+    store.apply(tasks.running(tid, actor="a", queue="q", at=later, retries=1, enqueued_at=later))
+    store.apply(tasks.running(tid, actor="a", queue="q", at=T, retries=0, enqueued_at=T))
+    s = store.get(tid)
+    assert s is not None and (s.status, s.attempts) == ("running", 2)
+    assert s.started_at == later and s.enqueued_at == T
+
+
+def test_redis_records_live_for_ttl_seconds(redis_server: RedisInfo, namespace: str) -> None:
+    """Mutation QA: ``ttl_s`` is in seconds (PEXPIRE takes milliseconds). Read as
+    milliseconds, a task's record vanished a moment after each update and the status
+    endpoint answered 404 for a task that had just been accepted."""
+    client = redis_server.client()
+    store = RedisTaskStatusStore(client, namespace=namespace, ttl_s=120)
+    tid = str(uuid.uuid4())
+    store.apply(tasks.queued(tid, actor="a", queue="q", at=T, retries=0))
+    assert 119_000 <= client.pttl(store.key(tid)) <= 120_000
+    store.apply_many([tasks.running(tid, actor="a", queue="q", at=T, retries=0, enqueued_at=T)])
+    assert 119_000 <= client.pttl(store.key(tid)) <= 120_000
+    assert store.get(tid) is not None

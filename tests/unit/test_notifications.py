@@ -12,6 +12,7 @@ from botocore.stub import Stubber
 from dramatiq import Worker
 
 from analytics.adapters import codec
+from analytics.adapters.aws import ResourceMissing
 from analytics.adapters.dynamodb_events import Backoff
 from analytics.adapters.memory import InMemoryEventRepository, InMemoryNotifier
 from analytics.adapters.sns_notifier import SnsNotifier
@@ -93,3 +94,38 @@ def test_a_worker_dying_between_announce_and_store_loses_no_notification() -> No
     repo.add_many(events)  # this attempt stores
     assert announce_unstored(events, **kwargs) == []  # a later redelivery or client retry
     assert queued == [[purchase], [purchase]]
+
+
+def test_entries_still_failed_after_max_attempts_tries_raise() -> None:
+    """Mutation QA: ``max_attempts`` bounds the PublishBatch calls of a chunk, the first
+    one included: with 3, three calls and two backoff sleeps, then NotificationFailed (the
+    actor retries the message later). One more call than configured kept the worker
+    thread sleeping in backoff longer than the operator allowed."""
+    client = _sns()
+    sleeps: list[float] = []
+    notifier = SnsNotifier(client, ARN, backoff=Backoff(max_attempts=3, sleep=sleeps.append,
+                                                        rng=random.Random(1)))  # fmt: skip
+    failed = {"Successful": [], "Failed": [
+        {"Id": "0", "Code": "InternalError", "SenderFault": False}]}  # fmt: skip
+    with Stubber(client) as stub:
+        for _ in range(3):
+            stub.add_response("publish_batch", failed)
+        with pytest.raises(NotificationFailed, match=r"1 messages not taken after 3 tries"):
+            notifier.publish([make_event(1)])
+        stub.assert_no_pending_responses()
+    assert len(sleeps) == 2
+
+
+def test_a_missing_topic_is_reported_as_missing_not_as_a_failed_publish() -> None:
+    """Mutation QA: SNS's NotFound means the topic does not exist: the error names the
+    topic and the fix (``analytics init``) instead of a bare "sns publish: NotFound"
+    that reads like a transient outage."""
+    client = _sns()
+    notifier = SnsNotifier(client, ARN, backoff=Backoff(max_attempts=3, sleep=lambda _: None))
+    with Stubber(client) as stub:
+        stub.add_client_error("publish_batch", service_error_code="NotFound",
+                              http_status_code=404)  # fmt: skip
+        with pytest.raises(ResourceMissing, match="analytics init") as info:
+            notifier.publish([make_event(1)])
+        stub.assert_no_pending_responses()
+    assert info.value.kind == "SNS topic" and info.value.name == ARN

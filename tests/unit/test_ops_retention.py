@@ -10,7 +10,11 @@ import pytest
 from analytics.adapters.memory import InMemoryEventRepository
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
 from analytics.application.retention import purge_events_before
+from analytics.bootstrap import bootstrap
+from analytics.domain.errors import PermanentError
 from analytics.domain.ports import EventRepository
+from analytics.entrypoints.actors import register_actors
+from analytics.settings import Settings
 from tests.ops_support import make_events
 
 pytestmark = pytest.mark.unit
@@ -52,3 +56,20 @@ def test_a_store_that_expires_events_itself_purges_nothing() -> None:
         pass
 
     assert purge_events_before(NOW, repo=TtlStore()) == 0  # type: ignore[arg-type]
+
+
+def test_the_purge_actor_refuses_a_naive_cutoff_as_permanent() -> None:
+    """Mutation QA: a cutoff without a UTC offset (``2026-01-01T00:00:00``) can never be
+    purged: the actor raises PermanentError (its ``throws``) naming the cutoff, so the
+    message goes straight to the dead-letter queue with the reason, instead of a bare
+    ValueError retried (and logged) on every backoff until its retries run out."""
+    container = bootstrap(Settings(broker="stub", storage="memory"))
+    purge = register_actors(container)["purge_events_before"]
+    assert PermanentError in purge.options["throws"]
+    container.event_repo.add_many(make_events(3, at=NOW - timedelta(days=400)))
+    with pytest.raises(PermanentError, match="2026-01-01T00:00:00.*no UTC offset"):
+        purge.fn("2026-01-01T00:00:00")
+    assert container.event_repo.count() == 3
+    assert purge.fn("2026-01-01T00:00:00+00:00") == {
+        "cutoff": "2026-01-01T00:00:00+00:00", "deleted": 3,
+    }  # fmt: skip

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import SkipMessage
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +20,7 @@ from analytics.adapters.task_status_middleware import TaskStatusMiddleware, inst
 from analytics.application.task_status import get_task_status
 from analytics.domain import tasks
 from analytics.domain.clock import FixedClock
-from analytics.domain.errors import NotFound
+from analytics.domain.errors import NotFound, StorageUnavailable
 from tests.support import wait_until
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -226,3 +228,77 @@ def test_dead_letter_replay_is_followed_by_the_same_id(env) -> None:  # type: ig
     worker.join()
     s = status(store, message.message_id)
     assert (s.status, s.result, s.error, s.attempts) == ("succeeded", "fine", None, 1)
+
+
+def test_a_malformed_task_id_is_not_found_without_asking_the_store() -> None:
+    """Mutation QA: an id that cannot be a task id (path tricks, spaces, over 128
+    characters) is answered "not found" without a store lookup: during a Redis outage
+    it stays a 404 instead of a 503, and junk never becomes a Redis key."""
+
+    class DownStore(InMemoryTaskStatusStore):
+        def get(self, task_id: str) -> tasks.TaskStatus | None:
+            raise StorageUnavailable("task status store: down")
+
+    store = DownStore()
+    for junk in ("../../etc", "a b", "", "x" * 129, "id?x=1"):
+        with pytest.raises(NotFound):
+            get_task_status(junk, store=store)
+    with pytest.raises(StorageUnavailable):  # a well-formed id is looked up
+        get_task_status("0b8e6f3c-1c1a-4a59-9a57-4d3f1e2a8b7c", store=store)
+
+
+def test_skipped_messages_are_skipped_unless_dead_lettered(env) -> None:  # type: ignore[no-untyped-def]
+    """Mutation QA: a message a middleware skips is recorded "skipped"; one skipped AND
+    failed (e.g. AgeLimit: too old, dead-lettered) is "failed". Swapped, an expired task
+    showed "skipped" (not in the dead-letter queue, nothing to replay) and a merely
+    skipped one showed "failed"."""
+    broker, store, worker = env
+
+    class Skipper(dramatiq.Middleware):
+        def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+            if message.actor_name == "expired":
+                message.fail()
+            raise SkipMessage()
+
+    broker.add_middleware(Skipper())
+
+    @dramatiq.actor(broker=broker, actor_name="skipped")
+    def skipped() -> None:
+        raise AssertionError("never runs")
+
+    @dramatiq.actor(broker=broker, actor_name="expired")
+    def expired() -> None:
+        raise AssertionError("never runs")
+
+    one, two = skipped.send(), expired.send()
+    drain(broker, worker)
+    s = status(store, one.message_id)
+    assert (s.status, s.error) == ("skipped", "skipped by a middleware")
+    f = status(store, two.message_id)
+    assert (f.status, f.error) == ("failed", "skipped by a middleware")
+    assert [m.message_id for m in broker.dead_letters] == [two.message_id]
+
+
+def test_without_retries_a_failed_message_is_failed_not_retrying() -> None:
+    """Mutation QA: on a broker without the Retries middleware a message whose actor
+    raised is acknowledged and over; its record must say "failed". Recorded "retrying",
+    a client polling the status endpoint waited forever for a retry that never came."""
+    broker = StubBroker(middleware=[])
+    broker.declare_queue("default")
+    store = InMemoryTaskStatusStore()
+    install(broker, TaskStatusMiddleware(store, FixedClock(T)))
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+
+    @dramatiq.actor(broker=broker, actor_name="bad_once")
+    def bad_once() -> None:
+        raise RuntimeError("kaput")
+
+    try:
+        message = bad_once.send()
+        drain(broker, worker)
+        s = status(store, message.message_id)
+        assert (s.status, s.attempts, s.error) == ("failed", 1, "RuntimeError: kaput")
+        assert s.finished_at == T
+    finally:
+        worker.stop()
+        broker.close()

@@ -97,6 +97,15 @@ def test_x_api_key_and_bearer_are_both_accepted(harness: ApiHarness) -> None:
                     {"Authorization": f"bearer {key}"}):  # fmt: skip
         r = harness.client.simulate_post("/api/v1/analytics/events", json=EVENT, headers=headers)
         assert r.status_code == 202, r.text
+    # Only Bearer: a valid key under another scheme is refused, on the lane and on Falcon's
+    # routes (mutation QA: any scheme was accepted and no test failed), even beside a
+    # valid X-API-Key, since Authorization is the one checked.
+    for headers in ({"Authorization": f"Token {key}"}, {"Authorization": f"Basic {key}"},
+                    {"Authorization": f"Token {key}", "X-API-Key": key}):  # fmt: skip
+        for path, body in (("/api/v1/analytics/events", EVENT),
+                           ("/api/v1/analytics/events/batch", {"events": [EVENT]})):  # fmt: skip
+            r = harness.client.simulate_post(path, json=body, headers=headers)
+            assert r.status_code == 401, (path, headers, r.text)
 
 
 def test_health_is_open_and_auth_can_be_disabled() -> None:

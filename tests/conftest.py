@@ -214,10 +214,44 @@ FAULT_SCENARIOS = ("worker-kill", "redis-restart", "storage-outage", "client-ret
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    _SHM_BEFORE.update(_metrics_dirs())  # the controller, or a run without xdist
     cache = getattr(session.config, "cache", None)  # None under -p no:cacheprovider
-    if cache is not None and not hasattr(session.config, "workerinput"):  # the controller
+    if cache is not None:
         for name in FAULT_SCENARIOS:  # only this run's rows are shown
             cache.set(f"faults/{name}", None)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Processes the tests kill outright leave their metrics directory in /dev/shm (the
+    service removes it at the next start for the same data directory, which a test's
+    temporary one never sees). What this run made and nobody holds any more goes."""
+    if hasattr(session.config, "workerinput"):
+        return
+    import fcntl  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    for path in _metrics_dirs() - _SHM_BEFORE:
+        try:
+            for lock in path.glob("*.lock"):
+                with lock.open("rb") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if an owner lives
+            shutil.rmtree(path)
+        except OSError:
+            continue  # still owned, or gone already
+
+
+def _metrics_dirs() -> set[Path]:
+    from analytics.settings import SHARED_MEMORY_DIR  # noqa: PLC0415
+
+    try:
+        return set(SHARED_MEMORY_DIR.glob("analytics-metrics-*"))
+    except OSError:
+        return set()
+
+
+_SHM_BEFORE: set[Path] = set()
 
 
 def pytest_terminal_summary(

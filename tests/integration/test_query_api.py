@@ -54,6 +54,17 @@ class Env:
         return resp.json
 
 
+def drain(broker: Any, queue: str) -> None:
+    """A real dramatiq Worker processes everything on ``queue``, then stops."""
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join(queue)
+        worker.join()
+    finally:
+        worker.stop()
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     settings = Settings(
@@ -346,13 +357,7 @@ def test_the_worker_invalidates_cached_answers_with_group_commit_on(env: Env) ->
     assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 0
     assert env.cache.hits == hits + 1  # the answer is served from the cache
     env.container.task_queue.enqueue_events([make_event(closed), make_event(NOW)])
-    worker = dramatiq.Worker(broker, worker_timeout=50)
-    worker.start()
-    try:
-        broker.join("high_priority")
-        worker.join()
-    finally:
-        worker.stop()
+    drain(broker, "high_priority")
     assert env.container.event_repo.count() == 2  # the worker stored them
     assert env.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 1
     assert env.get(DASH, last="15m")["total_events"] == 1
@@ -386,13 +391,7 @@ def test_generate_enqueues_on_aggregations_and_the_worker_reconciles(env: Env) -
     (message,) = [dramatiq.Message.decode(m) for m in broker.queues["aggregations"].queue]
     assert message.message_id == body["task_id"]
     assert message.actor_name == "generate_aggregations"
-    worker = dramatiq.Worker(broker, worker_timeout=50)
-    worker.start()
-    try:
-        broker.join("aggregations")
-        worker.join()
-    finally:
-        worker.stop()
+    drain(broker, "aggregations")
     day = env.get(f"{AGG}/day", start="2026-03-30", end="2026-03-31")
     assert day["buckets"][0]["count"] == 1
     berlin = env.client.simulate_post(f"{AGG}/day/generate", params={
@@ -423,13 +422,7 @@ def test_generate_task_can_be_followed_on_the_status_endpoint(tmp_path: Path) ->
     assert resp.status_code == 202
     status_url = f"/api/v1/analytics/tasks/{resp.json['task_id']}/status"
     assert client.simulate_get(status_url).json["status"] == "queued"
-    worker = dramatiq.Worker(c.broker, worker_timeout=50)
-    worker.start()
-    try:
-        c.broker.join("aggregations")  # type: ignore[attr-defined]
-        worker.join()
-    finally:
-        worker.stop()
+    drain(c.broker, "aggregations")
     done = client.simulate_get(status_url).json
     assert done["status"] == "succeeded", done
     assert done["result"]["caught_up"] == 1 and done["result"]["events_scanned"] == 1

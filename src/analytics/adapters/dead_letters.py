@@ -174,25 +174,15 @@ class RabbitDeadLetters:
 
     Each operation reads a queue's letters on a channel of its own, unacknowledged, acks
     what it replays or purges and closes the channel: RabbitMQ puts every letter it did
-    not ack back, in its original order.
+    not ack back, in its original order. ``broker`` is a
+    :class:`~analytics.adapters.rabbitmq_broker.KeepingRabbitmqBroker`: its channels come
+    on a new connection once RabbitMQ closed the thread's last one (QA: every call failed
+    until that thread happened to enqueue).
     """
 
     def __init__(self, broker: Any, queues: Sequence[str] = QUEUES) -> None:
         self.broker = broker
         self.queues = tuple(queues)
-
-    def _channel(self) -> Any:
-        """A channel on this thread's connection; a connection found closed (RabbitMQ
-        restarted, or closed it) is replaced once: dramatiq keeps one per thread and only
-        its ``enqueue`` replaces a dead one, so these routes answered 500 until that thread
-        happened to enqueue (QA)."""
-        import pika.exceptions  # noqa: PLC0415
-
-        try:
-            return self.broker.connection.channel()
-        except pika.exceptions.AMQPError:
-            del self.broker.connection
-            return self.broker.connection.channel()
 
     def _visit(self, queue: str, decide: Any) -> list[str]:
         """Call ``decide(message, died_ms)`` on every letter there when the visit begins,
@@ -201,7 +191,7 @@ class RabbitDeadLetters:
         Only as many as the queue held then: a replayed copy that fails again at once is
         dead-lettered behind them, and reading until the queue was empty met it again and
         sent it again, one replay of one letter counting 15 (QA)."""
-        channel = self._channel()
+        channel = self.broker.new_channel()
         done: list[str] = []
         try:
             held = channel.queue_declare(f"{queue}.XQ", passive=True).method.message_count
@@ -257,7 +247,7 @@ class RabbitDeadLetters:
         return done
 
     def depths(self) -> dict[str, int]:
-        channel = self._channel()
+        channel = self.broker.new_channel()
         try:
             return {
                 q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)

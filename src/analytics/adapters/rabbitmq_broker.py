@@ -75,14 +75,22 @@ class KeepingRabbitmqBroker(RabbitmqBroker):  # type: ignore[misc]
         return _KeepingConsumer
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
-        try:
-            return super().get_queue_message_counts(queue_name)  # type: ignore[no-any-return]
-        except pika.exceptions.AMQPError:
-            del self.connection  # and its channel
-            return super().get_queue_message_counts(queue_name)  # type: ignore[no-any-return]
+        return self._reconnecting(super().get_queue_message_counts, queue_name)  # type: ignore[no-any-return]
+
+    def new_channel(self) -> Any:
+        """A channel of its own on this thread's connection (the dead-letter visits)."""
+        return self._reconnecting(lambda: self.connection.channel())
 
     def live_connection(self) -> Any:
         """This thread's connection, a new one if RabbitMQ closed the last."""
         if not self.connection.is_open:
             del self.connection
         return self.connection
+
+    def _reconnecting(self, call: Any, *args: Any) -> Any:
+        """``call``, once more on a new connection if the thread's one was found closed."""
+        try:
+            return call(*args)
+        except pika.exceptions.AMQPError:
+            del self.connection  # and its channel
+            return call(*args)

@@ -185,17 +185,11 @@ def _keys_command(args: argparse.Namespace) -> int:
     settings = load_settings(dict(os.environ), data_dir=args.data_dir)
     kind = key_store_kind(settings)
     if kind == "sqlite" and settings.key_store == "auto":
-        from analytics.entrypoints.serve import serve_info, serves_own_redis  # noqa: PLC0415
+        from analytics.entrypoints.serve import serves_own_redis  # noqa: PLC0415
 
         theirs = serves_own_redis(settings.data_dir)
-        keys_in_redis = (serve_info(settings.data_dir) or {}).get("key_store") == "redis"
-        if theirs is not None and keys_in_redis:  # a key made here: one serve never reads
-            pid, where, env = theirs
-            raise CliError(
-                f"the analytics serve of {str(settings.data_dir)!r} (pid {pid}) keeps its API"
-                f" keys in the Redis at {where}: run this command with {env} (and"
-                " REDIS_PASSWORD if it has one)"
-            )
+        if theirs is not None and theirs.keys_there:  # a key made here: one serve never reads
+            raise CliError(theirs.refusal(settings.data_dir, "keeps its API keys in"))
     if kind == "memory":
         raise CliError("ANALYTICS_KEY_STORE=memory keeps no keys between processes")
     fresh = kind == "sqlite" and not Path(settings.keys_path).exists()

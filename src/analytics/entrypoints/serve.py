@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +129,11 @@ def with_running_serves_redis(settings: Settings, *, required: bool = True) -> S
     sock = embedded_redis_socket(settings.data_dir)
     from analytics.entrypoints.cli import CliError  # noqa: PLC0415
 
-    if not sock.is_socket() and (theirs := serves_own_redis(settings.data_dir)) is not None:
-        pid, where, env = theirs  # not the embedded Redis, nor (unless it is) the default
-        if where != f"127.0.0.1:{settings.redis_port} db {settings.redis_db}":
-            raise CliError(
-                f"the analytics serve of {str(settings.data_dir)!r} (pid {pid}) uses the Redis"
-                f" at {where}: run this command with {env} (and REDIS_PASSWORD if it has one)"
-            )
+    theirs = None if sock.is_socket() else serves_own_redis(settings.data_dir)
+    if theirs is not None and (theirs.host, theirs.port, theirs.db) != (
+        "127.0.0.1", settings.redis_port, settings.redis_db  # the default, which is right
+    ):
+        raise CliError(theirs.refusal(settings.data_dir, "uses"))
     if not sock.is_socket() and not required:
         return settings  # the default Redis, as `analytics worker` and `api` use
 
@@ -185,16 +184,32 @@ def serve_namespace(data_dir: Path) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def serves_own_redis(data_dir: Path) -> tuple[int, str, str] | None:
-    """(pid, "host:port db N", the environment that names it) when the serve running for
-    ``data_dir`` uses a Redis of the operator's (REDIS_HOST), else None."""
+@dataclass(frozen=True, slots=True)
+class ServesRedis:
+    """The operator's Redis (REDIS_HOST) that a running serve uses, from ``serve.json``."""
+
+    pid: int
+    host: str
+    port: int
+    db: int
+    keys_there: bool  # its API keys too (ANALYTICS_KEY_STORE resolved to redis)
+
+    def refusal(self, data_dir: Path, what: str) -> str:
+        """One line telling a command run without REDIS_HOST which Redis to name."""
+        return (f"the analytics serve of {str(data_dir)!r} (pid {self.pid}) {what} the Redis at"
+                f" {self.host}:{self.port} db {self.db}: run this command with"
+                f" REDIS_HOST={shlex.quote(self.host)} REDIS_PORT={self.port} REDIS_DB={self.db}"
+                " (and REDIS_PASSWORD if it has one)")  # fmt: skip
+
+
+def serves_own_redis(data_dir: Path) -> ServesRedis | None:
+    """The Redis of the operator's that the serve running for ``data_dir`` uses, if any."""
     info = serve_info(data_dir) or {}
     redis = info.get("redis")
     if not isinstance(redis, dict):
         return None
-    host, port, db = redis.get("host"), redis.get("port"), redis.get("db")
-    env = f"REDIS_HOST={shlex.quote(str(host))} REDIS_PORT={port} REDIS_DB={db}"
-    return int(info["pid"]), f"{host}:{port} db {db}", env
+    return ServesRedis(int(info["pid"]), str(redis.get("host")), int(redis.get("port", 0)),
+                       int(redis.get("db", 0)), info.get("key_store") == "redis")  # fmt: skip
 
 
 def write_serve_file(data_dir: Path, settings: Settings) -> None:
@@ -415,10 +430,11 @@ def serve(settings: Settings) -> int:
     claim_data_dir(data_dir)  # held until this process exits
     check_port_free(settings.host, settings.port, data_dir=data_dir)
     redis_server = redis_log = None
+    # Before the embedded Redis's socket exists (a command that finds the socket finds
+    # this namespace); with the operator's Redis, commands without REDIS_HOST learn which.
+    write_serve_file(data_dir, settings)
     if settings.broker == "redis" and settings.redis_host is None:
         sock = embedded_redis_socket(data_dir)
-        # Before its socket exists: a command that finds the socket finds this namespace.
-        write_serve_file(data_dir, settings)
         redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
@@ -426,8 +442,6 @@ def serve(settings: Settings) -> int:
         ).start()
         redis_log.relay()  # e.g. its append-only file found cut short, and truncated
         settings = settings.model_copy(update={"redis_socket": str(sock)})
-    else:  # the operator's Redis: commands without REDIS_HOST learn which one
-        write_serve_file(data_dir, settings)
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
     # The children get the settings in their granular form; the old REDIS_URL beside it

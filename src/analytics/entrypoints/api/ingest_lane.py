@@ -126,12 +126,15 @@ class IngestLane:
     def _serve(self, environ: dict[str, Any], raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         cid = begin_request(environ.get("HTTP_X_CORRELATION_ID"))
         try:
-            if self.auth.enabled and not self._key_shaped(environ):
-                raise _Replay  # no decoding for a caller without a key (Falcon: 401)
+            token = None
+            if self.auth.enabled:
+                token = token_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
+                if token is None or parse_key(token) is None:
+                    raise _Replay  # no decoding for a caller without a key (Falcon: 401)
             event = validate_event(raw, correlation_id=cid, deps=self.deps)
             # The store after the decode: an invalid body is replayed through Falcon,
             # which looks the key up itself, so one lookup per request either way.
-            bucket = self._bucket(environ)
+            bucket = self._bucket(environ, token)
             if self.auth.backlog is not None:
                 threshold, max_retry_s = self.overload
                 check_backlog(self.auth.backlog, threshold=threshold, max_retry_s=max_retry_s)
@@ -152,16 +155,10 @@ class IngestLane:
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         return "202 Accepted", headers, body
 
-    @staticmethod
-    def _key_shaped(environ: dict[str, Any]) -> bool:
-        token = token_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
-        return token is not None and parse_key(token) is not None
-
-    def _bucket(self, environ: dict[str, Any]) -> tuple[str, Any] | None:
+    def _bucket(self, environ: dict[str, Any], token: str | None) -> tuple[str, Any] | None:
         """Authenticate and authorize as AuthMiddleware does; the rate-limit bucket."""
         auth, key = self.auth, None
         if auth.enabled:
-            token = token_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
             key = authenticate(token, store=auth.store)  # type: ignore[arg-type]
             authorize(key, "ingest")
             structlog.contextvars.bind_contextvars(api_key_id=key.key_id)

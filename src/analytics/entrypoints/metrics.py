@@ -275,13 +275,32 @@ class SharedNames:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             f.seek(0)
             names = f.read().split()
-            named = value in names
-            if not named and len(names) < self.limit:
+            before = len(names)
+            named, final = _admit(names, value, self.limit)
+            if len(names) > before:  # newly named: for every other process too
                 f.write(value + "\n")
                 f.flush()
-                names.append(value)
-                named = True
-            return named, frozenset(names) if len(names) >= self.limit else None
+            return named, final
+
+
+class LocalNames:
+    """:class:`SharedNames` for one process (no multiprocess directory: tests, one worker)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.names = limit, list[str]()
+
+    def admit(self, value: str) -> tuple[bool, frozenset[str] | None]:
+        return _admit(self.names, value, self.limit)
+
+
+def _admit(names: list[str], value: str, limit: int) -> tuple[bool, frozenset[str] | None]:
+    """Name ``value`` if it is named or a slot is free (appended to ``names``); and once
+    every slot is taken, the names (they never change after that)."""
+    named = value in names
+    if not named and len(names) < limit:
+        names.append(value)
+        named = True
+    return named, frozenset(names) if len(names) >= limit else None
 
 
 class BoundedLabel:
@@ -290,21 +309,21 @@ class BoundedLabel:
     Each value is a time series in every process's memory, in the multiprocess files and
     in every scrape, so a client must not be able to add them without end: the first
     ``limit`` distinct values get their own series (across the processes of the metrics
-    directory when ``shared`` is given, else in this process), later new ones count under
+    directory with :class:`SharedNames`, else in this process), later new ones count under
     ``OTHER`` (which no event type can be: types start with a letter). The exact counts
     per type are the aggregations API's; this is for operations.
     """
 
     OTHER = "_other"
 
-    def __init__(self, make: Callable[[str], Any], limit: int, shared: SharedNames | None = None) -> None:
+    def __init__(self, make: Callable[[str], Any], limit: int,
+                 names: SharedNames | LocalNames | None = None) -> None:  # fmt: skip
         self.make = make
-        self.limit = limit
-        self.shared = shared
+        self.names = names or LocalNames(limit)
         self._children: dict[str, Any] = {}
         # Once every slot is taken: the values that have one (a value not among them
         # never will); None while slots are free.
-        self._final: frozenset[str] | None = frozenset() if limit <= 0 else None
+        self._final: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> Any:
@@ -324,16 +343,11 @@ class BoundedLabel:
     def _admit(self, value: str) -> bool:
         if self._final is not None:
             return value in self._final
-        if self.shared is not None:
-            try:
-                named, self._final = self.shared.admit(value)
-            except OSError:  # /dev/shm full or gone: counted, as _other, never a failure
-                return False
-            return named
-        named = [v for v in self._children if v != self.OTHER]
-        if len(named) + 1 >= self.limit:
-            self._final = frozenset([*named, value])
-        return True
+        try:
+            named, self._final = self.names.admit(value)
+        except OSError:  # /dev/shm full or gone: counted, as _other, never a failure
+            return False
+        return named
 
 
 def accepted_by_type(limit: int = 100) -> BoundedLabel:
@@ -341,8 +355,8 @@ def accepted_by_type(limit: int = 100) -> BoundedLabel:
     (``ANALYTICS_METRICS_EVENT_TYPES``) across the processes of the multiprocess directory
     (every gunicorn worker, recycled ones included), or per app without one."""
     directory = os.environ.get(MULTIPROC_ENV)
-    shared = SharedNames(Path(directory) / "event_types.names", limit) if directory else None
-    return BoundedLabel(EVENTS_ACCEPTED.labels, limit, shared)
+    names = SharedNames(Path(directory) / "event_types.names", limit) if directory else None
+    return BoundedLabel(EVENTS_ACCEPTED.labels, limit, names)
 
 
 def record_accepted(events: Sequence[Event], by_type: BoundedLabel) -> None:

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
 
-from analytics.adapters.memory import InMemoryEventRepository
-from analytics.application.store_events import SharedCommit, StoreResult, _Job, store_events
+from analytics.adapters.memory import InMemoryAggregateStore, InMemoryEventRepository
+from analytics.application.store_events import (
+    Precounted,
+    SharedCommit,
+    StoreResult,
+    _Job,
+    store_events,
+)
+from analytics.domain.aggregation import recompute
+from analytics.domain.buckets import epoch_minute
 from analytics.domain.errors import StorageUnavailable
 from analytics.domain.events import Event
+from tests.aggsupport import purchase
 from tests.integration.test_background_processing import make_event
 
 
@@ -20,7 +30,7 @@ def test_threads_share_store_calls_and_each_gets_its_share() -> None:
     repo = InMemoryEventRepository()
     calls: list[int] = []
 
-    def slow_store(events: Sequence[Event]) -> StoreResult:
+    def slow_store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
         calls.append(len(events))
         time.sleep(0.01)  # a commit: others queue up meanwhile
         return store_events(events, repo=repo)
@@ -49,7 +59,7 @@ def test_threads_share_store_calls_and_each_gets_its_share() -> None:
 def test_a_failed_store_fails_every_message_of_the_round() -> None:
     gate = threading.Event()
 
-    def failing(events: Sequence[Event]) -> StoreResult:
+    def failing(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
         gate.wait(5)
         raise StorageUnavailable("disk gone")
 
@@ -74,12 +84,12 @@ def test_a_failed_store_fails_every_message_of_the_round() -> None:
 
 def test_a_lone_submit_stores_at_once() -> None:
     repo = InMemoryEventRepository()
-    shared = SharedCommit(lambda evs: store_events(evs, repo=repo))
+    shared = SharedCommit(lambda evs, _: store_events(evs, repo=repo))
     event = make_event(1)
     assert shared.submit([event]).stored == 1
     assert shared.submit([event]).duplicates == 1
     with pytest.raises(ZeroDivisionError):
-        SharedCommit(lambda evs: 1 // 0).submit([make_event(2)])  # type: ignore[arg-type,return-value]
+        SharedCommit(lambda evs, _: 1 // 0).submit([make_event(2)])  # type: ignore[arg-type,return-value]
 
 
 class _Gate:
@@ -109,7 +119,7 @@ def test_groups_that_arrive_while_the_leader_waits_in_begin_join_its_round() -> 
     gate = _Gate()
     calls: list[int] = []
 
-    def store(events: Sequence[Event]) -> StoreResult:
+    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
         calls.append(len(events))
         return store_events(events, repo=repo)
 
@@ -146,7 +156,7 @@ def test_after_runs_once_the_round_committed_and_before_anyone_hears_of_it() -> 
         gate.log.append("after")
         assert not heard  # nobody answered yet
 
-    shared = SharedCommit(lambda evs: store_events(evs, repo=repo), begin=gate, after=after)
+    shared = SharedCommit(lambda evs, _: store_events(evs, repo=repo), begin=gate, after=after)
     heard.append(shared.submit([make_event(1), make_event(2)]))
     assert gate.log == ["begin", "commit", "after"]
     assert heard[0].stored == 2
@@ -167,7 +177,7 @@ def test_a_failed_after_or_begin_fails_the_round_and_the_next_round_still_runs()
             raise StorageUnavailable("writer lock timed out")
         return nullcontext()
 
-    shared = SharedCommit(lambda evs: store_events(evs, repo=repo), begin=begin, after=after)
+    shared = SharedCommit(lambda evs, _: store_events(evs, repo=repo), begin=begin, after=after)
     event = make_event(1)
     with pytest.raises(StorageUnavailable, match="cache down"):
         shared.submit([event])  # stored, but the message is retried until invalidated
@@ -197,7 +207,7 @@ def test_a_time_limit_raised_into_a_waiting_thread_leaves_the_others_a_leader() 
 
     gate, rounds = threading.Event(), []
 
-    def store(events: Sequence[Event]) -> StoreResult:
+    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
         rounds.append([e.user_id for e in events])
         if len(rounds) == 1:
             gate.wait(30)  # the slow round
@@ -239,19 +249,19 @@ def test_a_promoted_thread_whose_time_limit_fires_passes_the_lead_on() -> None:
 
     rounds: list[list[str]] = []
 
-    def store(events: Sequence[Event]) -> StoreResult:
+    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
         rounds.append([e.user_id for e in events])
         return StoreResult(received=len(events), stored=len(events), duplicates=0,
                            new_ids=tuple(e.event_id for e in events))  # fmt: skip
 
     shared = SharedCommit(store)
-    promoted, other = _Job([make_event(1)]), _Job([make_event(2)])
-    with shared._cv:  # as the end of a round leaves them: busy, the first one promoted
+    promoted, other = _Job([make_event(1)], {}), _Job([make_event(2)], {})
+    with shared._lock:  # as the end of a round leaves them: busy, the first one promoted
         shared._busy, promoted.lead = True, True
         shared._pending += [promoted, other]
         shared._abandon(promoted)  # what submit does when the exception lands now
     assert other.lead and shared._pending == [other]
-    with shared._cv:
+    with shared._lock:
         shared._abandon(other)  # nothing left: the lead is put down
     assert shared._busy is False
     assert shared.submit([make_event(3)]).stored == 1
@@ -283,7 +293,7 @@ def test_a_round_interrupted_before_its_invalidation_answers_no_thread_success()
         gate.wait(5)
         yield
 
-    def store(events: Sequence[Event]) -> StoreResult:
+    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
         return StoreResult(received=len(events), stored=len(events), duplicates=0,
                            new_ids=tuple(e.event_id for e in events))  # fmt: skip
 
@@ -308,3 +318,42 @@ def test_a_round_interrupted_before_its_invalidation_answers_no_thread_success()
     assert sorted(answers) == ["Interrupted", "RuntimeError"] and invalidated == []
     assert shared.submit([make_event(3)]).stored == 1  # the lead went on
     assert len(invalidated) == 1
+
+
+def test_counts_worked_out_ahead_are_used_only_for_the_version_stored() -> None:
+    """Each thread works out its events' contributions before it queues (outside the
+    writer lock). A round holds the same event_id twice with different content, and an
+    id stored earlier but never counted (its worker died) comes back with another price:
+    the counters are those of the stored versions, never of a copy that was not stored."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    t0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    repo, agg = InMemoryEventRepository(), InMemoryAggregateStore()
+    gate = _Gate()
+    shared = SharedCommit(
+        lambda evs, ahead: store_events(evs, repo=repo, aggregates=agg, precounted=ahead),
+        begin=gate, counting=True,
+    )  # fmt: skip
+    uncounted = uuid.uuid4()
+    repo.add_many([purchase(t0, price="10", event_id=uncounted)])  # stored, then the crash
+    twice = uuid.uuid4()
+    groups = [
+        [purchase(t0 + timedelta(minutes=1), price="1", event_id=twice)],
+        [purchase(t0 + timedelta(minutes=2), price="2", event_id=twice)],  # same id, same round
+        [purchase(t0 + timedelta(minutes=7), price="99", event_id=uncounted)],  # the retry
+    ]
+    threads = [threading.Thread(target=shared.submit, args=(g,)) for g in groups]
+    threads[0].start()
+    assert gate.entered.wait(5)  # the leader waits for the writer lock: the rest join it
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(shared._pending) < 3 and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.005)
+    gate.open.set()
+    for t in threads:
+        t.join(10)
+    stored = list(repo.all())
+    assert sorted(str(e.price) for e in stored) == ["1", "10"]  # first writes won
+    hour = epoch_minute(t0)
+    assert dict(agg.snapshot(hour, hour + 60).counters) == recompute(stored)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from analytics.domain.aggregation import contribution
+from analytics.domain.aggregation import Contribution, contribution
 from analytics.domain.events import Event
 from analytics.domain.ports import AggregateStore, Cache, EventRepository, UnitOfWork
 
@@ -40,6 +40,22 @@ def cache_scopes(events: Iterable[Event]) -> set[str]:
     return {e.timestamp.date().isoformat() for e in events}
 
 
+#: Contributions worked out ahead, by ``event_id``, each with the event it was worked out
+#: from: one is used only for that very event (see :func:`precount`).
+Precounted = Mapping[uuid.UUID, tuple[Event, Contribution]]
+
+
+def precount(events: Iterable[Event]) -> dict[uuid.UUID, tuple[Event, Contribution]]:
+    """The contribution of each id's first occurrence (the version a store of these events
+    keeps when the id is new), worked out before the store: outside the transaction, whose
+    writer lock every worker process queues for."""
+    out: dict[uuid.UUID, tuple[Event, Contribution]] = {}
+    for e in events:
+        if e.event_id not in out:
+            out[e.event_id] = (e, contribution(e))
+    return out
+
+
 def store_events(
     events: Sequence[Event],
     *,
@@ -47,9 +63,10 @@ def store_events(
     aggregates: AggregateStore | None = None,
     cache: Cache | None = None,
     uow: UnitOfWork | None = None,
+    precounted: Precounted | None = None,
 ) -> StoreResult:
     with uow.atomic() if uow is not None else nullcontext():
-        new_ids, counted, stored = _store_and_count(events, repo, aggregates)
+        new_ids, counted, stored = _store_and_count(events, repo, aggregates, precounted or {})
     result = StoreResult(
         received=len(events),
         stored=len(new_ids),
@@ -75,7 +92,8 @@ def invalidate(result: StoreResult, *, cache: Cache | None) -> None:
 
 
 def _store_and_count(
-    events: Sequence[Event], repo: EventRepository, aggregates: AggregateStore | None
+    events: Sequence[Event], repo: EventRepository, aggregates: AggregateStore | None,
+    precounted: Precounted,
 ) -> tuple[list[uuid.UUID], int, dict[uuid.UUID, Event]]:
     new_ids = repo.add_many(events)
     counted = 0
@@ -90,8 +108,15 @@ def _store_and_count(
                 stored[e.event_id] = e
         if len(stored) < len(ids):
             stored.update(repo.get_many(i for i in ids if i not in stored))
-        counted = len(aggregates.apply([contribution(stored[i]) for i in ids if i in stored]))
+        counted = len(aggregates.apply([_contribution(stored[i], precounted) for i in ids if i in stored]))
     return new_ids, counted, stored
+
+
+def _contribution(event: Event, precounted: Precounted) -> Contribution:
+    """The stored version's contribution: worked out ahead when it is that very event
+    (a new id), here when the store read it back (stored by an earlier message)."""
+    ahead = precounted.get(event.event_id)
+    return ahead[1] if ahead is not None and ahead[0] is event else contribution(event)
 
 
 class SharedCommit:
@@ -111,40 +136,46 @@ class SharedCommit:
     runs once the round has committed, e.g. the cache invalidation, which must not come
     before the commit; the next leader starts meanwhile, and the round's threads hear of
     their result only when ``after`` is done (its failure fails them all, like the store's).
+
+    ``counting`` (the store counts aggregates): each thread works out its events'
+    contributions (:func:`precount`) before it queues, so the round's leader does not do
+    it for everyone while it holds the writer lock every worker process waits for.
     """
 
     def __init__(
         self,
-        store: Callable[[Sequence[Event]], StoreResult],
+        store: Callable[[Sequence[Event], Precounted], StoreResult],
         *,
         max_events: int = 5000,
         begin: Callable[[], AbstractContextManager[object]] | None = None,
         after: Callable[[StoreResult], None] | None = None,
+        counting: bool = False,
     ) -> None:
         self._store = store
         self._max_events = max_events
         self._begin = begin
         self._after = after
-        self._cv = threading.Condition()
+        self._counting = counting
+        self._lock = threading.Lock()
         self._pending: list[_Job] = []
         self._busy = False
 
     def submit(self, events: Sequence[Event]) -> StoreResult:
-        job = _Job(events)
+        job = _Job(events, precount(events) if self._counting else {})
         try:
-            with self._cv:
+            with self._lock:
                 self._pending.append(job)
                 if not self._busy:
                     self._busy = job.lead = True
-                # In slices: an exception raised into this thread (dramatiq's time limit)
-                # is only delivered once a wait returns; a wait without a timeout held it
-                # for as long as nobody notified.
-                while not (job.lead or job.done):
-                    self._cv.wait(self.wake_s)
+            # In slices: an exception raised into this thread (dramatiq's time limit) is
+            # only delivered once a wait returns; a wait without a timeout held it for as
+            # long as nobody woke it.
+            while not (job.lead or job.done):
+                job.wait(self.wake_s)
             if not job.done:
                 self._lead()
         except BaseException:
-            with self._cv:
+            with self._lock:
                 self._abandon(job)
             raise
         if job.error is not None:
@@ -168,7 +199,7 @@ class SharedCommit:
                 self._pass_lead()
 
     def _take(self) -> list[_Job]:
-        with self._cv:
+        with self._lock:
             batch, count = [], 0
             while self._pending and (not batch or count + len(self._pending[0].events) <= self._max_events):
                 batch.append(self._pending.pop(0))
@@ -184,11 +215,14 @@ class SharedCommit:
             try:
                 with self._begin() if self._begin is not None else nullcontext():
                     batch = self._take()
-                    combined = self._store([e for job in batch for e in job.events])
+                    ahead: dict[uuid.UUID, tuple[Event, Contribution]] = {}
+                    for job in reversed(batch):  # an id's first occurrence wins, as in the store
+                        ahead.update(job.precounted)
+                    combined = self._store([e for job in batch for e in job.events], ahead)
             except BaseException as exc:  # noqa: BLE001 - every thread of the batch hears it
                 combined, error = None, exc
                 batch = batch or self._take()  # ``begin`` failed: the round fails as a whole
-            with self._cv:
+            with self._lock:
                 self._pass_lead()  # the next round may start while this one ends
                 passed = True
             if combined is not None and self._after is not None:
@@ -200,7 +234,7 @@ class SharedCommit:
         finally:
             # Whatever raised in here (an exception raised into this thread included), the
             # lead goes on and every thread of the round hears how it ended.
-            with self._cv:
+            with self._lock:
                 if not passed:
                     self._pass_lead()
                 if not after_done and error is None:  # committed, maybe, but not invalidated:
@@ -219,23 +253,40 @@ class SharedCommit:
                         received=len(job.events), stored=len(mine),
                         duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
                     )  # fmt: skip
-                self._cv.notify_all()
+                for job in batch:
+                    job.wake()
 
     def _pass_lead(self) -> None:
         """Under the condition's lock: promote the next leader, or put the lead down."""
         if self._pending:
             self._pending[0].lead = True  # _busy stays set
-            self._cv.notify_all()
+            self._pending[0].wake()
         else:
             self._busy = False
 
 
 class _Job:
-    __slots__ = ("done", "error", "events", "lead", "result")
+    """One thread's events and how their round ended. ``_signal`` is a bare lock held from
+    creation and released (under :class:`SharedCommit`'s lock) when the job is done or
+    handed the lead: a round wakes its own threads and the next leader, not every waiting
+    thread (a Condition's ``notify_all`` woke all sixteen, and each took the shared lock
+    again only to wait once more)."""
 
-    def __init__(self, events: Sequence[Event]) -> None:
+    __slots__ = ("_signal", "done", "error", "events", "lead", "precounted", "result")
+
+    def __init__(self, events: Sequence[Event], precounted: Precounted) -> None:
         self.events = events
+        self.precounted = precounted
         self.lead = False
         self.done = False
         self.result: StoreResult | None = None
         self.error: BaseException | None = None
+        self._signal = threading.Lock()
+        self._signal.acquire()
+
+    def wait(self, timeout: float) -> None:
+        self._signal.acquire(timeout=timeout)
+
+    def wake(self) -> None:
+        if self._signal.locked():  # released only under SharedCommit's lock: no race
+            self._signal.release()

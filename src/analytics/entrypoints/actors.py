@@ -49,13 +49,14 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
         max_s=container.settings.breaker_defer_max_s,
     )
 
-    def store(events: Any, cache: Any = container.cache) -> Any:
+    def store(events: Any, cache: Any = container.cache, precounted: Any = None) -> Any:
         return store_events(
             events,
             repo=container.event_repo,
             aggregates=container.aggregates,
             cache=cache,
             uow=container.uow,
+            precounted=precounted,
         )
 
     # The worker's threads share one store call (one fsynced transaction) per round; the
@@ -64,9 +65,10 @@ def register_actors(container: Container) -> dict[str, dramatiq.Actor[Any, Any]]
     uow = container.uow
     shared = (
         SharedCommit(
-            lambda events: store(events, cache=None),
+            lambda events, precounted: store(events, cache=None, precounted=precounted),
             begin=uow.atomic if uow is not None else None,
             after=lambda result: invalidate(result, cache=container.cache),
+            counting=container.aggregates is not None,
         )
         if container.settings.worker_group_commit
         else None

@@ -32,6 +32,18 @@ instants = st.datetimes(
 )
 
 
+@pytest.mark.parametrize(
+    ("period", "hint"),
+    [(Period.HOUR, " or ask for day, week or month buckets"), (Period.WEEK, " or ask for month buckets"),
+     (Period.MONTH, "")],
+)  # fmt: skip
+def test_a_range_over_the_bucket_limit_says_what_to_ask_instead(period: Period, hint: str) -> None:
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    with pytest.raises(BadQuery) as err:
+        period_buckets(start, start + timedelta(days=4000), period, UTC, max_buckets=100)
+    assert str(err.value) == f"end: range spans more than 100 {period.value} buckets: narrow the range{hint}"
+
+
 def test_berlin_spring_forward_day_has_23_hours() -> None:
     tz = ZoneInfo("Europe/Berlin")
     start = datetime(2026, 3, 29, tzinfo=tz)

@@ -35,6 +35,10 @@ class Period(StrEnum):
     MONTH = "month"
 
 
+#: What a range too long for its period can ask for instead.
+_COARSER = {Period.HOUR: "day, week or month", Period.DAY: "week or month", Period.WEEK: "month"}
+
+
 def parse_period(value: str) -> Period:
     try:
         return Period(value)
@@ -223,7 +227,9 @@ def period_buckets(
         n = next_period(b, period, tz)
         out.append(Bucket(b, n))
         if len(out) > max_buckets:
-            raise BadQuery("end", f"range spans more than {max_buckets} {period.value} buckets")
+            coarser = f" or ask for {_COARSER[period]} buckets" if period in _COARSER else ""
+            raise BadQuery("end", f"range spans more than {max_buckets} {period.value} buckets:"
+                                  f" narrow the range{coarser}")  # fmt: skip
         b = n
     for bucket in out:
         for edge in (bucket.start, bucket.end):

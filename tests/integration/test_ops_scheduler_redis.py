@@ -156,6 +156,32 @@ def test_a_job_whose_actor_no_worker_declares_waits_and_then_catches_up(
     assert len(service.run_job(hourly)) == 1
 
 
+def test_a_missing_actor_is_news_at_start_and_a_warning_once_it_stays_missing(
+    redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
+    """``analytics serve`` starts the scheduler beside its workers: its first runs find no
+    worker yet every time, which is no reason for a warning (a new user read four of them
+    at every start as a fault). Still missing after the grace: one warning."""
+    import structlog  # noqa: PLC0415
+
+    settings = Settings.from_env(redis_server.env(namespace))
+    starting = SchedulerService(settings, clock=FixedClock(T0), actor_grace_s=3600)
+    late = SchedulerService(settings, clock=FixedClock(T0), actor_grace_s=0)
+    hourly = next(j for j in starting.jobs if j.name == "rollup_hourly")
+
+    def deferrals(service: SchedulerService) -> list[str]:
+        with structlog.testing.capture_logs() as logged:
+            assert not service._actor_deployed(hourly)  # noqa: SLF001
+        return [e["log_level"] for e in logged if e["event"].startswith("no worker declares")]
+
+    assert deferrals(starting) == ["info"]  # starting: news, once
+    assert deferrals(starting) == []
+    starting.actor_grace_s = 0  # the grace is over, the actor still missing
+    assert deferrals(starting) == ["warning"]
+    assert deferrals(starting) == []  # once
+    assert deferrals(late) == ["warning"]  # missing long after the start: a warning at once
+
+
 def test_a_deferred_job_runs_within_seconds_of_a_worker_declaring_its_actor(
     redis_server, namespace
 ) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ from analytics.settings import Settings
 log = structlog.get_logger("analytics.scheduler")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACTOR_WAIT_S = 5.0  # how often a job whose actor no worker declares yet looks again
+ACTOR_GRACE_S = 60.0  # workers starting beside the scheduler: no warning before this
 FAILURE_RETRY_S = 30.0  # when a failed run (Redis unreachable, say) is tried again
 STOP_GRACE_S = 10.0  # how long a stopping scheduler waits for job runs in progress
 JOBS_LEFT_RUNNING = 3  # run(): stopped, but some job run did not finish within the grace
@@ -111,6 +113,7 @@ class SchedulerService:
         broker: dramatiq.Broker | None = None,
         clock: Clock | None = None,
         actor_wait_s: float = ACTOR_WAIT_S,
+        actor_grace_s: float = ACTOR_GRACE_S,
         failure_retry_s: float = FAILURE_RETRY_S,
         stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
@@ -133,8 +136,10 @@ class SchedulerService:
         self.stop_event = threading.Event()
         self._scheduler: Any = None
         self._jobs_lock = threading.Lock()  # the scheduler's hand-over: see _run_again
-        self._missing: set[str] = set()
+        self._missing: dict[str, bool] = {}  # deferred actors: warned about yet?
+        self._born = time.monotonic()
         self.actor_wait_s = actor_wait_s
+        self.actor_grace_s = actor_grace_s
         self.failure_retry_s = failure_retry_s
         self.stop_grace_s = stop_grace_s
 
@@ -197,15 +202,21 @@ class SchedulerService:
 
         if self.client.sismember(actors_key(self.settings.namespace), job.actor):
             if job.actor in self._missing:
-                self._missing.discard(job.actor)
+                del self._missing[job.actor]
                 log.info("a worker declares this actor now; job runs", job=job.name,
                          actor=job.actor, queue=job.queue)  # fmt: skip
             return True
-        if job.actor not in self._missing:
-            self._missing.add(job.actor)
-            log.warning("no worker declares this actor yet; job deferred", job=job.name,
-                        actor=job.actor, queue=job.queue,
-                        retry_every_s=self.actor_wait_s)  # fmt: skip
+        # Right after the scheduler starts (``analytics serve`` starts it beside its
+        # workers) a missing actor is expected: an info line then, a warning once it is
+        # still missing ``actor_grace_s`` after the start.
+        starting = time.monotonic() - self._born < self.actor_grace_s
+        warned = self._missing.get(job.actor)
+        if warned is None or (not warned and not starting):
+            self._missing[job.actor] = not starting
+            (log.info if starting else log.warning)(
+                "no worker declares this actor yet; job deferred", job=job.name,
+                actor=job.actor, queue=job.queue, retry_every_s=self.actor_wait_s,
+            )  # fmt: skip
         return False
 
     def _safe_run(self, job: Job) -> None:

@@ -480,11 +480,24 @@ def _log_breaker_transition(breaker: Any, old: str, new: str) -> None:
     )  # fmt: skip
 
 
+#: The storage ports' methods that only read (``EventRepository``, ``AggregateStore``):
+#: they go through the ``storage_reads`` breaker. Every other method, an adapter's own
+#: included, goes through ``storage`` (the writes'), so one not named here errs on the
+#: side of the writes.
+STORAGE_READS = frozenset(
+    {"get_many", "count", "iter_range", "search", "snapshot", "summarize", "breakdown"}
+)
+
+
 def install_breakers(container: Container) -> Container:
     """Wrap every outbound dependency in a circuit breaker (README, "Resilience").
 
-    Decorator-adapters around the ports, composed here and only here: ``storage`` (event
-    and aggregate stores share one breaker: one database), ``broker`` (the ingest queue),
+    Decorator-adapters around the ports, composed here and only here: ``storage`` (the
+    event and aggregate stores' writes and the unit of work share one breaker: one
+    database) and ``storage_reads`` (their reads, :data:`STORAGE_READS`: a database that
+    refuses writes may still answer reads, and a read's success closed the breaker the
+    failing writes went through, each worker message then losing retries to it again, a
+    QA drill), ``broker`` (the ingest queue),
     ``cache`` (Redis cache) and ``sns`` (notifier). The registry goes to
     ``extras["breakers"]`` for metrics and ``/health/detailed``. Idempotent.
     """
@@ -520,9 +533,10 @@ def install_breakers(container: Container) -> Container:
         return registry.add(cb)
 
     storage = breaker("storage", StorageCircuitOpen)
-    container.event_repo = GuardedProxy(container.event_repo, storage)  # type: ignore[assignment]
+    reads = (breaker("storage_reads", StorageCircuitOpen), STORAGE_READS)
+    container.event_repo = GuardedProxy(container.event_repo, storage, reads=reads)  # type: ignore[assignment]
     if getattr(container, "aggregates", None) is not None:
-        container.aggregates = GuardedProxy(container.aggregates, storage)  # type: ignore[attr-defined]
+        container.aggregates = GuardedProxy(container.aggregates, storage, reads=reads)  # type: ignore[attr-defined]
     if getattr(container, "uow", None) is not None:
         container.uow = GuardedUnitOfWork(container.uow, storage)  # type: ignore[attr-defined]
     broker_breaker = breaker("broker", QueueCircuitOpen)

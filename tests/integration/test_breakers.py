@@ -111,7 +111,7 @@ def test_storage_breaker_on_a_locked_sqlite_database(data_dir: Path) -> None:
 
 def test_reads_answer_503_with_retry_after_while_storage_is_open(data_dir: Path) -> None:
     c = bootstrap(sqlite_settings(data_dir, ANALYTICS_BREAKER_RESET_TIMEOUT_S="30"))
-    breaker = c.extras["breakers"].get("storage")  # type: ignore[attr-defined]
+    breaker = c.extras["breakers"].get("storage_reads")  # type: ignore[attr-defined]
     for _ in range(2):
         breaker.record_failure()
     client = falcon.testing.TestClient(create_app(c))
@@ -208,3 +208,60 @@ def test_worker_defers_while_storage_is_open_and_stores_once_it_is_back(data_dir
     stored = c.event_repo.get_many([e.event_id for e in events])
     assert set(stored) == {e.event_id for e in events}
     assert codec.encode(stored[events[0].event_id]) == codec.encode(events[0])
+
+
+def test_reads_that_work_during_a_write_outage_cost_a_worker_no_retries(data_dir: Path) -> None:
+    """A QA drill: SQLite write-locked for a minute, reads still answered (WAL). The
+    aggregation queue's cache warm-up, in the same worker process, read storage; its read
+    became the half-open trial and closed the breaker the failing writes went through, so
+    every message lost (threshold - 1) retries again after each cool-down, and a longer
+    outage dead-lettered events. Reads have their own breaker now: a message outlives a
+    write outage with reads going on beside it, and keeps its retries."""
+    import threading  # noqa: PLC0415
+
+    c: Container = bootstrap(
+        sqlite_settings(
+            data_dir,
+            ANALYTICS_BREAKER_FAILURE_THRESHOLD="2",  # one failure counts before it opens
+            ANALYTICS_BREAKER_RESET_TIMEOUT_S="0.05",
+            ANALYTICS_BREAKER_DEFER_MAX_S="1",
+            ANALYTICS_RETRY_MIN_BACKOFF_MS="10",
+            ANALYTICS_RETRY_MAX_BACKOFF_MS="50",
+        )
+    )
+    actors = register_actors(c)
+    actors["process_events"].options["max_retries"] = max_retries = 2
+    deferral = next(m for m in c.broker.middleware if type(m).__name__ == "DeferralMiddleware")
+    events = [make_event(i) for i in range(3)]
+    worker = Worker(c.broker, worker_threads=1, worker_timeout=50)
+    stop = threading.Event()
+
+    def warm_up() -> None:  # what warm_dashboard_cache does on the aggregations queue
+        while not stop.wait(0.01):
+            try:
+                c.event_repo.count()
+            except StorageUnavailable:
+                pass
+
+    reader = threading.Thread(target=warm_up, daemon=True)
+    with Lock(c.settings.sqlite_path):
+        c.broker.enqueue(events_message(events))
+        reader.start()
+        worker.start()
+        try:
+            wait_until(lambda: deferral.deferred > 2 * (max_retries + 1) or c.broker.dead_letters,
+                       timeout=60, interval=0.05)  # fmt: skip
+        except BaseException:
+            worker.stop()
+            raise
+        finally:
+            stop.set()
+        reader.join(5)
+    try:
+        c.broker.join("high_priority", timeout=60_000)
+    finally:
+        worker.stop()
+    assert c.broker.dead_letters == []
+    assert set(c.event_repo.get_many([e.event_id for e in events])) == {e.event_id for e in events}
+    reads = c.extras["breakers"].get("storage_reads")  # type: ignore[attr-defined]
+    assert reads is not None and reads.state is State.CLOSED and reads.failures == 0

@@ -443,3 +443,18 @@ def test_a_message_turned_away_during_the_trial_comes_back_soon() -> None:
     exc = Deferred(StorageCircuitOpen("storage", 0.0))  # half-open: another call is the trial
     mw.after_process_message(None, msg, exception=exc)  # type: ignore[arg-type]
     assert 2_000 <= exc.delay <= 10_000 and msg.options["deferrals"] == 4
+
+
+def test_every_storage_port_method_is_a_read_or_a_write_on_purpose() -> None:
+    """Reads go through ``storage_reads``, everything else through ``storage``: a method
+    added to a storage port must be placed, or a write-locked database that still reads
+    would let a read close the breaker its writes go through (a QA drill)."""
+    import inspect  # noqa: PLC0415
+
+    from analytics.bootstrap import STORAGE_READS  # noqa: PLC0415
+    from analytics.domain.ports import AggregateStore, EventRepository  # noqa: PLC0415
+
+    writes = {"add_many", "purge_before", "apply", "correct"}
+    methods = {name for port in (EventRepository, AggregateStore)
+               for name, _ in inspect.getmembers(port, inspect.isfunction) if not name.startswith("_")}  # fmt: skip
+    assert STORAGE_READS | writes == methods and not STORAGE_READS & writes

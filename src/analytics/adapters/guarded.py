@@ -4,8 +4,9 @@ They are composed in ``bootstrap`` (the SQL, boto3 and Redis code knows nothing 
 breakers), so a test or a new adapter gets the same protection by construction.
 
 - :class:`GuardedProxy` (storage: ``EventRepository``, ``AggregateStore``; notifier): every
-  public method runs through the breaker; while it is open the call raises the breaker's
-  error at once (``StorageCircuitOpen``: a 503 on reads, a deferred message in a worker).
+  public method runs through the breaker (storage: one for writes, one for reads); while
+  it is open the call raises the breaker's error at once (``StorageCircuitOpen``: a 503 on
+  reads, a deferred message in a worker).
 - :class:`GuardedTaskQueue` (the broker): while open, ingest gets ``QueueCircuitOpen`` (503
   with ``Retry-After``) at once instead of waiting ``enqueue_timeout_s`` for a dead broker.
 - :class:`GuardedCache` (the Redis cache): while open, reads are misses (served from
@@ -34,12 +35,24 @@ class _Transparent:
 
 
 class GuardedProxy(_Transparent):
-    """Any adapter's public methods, through a breaker; other attributes pass through."""
+    """Any adapter's public methods, through a breaker; other attributes pass through.
 
-    def __init__(self, inner: object, breaker: CircuitBreaker) -> None:
+    ``reads``: a second breaker and the methods that go through it (those that only
+    read). A database can refuse writes and still answer reads (SQLite's write lock, a
+    full disk): a read's success must not close the breaker the writes go through, nor a
+    failing write make reads fail fast."""
+
+    def __init__(
+        self,
+        inner: object,
+        breaker: CircuitBreaker,
+        *,
+        reads: tuple[CircuitBreaker, frozenset[str]] | None = None,
+    ) -> None:
         self._target = inner
         self._inner = inner
         self._breaker = breaker
+        self._reads = reads
         self._wrapped: dict[str, Callable[..., Any]] = {}
 
     @property
@@ -57,6 +70,8 @@ class GuardedProxy(_Transparent):
         wrapped = self._wrapped.get(name)
         if wrapped is None:
             breaker = self._breaker
+            if self._reads is not None and name in self._reads[1]:
+                breaker = self._reads[0]
 
             def wrapped(*args: Any, **kwargs: Any) -> Any:
                 return breaker.call(attr, *args, **kwargs)

@@ -357,3 +357,40 @@ def test_counts_worked_out_ahead_are_used_only_for_the_version_stored() -> None:
     assert sorted(str(e.price) for e in stored) == ["1", "10"]  # first writes won
     hour = epoch_minute(t0)
     assert dict(agg.snapshot(hour, hour + 60).counters) == recompute(stored)
+
+
+def test_a_waiter_never_sees_its_job_done_without_its_result() -> None:
+    """A review: waiters read ``done`` without the lock, and the leader set it before the
+    result, so a thread whose wait slice ended just then left with no result (an
+    AssertionError, the committed message retried). Short slices and a tiny switch
+    interval make that window likely within a second; it must never open."""
+    import sys  # noqa: PLC0415
+
+    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
+        return StoreResult(received=len(events), stored=len(events), duplicates=0,
+                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
+
+    shared = SharedCommit(store)
+    shared.wake_s = 0.0002
+    groups = [[make_event(g * 1000 + i) for i in range(600)] for g in range(6)]
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 3
+
+    def run(g: int) -> None:
+        while time.monotonic() < stop and not errors:
+            try:
+                shared.submit(groups[g])
+            except BaseException as exc:  # noqa: BLE001 - the failure under test
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(g,), daemon=True) for g in range(len(groups))]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == [], repr(errors[:1])

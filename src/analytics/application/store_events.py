@@ -243,21 +243,21 @@ class SharedCommit:
                 claimed: set[uuid.UUID] = set()
                 new = set(combined.new_ids) if combined is not None else set()
                 for job in batch:
-                    job.done = True
                     if combined is None:
                         job.error = error
-                        continue
-                    mine = {e.event_id for e in job.events if e.event_id in new} - claimed
-                    claimed |= mine
-                    job.result = StoreResult(
-                        received=len(job.events), stored=len(mine),
-                        duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
-                    )  # fmt: skip
+                    else:
+                        mine = {e.event_id for e in job.events if e.event_id in new} - claimed
+                        claimed |= mine
+                        job.result = StoreResult(
+                            received=len(job.events), stored=len(mine),
+                            duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
+                        )  # fmt: skip
+                    job.done = True  # last: its thread reads it without the lock
                 for job in batch:
                     job.wake()
 
     def _pass_lead(self) -> None:
-        """Under the condition's lock: promote the next leader, or put the lead down."""
+        """Under ``_lock``: promote the next leader, or put the lead down."""
         if self._pending:
             self._pending[0].lead = True  # _busy stays set
             self._pending[0].wake()

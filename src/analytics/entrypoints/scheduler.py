@@ -201,8 +201,7 @@ class SchedulerService:
         from analytics.adapters.worker_registry import actors_key  # noqa: PLC0415
 
         if self.client.sismember(actors_key(self.settings.namespace), job.actor):
-            if job.actor in self._missing:
-                del self._missing[job.actor]
+            if self._missing.pop(job.actor, None) is not None:  # jobs share actors: no check-then-act
                 log.info("a worker declares this actor now; job runs", job=job.name,
                          actor=job.actor, queue=job.queue)  # fmt: skip
             return True

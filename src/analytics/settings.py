@@ -85,7 +85,12 @@ class Settings(BaseModel):
     aggregate_shards: int = Field(
         4, ge=1, le=64, description="Write shards of each day's aggregate counters; fixed."
     )
-    aws_max_attempts: int = Field(10, ge=1, le=30, description="botocore retries (total tries).")
+    aws_max_attempts: int = Field(
+        4, ge=1, le=30,
+        description="botocore tries per call in workers. Against a hung endpoint every try"
+        " waits out connect + read timeout: the product, plus botocore's backoff, must stay"
+        " under every task's time limit (checked at start).",
+    )  # fmt: skip
     aws_retry_mode: Literal["standard", "adaptive"] = "adaptive"
     aws_connect_timeout_s: float = Field(3.0, gt=0, le=60)
     aws_read_timeout_s: float = Field(10.0, gt=0, le=120)
@@ -390,15 +395,28 @@ class Settings(BaseModel):
         # Dramatiq's time limit is an asynchronous exception that cannot interrupt a
         # blocking socket call: the clients' own timeouts must fire first
         # (entrypoints/policies.py).
-        floor_s = max(self.redis_timeout_s, self.sqlite_busy_timeout_s,
-                      self.aws_connect_timeout_s + self.aws_read_timeout_s)  # fmt: skip
+        floor_s = self.longest_client_block_s
         for actor, ms in self.time_limit_overrides.items():
             if ms <= floor_s * 1000:
                 raise ValueError(
                     f"ANALYTICS_TIME_LIMITS_MS: {actor}={ms} must be above the longest client timeout"
-                    f" a task can block on ({floor_s:g} s: Redis, SQLite busy, AWS connect+read)"
+                    f" a task can block on ({floor_s:g} s: Redis, SQLite busy, or with DynamoDB/SNS"
+                    f" botocore's tries x (connect + read) plus its backoff)"
                 )
         return self
+
+    @property
+    def longest_client_block_s(self) -> float:
+        """How long one client call of a task can block before its own timeouts end it.
+        botocore against a hung endpoint (a QA drill stopped moto with SIGSTOP) waits out
+        connect + read on every try, with its backoff (at most 2^n s, capped at 20 s)
+        between them: ten tries were 130 s, past process_events' 2 minutes."""
+        floor_s = max(self.redis_timeout_s, self.sqlite_busy_timeout_s)
+        if self.storage == "dynamodb" or self.sns_topic_arn:
+            tries = self.aws_max_attempts
+            backoff_s = sum(min(20.0, 2.0**i) for i in range(tries - 1))
+            floor_s = max(floor_s, tries * (self.aws_connect_timeout_s + self.aws_read_timeout_s) + backoff_s)
+        return floor_s
 
     @model_validator(mode="after")
     def _backoff_range(self) -> Settings:

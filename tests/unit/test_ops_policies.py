@@ -18,7 +18,7 @@ from analytics.entrypoints.policies import (
     policy_for,
     policy_table_markdown,
 )
-from analytics.settings import Settings
+from analytics.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -113,3 +113,38 @@ def test_readme_lists_every_actor_on_its_queue() -> None:
     section = text[text.index("## Operations") :]
     for name, p in POLICIES.items():
         assert re.search(rf"`{name}`\s*\|\s*`{p.queue}`", section), name
+
+
+def test_every_default_time_limit_is_above_the_longest_client_call() -> None:
+    """A QA drill stopped moto with SIGSTOP: botocore waited out connect + read on each of
+    its ten tries (130 s), past process_events' 2 minutes, so the time limit fired while
+    the call still blocked. The worst call now counts every try and botocore's backoff,
+    and the defaults stay under every task's limit, on SQLite and on DynamoDB with SNS."""
+    from analytics.entrypoints.policies import time_limits_too_short  # noqa: PLC0415
+
+    sqlite = Settings.from_env({})
+    aws = Settings.from_env({"ANALYTICS_STORAGE": "dynamodb",
+                             "ANALYTICS_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:t"})  # fmt: skip
+    assert sqlite.longest_client_block_s == 30  # SQLite's busy timeout; AWS not in play
+    assert aws.longest_client_block_s == 4 * (3 + 10) + (1 + 2 + 4)
+    assert time_limits_too_short(sqlite) == [] and time_limits_too_short(aws) == []
+    ten = Settings.from_env({"ANALYTICS_STORAGE": "dynamodb", "ANALYTICS_AWS_MAX_ATTEMPTS": "10"})
+    assert "process_events=120000" in time_limits_too_short(ten)
+
+
+def test_a_worker_whose_tasks_would_outlive_their_time_limit_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from analytics.entrypoints.cli import main  # noqa: PLC0415
+
+    for name, value in {"ANALYTICS_STORAGE": "dynamodb", "ANALYTICS_AWS_MAX_ATTEMPTS": "10",
+                        "ANALYTICS_DATA_DIR": str(tmp_path)}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert main(["worker", "--queues", "high_priority"]) == 2
+    err = capsys.readouterr().err
+    assert "analytics worker: time limits at or below the longest client call (241 s)" in err
+    assert "process_events=120000" in err and "Traceback" not in err
+    with pytest.raises(SettingsError, match=re.escape("(241 s: Redis, SQLite busy, or with DynamoDB")):
+        Settings.from_env({"ANALYTICS_STORAGE": "dynamodb", "ANALYTICS_AWS_MAX_ATTEMPTS": "10",
+                           "ANALYTICS_TIME_LIMITS_MS": "process_events=200000"})  # fmt: skip
+    assert Settings.from_env({"ANALYTICS_TIME_LIMITS_MS": "process_events=200000"})  # SQLite: 30 s

@@ -292,6 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(dict(os.environ), host=args.host, port=args.port, data_dir=args.data_dir)
     writable_dir(Path(settings.data_dir), "the data directory (--data-dir, ANALYTICS_DATA_DIR)")
     preflight(settings)  # what the api and the worker would each refuse to start without
+    preflight_tasks(settings)
     return serve(settings)
 
 
@@ -348,6 +349,7 @@ def _redis_of_a_running_serve(settings: Settings, command: str) -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _redis_of_a_running_serve(load_settings(dict(os.environ)), "worker")
+    preflight_tasks(settings)
     preflight(settings)
     _with_metrics_dir(settings, "worker-" + "-".join(sorted(args.queues)))
     argv = [
@@ -466,6 +468,20 @@ def say_if_redis_is_silent(settings: Settings, command: str) -> None:
         where = settings.redis_socket or f"{settings.redis_host or '127.0.0.1'}:{settings.redis_port}"
         print(f"analytics {command}: the Redis at {where} does not answer ({exc}); starting"
               " anyway: ingest answers 503 until it does", file=sys.stderr)  # fmt: skip
+
+
+def preflight_tasks(settings: Settings) -> None:
+    """Stop a start that runs tasks (serve, worker) with one clear line when a task's time
+    limit is not above the longest a client call can block."""
+    from analytics.entrypoints.policies import time_limits_too_short  # noqa: PLC0415
+
+    short = time_limits_too_short(settings)
+    if short:
+        raise CliError(
+            f"time limits at or below the longest client call ({settings.longest_client_block_s:g} s):"
+            f" {', '.join(short)} ms; raise them with ANALYTICS_TIME_LIMITS_MS or shorten the calls"
+            " (ANALYTICS_AWS_MAX_ATTEMPTS, ANALYTICS_AWS_CONNECT_TIMEOUT_S, _READ_TIMEOUT_S)"
+        )
 
 
 def preflight(settings: Settings) -> None:

@@ -97,6 +97,17 @@ def policy_for(name: str, settings: Settings | None = None) -> ActorPolicy:
     return policy
 
 
+def time_limits_too_short(settings: Settings) -> list[str]:
+    """The actors whose time limit (the table's or an override) is not above the longest
+    a client call can block (``Settings.longest_client_block_s``): Dramatiq's time limit
+    cannot interrupt that call, so the task would be killed while its call still runs.
+    Overrides are refused by the settings themselves; this covers the table's defaults
+    against settings that lengthen the calls (more AWS tries, longer timeouts)."""
+    floor_ms = settings.longest_client_block_s * 1000
+    return [f"{name}={policy_for(name, settings).time_limit_ms}" for name in POLICIES
+            if policy_for(name, settings).time_limit_ms <= floor_ms]  # fmt: skip
+
+
 def actor_options(name: str, settings: Settings | None = None) -> dict[str, Any]:
     """``dramatiq.actor(fn, actor_name=name, broker=b, **actor_options(name, settings))``."""
     return {"actor_name": name, **policy_for(name, settings).options()}

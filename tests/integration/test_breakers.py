@@ -265,3 +265,22 @@ def test_reads_that_work_during_a_write_outage_cost_a_worker_no_retries(data_dir
     assert set(c.event_repo.get_many([e.event_id for e in events])) == {e.event_id for e in events}
     reads = c.extras["breakers"].get("storage_reads")  # type: ignore[attr-defined]
     assert reads is not None and reads.state is State.CLOSED and reads.failures == 0
+
+
+def test_aggregate_and_event_reads_go_through_their_own_breaker(data_dir: Path) -> None:
+    """Mutation QA: only the event repository's reads were shown on ``storage_reads``;
+    the aggregate store's (the dashboard's) could have stayed on the writes' breaker."""
+    c = bootstrap(sqlite_settings(data_dir, ANALYTICS_BREAKER_RESET_TIMEOUT_S="30"))
+    registry = c.extras["breakers"]  # type: ignore[attr-defined]
+    for _ in range(2):
+        registry.get("storage").record_failure()  # writes refused
+    c.aggregates.snapshot(0, 60)  # type: ignore[attr-defined]  # reads still answer
+    c.aggregates.summarize([], None)  # type: ignore[attr-defined]
+    c.event_repo.get_many([make_event(1).event_id])
+    for _ in range(2):
+        registry.get("storage_reads").record_failure()
+    with pytest.raises(StorageCircuitOpen):  # a storage error: the API names storage
+        c.aggregates.snapshot(0, 60)  # type: ignore[attr-defined]
+    with pytest.raises(StorageCircuitOpen):
+        c.event_repo.get_many([make_event(1).event_id])
+    assert registry.get("storage").state is State.OPEN

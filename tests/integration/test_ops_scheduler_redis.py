@@ -180,6 +180,12 @@ def test_a_missing_actor_is_news_at_start_and_a_warning_once_it_stays_missing(
     assert deferrals(starting) == ["warning"]
     assert deferrals(starting) == []  # once
     assert deferrals(late) == ["warning"]  # missing long after the start: a warning at once
+    default = SchedulerService(settings, clock=FixedClock(T0))  # the grace a start gets
+    assert deferrals(default) == ["info"]
+    redis_server.client().sadd(f"{namespace}:ops:actors", hourly.actor)  # a worker boots
+    with structlog.testing.capture_logs() as logged:
+        assert default._actor_deployed(hourly)  # noqa: SLF001
+    assert [e["event"] for e in logged] == ["a worker declares this actor now; job runs"]
 
 
 def test_a_deferred_job_runs_within_seconds_of_a_worker_declaring_its_actor(

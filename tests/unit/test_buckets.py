@@ -34,8 +34,8 @@ instants = st.datetimes(
 
 @pytest.mark.parametrize(
     ("period", "hint"),
-    [(Period.HOUR, " or ask for day, week or month buckets"), (Period.WEEK, " or ask for month buckets"),
-     (Period.MONTH, "")],
+    [(Period.HOUR, " or ask for day, week or month buckets"), (Period.DAY, " or ask for week or month buckets"),
+     (Period.WEEK, " or ask for month buckets"), (Period.MONTH, "")],
 )  # fmt: skip
 def test_a_range_over_the_bucket_limit_says_what_to_ask_instead(period: Period, hint: str) -> None:
     start = datetime(2020, 1, 1, tzinfo=UTC)

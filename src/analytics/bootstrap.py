@@ -477,6 +477,8 @@ def _log_breaker_transition(breaker: Any, old: str, new: str) -> None:
         "circuit breaker " + ("opened" if new == "open" else new.replace("_", "-")),
         breaker=breaker.name, previous=str(old), state=str(new),
         retry_after_s=breaker.reset_timeout_s if new == "open" else None,
+        # What failed: a missing table ("run analytics init") must not read as "down".
+        error=breaker.last_error if new == "open" else None,
     )  # fmt: skip
 
 

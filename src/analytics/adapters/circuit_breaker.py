@@ -86,6 +86,7 @@ class CircuitBreaker:
         self.failures = 0
         self.rejected = 0
         self.opened = 0
+        self.last_error: str | None = None  # the latest failure, for the line that says it opened
 
     # --- observation ----------------------------------------------------------------
     @property
@@ -189,6 +190,7 @@ class CircuitBreaker:
             else:
                 self.release(trial)
             return False
+        self.last_error = f"{type(exc).__name__}: {exc}"[:500]
         return self.record_failure()
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

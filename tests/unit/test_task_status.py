@@ -64,6 +64,19 @@ def test_result_summary_is_small() -> None:
     assert tasks.summarize_result(object())["type"] == "object"
 
 
+def test_a_large_report_keeps_its_counts_and_names_what_it_left_out() -> None:
+    """A DynamoDB drill: a reconcile with drift filled 2 KiB with its examples, and its
+    task status showed neither drifted_counters nor repaired."""
+    report = {"start": "2026-11-28T00:00:00+00:00", "events_scanned": 287, "drifted_counters": 29,
+              "repaired": True, "missing_raw": 0, "examples": [{"kind": "c", "delta": 2}] * 100}  # fmt: skip
+    summary = tasks.summarize_result(report)
+    assert summary["truncated"] is True and summary["dropped"] == ["examples"]
+    assert (summary["drifted_counters"], summary["repaired"], summary["events_scanned"]) == (29, True, 287)
+    assert summary["start"] == "2026-11-28T00:00:00+00:00"
+    huge = {f"k{i}": "v" * 150 for i in range(40)}  # its short members alone exceed 2 KiB
+    assert tasks.summarize_result(huge) == {"type": "dict", "truncated": True, "bytes": len(tasks._encode(huge))}
+
+
 def test_unknown_task_is_not_found() -> None:
     with pytest.raises(NotFound):
         get_task_status("nope", store=InMemoryTaskStatusStore())

@@ -174,16 +174,27 @@ _encode = msgspec.json.Encoder().encode
 
 
 def summarize_result(result: object) -> Any:
-    """A small JSON-able summary: the result itself if it encodes within 2 KiB."""
+    """A small JSON-able summary: the result itself if it encodes within 2 KiB; of a larger
+    mapping its short members (numbers, booleans, short strings) and the names of those
+    left out. A reconcile's report with drift filled 2 KiB with its examples, and its
+    counts, what the caller asked for, were left out with them (a DynamoDB drill)."""
     if result is None:
         return None
     try:
         encoded = _encode(result)
     except (TypeError, ValueError, msgspec.EncodeError):
         return {"type": type(result).__name__, "repr": repr(result)[:200]}
-    if len(encoded) > MAX_RESULT_BYTES:
-        return {"type": type(result).__name__, "truncated": True, "bytes": len(encoded)}
-    return msgspec.json.decode(encoded)
+    if len(encoded) <= MAX_RESULT_BYTES:
+        return msgspec.json.decode(encoded)
+    summary: dict[str, Any] = {"type": type(result).__name__, "truncated": True, "bytes": len(encoded)}
+    decoded = msgspec.json.decode(encoded)
+    if isinstance(decoded, dict):
+        short = {k: v for k, v in decoded.items()
+                 if v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200)}  # fmt: skip
+        if len(_encode(short)) <= MAX_RESULT_BYTES:
+            summary["dropped"] = sorted(k for k in decoded if k not in short)
+            summary.update((k, v) for k, v in short.items() if k not in summary)
+    return summary
 
 
 def merge(record: dict[str, Any], rank: int, update: TaskUpdate) -> tuple[dict[str, Any], int]:

@@ -158,22 +158,25 @@ class SharedCommit:
         self._counting = counting
         self._lock = threading.Lock()
         self._pending: list[_Job] = []
-        self._busy = False
+        # Who leads: one attribute, set in one step under the lock, so that handing the
+        # lead on twice (an exception raised into the leader between the hand-over and
+        # noting it) cannot make two leaders: only the leader itself hands it on.
+        self._leader: _Job | None = None
 
     def submit(self, events: Sequence[Event]) -> StoreResult:
         job = _Job(events, precount(events) if self._counting else {})
         try:
             with self._lock:
                 self._pending.append(job)
-                if not self._busy:
-                    self._busy = job.lead = True
+                if self._leader is None:
+                    self._leader = job
             # In slices: an exception raised into this thread (dramatiq's time limit) is
             # only delivered once a wait returns; a wait without a timeout held it for as
             # long as nobody woke it.
-            while not (job.lead or job.done):
+            while not (self._leader is job or job.done):
                 job.wait(self.wake_s)
             if not job.done:
-                self._lead()
+                self._lead(job)
         except BaseException:
             with self._lock:
                 self._abandon(job)
@@ -192,39 +195,46 @@ class SharedCommit:
         whose time limit fired while it waited was promoted by the round's end, raised,
         and never led: nobody led again, and every later message of the process waited
         for ever (a review). A job a leader already took is left to it: its events are
-        stored with the round, and the message's retry finds them stored."""
+        stored with the round, and the message's retry finds them stored. A leader whose
+        round ended without handing the lead on hands it on here."""
         if job in self._pending:
             self._pending.remove(job)
-            if job.lead:
-                self._pass_lead()
+        self._pass_lead(job)  # if it leads
 
-    def _take(self) -> list[_Job]:
+    def _take(self, batch: list[_Job]) -> None:
+        """Move the round's jobs from the queue into ``batch`` (the leader's own list):
+        copied first, then removed, so an exception raised into the leader in between
+        leaves a job in both (the hand-over of the lead then drops it from the queue),
+        never in neither (its thread would wait until its own time limit)."""
         with self._lock:
-            batch, count = [], 0
-            while self._pending and (not batch or count + len(self._pending[0].events) <= self._max_events):
-                batch.append(self._pending.pop(0))
-                count += len(batch[-1].events)
-        return batch
+            n = count = 0
+            for job in self._pending:
+                if n and count + len(job.events) > self._max_events:
+                    break
+                n, count = n + 1, count + len(job.events)
+            batch.extend(self._pending[:n])
+            del self._pending[:n]
 
-    def _lead(self) -> None:
+    def _lead(self, own: _Job) -> None:
         batch: list[_Job] = []
         combined: StoreResult | None = None
         error: BaseException | None = None
-        passed = after_done = False
+        after_done = False
+        interrupted: BaseException | None = None
         try:
             try:
                 with self._begin() if self._begin is not None else nullcontext():
-                    batch = self._take()
+                    self._take(batch)
                     ahead: dict[uuid.UUID, tuple[Event, Contribution]] = {}
                     for job in reversed(batch):  # an id's first occurrence wins, as in the store
                         ahead.update(job.precounted)
                     combined = self._store([e for job in batch for e in job.events], ahead)
             except BaseException as exc:  # noqa: BLE001 - every thread of the batch hears it
                 combined, error = None, exc
-                batch = batch or self._take()  # ``begin`` failed: the round fails as a whole
+                if not batch:  # ``begin`` failed: the round fails as a whole
+                    self._take(batch)
             with self._lock:
-                self._pass_lead()  # the next round may start while this one ends
-                passed = True
+                self._pass_lead(own, batch)  # the next round may start while this one ends
             if combined is not None and self._after is not None:
                 try:
                     self._after(combined)
@@ -233,36 +243,59 @@ class SharedCommit:
             after_done = True
         finally:
             # Whatever raised in here (an exception raised into this thread included), the
-            # lead goes on and every thread of the round hears how it ended.
-            with self._lock:
-                if not passed:
-                    self._pass_lead()
-                if not after_done and error is None:  # committed, maybe, but not invalidated:
-                    combined = None  # a success would leave the round's days cached stale
-                    error = RuntimeError("the round's leader stopped before it ended")
-                claimed: set[uuid.UUID] = set()
-                new = set(combined.new_ids) if combined is not None else set()
-                for job in batch:
-                    if combined is None:
-                        job.error = error
-                    else:
-                        mine = {e.event_id for e in job.events if e.event_id in new} - claimed
-                        claimed |= mine
-                        job.result = StoreResult(
-                            received=len(job.events), stored=len(mine),
-                            duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
-                        )  # fmt: skip
-                    job.done = True  # last: its thread reads it without the lock
-                for job in batch:
-                    job.wake()
+            # lead goes on and every thread of the round hears how it ended. The ending is
+            # idempotent and tried again if an exception raised into this thread cuts it
+            # short (the round's other threads would wait for their own time limits); that
+            # exception is raised once it is done. Nothing before the loop: an exception
+            # landing there would cut the ending short too.
+            for _ in range(3):
+                try:
+                    self._end_round(own, batch, combined if after_done else None, error)
+                    break
+                except BaseException as exc:  # noqa: BLE001 - finish the round first
+                    interrupted = interrupted or exc
+            if interrupted is not None:
+                raise interrupted
 
-    def _pass_lead(self) -> None:
-        """Under ``_lock``: promote the next leader, or put the lead down."""
-        if self._pending:
-            self._pending[0].lead = True  # _busy stays set
-            self._pending[0].wake()
-        else:
-            self._busy = False
+    def _end_round(
+        self, own: _Job, batch: list[_Job], combined: StoreResult | None, error: BaseException | None
+    ) -> None:
+        """Hand the lead on (if still ours) and give each job of the round its answer:
+        ``error``, or its share of ``combined``, which is None when the round did not
+        end (committed, maybe, but not invalidated: a success would leave the round's
+        days cached stale)."""
+        if combined is None and error is None:
+            error = RuntimeError("the round's leader stopped before it ended")
+        with self._lock:
+            self._pass_lead(own, batch)
+            claimed: set[uuid.UUID] = set()
+            new = set(combined.new_ids) if combined is not None else set()
+            for job in batch:
+                if combined is None:
+                    job.error = error
+                else:
+                    mine = {e.event_id for e in job.events if e.event_id in new} - claimed
+                    claimed |= mine
+                    job.result = StoreResult(
+                        received=len(job.events), stored=len(mine),
+                        duplicates=len(job.events) - len(mine), new_ids=tuple(mine),
+                    )  # fmt: skip
+                job.done = True  # last: its thread reads it without the lock
+            for job in batch:
+                job.wake()
+
+    def _pass_lead(self, leader: _Job, taken: Sequence[_Job] = ()) -> None:
+        """Under ``_lock``: if ``leader`` still leads, promote the next pending job, or put
+        the lead down. Its thread is woken; one that misses the wake
+        (an exception raised into this thread right before it) sees the lead at its next
+        look. ``taken``: the leader's round, none of which may stay queued (or lead)."""
+        if self._leader is not leader:
+            return
+        if taken and any(job in self._pending for job in taken):
+            self._pending = [job for job in self._pending if job not in taken]
+        self._leader = nxt = self._pending[0] if self._pending else None
+        if nxt is not None:
+            nxt.wake()
 
 
 class _Job:
@@ -272,12 +305,11 @@ class _Job:
     thread (a Condition's ``notify_all`` woke all sixteen, and each took the shared lock
     again only to wait once more)."""
 
-    __slots__ = ("_signal", "done", "error", "events", "lead", "precounted", "result")
+    __slots__ = ("_signal", "done", "error", "events", "precounted", "result")
 
     def __init__(self, events: Sequence[Event], precounted: Precounted) -> None:
         self.events = events
         self.precounted = precounted
-        self.lead = False
         self.done = False
         self.result: StoreResult | None = None
         self.error: BaseException | None = None

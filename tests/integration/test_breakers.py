@@ -289,3 +289,25 @@ def test_aggregate_and_event_reads_go_through_their_own_breaker(data_dir: Path) 
     with pytest.raises(StorageCircuitOpen):
         c.event_repo.get_many([make_event(1).event_id])
     assert registry.get("storage").state is State.OPEN
+
+
+def test_a_read_inside_the_workers_transaction_belongs_to_the_writes_breaker(data_dir: Path) -> None:
+    """A review: the worker's store reads back ids stored earlier inside its write
+    transaction. On the reads' breaker, that read refused (reads open) was recorded by
+    the transaction's guard as an answer from storage: the writes' half-open trial
+    closed with no write done. Inside the transaction reads go through the writes' one."""
+    from analytics.application.store_events import store_events  # noqa: PLC0415
+
+    c = bootstrap(sqlite_settings(data_dir, ANALYTICS_BREAKER_RESET_TIMEOUT_S="0.05"))
+    registry = c.extras["breakers"]  # type: ignore[attr-defined]
+    writes, reads = registry.get("storage"), registry.get("storage_reads")
+    event = make_event(1)
+    store_events([event], repo=c.event_repo, aggregates=c.aggregates, uow=c.uow)  # type: ignore[attr-defined]
+    for breaker in (writes, reads):
+        breaker.record_failure()
+        breaker.record_failure()
+    reads._opened_at += 3600  # noqa: SLF001 - reads stay open; writes' cool-down ends
+    wait_until(lambda: writes.retry_after() == 0, timeout=10, interval=0.01)
+    again = store_events([event], repo=c.event_repo, aggregates=c.aggregates, uow=c.uow)  # type: ignore[attr-defined]
+    assert (again.stored, again.duplicates) == (0, 1)  # the read back went through the writes' trial
+    assert writes.state is State.CLOSED and reads.state is State.OPEN

@@ -458,3 +458,16 @@ def test_every_storage_port_method_is_a_read_or_a_write_on_purpose() -> None:
     methods = {name for port in (EventRepository, AggregateStore)
                for name, _ in inspect.getmembers(port, inspect.isfunction) if not name.startswith("_")}  # fmt: skip
     assert STORAGE_READS | writes == methods and not STORAGE_READS & writes
+
+
+def test_the_failure_that_opens_a_breaker_is_kept_without_credentials_and_forgotten_on_success() -> None:
+    """A review: the cache's swallowed Redis failures reached the breaker without a text
+    (the 'opened' line said error=None), an old failure outlived a success, and a URL's
+    password would have gone to the log with the failure."""
+    cb = CircuitBreaker("broker", failure_threshold=2, reset_timeout_s=1)
+    cb.record(ConnectionError("amqp://guest:s3cret@rabbit:5672/ refused"))
+    assert cb.last_error == "ConnectionError: amqp://guest:***@rabbit:5672/ refused"
+    cb.record_success()
+    assert cb.last_error is None
+    cb.record_failure("the Redis cache failed (answered as a miss)")
+    assert cb.last_error == "the Redis cache failed (answered as a miss)"

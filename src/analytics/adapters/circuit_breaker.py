@@ -22,6 +22,7 @@ queue's ``enqueue_timeout_s``) and raises when it fires.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,10 @@ class State(StrEnum):
 STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 Listener = Callable[["CircuitBreaker", State, State], None]
+
+
+#: ``scheme://user:password@`` in an error text: the password is not for the logs.
+_CREDENTIALS = re.compile(r"(://[^/@\s:]*:)[^/@\s]*@")
 
 
 def counts_as_failure(exc: BaseException) -> bool:
@@ -114,6 +119,10 @@ class CircuitBreaker:
             "rejected": self.rejected,
         }
 
+    def inside(self) -> bool:
+        """Is this thread inside a call guarded by this breaker (a unit of work's)?"""
+        return bool(getattr(self._inside, "depth", 0))
+
     # --- protocol -------------------------------------------------------------------
     def before_call(self) -> bool:
         """Let the call pass, or raise the breaker's ``CircuitOpen`` error. True when the
@@ -145,6 +154,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         changed = None
         with self._lock:
+            self.last_error = None
             self._failures = 0
             self._trial = False
             if self._state is not State.CLOSED:
@@ -153,9 +163,12 @@ class CircuitBreaker:
         if changed:
             self._notify(*changed)
 
-    def record_failure(self) -> bool:
+    def record_failure(self, error: str | None = None) -> bool:
         """Count a failure; True when it opened the breaker (a run reached the threshold,
-        or the half-open trial failed)."""
+        or the half-open trial failed). ``error``: what failed, for the line that says
+        the breaker opened (credentials in a URL are masked)."""
+        if error is not None:
+            self.last_error = _CREDENTIALS.sub(r"\1***@", error)[:500]
         changed = None
         with self._lock:
             self.failures += 1
@@ -190,8 +203,7 @@ class CircuitBreaker:
             else:
                 self.release(trial)
             return False
-        self.last_error = f"{type(exc).__name__}: {exc}"[:500]
-        return self.record_failure()
+        return self.record_failure(f"{type(exc).__name__}: {exc}")
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` under the breaker. The failure that opens it is raised as the

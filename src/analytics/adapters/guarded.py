@@ -71,10 +71,17 @@ class GuardedProxy(_Transparent):
         if wrapped is None:
             breaker = self._breaker
             if self._reads is not None and name in self._reads[1]:
-                breaker = self._reads[0]
+                reads = self._reads[0]
 
-            def wrapped(*args: Any, **kwargs: Any) -> Any:
-                return breaker.call(attr, *args, **kwargs)
+                def wrapped(*args: Any, **kwargs: Any) -> Any:
+                    # A read inside a write transaction (the worker's store reads back an
+                    # id stored earlier) is part of that one guarded call: on the reads'
+                    # breaker its refusal would have counted as the write's success.
+                    return (breaker if breaker.inside() else reads).call(attr, *args, **kwargs)
+            else:
+
+                def wrapped(*args: Any, **kwargs: Any) -> Any:
+                    return breaker.call(attr, *args, **kwargs)
 
             wrapped.__name__ = name
             wrapped.__doc__ = getattr(attr, "__doc__", None)
@@ -196,7 +203,7 @@ class GuardedCache(_Transparent):
                 raise b.on_open(b.name, b.reset_timeout_s) from exc
             raise
         if self.inner.errors > before:
-            b.record_failure()  # the adapter answered a miss, but Redis failed
+            b.record_failure("the Redis cache failed (answered as a miss)")  # the adapter swallowed it
         else:
             b.record_success()
         return result

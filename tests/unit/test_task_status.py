@@ -75,6 +75,14 @@ def test_a_large_report_keeps_its_counts_and_names_what_it_left_out() -> None:
     assert summary["start"] == "2026-11-28T00:00:00+00:00"
     huge = {f"k{i}": "v" * 150 for i in range(40)}  # its short members alone exceed 2 KiB
     assert tasks.summarize_result(huge) == {"type": "dict", "truncated": True, "bytes": len(tasks._encode(huge))}
+    # A review: the summary's own keys must not hide the result's, nor outgrow 2 KiB.
+    own = {"type": "day", "dropped": 7, "count": 3, "rows": ["x" * 100] * 30}
+    assert tasks.summarize_result(own) == {"type": "dict", "truncated": True, "bytes": len(tasks._encode(own)),
+                                           "dropped": ["dropped", "rows", "type"], "count": 3}  # fmt: skip
+    wide = {f"long{i:03}": "y" * 300 for i in range(300)} | {"count": 1}
+    summary = tasks.summarize_result(wide)
+    assert len(tasks._encode(summary)) <= tasks.MAX_RESULT_BYTES and summary["count"] == 1
+    assert len(summary["dropped"]) == 20  # the first names of what was left out
 
 
 def test_unknown_task_is_not_found() -> None:

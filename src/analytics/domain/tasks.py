@@ -189,12 +189,16 @@ def summarize_result(result: object) -> Any:
     summary: dict[str, Any] = {"type": type(result).__name__, "truncated": True, "bytes": len(encoded)}
     decoded = msgspec.json.decode(encoded)
     if isinstance(decoded, dict):
-        short = {k: v for k, v in decoded.items()
-                 if v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200)}  # fmt: skip
-        if len(_encode(short)) <= MAX_RESULT_BYTES:
-            summary["dropped"] = sorted(k for k in decoded if k not in short)
-            summary.update((k, v) for k, v in short.items() if k not in summary)
+        short = {k: v for k, v in decoded.items() if k not in _SUMMARY_KEYS and (
+                 v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200))}  # fmt: skip
+        dropped = sorted(k for k in decoded if k not in short)  # its own "type" included
+        fuller = {**summary, "dropped": dropped[:20], **short}
+        if len(_encode(fuller)) <= MAX_RESULT_BYTES:
+            return fuller
     return summary
+
+
+_SUMMARY_KEYS = frozenset({"type", "truncated", "bytes", "dropped"})
 
 
 def merge(record: dict[str, Any], rank: int, update: TaskUpdate) -> tuple[dict[str, Any], int]:

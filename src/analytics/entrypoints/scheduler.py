@@ -137,6 +137,7 @@ class SchedulerService:
         self._scheduler: Any = None
         self._jobs_lock = threading.Lock()  # the scheduler's hand-over: see _run_again
         self._missing: dict[str, bool] = {}  # deferred actors: warned about yet?
+        self._missing_lock = threading.Lock()
         self._born = time.monotonic()
         self.actor_wait_s = actor_wait_s
         self.actor_grace_s = actor_grace_s
@@ -200,23 +201,26 @@ class SchedulerService:
         """Has any worker declared this job's actor? If not, skip (its periods stay owed)."""
         from analytics.adapters.worker_registry import actors_key  # noqa: PLC0415
 
-        if self.client.sismember(actors_key(self.settings.namespace), job.actor):
-            if self._missing.pop(job.actor, None) is not None:  # jobs share actors: no check-then-act
-                log.info("a worker declares this actor now; job runs", job=job.name,
-                         actor=job.actor, queue=job.queue)  # fmt: skip
-            return True
+        deployed = self.client.sismember(actors_key(self.settings.namespace), job.actor)
         # Right after the scheduler starts (``analytics serve`` starts it beside its
         # workers) a missing actor is expected: an info line then, a warning once it is
-        # still missing ``actor_grace_s`` after the start.
+        # still missing ``actor_grace_s`` after the start. Jobs that share an actor run
+        # on separate threads of APScheduler's pool: one line each, under the lock.
         starting = time.monotonic() - self._born < self.actor_grace_s
-        warned = self._missing.get(job.actor)
-        if warned is None or (not warned and not starting):
-            self._missing[job.actor] = not starting
-            (log.info if starting else log.warning)(
-                "no worker declares this actor yet; job deferred", job=job.name,
-                actor=job.actor, queue=job.queue, retry_every_s=self.actor_wait_s,
-            )  # fmt: skip
-        return False
+        with self._missing_lock:
+            if deployed:
+                if self._missing.pop(job.actor, None) is not None:
+                    log.info("a worker declares this actor now; job runs", job=job.name,
+                             actor=job.actor, queue=job.queue)  # fmt: skip
+                return True
+            warned = self._missing.get(job.actor)
+            if warned is None or (not warned and not starting):
+                self._missing[job.actor] = not starting
+                (log.info if starting else log.warning)(
+                    "no worker declares this actor yet; job deferred", job=job.name,
+                    actor=job.actor, queue=job.queue, retry_every_s=self.actor_wait_s,
+                )  # fmt: skip
+            return False
 
     def _safe_run(self, job: Job) -> None:
         try:

@@ -231,6 +231,9 @@ def drain(redis: RedisServerProcess, tmp: Path, log: Path, args: argparse.Namesp
     while (count := repo.count()) < queued:
         if t_first is None and count:
             t_first, first = time.perf_counter() - t0, count
+        if time.perf_counter() - t0 > 300 or worker.poll() is not None:
+            raise RuntimeError(f"the worker stored {count} of {queued} events (exit {worker.poll()});"
+                               f" see {log}")  # fmt: skip
         time.sleep(0.02)
     t_drain = time.perf_counter() - t0
     stop(worker)
@@ -247,7 +250,8 @@ def main() -> int:
     ap.add_argument("--web-workers", default="2")
     ap.add_argument("--web-threads", default="16")
     ap.add_argument("--drain-events", type=int, default=10_000)
-    ap.add_argument("--worker-rounds", type=int, default=3, help="worker drains, median shown")
+    ap.add_argument("--worker-rounds", type=lambda v: max(1, int(v)), default=3,
+                    help="worker drains (at least 1), median shown")
     ap.add_argument("--worker-processes", type=int, default=2)
     ap.add_argument("--worker-threads", type=int, default=Settings.model_fields["worker_threads"].default,
                     help="default: the service's own (ANALYTICS_WORKER_THREADS)")
@@ -413,7 +417,7 @@ def main() -> int:
         rate = results["group commit"].rate()
         lines += [
             "",
-            f"worker, median drain ({d.t_drain / d.t_ingest:.0%}) against the median round's "
+            f"worker, the median drain ({d.t_drain / d.t_ingest:.0%} of its ingest time) projected on the median round's "
             f"single-event ingest ({rate:,.0f} events/s): {args.drain_events:,} events take "
             f"{args.drain_events / rate:.2f}s to ingest and "
             f"{d.t_first + args.drain_events / max(d.after_first_rate(), 1e-9):.2f}s to store, "

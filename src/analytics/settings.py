@@ -86,7 +86,7 @@ class Settings(BaseModel):
         4, ge=1, le=64, description="Write shards of each day's aggregate counters; fixed."
     )
     aws_max_attempts: int = Field(
-        4, ge=1, le=30,
+        3, ge=1, le=30,
         description="botocore tries per call in workers. Against a hung endpoint every try"
         " waits out connect + read timeout: the product, plus botocore's backoff, must stay"
         " under every task's time limit (checked at start).",

@@ -70,18 +70,14 @@ class GuardedProxy(_Transparent):
         wrapped = self._wrapped.get(name)
         if wrapped is None:
             breaker = self._breaker
-            if self._reads is not None and name in self._reads[1]:
-                reads = self._reads[0]
+            reads = self._reads[0] if self._reads is not None and name in self._reads[1] else None
 
-                def wrapped(*args: Any, **kwargs: Any) -> Any:
-                    # A read inside a write transaction (the worker's store reads back an
-                    # id stored earlier) is part of that one guarded call: on the reads'
-                    # breaker its refusal would have counted as the write's success.
-                    return (breaker if breaker.inside() else reads).call(attr, *args, **kwargs)
-            else:
-
-                def wrapped(*args: Any, **kwargs: Any) -> Any:
-                    return breaker.call(attr, *args, **kwargs)
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                # A read inside a write transaction (the worker's store reads back an id
+                # stored earlier) is part of that one guarded call: on the reads' breaker
+                # its refusal would have counted as the write's success.
+                chosen = breaker if reads is None or breaker.inside() else reads
+                return chosen.call(attr, *args, **kwargs)
 
             wrapped.__name__ = name
             wrapped.__doc__ = getattr(attr, "__doc__", None)

@@ -104,8 +104,8 @@ def time_limits_too_short(settings: Settings) -> list[str]:
     Overrides are refused by the settings themselves; this covers the table's defaults
     against settings that lengthen the calls (more AWS tries, longer timeouts)."""
     floor_ms = settings.longest_client_block_s * 1000
-    return [f"{name}={policy_for(name, settings).time_limit_ms}" for name in POLICIES
-            if policy_for(name, settings).time_limit_ms <= floor_ms]  # fmt: skip
+    limits = {name: policy_for(name, settings).time_limit_ms for name in POLICIES}
+    return [f"{name}={ms}" for name, ms in limits.items() if ms <= floor_ms]
 
 
 def actor_options(name: str, settings: Settings | None = None) -> dict[str, Any]:

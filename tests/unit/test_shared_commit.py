@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -26,6 +26,22 @@ from analytics.domain.events import Event
 from tests.aggsupport import purchase
 from tests.integration.test_background_processing import make_event
 
+
+def all_new(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
+    """A fake store call: every event new."""
+    return StoreResult(received=len(events), stored=len(events), duplicates=0,
+                       new_ids=tuple(e.event_id for e in events))  # fmt: skip
+
+
+def opens_after(gate: threading.Event) -> Callable[[], AbstractContextManager[None]]:
+    """A ``begin`` that waits for ``gate`` (a writer lock held elsewhere) before the round."""
+
+    @contextmanager
+    def begin() -> Iterator[None]:
+        gate.wait(5)
+        yield
+
+    return begin
 
 def test_threads_share_store_calls_and_each_gets_its_share() -> None:
     repo = InMemoryEventRepository()
@@ -208,12 +224,11 @@ def test_a_time_limit_raised_into_a_waiting_thread_leaves_the_others_a_leader() 
 
     gate, rounds = threading.Event(), []
 
-    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
+    def store(events: Sequence[Event], ahead: Precounted) -> StoreResult:
         rounds.append([e.user_id for e in events])
         if len(rounds) == 1:
             gate.wait(30)  # the slow round
-        return StoreResult(received=len(events), stored=len(events), duplicates=0,
-                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
+        return all_new(events, ahead)
 
     shared = SharedCommit(store)
     shared.wake_s = 0.05
@@ -250,10 +265,9 @@ def test_a_promoted_thread_whose_time_limit_fires_passes_the_lead_on() -> None:
 
     rounds: list[list[str]] = []
 
-    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
+    def store(events: Sequence[Event], ahead: Precounted) -> StoreResult:
         rounds.append([e.user_id for e in events])
-        return StoreResult(received=len(events), stored=len(events), duplicates=0,
-                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
+        return all_new(events, ahead)
 
     shared = SharedCommit(store)
     promoted, other = _Job([make_event(1)], {}), _Job([make_event(2)], {})
@@ -289,16 +303,10 @@ def test_a_round_interrupted_before_its_invalidation_answers_no_thread_success()
     invalidated: list[object] = []
     gate = threading.Event()
 
-    @contextmanager
-    def begin() -> Iterator[None]:  # the leader waits here; the follower joins its round
-        gate.wait(5)
-        yield
+    begin = opens_after(gate)  # the leader waits here; the follower joins its round
 
-    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
-        return StoreResult(received=len(events), stored=len(events), duplicates=0,
-                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
 
-    shared = InterruptedOnce(store, after=invalidated.append, begin=begin)
+    shared = InterruptedOnce(all_new, after=invalidated.append, begin=begin)
     answers: list[object] = []
 
     def run(i: int) -> None:
@@ -367,11 +375,8 @@ def test_a_waiter_never_sees_its_job_done_without_its_result() -> None:
     interval make that window likely within a second; it must never open."""
     import sys  # noqa: PLC0415
 
-    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
-        return StoreResult(received=len(events), stored=len(events), duplicates=0,
-                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
 
-    shared = SharedCommit(store)
+    shared = SharedCommit(all_new)
     shared.wake_s = 0.0002
     groups = [[make_event(g * 1000 + i) for i in range(600)] for g in range(6)]
     errors: list[BaseException] = []
@@ -444,16 +449,10 @@ def test_a_round_whose_ending_is_interrupted_still_answers_every_thread() -> Non
 
     gate = threading.Event()
 
-    @contextmanager
-    def begin() -> Iterator[None]:  # the leader waits here; the others join its round
-        gate.wait(5)
-        yield
+    begin = opens_after(gate)  # the leader waits here; the others join its round
 
-    def store(events: Sequence[Event], _ahead: Precounted) -> StoreResult:
-        return StoreResult(received=len(events), stored=len(events), duplicates=0,
-                           new_ids=tuple(e.event_id for e in events))  # fmt: skip
 
-    shared = InterruptedEnding(store, begin=begin)
+    shared = InterruptedEnding(all_new, begin=begin)
     shared.wake_s = 30  # an unanswered follower would be seen hanging, not looking again
     answers: dict[int, object] = {}
 

@@ -155,3 +155,43 @@ def test_throttled_storage_is_retried_then_dead_lettered_never_dropped(client: A
     dead = broker.dead_letters_by_queue["high_priority"]
     assert [m.message_id for m in dead] == [message.message_id]  # kept for replay
     assert codec.events_from_arg(dead[0].args[0]) == events
+
+
+def test_botocore_retries_a_transaction_with_one_idempotency_token() -> None:
+    """The reconcile's corrections carry no marker: a try whose answer was lost after
+    DynamoDB committed must not apply them twice. botocore fills ``ClientRequestToken``
+    (an idempotency token in the API model) once per call and sends it on every try."""
+    import json  # noqa: PLC0415
+
+    import boto3  # noqa: PLC0415
+    from botocore.awsrequest import AWSResponse  # noqa: PLC0415
+
+    from analytics.adapters.dynamodb_aggregates import DynamoDBAggregateStore  # noqa: PLC0415
+    from analytics.domain.aggregation import CounterKey  # noqa: PLC0415
+
+    settings = Settings(aws_max_attempts=3, aws_retry_mode="standard")
+    client = boto3.session.Session().client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+        endpoint_url="http://127.0.0.1:9", config=botocore_config(settings),
+    )  # fmt: skip
+    tokens: list[str] = []
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        tokens.append(json.loads(request.body)["ClientRequestToken"])
+        if len(tokens) == 1:  # the commit happened, its answer did not arrive intact
+            return AWSResponse(request.url, 500, {}, _Raw(b'{"__type": "InternalServerError"}'))
+        return AWSResponse(request.url, 200, {}, _Raw(b"{}"))
+
+    client.meta.events.register("before-send.dynamodb.TransactWriteItems", answer)
+    DynamoDBAggregateStore(client, "aggregates").correct({CounterKey("events", 1, 60, "click"): 2})
+    assert len(tokens) == 2 and tokens[0] and tokens[0] == tokens[1]
+
+
+class _Raw:
+    """The raw body botocore reads from an ``AWSResponse``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Any:
+        yield self.data

@@ -52,7 +52,8 @@ def test_two_keys_with_the_same_secret_hash_differently() -> None:
     assert a.salt != b.salt and a.secret_hash != b.secret_hash
 
 
-@pytest.mark.parametrize("bad", ["", "ak_", "Bearer x", "ak_zzzzzzzzzzzz_" + "a" * 43, "x" * 200])
+@pytest.mark.parametrize("bad", ["", "ak_", "Bearer x", "ak_zzzzzzzzzzzz_" + "a" * 43, "x" * 200,
+                                 "ak_0123456789ab_" + "a" * 43 + "\n"])  # "$" allowed that (QA)
 def test_malformed_keys_do_not_parse(bad: str) -> None:
     assert parse_key(bad) is None
 

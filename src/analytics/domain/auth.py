@@ -21,7 +21,7 @@ import msgspec
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
 KEY_PREFIX = "ak"
-_KEY_RE = re.compile(r"^ak_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
+_KEY_RE = re.compile(r"ak_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})")
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +58,7 @@ def hash_secret(salt: bytes, secret: str) -> str:
 
 def parse_key(token: str) -> tuple[str, str] | None:
     """Split ``ak_<id>_<secret>`` into (id, secret); None when it is not of that shape."""
-    m = _KEY_RE.match(token)
+    m = _KEY_RE.fullmatch(token)  # not match + "$": that lets a trailing newline through
     return (m.group(1), m.group(2)) if m else None
 
 

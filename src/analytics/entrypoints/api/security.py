@@ -27,6 +27,11 @@ from analytics.settings import Settings
 
 Access = Scope | Literal["open", "metrics"]
 
+#: WSGI environ key (no client header can make one: theirs are ``HTTP_*``) by which the
+#: ingest lane hands Falcon a request it authenticated and charged, then found invalid
+#: or the service overloaded: ``(key or None, rate decision or None)``.
+ADMITTED = "analytics.admitted"
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -144,6 +149,14 @@ class AuthMiddleware:
         access, _ = access_for(req.method, req.uri_template or req.path)
         if access == "metrics":
             access = "read" if self.settings.metrics_auth == "required" else "open"
+        admitted = req.env.get(ADMITTED) if access == "ingest" else None
+        if admitted is not None:  # the ingest lane authenticated and charged it already
+            key, req.context.rate_decision = admitted
+            if key is not None:
+                req.context.api_key = key
+                structlog.contextvars.bind_contextvars(api_key_id=key.key_id)
+            self._check_backlog()
+            return
         token = presented_key(req)
         if access == "open" and EXEMPT_FROM_ANON_LIMIT.match(req.path):
             token = None  # a probe's key is ignored: a stale one made /health answer 429
@@ -165,7 +178,11 @@ class AuthMiddleware:
             assert key is not None
             authorize(key, access)  # type: ignore[arg-type]
         spend(req, resp, 1)
-        if access == "ingest" and self.backlog is not None:
+        if access == "ingest":
+            self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        if self.backlog is not None:
             check_backlog(
                 self.backlog,
                 threshold=self.settings.overload_queue_depth,

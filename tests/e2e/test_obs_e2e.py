@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics.entrypoints.api.observability import MetricsResource
 from analytics.settings import default_metrics_base
 from tests.support import (
     AnalyticsProcess,
@@ -54,6 +56,13 @@ post = partial(http_json, "POST", timeout=30)  # two loaded gunicorn workers: al
 def get(url: str, timeout: float = 30) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
         return resp.status, resp.read().decode()
+
+
+def fresh_metrics(url: str) -> str:
+    """A scrape that sees everything done before the call: each API process renders
+    /metrics at most once a second (``MetricsResource.fresh_s``)."""
+    time.sleep(MetricsResource.fresh_s + 0.1)
+    return get(url + "/metrics")[1]
 
 
 def metric(text: str, line_start: str) -> float:
@@ -174,7 +183,7 @@ def test_counts_are_right_across_gunicorn_workers_and_promtool_accepts_both_expo
     event_type = f"mp_{uuid.uuid4().hex[:8]}"
     for _ in range(n):  # one connection per request: both gunicorn workers take some
         assert post(service.url + EVENTS, event(event_type))[0] == 202
-    _, text = get(service.url + "/metrics")
+    text = fresh_metrics(service.url)
     assert metric(text, f'analytics_events_accepted_total{{event_type="{event_type}"}}') == n
     assert metric(text, 'analytics_processes{component="api"}') == 2
     assert (
@@ -333,7 +342,7 @@ def test_a_killed_gunicorn_worker_is_marked_dead_and_its_counts_are_kept(service
     for _ in range(10):
         assert post(service.url + EVENTS, event(event_type))[0] == 202
     line = f'analytics_events_accepted_total{{event_type="{event_type}"}}'
-    assert metric(get(service.url + "/metrics")[1], line) == 10
+    assert metric(fresh_metrics(service.url), line) == 10
     master = psutil.Process(service.api_pid)
     before = {p.pid for p in master.children()}
     assert len(before) == 2

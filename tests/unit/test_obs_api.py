@@ -509,3 +509,18 @@ def test_unreadable_heartbeats_make_the_health_degraded() -> None:
     assert _unserved_queues(idle, {"notifications": {"ready": 0, "delayed": 0}}) == []
     assert _unserved_queues(idle, {"notifications": {"ready": 0, "delayed": 2}}) == [
         "no live worker for notifications (2 messages waiting)"]  # fmt: skip
+
+
+def test_scrapes_within_a_second_share_one_rendering(tmp_path, monkeypatch):
+    """An open /metrics is exempt from the anonymous rate limit, and each rendering costs
+    tens of ms of CPU: a flood of scrapes must cost what one a second does (security
+    review: 33 ms each, unlimited)."""
+    from analytics.entrypoints.api.observability import MetricsResource  # noqa: PLC0415
+
+    client, _ = make_client(tmp_path)
+    monkeypatch.setattr(MetricsResource, "fresh_s", 3600.0)
+    first = client.simulate_get("/metrics").text
+    assert client.simulate_post(EVENTS, json=purchase()).status_code == 202
+    assert client.simulate_get("/metrics").text == first  # the same rendering, not a new one
+    monkeypatch.setattr(MetricsResource, "fresh_s", 0.0)
+    assert client.simulate_get("/metrics").text != first

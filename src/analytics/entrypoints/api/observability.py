@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -142,15 +143,35 @@ def read_queue_depths(
 
 
 class MetricsResource:
-    """``GET /metrics``: Prometheus exposition of every API process (multiprocess mode)."""
+    """``GET /metrics``: Prometheus exposition of every API process (multiprocess mode).
+
+    A scrape costs tens of milliseconds of CPU (every process's files read, Redis asked
+    for its queue depths) and an open ``/metrics`` is exempt from the anonymous rate limit
+    (a scraper must never get 429): so each process renders at most once per ``fresh_s``
+    and concurrent scrapes share that rendering. A flood of scrapes then costs what one a
+    second does (security review: 33 ms of CPU each, unlimited); Prometheus scrapes every
+    15 s or so and sees values at most a second old.
+    """
+
+    fresh_s = 1.0
 
     def __init__(self, container: Container, probe: RedisProbe | None) -> None:
         self.settings = container.settings
         self.broker = container.broker
         self.probe = probe
         self.multiproc_dir = self.settings.prometheus_multiproc_dir
+        self._lock = threading.Lock()
+        self._rendered: tuple[float, bytes] | None = None
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = m.CONTENT_TYPE
+        with self._lock:
+            now = time.monotonic()
+            if self._rendered is None or now - self._rendered[0] >= self.fresh_s:
+                self._rendered = (now, self._render())
+            resp.data = self._rendered[1]
+
+    def _render(self) -> bytes:
         m.sample_system(Path(self.settings.data_dir))
         m.sample_process("api")
         m.sync_caches()
@@ -166,8 +187,7 @@ class MetricsResource:
                 m.record_queue_depths(depths)
         except Exception:  # noqa: BLE001
             m.QUEUE_DEPTH_ERRORS.inc()
-        resp.content_type = m.CONTENT_TYPE
-        resp.data = m.render(self.multiproc_dir)
+        return m.render(self.multiproc_dir)
 
 
 # --- health -------------------------------------------------------------------------------

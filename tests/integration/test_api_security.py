@@ -158,6 +158,23 @@ def test_unauthenticated_requests_are_limited_per_address() -> None:
     assert h.client.simulate_get("/health", remote_addr="10.0.0.1").status_code == 200  # exempt
 
 
+def test_an_ipv6_client_is_limited_by_its_64_prefix_and_a_mapped_ipv4_as_ipv4() -> None:
+    """Security review: each IPv6 address was a bucket of its own (a host picks any of its
+    /64's 2^64), and ``::ffff:198.51.100.9`` a second bucket beside ``198.51.100.9``."""
+    h = frozen(anon_rate_limit_burst=3)
+    statuses = [h.client.simulate_post(EVENTS, json=EVENT, remote_addr=f"2001:db8:0:7::{i:x}").status_code
+                for i in range(4)]  # fmt: skip
+    assert statuses == [401] * 3 + [429]
+    assert h.client.simulate_post(EVENTS, json=EVENT, remote_addr="2001:db8:0:8::1").status_code == 401
+    mapped = [h.client.simulate_post(EVENTS, json=EVENT, remote_addr=a).status_code
+              for a in ("198.51.100.9", "::ffff:198.51.100.9") * 2]  # fmt: skip
+    assert mapped == [401] * 3 + [429]
+    h = frozen(auth="disabled", rate_limit_burst=2)  # keys off: the address bucket, same rule
+    statuses = [h.client.simulate_post(EVENTS, json=EVENT, remote_addr=f"2001:db8::{i}").status_code
+                for i in range(3)]  # fmt: skip
+    assert statuses == [202, 202, 429]
+
+
 # --- overload ------------------------------------------------------------------------------
 def test_ingest_answers_503_under_backlog_with_retry_after_from_drain_rate() -> None:
     backlog = FixedBacklog(0)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from analytics.adapters.sqlite_keys import SQLiteApiKeyStore
@@ -180,6 +181,43 @@ def test_checkpoints_run_every_few_commits_and_outside_the_writer_lock(
     assert held == [False]  # one checkpoint, with the writer lock released
     assert db.path.stat().st_size > size  # the pages reached the database file
     assert repo.count() == sqlite_store.CHECKPOINT_EVERY
+
+
+def padded(i: int) -> Any:
+    return msgspec.structs.replace(make_event(i), metadata={"pad": "x" * 1500})
+
+
+def test_a_wal_past_its_limit_is_emptied_once_the_readers_let_it(tmp_path: Path) -> None:
+    """Soak: steady reads beside steady writes never let SQLite start the WAL over, and a
+    PASSIVE checkpoint never empties it: 1.17 GB beside a 463 MB database after 20 min."""
+    limit = 64 * 1024
+    db = SQLiteDatabase(tmp_path / "w.sqlite3", wal_limit_bytes=limit)
+    repo = SQLiteEventRepository(db)
+    reading, done = threading.Event(), threading.Event()
+
+    def reader() -> None:  # a long read: its snapshot keeps every frame in the WAL
+        conn = db.connect()
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM events").fetchone()
+        reading.set()
+        done.wait(30)
+        conn.execute("COMMIT")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert reading.wait(10)
+    for i in range(60):  # checkpoints run (every CHECKPOINT_EVERY commits) and cannot empty it
+        repo.add_many([padded(i)])
+    grown = db.wal_bytes()
+    assert grown > limit
+    done.set()
+    thread.join()
+    db.checkpoint()  # no writer in between: only the TRUNCATE checkpoint empties the file
+    assert db.wal_bytes() == 0
+    for i in range(60, 120):  # and with nobody in the way it stays near its limit
+        repo.add_many([padded(i)])
+    assert db.wal_bytes() <= limit + grown // 60 * 8
+    assert repo.count() == 120
 
 
 def _open_at_once(kind: str, path: str, go: object, results: object) -> None:

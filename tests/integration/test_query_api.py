@@ -337,6 +337,12 @@ def test_cached_answers_are_invalidated_when_an_event_lands(env: Env) -> None:
     assert ttls == [5, 86_400]
     env.get(f"{AGG}/day", start="2026-03-31", end="2026-04-01")
     assert 10 in set(env.cache.ttls.values())
+    # A closed hour of today: today's version moves with every round that stores today's
+    # events, so its entry is retired within seconds; kept a day, each retired copy
+    # stayed in Redis a day (soak). An hour that closed yesterday is kept a day.
+    before = dict(env.cache.ttls)
+    env.get(f"{AGG}/hour", start="2026-03-30T23:00:00Z", end="2026-03-31T01:00:00Z")
+    assert sorted(t for k, t in env.cache.ttls.items() if k not in before) == [3600, 86_400]
 
 
 

@@ -56,6 +56,10 @@ class QueryLimits:
     top_products: int = 10
     series_minutes: int = 60
     ttl_closed_s: int = 86_400
+    #: A closed bucket on the current UTC day: that day's version moves with every worker
+    #: round that stores today's events, retiring the entry within seconds, and each
+    #: retired copy stayed in Redis for ttl_closed_s (soak: ~375 MB a day at 3 reads/s).
+    ttl_today_s: int = 3600
     ttl_open_s: int = 10
     ttl_dashboard_s: int = 5
 
@@ -197,6 +201,15 @@ def _lookup(
     return cache.lookup(entries)
 
 
+def _bucket_ttl(end: datetime, now: datetime, limits: QueryLimits) -> int:
+    """How long a bucket's answer is cached: open, closed on the current UTC day, closed."""
+    if end > now:
+        return limits.ttl_open_s
+    if end > now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0):
+        return min(limits.ttl_today_s, limits.ttl_closed_s)
+    return limits.ttl_closed_s
+
+
 def query_aggregations(q: AggregationQuery, *, deps: QueryDeps) -> AggregationOut:
     now = deps.clock.now()
     spans = [(b.start, b.end) for b in q.buckets]
@@ -226,8 +239,7 @@ def query_aggregations(q: AggregationQuery, *, deps: QueryDeps) -> AggregationOu
             )
             cached[i] = data
             if keys is not None:
-                ttl = deps.limits.ttl_closed_s if b.end <= now else deps.limits.ttl_open_s
-                to_store.append((keys[i], data, ttl))
+                to_store.append((keys[i], data, _bucket_ttl(b.end, now, deps.limits)))
         if to_store and deps.cache is not None:
             deps.cache.set_many(to_store)
     return AggregationOut(

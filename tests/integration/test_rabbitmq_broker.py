@@ -52,7 +52,9 @@ def test_reads_after_the_connection_was_closed_take_a_new_one(container: Contain
     broker.connection.close()  # as RabbitMQ closing the connection
     assert broker.get_queue_message_counts("high_priority") == before
     broker.connection.close()
-    assert broker.live_connection().is_open  # what /health/detailed checks
+    assert broker.live_connection().is_open
+    broker.connection.close()
+    broker.ping()  # what /health/detailed does: a round trip, on a new connection
 
 
 def test_group_commit_over_rabbitmq_stores_every_event_once(container: Container) -> None:
@@ -201,3 +203,52 @@ def test_beside_rabbitmq_worker_boots_are_counted_in_the_ops_redis(
         wait_until(lambda: client.hget(f"{namespace}:ops:workers", "boots") is not None,
                    timeout=60, message="the worker's boot was not counted")  # fmt: skip
     assert int(client.hget(f"{namespace}:ops:workers", "boots")) >= 1
+
+
+def _close_connections_of(vhost: str) -> int:
+    """Close every connection to ``vhost`` from the broker's side, as an outage does."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from tests.conftest import _rabbitmqctl  # noqa: PLC0415
+
+    listed = subprocess.run(  # noqa: S603
+        [shutil.which("rabbitmqctl") or "rabbitmqctl", "-q", "list_connections", "pid", "vhost"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    pids = [line.split("\t")[0] for line in listed.splitlines() if line.endswith("\t" + vhost)]
+    for pid in pids:
+        _rabbitmqctl("close_connection", pid, "test: an outage")
+    return len(pids)
+
+
+def test_health_is_down_while_rabbitmq_has_closed_the_connection_and_refuses_new_ones(
+    rabbitmq_url: str, redis_server: Any, namespace: str
+) -> None:
+    """pika's ``is_open`` stays true for a connection RabbitMQ closed until it reads from
+    it: /health/detailed answered ``ok`` through a whole outage while ingest said 503 (QA)."""
+    from falcon import testing  # noqa: PLC0415
+
+    from analytics.entrypoints.api.app import create_app  # noqa: PLC0415
+    from tests.conftest import _rabbitmqctl  # noqa: PLC0415
+
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    settings = Settings(broker="rabbitmq", storage="memory", rabbitmq_url=rabbitmq_url,
+                        auth="disabled", redis_host=redis_server.host, redis_port=redis_server.port,
+                        redis_db=redis_server.db, namespace=namespace)  # fmt: skip
+    container = bootstrap(settings, event_repo=InMemoryEventRepository())
+    client = testing.TestClient(create_app(container))
+    assert client.simulate_get("/health/detailed").json["checks"]["broker"]["status"] == "ok"
+    assert _rabbitmqctl("set_vhost_limits", "-p", vhost, '{"max-connections": 0}')
+    try:
+        assert _close_connections_of(vhost) >= 1
+        down = client.simulate_get("/health/detailed")
+        assert down.status_code == 503, down.json
+        assert down.json["checks"]["broker"]["status"] == "down"
+    finally:
+        _rabbitmqctl("clear_vhost_limits", "-p", vhost)
+    wait_until(
+        lambda: client.simulate_get("/health/detailed").json["checks"]["broker"]["status"] == "ok",
+        timeout=30, message="the broker check did not recover",
+    )  # fmt: skip
+    container.broker.close()

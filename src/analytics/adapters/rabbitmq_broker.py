@@ -81,6 +81,13 @@ class KeepingRabbitmqBroker(RabbitmqBroker):  # type: ignore[misc]
         """A channel of its own on this thread's connection (the dead-letter visits)."""
         return self._reconnecting(lambda: self.connection.channel())
 
+    def ping(self) -> None:
+        """A round trip to RabbitMQ (a channel opened and closed) on this thread's
+        connection, a new one if RabbitMQ closed it. pika's ``is_open`` stays true for a
+        connection the broker closed until it next reads from it: ``/health/detailed``
+        said ``ok`` through a whole outage (QA)."""
+        self._reconnecting(lambda: self.connection.channel().close())
+
     def live_connection(self) -> Any:
         """This thread's connection, a new one if RabbitMQ closed the last."""
         if not self.connection.is_open:

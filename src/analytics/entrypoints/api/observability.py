@@ -276,9 +276,7 @@ class DetailedHealthResource:
         if kind == "redis":
             broker.client.ping()  # type: ignore[attr-defined]
         elif kind == "rabbitmq":
-            conn = broker.live_connection()  # type: ignore[attr-defined]
-            if not conn.is_open:
-                raise ConnectionError("RabbitMQ connection is closed")
+            broker.ping()  # type: ignore[attr-defined]
         return {"kind": kind, "queues": sorted(broker.get_declared_queues())}
 
     def _storage(self) -> dict[str, Any]:

@@ -108,8 +108,9 @@ def build_notifier(settings: Settings) -> Notifier | None:
     return SnsNotifier(sns_client(settings), settings.sns_topic_arn)
 
 
-def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
-    """Dead letters of the Redis or RabbitMQ broker; the stub gets an empty in-memory view."""
+def build_dead_letters(broker: dramatiq.Broker, settings: Settings | None = None) -> DeadLetters:
+    """Dead letters of the Redis or RabbitMQ broker; the stub gets an empty in-memory view.
+    On RabbitMQ, with ``settings``, their reasons from the Redis beside it (:func:`failure_log`)."""
     from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
 
     if isinstance(broker, RedisBroker):
@@ -119,7 +120,8 @@ def build_dead_letters(broker: dramatiq.Broker) -> DeadLetters:
     if _is_rabbitmq(broker):
         from analytics.adapters.dead_letters import RabbitDeadLetters  # noqa: PLC0415
 
-        return RabbitDeadLetters(broker)
+        failures = failure_log(settings, broker) if settings is not None else None
+        return RabbitDeadLetters(broker, failures=failures)
     from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
 
     return InMemoryDeadLetters()
@@ -192,6 +194,31 @@ def build_rate_limiter(settings: Settings, broker: dramatiq.Broker) -> RateLimit
     from analytics.adapters.memory import InMemoryRateLimiter  # noqa: PLC0415
 
     return InMemoryRateLimiter()
+
+
+def failure_log(settings: Settings, broker: dramatiq.Broker) -> Any:
+    """Where a RabbitMQ worker records why a message was dead-lettered (RabbitMQ keeps the
+    message as delivered), for as long as RabbitMQ keeps the letter: the Redis beside it
+    (``Settings.ops_redis``); None on other brokers or with no such Redis."""
+    if not _is_rabbitmq(broker):
+        return None
+    client = ops_redis_client(settings, broker)
+    if client is None:
+        return None
+    from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL  # noqa: PLC0415
+
+    from analytics.adapters.dead_letter_recorder import FailureLog  # noqa: PLC0415
+
+    return FailureLog(client, settings.namespace, DEAD_MESSAGE_TTL // 1000)
+
+
+def equip_failure_log(settings: Settings, broker: dramatiq.Broker) -> None:
+    from analytics.adapters.dead_letter_recorder import DeadLetterRecorder  # noqa: PLC0415
+
+    failures = failure_log(settings, broker)
+    for m in broker.middleware:
+        if isinstance(m, DeadLetterRecorder) and m.failures is None:
+            m.failures = failures
 
 
 def equip_drain_counter(settings: Settings, broker: dramatiq.Broker) -> None:
@@ -412,6 +439,7 @@ def bootstrap(
         install(broker, status_middleware(task_status, clock))
         carry_status_on_ack(broker)  # Redis: each succeeded record travels with its ack
         equip_drain_counter(settings, broker)
+        equip_failure_log(settings, broker)
     event_repo = event_repo or build_event_repo(settings)
     aggregates = aggregates or build_aggregates(settings, event_repo)
     container = Container(
@@ -422,7 +450,7 @@ def bootstrap(
         task_queue=task_queue or build_task_queue(settings, broker),
         notifier=notifier or build_notifier(settings),
         event_repo=event_repo,
-        dead_letters=dead_letters or build_dead_letters(broker),
+        dead_letters=dead_letters or build_dead_letters(broker, settings),
         aggregates=aggregates,
         uow=shared_unit_of_work(event_repo, aggregates),
         api_keys=api_keys or (build_key_store(settings) if settings.auth == "required" else None),

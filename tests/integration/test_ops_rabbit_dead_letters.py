@@ -64,8 +64,14 @@ def test_rabbitmq_dead_letters_list_replay_purge(
         wait_until(lambda: dlq.depths()["high_priority"] == 3, timeout=30)
         letters = {d.letter_id: d for d in dlq.list(queue="high_priority")}
         assert set(letters) == {*sent, bad}
-        assert {letters[i].error_type for i in sent} == {"StorageUnavailable"}  # from Retries
-        assert all(letters[i].attempts == 2 for i in sent)
+        assert {letters[i].error_type for i in sent} == {"StorageUnavailable"}
+        assert all(letters[i].attempts == 2 and not letters[i].permanent for i in sent)
+        # RabbitMQ keeps the message as delivered: the reason of a failure that was never
+        # retried came from nowhere ("unknown", not permanent: QA); now from the Redis
+        # beside it, where the worker records it.
+        assert letters[bad].error_type == "PermanentError" and letters[bad].permanent
+        assert "does not decode" in letters[bad].error and letters[bad].attempts == 1
+        assert "PermanentError" in letters[bad].traceback
         # Listing put everything back (RabbitMQ requeues on channel close, asynchronously).
         wait_until(lambda: dlq.depths()["high_priority"] == 3, timeout=10)
         assert {d.letter_id for d in dlq.list()} == {*sent, bad}

@@ -7,15 +7,23 @@ option (error type, message, traceback, attempts, permanent) and, on the Redis b
 rewrites the stored message so that the dead-letter queue receives it with that option.
 (A message for an actor the worker does not know is dead-lettered by Dramatiq's consumer
 before it reaches an actor; such a letter shows error type ``unknown``.)
+
+RabbitMQ dead-letters the message as it was delivered, so an option added here never
+reaches its ``.XQ`` queue: there the record goes to a :class:`FailureLog` in the Redis
+beside RabbitMQ (``Settings.ops_redis``), keyed by message id, for as long as RabbitMQ
+keeps the letter, and :class:`~analytics.adapters.dead_letters.RabbitDeadLetters` reads
+it back (QA: every RabbitMQ letter of a permanent failure said ``unknown``, not permanent).
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+import msgspec
 import structlog
 from dramatiq.brokers.redis import RedisBroker
 
@@ -23,7 +31,32 @@ _MAX_ERROR = 2000
 log = structlog.get_logger("analytics.dead_letters")
 
 
+class FailureLog:
+    """Why each dead letter failed, by message id, in Redis (beside RabbitMQ)."""
+
+    def __init__(self, client: Any, namespace: str, ttl_s: int) -> None:
+        self.client = client
+        self.prefix = f"{namespace}:ops:dlq:failure:"
+        self.ttl_s = ttl_s
+
+    def record(self, message_id: str, failure: dict[str, Any]) -> None:
+        self.client.set(self.prefix + message_id, msgspec.json.encode(failure), ex=self.ttl_s)
+
+    def read(self, message_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The records there are; none when Redis cannot be read (the letters still list)."""
+        if not message_ids:
+            return {}
+        try:
+            values = self.client.mget([self.prefix + i for i in message_ids])
+        except Exception as exc:  # noqa: BLE001 - the reasons are extra, the letters are not
+            log.warning("dead-letter reasons unreadable", error=str(exc)[:200])
+            return {}
+        return {i: msgspec.json.decode(v) for i, v in zip(message_ids, values, strict=True) if v}
+
+
 class DeadLetterRecorder(dramatiq.Middleware):
+    def __init__(self, failures: FailureLog | None = None) -> None:
+        self.failures = failures  # set on brokers that dead-letter the delivered message
     def after_process_message(
         self,
         broker: dramatiq.Broker,
@@ -65,3 +98,9 @@ class DeadLetterRecorder(dramatiq.Middleware):
                 message.options["redis_message_id"],
                 message.encode(),
             )
+        elif self.failures is not None:
+            try:
+                self.failures.record(message.message_id, message.options["failure"])
+            except Exception as exc:  # noqa: BLE001 - the letter is kept either way
+                log.warning("dead-letter reason not recorded", message_id=message.message_id,
+                            error=str(exc)[:200])  # fmt: skip

@@ -9,8 +9,10 @@ DeadLetterRecorder`) and, from Dramatiq's Retries middleware, ``retries`` and ``
 RabbitMQ keeps dead letters in ``<queue>.XQ`` queues (a message TTL of 7 days):
 :class:`RabbitDeadLetters` reads them with ``basic_get`` on a channel of its own and
 closes it, which returns every letter it did not replay or purge. There the stored message is the one that
-was delivered, so ``failure`` is absent and the reason comes from the Retries traceback
-when the message was retried at least once; the time of death from ``x-death``.
+was delivered, so ``failure`` is absent: it comes from the :class:`~analytics.adapters.
+dead_letter_recorder.FailureLog` in the Redis beside RabbitMQ when there is one, else from
+the Retries traceback when the message was retried at least once; the time of death from
+``x-death``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from analytics.adapters.dead_letter_recorder import FailureLog
 from analytics.adapters.dramatiq_queue import QUEUES, UNDECODABLE_ACTOR
 from analytics.domain.errors import StorageUnavailable
 from analytics.domain.operations import DeadLetter
@@ -180,9 +183,12 @@ class RabbitDeadLetters:
     until that thread happened to enqueue).
     """
 
-    def __init__(self, broker: Any, queues: Sequence[str] = QUEUES) -> None:
+    def __init__(
+        self, broker: Any, queues: Sequence[str] = QUEUES, failures: FailureLog | None = None
+    ) -> None:
         self.broker = broker
         self.queues = tuple(queues)
+        self.failures = failures
 
     def _visit(self, queue: str, decide: Any) -> list[str]:
         """Call ``decide(message, died_ms)`` on every letter there when the visit begins,
@@ -211,15 +217,20 @@ class RabbitDeadLetters:
         return done
 
     def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
-        letters: list[DeadLetter] = []
+        found: list[tuple[dramatiq.Message[Any], str, float]] = []
         for q in [queue] if queue else self.queues:
 
             def keep(message: dramatiq.Message[Any], died: float, q: str = q) -> bool:
                 if actor is None or message.actor_name == actor:
-                    letters.append(letter_from_message(message, q, died))
+                    found.append((message, q, died))
                 return False
 
             self._visit(q, keep)
+        reasons = self.failures.read([m.message_id for m, _, _ in found]) if self.failures else {}
+        for message, _, _ in found:
+            if message.message_id in reasons and "failure" not in message.options:
+                message.options["failure"] = reasons[message.message_id]
+        letters = [letter_from_message(m, q, died) for m, q, died in found]
         return sorted(letters, key=lambda d: (d.failed_at, d.letter_id))
 
     def replay(self, letter_ids: Sequence[str]) -> list[str]:

@@ -28,7 +28,7 @@ def build_dead_letters(settings: Settings) -> DeadLetters:
 
     if settings.broker == "stub":
         raise BadQuery("broker", "the stub broker keeps no dead letters between processes")
-    return build(build_broker(settings))
+    return build(build_broker(settings), settings)
 
 
 def run_dlq(args: argparse.Namespace, settings: Settings, dlq: DeadLetters | None = None) -> int:

@@ -245,6 +245,8 @@ def test_health_is_down_while_rabbitmq_has_closed_the_connection_and_refuses_new
         down = client.simulate_get("/health/detailed")
         assert down.status_code == 503, down.json
         assert down.json["checks"]["broker"]["status"] == "down"
+        letters = client.simulate_get("/api/v1/admin/dlq")  # was a 500 (pika's error)
+        assert letters.status_code == 503 and letters.headers["Retry-After"], letters.text
     finally:
         _rabbitmqctl("clear_vhost_limits", "-p", vhost)
     wait_until(

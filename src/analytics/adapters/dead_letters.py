@@ -18,7 +18,8 @@ the Retries traceback when the message was retried at least once; the time of de
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from analytics.adapters.dead_letter_recorder import FailureLog
 from analytics.adapters.dramatiq_queue import QUEUES, UNDECODABLE_ACTOR
-from analytics.domain.errors import StorageUnavailable
+from analytics.domain.errors import QueueUnavailable, StorageUnavailable
 from analytics.domain.operations import DeadLetter
 
 #: Options a replay drops: broker bookkeeping and the last run's failure.
@@ -197,6 +198,10 @@ class RabbitDeadLetters:
         Only as many as the queue held then: a replayed copy that fails again at once is
         dead-lettered behind them, and reading until the queue was empty met it again and
         sent it again, one replay of one letter counting 15 (QA)."""
+        with _rabbitmq_errors():
+            return self._visit_on_channel(queue, decide)
+
+    def _visit_on_channel(self, queue: str, decide: Any) -> list[str]:
         channel = self.broker.new_channel()
         done: list[str] = []
         try:
@@ -258,17 +263,30 @@ class RabbitDeadLetters:
         return done
 
     def depths(self) -> dict[str, int]:
-        channel = self.broker.new_channel()
-        try:
-            return {
-                q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)
-                for q in self.queues
-            }
-        finally:
-            channel.close()
+        with _rabbitmq_errors():
+            channel = self.broker.new_channel()
+            try:
+                return {
+                    q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)
+                    for q in self.queues
+                }
+            finally:
+                channel.close()
 
     def record_depths(self, depths: dict[str, int], at: datetime) -> None:
         """RabbitMQ exposes queue depths itself (management API); nothing to keep."""
+
+
+@contextmanager
+def _rabbitmq_errors() -> Iterator[None]:
+    """pika's errors (RabbitMQ unreachable, our connection refused or closed) as the
+    broker being unavailable: 503 with Retry-After on the admin routes, not a 500 (QA)."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__module__.startswith("pika"):
+            raise QueueUnavailable(f"RabbitMQ: {exc!r}"[:300]) from exc
+        raise
 
 
 def time_of_death(props: Any) -> float:

@@ -4,8 +4,8 @@ profiling. Falcon TestClient over the real app with fakes (stub broker, memory s
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -524,3 +524,18 @@ def test_scrapes_within_a_second_share_one_rendering(tmp_path, monkeypatch):
     assert client.simulate_get("/metrics").text == first  # the same rendering, not a new one
     monkeypatch.setattr(MetricsResource, "fresh_s", 0.0)
     assert client.simulate_get("/metrics").text != first
+
+
+def test_pika_says_each_kind_of_failure_once_every_ten_seconds(monkeypatch):
+    """A RabbitMQ outage: pika wrote a dozen lines per failed reconnect, 1,374 in 50 s (QA)."""
+    buf = capture_logs(monkeypatch)
+    workflow = logging.getLogger("pika.adapters.utils.connection_workflow")
+    for attempt in range(20):
+        workflow.info("Pika version %s connecting to %s", "1.3", "127.0.0.1:5672")
+        workflow.error("AMQP connection workflow failed: %r", f"denied, attempt {attempt}")
+    logging.getLogger("pika.adapters.blocking_connection").error("Connection workflow failed: %r", "x")
+    logging.getLogger("analytics.other").error("not pika: %s", "kept")
+    logging.getLogger("analytics.other").error("not pika: %s", "kept")
+    events = [x["event"] for x in lines(buf)]
+    assert events == ["AMQP connection workflow failed: 'denied, attempt 0'",
+                      "Connection workflow failed: 'x'", "not pika: kept", "not pika: kept"]  # fmt: skip

@@ -215,6 +215,36 @@ def _short_messages(record: logging.LogRecord) -> bool:
     return True
 
 
+class _Throttle(logging.Filter):
+    """At most one record per logger and message text (before its arguments) every
+    ``every_s`` from the loggers under ``prefix``, and none below WARNING.
+
+    pika writes a dozen lines, several with a traceback, for each reconnect that fails,
+    and dramatiq's consumers and the API's threads each try again within seconds: 1,374
+    lines in 50 s of a RabbitMQ outage (QA). What the outage means is said by the service's
+    own lines (``dependency unavailable``, the breaker's, dramatiq's consumer restarts);
+    pika's first words on each kind of failure stay, once per ``every_s``.
+    """
+
+    def __init__(self, prefix: str, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.prefix, self.every_s = prefix, every_s
+        self._last: dict[tuple[str, str], float] = {}  # pika's message texts: a few dozen
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        key, now = (record.name, str(record.msg)), time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                return False
+            self._last[key] = now
+        return True
+
+
 def _message_label(message: Any) -> str:
     return f"{message.actor_name}(...) id={message.message_id}"
 
@@ -240,6 +270,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
     handler = logging.StreamHandler(stream)
     handler.addFilter(_short_messages)
+    handler.addFilter(_Throttle("pika"))
+    logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO records are not even built
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

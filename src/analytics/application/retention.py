@@ -47,3 +47,12 @@ def purge_markers_before(cutoff: datetime, *, aggregates: AggregateStore | None)
     if purge is None:  # a store whose markers expire by themselves, or none at all
         return 0
     return int(purge(cutoff))
+
+
+def marker_lifetime(
+    retention_days: int, *, max_past: timedelta, redelivery_window: timedelta
+) -> timedelta:
+    """How long after its minute a marker must live, for a store whose markers expire by
+    themselves (DynamoDB's TTL): the retention period or the redelivery horizon of
+    :func:`marker_cutoff`, whichever is longer, and a day for the cutoffs' whole days."""
+    return max(timedelta(days=retention_days), max_past + redelivery_window) + timedelta(days=1)

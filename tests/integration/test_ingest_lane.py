@@ -223,6 +223,11 @@ def test_what_is_not_the_common_request_goes_to_falcon(pair: Pair) -> None:
     zipped = gzip.compress(json.dumps(EVENT).encode())
     a, _ = pair.send(zipped, served=False, Authorization=key, **{"Content-Encoding": "gzip"})
     assert a.status_code == 202
+    # A single event inflates to at most the body limit (4096 here), as a plain body: 8 KB
+    # of gzip made 8 MB to decode (security QA).
+    inflated = gzip.compress(json.dumps(EVENT).encode() + b" " * 4096)
+    a, _ = pair.send(inflated, served=False, Authorization=key, **{"Content-Encoding": "gzip"})
+    assert a.status_code == 413 and a.json["type"].endswith(":decompressed-too-large")
     a, _ = pair.send({"events": [EVENT]}, served=False, path=ROUTE + "/batch", Authorization=key)
     assert a.status_code == 202
     assert len(pair.lane.queue.events) == len(pair.plain.queue.events) == 2
@@ -318,9 +323,20 @@ def test_a_caller_without_a_valid_key_costs_no_decoding(
     assert bad.status_code == 422 and len(looked_up) == 1, looked_up
 
 
-def test_an_invalid_event_after_the_charge_is_charged_once(pair: Pair) -> None:
+def test_an_invalid_event_after_the_charge_is_charged_once_and_decoded_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The lane charges before it decodes; Falcon, answering the invalid body, must not
-    charge again (the plain side charges once: the RateLimit headers would differ)."""
+    charge again (the plain side charges once: the RateLimit headers would differ), nor
+    decode it again (security QA: 1 MiB of nested lists cost the lane 2.5x Falcon)."""
+    import analytics.application.ingest as ingest
+
+    decodes: list[bytes] = []
+    decode = ingest.decode_event
+    monkeypatch.setattr(ingest, "decode_event", lambda raw, *a, **k: decodes.append(raw) or decode(raw, *a, **k))
+    bad = pair.lane.client.simulate_post(ROUTE, body=b'{"event_type": 5}', headers={
+        "Content-Type": "application/json", "Authorization": bearer(pair.keys["ingest"])})  # fmt: skip
+    assert bad.status_code == 422 and len(decodes) == 1
     key = bearer(pair.keys["tight"])  # burst 2
     a, b = pair.send(b'{"event_type": 5}', served=False, Authorization=key)
     assert a.status_code == 422 and b.headers["RateLimit-Remaining"] == "1"

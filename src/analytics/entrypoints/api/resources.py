@@ -13,6 +13,9 @@ from analytics.entrypoints.api.security import spend
 encode = msgspec.json.Encoder().encode
 JSON = "application/json"
 NEW_ROUTE = "/api/v1/analytics/events"
+#: WSGI environ key: the error the ingest lane's validation of this very body raised
+#: (``IngestLane`` hands the request over to be answered, not decoded a second time).
+LANE_REJECTION = "analytics.lane_rejection"
 
 
 class EventsResource:
@@ -21,7 +24,12 @@ class EventsResource:
         self.max_body_bytes = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw = read_json_body(req, self.max_body_bytes)
+        # A single event is never larger inflated than plain: the body's own limit caps
+        # what a gzip body may inflate to (8 KB of gzip made 8 MB to decode: security QA).
+        raw = read_json_body(req, self.max_body_bytes, max_decompressed=self.max_body_bytes)
+        rejection = req.env.get(LANE_REJECTION)
+        if rejection is not None:
+            raise rejection
         receipt = accept_event(raw, correlation_id=req.context.correlation_id, deps=self.deps)
         resp.status = falcon.HTTP_202
         resp.content_type = JSON
@@ -66,7 +74,7 @@ class LegacyEventsResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         # Deprecation and Link: SecurityHeadersMiddleware, on every answer of this route.
-        raw = read_json_body(req, self.max_body_bytes)
+        raw = read_json_body(req, self.max_body_bytes, max_decompressed=self.max_body_bytes)
         receipt = accept_event(
             raw, correlation_id=req.context.correlation_id, deps=self.deps, legacy=True
         )

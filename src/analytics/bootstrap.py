@@ -271,17 +271,11 @@ def build_aggregates(settings: Settings, event_repo: EventRepository) -> Aggrega
     if settings.storage == "dynamodb":
         from analytics.adapters.aws import dynamodb_client  # noqa: PLC0415
         from analytics.adapters.dynamodb_aggregates import DynamoDBAggregateStore  # noqa: PLC0415
-        from analytics.application.retention import marker_lifetime  # noqa: PLC0415
-        from analytics.domain.validation import DEFAULT_LIMITS  # noqa: PLC0415
-        from analytics.entrypoints.policies import redelivery_window  # noqa: PLC0415
 
         client = getattr(event_repo, "client", None) or dynamodb_client(settings)
-        lifetime = marker_lifetime(settings.retention_days, max_past=DEFAULT_LIMITS.max_past,
-                                   redelivery_window=redelivery_window(settings))  # fmt: skip
         return DynamoDBAggregateStore(
-            client, settings.aggregates_table, shards=settings.aggregate_shards,
-            marker_ttl=lifetime,
-        )  # fmt: skip
+            client, settings.aggregates_table, shards=settings.aggregate_shards
+        )
     raise ValueError(f"storage {settings.storage!r} has no aggregate store in this build")
 
 

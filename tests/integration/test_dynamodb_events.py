@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from analytics.adapters.aws import ResourceMissing, dynamodb_client, sns_client
-from analytics.adapters.dynamodb_aggregates import marker_key
 from analytics.adapters.dynamodb_events import Backoff, DynamoDBEventRepository
 from analytics.adapters.dynamodb_schema import check_resources, ensure_resources
 from analytics.domain.clock import FixedClock
@@ -229,23 +228,3 @@ def test_the_check_keeps_only_recent_days_cached(settings: Any, clock: FixedCloc
     repo.add_many([late])  # an old day again: its entries are put again (idempotent)
     assert counter.calls["PutItem"] == 2
     assert late.event_id in _searched(repo)
-
-
-def test_applied_markers_expire_with_the_retention_or_the_redelivery_horizon(
-    settings: Any,
-) -> None:
-    """The aggregates table's TTL was enabled "for dedupe markers", but markers were written
-    without ``expires_at``: one item per counted event, kept for ever (soak, SQLite)."""
-    from analytics.bootstrap import build_aggregates  # noqa: PLC0415
-    from analytics.domain.aggregation import contribution  # noqa: PLC0415
-
-    ensure_resources(settings)
-    for days, lifetime in ((90, 91), (7, 30 + 9)):  # retention, or 30 d + 8 d 2 h + 1 d
-        store = build_aggregates(settings.model_copy(update={"retention_days": days}), None)  # type: ignore[arg-type]
-        event = make_event(days)
-        assert store.apply([contribution(event)]) == [event.event_id]
-        c = contribution(event)
-        item = store.client.get_item(TableName=settings.aggregates_table,
-                                     Key=marker_key(c, c.event_id.int % store.shards))["Item"]  # fmt: skip
-        expires = int(item["expires_at"]["N"]) - c.minute * 60
-        assert timedelta(days=lifetime) <= timedelta(seconds=expires) < timedelta(days=lifetime + 1)

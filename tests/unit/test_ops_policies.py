@@ -148,18 +148,3 @@ def test_a_worker_whose_tasks_would_outlive_their_time_limit_does_not_start(
         Settings.from_env({"ANALYTICS_STORAGE": "dynamodb", "ANALYTICS_AWS_MAX_ATTEMPTS": "10",
                            "ANALYTICS_TIME_LIMITS_MS": "process_events=200000"})  # fmt: skip
     assert Settings.from_env({"ANALYTICS_TIME_LIMITS_MS": "process_events=200000"})  # SQLite: 30 s
-
-
-def test_the_redelivery_window_covers_every_retry_and_a_dead_letters_life() -> None:
-    """Retention keeps an applied marker while its event can still be offered again."""
-    from datetime import timedelta  # noqa: PLC0415
-
-    from analytics.entrypoints.policies import POLICIES, RABBITMQ_DEAD_LETTER_S, redelivery_window  # noqa: PLC0415
-
-    window = redelivery_window(Settings())
-    for policy in POLICIES.values():
-        tries = timedelta(milliseconds=policy.worst_case_retry_window_ms()
-                          + policy.time_limit_ms * (policy.max_retries + 1))  # fmt: skip
-        assert window >= tries + timedelta(seconds=RABBITMQ_DEAD_LETTER_S)
-    longer = redelivery_window(Settings(dead_message_ttl_s=30 * 86_400, retry_max_retries=20))
-    assert longer >= timedelta(days=30) and longer > window + timedelta(days=23)

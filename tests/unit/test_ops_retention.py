@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from analytics.adapters.memory import InMemoryAggregateStore, InMemoryEventRepository
-from analytics.adapters.sqlite_aggregates import SQLiteAggregateStore
+from analytics.adapters.memory import InMemoryEventRepository
 from analytics.adapters.sqlite_store import SQLiteDatabase, SQLiteEventRepository
-from analytics.application.retention import (
-    marker_cutoff,
-    purge_events_before,
-    purge_markers_before,
-    retention_cutoff,
-)
+from analytics.application.retention import purge_events_before
 from analytics.bootstrap import bootstrap
-from analytics.domain.aggregation import contribution
 from analytics.domain.errors import PermanentError
 from analytics.domain.ports import EventRepository
 from analytics.entrypoints.actors import register_actors
@@ -79,52 +71,5 @@ def test_the_purge_actor_refuses_a_naive_cutoff_as_permanent() -> None:
         purge.fn("2026-01-01T00:00:00")
     assert container.event_repo.count() == 3
     assert purge.fn("2026-01-01T00:00:00+00:00") == {
-        "cutoff": "2026-01-01T00:00:00+00:00", "deleted": 3, "markers_deleted": 0,
+        "cutoff": "2026-01-01T00:00:00+00:00", "deleted": 3,
     }  # fmt: skip
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def aggregates(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "memory":
-        return InMemoryAggregateStore()
-    return SQLiteAggregateStore(SQLiteDatabase(tmp_path / "a.sqlite3"))
-
-
-def counted(store: Any, events: list[Any]) -> list[Any]:
-    return store.apply([contribution(e) for e in events])
-
-
-def test_markers_go_with_the_events_but_never_while_an_event_can_come_back(aggregates: Any) -> None:
-    """Soak: one applied marker per counted event, kept for ever (the events themselves
-    are purged after the retention period). A marker is what stops a redelivery from
-    counting again, so it goes only once its event can never be offered again."""
-    ages = {days: make_events(2, at=NOW - timedelta(days=days)) for days in (100, 60, 20, 1)}
-    for events in ages.values():
-        assert len(counted(aggregates, events)) == 2
-    window = timedelta(days=8)  # redelivery: retries and a dead letter's life
-    # 90 days of retention: the markers go with the events (the horizon is later).
-    events_cutoff = retention_cutoff(NOW, 90)
-    cutoff = marker_cutoff(NOW, events_cutoff, max_past=timedelta(days=30), redelivery_window=window)
-    assert cutoff == events_cutoff
-    assert purge_markers_before(cutoff, aggregates=aggregates) == 2
-    assert counted(aggregates, ages[100]) == [e.event_id for e in ages[100]]  # its counters,
-    # like its raw events, are past retention: nothing can offer it again (max_past)
-    assert all(counted(aggregates, ages[d]) == [] for d in (60, 20, 1))
-    # 7 days of retention: markers stay until no event of theirs can be offered again
-    # (accepted at most 30 days old, back within the window): 38 days, not 7.
-    cutoff = marker_cutoff(NOW, retention_cutoff(NOW, 7), max_past=timedelta(days=30),
-                           redelivery_window=window)  # fmt: skip
-    assert cutoff == retention_cutoff(NOW, 38)
-    assert purge_markers_before(cutoff, aggregates=aggregates) == 4  # the 100- (again) and 60-day ones
-    assert all(counted(aggregates, ages[d]) == [] for d in (20, 1))  # still counted once
-    assert purge_markers_before(cutoff, aggregates=aggregates) == 0  # idempotent
-
-
-def test_the_purge_actor_purges_markers_with_the_events() -> None:
-    container = bootstrap(Settings(broker="stub", storage="memory"))
-    purge = register_actors(container)["purge_events_before"]
-    old = make_events(3, at=datetime.now(UTC) - timedelta(days=400))
-    container.event_repo.add_many(old)
-    counted(container.aggregates, old)
-    cutoff = retention_cutoff(datetime.now(UTC), 90).isoformat()
-    assert purge.fn(cutoff) == {"cutoff": cutoff, "deleted": 3, "markers_deleted": 3}

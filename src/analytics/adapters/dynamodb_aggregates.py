@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from analytics.adapters.aws import ResourceMissing, error_code
 from analytics.adapters.dynamodb_events import Backoff
-from analytics.adapters.dynamodb_schema import TTL_ATTRIBUTE
 from analytics.domain.aggregation import (
     Breakdown,
     Contribution,
@@ -77,14 +75,11 @@ class DynamoDBAggregateStore:
 
     def __init__(
         self, client: Any, table: str, *, shards: int = 4, backoff: Backoff | None = None,
-        read_parallelism: int = 8, marker_ttl: timedelta | None = None,
+        read_parallelism: int = 8,
     ) -> None:  # fmt: skip
         self.client = client
         self.table = table
         self.shards = shards
-        # Markers expire (the table's TTL, ``expires_at``) this long after their minute:
-        # application/retention.marker_lifetime. None: kept for ever.
-        self.marker_ttl_s = int(marker_ttl.total_seconds()) if marker_ttl else None
         self.backoff = backoff or Backoff(max_attempts=10)
         self.read_parallelism = read_parallelism
 
@@ -157,7 +152,8 @@ class DynamoDBAggregateStore:
                 {
                     "Put": {
                         "TableName": self.table,
-                        "Item": self._marker(c),
+                        "Item": {**marker_key(c, c.event_id.int % self.shards),
+                                 "event_id": {"S": str(c.event_id)}},
                         "ConditionExpression": "attribute_not_exists(pk)",
                     }
                 }
@@ -191,12 +187,6 @@ class DynamoDBAggregateStore:
                     raise StorageUnavailable(f"dynamodb transaction cancelled: {codes}") from exc
                 self.backoff.sleep(self.backoff.delay(attempt))
         return []
-
-    def _marker(self, c: Contribution) -> dict[str, Any]:
-        item = {**marker_key(c, c.event_id.int % self.shards), "event_id": {"S": str(c.event_id)}}
-        if self.marker_ttl_s is not None:
-            item[TTL_ATTRIBUTE] = {"N": str(c.minute * 60 + self.marker_ttl_s)}
-        return item
 
     def _add(self, pk: str, sk: str, value: int) -> dict[str, Any]:
         return {

@@ -301,14 +301,6 @@ class InMemoryAggregateStore:
                 new.append(c.event_id)
         return new
 
-    def purge_markers_before(self, cutoff: datetime) -> int:
-        minute = int(cutoff.timestamp()) // 60
-        with self._lock:
-            old = [i for i, m in self.markers.items() if m < minute]
-            for i in old:
-                del self.markers[i]
-        return len(old)
-
     def snapshot(self, start: int, end: int) -> AggregateSnapshot:
         with self._lock:
             return AggregateSnapshot(

@@ -15,7 +15,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 
 from analytics.adapters.sqlite_store import SQLiteDatabase, translating_sqlite_errors
 from analytics.domain.aggregation import (
@@ -115,22 +114,6 @@ class SQLiteAggregateStore:
             conn.executemany("INSERT INTO agg_applied (event_id, minute) VALUES (?, ?)", fresh)
             conn.executemany(_UPSERT, [(*k, v) for k, v in merged.items()])
         return new
-
-    def purge_markers_before(self, cutoff: datetime, *, batch: int = 5000) -> int:
-        """Delete the applied markers of minutes before ``cutoff`` in short transactions
-        (application/retention.py says which are safe to delete)."""
-        minute = int(cutoff.timestamp()) // 60
-        sql = (
-            "DELETE FROM agg_applied WHERE event_id IN "
-            "(SELECT event_id FROM agg_applied WHERE minute < ? LIMIT ?)"
-        )
-        total = 0
-        while True:
-            with self.db.transaction() as conn:
-                deleted = conn.execute(sql, (minute, batch)).rowcount
-            total += deleted
-            if deleted < batch:
-                return total
 
     def correct(self, deltas: Mapping[CounterKey, int]) -> None:
         if not deltas:

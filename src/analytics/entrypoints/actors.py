@@ -33,7 +33,7 @@ from analytics.application.notify import announce_unstored, publish_notification
 from analytics.application.reconcile import reconcile
 from analytics.application.store_events import SharedCommit, invalidate, store_events
 from analytics.bootstrap import Container, query_deps
-from analytics.entrypoints.policies import actor_options, redelivery_window
+from analytics.entrypoints.policies import actor_options
 
 log = structlog.get_logger("analytics.worker")
 
@@ -161,13 +161,8 @@ def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Acto
     from datetime import datetime  # noqa: PLC0415
 
     from analytics.application.dead_letters import measure_dead_letters  # noqa: PLC0415
-    from analytics.application.retention import (  # noqa: PLC0415
-        marker_cutoff,
-        purge_events_before,
-        purge_markers_before,
-    )
+    from analytics.application.retention import purge_events_before  # noqa: PLC0415
     from analytics.domain.errors import PermanentError  # noqa: PLC0415
-    from analytics.domain.validation import DEFAULT_LIMITS  # noqa: PLC0415
 
     broker = container.broker
 
@@ -179,14 +174,8 @@ def register_maintenance_actors(container: Container) -> dict[str, dramatiq.Acto
         if when.tzinfo is None:
             raise PermanentError(f"cutoff {cutoff!r} has no UTC offset")
         deleted = purge_events_before(when, repo=container.event_repo)
-        markers_before = marker_cutoff(
-            container.clock.now(), when, max_past=DEFAULT_LIMITS.max_past,
-            redelivery_window=redelivery_window(container.settings),
-        )  # fmt: skip
-        markers = purge_markers_before(markers_before, aggregates=container.aggregates)
-        log.info("retention purge", cutoff=cutoff, deleted=deleted,
-                 markers_cutoff=markers_before.isoformat(), markers_deleted=markers)  # fmt: skip
-        return {"cutoff": cutoff, "deleted": deleted, "markers_deleted": markers}
+        log.info("retention purge", cutoff=cutoff, deleted=deleted)
+        return {"cutoff": cutoff, "deleted": deleted}
 
     def check_dead_letters() -> dict[str, int]:
         if container.dead_letters is None:

@@ -16,7 +16,6 @@ by its client timeout; the time limit bounds the whole task.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from analytics.domain.errors import PermanentError
@@ -96,22 +95,6 @@ def policy_for(name: str, settings: Settings | None = None) -> ActorPolicy:
     if time_limit is not None:
         policy = replace(policy, time_limit_ms=time_limit)
     return policy
-
-
-#: How long RabbitMQ keeps a dead letter (dramatiq's ``<queue>.XQ`` message TTL).
-RABBITMQ_DEAD_LETTER_S = 7 * 86_400
-
-
-def redelivery_window(settings: Settings) -> timedelta:
-    """The longest a message can still be offered to an actor after it first was: every
-    retry of the slowest policy (its backoffs and time limits), then its dead letter's
-    life until a replay, and a day besides (retention: which applied markers are safe)."""
-    retries_ms = max(
-        p.worst_case_retry_window_ms() + p.time_limit_ms * (p.max_retries + 1)
-        for p in (policy_for(name, settings) for name in POLICIES)
-    )
-    dead_s = max(settings.dead_message_ttl_s, RABBITMQ_DEAD_LETTER_S)
-    return timedelta(milliseconds=retries_ms, seconds=dead_s, days=1)
 
 
 def time_limits_too_short(settings: Settings) -> list[str]:

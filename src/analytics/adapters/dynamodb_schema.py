@@ -22,7 +22,8 @@ Events table, one item per event:
 - ``expires_at`` (N, epoch seconds): the TTL attribute (timestamp + retention). TTL deletes
   lazily, so reads drop expired items themselves.
 
-Aggregates table: generic ``pk``/``sk`` (S) keys, ``expires_at`` TTL for dedupe markers.
+Aggregates table: generic ``pk``/``sk`` (S) keys, ``expires_at`` TTL for the day directory
+entries; counters and applied markers never expire (markers must outlive every redelivery).
 """
 
 from __future__ import annotations

@@ -77,7 +77,10 @@ def test_rabbitmq_dead_letters_list_replay_purge(
         assert {d.letter_id for d in dlq.list()} == {*sent, bad}
 
         repo.broken = False
+        assert set(dlq.failures.read(sent)) == set(sent)  # type: ignore[attr-defined]
         assert sorted(replay_dead_letters(Selection(ids=tuple(sent)), dlq=dlq)) == sorted(sent)
+        # A replayed copy keeps its id: its next death must not show this one's reason.
+        assert dlq.failures.read(sent) == {}  # type: ignore[attr-defined]
         wait_until(lambda: repo.count() == 7, timeout=30, message="replayed events not stored")
         assert [d.letter_id for d in dlq.list()] == [bad]
         assert purge_dead_letters(Selection(all=True), dlq=dlq) == [bad]
@@ -148,3 +151,33 @@ def test_a_replay_sends_each_letter_once_and_survives_a_closed_connection(
     finally:
         worker.stop()
         broker.close()
+
+
+def test_a_vhost_where_no_dead_letter_queue_exists_yet_has_no_letters(
+    rabbitmq_url: str, redis_server: Any, namespace: str
+) -> None:
+    """Review: on a new vhost the ``.XQ`` queues exist only once a worker declared them;
+    RabbitMQ's 404 for the passive declare made every dead-letter read a 503."""
+    from tests.conftest import _rabbitmqctl  # noqa: PLC0415
+
+    vhost = f"t-fresh-{namespace[-8:]}"
+    assert _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        url = rabbitmq_url.rsplit("/", 1)[0] + "/" + vhost
+        settings = Settings(broker="rabbitmq", rabbitmq_url=url, storage="memory",
+                            cache_backend="none", redis_host=redis_server.host,
+                            redis_port=redis_server.port, redis_db=redis_server.db,
+                            namespace=namespace)  # fmt: skip
+        from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
+        from analytics.bootstrap import build_dead_letters  # noqa: PLC0415
+
+        broker = build_broker(settings)
+        try:
+            dlq = build_dead_letters(broker, settings)
+            assert set(dlq.depths().values()) == {0}
+            assert dlq.list() == [] and dlq.purge(["x"]) == [] and dlq.replay(["x"]) == []
+        finally:
+            broker.close()
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)

@@ -261,3 +261,20 @@ def test_a_dead_lettered_message_is_one_error_line(monkeypatch: pytest.MonkeyPat
     assert (call.kwargs["error_type"], call.kwargs["attempts"]) == ("StorageUnavailable", 3)
     recorder.after_process_message(StubBroker(), dramatiq.MessageProxy(message), result=1)
     assert len(captured.calls) == 1  # a success logs nothing here
+
+
+def test_a_failure_record_that_does_not_decode_leaves_the_letters_listed() -> None:
+    """Review: one corrupt value in the Redis beside RabbitMQ made every listing a 500."""
+    from analytics.adapters.dead_letter_recorder import FailureLog  # noqa: PLC0415
+
+    class Values:  # a Redis with these values (fakes over mocks)
+        def __init__(self, data: dict[str, bytes]) -> None:
+            self.data = data
+
+        def mget(self, keys: list[str]) -> list[bytes | None]:
+            return [self.data.get(k) for k in keys]
+
+    log = FailureLog(Values({"ns:ops:dlq:failure:a": b'{"error_type": "X"}',
+                             "ns:ops:dlq:failure:b": b"\xff not json",
+                             "ns:ops:dlq:failure:c": b"[1]"}), "ns", 60)  # fmt: skip
+    assert log.read(["a", "b", "c", "d"]) == {"a": {"error_type": "X"}}

@@ -51,7 +51,24 @@ class FailureLog:
         except Exception as exc:  # noqa: BLE001 - the reasons are extra, the letters are not
             log.warning("dead-letter reasons unreadable", error=str(exc)[:200])
             return {}
-        return {i: msgspec.json.decode(v) for i, v in zip(message_ids, values, strict=True) if v}
+        out: dict[str, dict[str, Any]] = {}
+        for message_id, value in zip(message_ids, values, strict=True):
+            try:
+                record = msgspec.json.decode(value) if value else None
+            except msgspec.DecodeError:
+                record = None  # not ours to read: the letter lists without it
+            if isinstance(record, dict):
+                out[message_id] = record
+        return out
+
+    def forget(self, message_ids: Sequence[str]) -> None:
+        """A replayed letter's copy keeps its id: its next death is its own (review: an
+        unrecorded second death showed the first one's reason as current)."""
+        if message_ids:
+            try:
+                self.client.delete(*[self.prefix + i for i in message_ids])
+            except Exception as exc:  # noqa: BLE001 - it expires with the letter anyway
+                log.warning("dead-letter reasons not forgotten", error=str(exc)[:200])
 
 
 class DeadLetterRecorder(dramatiq.Middleware):

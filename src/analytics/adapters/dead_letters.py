@@ -205,7 +205,7 @@ class RabbitDeadLetters:
         channel = self.broker.new_channel()
         done: list[str] = []
         try:
-            held = channel.queue_declare(f"{queue}.XQ", passive=True).method.message_count
+            held = _held(channel, queue)
             for _ in range(held):
                 method, props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
                 if method is None:
@@ -218,7 +218,8 @@ class RabbitDeadLetters:
                     channel.basic_ack(method.delivery_tag)
                     done.append(message.message_id)
         finally:
-            channel.close()  # unacknowledged letters go back to the queue
+            if channel.is_open:
+                channel.close()  # unacknowledged letters go back to the queue
         return done
 
     def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
@@ -253,6 +254,8 @@ class RabbitDeadLetters:
                 return True
 
             done += self._visit(q, again)
+        if self.failures is not None:
+            self.failures.forget(sorted(sent))
         return list(dict.fromkeys(done))
 
     def purge(self, letter_ids: Sequence[str]) -> list[str]:
@@ -264,25 +267,40 @@ class RabbitDeadLetters:
 
     def depths(self) -> dict[str, int]:
         with _rabbitmq_errors():
-            channel = self.broker.new_channel()
-            try:
-                return {
-                    q: int(channel.queue_declare(f"{q}.XQ", passive=True).method.message_count)
-                    for q in self.queues
-                }
-            finally:
-                channel.close()
+            out: dict[str, int] = {}
+            for q in self.queues:  # a channel each: RabbitMQ closes one on a missing queue
+                channel = self.broker.new_channel()
+                try:
+                    out[q] = _held(channel, q)
+                finally:
+                    if channel.is_open:
+                        channel.close()
+            return out
 
     def record_depths(self, depths: dict[str, int], at: datetime) -> None:
         """RabbitMQ exposes queue depths itself (management API); nothing to keep."""
 
 
+def _held(channel: Any, queue: str) -> int:
+    """Letters in ``<queue>.XQ``; 0 when it does not exist yet (no worker of this vhost has
+    declared it: RabbitMQ answers 404 and closes the channel; review: that was a 503)."""
+    try:
+        return int(channel.queue_declare(f"{queue}.XQ", passive=True).method.message_count)
+    except Exception as exc:
+        if getattr(exc, "reply_code", None) == 404:
+            return 0
+        raise
+
+
 @contextmanager
 def _rabbitmq_errors() -> Iterator[None]:
-    """pika's errors (RabbitMQ unreachable, our connection refused or closed) as the
-    broker being unavailable: 503 with Retry-After on the admin routes, not a 500 (QA)."""
+    """pika's errors (RabbitMQ unreachable, our connection refused or closed) and
+    dramatiq's connection errors (a replay's enqueue) as the broker being unavailable: 503
+    with Retry-After on the admin routes, not a 500 (QA)."""
     try:
         yield
+    except dramatiq.errors.BrokerConnectionError as exc:
+        raise QueueUnavailable(f"RabbitMQ: {exc!r}"[:300]) from exc
     except Exception as exc:
         if type(exc).__module__.startswith("pika"):
             raise QueueUnavailable(f"RabbitMQ: {exc!r}"[:300]) from exc

@@ -539,3 +539,10 @@ def test_pika_says_each_kind_of_failure_once_every_ten_seconds(monkeypatch):
     events = [x["event"] for x in lines(buf)]
     assert events == ["AMQP connection workflow failed: 'denied, attempt 0'",
                       "Connection workflow failed: 'x'", "not pika: kept", "not pika: kept"]  # fmt: skip
+    # At DEBUG an operator asked for everything: pika's lines too (review).
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    configure_logging("DEBUG", "json")
+    for _ in range(3):
+        workflow.info("Pika version %s connecting to %s", "1.3", "127.0.0.1:5672")
+    assert len([x for x in lines(buf) if x["event"].startswith("Pika version")]) == 3

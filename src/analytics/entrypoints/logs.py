@@ -270,8 +270,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
     handler = logging.StreamHandler(stream)
     handler.addFilter(_short_messages)
-    handler.addFilter(_Throttle("pika"))
-    logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO records are not even built
+    if logging.getLevelName(level) > logging.DEBUG:  # at DEBUG everything, pika's too
+        handler.addFilter(_Throttle("pika"))
+        logging.getLogger("pika").setLevel(logging.WARNING)  # INFO records not even built
+    else:
+        logging.getLogger("pika").setLevel(logging.NOTSET)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

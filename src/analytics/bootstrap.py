@@ -614,6 +614,7 @@ def query_deps(container: Container) -> QueryDeps:
             top_products=s.dashboard_top_products,
             series_minutes=s.dashboard_series_minutes,
             ttl_closed_s=s.cache_ttl_closed_s,
+            ttl_today_s=s.cache_ttl_today_s,
             ttl_open_s=s.cache_ttl_open_s,
             ttl_dashboard_s=s.cache_ttl_dashboard_s,
         ),

@@ -224,6 +224,11 @@ class Settings(BaseModel):
         "auto", description="auto: the Redis cache when the broker is Redis, else none."
     )
     cache_ttl_closed_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    cache_ttl_today_s: int = Field(
+        3600, ge=1, le=30 * 86_400,
+        description="Closed buckets on the current UTC day (their day's version moves with"
+        " every worker round); at most cache_ttl_closed_s.",
+    )  # fmt: skip
     cache_ttl_open_s: int = Field(10, ge=1, le=3600)
     cache_ttl_dashboard_s: int = Field(5, ge=1, le=3600)
     cache_retry_after_s: float = Field(

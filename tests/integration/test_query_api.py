@@ -543,3 +543,12 @@ def test_closed_documents_are_not_held_while_the_shared_cache_is_down(tiered: En
     c = tiered.container
     store_events([make_event(day + timedelta(hours=5))], repo=c.event_repo, aggregates=c.aggregates)
     assert tiered.get(f"{AGG}/day", **q)["buckets"][0]["count"] == 2
+
+
+def test_the_ttls_come_from_the_settings() -> None:
+    from analytics.bootstrap import query_deps  # noqa: PLC0415
+
+    settings = Settings(auth="disabled", storage="memory", broker="stub", cache_ttl_closed_s=7200,
+                        cache_ttl_today_s=120, cache_ttl_open_s=3)  # fmt: skip
+    limits = query_deps(bootstrap(settings)).limits
+    assert (limits.ttl_closed_s, limits.ttl_today_s, limits.ttl_open_s) == (7200, 120, 3)

@@ -1,7 +1,8 @@
 """Cache warm-up (a scheduler job): compute what dashboards ask for before they ask.
 
 Closed hourly buckets of the last two days and daily buckets of the last month are
-cached for a day (``ttl_closed_s``), so after the first run almost every later run is a
+cached for a day (``ttl_closed_s``; an hour, ``ttl_today_s``, for those on the current UTC
+day, whose version moves with every worker round), so after the first run almost every later run is a
 cache hit costing one round trip; the dashboard's own windows (``last=15m|1h|24h|7d``)
 are cached briefly (``ttl_dashboard_s``) and are refreshed by each run.
 """

@@ -74,6 +74,7 @@ class FailureLog:
 class DeadLetterRecorder(dramatiq.Middleware):
     def __init__(self, failures: FailureLog | None = None) -> None:
         self.failures = failures  # set on brokers that dead-letter the delivered message
+
     def after_process_message(
         self,
         broker: dramatiq.Broker,

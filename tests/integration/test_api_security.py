@@ -169,6 +169,10 @@ def test_an_ipv6_client_is_limited_by_its_64_prefix_and_a_mapped_ipv4_as_ipv4() 
     mapped = [h.client.simulate_post(EVENTS, json=EVENT, remote_addr=a).status_code
               for a in ("198.51.100.9", "::ffff:198.51.100.9") * 2]  # fmt: skip
     assert mapped == [401] * 3 + [429]
+    h = frozen(anon_rate_limit_burst=3)  # an open route: the anonymous bucket, same rule
+    statuses = [h.client.simulate_get("/docs", remote_addr=f"2001:db8:0:9::{i}").status_code
+                for i in range(4)]  # fmt: skip
+    assert statuses == [200] * 3 + [429]
     h = frozen(auth="disabled", rate_limit_burst=2)  # keys off: the address bucket, same rule
     statuses = [h.client.simulate_post(EVENTS, json=EVENT, remote_addr=f"2001:db8::{i}").status_code
                 for i in range(3)]  # fmt: skip
@@ -216,8 +220,9 @@ def test_gzip_bomb_is_stopped(h: ApiHarness) -> None:
     body = assert_problem(post(h, BATCH, small_bomb, **{"Content-Encoding": "gzip"}), 413)
     assert body["limit"] == 64 * 1024
     # A single event inflates at most to the body limit, as it could be sent plain.
-    body = assert_problem(post(h, EVENTS, small_bomb, **{"Content-Encoding": "gzip"}), 413)
-    assert body["limit"] == 4096
+    for path in (EVENTS, "/analytics/events"):  # the legacy route too
+        body = assert_problem(post(h, path, small_bomb, **{"Content-Encoding": "gzip"}), 413)
+        assert body["limit"] == 4096
 
 
 def test_bad_gzip_is_400_and_other_encodings_415(h: ApiHarness) -> None:

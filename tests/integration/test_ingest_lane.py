@@ -363,3 +363,24 @@ def test_the_lane_takes_a_body_up_to_the_limit_and_falcon_refuses_one_byte_more(
     a, _ = pair.send(at_limit + b" ", served=False, Authorization=key)
     assert a.status_code == 413
     assert len(pair.lane.queue.events) == len(pair.plain.queue.events) == 1
+
+
+def test_a_request_handed_to_falcon_after_the_charge_is_logged_with_its_key(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutation QA: Falcon answers the lane's invalid body with the key the lane found;
+    without it the access line lost ``api_key_id`` (the plain side's has it)."""
+    import io
+    import sys
+
+    from analytics.domain.auth import parse_key
+    from analytics.entrypoints.logs import configure_logging
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    configure_logging("INFO", "json")
+    pair.send(b'{"event_type": 5}', served=False, Authorization=bearer(pair.keys["ingest"]))
+    lines = [json.loads(x) for x in buf.getvalue().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x.get("event") == "request"]
+    key_id = parse_key(pair.keys["ingest"])[0]  # type: ignore[index]
+    assert [(x["status"], x.get("api_key_id")) for x in access] == [(422, key_id)] * 2

@@ -552,3 +552,18 @@ def test_the_ttls_come_from_the_settings() -> None:
                         cache_ttl_today_s=120, cache_ttl_open_s=3)  # fmt: skip
     limits = query_deps(bootstrap(settings)).limits
     assert (limits.ttl_closed_s, limits.ttl_today_s, limits.ttl_open_s) == (7200, 120, 3)
+
+
+def test_a_bucket_is_open_until_its_end_and_today_never_outlives_the_closed_ttl() -> None:
+    """Mutation QA: the boundaries of the TTL choice (a bucket ending exactly now is
+    closed; today's TTL is capped by the closed one) were untested."""
+    from analytics.application.queries import QueryLimits, _bucket_ttl  # noqa: PLC0415
+
+    limits = QueryLimits(ttl_closed_s=600, ttl_today_s=3600, ttl_open_s=10)
+    now = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
+    assert _bucket_ttl(now + timedelta(microseconds=1), now, limits) == 10  # still open
+    assert _bucket_ttl(now, now, limits) == 600  # ended now: closed, today's capped at closed
+    midnight = datetime(2026, 3, 31, tzinfo=UTC)
+    assert _bucket_ttl(midnight, now, limits) == 600  # yesterday's last bucket
+    assert _bucket_ttl(midnight, now, QueryLimits()) == 86_400
+    assert _bucket_ttl(midnight + timedelta(hours=1), now, QueryLimits()) == 3600

@@ -270,3 +270,34 @@ def test_processes_opening_a_new_database_at_once_all_get_it(kind: str, tmp_path
     during another's switch at once ("database is locked"), and a worker process died at
     boot. Eight processes, released together, twenty times: every one opens it."""
     in_clean_process(_eight_open_at_once, kind, str(tmp_path), timeout=600)
+
+
+def test_the_truncate_waits_briefly_restores_the_busy_timeout_and_is_tried_at_most_every_5_s(
+    tmp_path: Path,
+) -> None:
+    """Mutation QA: the TRUNCATE's short busy timeout (writers wait behind it), restoring
+    the connection's own, the size boundary, the 5 s spacing and journal_size_limit were
+    untested."""
+    db = SQLiteDatabase(tmp_path / "t.sqlite3", busy_timeout_s=30.0, wal_limit_bytes=1 << 40)
+    repo = SQLiteEventRepository(db)
+    conn = db.connect()
+    assert conn.execute("PRAGMA journal_size_limit").fetchone() == (1 << 40,)
+    for i in range(3):  # below CHECKPOINT_EVERY: no checkpoint of the writers' own yet
+        repo.add_many([padded(i)])
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    db.wal_limit_bytes = db.wal_bytes()  # at the limit, not past it: nothing to empty
+    db.checkpoint()
+    assert not [s for s in statements if "TRUNCATE" in s]
+    db.wal_limit_bytes = db.wal_bytes() - 1
+    db.checkpoint()
+    assert [s for s in statements if "busy_timeout" in s or "TRUNCATE" in s] == [
+        "PRAGMA busy_timeout=200", "PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA busy_timeout=30000",
+    ]  # fmt: skip
+    assert db.wal_bytes() == 0
+    statements.clear()
+    repo.add_many([padded(9)])  # past the limit again at once: the next try waits 5 s
+    db.wal_limit_bytes = 1
+    db.checkpoint()
+    assert not [s for s in statements if "TRUNCATE" in s]
+    conn.set_trace_callback(None)

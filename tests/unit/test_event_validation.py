@@ -236,6 +236,29 @@ def test_metadata_with_more_values_than_the_size_limit_has_bytes_is_not_walked()
     assert rules_of(exc) == {("metadata", "max_bytes")}
 
 
+def test_every_metadata_check_stops_at_the_budget_and_a_too_deep_encode_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutation QA: the budget in metadata_errors and _metadata_within (the lane's and the
+    batch's fast test), the counting itself, and the RecursionError fallback were untested."""
+    import analytics.domain.validation as validation
+
+    limits = validation.Limits()
+    assert _depth({"a": [[0]] * 5000}, nodes=8192) is None  # counted: 10,001 values
+    unwalked = {"a": _Unwalked([[]] * 9000)}
+    assert validation.metadata_errors(unwalked, limits)[0].rule == "max_bytes"
+    assert validation._metadata_within(unwalked, limits) is False
+
+    class Deep:
+        @staticmethod
+        def encode(value: object) -> bytes:
+            raise RecursionError("too deep for the encoder")
+
+    monkeypatch.setattr(validation, "_encoder", Deep)
+    errors = validation.metadata_errors({"a": [1]}, limits)
+    assert [(e.rule, e.message) for e in errors] == [("max_bytes", "more than 8192 bytes encoded, limit 8192")]
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=3),
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=6),

@@ -517,6 +517,7 @@ def test_scrapes_within_a_second_share_one_rendering(tmp_path, monkeypatch):
     review: 33 ms each, unlimited)."""
     from analytics.entrypoints.api.observability import MetricsResource  # noqa: PLC0415
 
+    assert MetricsResource.fresh_s == 1.0  # README: values at most a second old
     client, _ = make_client(tmp_path)
     monkeypatch.setattr(MetricsResource, "fresh_s", 3600.0)
     first = client.simulate_get("/metrics").text
@@ -534,11 +535,15 @@ def test_pika_says_each_kind_of_failure_once_every_ten_seconds(monkeypatch):
         workflow.info("Pika version %s connecting to %s", "1.3", "127.0.0.1:5672")
         workflow.error("AMQP connection workflow failed: %r", f"denied, attempt {attempt}")
     logging.getLogger("pika.adapters.blocking_connection").error("Connection workflow failed: %r", "x")
-    logging.getLogger("analytics.other").error("not pika: %s", "kept")
-    logging.getLogger("analytics.other").error("not pika: %s", "kept")
+    logging.getLogger("pika.adapters.select_connection").error("Connection workflow failed: %r", "y")
+    for _ in range(2):
+        workflow.warning("Socket closed: %s", "reset")
+        logging.getLogger("analytics.other").error("not pika: %s", "kept")
     events = [x["event"] for x in lines(buf)]
     assert events == ["AMQP connection workflow failed: 'denied, attempt 0'",
-                      "Connection workflow failed: 'x'", "not pika: kept", "not pika: kept"]  # fmt: skip
+                      "Connection workflow failed: 'x'", "Connection workflow failed: 'y'",
+                      "Socket closed: reset", "not pika: kept", "not pika: kept"]  # fmt: skip
+    assert logging.getLogger("pika").level == logging.WARNING  # INFO records not built
     # At DEBUG an operator asked for everything: pika's lines too (review).
     buf = io.StringIO()
     monkeypatch.setattr(sys, "stderr", buf)

@@ -278,3 +278,64 @@ def test_a_failure_record_that_does_not_decode_leaves_the_letters_listed() -> No
                              "ns:ops:dlq:failure:b": b"\xff not json",
                              "ns:ops:dlq:failure:c": b"[1]"}), "ns", 60)  # fmt: skip
     assert log.read(["a", "b", "c", "d"]) == {"a": {"error_type": "X"}}
+
+
+class _FailingRedis:
+    """A Redis beside RabbitMQ that fails every call (fakes over mocks)."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError(f"redis down ({name})")
+
+        return fail
+
+
+class _RecordingRedis:
+    def __init__(self) -> None:
+        self.sets: list[tuple[str, bytes, int | None]] = []
+
+    def set(self, key: str, value: bytes, ex: int | None = None) -> None:
+        self.sets.append((key, value, ex))
+
+
+def test_failure_records_expire_with_the_letter_and_a_redis_failure_costs_no_letter() -> None:
+    """Mutation QA: the record's TTL and every swallowed Redis failure were untested (a
+    record without a TTL is a slow leak; a raising Redis must not fail the worker's hook,
+    the listing or a replay)."""
+    from analytics.adapters.dead_letter_recorder import DeadLetterRecorder, FailureLog  # noqa: PLC0415
+
+    redis = _RecordingRedis()
+    FailureLog(redis, "ns", 604_800).record("m1", {"error_type": "X"})
+    assert redis.sets == [("ns:ops:dlq:failure:m1", b'{"error_type":"X"}', 604_800)]
+    down = FailureLog(_FailingRedis(), "ns", 60)
+    assert down.read(["m1"]) == {}
+    down.forget(["m1"])  # logged, not raised
+    recorder = DeadLetterRecorder(down)
+    from dramatiq.broker import MessageProxy  # noqa: PLC0415
+
+    message = MessageProxy(dramatiq.Message(queue_name="high_priority", actor_name="process_events",
+                                            args=(), kwargs={}, options={}))  # fmt: skip
+    message.fail()
+    broker = SimpleNamespace(actors={})
+    recorder.after_process_message(broker, message, exception=RuntimeError("boom"))  # type: ignore[arg-type]
+    assert message.options["failure"]["error_type"] == "RuntimeError"
+
+
+@pytest.mark.parametrize("error", ["pika", "dramatiq"])
+def test_rabbitmq_unreachable_is_queue_unavailable_for_every_dead_letter_call(error: str) -> None:
+    """Mutation QA: the mapping to 503 (QueueUnavailable) of pika's errors and of
+    dramatiq's BrokerConnectionError (a replay's enqueue) was untested."""
+    from analytics.adapters.dead_letters import RabbitDeadLetters  # noqa: PLC0415
+    from analytics.domain.errors import QueueUnavailable  # noqa: PLC0415
+
+    def unreachable() -> Any:
+        if error == "pika":
+            import pika.exceptions  # noqa: PLC0415
+
+            raise pika.exceptions.AMQPConnectionError("refused")
+        raise dramatiq.errors.ConnectionClosed(OSError("gone"))
+
+    dlq = RabbitDeadLetters(SimpleNamespace(new_channel=unreachable))
+    for call in (dlq.depths, dlq.list, lambda: dlq.replay(["x"]), lambda: dlq.purge(["x"])):
+        with pytest.raises(QueueUnavailable, match="RabbitMQ"):
+            call()

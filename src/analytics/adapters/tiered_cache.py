@@ -3,8 +3,8 @@
 Which data lives where (README, "Two cache levels"):
 
 - **local** (this process, at most ``local_cache_entries`` values): every value this
-  process computed, for its own TTL (closed buckets a day, open buckets 10 s, dashboard
-  answers 5 s), and long-lived values (a TTL of at least ``local_cache_min_ttl_s``: closed
+  process computed, for its own TTL (closed buckets a day, an hour on the current UTC
+  day, open buckets 10 s, dashboard answers 5 s), and long-lived values (a TTL of at least ``local_cache_min_ttl_s``: closed
   buckets) that another process computed and this one found in Redis.
 - **redis** (shared by every process): everything, with the TTL the caller chose.
 

@@ -63,6 +63,11 @@ class Settings(BaseModel):
         description="Embedded Redis: fsync the append-only file on every write (group commit"
         " makes that one fsync per group of events) or once a second.",
     )
+    redis_maxmemory_mb: int = Field(
+        0, ge=0, le=1_048_576,
+        description="Embedded Redis: a memory cap in MiB (0: none). Full, it refuses writes"
+        " (ingest answers 503) and never evicts a queued message.",
+    )  # fmt: skip
 
     # --- RabbitMQ ----------------------------------------------------------------------
     rabbitmq_url: str = Field(  # it carries a password: never echoed (repr=False)

@@ -42,6 +42,7 @@ class RedisServerProcess:
         port: int = 0,
         unix_socket: Path | None = None,
         appendfsync: str = "everysec",
+        maxmemory_mb: int = 0,
         own_session: bool = False,
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
@@ -49,6 +50,7 @@ class RedisServerProcess:
         self.port = port
         self.unix_socket = unix_socket
         self.appendfsync = appendfsync
+        self.maxmemory_mb = maxmemory_mb  # 0: none; noeviction either way
         # In a session of its own, a terminal's Ctrl-C reaches only the process that
         # started it, which stops it last (``analytics serve``), not at the same moment.
         self.own_session = own_session
@@ -64,6 +66,7 @@ class RedisServerProcess:
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--save", "",
+            "--maxmemory", f"{self.maxmemory_mb}mb",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--protected-mode", "no",

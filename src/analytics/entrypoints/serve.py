@@ -438,7 +438,8 @@ def serve(settings: Settings) -> int:
         redis_log = RedisLogRelay(data_dir / "redis" / "redis.log")
         redis_server = RedisServerProcess(
             data_dir / "redis", unix_socket=sock, appendfsync=settings.redis_appendfsync,
-            own_session=True, preexec_fn=stop_with_parent(),
+            maxmemory_mb=settings.redis_maxmemory_mb, own_session=True,
+            preexec_fn=stop_with_parent(),
         ).start()
         redis_log.relay()  # e.g. its append-only file found cut short, and truncated
         settings = settings.model_copy(update={"redis_socket": str(sock)})

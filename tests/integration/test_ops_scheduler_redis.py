@@ -156,6 +156,23 @@ def test_a_job_whose_actor_no_worker_declares_waits_and_then_catches_up(
     assert len(service.run_job(hourly)) == 1
 
 
+def test_a_deferred_run_is_not_recorded_as_the_schedulers_last_run(
+    redis_server, namespace
+) -> None:  # type: ignore[no-untyped-def]
+    """Ops drill: with every job deferred (no worker declares its actor) for over a minute,
+    /health/detailed said the scheduler was ok, its last run seconds old."""
+    client = redis_server.client()
+    service = SchedulerService(Settings.from_env(redis_server.env(namespace)), clock=FixedClock(T0))
+    assert service.lease.acquire()
+    hourly = next(j for j in service.jobs if j.name == "rollup_hourly")
+    last_run = f"{namespace}:scheduler:last_run"
+    service._safe_run(hourly)  # noqa: SLF001
+    assert not client.exists(last_run)
+    client.sadd(f"{namespace}:ops:actors", "generate_aggregations")
+    service._safe_run(hourly)  # noqa: SLF001
+    assert client.exists(last_run)
+
+
 def test_a_missing_actor_is_news_at_start_and_a_warning_once_it_stays_missing(
     redis_server, namespace
 ) -> None:  # type: ignore[no-untyped-def]

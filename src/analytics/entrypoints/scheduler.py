@@ -232,6 +232,7 @@ class SchedulerService:
             return
         if job.actor in self._missing:
             self._run_again(job, self.actor_wait_s, "deferred: no worker yet")
+            return  # nothing ran: /health/detailed must not call the scheduler current (QA)
         self._record_run()
 
     def _run_again(self, job: Job, delay_s: float, why: str) -> None:

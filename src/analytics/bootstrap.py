@@ -108,9 +108,9 @@ def build_notifier(settings: Settings) -> Notifier | None:
     return SnsNotifier(sns_client(settings), settings.sns_topic_arn)
 
 
-def build_dead_letters(broker: dramatiq.Broker, settings: Settings | None = None) -> DeadLetters:
+def build_dead_letters(broker: dramatiq.Broker, failures: Any = None) -> DeadLetters:
     """Dead letters of the Redis or RabbitMQ broker; the stub gets an empty in-memory view.
-    On RabbitMQ, with ``settings``, their reasons from the Redis beside it (:func:`failure_log`)."""
+    On RabbitMQ, their reasons from ``failures`` (:func:`failure_log`) when given."""
     from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
 
     if isinstance(broker, RedisBroker):
@@ -120,7 +120,6 @@ def build_dead_letters(broker: dramatiq.Broker, settings: Settings | None = None
     if _is_rabbitmq(broker):
         from analytics.adapters.dead_letters import RabbitDeadLetters  # noqa: PLC0415
 
-        failures = failure_log(settings, broker) if settings is not None else None
         return RabbitDeadLetters(broker, failures=failures)
     from analytics.adapters.memory import InMemoryDeadLetters  # noqa: PLC0415
 
@@ -212,10 +211,10 @@ def failure_log(settings: Settings, broker: dramatiq.Broker) -> Any:
     return FailureLog(client, settings.namespace, DEAD_MESSAGE_TTL // 1000)
 
 
-def equip_failure_log(settings: Settings, broker: dramatiq.Broker) -> None:
+def equip_failure_log(broker: dramatiq.Broker, failures: Any) -> None:
+    """The worker side of :func:`failure_log`: its dead-letter recorder writes there."""
     from analytics.adapters.dead_letter_recorder import DeadLetterRecorder  # noqa: PLC0415
 
-    failures = failure_log(settings, broker)
     for m in broker.middleware:
         if isinstance(m, DeadLetterRecorder) and m.failures is None:
             m.failures = failures
@@ -434,12 +433,15 @@ def bootstrap(
 
     clock = clock or SystemClock()
     task_status = task_status or build_task_status(settings)
-    if broker is None:  # a broker the caller passed is theirs to equip
+    equip = broker is None  # a broker the caller passed is theirs to equip
+    if broker is None:
         broker = build_broker(settings)
         install(broker, status_middleware(task_status, clock))
         carry_status_on_ack(broker)  # Redis: each succeeded record travels with its ack
         equip_drain_counter(settings, broker)
-        equip_failure_log(settings, broker)
+    failures = failure_log(settings, broker)  # one for the recorder and the dead letters
+    if equip:
+        equip_failure_log(broker, failures)
     event_repo = event_repo or build_event_repo(settings)
     aggregates = aggregates or build_aggregates(settings, event_repo)
     container = Container(
@@ -450,7 +452,7 @@ def bootstrap(
         task_queue=task_queue or build_task_queue(settings, broker),
         notifier=notifier or build_notifier(settings),
         event_repo=event_repo,
-        dead_letters=dead_letters or build_dead_letters(broker, settings),
+        dead_letters=dead_letters or build_dead_letters(broker, failures),
         aggregates=aggregates,
         uow=shared_unit_of_work(event_repo, aggregates),
         api_keys=api_keys or (build_key_store(settings) if settings.auth == "required" else None),

@@ -170,11 +170,11 @@ def test_a_vhost_where_no_dead_letter_queue_exists_yet_has_no_letters(
                             redis_port=redis_server.port, redis_db=redis_server.db,
                             namespace=namespace)  # fmt: skip
         from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
-        from analytics.bootstrap import build_dead_letters  # noqa: PLC0415
+        from analytics.bootstrap import build_dead_letters, failure_log  # noqa: PLC0415
 
         broker = build_broker(settings)
         try:
-            dlq = build_dead_letters(broker, settings)
+            dlq = build_dead_letters(broker, failure_log(settings, broker))
             assert set(dlq.depths().values()) == {0}
             assert dlq.list() == [] and dlq.purge(["x"]) == [] and dlq.replay(["x"]) == []
         finally:

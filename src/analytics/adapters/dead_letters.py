@@ -198,13 +198,8 @@ class RabbitDeadLetters:
         Only as many as the queue held then: a replayed copy that fails again at once is
         dead-lettered behind them, and reading until the queue was empty met it again and
         sent it again, one replay of one letter counting 15 (QA)."""
-        with _rabbitmq_errors():
-            return self._visit_on_channel(queue, decide)
-
-    def _visit_on_channel(self, queue: str, decide: Any) -> list[str]:
-        channel = self.broker.new_channel()
         done: list[str] = []
-        try:
+        with _rabbitmq_errors(), self._channel() as channel:
             held = _held(channel, queue)
             for _ in range(held):
                 method, props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
@@ -217,10 +212,17 @@ class RabbitDeadLetters:
                 if decide(message, time_of_death(props)):
                     channel.basic_ack(method.delivery_tag)
                     done.append(message.message_id)
+        return done
+
+    @contextmanager
+    def _channel(self) -> Iterator[Any]:
+        """A channel of its own, closed after (unless RabbitMQ closed it: a missing queue)."""
+        channel = self.broker.new_channel()
+        try:
+            yield channel
         finally:
             if channel.is_open:
                 channel.close()  # unacknowledged letters go back to the queue
-        return done
 
     def list(self, *, queue: str | None = None, actor: str | None = None) -> list[DeadLetter]:
         found: list[tuple[dramatiq.Message[Any], str, float]] = []
@@ -266,16 +268,12 @@ class RabbitDeadLetters:
         return done
 
     def depths(self) -> dict[str, int]:
+        out: dict[str, int] = {}
         with _rabbitmq_errors():
-            out: dict[str, int] = {}
             for q in self.queues:  # a channel each: RabbitMQ closes one on a missing queue
-                channel = self.broker.new_channel()
-                try:
+                with self._channel() as channel:
                     out[q] = _held(channel, q)
-                finally:
-                    if channel.is_open:
-                        channel.close()
-            return out
+        return out
 
     def record_depths(self, depths: dict[str, int], at: datetime) -> None:
         """RabbitMQ exposes queue depths itself (management API); nothing to keep."""
@@ -299,10 +297,10 @@ def _rabbitmq_errors() -> Iterator[None]:
     with Retry-After on the admin routes, not a 500 (QA)."""
     try:
         yield
-    except dramatiq.errors.BrokerConnectionError as exc:
-        raise QueueUnavailable(f"RabbitMQ: {exc!r}"[:300]) from exc
     except Exception as exc:
-        if type(exc).__module__.startswith("pika"):
+        if isinstance(exc, dramatiq.errors.BrokerConnectionError) or type(
+            exc
+        ).__module__.startswith("pika"):
             raise QueueUnavailable(f"RabbitMQ: {exc!r}"[:300]) from exc
         raise
 

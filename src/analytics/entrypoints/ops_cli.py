@@ -25,10 +25,12 @@ from analytics.settings import Settings
 def build_dead_letters(settings: Settings) -> DeadLetters:
     from analytics.adapters.dramatiq_queue import build_broker  # noqa: PLC0415
     from analytics.bootstrap import build_dead_letters as build  # noqa: PLC0415
+    from analytics.bootstrap import failure_log  # noqa: PLC0415
 
     if settings.broker == "stub":
         raise BadQuery("broker", "the stub broker keeps no dead letters between processes")
-    return build(build_broker(settings), settings)
+    broker = build_broker(settings)
+    return build(broker, failure_log(settings, broker))
 
 
 def run_dlq(args: argparse.Namespace, settings: Settings, dlq: DeadLetters | None = None) -> int:

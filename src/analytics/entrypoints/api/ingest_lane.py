@@ -148,20 +148,19 @@ class IngestLane:
             # (key, scope, a refused charge, or a key store that is down), exactly as it
             # would have without the lane.
             raise _Replay from None
-        # From here on Falcon answers a failure with this request's key and charge (no
-        # second lookup or charge) and, for an invalid body, the validation's own error
-        # (no second decode: security QA).
-        environ[ADMITTED] = (key, decision)
+        validating = False
         try:
             if self.auth.backlog is not None:
                 threshold, max_retry_s = self.overload
                 check_backlog(self.auth.backlog, threshold=threshold, max_retry_s=max_retry_s)
-        except Exception:  # noqa: BLE001 - overload: Falcon's 503
-            raise _Replay from None
-        try:
+            validating = True
             event = validate_event(raw, correlation_id=cid, deps=self.deps)
-        except Exception as exc:  # noqa: BLE001 - bad JSON, an invalid event: Falcon's 400/422
-            environ[LANE_REJECTION] = exc
+        except Exception as exc:  # noqa: BLE001 - overload, bad JSON, an invalid event:
+            # Falcon answers (503, 400, 422) with this request's key and charge (no second
+            # lookup or charge) and the validation's own error (no second decode: security QA).
+            environ[ADMITTED] = (key, decision)
+            if validating:
+                environ[LANE_REJECTION] = exc
             raise _Replay from None
         headers = [("X-Correlation-ID", cid), *self.headers]
         try:

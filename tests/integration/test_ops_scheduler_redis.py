@@ -419,3 +419,59 @@ def test_a_period_at_or_before_the_watermark_is_never_claimed_again(
     assert not ledger.enqueue_once(lease, "rollup_hourly", hour, _msg(), done_ttl_ms=60_000)
     assert ledger.watermark("rollup_hourly") == 2 * hour  # never moved back
     assert client.llen(f"{namespace}:aggregations") == 1  # enqueued once
+
+
+def test_a_latest_only_job_skips_its_periods_while_its_last_task_waits(
+    settings, redis_server, namespace, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """With the workers stopped a warm-up a minute piled up (60 an hour, each run, stale,
+    on restart): while the last one has not been taken, no other is sent; one line when
+    the skipping starts and one when it ends; past the limit one more is sent (a lost
+    message must not stop the job for good); catch-up jobs still send every period."""
+    import structlog  # noqa: PLC0415
+
+    from analytics.domain import tasks  # noqa: PLC0415
+    from analytics.entrypoints import scheduler as scheduler_module  # noqa: PLC0415
+
+    captured = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(scheduler_module, "log", captured)
+    client = redis_server.client()
+    client.sadd(f"{namespace}:ops:actors", "warm_dashboard_cache")
+    clock = FixedClock(T0)
+    service = SchedulerService(settings, clock=clock)
+    assert service.lease.acquire()
+    warmup = next(j for j in service.jobs if j.name == "cache_warmup")
+    hourly = next(j for j in service.jobs if j.name == "rollup_hourly")
+
+    def warmups() -> list[str]:
+        return [m["message_id"] for m in map(json.loads, client.hvals(f"{namespace}:aggregations.msgs"))
+                if m["actor_name"] == "warm_dashboard_cache"]  # fmt: skip
+
+    assert len(service.run_job(warmup)) == 1
+    (first,) = warmups()
+    assert len(service.run_job(hourly)) == 1
+    for _ in range(30):  # half an hour without a worker
+        clock.advance(timedelta(minutes=1))
+        assert service.run_job(warmup) == []
+    assert warmups() == [first]
+    skipped = [c for c in captured.calls if c.args == ("job skipped: its last task has not started yet",)]
+    assert len(skipped) == 1 and skipped[0].kwargs["task_id"] == first
+
+    # A worker takes it: the next period is sent, and the skipping is over (one line).
+    service.task_status.apply(tasks.running(first, actor="warm_dashboard_cache", queue="aggregations",
+                                            at=clock.now(), retries=0, enqueued_at=T0))  # fmt: skip
+    clock.advance(timedelta(minutes=1))
+    assert len(service.run_job(warmup)) == 1
+    assert [c.args for c in captured.calls if c.method_name == "info"].count(
+        ("job runs again: its last task was taken",)) == 1  # fmt: skip
+    second = (set(warmups()) - {first}).pop()
+
+    # Waiting past the limit (an hour for a one-minute job): one more, then skipping again.
+    clock.advance(timedelta(seconds=scheduler_module.coalesce_limit_s(warmup) - 60))
+    assert service.run_job(warmup) == []
+    clock.advance(timedelta(minutes=1))
+    assert len(service.run_job(warmup)) == 1
+    assert len(warmups()) == 3 and second in warmups()
+    clock.advance(timedelta(minutes=1))
+    assert service.run_job(warmup) == []
+    assert len(service.run_job(hourly)) == 1  # 10:00, though 09:00 waits: owed periods are sent

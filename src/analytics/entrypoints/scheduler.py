@@ -42,6 +42,8 @@ ACTOR_GRACE_S = 60.0  # workers starting beside the scheduler: no warning before
 FAILURE_RETRY_S = 30.0  # when a failed run (Redis unreachable, say) is tried again
 STOP_GRACE_S = 10.0  # how long a stopping scheduler waits for job runs in progress
 JOBS_LEFT_RUNNING = 3  # run(): stopped, but some job run did not finish within the grace
+WAITING = ("queued", "retrying")  # a message waiting for a worker: its first try, or a retry
+COALESCE_MIN_S = 3600  # a latest-only job waits at least this long for its last message
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ class Job:
     delay_s: float
     catch_up: bool
     kwargs: Callable[[datetime, datetime], dict[str, Any]]
+
+
+def coalesce_limit_s(job: Job) -> int:
+    """How long a latest-only job skips its periods while its last message waits: at
+    least an hour, two periods for longer ones. Past it one more is sent, so a message
+    that was lost (a purged queue) leaves its status "queued" without stopping the job."""
+    return max(COALESCE_MIN_S, 2 * job.period_s)
 
 
 def build_jobs(settings: Settings) -> list[Job]:
@@ -119,6 +128,7 @@ class SchedulerService:
     ) -> None:
         from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
         from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
+        from analytics.bootstrap import build_task_status  # noqa: PLC0415
 
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -132,6 +142,8 @@ class SchedulerService:
             owner=owner,
         )
         self.ledger = PeriodLedger(self.broker, self.client, settings.namespace)
+        self.task_status = build_task_status(settings)
+        self._waiting: set[str] = set()  # latest-only jobs skipping: their last message waits
         self.jobs = build_jobs(settings)
         self.stop_event = threading.Event()
         self._scheduler: Any = None
@@ -152,6 +164,8 @@ class SchedulerService:
         if not self._actor_deployed(job):
             return []
         now = self.clock.now()
+        if not job.catch_up and self._last_not_started(job, now):
+            return []
         watermark = self.ledger.watermark(job.name)
         periods = due_periods(
             now,
@@ -187,6 +201,9 @@ class SchedulerService:
                 if self.ledger.enqueue_once(self.lease, job.name, start, message,
                                             done_ttl_ms=done_ttl_ms):  # fmt: skip
                     sent.append(start)
+                    if not job.catch_up:
+                        self.client.set(self._last_key(job), message.message_id,
+                                        ex=coalesce_limit_s(job))  # fmt: skip
             except LeaseLost:
                 log.warning("lease lost during job; stopping it", job=job.name)
                 return sent
@@ -196,6 +213,33 @@ class SchedulerService:
                 periods=[period_bounds(p, job.period_s)[0].isoformat() for p in sent],
             )  # fmt: skip
         return sent
+
+    def _last_key(self, job: Job) -> str:
+        return f"{self.ledger.prefix}:last:{job.name}"
+
+    def _last_not_started(self, job: Job, now: datetime) -> bool:
+        """Is this latest-only job's last message still waiting for a worker? Then its
+        period is skipped: with the workers stopped, a warm-up or dead-letter check a
+        minute piled up (60 an hour, all run on restart, each stale); the message that
+        waits is the latest run when a worker comes (README "Scheduler")."""
+        raw = self.client.get(self._last_key(job))
+        status = self.task_status.get(raw.decode()) if raw is not None else None
+        waiting = (
+            status is not None
+            and status.status in WAITING
+            and status.enqueued_at is not None
+            and (now - status.enqueued_at).total_seconds() < coalesce_limit_s(job)
+        )
+        if waiting != (job.name in self._waiting):  # one line when it starts, one when it ends
+            if waiting:
+                self._waiting.add(job.name)
+                log.warning("job skipped: its last task has not started yet", job=job.name,
+                            task_id=raw.decode() if raw else None, queue=job.queue,
+                            skip_for_at_most_s=coalesce_limit_s(job))  # fmt: skip
+            else:
+                self._waiting.discard(job.name)
+                log.info("job runs again: its last task was taken", job=job.name)
+        return waiting
 
     def _actor_deployed(self, job: Job) -> bool:
         """Has any worker declared this job's actor? If not, skip (its periods stay owed)."""

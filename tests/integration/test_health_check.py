@@ -76,3 +76,25 @@ def test_a_heartbeat_just_past_max_age_is_stale(
     assert "high_priority (45s old)" in capsys.readouterr().out
     beat(redis_server, namespace, "high_priority", 20)
     assert check(argv, s) == 0
+
+
+def test_check_without_redis_host_or_serve_says_which_redis_it_asks(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """QA: with no REDIS_HOST and no serve for the data directory, ``check`` asked the
+    Redis on 127.0.0.1 (on these machines another deployment's) and reported its
+    heartbeats as this one's, without a word; ``worker`` already said so."""
+    from analytics.entrypoints.cli import main  # noqa: PLC0415
+
+    for name in ("REDIS_HOST", "REDIS_SOCKET", "REDIS_URL", "ANALYTICS_BROKER"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_port()  # nothing listens: the check fails, after saying where it looked
+    monkeypatch.setenv("REDIS_PORT", str(port))
+    assert main(["check", "scheduler", "--data-dir", str(tmp_path), "--timeout", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert f"analytics check: no REDIS_HOST set and no analytics serve running for {str(tmp_path)!r}" in err
+    assert f"using the Redis at 127.0.0.1:{port}" in err
+
+    monkeypatch.setenv("REDIS_HOST", "127.0.0.1")  # configured: nothing to say
+    assert main(["check", "scheduler", "--data-dir", str(tmp_path), "--timeout", "0.5"]) == 1
+    assert "no REDIS_HOST set" not in capsys.readouterr().err

@@ -53,6 +53,8 @@ def test_maintenance_actors_purge_and_measure(redis_server: Any, namespace: str)
         (("--queues", "high_priority,nope"), "unknown queue(s) nope"),
         (("--queues", ""), "unknown queue"),
         (("--processes", "0"), "out of range"),
+        (("--processes", "65"), "65 is out of range 1..64"),  # as ANALYTICS_WORKER_PROCESSES
+        (("--threads", "257"), "257 is out of range 1..256"),
         (("--threads", "many"), "not a whole number"),
     ],
 )
@@ -72,6 +74,19 @@ def test_the_seeds_celery_worker_line_is_understood() -> None:
         ["worker", "--concurrency", "4", "--queues", "high_priority,aggregations"]
     )
     assert args.processes == 4 and args.queues == ["high_priority", "aggregations"]
+
+
+def test_dlq_show_offers_no_filters_and_needs_an_id(capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: ``dlq show --help`` listed --queue and --actor, which show never used."""
+    from analytics.entrypoints.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["dlq", "show", "--queue", "maintenance", "--id", "abcdef"])
+    assert "unrecognized arguments: --queue" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["dlq", "show"])
+    assert "--id" in capsys.readouterr().err
+    assert build_parser().parse_args(["dlq", "show", "--id", "abcdef"]).ids == ["abcdef"]
 
 
 def test_dlq_without_a_reachable_redis_is_a_clear_message() -> None:

@@ -50,14 +50,20 @@ def _name(value: str) -> str:
     return value.strip()
 
 
-def _positive(value: str) -> int:
+def _positive(value: str, high: int = 256) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 1 <= n <= 256:
-        raise argparse.ArgumentTypeError(f"{n} is out of range 1..256")
+    if not 1 <= n <= high:
+        raise argparse.ArgumentTypeError(f"{n} is out of range 1..{high}")
     return n
+
+
+def _processes(value: str) -> int:
+    """Processes: 1..64, as ANALYTICS_WORKER_PROCESSES / ANALYTICS_WEB_WORKERS (QA: the
+    flag took 256 where the setting stops at 64)."""
+    return _positive(value, 64)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP API under gunicorn")
     api.add_argument("--host", help="address to listen on (default ANALYTICS_HOST)")
     api.add_argument("--port", type=int, help="port (default ANALYTICS_PORT, 8083)")
-    api.add_argument("--workers", type=_positive,
+    api.add_argument("--workers", type=_processes,
                      help="gunicorn worker processes (default ANALYTICS_WEB_WORKERS)")
     api.add_argument("--threads", type=_positive,
                      help="threads per worker process (default ANALYTICS_WEB_THREADS)")
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Dramatiq workers for some queues")
     worker.add_argument("--queues", type=_queues, default=list(QUEUES),
                         help=f"comma-separated, from {','.join(QUEUES)} (default: all)")
-    worker.add_argument("--processes", "--concurrency", type=_positive,
+    worker.add_argument("--processes", "--concurrency", type=_processes,
                         help="worker processes (default ANALYTICS_WORKER_PROCESSES); "
                         "--concurrency is the seed's Celery spelling")
     worker.add_argument("--threads", type=_positive,
@@ -119,10 +125,15 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("purge", "delete dead letters for good"),
     ):
         p = dsub.add_parser(name, help=text)
-        p.add_argument("--queue", type=_queue, help=f"only this queue: {', '.join(QUEUES)}")
-        p.add_argument("--actor", type=_actor, help="only this actor, e.g. process_events")
-        p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID",
-                       help="a message id or a unique prefix of 6+ characters; repeatable")
+        if name == "show":  # one letter: no filters (QA: its help offered them)
+            p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID",
+                           required=True, help="the message id or a unique prefix of 6+ "
+                           "characters (exactly one)")  # fmt: skip
+        else:
+            p.add_argument("--queue", type=_queue, help=f"only this queue: {', '.join(QUEUES)}")
+            p.add_argument("--actor", type=_actor, help="only this actor, e.g. process_events")
+            p.add_argument("--id", action="append", default=[], dest="ids", metavar="ID",
+                           help="a message id or a unique prefix of 6+ characters; repeatable")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--data-dir", help="with no Redis configured: the Redis that "
                        "`analytics serve` runs for this data directory (default ./data)")
@@ -132,19 +143,22 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def add_keys_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    keys = sub.add_parser("keys", help="manage API keys (stored hashed in the data dir)")
+    keys = sub.add_parser("keys", help="manage API keys (stored hashed: in the data dir, or "
+                          "in Redis with REDIS_HOST set)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a key and print its secret once")
-    create.add_argument("--name", type=_name, required=True)
-    create.add_argument("--scopes", type=_scopes, required=True, help="e.g. ingest,read")
+    create.add_argument("--name", type=_name, required=True,
+                        help="who or what the key is for, e.g. web-frontend")
+    create.add_argument("--scopes", type=_scopes, required=True,
+                        help="comma-separated: ingest, read, admin (e.g. ingest,read)")
     create.add_argument("--rate-per-minute", type=_limit, help="default: the setting")
     create.add_argument("--burst", type=_limit, help="default: the setting")
-    create.add_argument("--data-dir")
     lst = ksub.add_parser("list", help="list keys (never their secrets)")
-    lst.add_argument("--data-dir")
-    revoke = ksub.add_parser("revoke", help="revoke a key by id (ak_<id>_...)")
-    revoke.add_argument("key_id")
-    revoke.add_argument("--data-dir")
+    revoke = ksub.add_parser("revoke", help="revoke a key by id (ak_<id>_...) or by the key")
+    revoke.add_argument("key_id", help="the key's id, or the whole key")
+    for p in (create, lst, revoke):
+        p.add_argument("--data-dir", help="the data directory whose keys these are (default "
+                       "./data: the one `analytics serve` runs with)")  # fmt: skip
 
 
 def _scopes(value: str) -> tuple[str, ...]:
@@ -255,7 +269,8 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     check = sub.add_parser("check", help="exit 0 when a worker or the scheduler is healthy")
     csub = check.add_subparsers(dest="component", required=True)
     w = csub.add_parser("worker", help="Redis answers and each queue has a fresh heartbeat")
-    w.add_argument("--queues", type=_queues, default=list(QUEUES))
+    w.add_argument("--queues", type=_queues, default=list(QUEUES),
+                   help="comma-separated queues that need a fresh heartbeat (default: all four)")
     w.add_argument("--max-age", type=_seconds, help="seconds (default: heartbeat_stale_s)")
     w.add_argument("--timeout", type=_seconds, default=3.0, help="Redis timeout, seconds")
     s = csub.add_parser("scheduler", help="Redis answers and a scheduler holds the lease")
@@ -340,11 +355,19 @@ def _redis_of_a_running_serve(settings: Settings, command: str) -> Settings:
     if joined.redis_socket and not settings.redis_socket:
         os.environ["REDIS_SOCKET"] = joined.redis_socket  # the worker module reads the env
         os.environ["ANALYTICS_NAMESPACE"] = joined.namespace  # the serve's (serve.json)
-    elif joined.broker == "redis" and joined.redis_host is None and not joined.redis_socket:
+    else:
+        say_if_default_redis(settings, joined, command)
+    return joined
+
+
+def say_if_default_redis(settings: Settings, joined: Settings, command: str) -> None:
+    """One line on stderr when neither a configured Redis nor a running serve's was found
+    and ``command`` falls back to 127.0.0.1: whose Redis it then asks is not obvious (QA:
+    ``check`` reported another deployment's heartbeats as its own, without a word)."""
+    if joined.broker == "redis" and joined.redis_host is None and not joined.redis_socket:
         print(f"analytics {command}: no REDIS_HOST set and no analytics serve running for"
               f" {str(settings.data_dir)!r}: using the Redis at 127.0.0.1:{settings.redis_port}"
               f" (namespace {settings.namespace!r})", file=sys.stderr)  # fmt: skip
-    return joined
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -529,7 +552,9 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     # Beside a running serve (no Redis configured), its Redis: a standby of serve's own
     # scheduler, not one of whatever deployment answers on 127.0.0.1:6379.
-    settings = with_running_serves_redis(load_settings(dict(os.environ)), required=False)
+    own = load_settings(dict(os.environ))
+    settings = with_running_serves_redis(own, required=False)
+    say_if_default_redis(own, settings, "scheduler")
     return run_scheduler(settings)
 
 
@@ -550,7 +575,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from analytics.entrypoints.serve import with_running_serves_redis  # noqa: PLC0415
 
     settings = load_settings(dict(os.environ), data_dir=args.data_dir)
-    return run_check(args, with_running_serves_redis(settings, required=False))
+    joined = with_running_serves_redis(settings, required=False)
+    say_if_default_redis(settings, joined, "check")
+    return run_check(args, joined)
 
 
 COMMANDS["check"] = cmd_check

@@ -85,7 +85,7 @@ def banner(settings: Settings, dev_key: str | None) -> str:
     commands it shows name it (a key made in another one would answer 401)."""
     url = f"http://{settings.host}:{settings.port}"
     data_dir = shlex.quote(str(settings.data_dir))
-    keys = f"analytics keys create --name me --scopes ingest,read --data-dir {data_dir}"
+    keys = f"analytics keys create --name me --scopes ingest,read,admin --data-dir {data_dir}"
     from analytics.bootstrap import key_store_kind  # noqa: PLC0415
 
     if key_store_kind(settings) == "redis" and settings.redis_host is not None:  # keys there

@@ -107,6 +107,18 @@ def test_validation_problem_lists_every_field(client) -> None:  # type: ignore[n
     assert fields >= {"user_id", "session_id", "currency", "zzz"}
 
 
+@pytest.mark.parametrize("route", ["/api/v1/analytics/events", "/analytics/events"])
+def test_a_price_string_decimal_reads_loosely_is_refused(client, queue, route) -> None:  # type: ignore[no-untyped-def]
+    """QA: "1_0" was stored as a price of 10 (Python's Decimal reads underscores)."""
+    doc = {"event_type": "purchase", "user_id": "u1", "session_id": "s1", "product_id": "p1",
+           "currency": "EUR", "price": "1_0"}  # fmt: skip
+    r = post(client, route, doc)
+    assert r.status_code == 422
+    assert [(e["field"], e["rule"]) for e in r.json["errors"]] == [("price", "decimal")]
+    assert post(client, route, {**doc, "price": "10"}).status_code == 202
+    assert [str(e.price) for e in queue.events] == ["10"]
+
+
 def test_batch_receipts_and_413_above_the_event_limit(client, queue) -> None:  # type: ignore[no-untyped-def]
     r = post(client, "/api/v1/analytics/events/batch", {"events": [EVENT, {"event_type": "x"}]})
     assert r.status_code == 202

@@ -122,3 +122,36 @@ def test_answers_whose_shape_was_a_bare_object_are_described(doc: dict) -> None:
     assert "unique_users" in schemas["BucketOut"]["properties"]
     assert schemas["TaskStatus"]["properties"]["status"]["enum"] == [
         "queued", "running", "retrying", "succeeded", "failed", "skipped"]  # fmt: skip
+
+
+def _validator(doc: dict, schema: dict):  # type: ignore[no-untyped-def,type-arg]
+    """A JSON Schema validator for ``schema``, its ``#/components/...`` refs resolved in ``doc``."""
+    jsonschema = pytest.importorskip("jsonschema")
+    return jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
+
+
+def test_the_batch_422_schema_fits_both_kinds_of_422(harness: ApiHarness, doc: dict) -> None:  # type: ignore[type-arg]
+    """QA (schemathesis): the schema named only "every event rejected" (with the batch
+    receipt), so every 422 for a body that is not a batch broke the documented contract."""
+    op = doc["paths"]["/api/v1/analytics/events/batch"]["post"]
+    validator = _validator(doc, op["responses"]["422"]["content"]["application/problem+json"]["schema"])
+    bodies = [{}, {"events": []}, {"events": None}, {"events": [{"event_type": "x"}], "extra": 1},
+              {"events": [{"event_type": "x"}]}]  # fmt: skip
+    kinds = set()
+    for body in bodies:
+        r = harness.client.simulate_post("/api/v1/analytics/events/batch", json=body,
+                                         headers=harness.headers())  # fmt: skip
+        assert r.status_code == 422, (body, r.json)
+        errors = sorted(e.message for e in validator.iter_errors(r.json))
+        assert not errors, (body, r.json, errors)
+        kinds.add("results" in r.json)
+    assert kinds == {True, False}  # both shapes were seen
+
+
+def test_the_price_schema_refuses_what_the_service_refuses(doc: dict) -> None:  # type: ignore[type-arg]
+    price = doc["components"]["schemas"]["EventIn"]["properties"]["price"]
+    validator = _validator(doc, price)
+    for ok in ("19.99", "1E+3", "-0", 19.99, None):
+        assert validator.is_valid(ok), ok
+    for bad in ("1_0", " 7.5", "+5", ".5", "\u0661\u0662"):
+        assert not validator.is_valid(bad), bad

@@ -74,7 +74,8 @@ json_values = st.recursive(
 PLACEHOLDER_IDS = ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
                    "00000000000000000000000000000000"]  # fmt: skip
 ODD_PRICES = ["NaN", "sNaN", "Infinity", "-Infinity", "1E+3", "1.000000000", "0.0000001",
-              "1000000000", "1000000000.000001", "-0", "19.99"]  # fmt: skip
+              "1000000000", "1000000000.000001", "-0", "19.99",
+              "1_0", " 7.5", "+5", ".5", "5.", "\u0669", "19.99 "]  # Decimal() reads these  # fmt: skip
 price_texts = st.decimals(min_value=-5, max_value=2 * 10**9, places=8, allow_nan=False).map(
     str
 ) | st.sampled_from(ODD_PRICES)
@@ -287,6 +288,8 @@ def single_errors(doc: dict[str, Any]) -> list[dict[str, str]]:
         {**GOOD, "product_id": "p 1", "extra": 1},
         {**GOOD, "currency": "EURO"},
         {**GOOD, "price": "NaN", "currency": "EUR"},
+        {**GOOD, "price": "1_0", "currency": "EUR"},  # well-typed: Decimal() reads it as 10
+        {**GOOD, "price": "\u0661\u0662.\u0665", "currency": "EUR", "user_id": "u1\n"},
     ],
 )
 def test_a_bad_event_in_a_well_typed_batch_gets_the_single_event_errors(
@@ -298,10 +301,27 @@ def test_a_bad_event_in_a_well_typed_batch_gets_the_single_event_errors(
     assert [e.user_id for e in queue.events] == ["u1", "u2"]
 
 
-def test_nan_price_is_a_range_error_not_a_crash() -> None:
-    for price in ("NaN", "sNaN"):
+def test_nan_or_infinite_price_is_an_error_not_a_crash() -> None:
+    for price in ("NaN", "sNaN", "Infinity", "-inf"):
         errors = single_errors({**GOOD, "price": price, "currency": "EUR"})
-        assert {(e["field"], e["rule"]) for e in errors} == {("price", "range")}
+        assert {(e["field"], e["rule"]) for e in errors} == {("price", "decimal")}
+
+
+def test_a_string_price_is_read_only_when_written_as_a_number_would_be() -> None:
+    """QA: Decimal() read "1_0" as 10 and Arabic-Indic or full-width digits, padding and a
+    plus sign too: stored and counted as revenue. A batch of numbers, plain strings and a
+    metadata member named price keeps every event; each sloppy one is refused alone."""
+    plain = [{**GOOD, "price": p, "currency": "EUR"} for p in ("19.99", "1E+3", "-0", "0.5e1")]
+    sloppy = [{**GOOD, "price": p, "currency": "EUR"}
+              for p in ("1_0", "\uff19", " 7.5\n", "+5", ".5", "5.", "1,5")]  # fmt: skip
+    noted = {**GOOD, "price": 3, "currency": "EUR", "metadata": {"price": "1_0"}}
+    receipt, queue = batch([*plain, noted, *sloppy])
+    statuses = [r.status for r in receipt.results]
+    assert statuses == ["accepted"] * 5 + ["rejected"] * len(sloppy)
+    assert [str(e.price) for e in queue.events] == ["19.99", "1000", "0", "5", "3"]
+    for result, doc in zip(receipt.results[5:], sloppy, strict=True):
+        assert [(e["field"], e["rule"]) for e in result.errors] == [("price", "decimal")]
+        assert list(result.errors) == single_errors(doc)
 
 
 def test_accepted_events_are_counted_once_per_type_and_currency() -> None:

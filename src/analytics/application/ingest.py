@@ -27,6 +27,7 @@ from analytics.domain.ports import Clock, IdGenerator, TaskQueue
 from analytics.domain.validation import (
     DEFAULT_LIMITS,
     JSON_DECODE_ERRORS,
+    SLOPPY_PRICE,
     TOO_DEEP,
     EventBuilder,
     Limits,
@@ -35,6 +36,7 @@ from analytics.domain.validation import (
     computed_fields,
     decode_event,
     lone_surrogates_replaced,
+    sloppy_price,
 )
 
 _batch_decoder = msgspec.json.Decoder(BatchIn)
@@ -183,8 +185,13 @@ def _decode_batch(
         _check_count(len(fast.events), max_events)
         items: list[EventIn | ValidationFailed] = fast.events
         failing = _patterns_match.failing(items)
-        if failing:
+        raws = None
+        if SLOPPY_PRICE.search(raw) is not None:  # a string price, not plain: whose?
             raws = _batch_decoder.decode(raw).events  # same JSON: cannot fail now
+            sloppy = (i for i, e in enumerate(items) if e.price is not None and sloppy_price(raws[i]))
+            failing = sorted(set(failing).union(sloppy))
+        if failing:
+            raws = raws or _batch_decoder.decode(raw).events
             for index in failing:
                 items[index] = _decode_one(raws[index], received_at, limits)
         return items

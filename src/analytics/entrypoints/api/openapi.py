@@ -24,6 +24,7 @@ from analytics.domain import events as ev
 from analytics.domain import search as search_domain
 from analytics.domain import tasks as tasks_domain
 from analytics.domain.tasks import TaskState
+from analytics.domain.validation import PRICE_TEXT
 from analytics.entrypoints.api.http_cache import ROUTE_KINDS
 from analytics.entrypoints.api.security import access_for
 
@@ -438,6 +439,7 @@ def build_openapi(
         price = components.get(name, {}).get("properties", {}).get("price")
         if price is not None:
             string = next(s for s in price["anyOf"] if s.get("type") == "string")
+            string["pattern"] = f"^{PRICE_TEXT.pattern}$"  # the rule `decimal`
             number = {"type": "number", "minimum": 0, "maximum": 1_000_000_000}
             price["anyOf"] = [string, number, {"type": "null"}]
     components["Problem"]["properties"]["errors"] = {
@@ -555,12 +557,20 @@ def _operation(method: str, template: str, op: Op | None) -> dict[str, Any]:
             for answer in out["responses"].values():
                 answer["headers"] = {**answer.get("headers", {}), **_DEPRECATION_HEADERS}
         if method == "POST" and template == "/api/v1/analytics/events/batch":
-            # Every event rejected: a problem whose members include the batch receipt.
+            # Either the body is not a batch ({"events": [...]}, the plain validation
+            # problem), or every event was rejected: a problem whose members include the
+            # batch receipt (QA: the schema named only the second, which most 422s are not).
+            rejected = {"allOf": [copy.deepcopy(_PROBLEM_REF), _SCHEMA_OF(ev.BatchReceipt)]}
             out["responses"]["422"]["content"][PROBLEM] = {
-                "schema": {"allOf": [copy.deepcopy(_PROBLEM_REF), _SCHEMA_OF(ev.BatchReceipt)]}
+                "schema": {"oneOf": [rejected, {"allOf": [copy.deepcopy(_PROBLEM_REF), {
+                    "type": "object", "required": ["errors"],
+                    "not": {"required": ["results"]},
+                }]}]}  # fmt: skip
             }
             out["responses"]["422"]["description"] = (
-                "Every event was rejected; each one's failing fields are in `results[].errors`."
+                "The body is not a batch (`errors` names each failing member), or every event"
+                " was rejected (the batch receipt; each one's failing fields in"
+                " `results[].errors`)."
             )
     if access in ("open", "metrics"):
         out["security"] = (

@@ -215,6 +215,10 @@ def test_http_admin_dlq(system) -> None:  # type: ignore[no-untyped-def]
     broken = client.simulate_post("/api/v1/admin/dlq/replay", body=b'{"ids": 5, oops',
                                   headers={**ADMIN, "Content-Type": "application/json"})  # fmt: skip
     assert broken.status_code == 400, broken.text  # not JSON after all: 400, not 500
+    # A lone surrogate escape becomes U+FFFD, as on the ingest routes (fuzz QA: a 400).
+    lone = client.simulate_post("/api/v1/admin/dlq/purge", body=b'{"actor": "x\\ud800"}',
+                                headers={**ADMIN, "Content-Type": "application/json"})  # fmt: skip
+    assert (lone.status_code, lone.json["count"]) == (200, 0), lone.text  # no such actor
     assert len(dlq.list()) == 1  # none of them replayed anything
 
     repo.broken = False

@@ -19,7 +19,7 @@ from analytics.application.dead_letters import (
 from analytics.application.queries import check_params
 from analytics.domain.errors import BadQuery, FieldError, MalformedInput, ValidationFailed
 from analytics.domain.ports import DeadLetters
-from analytics.domain.validation import JSON_DECODE_ERRORS
+from analytics.domain.validation import JSON_DECODE_ERRORS, lone_surrogates_replaced
 from analytics.entrypoints.api.body import read_json_body
 
 encode = msgspec.json.Encoder().encode
@@ -84,6 +84,20 @@ class SelectionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 _decode_selection = msgspec.json.Decoder(SelectionBody).decode
+
+
+def _selection(raw: bytes) -> SelectionBody:
+    """The selection body; a lone UTF-16 surrogate escape becomes U+FFFD, as on the ingest
+    routes (README "Errors"; QA: here it was a 400 "not JSON")."""
+    try:
+        return _decode_selection(raw)
+    except msgspec.ValidationError as exc:
+        return _selection_last_wins(raw, exc)
+    except JSON_DECODE_ERRORS as exc:
+        fixed = lone_surrogates_replaced(raw)
+        if fixed is None:
+            raise MalformedInput(f"body is not JSON: {exc}") from None
+        return _selection(fixed)
 
 
 def _selection_last_wins(raw: bytes, exc: msgspec.ValidationError) -> SelectionBody:
@@ -180,13 +194,7 @@ class DeadLetterActionResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         check_params(req.params, ())  # the selection is the body; a parameter is a mistake
-        raw = read_json_body(req, self.max_body_bytes)
-        try:
-            body = _decode_selection(raw or b"{}")
-        except msgspec.ValidationError as exc:
-            body = _selection_last_wins(raw or b"{}", exc)
-        except JSON_DECODE_ERRORS as exc:
-            raise MalformedInput(f"body is not JSON: {exc}") from None
+        body = _selection(read_json_body(req, self.max_body_bytes) or b"{}")
         if (bad := _unknown_queue(body.queue)) is not None:
             raise ValidationFailed([bad])
         if not (body.ids or body.queue or body.actor or body.all):  # never "everything"

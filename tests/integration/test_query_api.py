@@ -175,9 +175,9 @@ def test_hour_week_month_and_event_type_filter(env: Env) -> None:
         (f"{AGG}/day", {"start": "2026-W01-1", "end": "2026-02-01"}, "start"),
         (f"{AGG}/day", {"start": "20260101", "end": "2026-02-01"}, "start"),
         (f"{AGG}/hour", {"start": "2026-01-01T00:00Z", "end": "2026-W01-2T00:00Z"}, "end"),
-        # RFC 3339 offsets are Z or +hh:mm; fromisoformat also took seconds and +hhmm (fuzz QA).
+        # Offsets are Z, +hh:mm or +hhmm (as ingest takes); fromisoformat also took seconds (fuzz QA).
         ("/api/v1/analytics/events/search", {"start": "2026-03-01T00:00:00+05:45:30"}, "start"),
-        ("/api/v1/analytics/events/search", {"start": "2026-03-01T00:00:00+0100"}, "start"),
+        ("/api/v1/analytics/events/search", {"start": "2026-03-01T00:00:00+01"}, "start"),  # +0100 is taken, as at ingest
         (f"{AGG}/day", {"start": "2026-01-01", "end": "2026-02-01T00:00:00Zjunk"}, "end"),
         (DASH, {"last": "2h"}, "last"),
         (DASH, {"last": "1h", "start": "2026-03-31T00:00:00Z"}, "last"),

@@ -117,7 +117,7 @@ def env_for(redis: RedisServerProcess, data_dir: Path, namespace: str, **extra: 
         PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}", REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(redis.port), ANALYTICS_NAMESPACE=namespace, ANALYTICS_DATA_DIR=str(data_dir),
         ANALYTICS_AUTH="disabled", ANALYTICS_LOG_LEVEL="WARNING", ANALYTICS_RATE_LIMIT="disabled",
-        ANALYTICS_RATE_LIMIT_BACKEND="disabled", ANALYTICS_OVERLOAD_QUEUE_DEPTH="100000000",
+        ANALYTICS_OVERLOAD_QUEUE_DEPTH="100000000",
         ANALYTICS_WORKER_METRICS_PORT="0",  # no exporter: 9191 may be taken on this host
     )  # fmt: skip
     env.update(extra)

@@ -394,6 +394,40 @@ class Settings(BaseModel):
             raise ValueError("must be an amqp:// or amqps:// URL (amqp://user:pass@host:5672/vhost)")
         return value
 
+    @field_validator("scheduler_jobs")
+    @classmethod
+    def _known_jobs(cls, value: str) -> str:
+        # Checked here, not only by the scheduler: serve restarted a scheduler that exited
+        # 2 on an unknown job for ever, with the API and workers up (QA).
+        unknown = sorted(set(value.split(",")) - set(SCHEDULER_JOBS))
+        if unknown:
+            raise ValueError(f"unknown job(s) {', '.join(unknown)}; choose from {', '.join(SCHEDULER_JOBS)}")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        # A browser sends its Origin as scheme://host[:port], lower case, no default port and
+        # no path: an origin configured any other way never matched, without a word (QA).
+        return ",".join(_origin(o) for o in value.split(",") if o.strip())
+
+    @field_validator("aws_endpoint_url", "dynamodb_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        # botocore's "Invalid endpoint: abc" named no setting (QA).
+        from urllib.parse import urlsplit  # noqa: PLC0415
+
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://localhost:4566")
+        return value
+
     @field_validator("time_limits_ms")
     @classmethod
     def _check_time_limits(cls, value: str) -> str:
@@ -473,7 +507,7 @@ class Settings(BaseModel):
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
-        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+        return tuple(o for o in self.cors_origins.split(",") if o)
 
     @property
     def metrics_base(self) -> Path:
@@ -557,7 +591,7 @@ class Settings(BaseModel):
                 got = f" (got {err['input']!r})" if isinstance(err.get("input"), str) else ""
                 if loc in _secret_names(cls):  # never echo a secret into logs
                     got = ""
-                lines.append(f"{loc}: {err['msg']}{got}")
+                lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{got}")
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
         if settings.broker == "rabbitmq":
             try:
@@ -578,6 +612,59 @@ class Settings(BaseModel):
             if value is not None:
                 out[field.alias or _env_name(name)] = str(value)
         return out
+
+
+#: The scheduler's jobs (``entrypoints/scheduler.build_jobs`` defines what each does).
+SCHEDULER_JOBS = ("rollup_hourly", "rollup_daily", "retention", "dlq_depth", "cache_warmup")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(text: str) -> str:
+    """One configured CORS origin as browsers write their ``Origin`` header, or ``*``."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    text = text.strip().rstrip("/")
+    if text == "*":
+        return text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin: write scheme://host[:port], e.g. "
+                         "https://app.example.com, or * for any")  # fmt: skip
+    if parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{text!r} is not an origin: no path, query or user part "
+                         f"(the origin of that page is {parts.scheme}://{parts.netloc.split('@')[-1]})")  # fmt: skip
+    scheme = parts.scheme.lower()
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    keep_port = port is not None and port != _DEFAULT_PORTS[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if keep_port else "")
+
+
+def unknown_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each ``ANALYTICS_*`` variable that is no setting (a misspelt one was silently
+    ignored, QA), with a line that names the setting it most likely means."""
+    import difflib  # noqa: PLC0415
+
+    names = sorted({f.alias or _env_name(n) for n, f in Settings.model_fields.items()})
+    suffixes = [n.removeprefix("ANALYTICS_") for n in names if n.startswith("ANALYTICS_")]
+    out = {}
+    for name in sorted(environ):
+        if name.startswith("ANALYTICS_") and name not in names and name not in NOT_SETTINGS:
+            # Compared without the shared prefix, which made any such name "close" to one.
+            bare = name.removeprefix("ANALYTICS_")
+            close = difflib.get_close_matches(bare, suffixes, n=1)
+            hint = (f" (did you mean {bare}?)" if bare in names  # RABBITMQ_URL, REDIS_HOST
+                    else f" (did you mean ANALYTICS_{close[0]}?)" if close else "")  # fmt: skip
+            out[name] = f"{name} is not a setting and is ignored{hint}"
+    return out
+
+
+#: ANALYTICS_* variables that are not settings but are used on purpose: the README's
+#: shell variable for the development key, and the variables tools of this repository read.
+NOT_SETTINGS = frozenset({"ANALYTICS_KEY", "ANALYTICS_URL"})
 
 
 def _redis_url_fields(url: str) -> dict[str, str]:

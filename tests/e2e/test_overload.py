@@ -147,7 +147,7 @@ def run(
         **redis_server.env(module_namespace),
         ANALYTICS_DATA_DIR=str(tmp / "data"),
         ANALYTICS_AUTH="disabled",  # one bucket per client address: the limit still applies
-        ANALYTICS_RATE_LIMIT_BACKEND="redis",
+        ANALYTICS_RATE_LIMIT="redis",
         ANALYTICS_RATE_LIMIT_PER_MINUTE=str(RATE_PER_MINUTE),
         ANALYTICS_RATE_LIMIT_BURST=str(BURST),
         ANALYTICS_OVERLOAD_QUEUE_DEPTH=str(OVERLOAD_DEPTH),

@@ -77,7 +77,7 @@ def settings_for(server: SilentServer, aws_names: dict[str, str], data_dir: Any)
     return aws_settings(
         server, aws_names,
         ANALYTICS_BROKER="stub", ANALYTICS_DATA_DIR=str(data_dir), ANALYTICS_AUTH="disabled",
-        ANALYTICS_CACHE="memory",
+        ANALYTICS_CACHE_BACKEND="memory",
         ANALYTICS_AWS_MAX_ATTEMPTS="5", ANALYTICS_AWS_READ_TIMEOUT_S="0.2",
         ANALYTICS_AWS_API_MAX_ATTEMPTS="2", ANALYTICS_AWS_API_READ_TIMEOUT_S="0.2",
         ANALYTICS_AWS_CONNECT_TIMEOUT_S="0.5", ANALYTICS_BREAKER_FAILURE_THRESHOLD="5",

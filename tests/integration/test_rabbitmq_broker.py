@@ -110,7 +110,7 @@ def test_beside_rabbitmq_workers_report_to_the_redis_the_scheduler_reads(
 
     settings = Settings.from_env({
         **redis_server.env(namespace), "ANALYTICS_BROKER": "rabbitmq",
-        "ANALYTICS_RABBITMQ_URL": rabbitmq_url, "ANALYTICS_STORAGE": "memory",
+        "RABBITMQ_URL": rabbitmq_url, "ANALYTICS_STORAGE": "memory",
         "ANALYTICS_WORKER_HEARTBEAT_INTERVAL_S": "0.2",
     })  # fmt: skip
     assert settings.ops_redis
@@ -161,7 +161,7 @@ def test_overload_protection_reads_the_rabbitmq_queue(
 
     settings = Settings.from_env({
         **redis_server.env(namespace), "ANALYTICS_BROKER": "rabbitmq", "ANALYTICS_AUTH": "disabled",
-        "ANALYTICS_RABBITMQ_URL": rabbitmq_url, "ANALYTICS_STORAGE": "memory",
+        "RABBITMQ_URL": rabbitmq_url, "ANALYTICS_STORAGE": "memory",
         "ANALYTICS_OVERLOAD_QUEUE_DEPTH": "3", "ANALYTICS_RATE_LIMIT": "disabled",
     })  # fmt: skip
     c = bootstrap(settings, event_repo=InMemoryEventRepository())

@@ -109,3 +109,25 @@ def test_api_refuses_a_missing_config_file(
         monkeypatch.delenv(key, raising=False)
     assert main(["api", "--config", str(tmp_path / "nope.py")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hsts", [0, 1234])
+def test_answers_gunicorn_refuses_carry_every_security_header(monkeypatch, hsts: int) -> None:  # type: ignore[no-untyped-def]
+    """QA: with ANALYTICS_HSTS_SECONDS set, a 414 (URI too long, refused by gunicorn before
+    the app) carried every security header but Strict-Transport-Security."""
+    import socket
+
+    from gunicorn import util
+
+    from analytics.entrypoints.api.middleware import security_headers
+    from analytics.entrypoints.wsgi import answer_protocol_errors_as_problems
+
+    monkeypatch.setattr(util, "write_error", util.write_error)  # restored after the test
+    answer_protocol_errors_as_problems(hsts)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        util.write_error(ours, 414, "Request-URI Too Long", "the URI is too long")
+        head = theirs.recv(65536).split(b"\r\n\r\n")[0].decode("latin-1")
+    lines = set(head.split("\r\n")[1:])
+    assert {f"{k}: {v}" for k, v in security_headers(hsts).items()} <= lines
+    assert any(x.startswith("Strict-Transport-Security: max-age=1234") for x in lines) == bool(hsts)

@@ -89,6 +89,6 @@ def test_unknown_scheduler_job_is_a_settings_error() -> None:
     from analytics.entrypoints.scheduler import build_jobs
     from analytics.settings import Settings, SettingsError
 
-    with pytest.raises(SettingsError, match="unknown job"):
-        build_jobs(Settings(scheduler_jobs="rollup_hourly,nope"))
+    with pytest.raises(SettingsError, match="unknown job"):  # at start, for every command
+        Settings.from_env({"ANALYTICS_SCHEDULER_JOBS": "rollup_hourly,nope"})
     assert [j.name for j in build_jobs(Settings(scheduler_jobs="dlq_depth"))] == ["dlq_depth"]

@@ -163,3 +163,15 @@ def test_commands_beside_a_serve_on_the_operators_redis_are_told_which(  # type:
         os.close(held)
     # Once that serve is gone, serve.json no longer counts.
     assert with_running_serves_redis(Settings(data_dir=tmp_path), required=False).redis_host is None
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])  # not this machine's
+def test_a_host_that_is_not_this_machines_is_named_not_the_port(host: str) -> None:
+    """QA: ANALYTICS_HOST=abc said "choose another with --port"."""
+    from analytics.entrypoints.cli import CliError
+    from analytics.entrypoints.serve import check_port_free
+    from tests.support import free_port
+
+    with pytest.raises(CliError, match="check --host or ANALYTICS_HOST") as exc:
+        check_port_free(host, free_port(), wait_s=0)
+    assert "--port" not in str(exc.value)

@@ -118,3 +118,97 @@ def test_an_sns_topic_in_another_region_than_the_clients_is_refused() -> None:
         Settings.from_env({"ANALYTICS_SNS_TOPIC_ARN": arn, "ANALYTICS_AWS_REGION": "us-east-1"})
     s = Settings.from_env({"ANALYTICS_SNS_TOPIC_ARN": arn, "ANALYTICS_AWS_REGION": "eu-central-1"})
     assert (s.sns_topic_arn, s.aws_region) == (arn, "eu-central-1")
+
+
+def test_an_unknown_scheduler_job_stops_every_command_at_start() -> None:
+    """QA: only the scheduler checked the names, so serve restarted it for ever (exit 2,
+    1 s, 2 s, ...) with the API and the workers up."""
+    from analytics.entrypoints.scheduler import build_jobs
+    from analytics.settings import SCHEDULER_JOBS
+
+    with pytest.raises(SettingsError, match=r"ANALYTICS_SCHEDULER_JOBS.*unknown job\(s\) nope"):
+        Settings.from_env({"ANALYTICS_SCHEDULER_JOBS": "rollup_hourly,nope"})
+    assert tuple(j.name for j in build_jobs(Settings())) == SCHEDULER_JOBS  # one list
+
+
+@pytest.mark.parametrize(
+    ("given", "origins"),
+    [
+        ("https://app.example.com", ("https://app.example.com",)),
+        ("HTTPS://App.Example.com:443/, http://localhost:3000", ("https://app.example.com", "http://localhost:3000")),
+        ("http://a.test:80,*", ("http://a.test", "*")),
+        ("https://[::1]:8443", ("https://[::1]:8443",)),
+        ("", ()),
+    ],
+)
+def test_cors_origins_are_written_as_browsers_send_them(given: str, origins: tuple[str, ...]) -> None:
+    """QA: ``https://App.Example.com`` or ``...:443`` never matched the browser's Origin."""
+    assert Settings.from_env({"ANALYTICS_CORS_ORIGINS": given}).cors_origin_list == origins
+
+
+@pytest.mark.parametrize("bad", ["app.example.com", "https://app.example.com/path", "ftp://x.test",
+                                 "https://x.test:99999", "https://u@x.test"])  # fmt: skip
+def test_a_cors_origin_that_is_not_one_stops_the_start(bad: str) -> None:
+    with pytest.raises(SettingsError, match="ANALYTICS_CORS_ORIGINS.*is not an origin"):
+        Settings.from_env({"ANALYTICS_CORS_ORIGINS": f"https://ok.test,{bad}"})
+
+
+@pytest.mark.parametrize("name", ["ANALYTICS_AWS_ENDPOINT_URL", "ANALYTICS_DYNAMODB_ENDPOINT_URL"])
+def test_an_aws_endpoint_that_is_not_a_url_is_refused_by_name(name: str) -> None:
+    """QA: botocore's "Invalid endpoint: abc" named no setting."""
+    with pytest.raises(SettingsError, match=f"{name}: .*http:// or https:// URL"):
+        Settings.from_env({name: "abc"})
+    assert Settings.from_env({name: "http://localhost:4566"})
+
+
+def test_a_misspelt_setting_is_named_with_the_one_it_means() -> None:
+    from analytics.settings import unknown_names
+
+    lines = unknown_names({"ANALYTICS_LOG_LEVLE": "DEBUG", "ANALYTICS_FOO": "1",
+                           "ANALYTICS_KEY": "ak_x", "ANALYTICS_LOG_LEVEL": "INFO", "PATH": "/bin",
+                           "ANALYTICS_REDIS_HOST": "r"})  # fmt: skip
+    assert lines == {
+        "ANALYTICS_REDIS_HOST": "ANALYTICS_REDIS_HOST is not a setting and is ignored"
+                                " (did you mean REDIS_HOST?)",
+        "ANALYTICS_FOO": "ANALYTICS_FOO is not a setting and is ignored",
+        "ANALYTICS_LOG_LEVLE": "ANALYTICS_LOG_LEVLE is not a setting and is ignored"
+                               " (did you mean ANALYTICS_LOG_LEVEL?)",
+    }  # fmt: skip
+
+
+def test_the_cli_warns_about_a_misspelt_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from analytics.entrypoints.cli import main
+
+    monkeypatch.setenv("ANALYTICS_RATE_LIMIT_PER_MINUT", "5")
+    main(["keys", "list", "--data-dir", str(tmp_path)])  # no keys there: exit 2, after the warning
+    assert ("analytics keys: warning: ANALYTICS_RATE_LIMIT_PER_MINUT is not a setting and is"
+            " ignored (did you mean ANALYTICS_RATE_LIMIT_PER_MINUTE?)") in capsys.readouterr().err  # fmt: skip
+
+
+def test_every_setting_name_the_repository_writes_is_a_setting() -> None:
+    """The warning above found three in this repository: a benchmark's and two tests'
+    settings that were silently ignored (one test then ran on RabbitMQ's default vhost)."""
+    import re
+
+    from analytics.settings import NOT_SETTINGS, _env_name
+
+    root = Path(__file__).resolve().parents[2]
+    names = {f.alias or _env_name(n) for n, f in Settings.model_fields.items()} | NOT_SETTINGS
+    files = [root / "README.md", root / "Dockerfile", root / "compose.yaml",
+             *[p for d in ("src", "tests", "bench", "config", ".ci") for p in (root / d).rglob("*")
+               if p.is_file() and p.suffix in (".py", ".yaml", ".yml", ".md", ".json", ".sh", "")]]  # fmt: skip
+    # A name followed by * or _* is a family (ANALYTICS_CACHE_TTL_*), not a name.
+    token = re.compile(r"\bANALYTICS_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_]*\*)(?![a-z{<])")
+    unknown = {}
+    for path in files:
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if path == Path(__file__).resolve():  # the misspelt names above, on purpose
+            continue
+        for name in set(token.findall(text)) - names - {"ANALYTICS_LOG_LEVLE"}:  # README's typo example
+            unknown.setdefault(name, []).append(str(path.relative_to(root)))
+    assert not unknown, unknown

@@ -586,6 +586,10 @@ COMMANDS["check"] = cmd_check
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     owner_only_files()
+    from analytics.settings import unknown_names  # noqa: PLC0415
+
+    for line in unknown_names(os.environ).values():  # a typo was ignored without a word (QA)
+        print(f"analytics {args.command}: warning: {line}", file=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except (SettingsError, CliError) as exc:

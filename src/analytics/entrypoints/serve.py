@@ -15,6 +15,7 @@ gracefully (SIGTERM, then waits for them), and Redis after them.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
@@ -294,6 +295,11 @@ def check_port_free(
                     probe.bind((host, port))
                     return
                 except OSError as exc:
+                    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                        # The host, not the port (QA: "choose another with --port").
+                        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror} (the"
+                                       " address is not this machine's: check --host or"
+                                       " ANALYTICS_HOST)") from None  # fmt: skip
                     error = exc.strerror
             holders = _earlier_api_of(data_dir, port) if data_dir is not None else []
             # Once waiting, a listener that cannot be named any more is the predecessor's
@@ -446,8 +452,12 @@ def serve(settings: Settings) -> int:
     settings = settings.model_copy(update={"data_dir": data_dir})
     dev_key = first_start_key(settings)
     # The children get the settings in their granular form; the old REDIS_URL beside it
-    # would be a conflict (Settings.from_env), so it is not passed on.
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, **settings.to_env()}
+    # would be a conflict (Settings.from_env), so it is not passed on, nor a variable that
+    # is no setting (serve said so once; each child would say it again).
+    from analytics.settings import unknown_names  # noqa: PLC0415
+
+    dropped = {"REDIS_URL", *unknown_names(os.environ)}
+    env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **settings.to_env()}
     specs = {
         "worker": ["worker", "--queues", ",".join(QUEUES)],
         "api": ["api"],

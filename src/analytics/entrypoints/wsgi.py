@@ -15,7 +15,7 @@ from analytics.settings import Settings
 
 
 def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
-    answer_protocol_errors_as_problems()
+    answer_protocol_errors_as_problems(settings.hsts_seconds)
     from analytics.bootstrap import bootstrap  # noqa: PLC0415
     from analytics.entrypoints.actors import register_actors  # noqa: PLC0415
     from analytics.entrypoints.api.app import create_wsgi_app  # noqa: PLC0415
@@ -34,26 +34,27 @@ def build_wsgi_app(settings: Settings) -> Callable[..., Iterable[bytes]]:
     return app
 
 
-def answer_protocol_errors_as_problems() -> None:
+def answer_protocol_errors_as_problems(hsts_seconds: int = 0) -> None:
     """Requests gunicorn refuses before the app sees them (a malformed ``Content-Length``,
     a header line over ``limit_request_field_size``, a bad request line) get a problem+json
     answer with a correlation id and the security headers, like every other error, instead
     of gunicorn's HTML page. gunicorn writes that page through ``gunicorn.util.write_error``
     and offers no hook for it; this replaces that function in the worker process (the
-    status, reason and message stay gunicorn's).
+    status, reason and message stay gunicorn's). HSTS, when ``hsts_seconds`` is set, as on
+    every other answer (QA: a 414 had every security header but that one).
     """
     from gunicorn import util  # noqa: PLC0415
 
-    if getattr(util.write_error, "_problem_json", False):
+    from analytics.entrypoints.api.middleware import security_headers  # noqa: PLC0415
+
+    headers = "".join(f"{k}: {v}\r\n" for k, v in security_headers(hsts_seconds).items())
+    if getattr(util.write_error, "_problem_json", None) == headers:
         return
     from http import HTTPStatus  # noqa: PLC0415
 
     import msgspec  # noqa: PLC0415
 
     from analytics.domain.ids import random_hex  # noqa: PLC0415
-    from analytics.entrypoints.api.middleware import SECURITY_HEADERS  # noqa: PLC0415
-
-    headers = "".join(f"{k}: {v}\r\n" for k, v in SECURITY_HEADERS.items())
 
     def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
         reason = HTTPStatus(status_int).phrase  # gunicorn's 501 said "Bad Request"
@@ -71,7 +72,7 @@ def answer_protocol_errors_as_problems() -> None:
         )
         util.write_nonblock(sock, head.encode("latin-1") + body)
 
-    write_problem._problem_json = True  # type: ignore[attr-defined]
+    write_problem._problem_json = headers  # type: ignore[attr-defined]
     util.write_error = write_problem
 
 

@@ -125,6 +125,14 @@ LEGACY_HEADERS = {
 }
 
 
+def security_headers(hsts_seconds: int = 0) -> dict[str, str]:
+    """The headers every answer carries: :data:`SECURITY_HEADERS`, and HSTS when set."""
+    headers = dict(SECURITY_HEADERS)
+    if hsts_seconds:
+        headers["Strict-Transport-Security"] = f"max-age={hsts_seconds}; includeSubDomains"
+    return headers
+
+
 class SecurityHeadersMiddleware:
     """The security headers on every response, errors and 404s included.
 
@@ -133,9 +141,7 @@ class SecurityHeadersMiddleware:
     """
 
     def __init__(self, hsts_seconds: int = 0) -> None:
-        self.headers = dict(SECURITY_HEADERS)
-        if hsts_seconds:
-            self.headers["Strict-Transport-Security"] = f"max-age={hsts_seconds}; includeSubDomains"
+        self.headers = security_headers(hsts_seconds)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool

@@ -81,11 +81,12 @@ def test_a_503_tells_the_client_what_is_down_not_where(tmp_path, monkeypatch) ->
     with structlog.testing.capture_logs() as logged:
         r = search()
     assert r.status_code == 503, r.text
-    assert r.json["detail"] == "storage is unavailable; retry later", r.json
+    # the key store by name: "storage" sent operators to SQLite, which was fine (ops QA)
+    assert r.json["detail"] == "the API key store is unavailable; retry later", r.json
     assert "secret-data" not in r.text
     (line,) = [e for e in logged if e["event"] == "dependency unavailable"]
     assert "secret-data" in line["error"]  # the operator still sees why
     with structlog.testing.capture_logs() as logged:
         assert [search().status_code for _ in range(3)] == [503] * 3
     assert [e for e in logged if e["event"] == "dependency unavailable"] == []  # not 3 more
-    assert problems._OUTAGE_LOGGED["StorageUnavailable"][1] == 3  # counted for the next one
+    assert problems._OUTAGE_LOGGED["KeyStoreUnavailable"][1] == 3  # counted for the next one

@@ -13,7 +13,7 @@ import msgspec
 import redis
 
 from analytics.domain.auth import ApiKey
-from analytics.domain.errors import StorageUnavailable
+from analytics.domain.errors import KeyStoreUnavailable
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(ApiKey).decode
@@ -40,20 +40,20 @@ class RedisApiKeyStore:
             if not self.client.hsetnx(self.key, key.key_id, _encode(key)):
                 raise ValueError(f"duplicate key id {key.key_id}")
         except redis.RedisError as exc:
-            raise StorageUnavailable(f"redis keys: {exc}") from exc
+            raise KeyStoreUnavailable(f"redis keys: {exc}") from exc
 
     def get(self, key_id: str) -> ApiKey | None:
         try:
             body = self.client.hget(self.key, key_id)
         except redis.RedisError as exc:
-            raise StorageUnavailable(f"redis keys: {exc}") from exc
+            raise KeyStoreUnavailable(f"redis keys: {exc}") from exc
         return _decode(body) if body else None
 
     def list(self) -> list[ApiKey]:
         try:
             bodies = self.client.hvals(self.key)
         except redis.RedisError as exc:
-            raise StorageUnavailable(f"redis keys: {exc}") from exc
+            raise KeyStoreUnavailable(f"redis keys: {exc}") from exc
         return sorted((_decode(b) for b in bodies), key=lambda k: (k.created_at, k.key_id))
 
     def revoke(self, key_id: str, at: datetime) -> bool:
@@ -64,4 +64,4 @@ class RedisApiKeyStore:
         try:
             return bool(self._revoke(keys=[self.key], args=[key_id, body]))
         except redis.RedisError as exc:
-            raise StorageUnavailable(f"redis keys: {exc}") from exc
+            raise KeyStoreUnavailable(f"redis keys: {exc}") from exc

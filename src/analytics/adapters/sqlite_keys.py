@@ -15,7 +15,7 @@ import msgspec
 
 from analytics.adapters.sqlite_store import use_wal
 from analytics.domain.auth import ApiKey
-from analytics.domain.errors import StorageUnavailable
+from analytics.domain.errors import KeyStoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -56,7 +56,7 @@ class SQLiteApiKeyStore:
                     (key.key_id, int(key.created_at.timestamp() * 1e6), _encode(key)),
                 )
         except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite keys: {exc}") from exc
+            raise KeyStoreUnavailable(f"sqlite keys: {exc}") from exc
 
     def get(self, key_id: str) -> ApiKey | None:
         try:
@@ -66,7 +66,7 @@ class SQLiteApiKeyStore:
                 .fetchone()
             )
         except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite keys: {exc}") from exc
+            raise KeyStoreUnavailable(f"sqlite keys: {exc}") from exc
         return _decode(row[0]) if row else None
 
     def list(self) -> list[ApiKey]:

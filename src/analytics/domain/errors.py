@@ -81,6 +81,11 @@ class StorageUnavailable(AdapterError):
     """The event store or aggregate store cannot be reached right now."""
 
 
+class KeyStoreUnavailable(StorageUnavailable):
+    """The API key store cannot be reached (in Redis, it is down with Redis): a 503 that
+    names it, not "storage" (QA: /health/detailed said storage while SQLite was fine)."""
+
+
 class CacheUnavailable(AdapterError):
     """The cache could not be invalidated; the caller retries (reads never raise this)."""
 

@@ -215,9 +215,13 @@ def _keys_command(args: argparse.Namespace) -> int:
     store = build_key_store(settings)
     clock = SystemClock()
     if fresh:
+        # ... and keeps its keys there: one with REDIS_HOST set keeps them in that Redis
+        # (ops QA: a key made here without it was a 401 on such an API).
         print(f"analytics keys: started a new key store at {str(settings.keys_path)!r}; a"
               " service only accepts the key if it runs with this data directory"
-              " (--data-dir, ANALYTICS_DATA_DIR)", file=sys.stderr)  # fmt: skip
+              " (--data-dir, ANALYTICS_DATA_DIR) and without REDIS_HOST: a service with"
+              " REDIS_HOST set keeps its keys in that Redis, so run this command with the"
+              " service's REDIS_HOST/REDIS_PORT/REDIS_DB", file=sys.stderr)  # fmt: skip
     if args.keys_command == "create":
         new = api_keys.create_key(
             args.name, args.scopes, store=store, clock=clock,

@@ -360,7 +360,14 @@ class DetailedHealthResource:
                     "key": self.probe.scheduler_key,
                 }
             )
-            out["scheduler"]["leader"] = self.probe.scheduler_leader()
+            leader = out["scheduler"]["leader"] = self.probe.scheduler_leader()
+            # A scheduler ran, none holds the lease now and no standby took over within the
+            # takeover time: every one stopped. Only "stale" after scheduler_stale_s (15 min)
+            # said so, though the lease said it at once (ops QA).
+            takeover_s = self.settings.scheduler_lease_s * 4 / 3
+            if leader is None and last is not None and now - last > takeover_s:
+                if out["scheduler"]["status"] == "ok":
+                    out["scheduler"]["status"] = "no_leader"
         except Exception as exc:  # noqa: BLE001
             out["scheduler"] = {"status": "unknown", "error": str(exc)[:200]}
         return out
@@ -390,6 +397,8 @@ class DetailedHealthResource:
             scheduler = body.get("scheduler") or {}
             if scheduler.get("status") == "stale":
                 reasons.append("scheduler stale")
+            elif scheduler.get("status") == "no_leader":
+                reasons.append("no scheduler holds the lease")
             if reasons:
                 status = "degraded"
                 body["reasons"] = reasons

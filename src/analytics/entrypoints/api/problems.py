@@ -16,6 +16,7 @@ from analytics.domain.errors import (
     BatchOverBurst,
     CacheUnavailable,
     Forbidden,
+    KeyStoreUnavailable,
     MalformedInput,
     NotFound,
     NotificationFailed,
@@ -127,6 +128,7 @@ def _kind_down(ex: AdapterError) -> str:
 
 _KINDS = (
     (QueueUnavailable, "the broker"),
+    (KeyStoreUnavailable, "the API key store"),  # before storage: it is a kind of it
     (StorageUnavailable, "storage"),
     (CacheUnavailable, "the cache"),
     (NotificationFailed, "the notifier"),

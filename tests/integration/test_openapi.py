@@ -153,5 +153,5 @@ def test_the_price_schema_refuses_what_the_service_refuses(doc: dict) -> None:  
     validator = _validator(doc, price)
     for ok in ("19.99", "1E+3", "-0", 19.99, None):
         assert validator.is_valid(ok), ok
-    for bad in ("1_0", " 7.5", "+5", ".5", "\u0661\u0662"):
+    for bad in ("1_0", " 7.5", "+5", ".5", "\u0661\u0662", "19.99\n", "007"):
         assert not validator.is_valid(bad), bad

@@ -313,7 +313,7 @@ def test_a_string_price_is_read_only_when_written_as_a_number_would_be() -> None
     metadata member named price keeps every event; each sloppy one is refused alone."""
     plain = [{**GOOD, "price": p, "currency": "EUR"} for p in ("19.99", "1E+3", "-0", "0.5e1")]
     sloppy = [{**GOOD, "price": p, "currency": "EUR"}
-              for p in ("1_0", "\uff19", " 7.5\n", "+5", ".5", "5.", "1,5")]  # fmt: skip
+              for p in ("1_0", "\uff19", " 7.5\n", "+5", ".5", "5.", "1,5", "007", "19.99\n")]  # fmt: skip
     noted = {**GOOD, "price": 3, "currency": "EUR", "metadata": {"price": "1_0"}}
     receipt, queue = batch([*plain, noted, *sloppy])
     statuses = [r.status for r in receipt.results]
@@ -322,6 +322,22 @@ def test_a_string_price_is_read_only_when_written_as_a_number_would_be() -> None
     for result, doc in zip(receipt.results[5:], sloppy, strict=True):
         assert [(e["field"], e["rule"]) for e in result.errors] == [("price", "decimal")]
         assert list(result.errors) == single_errors(doc)
+
+
+@pytest.mark.parametrize("key", [r"pr\u0069ce", r"\u0070rice", r"\u0070\u0072\u0069\u0063\u0065"])
+def test_a_price_key_written_with_an_escape_gets_the_same_rule(key: str) -> None:
+    """Review: the search for a sloppy price looked for the key's plain spelling only;
+    ``"pr\u0069ce"`` is the member price too, and "1_0" under it was stored as 10."""
+    body = json.dumps({**GOOD, "currency": "EUR"})[:-1] + f', "{key}": "1_0"}}'
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(body.encode())
+    assert [(e.field, e.rule) for e in exc.value.errors] == [("price", "decimal")]
+    deps = IngestDeps(queue=InMemoryTaskQueue(), clock=FixedClock(NOW), new_id=uuid.uuid4)
+    raw = ('{"events": [%s, %s]}' % (json.dumps(GOOD), body)).encode()
+    receipt = accept_batch(raw, correlation_id="c", deps=deps, max_events=50)
+    assert [r.status for r in receipt.results] == ["accepted", "rejected"]
+    assert [(e["field"], e["rule"]) for e in receipt.results[1].errors] == [("price", "decimal")]
+    assert decode_event(body.replace('"1_0"', '"10"').encode()).price == 10  # plain: fine
 
 
 def test_accepted_events_are_counted_once_per_type_and_currency() -> None:

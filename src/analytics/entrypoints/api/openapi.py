@@ -439,7 +439,9 @@ def build_openapi(
         price = components.get(name, {}).get("properties", {}).get("price")
         if price is not None:
             string = next(s for s in price["anyOf"] if s.get("type") == "string")
-            string["pattern"] = f"^{PRICE_TEXT.pattern}$"  # the rule `decimal`
+            # The rule `decimal`; (?!\n) as the identifiers' patterns: Python's $ (what
+            # jsonschema and schemathesis use) would let "19.99\n" through (review).
+            string["pattern"] = f"^{PRICE_TEXT.pattern}(?!\\n)$"
             number = {"type": "number", "minimum": 0, "maximum": 1_000_000_000}
             price["anyOf"] = [string, number, {"type": "null"}]
     components["Problem"]["properties"]["errors"] = {

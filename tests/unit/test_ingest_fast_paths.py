@@ -333,7 +333,7 @@ def test_a_price_key_written_with_an_escape_gets_the_same_rule(key: str) -> None
         decode_event(body.encode())
     assert [(e.field, e.rule) for e in exc.value.errors] == [("price", "decimal")]
     deps = IngestDeps(queue=InMemoryTaskQueue(), clock=FixedClock(NOW), new_id=uuid.uuid4)
-    raw = ('{"events": [%s, %s]}' % (json.dumps(GOOD), body)).encode()
+    raw = b'{"events": [' + json.dumps(GOOD).encode() + b', ' + body.encode() + b']}'
     receipt = accept_batch(raw, correlation_id="c", deps=deps, max_events=50)
     assert [r.status for r in receipt.results] == ["accepted", "rejected"]
     assert [(e["field"], e["rule"]) for e in receipt.results[1].errors] == [("price", "decimal")]

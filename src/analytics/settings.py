@@ -638,7 +638,14 @@ def _origin(text: str) -> str:
         raise ValueError(f"{text!r} is not an origin: no path, query or user part "
                          f"(the origin of that page is {parts.scheme}://{parts.netloc.split('@')[-1]})")  # fmt: skip
     scheme = parts.scheme.lower()
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    host = parts.hostname
+    if "*" in host:  # compared exactly: a pattern would never match (review)
+        raise ValueError(f"{text!r}: wildcards are not supported; list each origin")
+    try:  # browsers send a non-ASCII host in its ASCII (punycode) form (review)
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{text!r} is not an origin: its host is not a valid name") from None
+    host = host if ":" not in host else f"[{host}]"
     keep_port = port is not None and port != _DEFAULT_PORTS[scheme]
     return f"{scheme}://{host}" + (f":{port}" if keep_port else "")
 

@@ -4,6 +4,7 @@ ledger, and a job run catching up from its watermark after downtime."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -466,12 +467,34 @@ def test_a_latest_only_job_skips_its_periods_while_its_last_task_waits(
         ("job runs again: its last task was taken",)) == 1  # fmt: skip
     second = (set(warmups()) - {first}).pop()
 
-    # Waiting past the limit (an hour for a one-minute job): one more, then skipping again.
+    # Waiting past the limit (an hour for a one-minute job): one more, said as such (not
+    # "taken": review), then skipping again.
     clock.advance(timedelta(seconds=scheduler_module.coalesce_limit_s(warmup) - 60))
     assert service.run_job(warmup) == []
     clock.advance(timedelta(minutes=1))
     assert len(service.run_job(warmup)) == 1
+    assert captured.calls[-2].args == ("job sends again: its last task still waits after the limit",)
     assert len(warmups()) == 3 and second in warmups()
     clock.advance(timedelta(minutes=1))
     assert service.run_job(warmup) == []
     assert len(service.run_job(hourly)) == 1  # 10:00, though 09:00 waits: owed periods are sent
+
+
+def test_the_active_scheduler_notes_each_renewal_for_the_health_report(settings, redis_server, namespace) -> None:  # type: ignore[no-untyped-def]
+    """/health/detailed tells a handover from every scheduler stopped by this time."""
+    from analytics.adapters.redis_probe import RedisProbe
+
+    probe = RedisProbe(redis_server.client(), namespace)
+    service = SchedulerService(settings, clock=FixedClock(T0))
+    standby = SchedulerService(settings, clock=FixedClock(T0))
+    try:
+        service.step()  # takes the lease
+        assert service.active and probe.scheduler_seen() is not None
+        probe.client.delete(probe.scheduler_seen_key)
+        standby.step()  # a standby renews nothing
+        assert not standby.active and probe.scheduler_seen() is None
+        service.step()  # renews
+        first = probe.scheduler_seen()
+        assert first is not None and abs(first - time.time()) < 60
+    finally:
+        service._stop_jobs(wait=True)

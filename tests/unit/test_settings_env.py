@@ -138,6 +138,7 @@ def test_an_unknown_scheduler_job_stops_every_command_at_start() -> None:
         ("HTTPS://App.Example.com:443/, http://localhost:3000", ("https://app.example.com", "http://localhost:3000")),
         ("http://a.test:80,*", ("http://a.test", "*")),
         ("https://[::1]:8443", ("https://[::1]:8443",)),
+        ("https://b\u00fccher.de", ("https://xn--bcher-kva.de",)),  # as browsers send it
         ("", ()),
     ],
 )
@@ -147,9 +148,10 @@ def test_cors_origins_are_written_as_browsers_send_them(given: str, origins: tup
 
 
 @pytest.mark.parametrize("bad", ["app.example.com", "https://app.example.com/path", "ftp://x.test",
-                                 "https://x.test:99999", "https://u@x.test"])  # fmt: skip
+                                 "https://x.test:99999", "https://u@x.test", "https://*.x.test",
+                                 "null"])  # fmt: skip
 def test_a_cors_origin_that_is_not_one_stops_the_start(bad: str) -> None:
-    with pytest.raises(SettingsError, match="ANALYTICS_CORS_ORIGINS.*is not an origin"):
+    with pytest.raises(SettingsError, match="ANALYTICS_CORS_ORIGINS.*(is not an origin|wildcards)"):
         Settings.from_env({"ANALYTICS_CORS_ORIGINS": f"https://ok.test,{bad}"})
 
 

@@ -115,6 +115,22 @@ class RedisProbe:
             return None
         return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
+    @property
+    def scheduler_seen_key(self) -> str:
+        return f"{self.ns}:scheduler:leader_seen"
+
+    def record_scheduler_seen(self, at: float | None = None) -> None:
+        """For the active scheduler, at each lease renewal: when a leader was last seen."""
+        self.client.set(self.scheduler_seen_key, repr(time.time() if at is None else at), ex=86_400)
+
+    def scheduler_seen(self) -> float | None:
+        """Unix seconds of the last lease renewal by a leader, or None (none for a day)."""
+        value = self.client.get(self.scheduler_seen_key)
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
     def record_scheduler_run(self, at: datetime) -> None:
         """For the scheduler: note a completed run (ISO 8601 UTC), read by /health/detailed."""
         self.client.set(self.scheduler_key, at.astimezone(UTC).isoformat())

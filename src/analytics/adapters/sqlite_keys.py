@@ -70,19 +70,25 @@ class SQLiteApiKeyStore:
         return _decode(row[0]) if row else None
 
     def list(self) -> list[ApiKey]:
-        rows = self._conn().execute("SELECT body FROM api_keys ORDER BY created_us, key_id")
-        return [_decode(body) for (body,) in rows]
+        try:  # translated as add and get are (review: list and revoke let it through)
+            rows = self._conn().execute("SELECT body FROM api_keys ORDER BY created_us, key_id")
+            return [_decode(body) for (body,) in rows]
+        except sqlite3.OperationalError as exc:
+            raise KeyStoreUnavailable(f"sqlite keys: {exc}") from exc
 
     def revoke(self, key_id: str, at: datetime) -> bool:
-        with self._conn() as conn:
-            row = conn.execute("SELECT body FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
-            if row is None:
-                return False
-            key = _decode(row[0])
-            if not key.active:
-                return False
-            conn.execute(
-                "UPDATE api_keys SET body = ? WHERE key_id = ?",
-                (_encode(msgspec.structs.replace(key, revoked_at=at)), key_id),
-            )
+        try:
+            with self._conn() as conn:
+                row = conn.execute("SELECT body FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+                if row is None:
+                    return False
+                key = _decode(row[0])
+                if not key.active:
+                    return False
+                conn.execute(
+                    "UPDATE api_keys SET body = ? WHERE key_id = ?",
+                    (_encode(msgspec.structs.replace(key, revoked_at=at)), key_id),
+                )
+        except sqlite3.OperationalError as exc:
+            raise KeyStoreUnavailable(f"sqlite keys: {exc}") from exc
         return True

@@ -592,7 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     owner_only_files()
     from analytics.settings import unknown_names  # noqa: PLC0415
 
-    for line in unknown_names(os.environ).values():  # a typo was ignored without a word (QA)
+    # A typo was ignored without a word (QA). Not for `dramatiq`: a worker group re-executes
+    # itself as that on every reload and recycle, and `worker` said it at the start.
+    for line in unknown_names(os.environ).values() if args.command != "dramatiq" else ():
         print(f"analytics {args.command}: warning: {line}", file=sys.stderr)
     try:
         return COMMANDS[args.command](args)

@@ -120,6 +120,7 @@ class SchedulerService:
     ) -> None:
         from analytics.adapters.redis_clients import redis_client  # noqa: PLC0415
         from analytics.adapters.scheduling import PeriodLedger, RedisLease  # noqa: PLC0415
+        from analytics.adapters.task_status_middleware import TaskStatusMiddleware  # noqa: PLC0415
         from analytics.bootstrap import build_task_status  # noqa: PLC0415
 
         self.settings = settings
@@ -134,7 +135,12 @@ class SchedulerService:
             owner=owner,
         )
         self.ledger = PeriodLedger(self.broker, self.client, settings.namespace)
-        self.task_status = build_task_status(settings)
+        # The store the broker's task-status middleware writes (a second in-memory store
+        # of the stub broker would never see a message queued: review), else our own.
+        self.task_status = next(
+            (m.store for m in self.broker.middleware if isinstance(m, TaskStatusMiddleware)),
+            None,
+        ) or build_task_status(settings)
         self._waiting: set[str] = set()  # latest-only jobs skipping: their last message waits
         self.jobs = build_jobs(settings)
         self.stop_event = threading.Event()
@@ -216,18 +222,20 @@ class SchedulerService:
         waits is the latest run when a worker comes (README "Scheduler")."""
         raw = self.client.get(self._last_key(job))
         status = self.task_status.get(raw.decode()) if raw is not None else None
-        waiting = (
-            status is not None
-            and status.status in WAITING
-            and status.enqueued_at is not None
-            and (now - status.enqueued_at).total_seconds() < coalesce_limit_s(job)
-        )
+        queued = status is not None and status.status in WAITING and status.enqueued_at is not None
+        expired = queued and (now - status.enqueued_at).total_seconds() >= coalesce_limit_s(job)  # type: ignore[union-attr,operator]
+        waiting = queued and not expired
         if waiting != (job.name in self._waiting):  # one line when it starts, one when it ends
             if waiting:
                 self._waiting.add(job.name)
                 log.warning("job skipped: its last task has not started yet", job=job.name,
                             task_id=raw.decode() if raw else None, queue=job.queue,
                             skip_for_at_most_s=coalesce_limit_s(job))  # fmt: skip
+            elif expired:  # not taken: still no worker, or the message was lost (review)
+                self._waiting.discard(job.name)
+                log.warning("job sends again: its last task still waits after the limit",
+                            job=job.name, task_id=raw.decode() if raw else None,
+                            queue=job.queue, limit_s=coalesce_limit_s(job))  # fmt: skip
             else:
                 self._waiting.discard(job.name)
                 log.info("job runs again: its last task was taken", job=job.name)
@@ -291,6 +299,13 @@ class SchedulerService:
                 replace_existing=True, misfire_grace_time=None,
             )  # fmt: skip
 
+    def _seen(self) -> None:
+        """``<ns>:scheduler:leader_seen``: /health/detailed tells a failover (a standby
+        takes the lease within lease x 4/3 of this) from every scheduler stopped."""
+        from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
+
+        RedisProbe(self.client, self.settings.namespace).record_scheduler_seen()
+
     def _record_run(self) -> None:
         """``<ns>:scheduler:last_run`` for /health/detailed (README, "Observability")."""
         from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
@@ -345,10 +360,13 @@ class SchedulerService:
             if not self.active:
                 if self.lease.acquire():
                     log.info("scheduler active", owner=self.lease.owner)
+                    self._seen()
                     self._start_jobs()
             elif not self.lease.renew():
                 log.warning("scheduler lease lost; standing by", owner=self.lease.owner)
                 self._stop_jobs(wait=False)
+            else:
+                self._seen()
         except redis.RedisError as exc:
             log.warning("redis unreachable", error=str(exc))
             if self.active:  # cannot renew: assume the lease will lapse

@@ -361,11 +361,13 @@ class DetailedHealthResource:
                 }
             )
             leader = out["scheduler"]["leader"] = self.probe.scheduler_leader()
-            # A scheduler ran, none holds the lease now and no standby took over within the
-            # takeover time: every one stopped. Only "stale" after scheduler_stale_s (15 min)
-            # said so, though the lease said it at once (ops QA).
-            takeover_s = self.settings.scheduler_lease_s * 4 / 3
-            if leader is None and last is not None and now - last > takeover_s:
+            # None holds the lease, and none renewed it for longer than a failover takes (a
+            # standby takes over within lease x 4/3 of the last renewal; one poll more of
+            # slack): every scheduler stopped. Only "stale" after scheduler_stale_s (15 min)
+            # said so, though the lease said it at once (ops QA). Measured from the last
+            # renewal, not the last run, which is up to a minute old in a normal handover.
+            seen = self.probe.scheduler_seen() if leader is None else None
+            if seen is not None and now - seen > self.settings.scheduler_lease_s * 5 / 3:
                 if out["scheduler"]["status"] == "ok":
                     out["scheduler"]["status"] = "no_leader"
         except Exception as exc:  # noqa: BLE001

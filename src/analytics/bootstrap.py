@@ -273,8 +273,9 @@ def build_aggregates(settings: Settings, event_repo: EventRepository) -> Aggrega
 
         client = getattr(event_repo, "client", None) or dynamodb_client(settings)
         return DynamoDBAggregateStore(
-            client, settings.aggregates_table, shards=settings.aggregate_shards
-        )
+            client, settings.aggregates_table, shards=settings.aggregate_shards,
+            max_read_days=settings.dynamodb_max_read_days,
+        )  # fmt: skip
     raise ValueError(f"storage {settings.storage!r} has no aggregate store in this build")
 
 

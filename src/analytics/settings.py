@@ -90,6 +90,11 @@ class Settings(BaseModel):
     aggregate_shards: int = Field(
         4, ge=1, le=64, description="Write shards of each day's aggregate counters; fixed."
     )
+    dynamodb_max_read_days: int = Field(
+        800, ge=31, le=36_600,
+        description="Most UTC days one aggregation or dashboard read spans on DynamoDB (each"
+        " day is a Query per grain and shard); longer ranges are a 400.",
+    )  # fmt: skip
     aws_max_attempts: int = Field(
         3, ge=1, le=30,
         description="botocore tries per call in workers. Against a hung endpoint every try"

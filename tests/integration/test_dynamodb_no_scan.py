@@ -96,6 +96,15 @@ def test_search_aggregations_dashboard_and_generate_use_no_scan(env: Any) -> Non
     assert month.json["buckets"][0]["revenue"] == {"EUR": "7.50"}
     dash = client.simulate_get("/api/v1/analytics/dashboard/metrics", query_string="last=24h")
     assert dash.status_code == 200 and dash.json["total_events"] > 0, dash.text
+    # A range over more UTC days than ANALYTICS_DYNAMODB_MAX_READ_DAYS (800) is a 400 before
+    # any Query (QA: 1,000 monthly buckets were 121,744 Queries and 80 s, for a read key).
+    before = sum(counter.calls.values())
+    long = client.simulate_get(f"{AGG}/month", query_string="start=2000-01-01&end=2083-05-01")
+    assert (long.status_code, long.json.get("parameter")) == (400, "end"), long.text
+    assert "ANALYTICS_DYNAMODB_MAX_READ_DAYS" in long.json["detail"]
+    assert sum(counter.calls.values()) == before
+    two_years = client.simulate_get(f"{AGG}/month", query_string="start=2024-05-01&end=2026-05-01")
+    assert two_years.status_code == 200, two_years.text  # 730 days: within the bound
     gen = client.simulate_post(f"{AGG}/day/generate",
                                query_string="start=2026-03-30&end=2026-04-01&tz=UTC")  # fmt: skip
     assert gen.status_code == 202, gen.text

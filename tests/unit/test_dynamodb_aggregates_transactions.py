@@ -90,3 +90,24 @@ def test_a_redelivery_costs_one_read_and_no_transaction(client: Any) -> None:
         stub.add_response("batch_get_item", {"Responses": {TABLE: markers}})
         assert store.apply([contribution(e) for e in events]) == []
         stub.assert_no_pending_responses()
+
+
+def test_a_read_over_more_days_than_the_bound_is_a_bad_query_before_any_call(client: Any) -> None:
+    """Every UTC day of a read is a Query per grain and shard, empty or not (QA: 1,000
+    monthly buckets were 121,744 Queries): past ``max_read_days`` a 400, with no call."""
+    from analytics.domain.buckets import Piece
+    from analytics.domain.errors import BadQuery
+
+    store = DynamoDBAggregateStore(client, TABLE, shards=2, max_read_days=3)
+    day = 24 * 60
+    start = int(T0.timestamp()) // 60 // day * day  # a UTC midnight, in epoch minutes
+    with Stubber(client) as stub:  # no response queued: any call would fail the test
+        with pytest.raises(BadQuery, match="spans 4 UTC days.*at most 3") as exc:
+            store.summarize([[Piece(15, start, start + 4 * day)]], None)
+        assert exc.value.parameter == "end"
+        with pytest.raises(BadQuery, match="spans 4 UTC days"):  # a day touched is a day read
+            store.summarize([[Piece(15, start + 1, start + 3 * day + 1)]], None)
+        for _ in range(3 * 2):  # three days, two shards: allowed, and read
+            stub.add_response("query", {"Items": [], "Count": 0})
+        store.summarize([[Piece(15, start, start + 3 * day)]], None)
+        stub.assert_no_pending_responses()

@@ -39,7 +39,7 @@ from analytics.domain.aggregation import (
     summarize_counters,
 )
 from analytics.domain.buckets import GRAINS, Piece, from_minute
-from analytics.domain.errors import StorageUnavailable
+from analytics.domain.errors import BadQuery, StorageUnavailable
 from analytics.domain.ports import AggregateSnapshot
 
 TRANSACT_MAX = 100  # DynamoDB's limit per TransactWriteItems
@@ -75,13 +75,14 @@ class DynamoDBAggregateStore:
 
     def __init__(
         self, client: Any, table: str, *, shards: int = 4, backoff: Backoff | None = None,
-        read_parallelism: int = 8,
+        read_parallelism: int = 8, max_read_days: int | None = None,
     ) -> None:  # fmt: skip
         self.client = client
         self.table = table
         self.shards = shards
         self.backoff = backoff or Backoff(max_attempts=10)
         self.read_parallelism = read_parallelism
+        self.max_read_days = max_read_days
 
     # --- writes -----------------------------------------------------------------------
     def apply(self, contributions: Sequence[Contribution]) -> list[uuid.UUID]:
@@ -259,7 +260,9 @@ class DynamoDBAggregateStore:
         seen: dict[tuple[str, str], tuple[CounterKey, int]] = {}  # pieces may overlap
         ranges: list[tuple[str, str, str]] = []
         grain_of: dict[str, int] = {}
-        for grain, start, end in _merge_spans(pieces):
+        spans = _merge_spans(pieces)
+        self._check_days(spans)
+        for grain, start, end in spans:
             for day_start, day_end in _days(start, end):
                 for shard in range(self.shards):
                     pk = counter_pk(grain, day_start, shard)
@@ -273,6 +276,19 @@ class DynamoDBAggregateStore:
         for key, value in seen.values():
             totals[key] += value  # the same counter in several shards adds up
         return dict(totals)
+
+    def _check_days(self, spans: Sequence[tuple[int, int, int]]) -> None:
+        """BadQuery (a 400) for a read over more UTC days than ``max_read_days``: every day
+        is a Query per grain and shard, empty or not, so 1,000 monthly buckets were
+        121,744 Queries, 80 s and their read units, for any key with the read scope (QA)."""
+        if self.max_read_days is None:
+            return
+        day = 24 * 60
+        days = {d for _, start, end in spans for d in range(start // day, -(-end // day))}
+        if len(days) > self.max_read_days:
+            raise BadQuery("end", f"the range spans {len(days)} UTC days; on DynamoDB a read"
+                           f" spans at most {self.max_read_days} (ANALYTICS_DYNAMODB_MAX_READ_DAYS):"
+                           " ask for a shorter range")  # fmt: skip
 
     def snapshot(self, start: int, end: int) -> AggregateSnapshot:
         snap = AggregateSnapshot()

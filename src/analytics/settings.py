@@ -571,7 +571,7 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        names = {f.alias or _env_name(n) for n, f in cls.model_fields.items()}
+        names = env_names()
         data = {k: v for k, v in environ.items() if k in names and v != ""}
         if environ.get("REDIS_URL"):  # the seed's old form, still understood
             both = sorted({"REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_SOCKET"} & set(data))
@@ -655,12 +655,17 @@ def _origin(text: str) -> str:
     return f"{scheme}://{host}" + (f":{port}" if keep_port else "")
 
 
+def env_names() -> set[str]:
+    """The environment variable of every setting (``ANALYTICS_<NAME>``, or its alias)."""
+    return {f.alias or _env_name(n) for n, f in Settings.model_fields.items()}
+
+
 def unknown_names(environ: Mapping[str, str]) -> dict[str, str]:
     """Each ``ANALYTICS_*`` variable that is no setting (a misspelt one was silently
     ignored, QA), with a line that names the setting it most likely means."""
     import difflib  # noqa: PLC0415
 
-    names = sorted({f.alias or _env_name(n) for n, f in Settings.model_fields.items()})
+    names = sorted(env_names())
     suffixes = [n.removeprefix("ANALYTICS_") for n in names if n.startswith("ANALYTICS_")]
     out = {}
     for name in sorted(environ):

@@ -194,10 +194,10 @@ def test_every_setting_name_the_repository_writes_is_a_setting() -> None:
     settings that were silently ignored (one test then ran on RabbitMQ's default vhost)."""
     import re
 
-    from analytics.settings import NOT_SETTINGS, _env_name
+    from analytics.settings import NOT_SETTINGS, env_names
 
     root = Path(__file__).resolve().parents[2]
-    names = {f.alias or _env_name(n) for n, f in Settings.model_fields.items()} | NOT_SETTINGS
+    names = env_names() | NOT_SETTINGS
     files = [root / "README.md", root / "Dockerfile", root / "compose.yaml",
              *[p for d in ("src", "tests", "bench", "config", ".ci") for p in (root / d).rglob("*")
                if p.is_file() and p.suffix in (".py", ".yaml", ".yml", ".md", ".json", ".sh", "")]]  # fmt: skip

@@ -87,8 +87,8 @@ def price_text_error(value: object) -> FieldError | None:
 
 def sloppy_price(raw: bytes | msgspec.Raw) -> bool:
     """Does this event body (valid JSON) give its price as a string Decimal() reads
-    although it is not a plain number? Only a body :data:`SLOPPY_PRICE` finds is decoded
-    again, for its own price (the match may be a metadata member's)."""
+    although it is not a plain number? Only a body :func:`may_hide_sloppy_price` flags is
+    decoded again, for its own price (the match may be a metadata member's)."""
     if not may_hide_sloppy_price(raw):
         return False
     try:

@@ -15,6 +15,7 @@ the next run catches up), ``max_instances=1``, and every job runs once at start-
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -302,16 +303,18 @@ class SchedulerService:
     def _seen(self) -> None:
         """``<ns>:scheduler:leader_seen``: /health/detailed tells a failover (a standby
         takes the lease within lease x 4/3 of this) from every scheduler stopped."""
+        self._probe.record_scheduler_seen()
+
+    @functools.cached_property
+    def _probe(self) -> Any:
         from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
 
-        RedisProbe(self.client, self.settings.namespace).record_scheduler_seen()
+        return RedisProbe(self.client, self.settings.namespace)
 
     def _record_run(self) -> None:
         """``<ns>:scheduler:last_run`` for /health/detailed (README, "Observability")."""
-        from analytics.adapters.redis_probe import RedisProbe  # noqa: PLC0415
-
         try:
-            RedisProbe(self.client, self.settings.namespace).record_scheduler_run(self.clock.now())
+            self._probe.record_scheduler_run(self.clock.now())
         except Exception as exc:  # noqa: BLE001 - health bookkeeping must not fail a job
             log.warning("could not record the scheduler run", error=str(exc))
 
